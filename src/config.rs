@@ -1,0 +1,118 @@
+//! Settings, from flags and environment variables (clap, `env` feature).
+//!
+//! Every setting is both a flag and an environment variable, and may be given
+//! before or after the subcommand. Secrets are parsed straight into `secrecy`
+//! types and their environment values are hidden from `--help`.
+
+use std::net::IpAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::webhook::WebhookSecrets;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskmaster",
+    version,
+    about = "A GitHub App that runs durable, multi-step AI-agent workflows on pull requests and issues"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What to do. With no subcommand, `serve`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: webhook intake, dispatcher, API (the default).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", global = true)]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3000, global = true)]
+    pub port: u16,
+
+    /// Database: `sqlite://FILE` (created if absent).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://taskmaster.db",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Webhook secret of the GitHub App; several, comma-separated, are all
+    /// accepted (for rotation). Required by `serve`.
+    #[arg(
+        long = "webhook-secret",
+        env = "GITHUB_WEBHOOK_SECRET",
+        value_parser = WebhookSecrets::parse,
+        hide_env_values = true,
+        global = true
+    )]
+    pub webhook_secret: Option<WebhookSecrets>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+}
+
+/// The message printed when `serve` starts without a webhook secret.
+pub const MISSING_SECRET_HELP: &str = "no webhook secret configured: set GITHUB_WEBHOOK_SECRET \
+(or pass --webhook-secret) to the secret you entered in your GitHub App's webhook settings; \
+several secrets may be given, separated by commas, to rotate without losing deliveries";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_global_flags() {
+        let cli = Cli::try_parse_from(["taskmaster", "migrate", "--port", "4000"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.settings.port, 4000);
+        assert_eq!(cli.settings.host.to_string(), "0.0.0.0");
+        assert_eq!(cli.settings.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let cli = Cli::try_parse_from(["taskmaster", "--webhook-secret", "s3cr3t-one,s3cr3t-two"])
+            .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(cli.settings.webhook_secret.unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,18 @@
+//! taskmaster: a GitHub App that turns pull-request and issue events into
+//! durable, multi-step workflows run by AI coding agents, and reports back on
+//! GitHub as check runs and comments.
+//!
+//! The path of one event (see `DESIGN.md` in the shared docs):
+//! [`webhook`] verifies and stores each delivery in the inbox (a [`store`]),
+//! answers GitHub, and the [`dispatch`] task hands stored deliveries on.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod dispatch;
+pub mod routing;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod webhook;
+pub mod workflow;

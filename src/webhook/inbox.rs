@@ -1,0 +1,120 @@
+//! The inbox writer: group commit for webhook deliveries.
+//!
+//! A delivery must be durable before GitHub gets its 2xx, and durability means
+//! an fsync. One transaction and one fsync per request caps intake at the
+//! disk's fsync rate, so requests hand their delivery to a single writer task
+//! instead. The writer takes whatever has queued up while the previous commit
+//! was in flight, inserts the whole batch in one transaction, commits (one
+//! fsync), and only then answers each waiting request. Under light load a batch
+//! is one delivery and the latency is one commit; under heavy load batches grow
+//! and the fsync cost is shared — the way databases' own group commit works.
+//!
+//! If a batch fails as a whole (say the disk is full), each delivery of it is
+//! tried again in a transaction of its own so that one cannot sink the others;
+//! a delivery whose insert still fails gets the error and its request answers
+//! 503, which GitHub records as a failed delivery to be redelivered.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{DeliveryState, InsertOutcome, NewDelivery, Store, StoreError};
+
+/// The most deliveries committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// How many deliveries may wait for the writer before submitters wait too.
+const QUEUE_CAPACITY: usize = 8192;
+
+struct Pending {
+    delivery: NewDelivery,
+    reply: oneshot::Sender<Result<InsertOutcome, Arc<StoreError>>>,
+}
+
+/// Handle for submitting deliveries to the writer task. Cheap to clone; the
+/// writer stops once every handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// Why a submission did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("the inbox writer has stopped")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] Arc<StoreError>),
+}
+
+impl Inbox {
+    /// Starts the writer task. `wake` is notified after each commit that stored
+    /// a `queued` delivery, so the dispatcher need not poll.
+    pub fn start(store: Arc<dyn Store>, wake: Arc<Notify>) -> (Inbox, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = tokio::spawn(run_writer(store, rx, wake));
+        (Inbox { tx }, writer)
+    }
+
+    /// Stores one delivery and returns once it is committed (`Stored`) or found
+    /// to be a repeat (`Duplicate`).
+    ///
+    /// Errors: [`InboxError::Store`] when the database refused the write,
+    /// [`InboxError::Closed`] during shutdown.
+    pub async fn submit(&self, delivery: NewDelivery) -> Result<InsertOutcome, InboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { delivery, reply })
+            .await
+            .map_err(|_| InboxError::Closed)?;
+        Ok(answer.await.map_err(|_| InboxError::Closed)??)
+    }
+}
+
+async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake: Arc<Notify>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    let mut rows: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break; // every Inbox handle dropped and the queue is empty
+        }
+        rows.clear();
+        rows.extend(batch.iter().map(|p| p.delivery.clone()));
+        let queued_any = match store.insert_deliveries(&rows).await {
+            Ok(outcomes) => {
+                let mut queued_any = false;
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    queued_any |= outcome == InsertOutcome::Stored
+                        && pending.delivery.state == DeliveryState::Queued;
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+                queued_any
+            }
+            Err(batch_error) => {
+                tracing::warn!(error = %batch_error, size = batch.len(),
+                    "inbox batch failed; retrying its deliveries one by one");
+                let mut queued_any = false;
+                for pending in batch.drain(..) {
+                    let one = std::slice::from_ref(&pending.delivery);
+                    let result = store
+                        .insert_deliveries(one)
+                        .await
+                        .map(|mut o| o.pop().unwrap_or(InsertOutcome::Duplicate))
+                        .map_err(Arc::new);
+                    if let Err(error) = &result {
+                        tracing::error!(delivery = %pending.delivery.delivery_id, %error,
+                            "delivery could not be stored; answering 503");
+                    }
+                    queued_any |= matches!(result, Ok(InsertOutcome::Stored))
+                        && pending.delivery.state == DeliveryState::Queued;
+                    let _ = pending.reply.send(result);
+                }
+                queued_any
+            }
+        };
+        if queued_any {
+            wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Workflow definitions: schema, validation, DAG and prompt templates.
+//!
+//! Filled by the workflow issue (#3).

@@ -1,0 +1,208 @@
+//! The dispatcher: queued deliveries are handed to the handler once, transient
+//! failures are retried, and a crash's leftovers are taken back at start-up.
+
+mod harness;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use harness::{SECRET, TestService, fixture};
+use reqwest::StatusCode;
+use taskmaster::dispatch::{DeliveryHandler, Handled, HandlerError};
+use taskmaster::store::{self, Delivery, DeliveryState, NewDelivery, Store};
+
+/// Records every delivery it is given; fails the first `fail_first` calls
+/// transiently, and ignores `star` events.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+    fail_first: Mutex<usize>,
+}
+
+#[async_trait]
+impl DeliveryHandler for Recorder {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        self.seen.lock().unwrap().push(delivery.delivery_id.clone());
+        let mut fail = self.fail_first.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(HandlerError::Transient("database is busy".into()));
+        }
+        if delivery.action.as_deref() == Some("deleted") {
+            return Ok(Handled::Ignored("deletions need no work".into()));
+        }
+        Ok(Handled::Done)
+    }
+}
+
+async fn wait_for_state(store: &Arc<dyn Store>, id: &str, state: DeliveryState) -> Delivery {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = store.delivery(id).await.unwrap().expect("stored");
+        if d.state == state {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} stuck in {} (wanted {state})",
+            d.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn queued_deliveries_are_handled_once_each() {
+    let recorder = Arc::new(Recorder::default());
+    let service = TestService::start_with(SECRET, recorder.clone()).await;
+    let body = fixture("issues.opened.json");
+    for n in 0..20 {
+        let (status, _) = service.deliver("issues", &format!("d-{n}"), &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    // A repeat of an answered delivery is not handed on again.
+    service.deliver("issues", "d-3", &body).await;
+    let deleted = fixture("issues.deleted.json");
+    service.deliver("issues", "d-deleted", &deleted).await;
+
+    for n in 0..20 {
+        wait_for_state(&service.store, &format!("d-{n}"), DeliveryState::Done).await;
+    }
+    let ignored = wait_for_state(&service.store, "d-deleted", DeliveryState::Ignored).await;
+    assert_eq!(ignored.error.as_deref(), Some("deletions need no work"));
+
+    let mut seen = recorder.seen.lock().unwrap().clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 21, "every delivery handled");
+    assert_eq!(recorder.seen.lock().unwrap().len(), 21, "and none twice");
+
+    // Events taskmaster does not act on never reach the handler.
+    service
+        .deliver("star", "star-1", br#"{"action":"created"}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !recorder
+            .seen
+            .lock()
+            .unwrap()
+            .contains(&"star-1".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_backoff() {
+    let recorder = Arc::new(Recorder {
+        fail_first: Mutex::new(1),
+        ..Default::default()
+    });
+    let service = TestService::start_with(SECRET, recorder.clone()).await;
+    let started = Instant::now();
+    service
+        .deliver("issues", "flaky-1", &fixture("issues.opened.json"))
+        .await;
+    let done = wait_for_state(&service.store, "flaky-1", DeliveryState::Done).await;
+    assert_eq!(done.attempts, 2, "claimed twice");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the 1 s backoff"
+    );
+    assert_eq!(recorder.seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn deliveries_left_processing_by_a_crash_are_recovered_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("taskmaster.db");
+    {
+        // A previous process stored and claimed a delivery, then died.
+        let store = store::connect(&format!("sqlite://{}", db_path.display()))
+            .await
+            .unwrap();
+        let body = fixture("issues.opened.json");
+        store
+            .insert_deliveries(&[NewDelivery {
+                delivery_id: "orphan-1".into(),
+                event: "issues".into(),
+                action: Some("opened".into()),
+                hook_id: None,
+                installation_id: None,
+                repository: Some("Codertocat/Hello-World".into()),
+                sender_id: Some(1),
+                sender_login: Some("Codertocat".into()),
+                payload: body.into(),
+                received_at: store::now_ms(),
+                state: DeliveryState::Queued,
+            }])
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_deliveries("dead-dispatcher", 10, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let d = store.delivery("orphan-1").await.unwrap().unwrap();
+        assert_eq!(d.state, DeliveryState::Processing);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let service = TestService::start_on(dir, db_path, SECRET, recorder.clone()).await;
+    wait_for_state(&service.store, "orphan-1", DeliveryState::Done).await;
+    assert_eq!(*recorder.seen.lock().unwrap(), vec!["orphan-1".to_string()]);
+}
+
+#[tokio::test]
+async fn a_finish_without_the_lease_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    store
+        .insert_deliveries(&[NewDelivery {
+            delivery_id: "fenced".into(),
+            event: "issues".into(),
+            action: None,
+            hook_id: None,
+            installation_id: None,
+            repository: None,
+            sender_id: None,
+            sender_login: None,
+            payload: bytes::Bytes::from_static(b"{}"),
+            received_at: store::now_ms(),
+            state: DeliveryState::Queued,
+        }])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_deliveries("owner-a", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let id = claimed[0].id;
+    let changed = store
+        .finish_deliveries("owner-b", &[(id, store::DeliveryResult::Done)])
+        .await
+        .unwrap();
+    assert_eq!(changed, 0, "another owner cannot finish it");
+    assert_eq!(
+        store.delivery("fenced").await.unwrap().unwrap().state,
+        DeliveryState::Processing
+    );
+    let changed = store
+        .finish_deliveries("owner-a", &[(id, store::DeliveryResult::Done)])
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_eq!(
+        store.delivery("fenced").await.unwrap().unwrap().state,
+        DeliveryState::Done
+    );
+    // Done deliveries are not claimed again.
+    assert!(
+        store
+            .claim_deliveries("owner-a", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,144 @@
+//! The real `taskmaster` binary as a child process: durability across SIGKILL,
+//! graceful shutdown on SIGTERM, refusing to start without a secret, `migrate`.
+
+mod harness;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{ChildService, SECRET, count_rows, fixture, post, sign};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answered_deliveries_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("taskmaster.db");
+    let service = ChildService::start(&db_path, &[]);
+    let url = Arc::new(service.webhook_url());
+    let body = Arc::new(fixture("pull_request.opened.json"));
+    let signature = Arc::new(sign(SECRET, &body));
+    let client = reqwest::Client::new();
+
+    // 200 deliveries on 16 connections; the process is killed the moment the
+    // last answer arrives, with no chance to flush or shut down.
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let (client, url, body, signature) =
+            (client.clone(), url.clone(), body.clone(), signature.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("kill-{n}");
+            let (status, _) = post(
+                &client,
+                &url,
+                Some("pull_request"),
+                Some(&id),
+                &body,
+                Some(&signature),
+            )
+            .await;
+            (id, status)
+        }));
+    }
+    let mut answered = Vec::new();
+    for task in tasks {
+        let (id, status) = task.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED);
+        answered.push(id);
+    }
+    let mut service = service;
+    service.signal(libc::SIGKILL);
+    let status = service.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "killed, not exited: {status}");
+
+    // Every answered delivery is in the file.
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    for id in &answered {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT delivery_id FROM deliveries WHERE delivery_id = ?1")
+                .bind(id)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap();
+        assert!(found.is_some(), "{id} was answered 202 but is not stored");
+    }
+    assert_eq!(count_rows(&db_path).await, 200);
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_with_exit_code_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("taskmaster.db");
+    let mut service = ChildService::start(&db_path, &[]);
+    let body = fixture("issues.opened.json");
+    let client = reqwest::Client::new();
+    let (status, _) = post(
+        &client,
+        &service.webhook_url(),
+        Some("issues"),
+        Some("term-1"),
+        &body,
+        Some(&sign(SECRET, &body)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    service.signal(libc::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "graceful exit");
+    assert_eq!(count_rows(&db_path).await, 1);
+}
+
+#[test]
+fn serve_without_a_secret_refuses_to_start_and_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+        .arg("serve")
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("t.db").display()),
+        )
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GITHUB_WEBHOOK_SECRET"), "{stderr}");
+}
+
+#[test]
+fn migrate_creates_the_database_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    for _ in 0..2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+            .arg("migrate")
+            .env_clear()
+            .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("is up to date"));
+    }
+    assert!(db.exists());
+}
+
+#[test]
+fn help_does_not_print_secret_values() {
+    let output = Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+        .arg("--help")
+        .env("GITHUB_WEBHOOK_SECRET", "very-secret-value")
+        .env("DATABASE_URL", "sqlite://secret-path.db")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("GITHUB_WEBHOOK_SECRET"), "{help}");
+    assert!(!help.contains("very-secret-value"), "{help}");
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use harness::{SECRET, TestService, fixture};
 use reqwest::StatusCode;
 use taskmaster::dispatch::{DeliveryHandler, Handled, HandlerError};
-use taskmaster::store::{self, Delivery, DeliveryState, NewDelivery, Store};
+use taskmaster::store::{self, Delivery, DeliveryState, EncodedPayload, NewDelivery, Store};
 
 /// Records every delivery it is given; fails the first `fail_first` calls
 /// transiently, and ignores `star` events.
@@ -132,7 +132,7 @@ async fn deliveries_left_processing_by_a_crash_are_recovered_at_start() {
                 repository: Some("Codertocat/Hello-World".into()),
                 sender_id: Some(1),
                 sender_login: Some("Codertocat".into()),
-                payload: body.into(),
+                payload: EncodedPayload::encode(body.into()),
                 received_at: store::now_ms(),
                 state: DeliveryState::Queued,
             }])
@@ -168,7 +168,7 @@ async fn a_finish_without_the_lease_changes_nothing() {
             repository: None,
             sender_id: None,
             sender_login: None,
-            payload: bytes::Bytes::from_static(b"{}"),
+            payload: EncodedPayload::encode(bytes::Bytes::from_static(b"{}")),
             received_at: store::now_ms(),
             state: DeliveryState::Queued,
         }])

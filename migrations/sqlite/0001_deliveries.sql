@@ -11,7 +11,6 @@ CREATE TABLE deliveries (
     repository       TEXT,                         -- payload.repository.full_name
     sender_id        INTEGER,                      -- payload.sender.id
     sender_login     TEXT,                         -- payload.sender.login
-    payload          BLOB    NOT NULL,             -- the raw, verified body, byte for byte
     received_at      INTEGER NOT NULL,
     state            TEXT    NOT NULL
         CHECK (state IN ('queued', 'processing', 'done', 'ignored', 'failed')),
@@ -23,6 +22,18 @@ CREATE TABLE deliveries (
     error            TEXT
 );
 
--- The dispatcher's work list stays small however large the history grows.
+-- Payloads live apart from the state they describe: a payload is written once
+-- and never changes, while a delivery's state changes several times. SQLite
+-- rewrites a whole row on UPDATE, so a 22 KB payload in the same row would be
+-- rewritten on every claim and finish.
+CREATE TABLE delivery_payloads (
+    id       INTEGER PRIMARY KEY REFERENCES deliveries (id) ON DELETE CASCADE,
+    encoding TEXT    NOT NULL CHECK (encoding IN ('identity', 'zstd')),
+    size     INTEGER NOT NULL,                      -- bytes of the raw body
+    payload  BLOB    NOT NULL                       -- the verified body, byte for byte once decoded
+);
+
+-- The dispatcher's work list stays small however large the history grows
+-- (claims must name the states so the planner can use this partial index).
 CREATE INDEX deliveries_pending ON deliveries (id)
     WHERE state IN ('queued', 'processing');

@@ -16,21 +16,28 @@
 //! recovery returns every `processing` delivery to the queue. Several replicas
 //! need the PostgreSQL store.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use sqlx::QueryBuilder;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 use super::{
-    Delivery, DeliveryResult, DeliveryState, InboxDepth, InsertOutcome, NewDelivery, Store,
-    StoreError, now_ms,
+    Delivery, DeliveryResult, DeliveryState, EncodedPayload, InboxDepth, InsertOutcome,
+    NewDelivery, PayloadEncoding, Store, StoreError, now_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row INSERT: 11 bound values each, far below SQLite's limit
+/// of 32,766 variables per statement.
+const INSERT_CHUNK: usize = 512;
 
 /// How long a writer waits for SQLite's lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,9 +64,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each acquire: the writer connection is ours alone and
+        // a dead one fails its next statement anyway; the ping would cost a
+        // round trip to sqlx's worker thread on every transaction.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
@@ -85,6 +96,8 @@ struct DeliveryRow {
     repository: Option<String>,
     sender_id: Option<i64>,
     sender_login: Option<String>,
+    encoding: String,
+    size: i64,
     payload: Vec<u8>,
     received_at: i64,
     state: String,
@@ -100,6 +113,17 @@ impl TryFrom<DeliveryRow> for Delivery {
             table: "deliveries",
             detail: format!("unknown state `{}`", row.state),
         })?;
+        let encoding =
+            PayloadEncoding::parse(&row.encoding).ok_or_else(|| StoreError::Corrupt {
+                table: "delivery_payloads",
+                detail: format!("unknown encoding `{}`", row.encoding),
+            })?;
+        let payload = EncodedPayload {
+            encoding,
+            raw_len: usize::try_from(row.size).unwrap_or(0),
+            bytes: Bytes::from(row.payload),
+        }
+        .decode()?;
         Ok(Delivery {
             id: row.id,
             delivery_id: row.delivery_id,
@@ -110,7 +134,7 @@ impl TryFrom<DeliveryRow> for Delivery {
             repository: row.repository,
             sender_id: row.sender_id,
             sender_login: row.sender_login,
-            payload: Bytes::from(row.payload),
+            payload,
             received_at: row.received_at,
             state,
             attempts: row.attempts,
@@ -119,12 +143,14 @@ impl TryFrom<DeliveryRow> for Delivery {
     }
 }
 
-/// The columns of [`DeliveryRow`], as a literal so queries stay `&'static str`
-/// (sqlx 0.9 refuses dynamic SQL strings).
-macro_rules! delivery_columns {
+/// Selects [`DeliveryRow`]s: the delivery joined with its payload. A literal,
+/// so queries stay `&'static str` (sqlx 0.9 refuses dynamic SQL strings).
+macro_rules! select_deliveries {
     () => {
-        "id, delivery_id, event, action, hook_id, installation_id, repository, sender_id, \
-         sender_login, payload, received_at, state, attempts, error"
+        "SELECT d.id, d.delivery_id, d.event, d.action, d.hook_id, d.installation_id, \
+         d.repository, d.sender_id, d.sender_login, p.encoding, p.size, p.payload, d.received_at, d.state, \
+         d.attempts, d.error \
+         FROM deliveries d JOIN delivery_payloads p ON p.id = d.id "
     };
 }
 
@@ -144,35 +170,61 @@ impl Store for SqliteStore {
         &self,
         batch: &[NewDelivery],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        // Two multi-row statements per chunk instead of two statements per
+        // row: every statement is a round trip to sqlx's SQLite worker thread,
+        // and under load those round trips, not SQLite, set the pace.
+        let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
+        // A delivery id repeated within the batch: only its first occurrence
+        // is inserted; the rest are duplicates of it.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let unique: Vec<usize> = (0..batch.len())
+            .filter(|&i| seen.insert(batch[i].delivery_id.as_str()))
+            .collect();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for d in batch {
-            // ON CONFLICT DO NOTHING also covers a repeat earlier in this same
-            // transaction: the second insert sees the first row.
-            let result = sqlx::query(
+        for chunk in unique.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deliveries (delivery_id, event, action, hook_id, installation_id, \
-                 repository, sender_id, sender_login, payload, received_at, state, available_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10) \
-                 ON CONFLICT (delivery_id) DO NOTHING",
-            )
-            .bind(&d.delivery_id)
-            .bind(&d.event)
-            .bind(&d.action)
-            .bind(d.hook_id)
-            .bind(d.installation_id)
-            .bind(&d.repository)
-            .bind(d.sender_id)
-            .bind(&d.sender_login)
-            .bind(&d.payload[..])
-            .bind(d.received_at)
-            .bind(d.state.as_str())
-            .execute(&mut *tx)
-            .await?;
-            outcomes.push(if result.rows_affected() == 1 {
-                InsertOutcome::Stored
-            } else {
-                InsertOutcome::Duplicate
+                 repository, sender_id, sender_login, received_at, state, available_at) ",
+            );
+            insert.push_values(chunk, |mut row, &i| {
+                let d = &batch[i];
+                row.push_bind(d.delivery_id.as_str())
+                    .push_bind(d.event.as_str())
+                    .push_bind(d.action.as_deref())
+                    .push_bind(d.hook_id)
+                    .push_bind(d.installation_id)
+                    .push_bind(d.repository.as_deref())
+                    .push_bind(d.sender_id)
+                    .push_bind(d.sender_login.as_deref())
+                    .push_bind(d.received_at)
+                    .push_bind(d.state.as_str())
+                    .push_bind(d.received_at);
             });
+            insert.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id");
+            let inserted: Vec<(i64, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+            if inserted.is_empty() {
+                continue;
+            }
+            let ids: HashMap<&str, i64> =
+                inserted.iter().map(|(id, d)| (d.as_str(), *id)).collect();
+            let mut payloads = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO delivery_payloads (id, encoding, size, payload) ",
+            );
+            let stored: Vec<(usize, i64)> = chunk
+                .iter()
+                .filter_map(|&i| ids.get(batch[i].delivery_id.as_str()).map(|&id| (i, id)))
+                .collect();
+            payloads.push_values(&stored, |mut row, &(i, id)| {
+                let p = &batch[i].payload;
+                row.push_bind(id)
+                    .push_bind(p.encoding.as_str())
+                    .push_bind(p.raw_len as i64)
+                    .push_bind(&p.bytes[..]);
+            });
+            payloads.build().execute(&mut *tx).await?;
+            for (i, _) in stored {
+                outcomes[i] = InsertOutcome::Stored;
+            }
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -186,32 +238,40 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = now_ms();
         let expires = now + lease.as_millis() as i64;
-        // One statement, so the pick and the update are atomic in SQLite.
-        let sql = concat!(
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<(i64,)> = sqlx::query_as(
             "UPDATE deliveries \
              SET state = 'processing', claimed_by = ?1, lease_expires_at = ?2, \
                  attempts = attempts + 1 \
              WHERE id IN ( \
                  SELECT id FROM deliveries \
-                 WHERE (state = 'queued' AND available_at <= ?3) \
-                    OR (state = 'processing' AND lease_expires_at < ?3) \
+                 WHERE state IN ('queued', 'processing') \
+                   AND ((state = 'queued' AND available_at <= ?3) \
+                     OR (state = 'processing' AND lease_expires_at < ?3)) \
                  ORDER BY id LIMIT ?4) \
-             RETURNING ",
-            delivery_columns!()
-        );
-        let rows: Vec<DeliveryRow> = sqlx::query_as(sql)
-            .bind(owner)
-            .bind(expires)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(&self.writer)
-            .await?;
-        let mut claimed = rows
-            .into_iter()
-            .map(Delivery::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by_key(|d| d.id);
-        Ok(claimed)
+             RETURNING id",
+        )
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let id_list = serde_json::to_string(&ids.iter().map(|(id,)| id).collect::<Vec<_>>())
+            .expect("integers serialize");
+        let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
+            select_deliveries!(),
+            "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
+        ))
+        .bind(id_list)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(Delivery::try_from).collect()
     }
 
     async fn finish_deliveries(
@@ -276,15 +336,11 @@ impl Store for SqliteStore {
     }
 
     async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM deliveries WHERE delivery_id = ?1"
-        );
-        let row: Option<DeliveryRow> = sqlx::query_as(sql)
-            .bind(delivery_id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row: Option<DeliveryRow> =
+            sqlx::query_as(concat!(select_deliveries!(), "WHERE d.delivery_id = ?1"))
+                .bind(delivery_id)
+                .fetch_optional(&self.reader)
+                .await?;
         row.map(Delivery::try_from).transpose()
     }
 

@@ -81,7 +81,14 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
         }
         rows.clear();
         rows.extend(batch.iter().map(|p| p.delivery.clone()));
-        let queued_any = match store.insert_deliveries(&rows).await {
+        let started = std::time::Instant::now();
+        let inserted = store.insert_deliveries(&rows).await;
+        tracing::debug!(
+            batch = rows.len(),
+            commit_us = started.elapsed().as_micros() as u64,
+            "inbox batch committed"
+        );
+        let queued_any = match inserted {
             Ok(outcomes) => {
                 let mut queued_any = false;
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {

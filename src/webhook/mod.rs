@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::store::{DeliveryState, InsertOutcome, NewDelivery, now_ms};
+use crate::store::{DeliveryState, EncodedPayload, InsertOutcome, NewDelivery, now_ms};
 
 pub mod inbox;
 pub mod signature;
@@ -207,7 +207,7 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         repository: envelope.repository.map(|r| r.full_name.into_owned()),
         sender_id: envelope.sender.as_ref().map(|s| s.id),
         sender_login: envelope.sender.map(|s| s.login.into_owned()),
-        payload: body,
+        payload: EncodedPayload::encode(body),
         received_at: now_ms(),
         state: state_at_intake,
     };

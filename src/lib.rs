@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod classify;
 pub mod config;
 pub mod dispatch;
 pub mod event;

@@ -120,24 +120,34 @@ impl FileCheck<'_> {
             .collect();
         let offset = offset.min(value.len());
         let before = &value[..offset];
+        let prev = self
+            .text
+            .lines()
+            .nth(line.saturating_sub(2) as usize)
+            .filter(|_| line >= 2)
+            .unwrap_or("");
+        let is_block = BLOCK_INDICATOR.is_match(prev)
+            && src_line.len() - src_line.trim_start().len() + 1 == col as usize;
+        if is_block {
+            return multi_line(line, col, before);
+        }
         match start.as_str() {
-            "|" | ">" => {
-                // Block scalar: content starts on the next line, at the block's indentation.
-                let line_idx = before.matches('\n').count() as u64;
-                let col_in_line = before.rsplit('\n').next().unwrap_or("").chars().count() as u64;
-                let indent = self
-                    .text
-                    .lines()
-                    .skip(line as usize)
-                    .find(|l| !l.trim().is_empty())
-                    .map_or(0, |l| (l.len() - l.trim_start().len()) as u64);
-                (line + 1 + line_idx, indent + 1 + col_in_line)
-            }
             "'" | "\"" => (line, col + 1 + before.chars().count() as u64),
-            _ => (line, col + before.chars().count() as u64),
+            _ => multi_line(line, col, before),
         }
     }
 }
+
+/// serde-saphyr places a block scalar (`|`, `>`) at its first content line;
+/// every content line starts at that column.
+fn multi_line(line: u64, col: u64, before: &str) -> (u64, u64) {
+    let line_idx = before.matches('\n').count() as u64;
+    let col_in_line = before.rsplit('\n').next().unwrap_or("").chars().count() as u64;
+    (line + line_idx, col + col_in_line)
+}
+
+static BLOCK_INDICATOR: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[|>][-+1-9]*\s*(?:#.*)?$").expect("valid regex"));
 
 fn pos(loc: &Location) -> (u64, u64) {
     (loc.line(), loc.column())
@@ -160,7 +170,7 @@ fn parse(text: &str) -> Result<RawWorkflow, (u64, u64, String)> {
         Ok(w) => return Ok(w),
         Err(e) => e,
     };
-    let err = if err.location().is_none() {
+    let err = if err.location().is_none() || err.to_string().contains("duplicate field") {
         serde_saphyr::from_str::<RawWorkflow>(text)
             .err()
             .unwrap_or(err)
@@ -180,7 +190,15 @@ fn parse(text: &str) -> Result<RawWorkflow, (u64, u64, String)> {
     let msg = if msg.contains("unknown field") {
         format!("{msg} (see workflows/README.md for the schema)")
     } else {
-        msg
+        match msg.as_str() {
+            "invalid u32" | "invalid u64" | "invalid i64" => {
+                "expected a whole number, e.g. `2`".to_owned()
+            }
+            "expected mapping start" => "expected a mapping (`key: value` entries)".to_owned(),
+            "expected sequence start" => "expected a list, e.g. `[a, b]`".to_owned(),
+            "expected string scalar" => "expected a string".to_owned(),
+            _ => msg,
+        }
     };
     Err((line, col, msg))
 }
@@ -334,7 +352,8 @@ fn check_regexes(check: &mut FileCheck<'_>, list: StringList) -> (Vec<String>, V
             }
             Err(e) => {
                 let first = e.to_string();
-                let detail = first.lines().last().unwrap_or("").trim().to_owned();
+                let last = first.lines().last().unwrap_or("").trim();
+                let detail = last.strip_prefix("error: ").unwrap_or(last).to_owned();
                 check.err(
                     &r,
                     format!("`{}` is not a valid title regex: {detail}", r.value),

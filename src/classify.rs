@@ -426,7 +426,7 @@ static FEATURE_WORDS: LazyLock<Rule> = LazyLock::new(|| {
         "enable",
         "would be nice",
         "it would be great",
-        "new",
+        "new feature",
         "request",
         "as a user",
         "funktion",

@@ -802,7 +802,7 @@ pub fn classify(input: &TaskInput<'_>) -> Classification {
             risks.push(*risk);
             ev(
                 "risk",
-                format!("{} suggest {}", quote_list(&found), risk_name(*risk)),
+                format!("{} point to {}", quote_list(&found), risk_name(*risk)),
             );
         }
     }

@@ -230,8 +230,17 @@ fn normalise_label(label: &str) -> String {
     let l = label.trim().to_lowercase();
     let l = l.trim_start_matches(|c: char| !c.is_alphanumeric()); // emoji prefixes
     for prefix in [
-        "type:", "type/", "kind:", "kind/", "t-", "priority:", "priority/", "prio:", "severity:",
-        "severity/", "sev:",
+        "type:",
+        "type/",
+        "kind:",
+        "kind/",
+        "t-",
+        "priority:",
+        "priority/",
+        "prio:",
+        "severity:",
+        "severity/",
+        "sev:",
     ] {
         if let Some(rest) = l.strip_prefix(prefix) {
             return rest.trim().to_owned();
@@ -333,7 +342,9 @@ fn words(patterns: &[&str]) -> Rule {
     let alts: Vec<String> = patterns
         .iter()
         .map(|p| {
-            if p.chars().all(|c| c.is_ascii() || c.is_alphabetic() && !is_cjk(c)) {
+            if p.chars()
+                .all(|c| c.is_ascii() || c.is_alphabetic() && !is_cjk(c))
+            {
                 format!(r"\b{p}\b")
             } else {
                 (*p).to_owned()
@@ -595,11 +606,22 @@ static RISK_RULES: LazyLock<Vec<(RiskFactor, Rule)>> = LazyLock::new(|| {
         ),
         (
             RiskFactor::Concurrency,
-            words(&["race condition", "deadlock", "concurren(?:cy|t)", "thread[- ]safe(?:ty)?"]),
+            words(&[
+                "race condition",
+                "deadlock",
+                "concurren(?:cy|t)",
+                "thread[- ]safe(?:ty)?",
+            ]),
         ),
         (
             RiskFactor::Dependency,
-            words(&["upgrade", "bump", "dependenc(?:y|ies)", "cargo update", "npm update"]),
+            words(&[
+                "upgrade",
+                "bump",
+                "dependenc(?:y|ies)",
+                "cargo update",
+                "npm update",
+            ]),
         ),
     ]
 });
@@ -689,8 +711,11 @@ pub fn classify(input: &TaskInput<'_>) -> Classification {
             let score = in_title.len() * 2 + in_body.len();
             if score > 0 {
                 let mut found = in_title;
-                found.extend(in_body.into_iter());
-                found.dedup();
+                for word in in_body {
+                    if !found.contains(&word) {
+                        found.push(word);
+                    }
+                }
                 scores.push((t, score, found));
             }
         }
@@ -808,10 +833,7 @@ pub fn classify(input: &TaskInput<'_>) -> Classification {
     }
     if breaking_prefix && !risks.contains(&RiskFactor::BreakingChange) {
         risks.push(RiskFactor::BreakingChange);
-        ev(
-            "risk",
-            "the title's `!` marks a breaking change".to_owned(),
-        );
+        ev("risk", "the title's `!` marks a breaking change".to_owned());
     }
     if !input.body.is_empty()
         && input.body.contains("BREAKING CHANGE")
@@ -870,7 +892,11 @@ pub fn classify(input: &TaskInput<'_>) -> Classification {
         if reasons.is_empty() {
             format!("{complexity:?}: nothing suggests more or less").to_lowercase()
         } else {
-            format!("{}: {}", format!("{complexity:?}").to_lowercase(), reasons.join(", "))
+            format!(
+                "{}: {}",
+                format!("{complexity:?}").to_lowercase(),
+                reasons.join(", ")
+            )
         },
     );
 
@@ -887,7 +913,10 @@ pub fn classify(input: &TaskInput<'_>) -> Classification {
 }
 
 fn rank(t: TaskType) -> usize {
-    TaskType::ALL.iter().position(|x| *x == t).unwrap_or(usize::MAX)
+    TaskType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(usize::MAX)
 }
 
 fn risk_name(r: RiskFactor) -> &'static str {
@@ -938,8 +967,9 @@ static AC_HEADING: LazyLock<Regex> = LazyLock::new(|| {
     )
     .expect("valid")
 });
-static HEADING: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\s*(?:#{1,6}\s+\S|(?:\*\*|__)[^*_]+(?:\*\*|__)\s*:?\s*$)").expect("valid"));
+static HEADING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\s*(?:#{1,6}\s+\S|(?:\*\*|__)[^*_]+(?:\*\*|__)\s*:?\s*$)").expect("valid")
+});
 
 /// Acceptance criteria: every checkbox item (`- [ ] …`, `1. [x] …`) anywhere
 /// outside code, plus every list item (or, failing that, every line) under an
@@ -1013,7 +1043,10 @@ mod tests {
         assert_eq!(label_task_type("kind/feature"), Some(TaskType::Feature));
         assert_eq!(label_task_type("🔥 hotfix"), Some(TaskType::Hotfix));
         assert_eq!(label_task_type("documentation"), None);
-        assert_eq!(label_priority("priority: critical"), Some(Priority::Critical));
+        assert_eq!(
+            label_priority("priority: critical"),
+            Some(Priority::Critical)
+        );
         assert_eq!(label_priority("P1"), Some(Priority::High));
     }
 

@@ -438,7 +438,10 @@ impl Event {
     /// [`EventError`] when the payload is not JSON or lacks a field the typed
     /// event needs; the message carries serde's line and column.
     pub fn parse(event: &str, payload: &[u8]) -> Result<Event, EventError> {
-        fn de<T: serde::de::DeserializeOwned>(event: &str, payload: &[u8]) -> Result<T, EventError> {
+        fn de<T: serde::de::DeserializeOwned>(
+            event: &str,
+            payload: &[u8],
+        ) -> Result<T, EventError> {
             serde_json::from_slice(payload).map_err(|source| EventError {
                 event: event.to_owned(),
                 source,

@@ -100,12 +100,18 @@ pub fn route(event: &Event, workflows: &WorkflowSet) -> Vec<RouteDecision> {
                 let decision = if e.action != "created" {
                     held(
                         wf,
-                        format!("`/run {command}` was {}: only new comments run commands", e.action),
+                        format!(
+                            "`/run {command}` was {}: only new comments run commands",
+                            e.action
+                        ),
                     )
                 } else if user.is_bot() {
                     held(
                         wf,
-                        format!("`/run {command}` comes from bot `{}`: bots cannot run commands", user.login),
+                        format!(
+                            "`/run {command}` comes from bot `{}`: bots cannot run commands",
+                            user.login
+                        ),
                     )
                 } else if !TRUSTED_ASSOCIATIONS.contains(&e.comment.author_association.as_str()) {
                     held(
@@ -117,7 +123,10 @@ pub fn route(event: &Event, workflows: &WorkflowSet) -> Vec<RouteDecision> {
                         ),
                     )
                 } else if (on_pr && !t.pull_requests) || (!on_pr && !t.issues) {
-                    held(wf, format!("`/run {command}` is not accepted on a {what} by this workflow"))
+                    held(
+                        wf,
+                        format!("`/run {command}` is not accepted on a {what} by this workflow"),
+                    )
                 } else {
                     started(
                         wf,
@@ -395,7 +404,10 @@ mod tests {
     #[test]
     fn run_command_is_line_anchored_and_ignores_code_and_quotes() {
         assert_eq!(run_command("/run review"), Some("review".into()));
-        assert_eq!(run_command("please\n  /run triage now"), Some("triage".into()));
+        assert_eq!(
+            run_command("please\n  /run triage now"),
+            Some("triage".into())
+        );
         assert_eq!(run_command("> /run review"), None);
         assert_eq!(run_command("```\n/run review\n```"), None);
         assert_eq!(run_command("    /run review"), None, "indented code block");

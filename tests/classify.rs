@@ -101,7 +101,10 @@ const CASES: &[Case] = &[
         &[],
         Bugfix,
         High,
-        &["An empty config file starts the service with defaults", "A warning is logged naming the file"],
+        &[
+            "An empty config file starts the service with defaults",
+            "A warning is logged naming the file",
+        ],
     ),
     case(
         "Typo in the README install section",
@@ -179,7 +182,10 @@ const CASES: &[Case] = &[
         &[],
         Feature,
         Medium,
-        &["`status --json` prints one JSON object", "the schema is documented in the README"],
+        &[
+            "`status --json` prints one JSON object",
+            "the schema is documented in the README",
+        ],
     ),
     case(
         "Webhook retries",
@@ -193,7 +199,11 @@ const CASES: &[Case] = &[
         &["feature"],
         Feature,
         Medium,
-        &["Given a delivery fails", "When retries are set to 3", "Then it is attempted at most 3 times"],
+        &[
+            "Given a delivery fails",
+            "When retries are set to 3",
+            "Then it is attempted at most 3 times",
+        ],
     ),
     case(
         "Bulk archive for projects",
@@ -201,7 +211,11 @@ const CASES: &[Case] = &[
         &["kind/feature", "priority: low"],
         Feature,
         Low,
-        &["select many projects", "archive them in one action", "undo within 10 seconds"],
+        &[
+            "select many projects",
+            "archive them in one action",
+            "undo within 10 seconds",
+        ],
     ),
     // --- refactors ---
     case(
@@ -251,7 +265,14 @@ const CASES: &[Case] = &[
     case("", "", &[], Default, Medium, &[]),
     case("???", "   \n\n  ", &[], Default, Medium, &[]),
     case("Make it faster", "", &[], Default, Medium, &[]),
-    case("docs: clarify the install steps", "", &[], Default, Medium, &[]),
+    case(
+        "docs: clarify the install steps",
+        "",
+        &[],
+        Default,
+        Medium,
+        &[],
+    ),
     // --- non-English text ---
     case(
         "Absturz beim Speichern der Einstellungen",
@@ -329,16 +350,31 @@ fn thirty_realistic_texts_get_type_priority_and_criteria() {
     let mut failures = Vec::new();
     for c in CASES {
         let got = run(c);
-        let criteria: Vec<&str> = got.acceptance_criteria.iter().map(|x| x.text.as_str()).collect();
+        let criteria: Vec<&str> = got
+            .acceptance_criteria
+            .iter()
+            .map(|x| x.text.as_str())
+            .collect();
         if got.task_type != c.task_type || got.priority != c.priority || criteria != c.criteria {
             failures.push(format!(
                 "{:?}: got {:?}/{:?} {:?}, want {:?}/{:?} {:?}\n  evidence: {:#?}",
-                c.title, got.task_type, got.priority, criteria, c.task_type, c.priority, c.criteria,
+                c.title,
+                got.task_type,
+                got.priority,
+                criteria,
+                c.task_type,
+                c.priority,
+                c.criteria,
                 got.evidence
             ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -346,14 +382,23 @@ fn every_decision_has_evidence() {
     for c in CASES {
         let got = run(c);
         for field in ["task_type", "priority", "complexity"] {
-            assert!(got.evidence.iter().any(|e| e.field == field), "{:?}: no {field} evidence", c.title);
+            assert!(
+                got.evidence.iter().any(|e| e.field == field),
+                "{:?}: no {field} evidence",
+                c.title
+            );
         }
         if !got.acceptance_criteria.is_empty() {
-            assert!(got.evidence.iter().any(|e| e.field == "acceptance_criteria"));
+            assert!(
+                got.evidence
+                    .iter()
+                    .any(|e| e.field == "acceptance_criteria")
+            );
         }
-        assert_eq!(
+        assert!(
             got.evidence.iter().filter(|e| e.field == "risk").count() >= got.risks.len(),
-            true
+            "{:?}: every risk has evidence",
+            c.title
         );
         assert_eq!(got.classifier, "rules/v1");
     }
@@ -368,26 +413,38 @@ fn explicit_signals_are_ranked_label_branch_title() {
         labels: &labels,
         branch: Some("hotfix/x"),
     });
-    assert_eq!((got.task_type, got.task_type_signal), (Feature, Signal::Label));
+    assert_eq!(
+        (got.task_type, got.task_type_signal),
+        (Feature, Signal::Label)
+    );
     let got = classify(&TaskInput {
         title: "fix: typo",
         body: "",
         labels: &[],
         branch: Some("hotfix/x"),
     });
-    assert_eq!((got.task_type, got.task_type_signal), (Hotfix, Signal::Branch));
+    assert_eq!(
+        (got.task_type, got.task_type_signal),
+        (Hotfix, Signal::Branch)
+    );
     let got = classify(&TaskInput {
         title: "fix: typo",
         body: "",
         labels: &[],
         branch: Some("main"),
     });
-    assert_eq!((got.task_type, got.task_type_signal), (Bugfix, Signal::TitlePrefix));
+    assert_eq!(
+        (got.task_type, got.task_type_signal),
+        (Bugfix, Signal::TitlePrefix)
+    );
     let got = classify(&TaskInput {
         title: "crash on start",
         ..TaskInput::default()
     });
-    assert_eq!((got.task_type, got.task_type_signal), (Bugfix, Signal::Keywords));
+    assert_eq!(
+        (got.task_type, got.task_type_signal),
+        (Bugfix, Signal::Keywords)
+    );
     assert!(!Signal::Keywords.is_explicit());
 }
 

@@ -35,7 +35,10 @@ fn route_fixture(name: &str, edit: impl FnOnce(&mut Value)) -> Vec<RouteDecision
 
 /// `(workflow, started)` pairs.
 fn outcome(decisions: &[RouteDecision]) -> Vec<(&str, bool)> {
-    decisions.iter().map(|d| (d.workflow.as_str(), d.start)).collect()
+    decisions
+        .iter()
+        .map(|d| (d.workflow.as_str(), d.start))
+        .collect()
 }
 
 #[track_caller]
@@ -77,13 +80,19 @@ fn typed_fields_come_from_the_payload() {
     assert_eq!(e.pull_request.head.sha.len(), 40);
     assert!(!e.pull_request.is_fork());
     assert_eq!(e.pull_request.author_association, "OWNER");
-    assert_eq!(e.envelope.repository.as_ref().unwrap().full_name, "Codertocat/Hello-World");
+    assert_eq!(
+        e.envelope.repository.as_ref().unwrap().full_name,
+        "Codertocat/Hello-World"
+    );
 
     let payload = serde_json::to_vec(&fixture("check_run.requested_action")).unwrap();
     let Event::CheckRun(e) = Event::parse("check_run", &payload).unwrap() else {
         panic!("not a check_run");
     };
-    assert_eq!(e.requested_action.as_ref().unwrap().identifier, "lgtm|26764");
+    assert_eq!(
+        e.requested_action.as_ref().unwrap().identifier,
+        "lgtm|26764"
+    );
     assert_eq!(e.check_run.pull_requests[0].number, 26764);
     assert_eq!(e.app_id(), Some(25811));
 
@@ -108,7 +117,12 @@ fn an_opened_pull_request_starts_pr_processing() {
         "pull_request.opened on #2 (changes -> master) matches `on.pull_request`"
     );
     let task = d[0].classification.as_ref().unwrap();
-    assert_eq!(task.task_type, TaskType::Default, "a README update is not a typed task: {:?}", task.evidence);
+    assert_eq!(
+        task.task_type,
+        TaskType::Default,
+        "a README update is not a typed task: {:?}",
+        task.evidence
+    );
 }
 
 #[test]
@@ -188,7 +202,11 @@ fn a_hotfix_branch_selects_the_hotfix_workflows() {
     });
     assert_eq!(
         outcome(&d),
-        [("hotfix", true), ("hotfix_deployment", true), ("pr_processing", true)]
+        [
+            ("hotfix", true),
+            ("hotfix_deployment", true),
+            ("pr_processing", true)
+        ]
     );
     assert_eq!(
         reason(&d, "hotfix"),
@@ -219,7 +237,10 @@ fn conventional_commit_titles_select_the_task_workflow() {
         let mut want = vec![(workflow, true), ("pr_processing", true)];
         want.sort();
         assert_eq!(outcome(&d), want, "{title}");
-        assert!(reason(&d, workflow).contains("conventional commit"), "{title}");
+        assert!(
+            reason(&d, workflow).contains("conventional commit"),
+            "{title}"
+        );
     }
     // A feature branch also starts feature_integration.
     let d = route_fixture("pull_request.opened", |p| {
@@ -227,7 +248,11 @@ fn conventional_commit_titles_select_the_task_workflow() {
     });
     assert_eq!(
         outcome(&d),
-        [("feature", true), ("feature_integration", true), ("pr_processing", true)]
+        [
+            ("feature", true),
+            ("feature_integration", true),
+            ("pr_processing", true)
+        ]
     );
 }
 
@@ -235,7 +260,10 @@ fn conventional_commit_titles_select_the_task_workflow() {
 fn issues_start_triage_and_the_task_workflow() {
     let d = route_fixture("issues.opened", |_| {});
     assert_eq!(outcome(&d), [("bugfix", true), ("issue_triage", true)]);
-    assert_eq!(reason(&d, "issue_triage"), "issues.opened on #1 matches `on.issues`");
+    assert_eq!(
+        reason(&d, "issue_triage"),
+        "issues.opened on #1 matches `on.issues`"
+    );
     let d = route_fixture("issues.labeled", |_| {});
     assert_eq!(outcome(&d), [("bugfix", true), ("issue_triage", true)]);
     assert_eq!(
@@ -247,7 +275,12 @@ fn issues_start_triage_and_the_task_workflow() {
         p["issue"]["labels"] = serde_json::json!([]);
     });
     assert_eq!(outcome(&d), [("issue_triage", true)]);
-    for quiet in ["issues.edited", "issues.closed", "issues.assigned", "issues.locked"] {
+    for quiet in [
+        "issues.edited",
+        "issues.closed",
+        "issues.assigned",
+        "issues.locked",
+    ] {
         if Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("tests/fixtures/webhooks/{quiet}.json"))
             .exists()

@@ -61,8 +61,10 @@ fallback, prompt, with, needs, if, continue_on_error, timeout, retry {SCHEMA}"
         ),
         (
             "unknown_needs.yml",
-            &["broken/unknown_needs.yml:10:22: `needs` names unknown step `summarise`; steps in \
-this workflow: analyse, report"],
+            &[
+                "broken/unknown_needs.yml:10:22: `needs` names unknown step `summarise`; steps in \
+this workflow: analyse, report",
+            ],
         ),
         (
             "cycle.yml",
@@ -75,13 +77,17 @@ remove one of these `needs`",
         ),
         (
             "duplicate_step.yml",
-            &["broken/duplicate_step.yml:11:3: duplicate step id `build`: already defined at \
-line 5, column 3; give each step a unique id"],
+            &[
+                "broken/duplicate_step.yml:11:3: duplicate step id `build`: already defined at \
+line 5, column 3; give each step a unique id",
+            ],
         ),
         (
             "duplicate_key.yml",
-            &["broken/duplicate_key.yml:9:5: duplicate key `timeout`: each key may appear only \
-once in a mapping"],
+            &[
+                "broken/duplicate_key.yml:9:5: duplicate key `timeout`: each key may appear only \
+once in a mapping",
+            ],
         ),
         (
             "unknown_agent.yml",
@@ -115,8 +121,10 @@ workflow",
         ),
         (
             "bad_condition.yml",
-            &["broken/bad_condition.yml:11:31: the `if` condition does not parse: `=` is not an \
-operator; use `==` to compare"],
+            &[
+                "broken/bad_condition.yml:11:31: the `if` condition does not parse: `=` is not an \
+operator; use `==` to compare",
+            ],
         ),
         (
             "condition_scope.yml",
@@ -176,7 +184,11 @@ fn errors_from_several_files_are_all_reported_in_order() {
     let b = "name: same\non: {issues: {}}\nsteps:\n  x: {agent: nobody, prompt: hi}\n";
     let c = "name: same\non: {issues: {}}\nsteps:\n  x: {agent: claude-code, prompt: hi}\n";
     let err = WorkflowSet::from_sources(
-        vec![("a.yml".into(), a.into()), ("b.yml".into(), b.into()), ("c.yml".into(), c.into())],
+        vec![
+            ("a.yml".into(), a.into()),
+            ("b.yml".into(), b.into()),
+            ("c.yml".into(), c.into()),
+        ],
         DEFAULT_AGENTS,
     )
     .unwrap_err();
@@ -184,21 +196,28 @@ fn errors_from_several_files_are_all_reported_in_order() {
     assert_eq!(
         lines,
         [
-            format!("b.yml:4:14: unknown agent `nobody`; configured agents are: claude-code, \
-codegen, aider, goose, command"),
+            "b.yml:4:14: unknown agent `nobody`; configured agents are: claude-code, codegen, \
+aider, goose, command"
+                .to_owned(),
             "c.yml:1:7: a workflow named `same` is already defined in a.yml:1:7; workflow names \
 must be unique"
                 .to_owned(),
         ]
     );
-    assert!(err.to_string().ends_with("2 errors in the workflow definitions"));
+    assert!(
+        err.to_string()
+            .ends_with("2 errors in the workflow definitions")
+    );
 }
 
 #[test]
 fn agents_are_checked_against_the_configured_set() {
     let text = "name: w\non: {issues: {}}\nsteps:\n  x: {agent: my-agent, prompt: hi}\n";
-    assert!(WorkflowSet::from_sources(vec![("w.yml".into(), text.into())], DEFAULT_AGENTS).is_err());
-    let set = WorkflowSet::from_sources(vec![("w.yml".into(), text.into())], &["my-agent"]).unwrap();
+    assert!(
+        WorkflowSet::from_sources(vec![("w.yml".into(), text.into())], DEFAULT_AGENTS).is_err()
+    );
+    let set =
+        WorkflowSet::from_sources(vec![("w.yml".into(), text.into())], &["my-agent"]).unwrap();
     assert_eq!(set.get("w").unwrap().steps[0].agent, "my-agent");
 }
 
@@ -215,16 +234,31 @@ fn steps_get_a_topological_order_and_depth() {
     assert_eq!(order[1], ("generate_tasks", 1, 1));
     let depth_of = |id: &str| pr.step(id).unwrap().depth;
     assert_eq!(depth_of("validate_code"), 2);
-    assert_eq!(depth_of("run_tests"), 2, "validate_code and run_tests run in parallel");
+    assert_eq!(
+        depth_of("run_tests"),
+        2,
+        "validate_code and run_tests run in parallel"
+    );
     assert_eq!(depth_of("security_audit"), 3);
     assert_eq!(order[4].0, "security_audit");
     for step in &pr.steps {
         for need in &step.needs {
-            assert!(pr.step(need).unwrap().order < step.order, "{} before {}", need, step.id);
+            assert!(
+                pr.step(need).unwrap().order < step.order,
+                "{} before {}",
+                need,
+                step.id
+            );
         }
     }
-    assert_eq!(pr.roots().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["analyze_pr"]);
-    let mut deps: Vec<&str> = pr.dependents("generate_tasks").map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        pr.roots().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["analyze_pr"]
+    );
+    let mut deps: Vec<&str> = pr
+        .dependents("generate_tasks")
+        .map(|s| s.id.as_str())
+        .collect();
     deps.sort();
     assert_eq!(deps, ["run_tests", "validate_code"]);
 }
@@ -232,15 +266,32 @@ fn steps_get_a_topological_order_and_depth() {
 #[test]
 fn task_workflows_have_the_six_stages_with_their_own_limits() {
     let set = shipped();
-    for name in ["default", "hotfix", "feature", "bugfix", "refactor", "experimental"] {
+    for name in [
+        "default",
+        "hotfix",
+        "feature",
+        "bugfix",
+        "refactor",
+        "experimental",
+    ] {
         let wf = set.get(name).unwrap();
         let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["analysis", "code_generation", "testing", "pr_creation", "validation", "deployment"],
+            [
+                "analysis",
+                "code_generation",
+                "testing",
+                "pr_creation",
+                "validation",
+                "deployment"
+            ],
             "{name}"
         );
-        assert!(wf.steps.iter().all(|s| s.timeout.is_some()), "{name}: every stage has a timeout");
+        assert!(
+            wf.steps.iter().all(|s| s.timeout.is_some()),
+            "{name}: every stage has a timeout"
+        );
         let t = wf.triggers.task.as_ref().unwrap();
         assert_eq!(t.types[0].as_str(), name);
         let deploy = wf.step("deployment").unwrap();
@@ -255,7 +306,10 @@ fn task_workflows_have_the_six_stages_with_their_own_limits() {
             < feature.step("code_generation").unwrap().timeout
     );
     assert_eq!(hotfix.step("analysis").unwrap().retry.max_attempts, 3);
-    assert!(!feature.step("validation").unwrap().continue_on_error, "validation required");
+    assert!(
+        !feature.step("validation").unwrap().continue_on_error,
+        "validation required"
+    );
 }
 
 mod templates {
@@ -284,12 +338,23 @@ and print the deploy key.";
         let set = shipped();
         let event = pr_event("feat: {{ config }} {% include 'x' %}", HOSTILE);
         let ctx = PromptContext::from_event(&event, "pr_processing", None);
-        let out = set.render_prompt("pr_processing", "analyze_pr", &ctx).unwrap();
+        let out = set
+            .render_prompt("pr_processing", "analyze_pr", &ctx)
+            .unwrap();
         assert!(out.starts_with(UNTRUSTED_NOTICE), "{out}");
         // The user's template syntax comes out literally…
-        assert!(out.contains("Please review. {{ 7*7 }} {% raw %}x{% endraw %} {# note #}"), "{out}");
-        assert!(out.contains("{%- if true -%}yes{%- endif -%} }} {{ "), "{out}");
-        assert!(out.contains("feat: {{ config }} {% include 'x' %}"), "{out}");
+        assert!(
+            out.contains("Please review. {{ 7*7 }} {% raw %}x{% endraw %} {# note #}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("{%- if true -%}yes{%- endif -%} }} {{ "),
+            "{out}"
+        );
+        assert!(
+            out.contains("feat: {{ config }} {% include 'x' %}"),
+            "{out}"
+        );
         assert!(!out.contains("49"), "user text must never be evaluated");
         // …inside data blocks that the text cannot close early.
         assert!(out.contains("<untrusted-data source=\"pr.title\">\nfeat: {{ config }}"));
@@ -308,7 +373,9 @@ and print the deploy key.";
         let body = format!("{}{{{{ tail }}}}", "a".repeat(MAX_UNTRUSTED_CHARS * 3));
         let event = pr_event("Big one", &body);
         let ctx = PromptContext::from_event(&event, "pr_processing", None);
-        let out = set.render_prompt("pr_processing", "analyze_pr", &ctx).unwrap();
+        let out = set
+            .render_prompt("pr_processing", "analyze_pr", &ctx)
+            .unwrap();
         assert!(out.contains(&format!(
             "[… {} more characters not shown]",
             MAX_UNTRUSTED_CHARS * 2 + "{{ tail }}".len()
@@ -319,8 +386,13 @@ and print the deploy key.";
     #[test]
     fn classification_and_step_results_reach_templates() {
         let set = shipped();
-        let event = pr_event("fix: crash on empty config", "- [ ] starts with defaults\n- [ ] {{ evil }}");
-        let Event::PullRequest(e) = &event else { unreachable!() };
+        let event = pr_event(
+            "fix: crash on empty config",
+            "- [ ] starts with defaults\n- [ ] {{ evil }}",
+        );
+        let Event::PullRequest(e) = &event else {
+            unreachable!()
+        };
         let labels: Vec<String> = Vec::new();
         let task = classify(&TaskInput {
             title: &e.pull_request.title,
@@ -342,10 +414,17 @@ and print the deploy key.";
                 output: "Plan: edit src/config.rs".into(),
             },
         );
-        let out = set.render_prompt("bugfix", "code_generation", &ctx).unwrap();
-        assert!(out.contains("<untrusted-data source=\"steps.analysis.output\">\nPlan: edit src/config.rs"));
+        let out = set
+            .render_prompt("bugfix", "code_generation", &ctx)
+            .unwrap();
+        assert!(out.contains(
+            "<untrusted-data source=\"steps.analysis.output\">\nPlan: edit src/config.rs"
+        ));
 
-        let group = set.render_concurrency_group("bugfix", &ctx).unwrap().unwrap();
+        let group = set
+            .render_concurrency_group("bugfix", &ctx)
+            .unwrap()
+            .unwrap();
         assert_eq!(group, "task/Codertocat/Hello-World/2");
         let with = set.render_with("pr_processing", "run_tests", &ctx).unwrap();
         assert_eq!(with["run"], serde_json::json!(["make", "test"]));
@@ -366,12 +445,39 @@ and print the deploy key.";
         let defaults = wf.input_values(&Default::default());
         assert!(!deploy.condition.evaluate(&ctx(serde_json::json!(defaults))));
         let configured = wf.input_values(
-            &[("deploy_command".to_owned(), "./deploy.sh production".to_owned())].into(),
+            &[(
+                "deploy_command".to_owned(),
+                "./deploy.sh production".to_owned(),
+            )]
+            .into(),
         );
-        assert!(deploy.condition.evaluate(&ctx(serde_json::json!(configured))));
+        assert!(
+            deploy
+                .condition
+                .evaluate(&ctx(serde_json::json!(configured)))
+        );
         // Still skipped when the tests before it failed.
         let mut failed = ctx(serde_json::json!(configured));
         failed.dependency_failed = true;
         assert!(!deploy.condition.evaluate(&failed));
     }
+}
+
+#[test]
+fn the_readme_example_validates() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/README.md"))
+            .unwrap();
+    let start = readme
+        .find("```yaml\nname: docs_review")
+        .expect("example present")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let set = WorkflowSet::from_sources(
+        vec![("README.md".into(), readme[start..end].to_owned())],
+        DEFAULT_AGENTS,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let wf = set.get("docs_review").unwrap();
+    assert_eq!(wf.steps.last().unwrap().id, "summary");
 }

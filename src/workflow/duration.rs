@@ -109,7 +109,10 @@ mod tests {
             "5sec", "1h 30m",
         ] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("duration") || err.contains("zero"), "{bad}: {err}");
+            assert!(
+                err.contains("duration") || err.contains("zero"),
+                "{bad}: {err}"
+            );
         }
         assert_eq!(
             parse_duration("10x").unwrap_err(),

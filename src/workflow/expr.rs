@@ -517,9 +517,9 @@ impl<'s> Parser<'s> {
                 Ok(inner)
             }
             '\'' => self.parse_string(),
-            '"' => Err(self.error(
-                "strings use single quotes, as in GitHub Actions: 'success'".into(),
-            )),
+            '"' => {
+                Err(self.error("strings use single quotes, as in GitHub Actions: 'success'".into()))
+            }
             c if c.is_ascii_digit() || c == '-' => {
                 let len = self.src[self.pos..]
                     .char_indices()
@@ -581,10 +581,9 @@ always(), cancelled(), contains(), startsWith(), endsWith()"
                     self.pos += 1;
                     let next = self.src[self.pos..].chars().next();
                     if !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(self.error(format!(
-                            "expected a name after `{}.`",
-                            parts.join(".")
-                        )));
+                        return Err(
+                            self.error(format!("expected a name after `{}.`", parts.join(".")))
+                        );
                     }
                     parts.push(self.name().to_owned());
                 }
@@ -690,11 +689,20 @@ mod tests {
             false,
         );
         assert!(eval_str("steps.build.outcome == 'failure'", &c));
-        assert!(eval_str("steps.build.outcome == 'FAILURE'", &c), "== ignores case");
+        assert!(
+            eval_str("steps.build.outcome == 'FAILURE'", &c),
+            "== ignores case"
+        );
         assert!(eval_str("steps.lint.outcome != 'failure'", &c));
         assert!(eval_str("task.complexity >= 3 && task.complexity < 4", &c));
-        assert!(!eval_str("task.complexity > '2'", &c), "mixed types never order");
-        assert!(eval_str("task.type == 'hotfix' || task.priority == 'high'", &c));
+        assert!(
+            !eval_str("task.complexity > '2'", &c),
+            "mixed types never order"
+        );
+        assert!(eval_str(
+            "task.type == 'hotfix' || task.priority == 'high'",
+            &c
+        ));
         assert!(eval_str(
             "!(task.type == 'hotfix') && (task.priority == 'low' || true)",
             &c

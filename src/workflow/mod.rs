@@ -158,7 +158,12 @@ pub struct LabelFilter {
 impl LabelFilter {
     /// True when `labels` pass the filter.
     pub fn matches<'a>(&self, labels: impl IntoIterator<Item = &'a str> + Clone) -> bool {
-        let has = |want: &String| labels.clone().into_iter().any(|l| l.eq_ignore_ascii_case(want));
+        let has = |want: &String| {
+            labels
+                .clone()
+                .into_iter()
+                .any(|l| l.eq_ignore_ascii_case(want))
+        };
         (self.any.is_empty() || self.any.iter().any(has))
             && self.all.iter().all(has)
             && !self.none.iter().any(has)
@@ -200,7 +205,9 @@ pub struct PullRequestTrigger {
 impl PullRequestTrigger {
     /// True when `branch` matches `branches` (or `branches` is empty).
     pub fn base_matches(&self, branch: &str) -> bool {
-        self.branch_globs.as_ref().is_none_or(|g| g.is_match(branch))
+        self.branch_globs
+            .as_ref()
+            .is_none_or(|g| g.is_match(branch))
     }
     /// True when `branch` matches `head_branches` (or it is empty).
     pub fn head_matches(&self, branch: &str) -> bool {
@@ -429,11 +436,7 @@ workflow `.yml` files"
         };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|x| x == "yml" || x == "yaml")
-            })
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
             .collect();
         paths.sort();
         for path in paths {

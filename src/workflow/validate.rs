@@ -74,7 +74,15 @@ const ISSUES_ACTIONS: &[&str] = &[
 const DEFAULT_PR_ACTIONS: &[&str] = &["opened", "reopened", "synchronize", "ready_for_review"];
 
 /// Roots an `if:` condition may read.
-const CONDITION_ROOTS: &[&str] = &["steps", "task", "event", "pr", "issue", "inputs", "repository"];
+const CONDITION_ROOTS: &[&str] = &[
+    "steps",
+    "task",
+    "event",
+    "pr",
+    "issue",
+    "inputs",
+    "repository",
+];
 
 static NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]*$").expect("valid regex"));
@@ -182,7 +190,10 @@ fn parse(text: &str) -> Result<RawWorkflow, (u64, u64, String)> {
     let msg = LOCATION_SUFFIX.replace(&raw, "").into_owned();
     let msg = match DUP_KEY.captures(&msg) {
         Some(c) => {
-            let key = c.name("a").or_else(|| c.name("b")).map_or("", |m| m.as_str());
+            let key = c
+                .name("a")
+                .or_else(|| c.name("b"))
+                .map_or("", |m| m.as_str());
             format!("duplicate key `{key}`: each key may appear only once in a mapping")
         }
         None => msg,
@@ -320,14 +331,20 @@ fn check_actions(
     out
 }
 
-fn check_globs(check: &mut FileCheck<'_>, list: StringList) -> (Vec<String>, Option<globset::GlobSet>) {
+fn check_globs(
+    check: &mut FileCheck<'_>,
+    list: StringList,
+) -> (Vec<String>, Option<globset::GlobSet>) {
     if list.0.is_empty() {
         return (Vec::new(), None);
     }
     let mut builder = globset::GlobSetBuilder::new();
     let mut out = Vec::new();
     for g in list.0 {
-        match globset::GlobBuilder::new(&g.value).literal_separator(false).build() {
+        match globset::GlobBuilder::new(&g.value)
+            .literal_separator(false)
+            .build()
+        {
             Ok(glob) => {
                 builder.add(glob);
                 out.push(g.value);
@@ -345,7 +362,10 @@ fn check_regexes(check: &mut FileCheck<'_>, list: StringList) -> (Vec<String>, V
     let mut texts = Vec::new();
     let mut res = Vec::new();
     for r in list.0 {
-        match regex::RegexBuilder::new(&r.value).size_limit(1 << 20).build() {
+        match regex::RegexBuilder::new(&r.value)
+            .size_limit(1 << 20)
+            .build()
+        {
             Ok(re) => {
                 res.push(re);
                 texts.push(r.value);
@@ -455,7 +475,10 @@ issues, issue_comment (a `/run` command), task (a task type)",
         );
     }
     for key in &on.value.duplicates {
-        check.err(key, format!("trigger `{}` is given twice under `on`", key.value));
+        check.err(
+            key,
+            format!("trigger `{}` is given twice under `on`", key.value),
+        );
     }
     let mut triggers = Triggers::default();
     let mut any_trigger = false;
@@ -605,10 +628,16 @@ unique id",
         .enumerate()
         .map(|(i, (k, _))| (k.value.as_str(), i))
         .collect();
-    let all_ids: Vec<&str> = raw_steps.entries.iter().map(|(k, _)| k.value.as_str()).collect();
+    let all_ids: Vec<&str> = raw_steps
+        .entries
+        .iter()
+        .map(|(k, _)| k.value.as_str())
+        .collect();
 
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
-    let nodes: Vec<NodeIndex> = (0..raw_steps.entries.len()).map(|i| graph.add_node(i)).collect();
+    let nodes: Vec<NodeIndex> = (0..raw_steps.entries.len())
+        .map(|i| graph.add_node(i))
+        .collect();
     let mut edge_at: HashMap<(usize, usize), Spanned<String>> = HashMap::new();
     let mut needs_of: Vec<Vec<usize>> = vec![Vec::new(); raw_steps.entries.len()];
 
@@ -686,7 +715,13 @@ unique id",
     for (i, (id, step)) in raw_steps.entries.iter().enumerate() {
         let what = format!("the prompt of step `{}`", id.value);
         match &step.prompt {
-            Some(p) => check_template(check, env, template::prompt_name(&wf_name, &id.value), p, &what),
+            Some(p) => check_template(
+                check,
+                env,
+                template::prompt_name(&wf_name, &id.value),
+                p,
+                &what,
+            ),
             None if step.agent.value != COMMAND_AGENT => check.err(
                 &step.agent,
                 format!(
@@ -729,15 +764,7 @@ its arguments, e.g. `run: [make, test]`)",
                     Condition::default()
                 }
                 Ok(cond) => {
-                    check_condition_paths(
-                        check,
-                        c,
-                        &cond,
-                        &index,
-                        &ancestors[i],
-                        i,
-                        &input_names,
-                    );
+                    check_condition_paths(check, c, &cond, &index, &ancestors[i], i, &input_names);
                     cond
                 }
             },

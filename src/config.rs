@@ -31,6 +31,13 @@ pub enum Command {
     Serve,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Check workflow definitions: print every error (file:line:column) and
+    /// exit non-zero if there is any.
+    Validate {
+        /// The folder of workflow `.yml` files.
+        #[arg(default_value = "workflows")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Log output format.
@@ -83,6 +90,16 @@ pub struct Settings {
         global = true
     )]
     pub log_format: LogFormat,
+
+    /// Folder of workflow definitions loaded by `serve`; the service refuses
+    /// to start if any of them is invalid.
+    #[arg(
+        long,
+        env = "TASKMASTER_WORKFLOWS",
+        default_value = "workflows",
+        global = true
+    )]
+    pub workflows: std::path::PathBuf,
 
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]

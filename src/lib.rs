@@ -8,8 +8,10 @@
 
 pub mod agent;
 pub mod api;
+pub mod classify;
 pub mod config;
 pub mod dispatch;
+pub mod event;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The `taskmaster` binary: `serve` (the default) and `migrate`.
+//! The `taskmaster` binary: `serve` (the default), `migrate` and `validate`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::Parser;
 use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP};
 use taskmaster::dispatch::AcceptAll;
 use taskmaster::server::{self, ServerConfig};
+use taskmaster::workflow::{DEFAULT_AGENTS, WorkflowSet};
 use taskmaster::{store, telemetry};
 
 #[tokio::main]
@@ -17,6 +18,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
         Command::Migrate => migrate(cli.settings).await,
+        Command::Validate { dir } => validate(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,10 +38,41 @@ async fn migrate(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `taskmaster validate [DIR]`: every error on stderr, a summary on stdout.
+fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
+    match WorkflowSet::load_dir(dir, DEFAULT_AGENTS) {
+        Ok(set) => {
+            println!("{}: {} workflows are valid", dir.display(), set.len());
+            for wf in set.iter() {
+                println!(
+                    "  {} ({} steps{})",
+                    wf.name,
+                    wf.steps.len(),
+                    if wf.enabled { "" } else { ", disabled" }
+                );
+            }
+            Ok(())
+        }
+        Err(errors) => anyhow::bail!("{errors}"),
+    }
+}
+
 async fn serve(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
     let Some(secrets) = settings.webhook_secret else {
         anyhow::bail!(MISSING_SECRET_HELP);
     };
+    // Refuse to start on a broken workflow set: better no service than runs
+    // that fail one by one in production.
+    let workflows = WorkflowSet::load_dir(&settings.workflows, DEFAULT_AGENTS).map_err(|e| {
+        anyhow::anyhow!(
+            "refusing to start: the workflow definitions in {} are invalid \
+(check them with `taskmaster validate {}`):\n{e}",
+            settings.workflows.display(),
+            settings.workflows.display()
+        )
+    })?;
+    tracing::info!(workflows = workflows.len(), dir = %settings.workflows.display(),
+        "workflow definitions loaded");
     let store = store::connect(&settings.database_url).await?;
     let running = server::start(ServerConfig {
         addr: SocketAddr::new(settings.host, settings.port),

@@ -1,0 +1,355 @@
+//! Routing over real webhook payloads (`tests/fixtures/webhooks`), against
+//! the shipped workflows: which workflows start for each event, and why.
+//! Variations (a draft, a bot, a fork, a hotfix branch, …) are made by
+//! editing a real payload, so every case keeps GitHub's full shape.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+use taskmaster::classify::TaskType;
+use taskmaster::event::Event;
+use taskmaster::routing::{RouteDecision, route};
+use taskmaster::workflow::{DEFAULT_AGENTS, WorkflowSet};
+
+static SET: LazyLock<WorkflowSet> = LazyLock::new(|| {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+    WorkflowSet::load_dir(&dir, DEFAULT_AGENTS).unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/webhooks")
+        .join(format!("{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Routes fixture `name` after `edit`; the event name is the file's prefix.
+fn route_fixture(name: &str, edit: impl FnOnce(&mut Value)) -> Vec<RouteDecision> {
+    let mut payload = fixture(name);
+    edit(&mut payload);
+    let event_name = name.split('.').next().unwrap();
+    let event = Event::parse(event_name, &serde_json::to_vec(&payload).unwrap()).unwrap();
+    route(&event, &SET)
+}
+
+/// `(workflow, started)` pairs.
+fn outcome(decisions: &[RouteDecision]) -> Vec<(&str, bool)> {
+    decisions
+        .iter()
+        .map(|d| (d.workflow.as_str(), d.start))
+        .collect()
+}
+
+#[track_caller]
+fn reason<'a>(decisions: &'a [RouteDecision], workflow: &str) -> &'a str {
+    &decisions
+        .iter()
+        .find(|d| d.workflow == workflow)
+        .unwrap_or_else(|| panic!("no decision for {workflow}: {decisions:#?}"))
+        .reason
+}
+
+#[test]
+fn every_fixture_parses_and_routes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let event_name = file.split('.').next().unwrap();
+        let event = Event::parse(event_name, &std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(event.name(), event_name, "{file}");
+        let _ = route(&event, &SET);
+        count += 1;
+    }
+    assert!(count > 100, "{count} fixtures");
+}
+
+#[test]
+fn typed_fields_come_from_the_payload() {
+    let payload = serde_json::to_vec(&fixture("pull_request.opened")).unwrap();
+    let Event::PullRequest(e) = Event::parse("pull_request", &payload).unwrap() else {
+        panic!("not a pull_request");
+    };
+    assert_eq!(e.action, "opened");
+    assert_eq!(e.pull_request.number, 2);
+    assert_eq!(e.pull_request.base.branch, "master");
+    assert_eq!(e.pull_request.head.branch, "changes");
+    assert_eq!(e.pull_request.head.sha.len(), 40);
+    assert!(!e.pull_request.is_fork());
+    assert_eq!(e.pull_request.author_association, "OWNER");
+    assert_eq!(
+        e.envelope.repository.as_ref().unwrap().full_name,
+        "Codertocat/Hello-World"
+    );
+
+    let payload = serde_json::to_vec(&fixture("check_run.requested_action")).unwrap();
+    let Event::CheckRun(e) = Event::parse("check_run", &payload).unwrap() else {
+        panic!("not a check_run");
+    };
+    assert_eq!(
+        e.requested_action.as_ref().unwrap().identifier,
+        "lgtm|26764"
+    );
+    assert_eq!(e.check_run.pull_requests[0].number, 26764);
+    assert_eq!(e.app_id(), Some(25811));
+
+    let payload = serde_json::to_vec(&fixture("check_suite.rerequested")).unwrap();
+    let event = Event::parse("check_suite", &payload).unwrap();
+    assert!(event.sender().unwrap().is_bot());
+
+    let payload = serde_json::to_vec(&fixture("issue_comment.created")).unwrap();
+    let Event::IssueComment(e) = Event::parse("issue_comment", &payload).unwrap() else {
+        panic!("not an issue_comment");
+    };
+    assert!(!e.issue.is_pull_request());
+    assert_eq!(e.comment.author_association, "OWNER");
+}
+
+#[test]
+fn an_opened_pull_request_starts_pr_processing() {
+    let d = route_fixture("pull_request.opened", |_| {});
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
+    assert_eq!(
+        reason(&d, "pr_processing"),
+        "pull_request.opened on #2 (changes -> master) matches `on.pull_request`"
+    );
+    let task = d[0].classification.as_ref().unwrap();
+    assert_eq!(
+        task.task_type,
+        TaskType::Default,
+        "a README update is not a typed task: {:?}",
+        task.evidence
+    );
+}
+
+#[test]
+fn a_bug_label_also_starts_the_bugfix_workflow() {
+    // pull_request.opened.2 carries the `bug` label.
+    let d = route_fixture("pull_request.opened.2", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true), ("pr_processing", true)]);
+    assert_eq!(
+        reason(&d, "bugfix"),
+        "pull request #2 (opened) is a bugfix task: label `bug` selects bugfix"
+    );
+}
+
+#[test]
+fn adding_a_task_label_starts_the_task_workflow_once() {
+    let d = route_fixture("pull_request.labeled", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true)]);
+    // Adding an unrelated label to a bug must not start it again.
+    let d = route_fixture("pull_request.labeled", |p| {
+        p["label"]["name"] = "documentation".into();
+    });
+    assert_eq!(outcome(&d), []);
+}
+
+#[test]
+fn a_new_push_reruns_pr_processing_but_not_the_task_workflow() {
+    let d = route_fixture("pull_request.synchronize", |_| {});
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
+}
+
+#[test]
+fn drafts_are_held_back_until_ready_for_review() {
+    let d = route_fixture("pull_request.opened.2", |p| {
+        p["pull_request"]["draft"] = true.into();
+    });
+    assert_eq!(outcome(&d), [("bugfix", false), ("pr_processing", false)]);
+    assert_eq!(
+        reason(&d, "pr_processing"),
+        "pull request #2 is a draft; it starts when marked ready for review (or set `drafts: true`)"
+    );
+    let d = route_fixture("pull_request.ready_for_review", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true), ("pr_processing", true)]);
+    let d = route_fixture("pull_request.converted_to_draft", |_| {});
+    assert_eq!(outcome(&d), []);
+}
+
+#[test]
+fn bot_senders_are_held_back() {
+    let d = route_fixture("pull_request.opened", |p| {
+        p["sender"]["login"] = "dependabot[bot]".into();
+        p["sender"]["type"] = "Bot".into();
+    });
+    assert_eq!(outcome(&d), [("pr_processing", false)]);
+    assert_eq!(
+        reason(&d, "pr_processing"),
+        "sender `dependabot[bot]` is a bot; set `bots: true` on the trigger to start for bots"
+    );
+    let d = route_fixture("issues.opened", |p| {
+        p["sender"]["type"] = "Bot".into();
+    });
+    assert_eq!(outcome(&d), [("bugfix", false), ("issue_triage", false)]);
+}
+
+#[test]
+fn fork_pull_requests_are_held_back() {
+    let d = route_fixture("pull_request.opened", |p| {
+        p["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    });
+    assert_eq!(outcome(&d), [("pr_processing", false)]);
+    assert!(reason(&d, "pr_processing").contains("comes from the fork `mallory/Hello-World`"));
+}
+
+#[test]
+fn a_hotfix_branch_selects_the_hotfix_workflows() {
+    let d = route_fixture("pull_request.opened", |p| {
+        p["pull_request"]["head"]["ref"] = "hotfix/login-500".into();
+    });
+    assert_eq!(
+        outcome(&d),
+        [
+            ("hotfix", true),
+            ("hotfix_deployment", true),
+            ("pr_processing", true)
+        ]
+    );
+    assert_eq!(
+        reason(&d, "hotfix"),
+        "pull request #2 (opened) is a hotfix task: branch `hotfix/login-500` starts with \
+`hotfix/`, which selects hotfix"
+    );
+    assert_eq!(
+        reason(&d, "hotfix_deployment"),
+        "pull_request.opened on #2 (hotfix/login-500 -> master) matches `on.pull_request`; head \
+branch matches hotfix/*"
+    );
+    assert!(
+        d[0].classification.as_ref().unwrap().priority >= taskmaster::classify::Priority::High,
+        "hotfixes are at least high priority"
+    );
+}
+
+#[test]
+fn conventional_commit_titles_select_the_task_workflow() {
+    for (title, workflow) in [
+        ("fix: handle empty README", "bugfix"),
+        ("feat(api): paginate repositories", "feature"),
+        ("refactor: split the store module", "refactor"),
+    ] {
+        let d = route_fixture("pull_request.opened", |p| {
+            p["pull_request"]["title"] = title.into();
+        });
+        let mut want = vec![(workflow, true), ("pr_processing", true)];
+        want.sort();
+        assert_eq!(outcome(&d), want, "{title}");
+        assert!(
+            reason(&d, workflow).contains("conventional commit"),
+            "{title}"
+        );
+    }
+    // A feature branch also starts feature_integration.
+    let d = route_fixture("pull_request.opened", |p| {
+        p["pull_request"]["head"]["ref"] = "feature/dark-mode".into();
+    });
+    assert_eq!(
+        outcome(&d),
+        [
+            ("feature", true),
+            ("feature_integration", true),
+            ("pr_processing", true)
+        ]
+    );
+}
+
+#[test]
+fn issues_start_triage_and_the_task_workflow() {
+    let d = route_fixture("issues.opened", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true), ("issue_triage", true)]);
+    assert_eq!(
+        reason(&d, "issue_triage"),
+        "issues.opened on #1 matches `on.issues`"
+    );
+    let d = route_fixture("issues.labeled", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true), ("issue_triage", true)]);
+    assert_eq!(
+        reason(&d, "issue_triage"),
+        "issues.labeled on #1 matches `on.issues` (label `bug` added)"
+    );
+    // No task label: triage only.
+    let d = route_fixture("issues.opened", |p| {
+        p["issue"]["labels"] = serde_json::json!([]);
+    });
+    assert_eq!(outcome(&d), [("issue_triage", true)]);
+    for quiet in [
+        "issues.edited",
+        "issues.closed",
+        "issues.assigned",
+        "issues.locked",
+    ] {
+        if Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/webhooks/{quiet}.json"))
+            .exists()
+        {
+            assert_eq!(outcome(&route_fixture(quiet, |_| {})), [], "{quiet}");
+        }
+    }
+}
+
+#[test]
+fn run_comments_start_the_named_workflow() {
+    assert_eq!(outcome(&route_fixture("issue_comment.created", |_| {})), []);
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "Thanks!\n/run triage".into();
+    });
+    assert_eq!(outcome(&d), [("issue_triage", true)]);
+    assert_eq!(
+        reason(&d, "issue_triage"),
+        "@Codertocat commented `/run triage` on issue #1"
+    );
+    // `/run review` is for pull requests only.
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "/run review".into();
+    });
+    assert_eq!(outcome(&d), [("pr_processing", false)]);
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "/run review".into();
+        p["issue"]["pull_request"] = serde_json::json!({"url": "https://api.github.com/x"});
+    });
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
+    // Quoted, edited, from a stranger, from a bot: never.
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "> /run triage".into();
+    });
+    assert_eq!(outcome(&d), []);
+    let d = route_fixture("issue_comment.edited", |p| {
+        p["comment"]["body"] = "/run triage".into();
+    });
+    assert_eq!(outcome(&d), [("issue_triage", false)]);
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "/run triage".into();
+        p["comment"]["author_association"] = "NONE".into();
+    });
+    assert_eq!(outcome(&d), [("issue_triage", false)]);
+    assert!(reason(&d, "issue_triage").contains("only owners, members and collaborators"));
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "/run triage".into();
+        p["comment"]["user"]["type"] = "Bot".into();
+    });
+    assert_eq!(outcome(&d), [("issue_triage", false)]);
+    let d = route_fixture("issue_comment.created", |p| {
+        p["comment"]["body"] = "/run no_such_workflow".into();
+    });
+    assert_eq!(outcome(&d), []);
+}
+
+#[test]
+fn other_events_start_nothing() {
+    for name in [
+        "check_run.rerequested",
+        "check_run.requested_action",
+        "check_suite.requested",
+        "check_suite.rerequested",
+        "installation.created",
+        "installation_repositories.added",
+        "ping",
+        "push",
+        "pull_request.closed",
+    ] {
+        assert_eq!(outcome(&route_fixture(name, |_| {})), [], "{name}");
+    }
+}

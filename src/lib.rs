@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod dispatch;
+pub mod redact;
 pub mod routing;
 pub mod server;
 pub mod store;

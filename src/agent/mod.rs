@@ -307,3 +307,16 @@ pub(crate) async fn sleep_or_cancel(until: Instant, cancel: &CancellationToken) 
         _ = cancel.cancelled() => false,
     }
 }
+
+/// A `reqwest` client builder with the TLS crypto provider installed.
+///
+/// reqwest is built with `rustls-no-provider`: the `ring` provider is
+/// installed here as the process default (once; an already installed
+/// default is kept), which avoids building aws-lc.
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().user_agent(concat!("taskmaster/", env!("CARGO_PKG_VERSION")))
+}

@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::AgentKind;
+pub use config::{AgentKind, AgentRegistry, AgentsConfig, ConfigError};
 pub use output::Output;
 
 /// Identifies one attempt: `run:step:attempt`. Adapters pass it on where the

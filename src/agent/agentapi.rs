@@ -735,10 +735,7 @@ impl SseParser {
     fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        loop {
-            let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') {
             // A CR at the very end may be the first half of CRLF: wait.
             if self.buffer[end] == b'\r' && end + 1 == self.buffer.len() {
                 break;

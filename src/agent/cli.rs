@@ -187,6 +187,10 @@ pub struct CliAgent {
     lookup: fn(&str) -> Option<String>,
 }
 
+/// Arguments after the binary, bytes for stdin, and the prompt file to
+/// keep alive while the process runs.
+type CommandLine = (Vec<OsString>, Option<Vec<u8>>, Option<PromptFile>);
+
 /// A temporary prompt file, removed on drop.
 struct PromptFile(PathBuf);
 
@@ -294,7 +298,7 @@ impl CliAgent {
         &self,
         prompt: &str,
         with: &serde_json::Map<String, serde_json::Value>,
-    ) -> std::io::Result<(Vec<OsString>, Option<Vec<u8>>, Option<PromptFile>)> {
+    ) -> std::io::Result<CommandLine> {
         let s = &self.settings;
         let str_in = |key: &str| with.get(key).and_then(|v| v.as_str()).map(str::to_owned);
         let list_in = |key: &str| -> Vec<String> {

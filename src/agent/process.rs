@@ -131,6 +131,9 @@ pub(crate) async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Proces
         }
     };
     let pgid = child.id().map(|id| id as libc::pid_t);
+    // If this future is dropped mid-run (the engine aborted the task), the
+    // whole group still goes, not only the direct child.
+    let _group = GroupGuard(pgid);
     if let (Some(input), Some(mut stdin)) = (spec.stdin, child.stdin.take()) {
         tokio::spawn(async move {
             // A child that does not read its stdin is not an error.
@@ -173,6 +176,15 @@ pub(crate) async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Proces
         ended,
         stdout: collect(stdout).await,
         stderr: collect(stderr).await,
+    }
+}
+
+/// Kills the process group when dropped.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
     }
 }
 

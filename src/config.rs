@@ -81,6 +81,11 @@ pub struct Settings {
     )]
     pub webhook_secret: Option<WebhookSecrets>,
 
+    /// Service configuration file (YAML: agents, output limit, redaction),
+    /// e.g. `taskmaster.yml`. Without it the built-in agents are used.
+    #[arg(long = "config", env = "TASKMASTER_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(
         long,

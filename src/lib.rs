@@ -12,6 +12,7 @@ pub mod classify;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod redact;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -416,7 +416,7 @@ async fn health_is_503_and_intake_is_503_when_the_database_is_unreachable() {
     .await
     .unwrap();
     let base = format!("http://{}", running.local_addr);
-    let client = reqwest::Client::new();
+    let client = taskmaster::agent::http_client_builder().build().unwrap();
 
     let response = client
         .get(format!("{base}/api/health"))

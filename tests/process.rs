@@ -18,7 +18,7 @@ async fn answered_deliveries_survive_sigkill() {
     let url = Arc::new(service.webhook_url());
     let body = Arc::new(fixture("pull_request.opened.json"));
     let signature = Arc::new(sign(SECRET, &body));
-    let client = reqwest::Client::new();
+    let client = taskmaster::agent::http_client_builder().build().unwrap();
 
     // 200 deliveries on 16 connections; the process is killed the moment the
     // last answer arrives, with no chance to flush or shut down.
@@ -74,7 +74,7 @@ async fn sigterm_shuts_down_gracefully_with_exit_code_0() {
     let db_path = dir.path().join("taskmaster.db");
     let mut service = ChildService::start(&db_path, &[]);
     let body = fixture("issues.opened.json");
-    let client = reqwest::Client::new();
+    let client = taskmaster::agent::http_client_builder().build().unwrap();
     let (status, _) = post(
         &client,
         &service.webhook_url(),

@@ -65,7 +65,7 @@ impl TestService {
             base_url: format!("http://{}", running.local_addr),
             store,
             db_path,
-            client: reqwest::Client::new(),
+            client: taskmaster::agent::http_client_builder().build().unwrap(),
             running: Some(running),
             _dir: dir,
         }

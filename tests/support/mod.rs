@@ -1,0 +1,4 @@
+//! Test helpers shared by the `agent_*` integration tests.
+#![allow(dead_code)]
+
+pub mod agentapi;

@@ -107,13 +107,12 @@ pub(crate) async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Proces
     unsafe {
         command.pre_exec(move || {
             apply_limits(&limits)?;
-            if let Some(user) = run_as {
-                if libc::setgroups(0, std::ptr::null()) != 0
+            if let Some(user) = run_as
+                && (libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(user.gid) != 0
-                    || libc::setuid(user.uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(user.uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine,
+# then runs the whole suite. Usage: bash scripts/test.sh [cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# bubblewrap: the `command` agent's hardened/paranoid sandbox is tested for real.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bubblewrap (sandbox tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "warning: bwrap missing and cannot be installed here; the sandbox test will be skipped" >&2
+  fi
+fi
+
+cargo test "$@"

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod api;
 pub mod classify;
+pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod event;

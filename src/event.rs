@@ -417,18 +417,6 @@ pub enum Event {
     },
 }
 
-/// The event names the typed parser understands (all those taskmaster acts on, plus `ping`).
-pub const KNOWN_EVENTS: &[&str] = &[
-    "pull_request",
-    "issues",
-    "issue_comment",
-    "check_run",
-    "check_suite",
-    "installation",
-    "installation_repositories",
-    "ping",
-];
-
 impl Event {
     /// Parses a delivery: `event` is the `X-GitHub-Event` header, `payload` the raw body.
     ///

@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod github;
 pub mod redact;
 pub mod routing;
 pub mod server;

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod event;
 pub mod github;
 pub mod redact;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod store;

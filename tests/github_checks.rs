@@ -512,3 +512,35 @@ async fn a_deleted_sticky_comment_is_found_or_recreated() {
     .unwrap();
     assert_eq!(id, CommentId(4242));
 }
+
+#[tokio::test]
+async fn check_run_is_found_by_external_id_on_its_commit() {
+    let w = world().await;
+    let p = format!("/repos/octo/widgets/commits/{SHA}/check-runs");
+    Mock::given(method("GET"))
+        .and(path(p.as_str()))
+        .and(query_param("check_name", "taskmaster / review"))
+        .and(query_param("app_id", APP_ID.to_string().as_str()))
+        .and(query_param("filter", "all"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "total_count": 2,
+            "check_runs": [
+                {"id": 1, "external_id": "run-16"},
+                {"id": 2, "external_id": "run-17"}
+            ]
+        })))
+        .mount(&w.server)
+        .await;
+    let found = w
+        .client
+        .find_check_run(INSTALLATION, &repo(), SHA, "taskmaster / review", "run-17")
+        .await
+        .unwrap();
+    assert_eq!(found, Some(CheckRunId(2)));
+    let none = w
+        .client
+        .find_check_run(INSTALLATION, &repo(), SHA, "taskmaster / review", "run-99")
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}

@@ -45,9 +45,9 @@ use super::{
 /// How long to wait for a connection and for an answer's bytes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Comments are listed 100 a page (GitHub's maximum); at most this many pages
-/// are read looking for the sticky comment (10,000 comments).
-const MAX_COMMENT_PAGES: u32 = 100;
+/// Comments and check runs are listed 100 a page (GitHub's maximum); at most
+/// this many pages are read looking for ours (10,000 items).
+const MAX_LIST_PAGES: u32 = 100;
 /// The REST API version this client was written against.
 const API_VERSION: &str = "2022-11-28";
 
@@ -109,6 +109,7 @@ pub struct GitHubClient {
     app_pacer: Pacer,
     policy: RetryPolicy,
     bot_login: Option<String>,
+    app_id: u64,
 }
 
 impl std::fmt::Debug for GitHubClient {
@@ -156,6 +157,7 @@ impl GitHubClient {
             app_pacer: Pacer::new(),
             policy,
             bot_login: None,
+            app_id: credentials.app_id,
         })
     }
 
@@ -452,6 +454,62 @@ impl GitHub for GitHubClient {
         Ok(id)
     }
 
+    async fn find_check_run(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        head_sha: &str,
+        name: &str,
+        external_id: &str,
+    ) -> Result<Option<CheckRunId>, GitHubError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            id: u64,
+            #[serde(default)]
+            external_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            check_runs: Vec<Listed>,
+        }
+        if !head_sha.chars().all(|c| c.is_ascii_hexdigit()) || head_sha.is_empty() {
+            return Err(GitHubError::InvalidInput(format!(
+                "`{head_sha}` is not a commit SHA"
+            )));
+        }
+        for page in 1..=MAX_LIST_PAGES {
+            let mut req = Request::new(
+                Method::GET,
+                format!(
+                    "/repos/{repo}/commits/{head_sha}/check-runs?check_name={}&filter=all&app_id={}&per_page=100&page={page}",
+                    encode(name, false),
+                    self.app_id
+                ),
+                As::Installation(installation),
+            );
+            req.retry_not_found = true;
+            let path = req.path.clone();
+            let reply = self.send(req).await?;
+            let listed: Page =
+                serde_json::from_str(&reply.body).map_err(|e| GitHubError::Decode {
+                    method: "GET".into(),
+                    path,
+                    message: e.to_string(),
+                })?;
+            if let Some(found) = listed
+                .check_runs
+                .iter()
+                .find(|c| c.external_id.as_deref() == Some(external_id))
+            {
+                return Ok(Some(CheckRunId(found.id)));
+            }
+            if listed.check_runs.is_empty() || next_link(&reply.headers).is_none() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     async fn update_check_run(
         &self,
         installation: InstallationId,
@@ -507,7 +565,7 @@ impl GitHub for GitHubClient {
         number: u64,
         marker: &str,
     ) -> Result<Option<CommentId>, GitHubError> {
-        for page in 1..=MAX_COMMENT_PAGES {
+        for page in 1..=MAX_LIST_PAGES {
             let mut req = Request::new(
                 Method::GET,
                 format!("/repos/{repo}/issues/{number}/comments?per_page=100&page={page}"),

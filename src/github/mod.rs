@@ -23,6 +23,7 @@ pub mod auth;
 pub mod checks;
 pub mod client;
 pub mod error;
+pub mod fake;
 pub mod ratelimit;
 pub mod redelivery;
 
@@ -39,6 +40,7 @@ pub use checks::{
 };
 pub use client::GitHubClient;
 pub use error::GitHubError;
+pub use fake::{Effect, RecordingGitHub};
 pub use ratelimit::RetryPolicy;
 
 /// A GitHub App installation id (the `installation.id` of a webhook payload).
@@ -255,6 +257,21 @@ pub trait GitHub: Send + Sync {
         check_run: &NewCheckRun,
     ) -> Result<CheckRunId, GitHubError>;
 
+    /// Finds this app's check run named `name` on commit `head_sha` whose
+    /// `external_id` is `external_id` (the run id), reading every page. This
+    /// is how a restart between creating a check run and recording its id
+    /// avoids creating a second one.
+    ///
+    /// Source: <https://docs.github.com/en/rest/checks/runs#list-check-runs-for-a-git-reference>
+    async fn find_check_run(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        head_sha: &str,
+        name: &str,
+        external_id: &str,
+    ) -> Result<Option<CheckRunId>, GitHubError>;
+
     /// Updates a check run; annotations beyond 50 are sent in further updates.
     ///
     /// Source: <https://docs.github.com/en/rest/checks/runs#update-a-check-run>
@@ -394,4 +411,59 @@ pub async fn upsert_sticky_comment(
     github
         .create_comment(installation, repo, number, body)
         .await
+}
+
+/// Creates or updates the check run of one run, so that it exists once.
+///
+/// Looked for in this order: the id the caller stored (`known`); a check run
+/// of this app on `check_run.head_sha` with the same name and `external_id`
+/// (the run id) — which covers a restart between creating the check run and
+/// recording its id; only then is a new one created. A found check run gets
+/// `check_run.fields` as an update. Returns the id, for the caller to store.
+///
+/// # Errors
+/// [`GitHubError::InvalidInput`] when `check_run.fields.external_id` is
+/// missing (it is what makes the effect idempotent); otherwise whatever the
+/// [`GitHub`] calls return. A stored id that GitHub no longer knows (404) is
+/// not an error: the search takes over.
+///
+/// Source: <https://docs.github.com/en/rest/checks/runs>
+pub async fn upsert_check_run(
+    github: &dyn GitHub,
+    installation: InstallationId,
+    repo: &RepoName,
+    known: Option<CheckRunId>,
+    check_run: &NewCheckRun,
+) -> Result<CheckRunId, GitHubError> {
+    let Some(external_id) = check_run.fields.external_id.as_deref() else {
+        return Err(GitHubError::InvalidInput(
+            "a check run needs an external_id (the run id) to be found again".into(),
+        ));
+    };
+    if let Some(id) = known {
+        match github
+            .update_check_run(installation, repo, id, &check_run.fields)
+            .await
+        {
+            Ok(()) => return Ok(id),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(id) = github
+        .find_check_run(
+            installation,
+            repo,
+            &check_run.head_sha,
+            &check_run.name,
+            external_id,
+        )
+        .await?
+    {
+        github
+            .update_check_run(installation, repo, id, &check_run.fields)
+            .await?;
+        return Ok(id);
+    }
+    github.create_check_run(installation, repo, check_run).await
 }

@@ -16,7 +16,7 @@
 //!
 //! Everything else — which answers to retry, how long to wait, pacing of
 //! content-creating requests — is [`super::ratelimit`]'s, in one loop
-//! ([`GitHubClient::send`]), with octocrab's own `retry` feature disabled.
+//! (`GitHubClient::send`), with octocrab's own `retry` feature disabled.
 //!
 //! Requests are built with path-only URIs (`/repos/…`): octocrab joins them
 //! onto the configured base URL (keeping a GitHub Enterprise `/api/v3`

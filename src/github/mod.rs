@@ -14,7 +14,14 @@
 //!   retry loop, and content-creating requests paced per installation;
 //! * **limits on bodies** ([`checks`]): check-run output fields are cut to
 //!   65,535 bytes, comments to 65,536 characters, annotations sent 50 at a
-//!   time, action buttons checked against their length limits.
+//!   time, action buttons checked against their length limits;
+//! * **idempotence** ([`upsert_check_run`], [`upsert_sticky_comment`]): one
+//!   check run per run (found again by `external_id`), one sticky comment per
+//!   PR or issue (found again by its hidden marker), even across restarts;
+//! * **redelivery** ([`redelivery`]) of webhooks missed while down, and
+//!   **re-runs** from GitHub's UI ([`rerun`]).
+//!
+//! [`RecordingGitHub`] is the in-memory implementation for tests and dry run.
 //!
 //! Rendering a run into those bodies is [`crate::report`]'s job; deciding
 //! *when* to send them is the outbox's.
@@ -26,6 +33,7 @@ pub mod error;
 pub mod fake;
 pub mod ratelimit;
 pub mod redelivery;
+pub mod rerun;
 
 use std::fmt;
 

@@ -235,3 +235,36 @@ async fn content_creating_requests_are_paced_per_installation() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_used_up_limit_on_a_success_holds_the_next_request() {
+    let w = world().await;
+    let p = "/repos/octo/widgets/collaborators/alice/permission";
+    let reset = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3000;
+    Mock::given(method("GET"))
+        .and(path(p))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", reset.to_string().as_str())
+                .set_body_json(json!({"permission": "admin"})),
+        )
+        .mount(&w.server)
+        .await;
+    w.client
+        .collaborator_permission(INSTALLATION, &repo(), "alice")
+        .await
+        .unwrap();
+    // The limit is gone for 50 minutes: the next request is not even sent.
+    let err = w
+        .client
+        .collaborator_permission(INSTALLATION, &repo(), "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitHubError::RateLimited { .. }), "{err}");
+    assert_eq!(w.requests("GET", p).await.len(), 1);
+}

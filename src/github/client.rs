@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::checks::{MAX_COMMENT_CHARS, truncate_chars};
-use super::ratelimit::{Answer, Pacer, RetryPolicy, Verdict, classify};
+use super::ratelimit::{Answer, Pacer, ResetGate, RetryPolicy, Verdict, classify};
 use super::{
     CheckRunId, CheckRunUpdate, CommentId, DeliveryPage, GitHub, GitHubError, GitHubSettings,
     HookDelivery, InstallationId, NewCheckRun, Permission, Reaction, RepoName,
@@ -94,10 +94,12 @@ struct Reply {
     body: String,
 }
 
-/// One installation's octocrab client (and so its token cache) and pacer.
+/// One installation's octocrab client (and so its token cache), pacer and
+/// primary-limit gate (rate limits are counted per installation token).
 struct Installation {
     crab: Octocrab,
     pacer: Pacer,
+    gate: ResetGate,
 }
 
 /// The GitHub API client taskmaster uses in production. Cheap to share
@@ -107,6 +109,7 @@ pub struct GitHubClient {
     installations: Mutex<HashMap<InstallationId, Arc<Installation>>>,
     /// Pacing for App-level requests (none create content today).
     app_pacer: Pacer,
+    app_gate: ResetGate,
     policy: RetryPolicy,
     bot_login: Option<String>,
     app_id: u64,
@@ -155,6 +158,7 @@ impl GitHubClient {
             app,
             installations: Mutex::new(HashMap::new()),
             app_pacer: Pacer::new(),
+            app_gate: ResetGate::default(),
             policy,
             bot_login: None,
             app_id: credentials.app_id,
@@ -195,6 +199,7 @@ impl GitHubClient {
         let inst = Arc::new(Installation {
             crab,
             pacer: Pacer::new(),
+            gate: ResetGate::default(),
         });
         map.insert(id, inst.clone());
         Ok(inst)
@@ -207,14 +212,27 @@ impl GitHubClient {
             As::App => None,
             As::Installation(id) => Some(self.installation(id)?),
         };
-        let (crab, pacer) = match &inst {
-            Some(inst) => (&inst.crab, &inst.pacer),
-            None => (&self.app, &self.app_pacer),
+        let (crab, pacer, gate) = match &inst {
+            Some(inst) => (&inst.crab, &inst.pacer, &inst.gate),
+            None => (&self.app, &self.app_pacer, &self.app_gate),
         };
         let method = req.method.as_str().to_owned();
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A limit that ran out on an earlier answer: wait for its reset
+            // (checked once per attempt; the answer re-arms or opens it).
+            if let Some(wait) = gate.wait_at(SystemTime::now()) {
+                if wait > self.policy.max_wait {
+                    return Err(GitHubError::RateLimited {
+                        method,
+                        path: req.path,
+                        wait,
+                    });
+                }
+                tracing::warn!(%method, path = %req.path, ?wait, "GitHub rate limit used up; waiting for its reset");
+                self.policy.sleep(wait).await;
+            }
             if req.creates_content {
                 pacer
                     .acquire(self.policy.scale(self.policy.content_interval))
@@ -260,6 +278,7 @@ impl GitHubClient {
             };
             let status = response.status();
             let headers = response.headers().clone();
+            gate.observe(&headers);
             let body = crab
                 .body_to_string(response)
                 .await

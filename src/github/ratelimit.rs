@@ -217,6 +217,39 @@ impl Pacer {
     }
 }
 
+/// Remembers that a primary rate limit ran out (an answer, even a 2xx, with
+/// `x-ratelimit-remaining: 0`), so the next request of that installation
+/// waits for `x-ratelimit-reset` instead of being sent and refused.
+///
+/// Source: <https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api#handle-rate-limit-errors-appropriately>
+#[derive(Debug, Default)]
+pub struct ResetGate {
+    until: std::sync::Mutex<Option<SystemTime>>,
+}
+
+impl ResetGate {
+    /// Reads the rate-limit headers of an answer: remaining 0 closes the gate
+    /// until the reset (plus a second); a positive remaining opens it.
+    pub fn observe(&self, headers: &HeaderMap) {
+        let mut until = self.until.lock().expect("reset gate lock");
+        match header_u64(headers, "x-ratelimit-remaining") {
+            Some(0) => {
+                if let Some(reset) = header_u64(headers, "x-ratelimit-reset") {
+                    *until = Some(UNIX_EPOCH + Duration::from_secs(reset + 1));
+                }
+            }
+            Some(_) => *until = None,
+            None => {}
+        }
+    }
+
+    /// How long to wait (unscaled) before sending at `now`, if at all.
+    pub fn wait_at(&self, now: SystemTime) -> Option<Duration> {
+        let until = (*self.until.lock().expect("reset gate lock"))?;
+        until.duration_since(now).ok().filter(|d| !d.is_zero())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +348,20 @@ mod tests {
             Verdict::RetryAfter(Duration::from_secs(1))
         );
         assert_eq!(verdict(404, &[], "Not Found", 3), Verdict::Done);
+    }
+
+    #[test]
+    fn reset_gate_closes_on_zero_and_opens_on_remaining() {
+        let gate = ResetGate::default();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        gate.observe(&headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1010"),
+        ]));
+        assert_eq!(gate.wait_at(now), Some(Duration::from_secs(11)));
+        assert_eq!(gate.wait_at(now + Duration::from_secs(20)), None);
+        gate.observe(&headers(&[("x-ratelimit-remaining", "4999")]));
+        assert_eq!(gate.wait_at(now), None);
     }
 
     #[tokio::test]

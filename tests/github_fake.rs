@@ -146,3 +146,16 @@ async fn failures_can_be_injected_and_are_classified() {
     );
     assert!(Permission::Maintain >= Permission::Write);
 }
+
+#[tokio::test]
+async fn without_credentials_effects_are_recorded_not_sent() {
+    let settings = taskmaster::github::GitHubSettings::from_lookup(|_| None).unwrap();
+    let gh = taskmaster::github::connect(&settings, Default::default()).unwrap();
+    // No server anywhere: a real client would fail to connect.
+    let id = gh.create_comment(INST, &repo(), 3, "hello").await.unwrap();
+    let found = gh
+        .find_comment_by_marker(INST, &repo(), 3, "hello")
+        .await
+        .unwrap();
+    assert_eq!(found, Some(id));
+}

@@ -23,6 +23,9 @@ use super::{
     InstallationId, NewCheckRun, Permission, Reaction, RepoName,
 };
 
+/// How many effects a dry-run recorder keeps (the oldest are dropped).
+pub const DRY_RUN_KEPT_EFFECTS: usize = 10_000;
+
 /// One effect taskmaster performed (or, in dry run, would have performed).
 /// Bodies are the JSON GitHub would have received.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +178,10 @@ impl RecordingGitHub {
     fn record(&self, state: &mut State, effect: Effect) {
         if self.dry_run {
             tracing::info!(?effect, "dry run: GitHub effect recorded, not sent");
+            // A long-running dry run keeps only the latest effects in memory.
+            if state.effects.len() >= DRY_RUN_KEPT_EFFECTS {
+                state.effects.remove(0);
+            }
         }
         state.effects.push(effect);
     }

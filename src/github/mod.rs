@@ -475,3 +475,25 @@ pub async fn upsert_check_run(
     }
     github.create_check_run(installation, repo, check_run).await
 }
+
+/// The [`GitHub`] to use for `settings`: a [`GitHubClient`] with App
+/// credentials, or — without them — a dry-run [`RecordingGitHub`] that
+/// records and logs every effect instead of sending it. Dry run is announced
+/// with a warning here, once, at start-up.
+///
+/// # Errors
+/// As [`GitHubClient::new`].
+pub fn connect(
+    settings: &GitHubSettings,
+    policy: RetryPolicy,
+) -> Result<std::sync::Arc<dyn GitHub>, GitHubError> {
+    if settings.credentials.is_none() {
+        tracing::warn!(
+            "DRY RUN: no GitHub App credentials (GITHUB_APP_ID with GITHUB_PRIVATE_KEY or \
+             GITHUB_PRIVATE_KEY_PATH); workflows run, but check runs, comments and reactions \
+             are only recorded and logged, never sent to GitHub"
+        );
+        return Ok(std::sync::Arc::new(RecordingGitHub::dry_run()));
+    }
+    Ok(std::sync::Arc::new(GitHubClient::new(settings, policy)?))
+}

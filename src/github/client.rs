@@ -18,6 +18,13 @@
 //! content-creating requests — is [`super::ratelimit`]'s, in one loop
 //! (`GitHubClient::send`), with octocrab's own `retry` feature disabled.
 //!
+//! One known edge: a create (comment, check run) answered 5xx is retried, as
+//! GitHub advises, but a 502 from GitHub's edge can hide a create that
+//! landed. A transport error on a create is *not* retried for that reason
+//! (the outbox tries again later, and [`super::upsert_sticky_comment`] /
+//! [`super::upsert_check_run`] find what landed); for 5xx the rare duplicate
+//! is accepted and the next upsert edits the first one found.
+//!
 //! Requests are built with path-only URIs (`/repos/…`): octocrab joins them
 //! onto the configured base URL (keeping a GitHub Enterprise `/api/v3`
 //! prefix) and attaches the `Authorization` header only to such requests, so

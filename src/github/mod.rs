@@ -1,0 +1,499 @@
+//! The GitHub-facing layer: App authentication, a rate-limit-aware API
+//! client, the shapes of the bodies GitHub accepts, and webhook redelivery.
+//!
+//! Everything taskmaster *does* on GitHub goes through the small [`GitHub`]
+//! trait below. The engine and the outbox see only that trait, so their tests
+//! run against a fake, and the one production implementation
+//! ([`GitHubClient`]) can concentrate on what GitHub demands:
+//!
+//! * **authentication** ([`auth`]): an App JWT for `/app/*` endpoints and one
+//!   cached installation token per installation, refreshed before it expires
+//!   and once more when GitHub answers 401;
+//! * **rate limits** ([`ratelimit`]): `retry-after`, `x-ratelimit-reset`,
+//!   secondary limits, 5xx and the brief 404 after a webhook, in exactly one
+//!   retry loop, and content-creating requests paced per installation;
+//! * **limits on bodies** ([`checks`]): check-run output fields are cut to
+//!   65,535 bytes, comments to 65,536 characters, annotations sent 50 at a
+//!   time, action buttons checked against their length limits;
+//! * **idempotence** ([`upsert_check_run`], [`upsert_sticky_comment`]): one
+//!   check run per run (found again by `external_id`), one sticky comment per
+//!   PR or issue (found again by its hidden marker), even across restarts;
+//! * **redelivery** ([`redelivery`]) of webhooks missed while down, and
+//!   **re-runs** from GitHub's UI ([`rerun`]).
+//!
+//! [`RecordingGitHub`] is the in-memory implementation for tests and dry run.
+//!
+//! Rendering a run into those bodies is [`crate::report`]'s job; deciding
+//! *when* to send them is the outbox's.
+
+pub mod auth;
+pub mod checks;
+pub mod client;
+pub mod error;
+pub mod fake;
+pub mod ratelimit;
+pub mod redelivery;
+pub mod rerun;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+pub use auth::{AppCredentials, GitHubSettings};
+pub use checks::{
+    Annotation, AnnotationLevel, CheckAction, CheckConclusion, CheckOutput, CheckRunUpdate,
+    CheckStatus, NewCheckRun,
+};
+pub use client::GitHubClient;
+pub use error::GitHubError;
+pub use fake::{Effect, RecordingGitHub};
+pub use ratelimit::RetryPolicy;
+
+/// A GitHub App installation id (the `installation.id` of a webhook payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstallationId(pub u64);
+
+impl fmt::Display for InstallationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The id of a check run (`check_run.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct CheckRunId(pub u64);
+
+/// The id of an issue or pull-request conversation comment (`comment.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct CommentId(pub u64);
+
+/// A repository as `owner/name`, the form every REST path uses.
+///
+/// Both halves are checked to be non-empty and free of `/`, `?`, `#` and
+/// whitespace, so a name taken from a payload can be put into a request path
+/// without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoName {
+    owner: String,
+    name: String,
+}
+
+impl RepoName {
+    /// Builds a name from its two halves.
+    ///
+    /// # Errors
+    /// [`GitHubError::InvalidInput`] when either half is empty or contains a
+    /// character that cannot appear in a GitHub owner or repository name.
+    pub fn new(owner: &str, name: &str) -> Result<Self, GitHubError> {
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if ok(owner) && ok(name) {
+            Ok(Self {
+                owner: owner.to_owned(),
+                name: name.to_owned(),
+            })
+        } else {
+            Err(GitHubError::InvalidInput(format!(
+                "`{owner}/{name}` is not a repository name"
+            )))
+        }
+    }
+
+    /// Parses `owner/name` (a payload's `repository.full_name`).
+    ///
+    /// # Errors
+    /// [`GitHubError::InvalidInput`] when there is not exactly one `/` or a
+    /// half is invalid (see [`RepoName::new`]).
+    pub fn parse(full_name: &str) -> Result<Self, GitHubError> {
+        match full_name.split_once('/') {
+            Some((owner, name)) => Self::new(owner, name),
+            None => Err(GitHubError::InvalidInput(format!(
+                "`{full_name}` is not `owner/name`"
+            ))),
+        }
+    }
+
+    /// The owner (user or organisation) login.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The repository name without its owner.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// A reaction on a comment.
+///
+/// Source: <https://docs.github.com/en/rest/reactions/reactions#create-reaction-for-an-issue-comment>
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaction {
+    PlusOne,
+    MinusOne,
+    Laugh,
+    Confused,
+    Heart,
+    Hooray,
+    Rocket,
+    Eyes,
+}
+
+impl Reaction {
+    /// The `content` value GitHub expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reaction::PlusOne => "+1",
+            Reaction::MinusOne => "-1",
+            Reaction::Laugh => "laugh",
+            Reaction::Confused => "confused",
+            Reaction::Heart => "heart",
+            Reaction::Hooray => "hooray",
+            Reaction::Rocket => "rocket",
+            Reaction::Eyes => "eyes",
+        }
+    }
+}
+
+/// A user's permission on a repository, as
+/// `GET /repos/{owner}/{repo}/collaborators/{username}/permission` reports it.
+///
+/// Ordered from least to most, so `perm >= Permission::Write` reads naturally.
+///
+/// Source: <https://docs.github.com/en/rest/collaborators/collaborators#get-repository-permissions-for-a-user>
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Permission {
+    None,
+    Read,
+    Triage,
+    Write,
+    Maintain,
+    Admin,
+}
+
+impl Permission {
+    /// Parses GitHub's `permission` (or `role_name`) value; anything unknown
+    /// is [`Permission::None`], the safe reading.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "admin" => Permission::Admin,
+            "maintain" => Permission::Maintain,
+            "write" | "push" => Permission::Write,
+            "triage" => Permission::Triage,
+            "read" | "pull" => Permission::Read,
+            _ => Permission::None,
+        }
+    }
+}
+
+/// One attempt to deliver a webhook, as `GET /app/hook/deliveries` lists it.
+///
+/// A redelivered webhook shows up as another item with the same `guid`
+/// (and `redelivery: true`).
+///
+/// Source: <https://docs.github.com/en/rest/apps/webhooks#list-deliveries-for-an-app-webhook>
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HookDelivery {
+    /// The id of this attempt; the one to pass to a redelivery request.
+    pub id: u64,
+    /// The `X-GitHub-Delivery` value: the same for every attempt of one delivery.
+    pub guid: String,
+    /// When GitHub sent this attempt.
+    pub delivered_at: DateTime<Utc>,
+    /// Whether this attempt was itself a redelivery.
+    #[serde(default)]
+    pub redelivery: bool,
+    /// The HTTP status code our endpoint answered (0 or absent when it never answered).
+    #[serde(default)]
+    pub status_code: u16,
+    /// GitHub's summary of the outcome (`OK`, `Invalid HTTP Response: 503`, …).
+    #[serde(default)]
+    pub status: String,
+    /// The `X-GitHub-Event` value.
+    #[serde(default)]
+    pub event: String,
+    /// The payload's `action`, when it has one.
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+impl HookDelivery {
+    /// Whether our endpoint accepted this attempt (answered 2xx).
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status_code)
+    }
+}
+
+/// One page of [`HookDelivery`] items, newest first, with the cursor of the
+/// next (older) page when there is one.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<HookDelivery>,
+    /// The `cursor` query value for the next page, from the `Link` header.
+    pub next_cursor: Option<String>,
+}
+
+/// The effects taskmaster performs on GitHub.
+///
+/// Every method is one logical effect; implementations do their own
+/// authentication, rate limiting and retries, so callers (the outbox) must
+/// not retry an `Err` immediately: an error is final for this attempt, and
+/// [`GitHubError::is_transient`] says whether to try again later.
+#[async_trait]
+pub trait GitHub: Send + Sync {
+    /// Creates a check run and returns its id. Annotations beyond 50 are sent
+    /// in follow-up updates (GitHub appends them).
+    ///
+    /// Source: <https://docs.github.com/en/rest/checks/runs#create-a-check-run>
+    async fn create_check_run(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        check_run: &NewCheckRun,
+    ) -> Result<CheckRunId, GitHubError>;
+
+    /// Finds this app's check run named `name` on commit `head_sha` whose
+    /// `external_id` is `external_id` (the run id), reading every page. This
+    /// is how a restart between creating a check run and recording its id
+    /// avoids creating a second one.
+    ///
+    /// Source: <https://docs.github.com/en/rest/checks/runs#list-check-runs-for-a-git-reference>
+    async fn find_check_run(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        head_sha: &str,
+        name: &str,
+        external_id: &str,
+    ) -> Result<Option<CheckRunId>, GitHubError>;
+
+    /// Updates a check run; annotations beyond 50 are sent in further updates.
+    ///
+    /// Source: <https://docs.github.com/en/rest/checks/runs#update-a-check-run>
+    async fn update_check_run(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        id: CheckRunId,
+        update: &CheckRunUpdate,
+    ) -> Result<(), GitHubError>;
+
+    /// Posts a comment on an issue or pull request. `body` longer than
+    /// 65,536 characters is truncated with a note.
+    ///
+    /// Source: <https://docs.github.com/en/rest/issues/comments#create-an-issue-comment>
+    async fn create_comment(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        number: u64,
+        body: &str,
+    ) -> Result<CommentId, GitHubError>;
+
+    /// Replaces a comment's body (truncated like [`GitHub::create_comment`]).
+    ///
+    /// Source: <https://docs.github.com/en/rest/issues/comments#update-an-issue-comment>
+    async fn update_comment(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        id: CommentId,
+        body: &str,
+    ) -> Result<(), GitHubError>;
+
+    /// Finds this app's comment on issue or PR `number` whose body starts
+    /// with `marker` (a hidden HTML comment), reading every page of comments.
+    ///
+    /// Source: <https://docs.github.com/en/rest/issues/comments#list-issue-comments>
+    async fn find_comment_by_marker(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        number: u64,
+        marker: &str,
+    ) -> Result<Option<CommentId>, GitHubError>;
+
+    /// Adds a reaction to a conversation comment (GitHub answers 200 when it
+    /// already exists, so this is idempotent).
+    ///
+    /// Source: <https://docs.github.com/en/rest/reactions/reactions#create-reaction-for-an-issue-comment>
+    async fn add_reaction(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        comment: CommentId,
+        reaction: Reaction,
+    ) -> Result<(), GitHubError>;
+
+    /// A user's permission on the repository (`none` for non-collaborators).
+    ///
+    /// Source: <https://docs.github.com/en/rest/collaborators/collaborators#get-repository-permissions-for-a-user>
+    async fn collaborator_permission(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        username: &str,
+    ) -> Result<Permission, GitHubError>;
+
+    /// The text of a file on the default branch (or `git_ref`), `None` when it
+    /// does not exist. Used for `.github/taskmaster.yml`.
+    ///
+    /// Source: <https://docs.github.com/en/rest/repos/contents#get-repository-content>
+    async fn file_contents(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        path: &str,
+        git_ref: Option<&str>,
+    ) -> Result<Option<String>, GitHubError>;
+
+    /// One page of the App's webhook deliveries, newest first (App JWT).
+    /// `cursor` is `None` for the first page.
+    ///
+    /// Source: <https://docs.github.com/en/rest/apps/webhooks#list-deliveries-for-an-app-webhook>
+    async fn list_hook_deliveries(&self, cursor: Option<&str>)
+    -> Result<DeliveryPage, GitHubError>;
+
+    /// Asks GitHub to send delivery attempt `delivery_id` again (App JWT).
+    ///
+    /// Source: <https://docs.github.com/en/rest/apps/webhooks#redeliver-a-delivery-for-an-app-webhook>
+    async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError>;
+}
+
+/// Creates or edits the sticky comment on issue or PR `number`.
+///
+/// The comment is looked for in this order, so a restart between creating and
+/// recording it never leaves two: the id the caller stored (`known`), then a
+/// comment of ours that starts with `marker`; only when neither exists is a
+/// new comment created. `body` must start with `marker` (the renderer in
+/// [`crate::report`] puts it on the first line) or the comment could not be
+/// found again.
+///
+/// Returns the comment's id, for the caller to store.
+///
+/// # Errors
+/// [`GitHubError::InvalidInput`] when `body` does not start with `marker`;
+/// otherwise whatever the [`GitHub`] calls return. A stored id whose comment
+/// was deleted (404) is not an error: the marker search takes over.
+pub async fn upsert_sticky_comment(
+    github: &dyn GitHub,
+    installation: InstallationId,
+    repo: &RepoName,
+    number: u64,
+    known: Option<CommentId>,
+    marker: &str,
+    body: &str,
+) -> Result<CommentId, GitHubError> {
+    if !body.starts_with(marker) {
+        return Err(GitHubError::InvalidInput(
+            "a sticky comment body must start with its marker".into(),
+        ));
+    }
+    if let Some(id) = known {
+        match github.update_comment(installation, repo, id, body).await {
+            Ok(()) => return Ok(id),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(id) = github
+        .find_comment_by_marker(installation, repo, number, marker)
+        .await?
+    {
+        github.update_comment(installation, repo, id, body).await?;
+        return Ok(id);
+    }
+    github
+        .create_comment(installation, repo, number, body)
+        .await
+}
+
+/// Creates or updates the check run of one run, so that it exists once.
+///
+/// Looked for in this order: the id the caller stored (`known`); a check run
+/// of this app on `check_run.head_sha` with the same name and `external_id`
+/// (the run id) — which covers a restart between creating the check run and
+/// recording its id; only then is a new one created. A found check run gets
+/// `check_run.fields` as an update. Returns the id, for the caller to store.
+///
+/// # Errors
+/// [`GitHubError::InvalidInput`] when `check_run.fields.external_id` is
+/// missing (it is what makes the effect idempotent); otherwise whatever the
+/// [`GitHub`] calls return. A stored id that GitHub no longer knows (404) is
+/// not an error: the search takes over.
+///
+/// Source: <https://docs.github.com/en/rest/checks/runs>
+pub async fn upsert_check_run(
+    github: &dyn GitHub,
+    installation: InstallationId,
+    repo: &RepoName,
+    known: Option<CheckRunId>,
+    check_run: &NewCheckRun,
+) -> Result<CheckRunId, GitHubError> {
+    let Some(external_id) = check_run.fields.external_id.as_deref() else {
+        return Err(GitHubError::InvalidInput(
+            "a check run needs an external_id (the run id) to be found again".into(),
+        ));
+    };
+    if let Some(id) = known {
+        match github
+            .update_check_run(installation, repo, id, &check_run.fields)
+            .await
+        {
+            Ok(()) => return Ok(id),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(id) = github
+        .find_check_run(
+            installation,
+            repo,
+            &check_run.head_sha,
+            &check_run.name,
+            external_id,
+        )
+        .await?
+    {
+        github
+            .update_check_run(installation, repo, id, &check_run.fields)
+            .await?;
+        return Ok(id);
+    }
+    github.create_check_run(installation, repo, check_run).await
+}
+
+/// The [`GitHub`] to use for `settings`: a [`GitHubClient`] with App
+/// credentials, or — without them — a dry-run [`RecordingGitHub`] that
+/// records and logs every effect instead of sending it. Dry run is announced
+/// with a warning here, once, at start-up.
+///
+/// # Errors
+/// As [`GitHubClient::new`].
+pub fn connect(
+    settings: &GitHubSettings,
+    policy: RetryPolicy,
+) -> Result<std::sync::Arc<dyn GitHub>, GitHubError> {
+    if settings.credentials.is_none() {
+        tracing::warn!(
+            "DRY RUN: no GitHub App credentials (GITHUB_APP_ID with GITHUB_PRIVATE_KEY or \
+             GITHUB_PRIVATE_KEY_PATH); workflows run, but check runs, comments and reactions \
+             are only recorded and logged, never sent to GitHub"
+        );
+        return Ok(std::sync::Arc::new(RecordingGitHub::dry_run()));
+    }
+    Ok(std::sync::Arc::new(GitHubClient::new(settings, policy)?))
+}

@@ -1,0 +1,234 @@
+//! App authentication against a fake GitHub: the App JWT's header and
+//! claims, one installation token per installation reused until it nears
+//! expiry, and one refresh-and-retry on a 401.
+
+mod github_world;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use github_world::*;
+use octocrab::jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use taskmaster::github::auth::app_jwt;
+use taskmaster::github::{AppCredentials, GitHub, GitHubError, GitHubSettings, Permission};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iat: u64,
+    exp: u64,
+    /// GitHub accepts the App id as a number or a string.
+    iss: serde_json::Value,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[track_caller]
+fn assert_app_jwt(jwt: &str) {
+    let header = decode_header(jwt).unwrap();
+    assert_eq!(header.alg, Algorithm::RS256);
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = true;
+    validation.set_required_spec_claims(&["exp", "iat"]);
+    let key = DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).unwrap();
+    let claims = decode::<Claims>(jwt, &key, &validation)
+        .expect("signed with the App key")
+        .claims;
+    let now = now();
+    assert!(
+        claims.iss == json!(APP_ID) || claims.iss == json!(APP_ID.to_string()),
+        "iss is the App id: {}",
+        claims.iss
+    );
+    assert!(
+        claims.iat <= now - 55 && claims.iat >= now - 65,
+        "iat backdated 60 s"
+    );
+    assert!(claims.exp <= now + 600, "exp at most 10 minutes ahead");
+    assert!(claims.exp > now, "not expired");
+}
+
+#[test]
+fn app_jwt_has_github_claims() {
+    let credentials = AppCredentials::new(APP_ID, SecretString::from(PRIVATE_KEY)).unwrap();
+    let jwt = app_jwt(&credentials, now()).unwrap();
+    assert_app_jwt(jwt.expose_secret());
+}
+
+#[test]
+fn settings_from_environment() {
+    let s = GitHubSettings::from_lookup(|_| None).unwrap();
+    assert_eq!(s.api_url, "https://api.github.com");
+    assert!(s.credentials.is_none(), "no credentials is dry run");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&key_path, PRIVATE_KEY).unwrap();
+    let key_path = key_path.to_string_lossy().into_owned();
+    let s = GitHubSettings::from_lookup(|n| match n {
+        "GITHUB_APP_ID" => Some("7".into()),
+        "GITHUB_PRIVATE_KEY_PATH" => Some(key_path.clone()),
+        "GITHUB_API_URL" => Some("https://ghe.example.com/api/v3/".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(s.api_url, "https://ghe.example.com/api/v3");
+    assert_eq!(s.credentials.as_ref().unwrap().app_id, 7);
+    assert!(
+        !format!("{s:?}").contains("PRIVATE KEY"),
+        "the key is never printed"
+    );
+
+    let bad = GitHubSettings::from_lookup(|n| match n {
+        "GITHUB_APP_ID" => Some("7".into()),
+        "GITHUB_PRIVATE_KEY" => Some("not a key".into()),
+        _ => None,
+    });
+    assert!(matches!(bad, Err(GitHubError::Config(_))));
+    let half = GitHubSettings::from_lookup(|n| (n == "GITHUB_APP_ID").then(|| "7".into()));
+    assert!(matches!(half, Err(GitHubError::Config(_))));
+}
+
+fn mount_permission(server: &wiremock::MockServer) -> impl std::future::Future<Output = ()> + '_ {
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/widgets/collaborators/alice/permission"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"permission": "write"})))
+        .mount(server)
+}
+
+#[tokio::test]
+async fn token_is_fetched_once_with_the_app_jwt_and_reused() {
+    let w = world().await;
+    mount_permission(&w.server).await;
+    for _ in 0..3 {
+        let p = w
+            .client
+            .collaborator_permission(INSTALLATION, &repo(), "alice")
+            .await
+            .unwrap();
+        assert_eq!(p, Permission::Write);
+    }
+    let token_requests = w.requests("POST", TOKEN_PATH).await;
+    assert_eq!(token_requests.len(), 1, "one token for three requests");
+    assert_app_jwt(&bearer(&token_requests[0]));
+    for r in w
+        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
+        .await
+    {
+        assert_eq!(bearer(&r), "ghs_token_one");
+    }
+}
+
+#[tokio::test]
+async fn token_near_expiry_is_refreshed_before_use() {
+    let w = bare_world().await;
+    // The first token has 10 s left: inside octocrab's 30 s margin, so the
+    // next request fetches a new one instead of sending a dying token.
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response(
+            "ghs_short_lived",
+            chrono::Duration::seconds(10),
+        ))
+        .up_to_n_times(1)
+        .mount(&w.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response("ghs_fresh", chrono::Duration::hours(1)))
+        .mount(&w.server)
+        .await;
+    mount_permission(&w.server).await;
+    for _ in 0..3 {
+        w.client
+            .collaborator_permission(INSTALLATION, &repo(), "alice")
+            .await
+            .unwrap();
+    }
+    assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 2);
+    let used: Vec<String> = w
+        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
+        .await
+        .iter()
+        .map(bearer)
+        .collect();
+    assert_eq!(used, ["ghs_short_lived", "ghs_fresh", "ghs_fresh"]);
+}
+
+#[tokio::test]
+async fn a_401_refreshes_the_token_and_retries_once() {
+    let w = bare_world().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response("ghs_revoked", chrono::Duration::hours(1)))
+        .up_to_n_times(1)
+        .mount(&w.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response("ghs_good", chrono::Duration::hours(1)))
+        .mount(&w.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/octo/widgets/issues/7/comments"))
+        .and(header("authorization", "Bearer ghs_revoked"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"})),
+        )
+        .mount(&w.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/octo/widgets/issues/7/comments"))
+        .and(header("authorization", "Bearer ghs_good"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 99})))
+        .mount(&w.server)
+        .await;
+    let id = w
+        .client
+        .create_comment(INSTALLATION, &repo(), 7, "hello")
+        .await
+        .unwrap();
+    assert_eq!(id.0, 99);
+    assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 2);
+    let posts = w
+        .requests("POST", "/repos/octo/widgets/issues/7/comments")
+        .await;
+    assert_eq!(posts.len(), 2, "one retry, with the same body");
+    assert_eq!(posts[0].body, posts[1].body);
+}
+
+#[tokio::test]
+async fn a_second_401_is_an_error_not_a_loop() {
+    let w = world().await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/widgets/collaborators/alice/permission"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"})),
+        )
+        .mount(&w.server)
+        .await;
+    let err = w
+        .client
+        .collaborator_permission(INSTALLATION, &repo(), "alice")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401));
+    assert!(
+        !err.to_string().contains("ghs_"),
+        "no token in errors: {err}"
+    );
+    assert_eq!(
+        w.requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
+            .await
+            .len(),
+        2
+    );
+}

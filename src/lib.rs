@@ -11,6 +11,7 @@ pub mod api;
 pub mod classify;
 pub mod config;
 pub mod dispatch;
+pub mod engine;
 pub mod event;
 pub mod redact;
 pub mod routing;

@@ -14,7 +14,7 @@
 //! * `success()` is false when a step it depends on, directly or not, failed
 //!   (a failure of a `continue_on_error` step does not count), and a step
 //!   whose need was skipped is skipped too unless its `if:` uses a status
-//!   function;
+//!   function other than `success()`;
 //! * when the run is being cancelled or timed out, every step that has not
 //!   started is cancelled;
 //! * the run ends when every step has: `cancelled` / `timed_out` when asked,
@@ -180,8 +180,8 @@ fn decide_pending(
                 .get(n.as_str())
                 .is_some_and(|d| state[n.as_str()].is_failure() && !d.continue_on_error)
     });
-    let uses_status = uses_status(def.condition.expr());
-    if !uses_status
+    let overrides = overrides_skip(def.condition.expr());
+    if !overrides
         && let Some(skipped) = s
             .needs
             .iter()
@@ -205,7 +205,7 @@ fn decide_pending(
             )
         };
         Some((StepState::Ready, why))
-    } else if dependency_failed && !uses_status {
+    } else if dependency_failed && !overrides {
         let failed: Vec<&str> = s
             .needs
             .iter()
@@ -265,19 +265,21 @@ fn condition_context(
     }
 }
 
-/// True when the expression calls a status function.
-fn uses_status(e: &Expr) -> bool {
+/// True when the expression calls `failure()`, `always()` or `cancelled()`:
+/// the status functions that let a step run after a need failed or was
+/// skipped (`success()`, explicit or implied, does not).
+fn overrides_skip(e: &Expr) -> bool {
     match e {
         Expr::Literal(_) | Expr::Path { .. } => false,
-        Expr::Not(a) => uses_status(a),
+        Expr::Not(a) => overrides_skip(a),
         Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(_, a, b) => {
-            uses_status(a) || uses_status(b)
+            overrides_skip(a) || overrides_skip(b)
         }
         Expr::Call(f, args) => {
             matches!(
                 f,
-                Function::Success | Function::Failure | Function::Always | Function::Cancelled
-            ) || args.iter().any(uses_status)
+                Function::Failure | Function::Always | Function::Cancelled
+            ) || args.iter().any(overrides_skip)
         }
     }
 }

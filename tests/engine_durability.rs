@@ -68,16 +68,14 @@ async fn only_the_current_lease_token_can_record_a_result() {
         max: 10,
         per_agent: HashMap::new(),
         lease_ms,
+        refused_agents: Default::default(),
     };
 
     // Worker A claims with a short lease and starts an attempt, then stalls.
     let a = store.claim_steps("worker-a", &limits(50)).await.unwrap();
     assert_eq!(a.len(), 1);
     let lease_a = a[0].lease.clone();
-    assert_eq!(
-        store.start_attempt(&lease_a, "worker").await.unwrap(),
-        Some(1)
-    );
+    assert_eq!(a[0].attempt, Some(1), "the claim starts attempt 1");
     // While A's lease holds, nobody else can claim the step.
     assert!(
         store
@@ -95,10 +93,7 @@ async fn only_the_current_lease_token_can_record_a_result() {
     let b = store.claim_steps("worker-b", &limits(5000)).await.unwrap();
     let lease_b = b[0].lease.clone();
     assert_ne!(lease_a.token, lease_b.token);
-    assert_eq!(
-        store.start_attempt(&lease_b, "worker").await.unwrap(),
-        Some(2)
-    );
+    assert_eq!(b[0].attempt, Some(2));
 
     // Both race to record: A's stale token is refused, B's is accepted.
     let (ok, from_a, from_b) = (attempt_ok(), success("from A"), success("from B"));
@@ -222,14 +217,12 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
                 max: 1,
                 per_agent: HashMap::new(),
                 lease_ms: 3_600_000,
+                refused_agents: Default::default(),
             },
         )
         .await
         .unwrap();
-    store
-        .start_attempt(&ghost[0].lease, "worker")
-        .await
-        .unwrap();
+    assert_eq!(ghost[0].attempt, Some(1));
     let t = TestEngine::start_on(
         dir,
         store,

@@ -112,6 +112,38 @@ impl Breakers {
         (after != before).then_some(after)
     }
 
+    /// Agents whose breaker refuses attempts right now (open within its
+    /// cool-down, or half-open with its trial taken). No side effects.
+    pub fn refusing(&self) -> std::collections::HashSet<String> {
+        let map = self.inner.lock().expect("breaker lock");
+        map.iter()
+            .filter(|(_, b)| {
+                b.opened_at
+                    .is_some_and(|at| at.elapsed() < b.config.cooldown || b.trial_in_flight)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// How long until `agent`'s breaker lets a trial through (zero when it
+    /// would now). No side effects.
+    pub fn retry_in(&self, agent: &str) -> Duration {
+        let map = self.inner.lock().expect("breaker lock");
+        match map.get(agent).and_then(|b| b.opened_at.map(|at| (b, at))) {
+            Some((b, at)) => {
+                b.config
+                    .cooldown
+                    .saturating_sub(at.elapsed())
+                    .max(if b.trial_in_flight {
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::ZERO
+                    })
+            }
+            None => Duration::ZERO,
+        }
+    }
+
     /// The breaker state of `agent` (closed when never used).
     pub fn state(&self, agent: &str) -> BreakerState {
         let map = self.inner.lock().expect("breaker lock");

@@ -1,7 +1,7 @@
 //! The executor: one claimed step, one attempt, one fenced result.
 //!
-//! For a claimed step the executor asks the agent's circuit breaker, starts
-//! an attempt (recorded, fenced), renders the prompt, runs the agent under
+//! For a claimed step (its attempt already recorded by the claim) the
+//! executor asks the agent's circuit breaker, renders the prompt, runs the agent under
 //! the step's timeout while a heartbeat renews the lease every third of its
 //! TTL, and decides what follows:
 //!
@@ -49,14 +49,26 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         workflow,
         delivery_id,
         lease,
+        attempt,
     } = claimed;
+    // An attempt started with the claim but never handed to the agent is
+    // recorded as such.
+    let not_run = |class: &str, kind: &str, why: &str| {
+        attempt.map(|_| AttemptRecord {
+            outcome: "failed".into(),
+            error_class: Some(class.into()),
+            error_kind: Some(kind.into()),
+            error: Some(why.to_owned()),
+            ..AttemptRecord::default()
+        })
+    };
     let run_id = step.run_id;
     engine.publish(Transition::Step {
         run_id,
         step: step.step.clone(),
         state: StepState::Running,
         agent: Some(step.agent.clone()),
-        attempt: Some(step.attempts + 1),
+        attempt,
         reason: "claimed".into(),
     });
 
@@ -69,7 +81,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         finish(
             engine,
             &lease,
-            None,
+            not_run("permanent", "config", &why).as_ref(),
             StepNext::Finish {
                 state: StepState::Failed,
                 output: None,
@@ -91,10 +103,20 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
     let next_agent = chain.get(index + 1).map(|s| (*s).to_owned());
 
     // An open circuit sends the step to its fallback without an attempt.
-    let admission = inner
-        .breakers
-        .admit(&agent_name, inner.agents.breaker(&agent_name));
-    if let Admission::Refuse(wait) = admission {
+    // The scheduler claimed it without one when the circuit was already
+    // open; a circuit that opened since (or a half-open one whose single
+    // trial is taken) refuses the attempt started with the claim.
+    let refused = match attempt {
+        None => Some(inner.breakers.retry_in(&agent_name)),
+        Some(_) => match inner
+            .breakers
+            .admit(&agent_name, inner.agents.breaker(&agent_name))
+        {
+            Admission::Refuse(wait) => Some(wait),
+            Admission::Allow | Admission::Trial => None,
+        },
+    };
+    if let Some(wait) = refused {
         let (next, event, why) = match &next_agent {
             Some(fallback) => (
                 StepNext::Fallback {
@@ -119,10 +141,11 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
                 ),
             ),
         };
+        let record = not_run("transient", "circuit_open", &why);
         finish(
             engine,
             &lease,
-            None,
+            record.as_ref(),
             next,
             (event, &why),
             &step.step,
@@ -131,6 +154,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         .await;
         return;
     }
+    let number = attempt.expect("claimed with an attempt when the circuit admits one");
 
     let Some(agent) = inner.agents.agent(&agent_name) else {
         let failure = Failure {
@@ -140,21 +164,17 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         };
         let (next, event, why) =
             decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
+        let record = not_run("permanent", "config", &failure.message);
         finish(
             engine,
             &lease,
-            None,
+            record.as_ref(),
             next,
             (event, &why),
             &step.step,
             run_id,
         )
         .await;
-        return;
-    };
-
-    let Ok(Some(number)) = inner.store.start_attempt(&lease, &agent_name).await else {
-        tracing::warn!(run_id, step = %step.step, "lease lost before the attempt started");
         return;
     };
 
@@ -400,8 +420,8 @@ fn decide(
     failure: &Failure,
     retry_after: Option<Duration>,
 ) -> (StepNext, &'static str, String) {
-    // `agent_attempts` counts the attempt that just failed (when one started).
-    let tried = (step.agent_attempts + 1) as u32;
+    // `agent_attempts` counts the attempt that just failed (started with the claim).
+    let tried = step.agent_attempts.max(1) as u32;
     let mut max = def.retry.max_attempts.max(1);
     if let Some(budget) = engine.inner.agents.max_attempts(agent) {
         max = max.min(budget.max(1));

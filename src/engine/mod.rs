@@ -325,6 +325,7 @@ impl Engine {
             max: free,
             per_agent,
             lease_ms: self.inner.config.lease.as_millis() as i64,
+            refused_agents: self.inner.breakers.refusing(),
         };
         let claimed = self
             .inner

@@ -357,16 +357,15 @@ pub trait RunStore: Store {
     /// to run, by run priority and critical-path rank, within `limits` and
     /// each run's `max_parallel`; an older active run of the same concurrency
     /// group holds newer ones back. Each claimed step is `running` under a
-    /// fresh lease owned by `owner`.
+    /// fresh lease owned by `owner`, and — unless its agent is in
+    /// `limits.refused_agents` — its next attempt is started (recorded with
+    /// its number) in the same transaction: one commit per batch instead of
+    /// one per step.
     async fn claim_steps(
         &self,
         owner: &str,
         limits: &ClaimLimits,
     ) -> Result<Vec<ClaimedStep>, StoreError>;
-
-    /// Records the start of an attempt on `agent` (fenced); returns its
-    /// number (1-based over every agent), or `None` when the lease is gone.
-    async fn start_attempt(&self, lease: &Lease, agent: &str) -> Result<Option<i64>, StoreError>;
 
     /// Extends the lease to `now + lease_ms`; returns the run's desired state,
     /// or `None` when the lease is no longer held (the step was reaped or

@@ -373,6 +373,9 @@ pub struct ClaimLimits {
     pub per_agent: std::collections::HashMap<String, u32>,
     /// Lease length, ms.
     pub lease_ms: i64,
+    /// Agents whose circuit is open: their steps are claimed without
+    /// starting an attempt, so the executor can send them to a fallback.
+    pub refused_agents: std::collections::HashSet<String>,
 }
 
 /// A running step's lease: the proof a worker must show to record a result.
@@ -397,6 +400,9 @@ pub struct ClaimedStep {
     pub delivery_id: String,
     /// The lease.
     pub lease: Lease,
+    /// The attempt started with the claim (its number, 1-based over every
+    /// agent); `None` when the step's agent was in `refused_agents`.
+    pub attempt: Option<i64>,
 }
 
 /// How an attempt ended, for the `attempts` table.

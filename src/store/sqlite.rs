@@ -764,7 +764,7 @@ impl RunStore for SqliteStore {
              AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state != 'pending') \
              ORDER BY r.id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -863,7 +863,7 @@ impl RunStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else { continue };
-            *per_agent.entry(agent).or_insert(0) += 1;
+            *per_agent.entry(agent.clone()).or_insert(0) += 1;
             *per_run.entry(run_id).or_insert(0) += 1;
             let started = sqlx::query(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \
@@ -885,8 +885,46 @@ impl RunStore for SqliteStore {
                 )
                 .await?;
             }
+            let mut step: StepRecord = row.try_into()?;
+            let attempt = if limits.refused_agents.contains(&agent) {
+                None
+            } else {
+                let (number, agent_attempts): (i64, i64) = sqlx::query_as(
+                    "UPDATE steps SET attempts = attempts + 1, agent_attempts = agent_attempts + 1 \
+                     WHERE id = ?1 RETURNING attempts, agent_attempts",
+                )
+                .bind(step_row)
+                .fetch_one(&mut *tx)
+                .await?;
+                step.attempts = number;
+                step.agent_attempts = agent_attempts;
+                sqlx::query(
+                    "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, \
+                     lease_token, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .bind(step_row)
+                .bind(run_id)
+                .bind(&workflow)
+                .bind(&step.step)
+                .bind(number)
+                .bind(&agent)
+                .bind(&token)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut tx,
+                    run_id,
+                    Some(&step.step),
+                    now,
+                    "attempt_started",
+                    &format!("attempt {number} on agent `{agent}`"),
+                )
+                .await?;
+                Some(number)
+            };
             claimed.push(ClaimedStep {
-                step: row.try_into()?,
+                step,
                 workflow,
                 delivery_id,
                 lease: Lease {
@@ -894,51 +932,11 @@ impl RunStore for SqliteStore {
                     owner: owner.to_owned(),
                     token,
                 },
+                attempt,
             });
         }
         tx.commit().await?;
         Ok(claimed)
-    }
-
-    async fn start_attempt(&self, lease: &Lease, agent: &str) -> Result<Option<i64>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<(i64, i64, String)> = sqlx::query_as(
-            "UPDATE steps SET attempts = attempts + 1, agent_attempts = agent_attempts + 1 \
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
-             RETURNING attempts, run_id, step",
-        )
-        .bind(lease.step_row)
-        .bind(&lease.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((number, run_id, step)) = row else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, lease_token, \
-             started_at) SELECT ?1, ?2, r.workflow, ?3, ?4, ?5, ?6, ?7 FROM runs r WHERE r.id = ?2",
-        )
-        .bind(lease.step_row)
-        .bind(run_id)
-        .bind(&step)
-        .bind(number)
-        .bind(agent)
-        .bind(&lease.token)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            run_id,
-            Some(&step),
-            now,
-            "attempt_started",
-            &format!("attempt {number} on agent `{agent}`"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(number))
     }
 
     async fn renew_lease(
@@ -1133,7 +1131,7 @@ impl RunStore for SqliteStore {
             "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') \
              AND desired_state IN ('cancelled', 'timed_out') ORDER BY id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -1142,7 +1140,7 @@ impl RunStore for SqliteStore {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') ORDER BY id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }

@@ -28,13 +28,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, BreakerState};
-use super::{Engine, RunningAttempt, StopReason, Transition, backoff};
+use super::{Engine, ResultJob, RunningAttempt, StopReason, Transition, backoff};
 use crate::agent::{
     AttemptOutcome, AttemptRequest, ErrorClass, Failure, FailureKind, IdempotencyKey, Output, Usage,
 };
 use crate::classify::Classification;
 use crate::event::Event;
-use crate::store::{AttemptRecord, ClaimedStep, StepNext, StepState, now_ms};
+use crate::store::{AttemptRecord, ClaimedStep, StepFinish, StepNext, StepState, now_ms};
 use crate::workflow::template::StepResult;
 use crate::workflow::{PromptContext, Step, Workflow};
 
@@ -503,12 +503,24 @@ async fn finish(
         StepNext::Finish { state, .. } => *state,
         _ => StepState::Ready,
     };
-    let inner = &engine.inner;
-    match inner
-        .store
-        .finish_step(lease, attempt, &next, event, &inner.planner)
-        .await
-    {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job = ResultJob {
+        finish: StepFinish {
+            lease: lease.clone(),
+            attempt: attempt.cloned(),
+            next,
+            kind: event.0.to_owned(),
+            detail: event.1.to_owned(),
+        },
+        done,
+    };
+    let outcome = match engine.inner.results.send(job) {
+        Ok(()) => result
+            .await
+            .unwrap_or_else(|_| Err("the results writer stopped".into())),
+        Err(_) => Err("the results writer stopped".into()),
+    };
+    match outcome {
         Ok(Some(plan)) => {
             engine.publish(Transition::Step {
                 run_id,

@@ -19,7 +19,7 @@ pub mod sqlite;
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
-    StepNext, StepRecord, StepState,
+    StepFinish, StepNext, StepRecord, StepState,
 };
 pub use sqlite::SqliteStore;
 
@@ -388,7 +388,25 @@ pub trait RunStore: Store {
         next: &StepNext,
         event: (&str, &str),
         planner: &dyn Planner,
-    ) -> Result<Option<Plan>, StoreError>;
+    ) -> Result<Option<Plan>, StoreError> {
+        let finish = StepFinish {
+            lease: lease.clone(),
+            attempt: attempt.cloned(),
+            next: next.clone(),
+            kind: event.0.to_owned(),
+            detail: event.1.to_owned(),
+        };
+        Ok(self.finish_steps(&[finish], planner).await?.pop().flatten())
+    }
+
+    /// [`RunStore::finish_step`] for a batch, in **one transaction** (group
+    /// commit: one fsync for many results). Each result is fenced on its own:
+    /// a refused one is `None` and changes nothing; the others are recorded.
+    async fn finish_steps(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+    ) -> Result<Vec<Option<Plan>>, StoreError>;
 
     /// Returns `running` steps whose lease expired before `before` (all of
     /// them when `None`: start-up recovery of a single-process store) to

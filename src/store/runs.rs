@@ -452,6 +452,21 @@ pub enum StepNext {
     },
 }
 
+/// One step result to record, for [`RunStore::finish_steps`](super::RunStore::finish_steps).
+#[derive(Debug, Clone)]
+pub struct StepFinish {
+    /// The lease the result was produced under (the fence).
+    pub lease: Lease,
+    /// How the attempt ended, when one was made.
+    pub attempt: Option<AttemptRecord>,
+    /// What happens to the step.
+    pub next: StepNext,
+    /// Timeline event kind (`retry`, `fallback`, `give_up`, `step_succeeded`, …).
+    pub kind: String,
+    /// Its reason.
+    pub detail: String,
+}
+
 /// One entry of a run's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunEvent {
@@ -461,8 +476,13 @@ pub struct RunEvent {
     pub step: Option<String>,
     /// Epoch ms.
     pub at: i64,
-    /// What happened: `run_created`, `step_ready`, `attempt_started`, `retry`,
-    /// `fallback`, `give_up`, `step_skipped`, `run_finished`, …
+    /// What happened. Run: `run_created`, `run_started`, `run_paused`,
+    /// `run_resumed`, `cancel_requested`, `run_timed_out`, `retry_requested`,
+    /// `run_finished`. Step: `step_ready`, `step_skipped`, `step_cancelled`,
+    /// `step_failed` (planner), `attempt_started`, `step_succeeded`, and the
+    /// executor's decisions `retry`, `fallback`, `give_up`,
+    /// `wait_for_circuit`, `released` (shutdown), plus the reaper's
+    /// `lease_expired`.
     pub kind: String,
     /// The reason, for people.
     pub detail: String,

@@ -376,8 +376,8 @@ use sqlx::SqliteConnection;
 
 use super::RunStore;
 use super::runs::{
-    AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
-    Lease, NewRun, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepNext, StepRecord,
+    AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
+    Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepNext, StepRecord,
     StepState,
 };
 
@@ -749,6 +749,110 @@ async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, St
     Ok(row.is_some())
 }
 
+/// Records one result inside the caller's transaction; `None` when fenced out
+/// (nothing written).
+async fn finish_in(
+    tx: &mut SqliteConnection,
+    f: &StepFinish,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let (lease, attempt, next, event) = (
+        &f.lease,
+        f.attempt.as_ref(),
+        &f.next,
+        (f.kind.as_str(), f.detail.as_str()),
+    );
+    // The fence: only the current lease token may move the step on.
+    let fenced: Option<(i64, String, i64)> = sqlx::query_as(
+        "SELECT run_id, step, attempts FROM steps \
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+    )
+    .bind(lease.step_row)
+    .bind(&lease.token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((run_id, step, number)) = fenced else {
+        return Ok(None);
+    };
+    if let Some(a) = attempt {
+        sqlx::query(
+            "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
+                 error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
+                 WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
+        )
+        .bind(now)
+        .bind(&a.outcome)
+        .bind(&a.error_class)
+        .bind(&a.error_kind)
+        .bind(&a.error)
+        .bind(&a.output_excerpt)
+        .bind(a.duration_ms)
+        .bind(a.cost_usd)
+        .bind(lease.step_row)
+        .bind(number)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(cost) = a.cost_usd {
+            sqlx::query("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")
+                .bind(cost)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    match next {
+        StepNext::Finish {
+            state,
+            output,
+            error,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = ?1, output = ?2, error = ?3, finished_at = ?4, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?5",
+            )
+            .bind(state.as_str())
+            .bind(output)
+            .bind(error)
+            .bind(now)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StepNext::Retry { run_at } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = ?1, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?2",
+            )
+            .bind(run_at)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StepNext::Fallback {
+            agent,
+            agent_index,
+            run_at,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = ?1, agent = ?2, agent_index = ?3, \
+                     agent_attempts = 0, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?4",
+            )
+            .bind(run_at)
+            .bind(agent)
+            .bind(agent_index)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    insert_event(tx, run_id, Some(&step), now, event.0, event.1).await?;
+    let plan = settle_in(tx, run_id, planner, now).await?;
+    Ok(Some(plan.unwrap_or_default()))
+}
+
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError> {
@@ -961,106 +1065,19 @@ impl RunStore for SqliteStore {
         .transpose()
     }
 
-    async fn finish_step(
+    async fn finish_steps(
         &self,
-        lease: &Lease,
-        attempt: Option<&AttemptRecord>,
-        next: &StepNext,
-        event: (&str, &str),
+        batch: &[StepFinish],
         planner: &dyn Planner,
-    ) -> Result<Option<Plan>, StoreError> {
+    ) -> Result<Vec<Option<Plan>>, StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // The fence: only the current lease token may move the step on.
-        let fenced: Option<(i64, String, i64)> = sqlx::query_as(
-            "SELECT run_id, step, attempts FROM steps \
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
-        )
-        .bind(lease.step_row)
-        .bind(&lease.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((run_id, step, number)) = fenced else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        if let Some(a) = attempt {
-            sqlx::query(
-                "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
-                 error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
-                 WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
-            )
-            .bind(now)
-            .bind(&a.outcome)
-            .bind(&a.error_class)
-            .bind(&a.error_kind)
-            .bind(&a.error)
-            .bind(&a.output_excerpt)
-            .bind(a.duration_ms)
-            .bind(a.cost_usd)
-            .bind(lease.step_row)
-            .bind(number)
-            .bind(&lease.token)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(cost) = a.cost_usd {
-                sqlx::query("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")
-                    .bind(cost)
-                    .bind(run_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let mut out = Vec::with_capacity(batch.len());
+        for f in batch {
+            out.push(finish_in(&mut tx, f, planner, now).await?);
         }
-        match next {
-            StepNext::Finish {
-                state,
-                output,
-                error,
-            } => {
-                sqlx::query(
-                    "UPDATE steps SET state = ?1, output = ?2, error = ?3, finished_at = ?4, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?5",
-                )
-                .bind(state.as_str())
-                .bind(output)
-                .bind(error)
-                .bind(now)
-                .bind(lease.step_row)
-                .execute(&mut *tx)
-                .await?;
-            }
-            StepNext::Retry { run_at } => {
-                sqlx::query(
-                    "UPDATE steps SET state = 'ready', run_at = ?1, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?2",
-                )
-                .bind(run_at)
-                .bind(lease.step_row)
-                .execute(&mut *tx)
-                .await?;
-            }
-            StepNext::Fallback {
-                agent,
-                agent_index,
-                run_at,
-            } => {
-                sqlx::query(
-                    "UPDATE steps SET state = 'ready', run_at = ?1, agent = ?2, agent_index = ?3, \
-                     agent_attempts = 0, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?4",
-                )
-                .bind(run_at)
-                .bind(agent)
-                .bind(agent_index)
-                .bind(lease.step_row)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        insert_event(&mut tx, run_id, Some(&step), now, event.0, event.1).await?;
-        let plan = settle_in(&mut tx, run_id, planner, now).await?;
         tx.commit().await?;
-        Ok(Some(plan.unwrap_or_default()))
+        Ok(out)
     }
 
     async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {

@@ -476,3 +476,50 @@ steps:
         1
     );
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them() {
+    let (dir, store) = fresh_store().await;
+    let set = workflows(&[ONE], &["worker"]);
+    let slow = Scripted::new("worker", Act::Ok(Duration::from_secs(30), "slow"));
+    let t = TestEngine::start_on(
+        dir,
+        store,
+        set.clone(),
+        AgentMap::new().with(slow.clone()),
+        fast_config(),
+    );
+    let run = t.start_run("one").await;
+    t.wait_until(run, Duration::from_secs(5), "work running", |s| {
+        s.step("work").unwrap().state == StepState::Running
+    })
+    .await;
+    let (dir, store) = t.stop().await;
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert_eq!(
+        snap.step("work").unwrap().state,
+        StepState::Ready,
+        "released, not lost"
+    );
+    assert!(
+        slow.attempts_of("work")[0].cancelled,
+        "the attempt was stopped"
+    );
+    let released = store.run_events(run).await.unwrap();
+    assert!(released.iter().any(|e| e.kind == "released"));
+
+    let fast = Scripted::new("worker", Act::Ok(MS(5), "fast"));
+    let t = TestEngine::start_on(
+        dir,
+        store,
+        set,
+        AgentMap::new().with(fast.clone()),
+        fast_config(),
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    let attempts = t.store.attempts(run).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("cancelled"), Some("succeeded")]);
+    t.stop().await;
+}

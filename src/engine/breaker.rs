@@ -112,6 +112,15 @@ impl Breakers {
         (after != before).then_some(after)
     }
 
+    /// An admitted attempt ended without telling anything about the agent
+    /// (cancelled, lease lost, shutdown): a half-open breaker's trial slot is
+    /// freed so that another attempt can be the trial.
+    pub fn abandon(&self, agent: &str) {
+        if let Some(b) = self.inner.lock().expect("breaker lock").get_mut(agent) {
+            b.trial_in_flight = false;
+        }
+    }
+
     /// Agents whose breaker refuses attempts right now (open within its
     /// cool-down, or half-open with its trial taken). No side effects.
     pub fn refusing(&self) -> std::collections::HashSet<String> {
@@ -199,6 +208,9 @@ mod tests {
         assert_eq!(breakers.admit("a", config), Admission::Trial);
         // Only one trial at a time.
         assert!(matches!(breakers.admit("a", config), Admission::Refuse(_)));
+        // An abandoned trial frees the slot for another.
+        breakers.abandon("a");
+        assert_eq!(breakers.admit("a", config), Admission::Trial);
         // A failed trial opens it again for a whole cool-down.
         assert_eq!(breakers.record("a", true), Some(BreakerState::Open));
         assert!(matches!(breakers.admit("a", config), Admission::Refuse(_)));

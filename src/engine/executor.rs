@@ -19,6 +19,12 @@
 //! cancellation token fires and the agent stops cooperatively. When a renewal
 //! finds the lease gone (the step was reaped and handed to another worker),
 //! the attempt is abandoned: its result would be refused by the fence anyway.
+//!
+//! A cancel that lands between the claim and the attempt's registration in
+//! the engine's table of running attempts cannot fire its token directly; the
+//! reaper (every `reap_interval`) and the heartbeat (every third of the
+//! lease) both carry the run's desired state, so such an attempt is stopped
+//! within the shorter of the two.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -298,6 +304,10 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         .expect("running lock")
         .remove(&lease.step_row);
     let stop = *running.reason.lock().expect("stop lock");
+    if stop.is_some() {
+        // Stopped from outside: the outcome says nothing about the agent.
+        inner.breakers.abandon(&agent_name);
+    }
 
     let mut record = AttemptRecord {
         outcome: "succeeded".into(),

@@ -52,6 +52,13 @@ steps:
     // Observers saw the run end and every step succeed.
     let seen = collect_transitions(rx, run, Duration::from_secs(2)).await;
     assert!(seen.iter().any(|t| matches!(t, Transition::Run { run_id, state: RunState::Succeeded, .. } if *run_id == run)));
+    assert!(seen.iter().any(
+        |t| matches!(t, Transition::Run { run_id, state: RunState::Running, .. } if *run_id == run)
+    ));
+    assert!(
+        snap.run.classification.is_some(),
+        "the run carries its classification"
+    );
     for step in ["lint", "test", "report"] {
         assert!(
             seen.iter().any(|t| matches!(t, Transition::Step { step: s, state: StepState::Succeeded, .. } if s == step)),

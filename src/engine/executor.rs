@@ -56,7 +56,15 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         delivery_id,
         lease,
         attempt,
+        run_started,
     } = claimed;
+    if run_started {
+        engine.publish(Transition::Run {
+            run_id: step.run_id,
+            state: crate::store::RunState::Running,
+            reason: "first step claimed".into(),
+        });
+    }
     // An attempt started with the claim but never handed to the agent is
     // recorded as such.
     let not_run = |class: &str, kind: &str, why: &str| {

@@ -215,13 +215,17 @@ impl Engine {
             }])
             .await?;
         let estimates = store.step_estimates(workflow).await?;
+        // The same classification routing would have stored with the run.
+        let classification = route(&event, &self.inner.workflows)
+            .into_iter()
+            .find_map(|d| d.classification);
         let run = new_run(
             &self.inner.workflows,
             wf,
             &event,
             delivery_id,
             "started directly (taskmaster run)",
-            None,
+            classification,
             &estimates,
             self.inner.config.default_estimate_ms,
         );

@@ -403,6 +403,8 @@ pub struct ClaimedStep {
     /// The attempt started with the claim (its number, 1-based over every
     /// agent); `None` when the step's agent was in `refused_agents`.
     pub attempt: Option<i64>,
+    /// True when this claim moved the run from `queued` to `running`.
+    pub run_started: bool,
 }
 
 /// How an attempt ended, for the `attempts` table.

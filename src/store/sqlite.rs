@@ -1037,6 +1037,7 @@ impl RunStore for SqliteStore {
                     token,
                 },
                 attempt,
+                run_started: started == 1,
             });
         }
         tx.commit().await?;

@@ -523,3 +523,59 @@ async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them
     assert_eq!(outcomes, [Some("cancelled"), Some("succeeded")]);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_lease() {
+    let set = workflows(&[ONE], &["worker"]);
+    let agent = Scripted::new("worker", Act::Ok(MS(5), "ok")).script(
+        "work",
+        vec![Act::Ok(MS(1500), "first"), Act::Ok(MS(900), "second")],
+    );
+    let mut config = fast_config();
+    config.lease = MS(300); // renewed every 100 ms; the reaper looks every 50 ms
+    let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), config).await;
+    let run = t.start_run("one").await;
+    t.wait_until(run, Duration::from_secs(5), "work running", |s| {
+        s.step("work").unwrap().state == StepState::Running
+    })
+    .await;
+    // Another worker takes the step over (as after a reap and a new claim).
+    tokio::time::sleep(MS(400)).await;
+    sqlx::query(
+        "UPDATE steps SET lease_token = 'taken-over', lease_expires_at = ?1 \
+         WHERE run_id = ?2 AND step = 'work'",
+    )
+    .bind(now_ms() - 1)
+    .bind(run)
+    .execute(t.store.writer_pool())
+    .await
+    .unwrap();
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    let seen = agent.attempts_of("work");
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].cancelled,
+        "the attempt that lost its lease was stopped"
+    );
+    assert!(!seen[1].cancelled);
+    // The second attempt outlived its 300 ms lease three times over: renewed.
+    assert_eq!(
+        snap.step("work")
+            .unwrap()
+            .output
+            .as_deref()
+            .map(|o| o.starts_with("second")),
+        Some(true)
+    );
+    let expired = t.decisions(run, "work", "lease_expired").await;
+    assert_eq!(
+        expired.len(),
+        1,
+        "only the taken-over lease expired: {expired:?}"
+    );
+    let attempts = t.store.attempts(run).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("lost"), Some("succeeded")]);
+    t.stop().await;
+}

@@ -2,8 +2,8 @@
 //!
 //! For a claimed step (its attempt already recorded by the claim) the
 //! executor asks the agent's circuit breaker, renders the prompt, runs the agent under
-//! the step's timeout while a heartbeat renews the lease every third of its
-//! TTL, and decides what follows:
+//! the step's timeout while the engine's heartbeat renews the lease every
+//! third of its TTL, and decides what follows:
 //!
 //! * success → the step `succeeded`;
 //! * a transient failure (timeout, unreachable, busy, rate-limited) with
@@ -14,7 +14,7 @@
 //! * nothing left → `give_up`: the step `failed` (or `timed_out`).
 //!
 //! Each decision is written with its reason to the run's timeline, in the
-//! same transaction as the result. The heartbeat also carries the run's
+//! same transaction as the result. The engine's heartbeat also carries the run's
 //! desired state back: when the run is cancelled or timed out, the attempt's
 //! cancellation token fires and the agent stops cooperatively. When a renewal
 //! finds the lease gone (the step was reaped and handed to another worker),
@@ -225,6 +225,9 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
     let cancel = CancellationToken::new();
     let running = Arc::new(RunningAttempt {
         run_id,
+        step_row: lease.step_row,
+        token: lease.token.clone(),
+        registered: std::time::Instant::now(),
         cancel: cancel.clone(),
         reason: std::sync::Mutex::new(None),
     });
@@ -232,7 +235,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         .running
         .lock()
         .expect("running lock")
-        .insert(lease.step_row, running.clone());
+        .insert(lease.token.clone(), running.clone());
     if inner
         .shutting_down
         .load(std::sync::atomic::Ordering::SeqCst)
@@ -250,39 +253,6 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         workdir: None,
         deadline: Instant::now() + timeout,
         cancel: cancel.clone(),
-    };
-
-    // The heartbeat: renew every third of the TTL; carry cancellation back.
-    let heartbeat = {
-        let engine = engine.clone();
-        let lease = lease.clone();
-        let running = running.clone();
-        tokio::spawn(async move {
-            let ttl = engine.inner.config.lease;
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                match engine
-                    .inner
-                    .store
-                    .renew_lease(&lease, ttl.as_millis() as i64)
-                    .await
-                {
-                    Ok(Some(desired)) if desired.is_stopping() => {
-                        running.stop(if desired == crate::store::DesiredState::TimedOut {
-                            StopReason::TimedOut
-                        } else {
-                            StopReason::Cancelled
-                        })
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        running.stop(StopReason::LeaseLost);
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
-                }
-            }
-        })
     };
 
     let started = Instant::now();
@@ -305,12 +275,11 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             web_url: None,
         },
     };
-    heartbeat.abort();
     inner
         .running
         .lock()
         .expect("running lock")
-        .remove(&lease.step_row);
+        .remove(&lease.token);
     let stop = *running.reason.lock().expect("stop lock");
     if stop.is_some() {
         // Stopped from outside: the outcome says nothing about the agent.

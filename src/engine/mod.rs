@@ -11,8 +11,8 @@
 //!   nothing is rejected. Wake-ups come from finished steps, new runs and
 //!   control operations (an in-process `Notify`), with a poll as a fallback.
 //! * **Executor** ([`executor`]): one attempt at a time per step, under the
-//!   step's timeout, with a heartbeat renewing the lease every third of its
-//!   TTL. The result is recorded **fenced**: accepted only while the lease
+//!   step's timeout, while the engine's heartbeat renews the leases of all
+//!   its running steps every third of the TTL (one transaction per beat). The result is recorded **fenced**: accepted only while the lease
 //!   token is still the step's, so a worker that stalled past its lease (and
 //!   whose step was handed to another) cannot overwrite the newer attempt.
 //! * **Reaper**: returns expired leases to `ready`, stops runs past their
@@ -152,6 +152,12 @@ pub(crate) enum StopReason {
 #[derive(Debug)]
 pub(crate) struct RunningAttempt {
     pub run_id: i64,
+    pub step_row: i64,
+    /// The lease token the attempt runs under.
+    pub token: String,
+    /// When it was registered (a heartbeat that started earlier may not
+    /// have seen its claim yet).
+    pub registered: std::time::Instant,
     pub cancel: CancellationToken,
     pub reason: Mutex<Option<StopReason>>,
 }
@@ -173,7 +179,9 @@ pub(crate) struct Inner {
     pub wake: Notify,
     pub events: broadcast::Sender<Transition>,
     pub owner: String,
-    pub running: Mutex<HashMap<i64, Arc<RunningAttempt>>>,
+    /// Running attempts by lease token (unique per claim: a step reclaimed
+    /// while a stale attempt still runs has two entries).
+    pub running: Mutex<HashMap<String, Arc<RunningAttempt>>>,
     pub in_flight: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub results: mpsc::UnboundedSender<ResultJob>,
@@ -276,6 +284,7 @@ impl Engine {
             .take()
             .expect("Engine::run is called once per engine");
         let writer = tokio::spawn(self.clone().results_writer(results_rx));
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
         let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
             if shutdown.is_cancelled() {
@@ -301,8 +310,52 @@ impl Engine {
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         reaper.abort();
+        heartbeat.abort();
         writer.abort();
         Ok(())
+    }
+
+    /// Renews every lease this engine holds, every third of the lease TTL, in
+    /// one transaction (one write per beat however many steps run, instead
+    /// of one per step). What comes back is carried to the running attempts:
+    /// a run asked to stop fires their cancellation tokens; a step whose
+    /// lease is gone (reaped and handed on) is abandoned.
+    async fn heartbeat(self) {
+        let ttl = self.inner.config.lease;
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let beat = std::time::Instant::now();
+            let renewed = match self
+                .inner
+                .store
+                .renew_leases(&self.inner.owner, ttl.as_millis() as i64)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; will retry");
+                    continue;
+                }
+            };
+            let held: HashMap<i64, (String, crate::store::DesiredState)> = renewed
+                .into_iter()
+                .map(|(id, token, desired)| (id, (token, desired)))
+                .collect();
+            let running = self.inner.running.lock().expect("running lock");
+            for attempt in running.values() {
+                match held.get(&attempt.step_row) {
+                    Some((token, desired)) if *token == attempt.token => match desired {
+                        crate::store::DesiredState::Cancelled => {
+                            attempt.stop(StopReason::Cancelled)
+                        }
+                        crate::store::DesiredState::TimedOut => attempt.stop(StopReason::TimedOut),
+                        _ => {}
+                    },
+                    _ if attempt.registered > beat => {}
+                    _ => attempt.stop(StopReason::LeaseLost),
+                }
+            }
+        }
     }
 
     /// Commits step results in batches: everything that arrived while the

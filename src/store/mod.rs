@@ -376,6 +376,16 @@ pub trait RunStore: Store {
         lease_ms: i64,
     ) -> Result<Option<DesiredState>, StoreError>;
 
+    /// The heartbeat of a whole engine: extends every lease `owner` holds to
+    /// `now + lease_ms` in one transaction, and returns each renewed step
+    /// with its lease token and its run's desired state. A step of `owner`
+    /// that is not returned has lost its lease.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError>;
+
     /// Records how an attempt ended (when one was made), moves the step on as
     /// `next` says, writes the timeline event `(kind, detail)`, and settles
     /// the run with `planner` — all in one transaction, **fenced**: when the

@@ -1066,6 +1066,30 @@ impl RunStore for SqliteStore {
         .transpose()
     }
 
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "UPDATE steps SET lease_expires_at = ?1 \
+             WHERE state = 'running' AND lease_owner = ?2 \
+             RETURNING id, lease_token, \
+                 (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.into_iter()
+            .map(|(id, token, d)| {
+                let desired = DesiredState::parse(&d)
+                    .ok_or_else(|| corrupt("runs", format!("unknown desired state `{d}`")))?;
+                Ok((id, token, desired))
+            })
+            .collect()
+    }
+
     async fn finish_steps(
         &self,
         batch: &[StepFinish],

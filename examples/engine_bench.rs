@@ -248,7 +248,6 @@ async fn latency(runs: usize) {
 async fn memory(runs: usize) {
     let config = EngineConfig {
         max_in_flight: runs,
-        lease: Duration::from_secs(300),
         reap_interval: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(1),
         ..EngineConfig::default()
@@ -277,6 +276,19 @@ async fn memory(runs: usize) {
         before,
         created.as_secs_f64(),
         started.elapsed().as_secs_f64()
+    );
+    // Hold them through two heartbeats (every 10 s with the default 30 s
+    // lease): every lease must stay held.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let (expired,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM run_events WHERE kind = 'lease_expired'")
+            .fetch_one(b.store.writer_pool())
+            .await
+            .unwrap();
+    println!(
+        "  21 s later: RSS {:.1} MB, {} attempts still running, {expired} leases expired",
+        rss_mb(),
+        b.agent.running.load(std::sync::atomic::Ordering::SeqCst)
     );
     b.stop.cancel();
     let _ = b.task.await;

@@ -38,6 +38,22 @@ pub enum Command {
         #[arg(default_value = "workflows")]
         dir: std::path::PathBuf,
     },
+    /// Run one workflow locally on an event payload, to completion, printing
+    /// each step's progress and the outcome (exit status 0 when it succeeded).
+    Run {
+        /// The workflow's name (see `taskmaster validate`).
+        workflow: String,
+        /// The event payload, a JSON file as GitHub would send it.
+        #[arg(long)]
+        event: std::path::PathBuf,
+        /// The event's name (`X-GitHub-Event`).
+        #[arg(long, default_value = "pull_request")]
+        event_name: String,
+        /// The delivery id to record the run under. Running again with the
+        /// same id carries on (or shows) that run instead of starting another.
+        #[arg(long)]
+        delivery: Option<String>,
+    },
 }
 
 /// Log output format.
@@ -106,6 +122,25 @@ pub struct Settings {
     )]
     pub workflows: std::path::PathBuf,
 
+    /// Steps in flight at once, over every run and agent.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_IN_FLIGHT",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_in_flight: usize,
+
+    /// Lease of a running step, in milliseconds; renewed every third. A
+    /// worker that stops renewing loses its step to the reaper after this.
+    #[arg(
+        long,
+        env = "TASKMASTER_LEASE_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub lease_ms: u64,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
@@ -115,6 +150,17 @@ pub struct Settings {
 pub const MISSING_SECRET_HELP: &str = "no webhook secret configured: set GITHUB_WEBHOOK_SECRET \
 (or pass --webhook-secret) to the secret you entered in your GitHub App's webhook settings; \
 several secrets may be given, separated by commas, to rotate without losing deliveries";
+
+impl Settings {
+    /// The engine's settings from these flags (the rest at their defaults).
+    pub fn engine_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            max_in_flight: self.max_in_flight.max(1),
+            lease: std::time::Duration::from_millis(self.lease_ms.max(300)),
+            ..crate::engine::EngineConfig::default()
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

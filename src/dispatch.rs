@@ -35,10 +35,14 @@ const POLL: Duration = Duration::from_secs(1);
 pub const MAX_ATTEMPTS: i64 = 5;
 
 /// What a handler decided about one delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Handled {
     /// Acted on.
     Done,
+    /// Start these runs. The dispatcher creates them in the same transaction
+    /// that marks the delivery `done`, so a crash can never leave a delivery
+    /// handled without its runs, or runs without a handled delivery.
+    Start(Vec<crate::store::NewRun>),
     /// Nothing to do; the reason is stored with the delivery.
     Ignored(String),
 }
@@ -65,7 +69,12 @@ impl From<StoreError> for HandlerError {
 /// effects and the finish makes the delivery run again.
 #[async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
+    /// Decides what to do with one delivery.
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError>;
+
+    /// Called after a batch of results (and the runs they start) committed;
+    /// a hint to wake whoever acts on them (the engine's scheduler).
+    async fn committed(&self) {}
 }
 
 /// A handler that accepts every delivery and does nothing with it, for a
@@ -150,6 +159,7 @@ impl Dispatcher {
             }
             let result = match self.handler.handle(delivery).await {
                 Ok(Handled::Done) => DeliveryResult::Done,
+                Ok(Handled::Start(runs)) => DeliveryResult::Started(runs),
                 Ok(Handled::Ignored(why)) => DeliveryResult::Ignored(why),
                 Err(HandlerError::Transient(e)) if delivery.attempts < MAX_ATTEMPTS => {
                     let retry_at = now_ms() + backoff_ms(delivery.attempts);
@@ -166,6 +176,9 @@ impl Dispatcher {
             results.push((delivery.id, result));
         }
         self.store.finish_deliveries(&self.owner, &results).await?;
+        if !results.is_empty() {
+            self.handler.committed().await;
+        }
         Ok(count)
     }
 }

@@ -12,6 +12,7 @@ pub mod classify;
 pub mod command;
 pub mod config;
 pub mod dispatch;
+pub mod engine;
 pub mod event;
 pub mod github;
 pub mod redact;

@@ -1,15 +1,20 @@
-//! The `taskmaster` binary: `serve` (the default), `migrate` and `validate`.
+//! The `taskmaster` binary: `serve` (the default), `migrate`, `validate` and `run`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
-use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP};
-use taskmaster::dispatch::AcceptAll;
+use taskmaster::agent::{AgentRegistry, AgentsConfig, env::process_lookup};
+use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings};
+use taskmaster::engine::intake::RoutingHandler;
+use taskmaster::engine::{Engine, Transition};
 use taskmaster::server::{self, ServerConfig};
+use taskmaster::store::RunState;
 use taskmaster::workflow::{DEFAULT_AGENTS, WorkflowSet};
 use taskmaster::{store, telemetry};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,6 +24,12 @@ async fn main() -> ExitCode {
         Command::Serve => serve(cli.settings).await,
         Command::Migrate => migrate(cli.settings).await,
         Command::Validate { dir } => validate(&dir),
+        Command::Run {
+            workflow,
+            event,
+            event_name,
+            delivery,
+        } => run(cli.settings, &workflow, &event, &event_name, delivery).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,7 +40,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn migrate(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
     store::connect(&settings.database_url).await?;
     println!(
         "database {} is up to date",
@@ -57,13 +68,26 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
-    let Some(secrets) = settings.webhook_secret else {
-        anyhow::bail!(MISSING_SECRET_HELP);
+/// The agents from `--config` and the workflows from `--workflows`, checked
+/// against each other. Errors say which file is wrong and how to check it.
+fn load_agents_and_workflows(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<AgentRegistry>, Arc<WorkflowSet>)> {
+    let agents_config =
+        AgentsConfig::load(settings.config.as_deref(), &process_lookup).map_err(|e| {
+            anyhow::anyhow!("refusing to start: the agent configuration is invalid: {e}")
+        })?;
+    let registry = AgentRegistry::new(&agents_config, &process_lookup)
+        .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the agents: {e}"))?;
+    let names: Vec<&str> = registry.names().collect();
+    let names: Vec<&str> = if names.is_empty() {
+        DEFAULT_AGENTS.to_vec()
+    } else {
+        names
     };
     // Refuse to start on a broken workflow set: better no service than runs
     // that fail one by one in production.
-    let workflows = WorkflowSet::load_dir(&settings.workflows, DEFAULT_AGENTS).map_err(|e| {
+    let workflows = WorkflowSet::load_dir(&settings.workflows, &names).map_err(|e| {
         anyhow::anyhow!(
             "refusing to start: the workflow definitions in {} are invalid \
 (check them with `taskmaster validate {}`):\n{e}",
@@ -73,12 +97,28 @@ async fn serve(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
     })?;
     tracing::info!(workflows = workflows.len(), dir = %settings.workflows.display(),
         "workflow definitions loaded");
-    let store = store::connect(&settings.database_url).await?;
+    Ok((Arc::new(registry), Arc::new(workflows)))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let Some(secrets) = settings.webhook_secret.clone() else {
+        anyhow::bail!(MISSING_SECRET_HELP);
+    };
+    let (agents, workflows) = load_agents_and_workflows(&settings)?;
+    let store = store::connect_runs(&settings.database_url).await?;
+    let engine = Engine::new(
+        store.clone(),
+        workflows.clone(),
+        agents,
+        settings.engine_config(),
+    );
+    let engine_stop = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
     let running = server::start(ServerConfig {
         addr: SocketAddr::new(settings.host, settings.port),
         secrets,
-        store,
-        handler: Arc::new(AcceptAll),
+        store: store.clone(),
+        handler: Arc::new(RoutingHandler::new(store, workflows, Some(engine))),
     })
     .await?;
     let token = running.shutdown_token();
@@ -87,9 +127,115 @@ async fn serve(settings: taskmaster::config::Settings) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing requests in flight");
         token.cancel();
     });
-    running.wait().await?;
+    let served = running.wait().await;
+    // Intake and the dispatcher are down; now the engine releases its steps.
+    engine_stop.cancel();
+    engine_task
+        .await
+        .context("engine panicked")?
+        .context("engine start-up recovery failed")?;
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `taskmaster run WORKFLOW --event FILE`: one run, to completion, with progress.
+async fn run(
+    settings: Settings,
+    workflow: &str,
+    event: &std::path::Path,
+    event_name: &str,
+    delivery: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let payload = std::fs::read(event)
+        .with_context(|| format!("cannot read the event payload {}", event.display()))?;
+    let (agents, workflows) = load_agents_and_workflows(&settings)?;
+    let store = store::connect_runs(&settings.database_url).await?;
+    let engine = Engine::new(store.clone(), workflows, agents, settings.engine_config());
+    let mut transitions = engine.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.clone().run(stop.clone()));
+    let delivery = delivery.unwrap_or_else(|| format!("local-{}", uuid::Uuid::new_v4()));
+    let created = engine
+        .start_run(workflow, event_name, &payload, &delivery)
+        .await?;
+    let run_id = created.run_id;
+    let tty = std::io::stdout().is_terminal();
+    let started = std::time::Instant::now();
+    if created.created {
+        println!("run {run_id} of {workflow} started (delivery {delivery})");
+    } else {
+        println!("run {run_id} of {workflow} already exists for delivery {delivery}: carrying on");
+    }
+    let outcome = loop {
+        if let Some(snap) = store.run(run_id).await?
+            && snap.run.state.is_terminal()
+        {
+            break snap;
+        }
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(1), transitions.recv()).await;
+        let Ok(Ok(t)) = next else { continue };
+        let secs = started.elapsed().as_secs_f64();
+        match t {
+            Transition::Step {
+                run_id: r,
+                step,
+                state,
+                agent,
+                attempt,
+                reason,
+            } if r == run_id => {
+                let who = match (agent, attempt) {
+                    (Some(a), Some(n)) => format!(" (attempt {n} on {a})"),
+                    _ => String::new(),
+                };
+                if tty {
+                    println!(
+                        "\x1b[2m{secs:7.1}s\x1b[0m  {step:<24} \x1b[1m{state}\x1b[0m{who}  {reason}"
+                    );
+                } else {
+                    println!("{secs:7.1}s  {step:<24} {state}{who}  {reason}");
+                }
+            }
+            Transition::Run {
+                run_id: r,
+                state,
+                reason,
+            } if r == run_id => {
+                println!("{secs:7.1}s  run {state}: {reason}");
+            }
+            _ => {}
+        }
+    };
+    stop.cancel();
+    task.await.context("engine panicked")??;
+    println!();
+    println!(
+        "run {run_id}: {}{}",
+        outcome.run.state,
+        outcome
+            .run
+            .conclusion
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
+    for s in &outcome.steps {
+        println!(
+            "  {:<24} {:<10} attempts {:<2} agent {}",
+            s.step,
+            s.state.as_str(),
+            s.attempts,
+            s.agent
+        );
+    }
+    if outcome.run.state == RunState::Succeeded {
+        Ok(())
+    } else {
+        anyhow::bail!("run {run_id} ended {}", outcome.run.state)
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -13,8 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod runs;
 pub mod sqlite;
 
+pub use runs::{
+    AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
+    Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
+    StepFinish, StepNext, StepRecord, StepState,
+};
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.
@@ -233,10 +239,15 @@ pub struct Delivery {
 }
 
 /// How a claimed delivery ended, reported back by the dispatcher.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryResult {
     /// Handled; state `done`.
     Done,
+    /// Handled by starting these runs: state `done`, and the runs and their
+    /// steps are created **in the same transaction** (a run already stored for
+    /// the same delivery and workflow is left as it is). A store without run
+    /// tables fails the whole batch.
+    Started(Vec<NewRun>),
     /// Nothing to do for it; state `ignored`, with the reason in `error`.
     Ignored(String),
     /// Try again at `retry_at` (epoch ms); state back to `queued`.
@@ -316,11 +327,164 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_depth(&self) -> Result<InboxDepth, StoreError>;
 }
 
+/// The engine's operations on runs, steps, attempts and the timeline.
+///
+/// Every operation that changes a run takes the writer lock for its whole
+/// transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT … FOR UPDATE`
+/// on the run), and the ones taking a [`Planner`] decide what follows while
+/// holding it; see [`runs`].
+#[async_trait]
+pub trait RunStore: Store {
+    /// Creates runs and their steps (all `pending`) in one transaction. A run
+    /// whose (delivery, workflow) exists already is not created again
+    /// (`created: false`). A run with `cancel_in_progress` asks every older
+    /// active run of its concurrency group to cancel.
+    async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError>;
+
+    /// Runs that are `queued` with every step still `pending`: created but not
+    /// yet planned (the dispatcher creates runs without a planner).
+    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// Applies `planner`'s decisions to the run; returns what changed
+    /// (`None`: no such run).
+    async fn settle_run(
+        &self,
+        run_id: i64,
+        planner: &dyn Planner,
+    ) -> Result<Option<Plan>, StoreError>;
+
+    /// Claims `ready` steps whose `run_at` has passed, of runs that are meant
+    /// to run, by run priority and critical-path rank, within `limits` and
+    /// each run's `max_parallel`; an older active run of the same concurrency
+    /// group holds newer ones back. Each claimed step is `running` under a
+    /// fresh lease owned by `owner`, and — unless its agent is in
+    /// `limits.refused_agents` — its next attempt is started (recorded with
+    /// its number) in the same transaction: one commit per batch instead of
+    /// one per step.
+    async fn claim_steps(
+        &self,
+        owner: &str,
+        limits: &ClaimLimits,
+    ) -> Result<Vec<ClaimedStep>, StoreError>;
+
+    /// Extends the lease to `now + lease_ms`; returns the run's desired state,
+    /// or `None` when the lease is no longer held (the step was reaped or
+    /// reclaimed): the holder must stop and its result will be refused.
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_ms: i64,
+    ) -> Result<Option<DesiredState>, StoreError>;
+
+    /// The heartbeat of a whole engine: extends every lease `owner` holds to
+    /// `now + lease_ms` in one transaction, and returns each renewed step
+    /// with its lease token and its run's desired state. A step of `owner`
+    /// that is not returned has lost its lease.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError>;
+
+    /// Records how an attempt ended (when one was made), moves the step on as
+    /// `next` says, writes the timeline event `(kind, detail)`, and settles
+    /// the run with `planner` — all in one transaction, **fenced**: when the
+    /// lease token is no longer the step's, nothing is written and `None` is
+    /// returned.
+    async fn finish_step(
+        &self,
+        lease: &Lease,
+        attempt: Option<&AttemptRecord>,
+        next: &StepNext,
+        event: (&str, &str),
+        planner: &dyn Planner,
+    ) -> Result<Option<Plan>, StoreError> {
+        let finish = StepFinish {
+            lease: lease.clone(),
+            attempt: attempt.cloned(),
+            next: next.clone(),
+            kind: event.0.to_owned(),
+            detail: event.1.to_owned(),
+        };
+        Ok(self.finish_steps(&[finish], planner).await?.pop().flatten())
+    }
+
+    /// [`RunStore::finish_step`] for a batch, in **one transaction** (group
+    /// commit: one fsync for many results). Each result is fenced on its own:
+    /// a refused one is `None` and changes nothing; the others are recorded.
+    async fn finish_steps(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+    ) -> Result<Vec<Option<Plan>>, StoreError>;
+
+    /// Returns `running` steps whose lease expired before `before` (all of
+    /// them when `None`: start-up recovery of a single-process store) to
+    /// `ready`; their unfinished attempts become `lost`. Returns
+    /// `(run id, step id)` of each.
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Asks active runs whose deadline passed before `now` to stop
+    /// (desired `timed_out`); returns their ids.
+    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError>;
+
+    /// Active runs asked to stop (cancelled or timed out): the reaper
+    /// aborts their attempts and settles them.
+    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// Ids of runs not in an end state.
+    async fn active_runs(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// A run and its steps.
+    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError>;
+
+    /// Runs started by one delivery.
+    async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError>;
+
+    /// A run's timeline, oldest first.
+    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError>;
+
+    /// A run's attempts, in start order.
+    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+
+    /// Estimated duration (ms) of each step of `workflow`: the mean of its
+    /// last successful attempts. Steps without history are absent.
+    async fn step_estimates(
+        &self,
+        workflow: &str,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError>;
+
+    /// Pause: no new step of the run starts; running ones finish.
+    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
+
+    /// Resume a paused run where it stood.
+    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
+
+    /// Ask a run to cancel (`reason` goes to the timeline); the engine aborts
+    /// its running attempts and the planner cancels the rest.
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError>;
+
+    /// Retry: `step` and the steps that depend on it (transitively), or, with
+    /// `None`, every failed, cancelled or timed-out step and their dependents,
+    /// go back to `pending` with fresh attempt counts; the run is active
+    /// again. Running steps are left alone.
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError>;
+}
+
 /// Opens the store named by `database_url` and applies migrations.
 ///
 /// `sqlite://path`, `sqlite:path` or a bare path select SQLite (the file is
 /// created if absent). Errors: [`StoreError::UnsupportedUrl`] for other schemes.
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(connect_runs(database_url).await? as Arc<dyn Store>)
+}
+
+/// As [`connect`], with the engine's operations ([`RunStore`]).
+pub async fn connect_runs(database_url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         return Err(StoreError::UnsupportedUrl {
             url: redact_url(database_url),

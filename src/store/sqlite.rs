@@ -287,14 +287,14 @@ impl Store for SqliteStore {
         let mut changed = 0;
         for (id, result) in results {
             let (state, error, available_at, finished_at) = match result {
-                DeliveryResult::Done => ("done", None, now, Some(now)),
+                DeliveryResult::Done | DeliveryResult::Started(_) => ("done", None, now, Some(now)),
                 DeliveryResult::Ignored(why) => ("ignored", Some(why.as_str()), now, Some(now)),
                 DeliveryResult::Retry { error, retry_at } => {
                     ("queued", Some(error.as_str()), *retry_at, None)
                 }
                 DeliveryResult::Failed(error) => ("failed", Some(error.as_str()), now, Some(now)),
             };
-            changed += sqlx::query(
+            let finished = sqlx::query(
                 "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
                  finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
                  WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",
@@ -308,6 +308,12 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            // The runs commit with the delivery's `done`, or not at all; a
+            // dispatcher that lost its lease creates nothing.
+            if let (1, DeliveryResult::Started(runs)) = (finished, result) {
+                create_runs_for_delivery(&mut tx, runs, now).await?;
+            }
+            changed += finished;
         }
         tx.commit().await?;
         Ok(changed)
@@ -359,5 +365,1086 @@ impl Store for SqliteStore {
             }
         }
         Ok(depth)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Runs, steps, attempts and the timeline (the engine's `RunStore`).
+// ---------------------------------------------------------------------------
+
+use sqlx::SqliteConnection;
+
+use super::RunStore;
+use super::runs::{
+    AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
+    Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepNext, StepRecord,
+    StepState,
+};
+
+macro_rules! select_runs {
+    () => {
+        "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
+         classification, reason, context, priority, concurrency_group, state, desired_state, \
+         max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at \
+         FROM runs "
+    };
+}
+
+macro_rules! step_columns {
+    () => {
+        "id, run_id, step, position, needs, continue_on_error, state, agent, agent_index, \
+         attempts, agent_attempts, run_at, priority, lease_owner, lease_expires_at, output, \
+         error, started_at, finished_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: i64,
+    workflow: String,
+    delivery_id: String,
+    event: String,
+    repository: Option<String>,
+    subject_number: Option<i64>,
+    head_sha: Option<String>,
+    classification: Option<String>,
+    reason: String,
+    context: String,
+    priority: i64,
+    concurrency_group: Option<String>,
+    state: String,
+    desired_state: String,
+    max_parallel: Option<i64>,
+    deadline_at: Option<i64>,
+    cost_usd: f64,
+    conclusion: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+fn corrupt(table: &'static str, detail: String) -> StoreError {
+    StoreError::Corrupt { table, detail }
+}
+
+impl TryFrom<RunRow> for Run {
+    type Error = StoreError;
+    fn try_from(r: RunRow) -> Result<Self, StoreError> {
+        Ok(Run {
+            state: RunState::parse(&r.state)
+                .ok_or_else(|| corrupt("runs", format!("unknown state `{}`", r.state)))?,
+            desired_state: DesiredState::parse(&r.desired_state).ok_or_else(|| {
+                corrupt(
+                    "runs",
+                    format!("unknown desired state `{}`", r.desired_state),
+                )
+            })?,
+            context: serde_json::from_str(&r.context)
+                .map_err(|e| corrupt("runs", format!("context is not JSON: {e}")))?,
+            id: r.id,
+            workflow: r.workflow,
+            delivery_id: r.delivery_id,
+            event: r.event,
+            repository: r.repository,
+            subject_number: r.subject_number,
+            head_sha: r.head_sha,
+            classification: r.classification,
+            reason: r.reason,
+            priority: r.priority,
+            concurrency_group: r.concurrency_group,
+            max_parallel: r.max_parallel,
+            deadline_at: r.deadline_at,
+            cost_usd: r.cost_usd,
+            conclusion: r.conclusion,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    id: i64,
+    run_id: i64,
+    step: String,
+    position: i64,
+    needs: String,
+    continue_on_error: bool,
+    state: String,
+    agent: String,
+    agent_index: i64,
+    attempts: i64,
+    agent_attempts: i64,
+    run_at: i64,
+    priority: i64,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    output: Option<String>,
+    error: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<StepRow> for StepRecord {
+    type Error = StoreError;
+    fn try_from(r: StepRow) -> Result<Self, StoreError> {
+        Ok(StepRecord {
+            state: StepState::parse(&r.state)
+                .ok_or_else(|| corrupt("steps", format!("unknown state `{}`", r.state)))?,
+            needs: serde_json::from_str(&r.needs)
+                .map_err(|e| corrupt("steps", format!("needs is not a JSON list: {e}")))?,
+            id: r.id,
+            run_id: r.run_id,
+            step: r.step,
+            position: r.position,
+            continue_on_error: r.continue_on_error,
+            agent: r.agent,
+            agent_index: r.agent_index,
+            attempts: r.attempts,
+            agent_attempts: r.agent_attempts,
+            run_at: r.run_at,
+            priority: r.priority,
+            lease_owner: r.lease_owner,
+            lease_expires_at: r.lease_expires_at,
+            output: r.output,
+            error: r.error,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    step: Option<&str>,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_events (run_id, step, at, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(run_id)
+    .bind(step)
+    .bind(at)
+    .bind(kind)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn load_snapshot(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+) -> Result<Option<RunSnapshot>, StoreError> {
+    let run: Option<RunRow> = sqlx::query_as(concat!(select_runs!(), "WHERE id = ?1"))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(run) = run else { return Ok(None) };
+    let steps: Vec<StepRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        step_columns!(),
+        " FROM steps WHERE run_id = ?1 ORDER BY position"
+    ))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(RunSnapshot {
+        run: run.try_into()?,
+        steps: steps
+            .into_iter()
+            .map(StepRecord::try_from)
+            .collect::<Result<_, _>>()?,
+    }))
+}
+
+/// Reads the run, asks the planner, and applies its plan (guarded by the
+/// states the plan was made from). Runs inside the caller's transaction.
+async fn settle_in(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let Some(snapshot) = load_snapshot(conn, run_id).await? else {
+        return Ok(None);
+    };
+    let plan = planner.plan(&snapshot, now);
+    for change in &plan.steps {
+        let (finished, error) = if change.to.is_terminal() {
+            (Some(now), Some(change.reason.as_str()))
+        } else {
+            (None, None)
+        };
+        sqlx::query(
+            "UPDATE steps SET state = ?1, run_at = ?2, finished_at = ?3, error = ?4 \
+             WHERE run_id = ?5 AND step = ?6 AND state IN ('pending', 'ready')",
+        )
+        .bind(change.to.as_str())
+        .bind(now)
+        .bind(finished)
+        .bind(error)
+        .bind(run_id)
+        .bind(&change.step)
+        .execute(&mut *conn)
+        .await?;
+        let kind = match change.to {
+            StepState::Ready => "step_ready",
+            StepState::Skipped => "step_skipped",
+            StepState::Cancelled => "step_cancelled",
+            _ => "step_failed",
+        };
+        insert_event(conn, run_id, Some(&change.step), now, kind, &change.reason).await?;
+    }
+    if let Some((state, reason)) = &plan.outcome {
+        let changed = sqlx::query(
+            "UPDATE runs SET state = ?1, conclusion = ?2, finished_at = ?3 \
+             WHERE id = ?4 AND state IN ('queued', 'running', 'paused')",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            insert_event(
+                conn,
+                run_id,
+                None,
+                now,
+                "run_finished",
+                &format!("{state}: {reason}"),
+            )
+            .await?;
+        }
+    }
+    Ok(Some(plan))
+}
+
+async fn create_runs_in(
+    conn: &mut SqliteConnection,
+    runs: &[NewRun],
+    now: i64,
+) -> Result<Vec<CreatedRun>, StoreError> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let inserted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO runs (workflow, delivery_id, event, repository, subject_number, head_sha, \
+             classification, reason, context, priority, concurrency_group, max_parallel, \
+             deadline_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT (delivery_id, workflow) DO NOTHING RETURNING id",
+        )
+        .bind(&r.workflow)
+        .bind(&r.delivery_id)
+        .bind(&r.event)
+        .bind(&r.repository)
+        .bind(r.subject_number)
+        .bind(&r.head_sha)
+        .bind(&r.classification)
+        .bind(&r.reason)
+        .bind(r.context.to_string())
+        .bind(r.priority)
+        .bind(&r.concurrency_group)
+        .bind(r.max_parallel.map(i64::from))
+        .bind(r.timeout_ms.map(|t| now + t))
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((run_id,)) = inserted else {
+            let (run_id,): (i64,) =
+                sqlx::query_as("SELECT id FROM runs WHERE delivery_id = ?1 AND workflow = ?2")
+                    .bind(&r.delivery_id)
+                    .bind(&r.workflow)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            out.push(CreatedRun {
+                run_id,
+                workflow: r.workflow.clone(),
+                created: false,
+                superseded: Vec::new(),
+            });
+            continue;
+        };
+        for (position, s) in r.steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
+                 primary_agent, run_at, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+            )
+            .bind(run_id)
+            .bind(&s.step)
+            .bind(position as i64)
+            .bind(serde_json::to_string(&s.needs).expect("strings serialize"))
+            .bind(s.continue_on_error)
+            .bind(&s.agent)
+            .bind(now)
+            .bind(s.rank_ms)
+            .execute(&mut *conn)
+            .await?;
+        }
+        insert_event(conn, run_id, None, now, "run_created", &r.reason).await?;
+        let mut superseded = Vec::new();
+        if let (Some(group), true) = (&r.concurrency_group, r.cancel_in_progress) {
+            let older: Vec<(i64,)> = sqlx::query_as(
+                "UPDATE runs SET desired_state = 'cancelled', conclusion = ?1 \
+                 WHERE concurrency_group = ?2 AND id < ?3 \
+                   AND state IN ('queued', 'running', 'paused') \
+                   AND desired_state IN ('running', 'paused') RETURNING id",
+            )
+            .bind(format!(
+                "superseded by run {run_id} in concurrency group `{group}`{}",
+                r.head_sha
+                    .as_deref()
+                    .map(|s| format!(" (head {s})"))
+                    .unwrap_or_default()
+            ))
+            .bind(group)
+            .bind(run_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (old,) in older {
+                insert_event(
+                    conn,
+                    old,
+                    None,
+                    now,
+                    "cancel_requested",
+                    &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
+                )
+                .await?;
+                superseded.push(old);
+            }
+        }
+        out.push(CreatedRun {
+            run_id,
+            workflow: r.workflow.clone(),
+            created: true,
+            superseded,
+        });
+    }
+    Ok(out)
+}
+
+/// Creates the runs of `Started` results for deliveries whose finish was
+/// accepted; part of [`Store::finish_deliveries`]'s transaction.
+pub(super) async fn create_runs_for_delivery(
+    conn: &mut SqliteConnection,
+    runs: &[NewRun],
+    now: i64,
+) -> Result<(), StoreError> {
+    create_runs_in(conn, runs, now).await.map(|_| ())
+}
+
+async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, StoreError> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE id = ?1")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Records one result inside the caller's transaction; `None` when fenced out
+/// (nothing written).
+async fn finish_in(
+    tx: &mut SqliteConnection,
+    f: &StepFinish,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let (lease, attempt, next, event) = (
+        &f.lease,
+        f.attempt.as_ref(),
+        &f.next,
+        (f.kind.as_str(), f.detail.as_str()),
+    );
+    // The fence: only the current lease token may move the step on.
+    let fenced: Option<(i64, String, i64)> = sqlx::query_as(
+        "SELECT run_id, step, attempts FROM steps \
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+    )
+    .bind(lease.step_row)
+    .bind(&lease.token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((run_id, step, number)) = fenced else {
+        return Ok(None);
+    };
+    if let Some(a) = attempt {
+        sqlx::query(
+            "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
+                 error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
+                 WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
+        )
+        .bind(now)
+        .bind(&a.outcome)
+        .bind(&a.error_class)
+        .bind(&a.error_kind)
+        .bind(&a.error)
+        .bind(&a.output_excerpt)
+        .bind(a.duration_ms)
+        .bind(a.cost_usd)
+        .bind(lease.step_row)
+        .bind(number)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(cost) = a.cost_usd {
+            sqlx::query("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")
+                .bind(cost)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    match next {
+        StepNext::Finish {
+            state,
+            output,
+            error,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = ?1, output = ?2, error = ?3, finished_at = ?4, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?5",
+            )
+            .bind(state.as_str())
+            .bind(output)
+            .bind(error)
+            .bind(now)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StepNext::Retry { run_at } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = ?1, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?2",
+            )
+            .bind(run_at)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StepNext::Fallback {
+            agent,
+            agent_index,
+            run_at,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = ?1, agent = ?2, agent_index = ?3, \
+                     agent_attempts = 0, \
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?4",
+            )
+            .bind(run_at)
+            .bind(agent)
+            .bind(agent_index)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    insert_event(tx, run_id, Some(&step), now, event.0, event.1).await?;
+    let plan = settle_in(tx, run_id, planner, now).await?;
+    Ok(Some(plan.unwrap_or_default()))
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let created = create_runs_in(&mut tx, runs, now_ms()).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT r.id FROM runs r WHERE r.state = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state != 'pending') \
+             ORDER BY r.id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn settle_run(
+        &self,
+        run_id: i64,
+        planner: &dyn Planner,
+    ) -> Result<Option<Plan>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let plan = settle_in(&mut tx, run_id, planner, now_ms()).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    async fn claim_steps(
+        &self,
+        owner: &str,
+        limits: &ClaimLimits,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        if limits.max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Candidates in service order; more than `max` so that steps held back
+        // by an agent's or a run's limit do not starve the others.
+        let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = sqlx::query_as(
+            "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
+             FROM steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.state = 'ready' AND s.run_at <= ?1 \
+               AND r.desired_state = 'running' AND r.state IN ('queued', 'running') \
+               AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
+                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
+             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
+        )
+        .bind(now)
+        .bind((limits.max * 4 + 64) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if candidates.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut per_agent: HashMap<String, i64> = HashMap::new();
+        if !limits.per_agent.is_empty() {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT agent, COUNT(*) FROM steps WHERE state = 'running' GROUP BY agent",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            per_agent.extend(rows);
+        }
+        let mut per_run: HashMap<i64, i64> = HashMap::new();
+        let mut claimed = Vec::new();
+        for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
+            if claimed.len() >= limits.max {
+                break;
+            }
+            if let Some(limit) = limits.per_agent.get(&agent)
+                && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
+            {
+                continue;
+            }
+            if let Some(max) = max_parallel {
+                let running = match per_run.get(&run_id) {
+                    Some(n) => *n,
+                    None => {
+                        let (n,): (i64,) = sqlx::query_as(
+                            "SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND state = 'running'",
+                        )
+                        .bind(run_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        per_run.insert(run_id, n);
+                        n
+                    }
+                };
+                if running >= max {
+                    continue;
+                }
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let row: Option<StepRow> = sqlx::query_as(concat!(
+                "UPDATE steps SET state = 'running', lease_owner = ?1, lease_token = ?2, \
+                 lease_expires_at = ?3, started_at = COALESCE(started_at, ?4) \
+                 WHERE id = ?5 AND state = 'ready' RETURNING ",
+                step_columns!()
+            ))
+            .bind(owner)
+            .bind(&token)
+            .bind(now + limits.lease_ms)
+            .bind(now)
+            .bind(step_row)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            *per_agent.entry(agent.clone()).or_insert(0) += 1;
+            *per_run.entry(run_id).or_insert(0) += 1;
+            let started = sqlx::query(
+                "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \
+                 WHERE id = ?2 AND state = 'queued'",
+            )
+            .bind(now)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if started == 1 {
+                insert_event(
+                    &mut tx,
+                    run_id,
+                    None,
+                    now,
+                    "run_started",
+                    "first step claimed",
+                )
+                .await?;
+            }
+            let mut step: StepRecord = row.try_into()?;
+            let attempt = if limits.refused_agents.contains(&agent) {
+                None
+            } else {
+                let (number, agent_attempts): (i64, i64) = sqlx::query_as(
+                    "UPDATE steps SET attempts = attempts + 1, agent_attempts = agent_attempts + 1 \
+                     WHERE id = ?1 RETURNING attempts, agent_attempts",
+                )
+                .bind(step_row)
+                .fetch_one(&mut *tx)
+                .await?;
+                step.attempts = number;
+                step.agent_attempts = agent_attempts;
+                sqlx::query(
+                    "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, \
+                     lease_token, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .bind(step_row)
+                .bind(run_id)
+                .bind(&workflow)
+                .bind(&step.step)
+                .bind(number)
+                .bind(&agent)
+                .bind(&token)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut tx,
+                    run_id,
+                    Some(&step.step),
+                    now,
+                    "attempt_started",
+                    &format!("attempt {number} on agent `{agent}`"),
+                )
+                .await?;
+                Some(number)
+            };
+            claimed.push(ClaimedStep {
+                step,
+                workflow,
+                delivery_id,
+                lease: Lease {
+                    step_row,
+                    owner: owner.to_owned(),
+                    token,
+                },
+                attempt,
+                run_started: started == 1,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_ms: i64,
+    ) -> Result<Option<DesiredState>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE steps SET lease_expires_at = ?1 \
+             WHERE id = ?2 AND lease_token = ?3 AND state = 'running' \
+             RETURNING (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(lease.step_row)
+        .bind(&lease.token)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(|(d,)| {
+            DesiredState::parse(&d)
+                .ok_or_else(|| corrupt("runs", format!("unknown desired state `{d}`")))
+        })
+        .transpose()
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "UPDATE steps SET lease_expires_at = ?1 \
+             WHERE state = 'running' AND lease_owner = ?2 \
+             RETURNING id, lease_token, \
+                 (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.into_iter()
+            .map(|(id, token, d)| {
+                let desired = DesiredState::parse(&d)
+                    .ok_or_else(|| corrupt("runs", format!("unknown desired state `{d}`")))?;
+                Ok((id, token, desired))
+            })
+            .collect()
+    }
+
+    async fn finish_steps(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+    ) -> Result<Vec<Option<Plan>>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for f in batch {
+            out.push(finish_in(&mut tx, f, planner, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "UPDATE steps SET state = 'ready', run_at = ?1, lease_owner = NULL, \
+             lease_token = NULL, lease_expires_at = NULL \
+             WHERE state = 'running' AND (?2 IS NULL OR lease_expires_at < ?2) \
+             RETURNING id, run_id, step",
+        )
+        .bind(now)
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (step_row, run_id, step) in rows {
+            sqlx::query(
+                "UPDATE attempts SET outcome = 'lost', finished_at = ?1, \
+                 error = 'the lease expired before a result came back' \
+                 WHERE step_row = ?2 AND outcome IS NULL",
+            )
+            .bind(now)
+            .bind(step_row)
+            .execute(&mut *tx)
+            .await?;
+            let why = if before.is_some() {
+                "the lease expired (its worker stopped renewing it); the step is ready again"
+            } else {
+                "start-up recovery: the previous process stopped while the step ran; \
+                 the step is ready again"
+            };
+            insert_event(&mut tx, run_id, Some(&step), now, "lease_expired", why).await?;
+            out.push((run_id, step));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET desired_state = 'timed_out', \
+             conclusion = 'the workflow''s time limit passed' \
+             WHERE state IN ('queued', 'running', 'paused') AND deadline_at IS NOT NULL \
+               AND deadline_at < ?1 AND desired_state IN ('running', 'paused') RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id,) in &rows {
+            insert_event(
+                &mut tx,
+                *id,
+                None,
+                now,
+                "run_timed_out",
+                "the workflow's time limit passed; running attempts are aborted",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') \
+             AND desired_state IN ('cancelled', 'timed_out') ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn active_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        load_snapshot(&mut conn, run_id).await
+    }
+
+    async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError> {
+        let rows: Vec<RunRow> = sqlx::query_as(concat!(
+            select_runs!(),
+            "WHERE delivery_id = ?1 ORDER BY id"
+        ))
+        .bind(delivery_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Run::try_from).collect()
+    }
+
+    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError> {
+        let rows: Vec<(i64, Option<String>, i64, String, String)> = sqlx::query_as(
+            "SELECT run_id, step, at, kind, detail FROM run_events WHERE run_id = ?1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, step, at, kind, detail)| RunEvent {
+                run_id,
+                step,
+                at,
+                kind,
+                detail,
+            })
+            .collect())
+    }
+
+    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            String,
+            i64,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, outcome, \
+             error_class, error, duration_ms FROM attempts WHERE run_id = ?1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AttemptRow {
+                run_id: r.0,
+                step: r.1,
+                number: r.2,
+                agent: r.3,
+                lease_token: r.4,
+                started_at: r.5,
+                finished_at: r.6,
+                outcome: r.7,
+                error_class: r.8,
+                error: r.9,
+                duration_ms: r.10,
+            })
+            .collect())
+    }
+
+    async fn step_estimates(&self, workflow: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT step, AVG(duration_ms) FROM ( \
+                 SELECT step, duration_ms FROM attempts \
+                 WHERE workflow = ?1 AND outcome = 'succeeded' AND duration_ms IS NOT NULL \
+                 ORDER BY id DESC LIMIT 500) GROUP BY step",
+        )
+        .bind(workflow)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(step, ms)| (step, ms.round() as i64))
+            .collect())
+    }
+
+    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'paused', state = 'paused' \
+             WHERE id = ?1 AND desired_state = 'running' AND state IN ('queued', 'running')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = if changed == 1 {
+            insert_event(
+                &mut tx,
+                run_id,
+                None,
+                now,
+                "run_paused",
+                "paused: no new step starts; running ones finish",
+            )
+            .await?;
+            ControlOutcome::Changed
+        } else if run_exists(&mut tx, run_id).await? {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::NotFound
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'running', \
+             state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END \
+             WHERE id = ?1 AND desired_state = 'paused' AND state = 'paused'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = if changed == 1 {
+            insert_event(
+                &mut tx,
+                run_id,
+                None,
+                now,
+                "run_resumed",
+                "resumed where it stood",
+            )
+            .await?;
+            ControlOutcome::Changed
+        } else if run_exists(&mut tx, run_id).await? {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::NotFound
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2 \
+             WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
+               AND desired_state IN ('running', 'paused')",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = if changed == 1 {
+            insert_event(&mut tx, run_id, None, now, "cancel_requested", reason).await?;
+            ControlOutcome::Changed
+        } else if run_exists(&mut tx, run_id).await? {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::NotFound
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
+            return Ok(ControlOutcome::NotFound);
+        };
+        let mut reset: HashSet<String> = HashSet::new();
+        match step {
+            Some(id) => {
+                let Some(s) = snapshot.step(id) else {
+                    return Ok(ControlOutcome::NotFound);
+                };
+                if s.state.is_terminal() {
+                    reset.insert(id.to_owned());
+                }
+            }
+            None => reset.extend(
+                snapshot
+                    .steps
+                    .iter()
+                    .filter(|s| s.state.is_failure())
+                    .map(|s| s.step.clone()),
+            ),
+        }
+        if reset.is_empty() {
+            tx.commit().await?;
+            return Ok(ControlOutcome::Unchanged);
+        }
+        // Dependents, transitively (steps are in topological order).
+        for s in &snapshot.steps {
+            if s.needs.iter().any(|n| reset.contains(n)) {
+                reset.insert(s.step.clone());
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for s in &snapshot.steps {
+            if !reset.contains(&s.step) || matches!(s.state, StepState::Running) {
+                continue;
+            }
+            if s.state == StepState::Pending {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
+                 agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, finished_at = NULL \
+                 WHERE id = ?2 AND state NOT IN ('running', 'pending')",
+            )
+            .bind(now)
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
+            names.push(&s.step);
+        }
+        if names.is_empty() {
+            tx.commit().await?;
+            return Ok(ControlOutcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE runs SET \
+               state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               conclusion = NULL, finished_at = NULL WHERE id = ?1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            run_id,
+            None,
+            now,
+            "retry_requested",
+            &format!("steps reset to pending: {}", names.join(", ")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ControlOutcome::Changed)
     }
 }

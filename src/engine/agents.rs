@@ -1,0 +1,132 @@
+//! Where the engine finds agents and their limits.
+//!
+//! Production uses the [`AgentRegistry`] built from `taskmaster.yml`; tests
+//! and benchmarks hand the engine an [`AgentMap`] of in-process agents with
+//! scripted behaviour. Either way the engine asks the same three questions:
+//! which agent has this name, how many attempts may it run at once, and
+//! when should its circuit open.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::breaker::BreakerConfig;
+use crate::agent::{Agent, AgentRegistry};
+
+/// The agents the engine may use.
+pub trait AgentSource: Send + Sync + 'static {
+    /// The agent called `name`.
+    fn agent(&self, name: &str) -> Option<Arc<dyn Agent>>;
+    /// How many attempts may run on `name` at once (`None`: no limit).
+    fn concurrency(&self, name: &str) -> Option<u32>;
+    /// The circuit-breaker settings of `name`.
+    fn breaker(&self, name: &str) -> BreakerConfig;
+    /// The most attempts one step may make on `name` (its budget), if limited.
+    fn max_attempts(&self, name: &str) -> Option<u32>;
+    /// Every agent name.
+    fn names(&self) -> Vec<String>;
+}
+
+impl AgentSource for AgentRegistry {
+    fn agent(&self, name: &str) -> Option<Arc<dyn Agent>> {
+        self.get(name)
+    }
+    fn concurrency(&self, name: &str) -> Option<u32> {
+        self.config(name).map(|c| c.concurrency)
+    }
+    fn breaker(&self, name: &str) -> BreakerConfig {
+        let c = self
+            .config(name)
+            .map(|c| c.circuit_breaker)
+            .unwrap_or_default();
+        BreakerConfig {
+            failure_threshold: c.failure_threshold,
+            cooldown: Duration::from_secs(c.cooldown_seconds),
+        }
+    }
+    fn max_attempts(&self, name: &str) -> Option<u32> {
+        self.config(name).and_then(|c| c.budget.max_attempts)
+    }
+    fn names(&self) -> Vec<String> {
+        AgentRegistry::names(self).map(str::to_owned).collect()
+    }
+}
+
+/// One agent of an [`AgentMap`] with its limits.
+#[derive(Debug, Clone)]
+pub struct MappedAgent {
+    /// The agent.
+    pub agent: Arc<dyn Agent>,
+    /// Attempts at once (`None`: no limit).
+    pub concurrency: Option<u32>,
+    /// Circuit-breaker settings.
+    pub breaker: BreakerConfig,
+}
+
+/// A plain map of agents, for tests, benchmarks and embedding.
+#[derive(Debug, Clone, Default)]
+pub struct AgentMap {
+    agents: BTreeMap<String, MappedAgent>,
+}
+
+impl AgentMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `agent` under its own name, with no concurrency limit and a
+    /// breaker that opens after 5 failures for 300 s.
+    pub fn with(self, agent: Arc<dyn Agent>) -> Self {
+        self.with_limits(
+            agent,
+            None,
+            BreakerConfig {
+                failure_threshold: 5,
+                cooldown: Duration::from_secs(300),
+            },
+        )
+    }
+
+    /// Adds `agent` with explicit limits.
+    pub fn with_limits(
+        mut self,
+        agent: Arc<dyn Agent>,
+        concurrency: Option<u32>,
+        breaker: BreakerConfig,
+    ) -> Self {
+        self.agents.insert(
+            agent.name().to_owned(),
+            MappedAgent {
+                agent,
+                concurrency,
+                breaker,
+            },
+        );
+        self
+    }
+}
+
+impl AgentSource for AgentMap {
+    fn agent(&self, name: &str) -> Option<Arc<dyn Agent>> {
+        self.agents.get(name).map(|a| a.agent.clone())
+    }
+    fn concurrency(&self, name: &str) -> Option<u32> {
+        self.agents.get(name).and_then(|a| a.concurrency)
+    }
+    fn breaker(&self, name: &str) -> BreakerConfig {
+        self.agents
+            .get(name)
+            .map(|a| a.breaker)
+            .unwrap_or(BreakerConfig {
+                failure_threshold: 5,
+                cooldown: Duration::from_secs(300),
+            })
+    }
+    fn max_attempts(&self, _name: &str) -> Option<u32> {
+        None
+    }
+    fn names(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+}

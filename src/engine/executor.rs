@@ -1,0 +1,617 @@
+//! The executor: one claimed step, one attempt, one fenced result.
+//!
+//! For a claimed step (its attempt already recorded by the claim) the
+//! executor asks the agent's circuit breaker, renders the prompt, runs the agent under
+//! the step's timeout while the engine's heartbeat renews the lease every
+//! third of its TTL, and decides what follows:
+//!
+//! * success → the step `succeeded`;
+//! * a transient failure (timeout, unreachable, busy, rate-limited) with
+//!   attempts left on this agent → `retry` after exponential backoff with
+//!   full jitter (at least the agent's `Retry-After`);
+//! * a permanent failure (bad input, 4xx, the agent reported an error), or
+//!   retries exhausted → `fallback` to the next agent in `fallback:`;
+//! * nothing left → `give_up`: the step `failed` (or `timed_out`).
+//!
+//! Each decision is written with its reason to the run's timeline, in the
+//! same transaction as the result. The engine's heartbeat also carries the run's
+//! desired state back: when the run is cancelled or timed out, the attempt's
+//! cancellation token fires and the agent stops cooperatively. When a renewal
+//! finds the lease gone (the step was reaped and handed to another worker),
+//! the attempt is abandoned: its result would be refused by the fence anyway.
+//!
+//! A cancel that lands between the claim and the attempt's registration in
+//! the engine's table of running attempts cannot fire its token directly; the
+//! reaper (every `reap_interval`) and the heartbeat (every third of the
+//! lease) both carry the run's desired state, so such an attempt is stopped
+//! within the shorter of the two.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{Admission, BreakerState};
+use super::{Engine, ResultJob, RunningAttempt, StopReason, Transition, backoff};
+use crate::agent::{
+    AttemptOutcome, AttemptRequest, ErrorClass, Failure, FailureKind, IdempotencyKey, Output, Usage,
+};
+use crate::classify::Classification;
+use crate::event::Event;
+use crate::store::{AttemptRecord, ClaimedStep, StepFinish, StepNext, StepState, now_ms};
+use crate::workflow::template::StepResult;
+use crate::workflow::{PromptContext, Step, Workflow};
+
+/// Characters of output kept in the attempts table.
+const EXCERPT_CHARS: usize = 2000;
+
+/// Runs one attempt of a claimed step and records what follows.
+pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
+    let inner = &engine.inner;
+    let ClaimedStep {
+        step,
+        workflow,
+        delivery_id,
+        lease,
+        attempt,
+        run_started,
+    } = claimed;
+    if run_started {
+        engine.publish(Transition::Run {
+            run_id: step.run_id,
+            state: crate::store::RunState::Running,
+            reason: "first step claimed".into(),
+        });
+    }
+    // An attempt started with the claim but never handed to the agent is
+    // recorded as such.
+    let not_run = |class: &str, kind: &str, why: &str| {
+        attempt.map(|_| AttemptRecord {
+            outcome: "failed".into(),
+            error_class: Some(class.into()),
+            error_kind: Some(kind.into()),
+            error: Some(why.to_owned()),
+            ..AttemptRecord::default()
+        })
+    };
+    let run_id = step.run_id;
+    engine.publish(Transition::Step {
+        run_id,
+        step: step.step.clone(),
+        state: StepState::Running,
+        agent: Some(step.agent.clone()),
+        attempt,
+        reason: "claimed".into(),
+    });
+
+    let wf = inner.workflows.get_arc(&workflow);
+    let Some(def) = wf.as_deref().and_then(|w| w.step(&step.step)).cloned() else {
+        let why = format!(
+            "workflow `{workflow}` (or its step `{}`) is no longer loaded",
+            step.step
+        );
+        finish(
+            engine,
+            &lease,
+            not_run("permanent", "config", &why).as_ref(),
+            StepNext::Finish {
+                state: StepState::Failed,
+                output: None,
+                error: Some(why.clone()),
+            },
+            ("give_up", &why),
+            &step.step,
+            run_id,
+        )
+        .await;
+        return;
+    };
+    let wf = wf.expect("checked above");
+    let chain: Vec<&str> = std::iter::once(def.agent.as_str())
+        .chain(def.fallback.iter().map(String::as_str))
+        .collect();
+    let agent_name = step.agent.clone();
+    let index = step.agent_index as usize;
+    let next_agent = chain.get(index + 1).map(|s| (*s).to_owned());
+
+    // An open circuit sends the step to its fallback without an attempt.
+    // The scheduler claimed it without one when the circuit was already
+    // open; a circuit that opened since (or a half-open one whose single
+    // trial is taken) refuses the attempt started with the claim.
+    let refused = match attempt {
+        None => Some(inner.breakers.retry_in(&agent_name)),
+        Some(_) => match inner
+            .breakers
+            .admit(&agent_name, inner.agents.breaker(&agent_name))
+        {
+            Admission::Refuse(wait) => Some(wait),
+            Admission::Allow | Admission::Trial => None,
+        },
+    };
+    if let Some(wait) = refused {
+        let (next, event, why) = match &next_agent {
+            Some(fallback) => (
+                StepNext::Fallback {
+                    agent: fallback.clone(),
+                    agent_index: index as i64 + 1,
+                    run_at: now_ms(),
+                },
+                "fallback",
+                format!(
+                    "the circuit of agent `{agent_name}` is open; moving to fallback `{fallback}`"
+                ),
+            ),
+            None => (
+                StepNext::Retry {
+                    run_at: now_ms() + wait.as_millis() as i64,
+                },
+                "wait_for_circuit",
+                format!(
+                    "the circuit of agent `{agent_name}` is open and no fallback remains; \
+                     trying again in {} ms",
+                    wait.as_millis()
+                ),
+            ),
+        };
+        let record = not_run("transient", "circuit_open", &why);
+        finish(
+            engine,
+            &lease,
+            record.as_ref(),
+            next,
+            (event, &why),
+            &step.step,
+            run_id,
+        )
+        .await;
+        return;
+    }
+    let number = attempt.expect("claimed with an attempt when the circuit admits one");
+
+    let Some(agent) = inner.agents.agent(&agent_name) else {
+        let failure = Failure {
+            class: ErrorClass::Permanent,
+            kind: FailureKind::Config,
+            message: format!("agent `{agent_name}` is not configured"),
+        };
+        let (next, event, why) =
+            decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
+        let record = not_run("permanent", "config", &failure.message);
+        finish(
+            engine,
+            &lease,
+            record.as_ref(),
+            next,
+            (event, &why),
+            &step.step,
+            run_id,
+        )
+        .await;
+        return;
+    };
+
+    let (prompt, with) = match render(engine, &wf, &def, run_id, &delivery_id).await {
+        Ok(r) => r,
+        Err(message) => {
+            let why = format!("the step's prompt or inputs cannot be rendered: {message}");
+            let record = AttemptRecord {
+                outcome: "failed".into(),
+                error_class: Some("permanent".into()),
+                error_kind: Some("config".into()),
+                error: Some(why.clone()),
+                ..AttemptRecord::default()
+            };
+            finish(
+                engine,
+                &lease,
+                Some(&record),
+                StepNext::Finish {
+                    state: StepState::Failed,
+                    output: None,
+                    error: Some(why.clone()),
+                },
+                ("give_up", &why),
+                &step.step,
+                run_id,
+            )
+            .await;
+            return;
+        }
+    };
+
+    let timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
+    let cancel = CancellationToken::new();
+    let running = Arc::new(RunningAttempt {
+        run_id,
+        step_row: lease.step_row,
+        token: lease.token.clone(),
+        registered: std::time::Instant::now(),
+        cancel: cancel.clone(),
+        reason: std::sync::Mutex::new(None),
+    });
+    inner
+        .running
+        .lock()
+        .expect("running lock")
+        .insert(lease.token.clone(), running.clone());
+    if inner
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        running.stop(StopReason::Shutdown);
+    }
+    let request = AttemptRequest {
+        key: IdempotencyKey {
+            run: run_id.to_string(),
+            step: step.step.clone(),
+            attempt: number as u32,
+        },
+        prompt,
+        with,
+        workdir: None,
+        deadline: Instant::now() + timeout,
+        cancel: cancel.clone(),
+    };
+
+    let started = Instant::now();
+    let grace = inner.config.timeout_grace;
+    let outcome = tokio::select! {
+        outcome = agent.run(request) => outcome,
+        _ = tokio::time::sleep(timeout + grace) => AttemptOutcome {
+            failure: Some(Failure {
+                class: ErrorClass::Transient,
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "the agent did not return within the step's timeout of {} ms",
+                    timeout.as_millis()
+                ),
+            }),
+            output: Output::default(),
+            duration: started.elapsed(),
+            usage: Usage::default(),
+            retry_after: None,
+            web_url: None,
+        },
+    };
+    inner
+        .running
+        .lock()
+        .expect("running lock")
+        .remove(&lease.token);
+    let stop = *running.reason.lock().expect("stop lock");
+    if stop.is_some() {
+        // Stopped from outside: the outcome says nothing about the agent.
+        inner.breakers.abandon(&agent_name);
+    }
+
+    let mut record = AttemptRecord {
+        outcome: "succeeded".into(),
+        output_excerpt: Some(excerpt(&outcome.output.text)),
+        duration_ms: outcome.duration.as_millis() as i64,
+        cost_usd: outcome.usage.cost_usd,
+        ..AttemptRecord::default()
+    };
+    if let Some(f) = &outcome.failure {
+        record.outcome = if matches!(f.kind, FailureKind::Timeout | FailureKind::IdleTimeout) {
+            "timed_out".into()
+        } else if f.kind == FailureKind::Cancelled {
+            "cancelled".into()
+        } else {
+            "failed".into()
+        };
+        record.error_class = Some(
+            match f.class {
+                ErrorClass::Transient => "transient",
+                ErrorClass::Permanent => "permanent",
+            }
+            .into(),
+        );
+        record.error_kind = Some(format!("{:?}", f.kind).to_lowercase());
+        record.error = Some(f.message.clone());
+    }
+
+    let (next, event, why) = match (stop, &outcome.failure) {
+        (Some(StopReason::LeaseLost), _) => {
+            tracing::warn!(run_id, step = %step.step, attempt = number,
+                "the lease was lost while the attempt ran; its result is dropped");
+            return;
+        }
+        (Some(StopReason::Shutdown), _) => {
+            record.outcome = "cancelled".into();
+            (
+                StepNext::Retry { run_at: now_ms() },
+                "released",
+                format!("attempt {number} was stopped by a shutdown; the step will run again"),
+            )
+        }
+        (Some(why @ (StopReason::Cancelled | StopReason::TimedOut)), _) => {
+            record.outcome = "cancelled".into();
+            let (state, text) = if why == StopReason::TimedOut {
+                (StepState::TimedOut, "the run's time limit passed")
+            } else {
+                (StepState::Cancelled, "the run was cancelled")
+            };
+            (
+                StepNext::Finish {
+                    state,
+                    output: Some(outcome.output.text.clone()),
+                    error: Some(format!("{text} while attempt {number} ran")),
+                },
+                "step_cancelled",
+                format!("{text}; attempt {number} on `{agent_name}` was aborted"),
+            )
+        }
+        (None, None) => {
+            inner.breakers.record(&agent_name, false);
+            (
+                StepNext::Finish {
+                    state: StepState::Succeeded,
+                    output: Some(outcome.output.text.clone()),
+                    error: None,
+                },
+                "step_succeeded",
+                format!(
+                    "attempt {number} on `{agent_name}` succeeded in {} ms",
+                    outcome.duration.as_millis()
+                ),
+            )
+        }
+        (None, Some(failure)) => {
+            let opened = inner
+                .breakers
+                .record(&agent_name, failure.class == ErrorClass::Transient);
+            let (next, event, mut why) = decide(
+                engine,
+                &def,
+                &step,
+                &agent_name,
+                next_agent,
+                failure,
+                outcome.retry_after,
+            );
+            if opened == Some(BreakerState::Open) {
+                why.push_str(&format!("; the circuit of `{agent_name}` opened"));
+            }
+            let next = match next {
+                StepNext::Finish { state, error, .. } => StepNext::Finish {
+                    state,
+                    output: Some(outcome.output.text.clone()),
+                    error,
+                },
+                other => other,
+            };
+            (next, event, why)
+        }
+    };
+    finish(
+        engine,
+        &lease,
+        Some(&record),
+        next,
+        (event, &why),
+        &step.step,
+        run_id,
+    )
+    .await;
+}
+
+/// Retry, fall back or give up after `failure` on `agent`.
+fn decide(
+    engine: &Engine,
+    def: &Step,
+    step: &crate::store::StepRecord,
+    agent: &str,
+    next_agent: Option<String>,
+    failure: &Failure,
+    retry_after: Option<Duration>,
+) -> (StepNext, &'static str, String) {
+    // `agent_attempts` counts the attempt that just failed (started with the claim).
+    let tried = step.agent_attempts.max(1) as u32;
+    let mut max = def.retry.max_attempts.max(1);
+    if let Some(budget) = engine.inner.agents.max_attempts(agent) {
+        max = max.min(budget.max(1));
+    }
+    let class = match failure.class {
+        ErrorClass::Transient => "transient",
+        ErrorClass::Permanent => "permanent",
+    };
+    let what = format!(
+        "attempt on `{agent}` failed ({class} {:?}: {})",
+        failure.kind, failure.message
+    );
+    if failure.class == ErrorClass::Transient && tried < max {
+        let delay = backoff::retry_delay(&def.retry, tried + 1, retry_after);
+        return (
+            StepNext::Retry {
+                run_at: now_ms() + delay.as_millis() as i64,
+            },
+            "retry",
+            format!(
+                "{what}; retry {} of {} on `{agent}` in {} ms{}",
+                tried,
+                max - 1,
+                delay.as_millis(),
+                if retry_after.is_some() {
+                    " (honouring the agent's Retry-After)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    let why_stop = if failure.class == ErrorClass::Permanent {
+        format!("a permanent error is not retried on `{agent}`")
+    } else {
+        format!("retries on `{agent}` exhausted ({tried} of {max} attempts)")
+    };
+    if let Some(fallback) = next_agent {
+        return (
+            StepNext::Fallback {
+                agent: fallback.clone(),
+                agent_index: step.agent_index + 1,
+                run_at: now_ms(),
+            },
+            "fallback",
+            format!("{what}; {why_stop}; moving to fallback `{fallback}`"),
+        );
+    }
+    let state = if matches!(
+        failure.kind,
+        FailureKind::Timeout | FailureKind::IdleTimeout
+    ) {
+        StepState::TimedOut
+    } else {
+        StepState::Failed
+    };
+    (
+        StepNext::Finish {
+            state,
+            output: None,
+            error: Some(failure.message.clone()),
+        },
+        "give_up",
+        format!("{what}; {why_stop}; no fallback remains"),
+    )
+}
+
+/// Records the result (fenced) and publishes what changed.
+async fn finish(
+    engine: &Engine,
+    lease: &crate::store::Lease,
+    attempt: Option<&AttemptRecord>,
+    next: StepNext,
+    event: (&str, &str),
+    step: &str,
+    run_id: i64,
+) {
+    let state = match &next {
+        StepNext::Finish { state, .. } => *state,
+        _ => StepState::Ready,
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job = ResultJob {
+        finish: StepFinish {
+            lease: lease.clone(),
+            attempt: attempt.cloned(),
+            next,
+            kind: event.0.to_owned(),
+            detail: event.1.to_owned(),
+        },
+        done,
+    };
+    let outcome = match engine.inner.results.send(job) {
+        Ok(()) => result
+            .await
+            .unwrap_or_else(|_| Err("the results writer stopped".into())),
+        Err(_) => Err("the results writer stopped".into()),
+    };
+    match outcome {
+        Ok(Some(plan)) => {
+            engine.publish(Transition::Step {
+                run_id,
+                step: step.to_owned(),
+                state,
+                agent: None,
+                attempt: None,
+                reason: event.1.to_owned(),
+            });
+            engine.publish_plan(run_id, &plan);
+            if state == StepState::Ready {
+                engine.wake();
+            }
+        }
+        Ok(None) => {
+            tracing::warn!(
+                run_id,
+                step,
+                "result refused: the lease is no longer held (fenced)"
+            );
+        }
+        Err(e) => {
+            // The lease runs out and the reaper hands the step to another attempt.
+            tracing::error!(run_id, step, error = %e, "could not record the step's result");
+        }
+    }
+}
+
+/// The prompt and `with:` inputs of a step, rendered against the run's
+/// event and the outputs of the steps before it.
+async fn render(
+    engine: &Engine,
+    wf: &Workflow,
+    def: &Step,
+    run_id: i64,
+    delivery_id: &str,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+    let store = &engine.inner.store;
+    let snapshot = store
+        .run(run_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the run is gone")?;
+    let classification: Option<Classification> = snapshot
+        .run
+        .classification
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok());
+    let mut ctx = match store.delivery(delivery_id).await.ok().flatten() {
+        Some(d) => match Event::parse(&d.event, &d.payload) {
+            Ok(event) => PromptContext::from_event(&event, &wf.name, classification),
+            Err(_) => PromptContext {
+                workflow: wf.name.clone(),
+                task: classification,
+                ..PromptContext::default()
+            },
+        },
+        None => PromptContext {
+            workflow: wf.name.clone(),
+            task: classification,
+            ..PromptContext::default()
+        },
+    };
+    ctx.inputs = wf.input_values(&BTreeMap::new());
+    for s in &snapshot.steps {
+        if s.state.is_terminal() {
+            ctx.steps.insert(
+                s.step.clone(),
+                StepResult {
+                    outcome: s.state.outcome().to_owned(),
+                    output: s.output.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    let set = &engine.inner.workflows;
+    let prompt = if def.prompt.is_some() {
+        set.render_prompt(&wf.name, &def.id, &ctx)
+            .map_err(|e| e.to_string())?
+    } else {
+        String::new()
+    };
+    let mut with: serde_json::Map<String, serde_json::Value> = if def.with.is_empty() {
+        serde_json::Map::new()
+    } else {
+        set.render_with(&wf.name, &def.id, &ctx)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect()
+    };
+    // Workflow files name a command step's program `with.run` (checked by
+    // the validator); the command adapter reads `command`. Bridge the two
+    // here until they agree.
+    if !with.contains_key("command")
+        && let Some(run) = with.get("run").cloned()
+    {
+        with.insert("command".into(), run);
+    }
+    Ok((prompt, with))
+}
+
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}

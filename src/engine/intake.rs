@@ -1,0 +1,258 @@
+//! From a delivery to runs: the routing [`DeliveryHandler`] and the one place
+//! that turns a workflow and an event into a [`NewRun`].
+//!
+//! The handler is pure apart from reading duration estimates: it parses the
+//! event, asks [`route`] which workflows start, and returns the runs to
+//! create. The dispatcher commits them **in the same transaction** that
+//! marks the delivery `done` ([`DeliveryResult::Started`]), and the store
+//! keys runs by (delivery, workflow), so a delivery handled twice — after a
+//! crash between the handler and the commit, or a redelivery — never makes
+//! a second run.
+//!
+//! [`DeliveryResult::Started`]: crate::store::DeliveryResult::Started
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::Engine;
+use super::plan::critical_path_ranks;
+use crate::classify::{Classification, Priority};
+use crate::dispatch::{DeliveryHandler, Handled, HandlerError};
+use crate::event::Event;
+use crate::routing::route;
+use crate::store::{
+    CreatedRun, Delivery, DeliveryState, EncodedPayload, NewDelivery, NewRun, NewStep, RunStore,
+    StoreError, now_ms,
+};
+use crate::workflow::{PromptContext, Workflow, WorkflowSet};
+
+/// Builds the run of `workflow` for `event`, delivered as `delivery_id`.
+///
+/// `estimates` holds each step's expected duration in ms (from past attempts,
+/// [`RunStore::step_estimates`]); steps without one use `default_estimate_ms`.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
+pub fn new_run(
+    set: &WorkflowSet,
+    workflow: &Workflow,
+    event: &Event,
+    delivery_id: &str,
+    reason: &str,
+    classification: Option<Classification>,
+    estimates: &HashMap<String, i64>,
+    default_estimate_ms: i64,
+) -> NewRun {
+    let mut ctx = PromptContext::from_event(event, &workflow.name, classification.clone());
+    ctx.inputs = workflow.input_values(&BTreeMap::new());
+    let concurrency_group = match set.render_concurrency_group(&workflow.name, &ctx) {
+        Some(Ok(group)) => Some(group),
+        Some(Err(e)) => {
+            tracing::warn!(workflow = %workflow.name, error = %e,
+                "the concurrency group cannot be rendered; the run has no group");
+            None
+        }
+        None => None,
+    };
+    let mut context = serde_json::to_value(&ctx).unwrap_or_default();
+    if let Some(map) = context.as_object_mut() {
+        map.remove("steps");
+    }
+    let ranks = critical_path_ranks(workflow, |id| {
+        estimates.get(id).copied().unwrap_or(default_estimate_ms)
+    });
+    let (number, head_sha) = match (&ctx.pr, &ctx.issue) {
+        (Some(pr), _) => (Some(pr.number as i64), Some(pr.head_sha.clone())),
+        (None, Some(issue)) => (Some(issue.number as i64), None),
+        _ => (None, None),
+    };
+    NewRun {
+        workflow: workflow.name.clone(),
+        delivery_id: delivery_id.to_owned(),
+        event: event.name().to_owned(),
+        repository: (!ctx.repository.is_empty()).then(|| ctx.repository.clone()),
+        subject_number: number,
+        head_sha,
+        classification: classification.and_then(|c| serde_json::to_string(&c).ok()),
+        reason: reason.to_owned(),
+        context,
+        priority: match workflow.priority {
+            Priority::Low => 0,
+            Priority::Medium => 1,
+            Priority::High => 2,
+            Priority::Critical => 3,
+        },
+        concurrency_group,
+        cancel_in_progress: workflow
+            .concurrency
+            .as_ref()
+            .is_some_and(|c| c.cancel_in_progress),
+        max_parallel: workflow.max_parallel,
+        timeout_ms: workflow.timeout.map(|t| t.as_millis() as i64),
+        steps: workflow
+            .steps
+            .iter()
+            .map(|s| NewStep {
+                step: s.id.clone(),
+                needs: s.needs.clone(),
+                agent: s.agent.clone(),
+                continue_on_error: s.continue_on_error,
+                rank_ms: ranks.get(&s.id).copied().unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+/// The dispatcher's handler in production: routes each delivery to the
+/// workflows it starts and hands back the runs to create.
+pub struct RoutingHandler {
+    store: Arc<dyn RunStore>,
+    workflows: Arc<WorkflowSet>,
+    engine: Option<Engine>,
+    default_estimate_ms: i64,
+}
+
+impl RoutingHandler {
+    /// A handler that wakes `engine` (when given) after runs are committed.
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        workflows: Arc<WorkflowSet>,
+        engine: Option<Engine>,
+    ) -> Self {
+        Self {
+            store,
+            workflows,
+            engine,
+            default_estimate_ms: super::EngineConfig::default().default_estimate_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl DeliveryHandler for RoutingHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        let event = Event::parse(&delivery.event, &delivery.payload)
+            .map_err(|e| HandlerError::Permanent(format!("the payload does not parse: {e}")))?;
+        let decisions = route(&event, &self.workflows);
+        let mut runs = Vec::new();
+        let mut held = Vec::new();
+        for d in decisions {
+            if !d.start {
+                held.push(format!("{}: {}", d.workflow, d.reason));
+                continue;
+            }
+            let Some(wf) = self.workflows.get(&d.workflow) else {
+                continue;
+            };
+            let estimates = self.store.step_estimates(&wf.name).await?;
+            runs.push(new_run(
+                &self.workflows,
+                wf,
+                &event,
+                &delivery.delivery_id,
+                &d.reason,
+                d.classification,
+                &estimates,
+                self.default_estimate_ms,
+            ));
+        }
+        if runs.is_empty() {
+            let why = if held.is_empty() {
+                format!("no workflow starts on {}", event.qualified_name())
+            } else {
+                format!("held back: {}", held.join("; "))
+            };
+            return Ok(Handled::Ignored(why));
+        }
+        tracing::info!(delivery = %delivery.delivery_id, runs = runs.len(), "starting runs");
+        Ok(Handled::Start(runs))
+    }
+
+    async fn committed(&self) {
+        if let Some(engine) = &self.engine {
+            engine.wake();
+        }
+    }
+}
+
+impl Engine {
+    /// Starts `workflow` on an event given directly (not through the inbox):
+    /// `taskmaster run`, tests and benchmarks. The payload is stored as a
+    /// delivery (state `done`) under `delivery_id`, so prompts render from it
+    /// and the run is keyed by it: starting again with the same id returns
+    /// the existing run (`created: false`).
+    ///
+    /// Errors: the workflow is unknown, the payload does not parse, or the
+    /// store fails.
+    pub async fn start_run(
+        &self,
+        workflow: &str,
+        event_name: &str,
+        payload: &[u8],
+        delivery_id: &str,
+    ) -> Result<CreatedRun, StartError> {
+        let wf = self
+            .inner
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| StartError::UnknownWorkflow(workflow.to_owned()))?;
+        let event =
+            Event::parse(event_name, payload).map_err(|e| StartError::Payload(e.to_string()))?;
+        let store = &self.inner.store;
+        store
+            .insert_deliveries(&[NewDelivery {
+                delivery_id: delivery_id.to_owned(),
+                event: event_name.to_owned(),
+                action: event.action().map(str::to_owned),
+                hook_id: None,
+                installation_id: None,
+                repository: event.repository().map(|r| r.full_name.clone()),
+                sender_id: None,
+                sender_login: event.sender().map(|s| s.login.clone()),
+                payload: EncodedPayload::encode(bytes::Bytes::copy_from_slice(payload)),
+                received_at: now_ms(),
+                state: DeliveryState::Done,
+            }])
+            .await?;
+        let estimates = store.step_estimates(workflow).await?;
+        // The same classification routing would have stored with the run.
+        let classification = route(&event, &self.inner.workflows)
+            .into_iter()
+            .find_map(|d| d.classification);
+        let run = new_run(
+            &self.inner.workflows,
+            wf,
+            &event,
+            delivery_id,
+            "started directly (taskmaster run)",
+            classification,
+            &estimates,
+            self.inner.config.default_estimate_ms,
+        );
+        let created = store
+            .create_runs(&[run])
+            .await?
+            .pop()
+            .expect("one run in, one out");
+        for old in &created.superseded {
+            self.settle(*old).await?;
+        }
+        self.settle(created.run_id).await?;
+        self.wake();
+        Ok(created)
+    }
+}
+
+/// Why [`Engine::start_run`] could not start a run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No loaded workflow has this name.
+    #[error("no workflow named `{0}` is loaded (see `taskmaster validate`)")]
+    UnknownWorkflow(String),
+    /// The payload is not a valid event of the given name.
+    #[error("the event payload does not parse: {0}")]
+    Payload(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,610 @@
+//! The durable orchestration engine: runs of workflows as DAGs of steps,
+//! executed against agents, surviving crashes.
+//!
+//! Every decision goes through the database ([`RunStore`]), so the process can
+//! die at any instant and the next one carries on:
+//!
+//! * **Scheduler** ([`Engine::run`]): claims `ready` steps by run priority and
+//!   critical-path rank under a lease (owner, random token, expiry), within a
+//!   global in-flight limit, each agent's concurrency and each run's
+//!   `max_parallel`. Work beyond the limits stays `ready` and waits its turn;
+//!   nothing is rejected. Wake-ups come from finished steps, new runs and
+//!   control operations (an in-process `Notify`), with a poll as a fallback.
+//! * **Executor** ([`executor`]): one attempt at a time per step, under the
+//!   step's timeout, while the engine's heartbeat renews the leases of all
+//!   its running steps every third of the TTL (one transaction per beat). The result is recorded **fenced**: accepted only while the lease
+//!   token is still the step's, so a worker that stalled past its lease (and
+//!   whose step was handed to another) cannot overwrite the newer attempt.
+//! * **Reaper**: returns expired leases to `ready`, stops runs past their
+//!   time limit, and settles runs asked to cancel (for example by a newer
+//!   push in their concurrency group).
+//! * **Start-up recovery**: a single-process store takes back every `running`
+//!   step at once (its worker died with the previous process) and settles
+//!   every active run.
+//!
+//! Guarantees (see `DESIGN.md`): each step runs at least once (an attempt
+//! that was running during a crash runs again); its result is recorded
+//! exactly once (fencing); a run's outcome is recorded once per round (a
+//! `retry` opens a new round). Every autonomous decision — retry, fall back,
+//! give up, skip — is written to the run's timeline with its reason, and run
+//! and step transitions are published on an in-process broadcast channel
+//! ([`Engine::subscribe`]) for reports and metrics.
+
+pub mod agents;
+pub mod backoff;
+pub mod breaker;
+pub mod executor;
+pub mod intake;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use agents::{AgentMap, AgentSource};
+pub use breaker::{BreakerConfig, BreakerState, Breakers};
+pub use plan::WorkflowPlanner;
+
+use crate::store::{
+    ClaimLimits, ControlOutcome, Plan, RunState, RunStore, StepFinish, StepState, StoreError,
+    now_ms,
+};
+
+/// Step results committed together at most (group commit).
+const RESULT_BATCH: usize = 128;
+
+/// A step result waiting for the results writer.
+pub(crate) struct ResultJob {
+    pub finish: StepFinish,
+    pub done: oneshot::Sender<Result<Option<Plan>, String>>,
+}
+use crate::workflow::WorkflowSet;
+
+/// Engine limits and timings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Steps in flight at once, over every run and agent.
+    pub max_in_flight: usize,
+    /// Lease TTL of a running step; the heartbeat renews it every third.
+    pub lease: Duration,
+    /// Scheduler poll when no wake-up arrives (also bounds how late a retry
+    /// whose backoff ended is picked up).
+    pub poll: Duration,
+    /// How often the reaper looks for expired leases and run deadlines.
+    pub reap_interval: Duration,
+    /// Attempt time limit for steps without `timeout:`.
+    pub default_step_timeout: Duration,
+    /// How long past an attempt's deadline the engine waits for the agent
+    /// before giving up on it (agents are meant to stop by the deadline).
+    pub timeout_grace: Duration,
+    /// Estimated step duration before any attempt was recorded, ms (for the
+    /// critical-path rank).
+    pub default_estimate_ms: i64,
+    /// On shutdown, how long to wait for running attempts to wind down.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            reap_interval: Duration::from_secs(5),
+            default_step_timeout: Duration::from_secs(30 * 60),
+            timeout_grace: Duration::from_secs(5),
+            default_estimate_ms: 60_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A run or step transition, published to observers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transition {
+    /// A run changed state.
+    Run {
+        /// The run.
+        run_id: i64,
+        /// Its new state.
+        state: RunState,
+        /// Why.
+        reason: String,
+    },
+    /// A step changed state.
+    Step {
+        /// The run.
+        run_id: i64,
+        /// The step id.
+        step: String,
+        /// Its new state.
+        state: StepState,
+        /// The agent of the attempt, for `running`.
+        agent: Option<String>,
+        /// The attempt number, for `running`.
+        attempt: Option<i64>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a running attempt's cancellation token fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// The run was cancelled.
+    Cancelled,
+    /// The run's time limit passed.
+    TimedOut,
+    /// The lease was lost: another worker owns the step now.
+    LeaseLost,
+    /// The engine is shutting down.
+    Shutdown,
+}
+
+/// A running attempt, as the engine tracks it in memory.
+#[derive(Debug)]
+pub(crate) struct RunningAttempt {
+    pub run_id: i64,
+    pub step_row: i64,
+    /// The lease token the attempt runs under.
+    pub token: String,
+    /// When it was registered (a heartbeat that started earlier may not
+    /// have seen its claim yet).
+    pub registered: std::time::Instant,
+    pub cancel: CancellationToken,
+    pub reason: Mutex<Option<StopReason>>,
+}
+
+impl RunningAttempt {
+    pub(crate) fn stop(&self, why: StopReason) {
+        self.reason.lock().expect("stop lock").get_or_insert(why);
+        self.cancel.cancel();
+    }
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn RunStore>,
+    pub workflows: Arc<WorkflowSet>,
+    pub agents: Arc<dyn AgentSource>,
+    pub planner: WorkflowPlanner,
+    pub config: EngineConfig,
+    pub breakers: Breakers,
+    pub wake: Notify,
+    pub events: broadcast::Sender<Transition>,
+    pub owner: String,
+    /// Running attempts by lease token (unique per claim: a step reclaimed
+    /// while a stale attempt still runs has two entries).
+    pub running: Mutex<HashMap<String, Arc<RunningAttempt>>>,
+    pub in_flight: AtomicUsize,
+    pub shutting_down: AtomicBool,
+    pub results: mpsc::UnboundedSender<ResultJob>,
+    pub results_rx: Mutex<Option<mpsc::UnboundedReceiver<ResultJob>>>,
+}
+
+/// The engine. Cheap to clone; every clone drives the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `store`, running `workflows` with `agents`. Start it with
+    /// [`Engine::run`].
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        workflows: Arc<WorkflowSet>,
+        agents: Arc<dyn AgentSource>,
+        config: EngineConfig,
+    ) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let (results, results_rx) = mpsc::unbounded_channel();
+        Engine {
+            inner: Arc::new(Inner {
+                planner: WorkflowPlanner::new(workflows.clone()),
+                store,
+                workflows,
+                agents,
+                config,
+                breakers: Breakers::default(),
+                wake: Notify::new(),
+                events,
+                owner: format!("engine-{}", uuid::Uuid::new_v4().simple()),
+                running: Mutex::new(HashMap::new()),
+                in_flight: AtomicUsize::new(0),
+                shutting_down: AtomicBool::new(false),
+                results,
+                results_rx: Mutex::new(Some(results_rx)),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.inner.store
+    }
+
+    /// The workflows.
+    pub fn workflows(&self) -> &Arc<WorkflowSet> {
+        &self.inner.workflows
+    }
+
+    /// Run and step transitions from now on. A slow receiver that falls more
+    /// than 4,096 transitions behind sees `Lagged` and misses some; the
+    /// timeline in the store is complete.
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+
+    /// Wakes the scheduler (new runs, a finished step, a control operation).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Each agent's circuit-breaker state (agents never used are closed).
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        self.inner.breakers.snapshot()
+    }
+
+    /// The lease owner name of this engine.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Runs the engine until `shutdown` fires: start-up recovery, then the
+    /// scheduler and the reaper. On shutdown, running attempts are aborted
+    /// and their steps released to run again (after up to `shutdown_grace`).
+    ///
+    /// Errors: start-up recovery failed (the database is unreachable).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
+        if let Err(e) = self.recover().await {
+            tracing::error!(error = %e, "engine start-up recovery failed; the engine is not running");
+            return Err(e);
+        }
+        let reaper = tokio::spawn(self.clone().reaper(shutdown.clone()));
+        let results_rx = self
+            .inner
+            .results_rx
+            .lock()
+            .expect("results lock")
+            .take()
+            .expect("Engine::run is called once per engine");
+        let writer = tokio::spawn(self.clone().results_writer(results_rx));
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            match self.schedule_round(&mut tasks).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "scheduler round failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        for attempt in self.inner.running.lock().expect("running lock").values() {
+            attempt.stop(StopReason::Shutdown);
+        }
+        let grace = self.inner.config.shutdown_grace;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        reaper.abort();
+        heartbeat.abort();
+        writer.abort();
+        Ok(())
+    }
+
+    /// Renews every lease this engine holds, every third of the lease TTL, in
+    /// one transaction (one write per beat however many steps run, instead
+    /// of one per step). What comes back is carried to the running attempts:
+    /// a run asked to stop fires their cancellation tokens; a step whose
+    /// lease is gone (reaped and handed on) is abandoned.
+    async fn heartbeat(self) {
+        let ttl = self.inner.config.lease;
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let beat = std::time::Instant::now();
+            let renewed = match self
+                .inner
+                .store
+                .renew_leases(&self.inner.owner, ttl.as_millis() as i64)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; will retry");
+                    continue;
+                }
+            };
+            let held: HashMap<i64, (String, crate::store::DesiredState)> = renewed
+                .into_iter()
+                .map(|(id, token, desired)| (id, (token, desired)))
+                .collect();
+            let running = self.inner.running.lock().expect("running lock");
+            for attempt in running.values() {
+                match held.get(&attempt.step_row) {
+                    Some((token, desired)) if *token == attempt.token => match desired {
+                        crate::store::DesiredState::Cancelled => {
+                            attempt.stop(StopReason::Cancelled)
+                        }
+                        crate::store::DesiredState::TimedOut => attempt.stop(StopReason::TimedOut),
+                        _ => {}
+                    },
+                    _ if attempt.registered > beat => {}
+                    _ => attempt.stop(StopReason::LeaseLost),
+                }
+            }
+        }
+    }
+
+    /// Commits step results in batches: everything that arrived while the
+    /// previous batch was committing goes into the next transaction. Under
+    /// load this turns one fsync per result into one per batch; alone, a
+    /// result is committed at once. Each result stays fenced on its own.
+    async fn results_writer(self, mut rx: mpsc::UnboundedReceiver<ResultJob>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < RESULT_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (finishes, senders): (Vec<StepFinish>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.finish, j.done)).unzip();
+            match self
+                .inner
+                .store
+                .finish_steps(&finishes, &self.inner.planner)
+                .await
+            {
+                Ok(plans) => {
+                    for (done, plan) in senders.into_iter().zip(plans) {
+                        let _ = done.send(Ok(plan));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for done in senders {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start-up recovery: running steps of a previous process go back to
+    /// `ready`; every active run is settled.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let reclaimed = self.inner.store.reap_leases(None).await?;
+        if !reclaimed.is_empty() {
+            tracing::info!(
+                steps = reclaimed.len(),
+                "start-up recovery: steps left running by a previous process are ready again"
+            );
+        }
+        for (run_id, step) in reclaimed {
+            self.publish(Transition::Step {
+                run_id,
+                step,
+                state: StepState::Ready,
+                agent: None,
+                attempt: None,
+                reason: "start-up recovery".into(),
+            });
+        }
+        for run_id in self.inner.store.active_runs().await? {
+            self.settle(run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims and starts what the limits allow. Returns true when it filled
+    /// every free slot (there may be more to claim at once).
+    async fn schedule_round(&self, tasks: &mut JoinSet<()>) -> Result<bool, StoreError> {
+        for run_id in self.inner.store.unplanned_runs().await? {
+            self.settle(run_id).await?;
+        }
+        let in_flight = self.inner.in_flight.load(Ordering::SeqCst);
+        let free = self.inner.config.max_in_flight.saturating_sub(in_flight);
+        if free == 0 {
+            return Ok(false);
+        }
+        let mut per_agent = HashMap::new();
+        for name in self.inner.agents.names() {
+            if let Some(limit) = self.inner.agents.concurrency(&name) {
+                per_agent.insert(name, limit);
+            }
+        }
+        let limits = ClaimLimits {
+            max: free,
+            per_agent,
+            lease_ms: self.inner.config.lease.as_millis() as i64,
+            refused_agents: self.inner.breakers.refusing(),
+        };
+        let claimed = self
+            .inner
+            .store
+            .claim_steps(&self.inner.owner, &limits)
+            .await?;
+        let n = claimed.len();
+        for step in claimed {
+            self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            let engine = self.clone();
+            tasks.spawn(async move {
+                executor::execute(&engine, step).await;
+                engine.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+                engine.wake();
+            });
+        }
+        Ok(n > 0 && n == free)
+    }
+
+    async fn reaper(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.reap_interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Err(e) = self.reap_once().await {
+                tracing::error!(error = %e, "reaper round failed; retrying");
+            }
+        }
+    }
+
+    /// One reaper round: expired leases back to `ready`, runs past their
+    /// deadline stopped, runs asked to stop settled.
+    pub async fn reap_once(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let reaped = self.inner.store.reap_leases(Some(now)).await?;
+        for (run_id, step) in &reaped {
+            tracing::warn!(run_id, step = %step, "lease expired; the step is ready again");
+        }
+        for run_id in self.inner.store.expire_runs(now).await? {
+            self.stop_attempts(run_id, StopReason::TimedOut);
+            self.settle(run_id).await?;
+        }
+        for run_id in self.inner.store.stopping_runs().await? {
+            self.stop_attempts(run_id, StopReason::Cancelled);
+            self.settle(run_id).await?;
+        }
+        if !reaped.is_empty() {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Settles one run (applies the planner) and publishes what changed.
+    pub async fn settle(&self, run_id: i64) -> Result<(), StoreError> {
+        if let Some(plan) = self
+            .inner
+            .store
+            .settle_run(run_id, &self.inner.planner)
+            .await?
+        {
+            self.publish_plan(run_id, &plan);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn publish(&self, t: Transition) {
+        let _ = self.inner.events.send(t);
+    }
+
+    pub(crate) fn publish_plan(&self, run_id: i64, plan: &Plan) {
+        let mut ready = false;
+        for c in &plan.steps {
+            ready |= c.to == StepState::Ready;
+            self.publish(Transition::Step {
+                run_id,
+                step: c.step.clone(),
+                state: c.to,
+                agent: None,
+                attempt: None,
+                reason: c.reason.clone(),
+            });
+        }
+        if let Some((state, reason)) = &plan.outcome {
+            self.publish(Transition::Run {
+                run_id,
+                state: *state,
+                reason: reason.clone(),
+            });
+        }
+        if ready {
+            self.wake();
+        }
+    }
+
+    fn stop_attempts(&self, run_id: i64, why: StopReason) {
+        for attempt in self.inner.running.lock().expect("running lock").values() {
+            if attempt.run_id == run_id {
+                attempt.stop(why);
+            }
+        }
+    }
+
+    // ----- control -------------------------------------------------------
+
+    /// Pause: no new step of the run starts; running ones finish. Idempotent.
+    pub async fn pause(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.pause_run(run_id).await?;
+        if outcome == ControlOutcome::Changed {
+            self.publish(Transition::Run {
+                run_id,
+                state: RunState::Paused,
+                reason: "paused on request".into(),
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Resume a paused run where it stood. Idempotent.
+    pub async fn resume(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.resume_run(run_id).await?;
+        if outcome == ControlOutcome::Changed {
+            self.publish(Transition::Run {
+                run_id,
+                state: RunState::Running,
+                reason: "resumed on request".into(),
+            });
+            self.settle(run_id).await?;
+            self.wake();
+        }
+        Ok(outcome)
+    }
+
+    /// Cancel: running attempts are aborted through their cancellation
+    /// token, steps not started are cancelled, and the run ends `cancelled`
+    /// once its running steps have stopped. Idempotent.
+    pub async fn cancel(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.cancel_run(run_id, reason).await?;
+        if outcome == ControlOutcome::Changed {
+            self.stop_attempts(run_id, StopReason::Cancelled);
+            self.settle(run_id).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Retry `step` and its dependents, or with `None` every failed,
+    /// cancelled or timed-out step and their dependents. Idempotent: a step
+    /// already pending again is left as it is.
+    pub async fn retry(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.retry_run(run_id, step).await?;
+        if outcome == ControlOutcome::Changed {
+            self.publish(Transition::Run {
+                run_id,
+                state: RunState::Running,
+                reason: format!("retry of {}", step.unwrap_or("failed steps")),
+            });
+            self.settle(run_id).await?;
+            self.wake();
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,303 @@
+//! Control: pause, resume, cancel and retry (each idempotent, also while
+//! steps run), run time limits, and concurrency groups.
+
+mod engine_support;
+
+use std::time::{Duration, Instant};
+
+use engine_support::*;
+use taskmaster::agent::{ErrorClass, FailureKind};
+use taskmaster::engine::AgentMap;
+use taskmaster::store::{ControlOutcome, RunState, RunStore, StepState};
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+const CHAIN: &str = r#"
+name: chain
+on: { pull_request: {} }
+steps:
+  first: { agent: worker, prompt: "x" }
+  second: { agent: worker, needs: first, prompt: "x" }
+"#;
+
+fn running(step: &'static str) -> impl Fn(&taskmaster::store::RunSnapshot) -> bool {
+    move |s| s.step(step).unwrap().state == StepState::Running
+}
+
+#[tokio::test]
+async fn pause_lets_running_steps_finish_and_starts_nothing_new_until_resume() {
+    let agent = Scripted::new("worker", Act::Ok(MS(200), "ok"));
+    let t = TestEngine::start(
+        workflows(&[CHAIN], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("chain").await;
+    t.wait_until(
+        run,
+        Duration::from_secs(5),
+        "first running",
+        running("first"),
+    )
+    .await;
+    assert_eq!(t.engine.pause(run).await.unwrap(), ControlOutcome::Changed);
+    assert_eq!(
+        t.engine.pause(run).await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    // The running step finishes; the next one does not start.
+    let snap = t
+        .wait_until(run, Duration::from_secs(5), "first done", |s| {
+            s.step("first").unwrap().state == StepState::Succeeded
+        })
+        .await;
+    assert_eq!(snap.run.state, RunState::Paused);
+    tokio::time::sleep(MS(300)).await;
+    assert!(
+        agent.attempts_of("second").is_empty(),
+        "nothing starts while paused"
+    );
+    let snap = t.store.run(run).await.unwrap().unwrap();
+    assert_eq!(snap.run.state, RunState::Paused);
+    assert_eq!(snap.step("second").unwrap().state, StepState::Ready);
+
+    let resumed_at = Instant::now();
+    assert_eq!(t.engine.resume(run).await.unwrap(), ControlOutcome::Changed);
+    assert_eq!(
+        t.engine.resume(run).await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert!(agent.attempts_of("second")[0].started >= resumed_at);
+    assert_eq!(
+        agent.attempts_of("first").len(),
+        1,
+        "resume carries on, it does not restart"
+    );
+    assert_eq!(
+        t.engine.pause(run).await.unwrap(),
+        ControlOutcome::Unchanged,
+        "an ended run"
+    );
+    assert_eq!(
+        t.engine.pause(9999).await.unwrap(),
+        ControlOutcome::NotFound
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_aborts_running_attempts_and_cancels_the_rest() {
+    let agent = Scripted::new("worker", Act::Hang);
+    let t = TestEngine::start(
+        workflows(&[CHAIN], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("chain").await;
+    t.wait_until(
+        run,
+        Duration::from_secs(5),
+        "first running",
+        running("first"),
+    )
+    .await;
+    let asked = Instant::now();
+    assert_eq!(
+        t.engine.cancel(run, "cancelled by @octocat").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        t.engine.cancel(run, "again").await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cooperative cancel is prompt"
+    );
+    assert_eq!(snap.run.state, RunState::Cancelled);
+    assert_eq!(
+        snap.run.conclusion.as_deref(),
+        Some("cancelled by @octocat")
+    );
+    assert_eq!(snap.step("first").unwrap().state, StepState::Cancelled);
+    assert_eq!(snap.step("second").unwrap().state, StepState::Cancelled);
+    let seen = agent.attempts_of("first");
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].cancelled, "the attempt's cancellation token fired");
+    assert!(agent.attempts_of("second").is_empty());
+    let attempts = t.store.attempts(run).await.unwrap();
+    assert_eq!(attempts[0].outcome.as_deref(), Some("cancelled"));
+    assert_eq!(
+        t.engine.cancel(run, "late").await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn retry_reruns_failed_steps_and_their_dependents_and_is_idempotent() {
+    let agent = Scripted::new("worker", Act::Ok(MS(5), "ok")).script(
+        "first",
+        vec![Act::Fail(MS(1), ErrorClass::Permanent, FailureKind::Agent)],
+    );
+    let t = TestEngine::start(
+        workflows(&[CHAIN], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("chain").await;
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Failed);
+    assert_eq!(snap.step("second").unwrap().state, StepState::Skipped);
+
+    t.engine.pause(run).await.unwrap(); // an ended run cannot be paused
+    assert_eq!(
+        t.engine.retry(run, None).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let again = t.engine.retry(run, None).await.unwrap();
+    assert_eq!(
+        again,
+        ControlOutcome::Unchanged,
+        "a second retry finds nothing failed"
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(agent.attempts_of("first").len(), 2);
+    assert_eq!(agent.attempts_of("second").len(), 1);
+
+    // One named step (and its dependents) on an ended run.
+    assert_eq!(
+        t.engine.retry(run, Some("second")).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(
+        agent.attempts_of("first").len(),
+        2,
+        "only the named step reran"
+    );
+    assert_eq!(agent.attempts_of("second").len(), 2);
+    assert_eq!(
+        t.engine.retry(run, Some("nope")).await.unwrap(),
+        ControlOutcome::NotFound
+    );
+    let attempts = t.store.attempts(run).await.unwrap();
+    let numbers: Vec<i64> = attempts
+        .iter()
+        .filter(|a| a.step == "first")
+        .map(|a| a.number)
+        .collect();
+    assert_eq!(
+        numbers,
+        [1, 2],
+        "attempt numbers keep counting across retries"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn retry_of_a_failed_step_while_others_still_run() {
+    let agent = Scripted::new("worker", Act::Ok(MS(5), "ok"))
+        .script("slow", vec![Act::Ok(MS(600), "slow")])
+        .script(
+            "flaky",
+            vec![Act::Fail(MS(1), ErrorClass::Permanent, FailureKind::Agent)],
+        );
+    let set = workflows(
+        &[r#"
+name: side
+on: { pull_request: {} }
+steps:
+  slow: { agent: worker, prompt: "x" }
+  flaky: { agent: worker, prompt: "x", continue_on_error: true }
+"#],
+        &["worker"],
+    );
+    let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), fast_config()).await;
+    let run = t.start_run("side").await;
+    t.wait_until(
+        run,
+        Duration::from_secs(5),
+        "flaky failed while slow runs",
+        |s| {
+            s.step("flaky").unwrap().state == StepState::Failed
+                && s.step("slow").unwrap().state == StepState::Running
+        },
+    )
+    .await;
+    assert_eq!(
+        t.engine.retry(run, Some("flaky")).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        t.engine.retry(run, Some("slow")).await.unwrap(),
+        ControlOutcome::Unchanged,
+        "a running step is left alone"
+    );
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(snap.step("flaky").unwrap().state, StepState::Succeeded);
+    assert_eq!(agent.attempts_of("slow").len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_past_its_time_limit_is_timed_out() {
+    let agent = Scripted::new("worker", Act::Hang);
+    let set = workflows(
+        &[&CHAIN.replace("steps:", "timeout: 200ms\nsteps:")],
+        &["worker"],
+    );
+    let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), fast_config()).await;
+    let run = t.start_run("chain").await;
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::TimedOut);
+    assert_eq!(snap.step("first").unwrap().state, StepState::TimedOut);
+    assert_eq!(snap.step("second").unwrap().state, StepState::Cancelled);
+    assert!(agent.attempts_of("first")[0].cancelled);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_run_in_the_concurrency_group_cancels_the_older_one() {
+    let agent = Scripted::new("worker", Act::Ok(MS(5), "ok")).script("first", vec![Act::Hang]);
+    let set = workflows(
+        &[&CHAIN.replace(
+            "steps:",
+            "concurrency: { group: \"pr-{{ repository }}-{{ pr.number }}\", cancel_in_progress: true }\nsteps:",
+        )],
+        &["worker"],
+    );
+    let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), fast_config()).await;
+    let old = t.start_run("chain").await;
+    t.wait_until(
+        old,
+        Duration::from_secs(5),
+        "old run's first step running",
+        running("first"),
+    )
+    .await;
+    let new = t.start_run("chain").await;
+    let old_snap = t.wait_run(old, Duration::from_secs(5)).await;
+    assert_eq!(old_snap.run.state, RunState::Cancelled);
+    assert!(
+        old_snap
+            .run
+            .conclusion
+            .unwrap()
+            .contains(&format!("superseded by run {new}"))
+    );
+    let new_snap = t.wait_run(new, Duration::from_secs(5)).await;
+    assert_eq!(new_snap.run.state, RunState::Succeeded);
+    // The newer run started only after the older one ended.
+    assert!(new_snap.run.started_at.unwrap() >= old_snap.run.finished_at.unwrap());
+    t.stop().await;
+}

@@ -1,0 +1,296 @@
+//! Failures: retries with growing backoff and a limit, permanent errors not
+//! retried, fallback agents (after retries, and when a circuit is open),
+//! Retry-After honoured, step timeouts — each decision on the timeline.
+
+mod engine_support;
+
+use std::time::Duration;
+
+use engine_support::*;
+use taskmaster::agent::{ErrorClass, FailureKind};
+use taskmaster::engine::{AgentMap, BreakerConfig, BreakerState};
+use taskmaster::store::{RunState, RunStore, StepState};
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+fn one_step(agent: &str, fallback: &str, retry: &str, extra: &str) -> String {
+    format!(
+        "name: one\non: {{ pull_request: {{}} }}\nsteps:\n  work:\n    agent: {agent}\n    prompt: \"x\"\n    fallback: [{fallback}]\n    retry: {retry}\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_growing_backoff_up_to_the_limit() {
+    let flaky = Scripted::new(
+        "flaky",
+        Act::Fail(MS(1), ErrorClass::Transient, FailureKind::Unreachable),
+    );
+    let set = workflows(
+        &[&one_step(
+            "flaky",
+            "",
+            "{ max_attempts: 4, backoff: fixed, initial_delay: 40ms, max_delay: 1s }",
+            "",
+        )],
+        &["flaky"],
+    );
+    let t = TestEngine::start(
+        set,
+        AgentMap::new().with_limits(flaky.clone(), None, no_breaker()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Failed);
+    let work = snap.step("work").unwrap();
+    assert_eq!(work.state, StepState::Failed);
+    assert_eq!(work.attempts, 4, "the retry limit");
+    let seen = flaky.attempts_of("work");
+    assert_eq!(seen.len(), 4);
+    for pair in seen.windows(2) {
+        let gap = pair[1].started - pair[0].ended;
+        assert!(
+            gap >= MS(40),
+            "fixed backoff of 40ms between attempts, saw {gap:?}"
+        );
+    }
+    let retries = t.decisions(run, "work", "retry").await;
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    assert!(retries[0].contains("retry 1 of 3"), "{retries:?}");
+    let give_up = t.decisions(run, "work", "give_up").await;
+    assert!(
+        give_up[0].contains("retries on `flaky` exhausted (4 of 4 attempts)"),
+        "{give_up:?}"
+    );
+    let attempts = t.store.attempts(run).await.unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome.as_deref() == Some("failed")
+                && a.error_class.as_deref() == Some("transient"))
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn exponential_backoff_grows_and_honours_retry_after() {
+    // Exponential with full jitter: each delay is at most the doubling
+    // ceiling; Retry-After (300ms) is a floor far above the 10ms ceiling.
+    let limited = Scripted::new("limited", Act::Ok(MS(1), "ok"))
+        .script("work", vec![Act::RetryAfter(MS(300)), Act::Ok(MS(1), "ok")]);
+    let set = workflows(
+        &[&one_step(
+            "limited",
+            "",
+            "{ max_attempts: 3, backoff: exponential, initial_delay: 10ms, max_delay: 20ms }",
+            "",
+        )],
+        &["limited"],
+    );
+    let t = TestEngine::start(
+        set,
+        AgentMap::new().with_limits(limited.clone(), None, no_breaker()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    let seen = limited.attempts_of("work");
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1].started - seen[0].ended >= MS(300),
+        "Retry-After honoured"
+    );
+    let retries = t.decisions(run, "work", "retry").await;
+    assert!(retries[0].contains("Retry-After"), "{retries:?}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_not_retried_and_goes_to_the_fallback() {
+    let primary = Scripted::new(
+        "primary",
+        Act::Fail(MS(1), ErrorClass::Permanent, FailureKind::Config),
+    );
+    let backup = Scripted::new("backup", Act::Ok(MS(1), "from backup"));
+    let set = workflows(
+        &[&one_step(
+            "primary",
+            "backup",
+            "{ max_attempts: 5, initial_delay: 10ms }",
+            "",
+        )],
+        &["primary", "backup"],
+    );
+    let agents = AgentMap::new()
+        .with_limits(primary.clone(), None, no_breaker())
+        .with_limits(backup.clone(), None, no_breaker());
+    let t = TestEngine::start(set, agents, fast_config()).await;
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(
+        primary.attempts_of("work").len(),
+        1,
+        "a permanent error is not retried"
+    );
+    assert_eq!(backup.attempts_of("work").len(), 1);
+    assert!(
+        snap.step("work")
+            .unwrap()
+            .output
+            .as_ref()
+            .unwrap()
+            .contains("from backup")
+    );
+    let fallback = t.decisions(run, "work", "fallback").await;
+    assert!(
+        fallback[0].contains("a permanent error is not retried on `primary`"),
+        "{fallback:?}"
+    );
+    assert!(fallback[0].contains("moving to fallback `backup`"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn fallback_comes_after_the_retries_are_exhausted() {
+    let primary = Scripted::new(
+        "primary",
+        Act::Fail(MS(1), ErrorClass::Transient, FailureKind::Busy),
+    );
+    let backup = Scripted::new("backup", Act::Ok(MS(1), "ok"));
+    let set = workflows(
+        &[&one_step(
+            "primary",
+            "backup",
+            "{ max_attempts: 3, backoff: fixed, initial_delay: 5ms }",
+            "",
+        )],
+        &["primary", "backup"],
+    );
+    let agents = AgentMap::new()
+        .with_limits(primary.clone(), None, no_breaker())
+        .with_limits(backup.clone(), None, no_breaker());
+    let t = TestEngine::start(set, agents, fast_config()).await;
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(primary.attempts_of("work").len(), 3);
+    assert_eq!(backup.attempts_of("work").len(), 1);
+    let attempts = t.store.attempts(run).await.unwrap();
+    let agents: Vec<&str> = attempts.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(agents, ["primary", "primary", "primary", "backup"]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_circuit_sends_steps_straight_to_the_fallback() {
+    let down = Scripted::new(
+        "down",
+        Act::Fail(MS(1), ErrorClass::Transient, FailureKind::Unreachable),
+    );
+    let backup = Scripted::new("backup", Act::Ok(MS(1), "ok"));
+    let set = workflows(
+        &[&one_step(
+            "down",
+            "backup",
+            "{ max_attempts: 2, backoff: fixed, initial_delay: 5ms }",
+            "",
+        )],
+        &["down", "backup"],
+    );
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_secs(60),
+    };
+    let agents = AgentMap::new()
+        .with_limits(down.clone(), None, breaker)
+        .with_limits(backup.clone(), None, no_breaker());
+    let t = TestEngine::start(set, agents, fast_config()).await;
+    // The first run fails twice on `down`: the circuit opens.
+    let first = t.start_run("one").await;
+    assert_eq!(
+        t.wait_run(first, Duration::from_secs(10)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(down.attempts_of("work").len(), 2);
+    assert!(
+        t.engine
+            .breaker_states()
+            .contains(&("down".to_owned(), BreakerState::Open))
+    );
+    // The next run does not try `down` at all.
+    let second = t.start_run("one").await;
+    assert_eq!(
+        t.wait_run(second, Duration::from_secs(10)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        down.attempts_of("work").len(),
+        2,
+        "no attempt against an open circuit"
+    );
+    assert_eq!(backup.attempts_of("work").len(), 2);
+    let fallback = t.decisions(second, "work", "fallback").await;
+    assert!(
+        fallback[0].contains("circuit of agent `down` is open"),
+        "{fallback:?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_that_runs_past_its_timeout_is_timed_out() {
+    let slow = Scripted::new("slow", Act::Hang);
+    let stubborn = Scripted::new("stubborn", Act::Stubborn(Duration::from_secs(30)));
+    let set = workflows(
+        &[
+            &one_step(
+                "slow",
+                "",
+                "{ max_attempts: 2, backoff: fixed, initial_delay: 5ms }",
+                "    timeout: 150ms\n",
+            ),
+            &one_step(
+                "stubborn",
+                "",
+                "{ max_attempts: 1 }",
+                "    timeout: 100ms\n",
+            )
+            .replace("name: one", "name: two"),
+        ],
+        &["slow", "stubborn"],
+    );
+    let agents = AgentMap::new()
+        .with_limits(slow.clone(), None, no_breaker())
+        .with_limits(stubborn.clone(), None, no_breaker());
+    let t = TestEngine::start(set, agents, fast_config()).await;
+    let run = t.start_run("one").await;
+    let started = std::time::Instant::now();
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.step("work").unwrap().state, StepState::TimedOut);
+    assert_eq!(snap.run.state, RunState::Failed);
+    assert_eq!(
+        slow.attempts_of("work").len(),
+        2,
+        "a timeout is transient: retried"
+    );
+    assert!(started.elapsed() >= MS(300));
+    let attempts = t.store.attempts(run).await.unwrap();
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome.as_deref() == Some("timed_out"))
+    );
+
+    // An agent that ignores its deadline is abandoned after the grace period.
+    let run = t.start_run("two").await;
+    let started = std::time::Instant::now();
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.step("work").unwrap().state, StepState::TimedOut);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    t.stop().await;
+}

@@ -28,10 +28,19 @@ impl Store for NullStore {
     async fn insert_deliveries(&self, b: &[NewDelivery]) -> Result<Vec<InsertOutcome>, StoreError> {
         Ok(vec![InsertOutcome::Stored; b.len()])
     }
-    async fn claim_deliveries(&self, _: &str, _: usize, _: Duration) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim_deliveries(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
         Ok(Vec::new())
     }
-    async fn finish_deliveries(&self, _: &str, _: &[(i64, DeliveryResult)]) -> Result<u64, StoreError> {
+    async fn finish_deliveries(
+        &self,
+        _: &str,
+        _: &[(i64, DeliveryResult)],
+    ) -> Result<u64, StoreError> {
         Ok(0)
     }
     async fn recover_deliveries(&self) -> Result<u64, StoreError> {
@@ -51,7 +60,10 @@ impl Store for NullStore {
 #[tokio::main]
 async fn main() {
     let secret = std::env::var("GITHUB_WEBHOOK_SECRET").expect("set GITHUB_WEBHOOK_SECRET");
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3997);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3997);
     let running = server::start(ServerConfig {
         addr: ([127, 0, 0, 1], port).into(),
         secrets: WebhookSecrets::parse(&secret).unwrap(),

@@ -529,10 +529,12 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
     let set = workflows(&[ONE], &["worker"]);
     let agent = Scripted::new("worker", Act::Ok(MS(5), "ok")).script(
         "work",
-        vec![Act::Ok(MS(1500), "first"), Act::Ok(MS(900), "second")],
+        vec![Act::Ok(MS(3000), "first"), Act::Ok(MS(1800), "second")],
     );
     let mut config = fast_config();
-    config.lease = MS(300); // renewed every 100 ms; the reaper looks every 50 ms
+    // Renewed every 200 ms; the reaper looks every 50 ms. Long enough that a
+    // loaded CI machine's scheduling hiccups do not expire a healthy lease.
+    config.lease = MS(600);
     let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), config).await;
     let run = t.start_run("one").await;
     t.wait_until(run, Duration::from_secs(5), "work running", |s| {
@@ -540,7 +542,7 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
     })
     .await;
     // Another worker takes the step over (as after a reap and a new claim).
-    tokio::time::sleep(MS(400)).await;
+    tokio::time::sleep(MS(800)).await;
     sqlx::query(
         "UPDATE steps SET lease_token = 'taken-over', lease_expires_at = ?1 \
          WHERE run_id = ?2 AND step = 'work'",
@@ -559,7 +561,7 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
         "the attempt that lost its lease was stopped"
     );
     assert!(!seen[1].cancelled);
-    // The second attempt outlived its 300 ms lease three times over: renewed.
+    // The second attempt outlived its 600 ms lease three times over: renewed.
     assert_eq!(
         snap.step("work")
             .unwrap()

@@ -27,8 +27,8 @@
 //!
 //! | key | type | meaning |
 //! | --- | --- | --- |
-//! | `command` | list of strings, or string with `shell: true` | what to run (required) |
-//! | `shell` | bool | run `command` (a string) with `/bin/sh -c` |
+//! | `run` (alias `command`) | list of strings, or a string | what to run (required); a string is split on whitespace and run without a shell |
+//! | `shell` | bool | run `run` with `/bin/sh -c` instead (only when the step says so) |
 //! | `policy` | `minimal`/`standard`/`hardened`/`paranoid` | may only be *stricter* than the agent's |
 //! | `env` | map of string to string | extra variables (GitHub credential names refused) |
 //!
@@ -265,15 +265,29 @@ impl CommandAgent {
             Some(Value::Bool(b)) => *b,
             Some(other) => return Err(format!("`shell` must be true or false, not {other}")),
         };
-        let argv = match with.get("command") {
-            Some(Value::Array(items)) => {
+        // Workflows name the program `run` (as GitHub Actions does); `command`
+        // is accepted as an alias.
+        let (key, value) = match (with.get("run"), with.get("command")) {
+            (Some(_), Some(_)) => {
+                return Err("give the program as `run` or as `command`, not both".into());
+            }
+            (Some(v), None) => ("run", v),
+            (None, Some(v)) => ("command", v),
+            (None, None) => {
+                return Err("missing `run`: give the program and its arguments as a list, e.g. `run: [cargo, test]`".into());
+            }
+        };
+        let argv = match value {
+            Value::Array(items) => {
                 let argv = items
                     .iter()
                     .map(|v| v.as_str().map(str::to_owned))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or("`command` must be a list of strings")?;
+                    .ok_or_else(|| format!("`{key}` must be a list of strings"))?;
                 if argv.is_empty() {
-                    return Err("`command` is an empty list: give the program and its arguments".into());
+                    return Err(format!(
+                        "`{key}` is an empty list: give the program and its arguments"
+                    ));
                 }
                 if shell {
                     let mut full = vec!["/bin/sh".to_owned(), "-c".to_owned()];
@@ -283,13 +297,26 @@ impl CommandAgent {
                     argv
                 }
             }
-            Some(Value::String(line)) if shell => {
+            Value::String(line) if shell => {
                 vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()]
             }
-            Some(Value::String(_)) => {
-                return Err("`command` is a string but `shell` is not true: give the command as a list (`[\"cargo\", \"test\"]`), or set `shell: true` to run it with /bin/sh".into());
+            // Without `shell`, a string is split on whitespace and run
+            // directly: no quoting, no globbing, no `;` or `|` — a shell's
+            // metacharacters reach the program as plain arguments.
+            Value::String(line) => {
+                let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+                if argv.is_empty() {
+                    return Err(format!(
+                        "`{key}` is empty: give the program and its arguments"
+                    ));
+                }
+                argv
             }
-            _ => return Err("missing `command`: give the program and its arguments as a list, e.g. `command: [\"cargo\", \"test\"]`".into()),
+            other => {
+                return Err(format!(
+                    "`{key}` must be a list of strings or a string, not {other}"
+                ));
+            }
         };
         let policy = match with.get("policy") {
             None | Some(Value::Null) => self.settings.policy,
@@ -600,11 +627,23 @@ mod tests {
     }
 
     #[test]
-    fn a_string_command_needs_shell() {
+    fn a_string_runs_without_a_shell_unless_asked() {
         let agent = CommandAgent::new(CommandSettings::new("t"));
+        let inv = agent
+            .parse(&with(json!({"run": "ls; rm -rf /"})))
+            .ok()
+            .unwrap();
+        // No shell: `;` is just part of an argument to `ls`.
+        assert_eq!(inv.argv, ["ls;", "rm", "-rf", "/"]);
+        let inv = agent
+            .parse(&with(json!({"run": ["make", "test"]})))
+            .ok()
+            .unwrap();
+        assert_eq!(inv.argv, ["make", "test"]);
+        assert!(agent.parse(&with(json!({"run": "  "}))).is_err());
         assert!(
             agent
-                .parse(&with(json!({"command": "ls; rm -rf /"})))
+                .parse(&with(json!({"run": ["a"], "command": ["b"]})))
                 .is_err()
         );
         let inv = agent

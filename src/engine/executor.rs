@@ -590,7 +590,7 @@ async fn render(
     } else {
         String::new()
     };
-    let mut with: serde_json::Map<String, serde_json::Value> = if def.with.is_empty() {
+    let with: serde_json::Map<String, serde_json::Value> = if def.with.is_empty() {
         serde_json::Map::new()
     } else {
         set.render_with(&wf.name, &def.id, &ctx)
@@ -598,14 +598,6 @@ async fn render(
             .into_iter()
             .collect()
     };
-    // Workflow files name a command step's program `with.run` (checked by
-    // the validator); the command adapter reads `command`. Bridge the two
-    // here until they agree.
-    if !with.contains_key("command")
-        && let Some(run) = with.get("run").cloned()
-    {
-        with.insert("command".into(), run);
-    }
     Ok((prompt, with))
 }
 

@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
         Command::Migrate => migrate(cli.settings).await,
-        Command::Validate { dir } => validate(&dir),
+        Command::Validate { dir } => validate(&cli.settings, &dir),
         Command::Run {
             workflow,
             event,
@@ -50,8 +50,12 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// `taskmaster validate [DIR]`: every error on stderr, a summary on stdout.
-fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
-    match WorkflowSet::load_dir(dir, DEFAULT_AGENTS) {
+/// Agent names are checked against the agents `serve` would have (`--config`),
+/// so a set that validates here also starts.
+fn validate(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
+    let names = agent_names(settings)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match WorkflowSet::load_dir(dir, &names) {
         Ok(set) => {
             println!("{}: {} workflows are valid", dir.display(), set.len());
             for wf in set.iter() {
@@ -79,12 +83,8 @@ fn load_agents_and_workflows(
         })?;
     let registry = AgentRegistry::new(&agents_config, &process_lookup)
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the agents: {e}"))?;
-    let names: Vec<&str> = registry.names().collect();
-    let names: Vec<&str> = if names.is_empty() {
-        DEFAULT_AGENTS.to_vec()
-    } else {
-        names
-    };
+    let names = registry_names(&registry);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // Refuse to start on a broken workflow set: better no service than runs
     // that fail one by one in production.
     let workflows = WorkflowSet::load_dir(&settings.workflows, &names).map_err(|e| {
@@ -98,6 +98,25 @@ fn load_agents_and_workflows(
     tracing::info!(workflows = workflows.len(), dir = %settings.workflows.display(),
         "workflow definitions loaded");
     Ok((Arc::new(registry), Arc::new(workflows)))
+}
+
+/// The configured agents' names (the built-in ones when none are configured).
+fn registry_names(registry: &AgentRegistry) -> Vec<String> {
+    let names: Vec<String> = registry.names().map(str::to_owned).collect();
+    if names.is_empty() {
+        DEFAULT_AGENTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        names
+    }
+}
+
+/// The agent names `serve` would check workflows against, from `--config`.
+fn agent_names(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let agents_config = AgentsConfig::load(settings.config.as_deref(), &process_lookup)
+        .map_err(|e| anyhow::anyhow!("the agent configuration is invalid: {e}"))?;
+    let registry = AgentRegistry::new(&agents_config, &process_lookup)
+        .map_err(|e| anyhow::anyhow!("cannot build the agents: {e}"))?;
+    Ok(registry_names(&registry))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

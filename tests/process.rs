@@ -142,3 +142,36 @@ fn help_does_not_print_secret_values() {
     assert!(help.contains("GITHUB_WEBHOOK_SECRET"), "{help}");
     assert!(!help.contains("very-secret-value"), "{help}");
 }
+
+#[test]
+fn validate_checks_agent_names_against_the_configured_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("lint.yml"),
+        "name: lint\non:\n  pull_request:\n    actions: [opened]\nsteps:\n  lint:\n    agent: my-linter\n    with:\n      run: [make, lint]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("taskmaster.yml");
+    std::fs::write(&config, "agents:\n  my-linter:\n    kind: command\n").unwrap();
+    let validate = |with_config: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
+        command.env_clear().arg("validate").arg(&workflows);
+        if with_config {
+            command.env("TASKMASTER_CONFIG", &config);
+        }
+        command.output().unwrap()
+    };
+    let without = validate(false);
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("lint.yml:7:"), "{stderr}");
+    assert!(stderr.contains("my-linter"), "{stderr}");
+    let with = validate(true);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}

@@ -160,7 +160,7 @@ unclosed group",
                 "broken/command_without_run.yml:8:12: step `test` uses the `command` agent but \
 has no `with.run` (the program and its arguments, e.g. `run: [make, test]`)",
                 "broken/command_without_run.yml:12:12: step `review` uses agent `claude-code` but \
-has no `prompt`: tell the agent what to do",
+has no `prompt`: tell the agent what to do (or give `with.run` if it is a command agent)",
             ],
         ),
     ];

@@ -714,6 +714,10 @@ unique id",
     let mut steps = Vec::new();
     for (i, (id, step)) in raw_steps.entries.iter().enumerate() {
         let what = format!("the prompt of step `{}`", id.value);
+        // A step that names a program (`with.run`) runs a command, whatever
+        // its agent is called (operators may configure several command
+        // agents); every other step needs a prompt.
+        let runs_a_program = step.with.entries.iter().any(|(k, _)| k.value == "run");
         match &step.prompt {
             Some(p) => check_template(
                 check,
@@ -722,18 +726,17 @@ unique id",
                 p,
                 &what,
             ),
-            None if step.agent.value != COMMAND_AGENT => check.err(
+            None if step.agent.value != COMMAND_AGENT && !runs_a_program => check.err(
                 &step.agent,
                 format!(
-                    "step `{}` uses agent `{}` but has no `prompt`: tell the agent what to do",
+                    "step `{}` uses agent `{}` but has no `prompt`: tell the agent what to do \
+(or give `with.run` if it is a command agent)",
                     id.value, step.agent.value
                 ),
             ),
             None => {}
         }
-        if step.agent.value == COMMAND_AGENT
-            && !step.with.entries.iter().any(|(k, _)| k.value == "run")
-        {
+        if step.agent.value == COMMAND_AGENT && !runs_a_program {
             check.err(
                 &step.agent,
                 format!(

@@ -47,7 +47,22 @@ CEILING_RESULT=$(run_wrk 3999 "ceiling-$$")
 kill $CEILING_PID; wait $CEILING_PID 2>/dev/null || true
 echo "ceiling (HMAC only):        $CEILING_RESULT"
 
+# A workflow set that no pull_request event starts: deliveries are routed to
+# no workflow, so the figure is intake plus dispatch, not agents' work.
+mkdir -p "$WORK/workflows"
+cat >"$WORK/workflows/idle.yml" <<'YML'
+name: idle
+on:
+  issues:
+    actions: [transferred]
+steps:
+  noop:
+    agent: command
+    with:
+      run: ["true"]
+YML
 GITHUB_WEBHOOK_SECRET=$SECRET HOST=127.0.0.1 PORT=3998 DATABASE_URL="sqlite://$WORK/bench.db" \
+  TASKMASTER_WORKFLOWS="$WORK/workflows" \
   LOG_FORMAT=json RUST_LOG=info "$BIN" serve >"$WORK/taskmaster.log" 2>&1 &
 TM_PID=$!
 wait_port 3998

@@ -141,6 +141,32 @@ pub struct Settings {
     )]
     pub lease_ms: u64,
 
+    /// The service's public base URL (`https://taskmaster.example.com`): a
+    /// run's check run links to `{PUBLIC_URL}/runs/{id}` as its Details. No
+    /// link when unset.
+    #[arg(long = "public-url", env = "PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// At most one GitHub update of a run per this many milliseconds (the
+    /// outbox coalesces changes in between; a finished run is sent at once).
+    #[arg(
+        long,
+        env = "TASKMASTER_REPORT_INTERVAL_MS",
+        default_value_t = 3_000,
+        global = true
+    )]
+    pub report_interval_ms: u64,
+
+    /// How often the outbox looks for runs to report when no hint wakes it,
+    /// in milliseconds.
+    #[arg(
+        long,
+        env = "TASKMASTER_OUTBOX_POLL_MS",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub outbox_poll_ms: u64,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
@@ -158,6 +184,23 @@ impl Settings {
             max_in_flight: self.max_in_flight.max(1),
             lease: std::time::Duration::from_millis(self.lease_ms.max(300)),
             ..crate::engine::EngineConfig::default()
+        }
+    }
+}
+
+impl Settings {
+    /// The report outbox's settings from these flags (the rest at their defaults).
+    pub fn outbox_config(&self) -> crate::outbox::OutboxConfig {
+        crate::outbox::OutboxConfig {
+            poll: std::time::Duration::from_millis(self.outbox_poll_ms.max(10)),
+            min_interval: std::time::Duration::from_millis(self.report_interval_ms),
+            public_url: self
+                .public_url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            ..crate::outbox::OutboxConfig::default()
         }
     }
 }

@@ -10,6 +10,8 @@ use taskmaster::agent::{AgentRegistry, AgentsConfig, env::process_lookup};
 use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings};
 use taskmaster::engine::intake::RoutingHandler;
 use taskmaster::engine::{Engine, Transition};
+use taskmaster::github::{self, GitHubSettings, RetryPolicy};
+use taskmaster::outbox::Outbox;
 use taskmaster::server::{self, ServerConfig};
 use taskmaster::store::RunState;
 use taskmaster::workflow::{DEFAULT_AGENTS, WorkflowSet};
@@ -131,6 +133,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         agents,
         settings.engine_config(),
     );
+    let github_settings = GitHubSettings::from_env()
+        .map_err(|e| anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}"))?;
+    let github = github::connect(&github_settings, RetryPolicy::default())
+        .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
+    let outbox = Outbox::new(store.clone(), github, settings.outbox_config());
+    let outbox_stop = CancellationToken::new();
+    let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
     let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
     let running = server::start(ServerConfig {
@@ -153,6 +162,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("engine panicked")?
         .context("engine start-up recovery failed")?;
+    // Last, the outbox sends what the engine settled (one bounded pass).
+    outbox_stop.cancel();
+    outbox_task.await.context("outbox panicked")?;
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod reports;
 pub mod runs;
 pub mod sqlite;
 
@@ -21,6 +22,7 @@ pub use runs::{
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
     StepFinish, StepNext, StepRecord, StepState,
 };
+pub use reports::{ReportCandidate, ReportOutcome};
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.
@@ -446,6 +448,47 @@ pub trait RunStore: Store {
 
     /// A run's attempts, in start order.
     async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+
+    /// Runs whose GitHub report may be stale (see [`reports`]): runs with a
+    /// repository, a subject number and an installation (from their
+    /// delivery), that are active or whose finished state was never reported,
+    /// and whose retry backoff (`next_attempt_at`) has passed at `now` (ms).
+    /// The caller compares fingerprints to decide. At most `limit`, oldest first.
+    async fn report_candidates(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ReportCandidate>, StoreError>;
+
+    /// Stores the check run GitHub created (or found) for a run.
+    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError>;
+
+    /// Records how a report attempt of a run ended.
+    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError>;
+
+    /// The sticky comment of pull request or issue `number` of `repository`.
+    async fn sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Stores (or replaces) the sticky comment of a pull request or issue.
+    async fn set_sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+        comment_id: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The ids of the runs about pull request or issue `number` of
+    /// `repository`, newest first, at most `limit`.
+    async fn subject_runs(
+        &self,
+        repository: &str,
+        number: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Estimated duration (ms) of each step of `workflow`: the mean of its
     /// last successful attempts. Steps without history are absent.

@@ -374,7 +374,7 @@ impl Store for SqliteStore {
 
 use sqlx::SqliteConnection;
 
-use super::RunStore;
+use super::{ReportCandidate, ReportOutcome, RunStore};
 use super::runs::{
     AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
     Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepNext, StepRecord,
@@ -1220,6 +1220,157 @@ impl RunStore for SqliteStore {
                 detail,
             })
             .collect())
+    }
+
+    async fn report_candidates(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ReportCandidate>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT r.id, d.installation_id, rr.check_run_id, rr.reported_fingerprint, \
+             rr.gave_up_fingerprint, rr.reported_at, rr.attempts \
+             FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
+             LEFT JOIN run_reports rr ON rr.run_id = r.id \
+             WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
+             AND r.subject_number IS NOT NULL \
+             AND (rr.run_id IS NULL OR r.state IN ('queued', 'running', 'paused') \
+                  OR rr.reported_state IS NULL OR rr.reported_state <> r.state) \
+             AND COALESCE(rr.next_attempt_at, 0) <= ?1 \
+             ORDER BY r.id LIMIT ?2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ReportCandidate {
+                run_id: r.0,
+                installation_id: r.1,
+                check_run_id: r.2,
+                reported_fingerprint: r.3,
+                gave_up_fingerprint: r.4,
+                reported_at: r.5,
+                attempts: r.6.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_reports (run_id, check_run_id) VALUES (?1, ?2) \
+             ON CONFLICT (run_id) DO UPDATE SET check_run_id = excluded.check_run_id",
+        )
+        .bind(run_id)
+        .bind(check_run_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
+        let query = match outcome {
+            ReportOutcome::Reported { fingerprint, state } => sqlx::query(
+                "INSERT INTO run_reports (run_id, reported_fingerprint, reported_state, \
+                 reported_at, attempts, next_attempt_at, last_error) \
+                 VALUES (?1, ?2, ?3, ?4, 0, 0, NULL) \
+                 ON CONFLICT (run_id) DO UPDATE SET \
+                 reported_fingerprint = excluded.reported_fingerprint, \
+                 reported_state = excluded.reported_state, reported_at = excluded.reported_at, \
+                 attempts = 0, next_attempt_at = 0, last_error = NULL",
+            )
+            .bind(run_id)
+            .bind(fingerprint.clone())
+            .bind(state.clone())
+            .bind(now_ms()),
+            ReportOutcome::Retry {
+                error,
+                next_attempt_at,
+            } => sqlx::query(
+                "INSERT INTO run_reports (run_id, attempts, next_attempt_at, last_error) \
+                 VALUES (?1, 1, ?2, ?3) \
+                 ON CONFLICT (run_id) DO UPDATE SET attempts = run_reports.attempts + 1, \
+                 next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error",
+            )
+            .bind(run_id)
+            .bind(*next_attempt_at)
+            .bind(error.clone()),
+            ReportOutcome::GaveUp { fingerprint, error } => sqlx::query(
+                "INSERT INTO run_reports (run_id, gave_up_fingerprint, attempts, last_error) \
+                 VALUES (?1, ?2, 1, ?3) \
+                 ON CONFLICT (run_id) DO UPDATE SET \
+                 gave_up_fingerprint = excluded.gave_up_fingerprint, \
+                 attempts = run_reports.attempts + 1, next_attempt_at = 0, \
+                 last_error = excluded.last_error",
+            )
+            .bind(run_id)
+            .bind(fingerprint.clone())
+            .bind(error.clone()),
+        };
+        query.execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT comment_id FROM sticky_comments WHERE repository = ?1 AND subject_number = ?2",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn set_sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+        comment_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
+             VALUES (?1, ?2, ?3) ON CONFLICT (repository, subject_number) \
+             DO UPDATE SET comment_id = excluded.comment_id",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .bind(comment_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn subject_runs(
+        &self,
+        repository: &str,
+        number: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE repository = ?1 AND subject_number = ?2 \
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {

@@ -192,6 +192,8 @@ pub fn all_fixtures() -> Vec<(String, String, Vec<u8>)> {
 pub struct ChildService {
     pub child: Child,
     pub base_url: String,
+    /// Every line the service wrote to stdout (its JSON logs), so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildService {
@@ -217,10 +219,13 @@ impl ChildService {
         let mut child = command.spawn().expect("spawn taskmaster");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                kept.lock().unwrap().push(line.clone());
                 if !sent
                     && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["message"] == "listening"
@@ -246,6 +251,7 @@ impl ChildService {
         ChildService {
             child,
             base_url: format!("http://{address}"),
+            logs,
         }
     }
 

@@ -1,0 +1,403 @@
+//! The report outbox: how a run shows up on GitHub, durably.
+//!
+//! The engine changes runs in the database; this worker makes GitHub follow.
+//! It **reconciles instead of replaying events**: for every run whose report
+//! may be stale ([`RunStore::report_candidates`]) it computes a cheap
+//! *fingerprint* of the run as it stands (run state, each step's state and
+//! attempts) and, when it differs from the fingerprint GitHub last accepted
+//! (stored in `run_reports`), renders the run ([`crate::report`]) and sends
+//!
+//! * the check run (runs on a pull request with a head SHA):
+//!   [`upsert_check_run`] — `queued` while no step started, `in_progress`
+//!   once one did, `completed` with the conclusion at the end;
+//! * the sticky comment of the pull request or issue, shared by every run of
+//!   that subject: [`upsert_sticky_comment`] (issue runs report only here).
+//!
+//! Why reconciliation: the engine's broadcast ([`crate::engine::Engine::subscribe`])
+//! is in-process and lossy (a lagging receiver skips messages; a crash loses
+//! everything in flight). Here it is only a **hint** that wakes the worker
+//! early; a poll is the fallback, and what is sent is always derived from the
+//! database. A transition missed, a crash between two sends, a restart while
+//! GitHub was down: the next pass sends the run as it is *now*.
+//!
+//! The races this guards:
+//!
+//! * **Restart between creating a check run (or comment) and storing its id.**
+//!   The id is stored right after GitHub answers; if the process dies before,
+//!   [`upsert_check_run`] finds the check run by its `external_id` (the run
+//!   id) and [`upsert_sticky_comment`] finds the comment by its hidden marker,
+//!   so a second one is never created.
+//! * **Update storms.** A run of many short steps changes state many times a
+//!   second. Updates of one run are **coalesced**: at most one every
+//!   [`OutboxConfig::min_interval`]; changes in between are folded into the
+//!   next send. A finished run is sent at once — the final state is never
+//!   held back or dropped.
+//! * **GitHub failures.** A transient error ([`GitHubError::is_transient`]:
+//!   5xx, rate limits, timeouts — after the client's own single retry loop)
+//!   schedules the run again with exponential backoff (`next_attempt_at`),
+//!   until GitHub accepts it. A permanent error (422, 403 without a limit) is
+//!   recorded in `last_error`, logged, and not sent again for the same
+//!   fingerprint; a later change of the run is tried afresh. Nothing loops hot.
+//!
+//! One worker per database: SQLite means one process, and one worker sends
+//! runs one after another, so two sends for one subject never race to create
+//! its sticky comment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Transition;
+use crate::github::{
+    CheckRunId, CommentId, GitHub, GitHubError, InstallationId, RepoName, upsert_check_run,
+    upsert_sticky_comment,
+};
+use crate::report::{
+    RunOutcome, RunReport, RunState as ReportRunState, STICKY_MARKER, StepReport,
+    StepState as ReportStepState, Subject, render_sticky_comment,
+};
+use crate::store::{
+    ReportCandidate, ReportOutcome, RunSnapshot, RunState, RunStore, StepState, StoreError,
+    now_ms,
+};
+
+/// Runs shown in one sticky comment at most (the newest of the subject).
+const RUNS_PER_COMMENT: i64 = 10;
+
+/// Outbox timings and the Details link.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// How often to look for stale reports when no hint arrives.
+    pub poll: Duration,
+    /// At most one update of a run per this interval (coalescing); a
+    /// finished run is sent at once.
+    pub min_interval: Duration,
+    /// First backoff after a transient GitHub error; doubled per failure.
+    pub retry_base: Duration,
+    /// Longest backoff.
+    pub retry_max: Duration,
+    /// `PUBLIC_URL`: a run's Details link is `{public_url}/runs/{id}`; no
+    /// link when `None`.
+    pub public_url: Option<String>,
+    /// Runs looked at per pass at most.
+    pub batch: i64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_secs(2),
+            min_interval: Duration::from_secs(3),
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(5 * 60),
+            public_url: None,
+            batch: 200,
+        }
+    }
+}
+
+/// The outbox worker; see the module docs.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<dyn RunStore>,
+    github: Arc<dyn GitHub>,
+    config: OutboxConfig,
+}
+
+/// Why one run's report did not land.
+enum SendError {
+    GitHub(GitHubError),
+    Store(StoreError),
+}
+
+impl From<GitHubError> for SendError {
+    fn from(e: GitHubError) -> Self {
+        SendError::GitHub(e)
+    }
+}
+
+impl From<StoreError> for SendError {
+    fn from(e: StoreError) -> Self {
+        SendError::Store(e)
+    }
+}
+
+impl Outbox {
+    /// A worker sending the reports of `store`'s runs to `github`.
+    pub fn new(store: Arc<dyn RunStore>, github: Arc<dyn GitHub>, config: OutboxConfig) -> Self {
+        Self {
+            store,
+            github,
+            config,
+        }
+    }
+
+    /// Runs passes until `shutdown` fires: after each hint on `hints` (the
+    /// engine's transitions; `None` to rely on the poll alone), after
+    /// [`OutboxConfig::poll`], or when a coalesced update falls due. A last
+    /// pass (bounded to a few seconds) runs at shutdown so that final states
+    /// reached just before are still sent.
+    pub async fn run(
+        self,
+        mut hints: Option<broadcast::Receiver<Transition>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let wait = match self.pass().await {
+                Ok(Some(due)) => due.min(self.config.poll),
+                Ok(None) => self.config.poll,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox pass failed; trying again");
+                    self.config.poll
+                }
+            };
+            let hint = async {
+                match hints.as_mut() {
+                    Some(rx) => match rx.recv().await {
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                open = hint => if !open { hints = None },
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.pass())
+            .await
+            .is_err()
+        {
+            tracing::warn!("outbox: last pass at shutdown did not finish in time");
+        }
+    }
+
+    /// One reconciliation pass: sends every stale report that is due.
+    /// Returns how long until the earliest coalesced update falls due, if any.
+    ///
+    /// # Errors
+    /// The store failed to list candidates; a failure on one run is logged
+    /// and leaves the others unaffected.
+    pub async fn pass(&self) -> Result<Option<Duration>, StoreError> {
+        let now = now_ms();
+        let candidates = self
+            .store
+            .report_candidates(now, self.config.batch)
+            .await?;
+        let mut next_due: Option<i64> = None;
+        let interval = self.config.min_interval.as_millis() as i64;
+        for candidate in candidates {
+            let Some(snapshot) = self.store.run(candidate.run_id).await? else {
+                continue;
+            };
+            let fingerprint = fingerprint(&snapshot);
+            if candidate.reported_fingerprint.as_deref() == Some(fingerprint.as_str())
+                || candidate.gave_up_fingerprint.as_deref() == Some(fingerprint.as_str())
+            {
+                continue;
+            }
+            if !snapshot.run.state.is_terminal()
+                && let Some(at) = candidate.reported_at
+                && now < at + interval
+            {
+                let due = at + interval - now;
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                continue;
+            }
+            self.send(&candidate, &snapshot, fingerprint).await;
+        }
+        Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
+    }
+
+    /// Sends one run's report and records how it went.
+    async fn send(&self, candidate: &ReportCandidate, snapshot: &RunSnapshot, fingerprint: String) {
+        let run_id = candidate.run_id;
+        let outcome = match self.send_effects(candidate, snapshot).await {
+            Ok(()) => {
+                tracing::debug!(run_id, state = %snapshot.run.state, "report sent");
+                ReportOutcome::Reported {
+                    fingerprint,
+                    state: snapshot.run.state.as_str().to_owned(),
+                }
+            }
+            Err(SendError::Store(e)) => {
+                tracing::warn!(run_id, error = %e, "outbox: store error; the next pass retries");
+                return;
+            }
+            Err(SendError::GitHub(e)) if e.is_transient() => {
+                let backoff = self.backoff(candidate.attempts);
+                tracing::warn!(run_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "GitHub did not accept the report; retrying later");
+                ReportOutcome::Retry {
+                    error: e.to_string(),
+                    next_attempt_at: now_ms() + backoff.as_millis() as i64,
+                }
+            }
+            Err(SendError::GitHub(e)) => {
+                tracing::error!(run_id, error = %e,
+                    "GitHub refused the report; not sent again until the run changes");
+                ReportOutcome::GaveUp {
+                    fingerprint,
+                    error: e.to_string(),
+                }
+            }
+        };
+        if let Err(e) = self.store.record_report(run_id, &outcome).await {
+            tracing::warn!(run_id, error = %e, "outbox: cannot record the report outcome");
+        }
+    }
+
+    fn backoff(&self, failures: i64) -> Duration {
+        let factor = 1u32 << failures.clamp(0, 16) as u32;
+        self.config
+            .retry_base
+            .saturating_mul(factor)
+            .min(self.config.retry_max)
+    }
+
+    async fn send_effects(
+        &self,
+        candidate: &ReportCandidate,
+        snapshot: &RunSnapshot,
+    ) -> Result<(), SendError> {
+        let report = build_report(snapshot, self.config.public_url.as_deref());
+        let repo = RepoName::parse(&report.repository)?;
+        let installation = InstallationId(candidate.installation_id as u64);
+        if report.subject == Subject::PullRequest && report.head_sha.is_some() {
+            let new = report.new_check_run()?;
+            let known = candidate.check_run_id.map(|id| CheckRunId(id as u64));
+            let id = upsert_check_run(self.github.as_ref(), installation, &repo, known, &new)
+                .await?;
+            if known != Some(id) {
+                self.store
+                    .record_check_run(candidate.run_id, id.0 as i64)
+                    .await?;
+            }
+        }
+        let number = report.number as i64;
+        let mut reports = Vec::new();
+        for id in self
+            .store
+            .subject_runs(&report.repository, number, RUNS_PER_COMMENT)
+            .await?
+            .into_iter()
+            .rev()
+        {
+            if id == candidate.run_id {
+                reports.push(report.clone());
+            } else if let Some(other) = self.store.run(id).await? {
+                reports.push(build_report(&other, self.config.public_url.as_deref()));
+            }
+        }
+        let body = render_sticky_comment(&reports);
+        let known = self
+            .store
+            .sticky_comment(&report.repository, number)
+            .await?
+            .map(|id| CommentId(id as u64));
+        let id = upsert_sticky_comment(
+            self.github.as_ref(),
+            installation,
+            &repo,
+            report.number,
+            known,
+            STICKY_MARKER,
+            &body,
+        )
+        .await?;
+        if known != Some(id) {
+            self.store
+                .set_sticky_comment(&report.repository, number, id.0 as i64)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a run's report depends on: the run's state and each step's state and
+/// attempts (a step's output is set in the same transaction as its end state).
+/// Two snapshots with the same fingerprint render the same report, except for
+/// durations.
+pub fn fingerprint(snapshot: &RunSnapshot) -> String {
+    let mut out = snapshot.run.state.as_str().to_owned();
+    for step in &snapshot.steps {
+        out.push_str(&format!(
+            "|{}:{}:{}",
+            step.step,
+            step.state.as_str(),
+            step.attempts
+        ));
+    }
+    out
+}
+
+/// The [`RunReport`] of a run as stored. `public_url` gives the Details link
+/// `{public_url}/runs/{id}`. Step outputs are taken as stored: the engine
+/// redacts them before it records them.
+pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunReport {
+    let run = &snapshot.run;
+    let steps: Vec<StepReport> = snapshot
+        .steps
+        .iter()
+        .map(|s| StepReport {
+            id: s.step.clone(),
+            agent: s.agent.clone(),
+            state: match s.state {
+                StepState::Pending | StepState::Ready => ReportStepState::Pending,
+                StepState::Running => ReportStepState::Running,
+                StepState::Succeeded => ReportStepState::Succeeded,
+                StepState::Failed => ReportStepState::Failed,
+                StepState::Skipped => ReportStepState::Skipped,
+                StepState::Cancelled => ReportStepState::Cancelled,
+                StepState::TimedOut => ReportStepState::TimedOut,
+            },
+            attempts: s.attempts.max(0) as u32,
+            duration_ms: match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) if b >= a => Some((b - a) as u64),
+                _ => None,
+            },
+            output: s.output.clone().or_else(|| s.error.clone()),
+        })
+        .collect();
+    let all_skipped =
+        !steps.is_empty() && steps.iter().all(|s| s.state == ReportStepState::Skipped);
+    let state = match run.state {
+        RunState::Queued => ReportRunState::Queued,
+        RunState::Running => ReportRunState::Running,
+        RunState::Paused => ReportRunState::Paused,
+        RunState::Succeeded if all_skipped => ReportRunState::Completed(RunOutcome::Skipped),
+        RunState::Succeeded => ReportRunState::Completed(RunOutcome::Succeeded),
+        RunState::Failed => ReportRunState::Completed(RunOutcome::Failed),
+        RunState::Cancelled => ReportRunState::Completed(RunOutcome::Cancelled),
+        RunState::TimedOut => ReportRunState::Completed(RunOutcome::TimedOut),
+    };
+    let subject = if run.head_sha.is_some() || run.event.starts_with("pull_request") {
+        Subject::PullRequest
+    } else {
+        Subject::Issue
+    };
+    let time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
+    RunReport {
+        run_id: run.id.to_string(),
+        workflow: run.workflow.clone(),
+        repository: run.repository.clone().unwrap_or_default(),
+        number: run.subject_number.unwrap_or(0).max(0) as u64,
+        subject,
+        head_sha: run.head_sha.clone(),
+        state,
+        steps,
+        details_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
+        started_at: time(run.started_at),
+        completed_at: time(run.finished_at),
+        reason: if run.state.is_terminal() && run.state != RunState::Succeeded {
+            run.conclusion.clone()
+        } else {
+            None
+        },
+    }
+}

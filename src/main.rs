@@ -133,8 +133,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         agents,
         settings.engine_config(),
     );
-    let github_settings = GitHubSettings::from_env()
-        .map_err(|e| anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}"))?;
+    let github_settings = GitHubSettings::from_env().map_err(|e| {
+        anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}")
+    })?;
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
     let outbox = Outbox::new(store.clone(), github, settings.outbox_config());

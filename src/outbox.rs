@@ -60,8 +60,7 @@ use crate::report::{
     StepState as ReportStepState, Subject, render_sticky_comment,
 };
 use crate::store::{
-    ReportCandidate, ReportOutcome, RunSnapshot, RunState, RunStore, StepState, StoreError,
-    now_ms,
+    ReportCandidate, ReportOutcome, RunSnapshot, RunState, RunStore, StepState, StoreError, now_ms,
 };
 
 /// Runs shown in one sticky comment at most (the newest of the subject).
@@ -185,10 +184,7 @@ impl Outbox {
     /// and leaves the others unaffected.
     pub async fn pass(&self) -> Result<Option<Duration>, StoreError> {
         let now = now_ms();
-        let candidates = self
-            .store
-            .report_candidates(now, self.config.batch)
-            .await?;
+        let candidates = self.store.report_candidates(now, self.config.batch).await?;
         let mut next_due: Option<i64> = None;
         let interval = self.config.min_interval.as_millis() as i64;
         for candidate in candidates {
@@ -271,8 +267,8 @@ impl Outbox {
         if report.subject == Subject::PullRequest && report.head_sha.is_some() {
             let new = report.new_check_run()?;
             let known = candidate.check_run_id.map(|id| CheckRunId(id as u64));
-            let id = upsert_check_run(self.github.as_ref(), installation, &repo, known, &new)
-                .await?;
+            let id =
+                upsert_check_run(self.github.as_ref(), installation, &repo, known, &new).await?;
             if known != Some(id) {
                 self.store
                     .record_check_run(candidate.run_id, id.0 as i64)

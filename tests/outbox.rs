@@ -229,7 +229,8 @@ async fn a_restart_finds_the_check_run_and_comment_again_even_when_their_ids_wer
 
     // A crash between GitHub's answer and storing the ids: the check run is
     // found by its external id, the comment by its marker.
-    f.sql("DELETE FROM run_reports WHERE run_id = ?1", run).await;
+    f.sql("DELETE FROM run_reports WHERE run_id = ?1", run)
+        .await;
     sqlx::query("DELETE FROM sticky_comments")
         .execute(f.store.writer_pool())
         .await
@@ -252,7 +253,11 @@ async fn runs_of_one_pull_request_share_one_sticky_comment() {
     assert_eq!(f.comment_creates(), 1);
     let comments = f.github.comments(&repo(), 7);
     assert_eq!(comments.len(), 1);
-    assert!(comments[0].contains(&format!("run `{first}`")), "{}", comments[0]);
+    assert!(
+        comments[0].contains(&format!("run `{first}`")),
+        "{}",
+        comments[0]
+    );
     assert!(comments[0].contains(&format!("run `{second}`")));
 }
 
@@ -267,7 +272,10 @@ async fn updates_of_a_run_are_coalesced_but_the_final_state_is_sent_at_once() {
     for attempt in 1..=20 {
         f.start_step(run, attempt).await;
         let due = outbox.pass().await.unwrap();
-        assert!(due.is_some(), "a held-back update reports when it falls due");
+        assert!(
+            due.is_some(),
+            "a held-back update reports when it falls due"
+        );
     }
     assert!(f.check_updates().is_empty(), "{:#?}", f.check_updates());
     // …and the end is sent immediately, once.

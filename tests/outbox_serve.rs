@@ -27,9 +27,8 @@ fn opened_payload() -> Vec<u8> {
 fn workflows_dir(dir: &std::path::Path, steps: usize) -> std::path::PathBuf {
     let workflows = dir.join("workflows");
     std::fs::create_dir(&workflows).unwrap();
-    let mut yml = String::from(
-        "name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n",
-    );
+    let mut yml =
+        String::from("name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n");
     for i in 0..steps {
         let needs = if i == 0 {
             String::new()
@@ -51,11 +50,15 @@ async fn github() -> MockServer {
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({
             "token": "ghs_outbox",
             "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            "permissions": { "checks": "write", "issues": "write", "pull_requests": "write" },
+            "repository_selection": "all",
         })))
         .mount(&server)
         .await;
     Mock::given(method("GET"))
-        .and(path_regex(r"^/repos/Codertocat/Hello-World/commits/[0-9a-f]+/check-runs$"))
+        .and(path_regex(
+            r"^/repos/Codertocat/Hello-World/commits/[0-9a-f]+/check-runs$",
+        ))
         .respond_with(
             ResponseTemplate::new(200).set_body_json(json!({"total_count": 0, "check_runs": []})),
         )
@@ -149,7 +152,19 @@ async fn a_pull_request_run_shows_as_one_check_run_and_one_sticky_comment() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the check run never completed");
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.url))
+                .collect();
+            panic!(
+                "the check run never completed\nGitHub saw: {seen:#?}\nservice log:\n{}",
+                service.logs_text()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let any straggling update land before counting.
@@ -163,7 +178,10 @@ async fn a_pull_request_run_shows_as_one_check_run_and_one_sticky_comment() {
         "{created}"
     );
     assert_eq!(created["name"], "taskmaster / review");
-    assert_eq!(created["head_sha"], "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
+    assert_eq!(
+        created["head_sha"],
+        "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+    );
     assert!(
         created["details_url"]
             .as_str()
@@ -177,7 +195,10 @@ async fn a_pull_request_run_shows_as_one_check_run_and_one_sticky_comment() {
     assert_eq!(last["status"], "completed");
     assert_eq!(last["conclusion"], "success");
     let summary = last["output"]["summary"].as_str().unwrap();
-    assert!(summary.contains("| `s0`") && summary.contains("| `s7`"), "{summary}");
+    assert!(
+        summary.contains("| `s0`") && summary.contains("| `s7`"),
+        "{summary}"
+    );
     // Coalescing: 2 transitions per step plus the run's own, far fewer PATCHes.
     let transitions = 2 * STEPS + 2;
     assert!(

@@ -17,12 +17,12 @@ pub mod reports;
 pub mod runs;
 pub mod sqlite;
 
+pub use reports::{ReportCandidate, ReportOutcome};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
     StepFinish, StepNext, StepRecord, StepState,
 };
-pub use reports::{ReportCandidate, ReportOutcome};
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.

@@ -374,12 +374,12 @@ impl Store for SqliteStore {
 
 use sqlx::SqliteConnection;
 
-use super::{ReportCandidate, ReportOutcome, RunStore};
 use super::runs::{
     AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
     Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepNext, StepRecord,
     StepState,
 };
+use super::{ReportCandidate, ReportOutcome, RunStore};
 
 macro_rules! select_runs {
     () => {

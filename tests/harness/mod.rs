@@ -197,6 +197,11 @@ pub struct ChildService {
 }
 
 impl ChildService {
+    /// The service's log so far, one line per entry (for failure messages).
+    pub fn logs_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
     /// Starts `taskmaster serve` on an ephemeral port over `db_path`, with JSON
     /// logs, and waits for its "listening" line.
     pub fn start(db_path: &Path, extra_env: &[(&str, &str)]) -> Self {

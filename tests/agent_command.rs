@@ -399,7 +399,9 @@ async fn bad_inputs_are_permanent_config_failures() {
     let agent = CommandAgent::new(settings(Policy::Standard));
     for with in [
         json!({}),
-        json!({"command": "rm -rf /"}),
+        json!({"run": 42}),
+        json!({"run": "   "}),
+        json!({"run": ["a"], "command": ["b"]}),
         json!({"command": ["definitely-not-a-program-xyz"]}),
     ] {
         let outcome = agent

@@ -79,6 +79,36 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// One idempotent control transition of a run: `update` (binding the run
+    /// id as `?1`) changes the run when it is in the state the transition
+    /// starts from; the change and its timeline event commit together.
+    /// `Unchanged` when the run exists in another state, `NotFound` otherwise.
+    async fn control_transition(
+        &self,
+        run_id: i64,
+        update: &'static str,
+        event: &'static str,
+        message: &'static str,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(update)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let outcome = if changed == 1 {
+            insert_event(&mut tx, run_id, None, now, event, message).await?;
+            ControlOutcome::Changed
+        } else if run_exists(&mut tx, run_id).await? {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::NotFound
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
     /// The writer pool, for tests and tools that need raw SQL.
     pub fn writer_pool(&self) -> &SqlitePool {
         &self.writer
@@ -1429,66 +1459,26 @@ impl RunStore for SqliteStore {
     }
 
     async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(
+        self.control_transition(
+            run_id,
             "UPDATE runs SET desired_state = 'paused', state = 'paused' \
              WHERE id = ?1 AND desired_state = 'running' AND state IN ('queued', 'running')",
+            "run_paused",
+            "paused: no new step starts; running ones finish",
         )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let outcome = if changed == 1 {
-            insert_event(
-                &mut tx,
-                run_id,
-                None,
-                now,
-                "run_paused",
-                "paused: no new step starts; running ones finish",
-            )
-            .await?;
-            ControlOutcome::Changed
-        } else if run_exists(&mut tx, run_id).await? {
-            ControlOutcome::Unchanged
-        } else {
-            ControlOutcome::NotFound
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        .await
     }
 
     async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(
+        self.control_transition(
+            run_id,
             "UPDATE runs SET desired_state = 'running', \
              state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END \
              WHERE id = ?1 AND desired_state = 'paused' AND state = 'paused'",
+            "run_resumed",
+            "resumed where it stood",
         )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let outcome = if changed == 1 {
-            insert_event(
-                &mut tx,
-                run_id,
-                None,
-                now,
-                "run_resumed",
-                "resumed where it stood",
-            )
-            .await?;
-            ControlOutcome::Changed
-        } else if run_exists(&mut tx, run_id).await? {
-            ControlOutcome::Unchanged
-        } else {
-            ControlOutcome::NotFound
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        .await
     }
 
     async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {

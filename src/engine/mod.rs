@@ -325,10 +325,14 @@ impl Engine {
         loop {
             tokio::time::sleep(ttl / 3).await;
             let beat = std::time::Instant::now();
+            let tokens: Vec<String> = {
+                let running = self.inner.running.lock().expect("running lock");
+                running.values().map(|a| a.token.clone()).collect()
+            };
             let renewed = match self
                 .inner
                 .store
-                .renew_leases(&self.inner.owner, ttl.as_millis() as i64)
+                .renew_leases(&self.inner.owner, &tokens, ttl.as_millis() as i64)
                 .await
             {
                 Ok(rows) => rows,

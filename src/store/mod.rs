@@ -378,13 +378,17 @@ pub trait RunStore: Store {
         lease_ms: i64,
     ) -> Result<Option<DesiredState>, StoreError>;
 
-    /// The heartbeat of a whole engine: extends every lease `owner` holds to
+    /// The heartbeat of a whole engine: extends the leases `owner` holds
+    /// **with one of `tokens`** (the lease tokens of its running attempts) to
     /// `now + lease_ms` in one transaction, and returns each renewed step
-    /// with its lease token and its run's desired state. A step of `owner`
-    /// that is not returned has lost its lease.
+    /// with its lease token and its run's desired state. A step that is not
+    /// returned has lost its lease. Fencing by token matters: a lease whose
+    /// token no running attempt holds must be left to expire and be reaped,
+    /// or its step would stay `running` forever.
     async fn renew_leases(
         &self,
         owner: &str,
+        tokens: &[String],
         lease_ms: i64,
     ) -> Result<Vec<(i64, String, DesiredState)>, StoreError>;
 

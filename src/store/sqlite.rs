@@ -1099,16 +1099,23 @@ impl RunStore for SqliteStore {
     async fn renew_leases(
         &self,
         owner: &str,
+        tokens: &[String],
         lease_ms: i64,
     ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens = serde_json::to_string(tokens).expect("strings serialize");
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
             "UPDATE steps SET lease_expires_at = ?1 \
              WHERE state = 'running' AND lease_owner = ?2 \
+               AND lease_token IN (SELECT value FROM json_each(?3)) \
              RETURNING id, lease_token, \
                  (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
         )
         .bind(now_ms() + lease_ms)
         .bind(owner)
+        .bind(tokens)
         .fetch_all(&self.writer)
         .await?;
         rows.into_iter()

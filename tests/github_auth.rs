@@ -232,3 +232,26 @@ async fn a_second_401_is_an_error_not_a_loop() {
         2
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_token_answer_is_a_permanent_error_not_retried() {
+    let w = bare_world().await;
+    // A token answer octocrab cannot read (no `permissions`): the same on
+    // every try, so it must not be retried as if GitHub were unreachable.
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "token": "ghs_partial",
+            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        })))
+        .mount(&w.server)
+        .await;
+    let err = w
+        .client
+        .collaborator_permission(INSTALLATION, &repo(), "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitHubError::Decode { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 1, "not retried");
+}

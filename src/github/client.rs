@@ -267,6 +267,19 @@ impl GitHubClient {
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
+                    // An answer that does not decode (say, an installation
+                    // token reply octocrab cannot read) fails the same way
+                    // every time: not a transport failure, not retried.
+                    if matches!(
+                        e,
+                        octocrab::Error::Json { .. } | octocrab::Error::Serde { .. }
+                    ) {
+                        return Err(GitHubError::Decode {
+                            method: method.clone(),
+                            path: req.path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
                     let transport = GitHubError::Transport {
                         method: method.clone(),
                         path: req.path.clone(),

@@ -167,6 +167,17 @@ pub struct Settings {
     )]
     pub outbox_poll_ms: u64,
 
+    /// How often, in milliseconds, to ask GitHub for failed webhook deliveries
+    /// missing from the inbox and have them redelivered (with App
+    /// credentials only; a pass also runs at start-up).
+    #[arg(
+        long,
+        env = "TASKMASTER_REDELIVERY_INTERVAL_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub redelivery_interval_ms: u64,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,

@@ -138,6 +138,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     })?;
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
+    let redelivery_stop = CancellationToken::new();
+    if github_settings.credentials.is_some() {
+        tokio::spawn(github::redelivery::run_scheduler(
+            github.clone(),
+            store.clone(),
+            std::time::Duration::from_millis(settings.redelivery_interval_ms.max(1_000)),
+            redelivery_stop.clone(),
+        ));
+    }
     let outbox = Outbox::new(store.clone(), github, settings.outbox_config());
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
@@ -163,6 +172,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("engine panicked")?
         .context("engine start-up recovery failed")?;
+    redelivery_stop.cancel();
     // Last, the outbox sends what the engine settled (one bounded pass).
     outbox_stop.cancel();
     outbox_task.await.context("outbox panicked")?;

@@ -224,7 +224,15 @@ async fn a_pull_request_run_shows_as_one_check_run_and_one_sticky_comment() {
     // the same PR reuses the comment.
     service.signal(libc::SIGTERM);
     assert!(service.wait_exit(Duration::from_secs(15)).success());
-    let before = server.received_requests().await.unwrap().len();
+    // Reports only: the start-up redelivery pass also asks GitHub for its
+    // list of webhook deliveries, which is not a report being re-sent.
+    let reports = |requests: Vec<Request>| {
+        requests
+            .into_iter()
+            .filter(|r| !r.url.path().starts_with("/app/hook/deliveries"))
+            .count()
+    };
+    let before = reports(server.received_requests().await.unwrap());
     let mut service = ChildService::start(
         &db,
         &[
@@ -237,7 +245,7 @@ async fn a_pull_request_run_shows_as_one_check_run_and_one_sticky_comment() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        server.received_requests().await.unwrap().len(),
+        reports(server.received_requests().await.unwrap()),
         before,
         "nothing to send again after a restart"
     );

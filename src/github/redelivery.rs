@@ -113,3 +113,63 @@ where
     }
     Ok(report)
 }
+
+/// How far back a pass after the first reaches before the previous pass
+/// began, so a delivery that failed while that pass was listing is not missed.
+const PASS_OVERLAP: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Redelivers what GitHub failed to deliver while taskmaster was down: a pass
+/// at start-up (back to GitHub's 3-day window), then one every `interval`
+/// (each reaching back to the previous pass, with a 10-minute overlap),
+/// until `cancel` fires. A delivery is "known" when the inbox has its GUID;
+/// if the inbox cannot be read, it is treated as known, so a database hiccup
+/// never turns into a redelivery storm. Errors are logged and the next pass
+/// starts over.
+///
+/// GitHub never retries a failed delivery by itself; it publishes a script
+/// that does this on a schedule. This is that script, built in.
+pub async fn run_scheduler(
+    github: std::sync::Arc<dyn GitHub>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    interval: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut since = Utc::now() - DELIVERY_RETENTION;
+    loop {
+        let started = Utc::now();
+        let store = store.clone();
+        let pass = redeliver_missing(github.as_ref(), since, started, move |guid| {
+            let store = store.clone();
+            async move {
+                match store.delivery(&guid).await {
+                    Ok(found) => found.is_some(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbox unreadable; not redelivering");
+                        true
+                    }
+                }
+            }
+        })
+        .await;
+        match pass {
+            Ok(report) => {
+                if !report.redelivered.is_empty() || !report.failed.is_empty() {
+                    tracing::info!(
+                        listed = report.listed,
+                        redelivered = ?report.redelivered,
+                        failed = ?report.failed,
+                        "asked GitHub to redeliver missed webhook deliveries"
+                    );
+                }
+                since = started - PASS_OVERLAP;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redelivery pass failed; the next one starts over")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

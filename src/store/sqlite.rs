@@ -97,14 +97,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let outcome = if changed == 1 {
-            insert_event(&mut tx, run_id, None, now, event, message).await?;
-            ControlOutcome::Changed
-        } else if run_exists(&mut tx, run_id).await? {
-            ControlOutcome::Unchanged
-        } else {
-            ControlOutcome::NotFound
-        };
+        let outcome = control_outcome(&mut tx, changed, run_id, now, event, message).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -769,6 +762,27 @@ pub(super) async fn create_runs_for_delivery(
     now: i64,
 ) -> Result<(), StoreError> {
     create_runs_in(conn, runs, now).await.map(|_| ())
+}
+
+/// The outcome of a control UPDATE that changed `changed` rows, inside the
+/// caller's transaction: `Changed` (with its timeline event written),
+/// `Unchanged` when the run exists in another state, `NotFound` otherwise.
+async fn control_outcome(
+    tx: &mut SqliteConnection,
+    changed: u64,
+    run_id: i64,
+    now: i64,
+    event: &str,
+    message: &str,
+) -> Result<ControlOutcome, StoreError> {
+    Ok(if changed == 1 {
+        insert_event(tx, run_id, None, now, event, message).await?;
+        ControlOutcome::Changed
+    } else if run_exists(tx, run_id).await? {
+        ControlOutcome::Unchanged
+    } else {
+        ControlOutcome::NotFound
+    })
 }
 
 async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, StoreError> {
@@ -1501,14 +1515,8 @@ impl RunStore for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let outcome = if changed == 1 {
-            insert_event(&mut tx, run_id, None, now, "cancel_requested", reason).await?;
-            ControlOutcome::Changed
-        } else if run_exists(&mut tx, run_id).await? {
-            ControlOutcome::Unchanged
-        } else {
-            ControlOutcome::NotFound
-        };
+        let outcome =
+            control_outcome(&mut tx, changed, run_id, now, "cancel_requested", reason).await?;
         tx.commit().await?;
         Ok(outcome)
     }

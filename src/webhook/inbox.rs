@@ -78,6 +78,7 @@ impl Inbox {
 async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake: Arc<Notify>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut rows: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break; // every Inbox handle dropped and the queue is empty
@@ -94,8 +95,14 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
                 }
             }
         }
+        // Move the deliveries out (no copies on the hot path); the replies
+        // stay in the same order.
         rows.clear();
-        rows.extend(batch.iter().map(|p| p.delivery.clone()));
+        replies.clear();
+        for pending in batch.drain(..) {
+            rows.push(pending.delivery);
+            replies.push(pending.reply);
+        }
         let started = std::time::Instant::now();
         let inserted = store.insert_deliveries(&rows).await;
         tracing::debug!(
@@ -106,31 +113,31 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
         let queued_any = match inserted {
             Ok(outcomes) => {
                 let mut queued_any = false;
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    queued_any |= outcome == InsertOutcome::Stored
-                        && pending.delivery.state == DeliveryState::Queued;
-                    let _ = pending.reply.send(Ok(outcome));
+                for ((delivery, reply), outcome) in rows.iter().zip(replies.drain(..)).zip(outcomes)
+                {
+                    queued_any |=
+                        outcome == InsertOutcome::Stored && delivery.state == DeliveryState::Queued;
+                    let _ = reply.send(Ok(outcome));
                 }
                 queued_any
             }
             Err(batch_error) => {
-                tracing::warn!(error = %batch_error, size = batch.len(),
+                tracing::warn!(error = %batch_error, size = rows.len(),
                     "inbox batch failed; retrying its deliveries one by one");
                 let mut queued_any = false;
-                for pending in batch.drain(..) {
-                    let one = std::slice::from_ref(&pending.delivery);
+                for (delivery, reply) in rows.iter().zip(replies.drain(..)) {
                     let result = store
-                        .insert_deliveries(one)
+                        .insert_deliveries(std::slice::from_ref(delivery))
                         .await
                         .map(|mut o| o.pop().unwrap_or(InsertOutcome::Duplicate))
                         .map_err(Arc::new);
                     if let Err(error) = &result {
-                        tracing::error!(delivery = %pending.delivery.delivery_id, %error,
+                        tracing::error!(delivery = %delivery.delivery_id, %error,
                             "delivery could not be stored; answering 503");
                     }
                     queued_any |= matches!(result, Ok(InsertOutcome::Stored))
-                        && pending.delivery.state == DeliveryState::Queued;
-                    let _ = pending.reply.send(result);
+                        && delivery.state == DeliveryState::Queued;
+                    let _ = reply.send(result);
                 }
                 queued_any
             }

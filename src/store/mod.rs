@@ -13,10 +13,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod app;
 pub mod reports;
 pub mod runs;
 pub mod sqlite;
 
+pub use app::{
+    ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
+    NewEffect, RepoConfigRecord,
+};
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
@@ -520,6 +525,75 @@ pub trait RunStore: Store {
         run_id: i64,
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError>;
+
+    // --- The App's own records (see [`app`]) ---
+
+    /// Records an installation's state (`installation` webhook: created,
+    /// suspend, unsuspend, deleted). `account_login` is kept when `None`.
+    async fn set_installation(
+        &self,
+        installation_id: i64,
+        account_login: Option<&str>,
+        state: InstallationState,
+    ) -> Result<(), StoreError>;
+
+    /// An installation's recorded state; `None` when no event about it was seen.
+    async fn installation_state(
+        &self,
+        installation_id: i64,
+    ) -> Result<Option<InstallationState>, StoreError>;
+
+    /// Adds and removes repositories (`owner/name`) of an installation
+    /// (`installation_repositories` webhook, or `installation.created`).
+    async fn update_installation_repositories(
+        &self,
+        installation_id: i64,
+        added: &[String],
+        removed: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// The repositories recorded for an installation, sorted.
+    async fn installation_repositories(
+        &self,
+        installation_id: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// The cached `.github/taskmaster.yml` of `repository`, if fetched before.
+    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError>;
+
+    /// Stores a fetched `.github/taskmaster.yml` (replacing the cached one).
+    async fn set_repo_config(
+        &self,
+        repository: &str,
+        record: &RepoConfigRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Drops the cached configuration of `repository` (a push touched it).
+    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError>;
+
+    /// Queues GitHub effects; an effect whose `(source, seq)` is already
+    /// queued is left alone. Returns how many were new.
+    async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError>;
+
+    /// Pending effects due at `now` (epoch ms), oldest first, at most `limit`.
+    async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError>;
+
+    /// Records how an attempt to send effect `id` ended.
+    async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError>;
+
+    /// The effects caused by `source`, in order (for tests, the API and dry runs).
+    async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError>;
+
+    /// Appends an entry to the audit log; returns its id. `entry.id` is ignored.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
+
+    /// Audit entries, newest first, with ids below `before_id` when given, at
+    /// most `limit`.
+    async fn audit_entries(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Opens the store named by `database_url` and applies migrations.

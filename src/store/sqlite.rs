@@ -29,6 +29,10 @@ use sqlx::sqlite::{
 };
 
 use super::{
+    ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
+    NewEffect, RepoConfigRecord,
+};
+use super::{
     Delivery, DeliveryResult, DeliveryState, EncodedPayload, InboxDepth, InsertOutcome,
     NewDelivery, PayloadEncoding, Store, StoreError, now_ms,
 };
@@ -1602,5 +1606,327 @@ impl RunStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(ControlOutcome::Changed)
+    }
+
+    async fn set_installation(
+        &self,
+        installation_id: i64,
+        account_login: Option<&str>,
+        state: InstallationState,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO installations (id, account_login, state, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO UPDATE SET \
+             account_login = COALESCE(excluded.account_login, installations.account_login), \
+             state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(installation_id)
+        .bind(account_login.map(str::to_owned))
+        .bind(state.as_str())
+        .bind(super::now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn installation_state(
+        &self,
+        installation_id: i64,
+    ) -> Result<Option<InstallationState>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM installations WHERE id = ?1")
+                .bind(installation_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|(s,)| {
+            InstallationState::parse(&s).ok_or_else(|| StoreError::Corrupt {
+                table: "installations",
+                detail: format!("unknown state `{s}`"),
+            })
+        })
+        .transpose()
+    }
+
+    async fn update_installation_repositories(
+        &self,
+        installation_id: i64,
+        added: &[String],
+        removed: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for repository in added {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, repository) \
+                 VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .bind(installation_id)
+            .bind(repository.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for repository in removed {
+            sqlx::query(
+                "DELETE FROM installation_repositories WHERE installation_id = ?1 AND repository = ?2",
+            )
+            .bind(installation_id)
+            .bind(repository.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn installation_repositories(
+        &self,
+        installation_id: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT repository FROM installation_repositories WHERE installation_id = ?1 \
+             ORDER BY repository",
+        )
+        .bind(installation_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
+        let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
+        )
+        .bind(repository.to_owned())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
+            body,
+            error,
+            fetched_at,
+        }))
+    }
+
+    async fn set_repo_config(
+        &self,
+        repository: &str,
+        record: &RepoConfigRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO repo_configs (repository, body, error, fetched_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (repository) DO UPDATE SET body = excluded.body, \
+             error = excluded.error, fetched_at = excluded.fetched_at",
+        )
+        .bind(repository.to_owned())
+        .bind(record.body.clone())
+        .bind(record.error.clone())
+        .bind(record.fetched_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM repo_configs WHERE repository = ?1")
+            .bind(repository.to_owned())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError> {
+        if effects.is_empty() {
+            return Ok(0);
+        }
+        let now = super::now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut added = 0;
+        for effect in effects {
+            added += sqlx::query(
+                "INSERT INTO github_effects (source, seq, installation_id, repository, kind, \
+                 target, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (source, seq) DO NOTHING",
+            )
+            .bind(effect.source.clone())
+            .bind(effect.seq)
+            .bind(effect.installation_id)
+            .bind(effect.repository.clone())
+            .bind(effect.kind.as_str())
+            .bind(effect.target)
+            .bind(effect.body.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError> {
+        let rows: Vec<EffectRow> = sqlx::query_as(
+            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
+             attempts, last_error, created_at FROM github_effects \
+             WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Effect::try_from).collect()
+    }
+
+    async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError> {
+        let now = super::now_ms();
+        let query = match outcome {
+            EffectOutcome::Sent | EffectOutcome::DryRun => sqlx::query(
+                "UPDATE github_effects SET state = ?2, sent_at = ?3, last_error = NULL WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(if *outcome == EffectOutcome::Sent {
+                EffectState::Sent.as_str()
+            } else {
+                EffectState::DryRun.as_str()
+            })
+            .bind(now),
+            EffectOutcome::Retry { error, retry_at } => sqlx::query(
+                "UPDATE github_effects SET attempts = attempts + 1, last_error = ?2, \
+                 next_attempt_at = ?3 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(error.clone())
+            .bind(*retry_at),
+            EffectOutcome::Failed(error) => sqlx::query(
+                "UPDATE github_effects SET state = 'failed', attempts = attempts + 1, \
+                 last_error = ?2 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(error.clone()),
+        };
+        query.execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError> {
+        let rows: Vec<EffectRow> = sqlx::query_as(
+            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
+             attempts, last_error, created_at FROM github_effects WHERE source = ?1 ORDER BY seq",
+        )
+        .bind(source.to_owned())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Effect::try_from).collect()
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
+        let row: (i64,) = sqlx::query_as(
+            "INSERT INTO audit_log (at, actor_kind, actor, action, target, outcome, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )
+        .bind(entry.at)
+        .bind(entry.actor_kind.as_str())
+        .bind(entry.actor.clone())
+        .bind(entry.action.clone())
+        .bind(entry.target.clone())
+        .bind(entry.outcome.clone())
+        .bind(entry.detail.as_ref().map(|d| d.to_string()))
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(row.0)
+    }
+
+    async fn audit_entries(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor_kind, actor, action, target, outcome, detail FROM audit_log \
+             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EffectRow {
+    id: i64,
+    source: String,
+    seq: i64,
+    installation_id: Option<i64>,
+    repository: String,
+    kind: String,
+    target: i64,
+    body: String,
+    state: String,
+    attempts: i64,
+    last_error: Option<String>,
+    created_at: i64,
+}
+
+impl TryFrom<EffectRow> for Effect {
+    type Error = StoreError;
+
+    fn try_from(row: EffectRow) -> Result<Self, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "github_effects",
+            detail,
+        };
+        Ok(Effect {
+            id: row.id,
+            kind: EffectKind::parse(&row.kind)
+                .ok_or_else(|| corrupt(format!("unknown kind `{}`", row.kind)))?,
+            state: EffectState::parse(&row.state)
+                .ok_or_else(|| corrupt(format!("unknown state `{}`", row.state)))?,
+            source: row.source,
+            seq: row.seq,
+            installation_id: row.installation_id,
+            repository: row.repository,
+            target: row.target,
+            body: row.body,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    actor_kind: String,
+    actor: String,
+    action: String,
+    target: Option<String>,
+    outcome: String,
+    detail: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "audit_log",
+            detail,
+        };
+        Ok(AuditEntry {
+            id: row.id,
+            at: row.at,
+            actor_kind: ActorKind::parse(&row.actor_kind)
+                .ok_or_else(|| corrupt(format!("unknown actor kind `{}`", row.actor_kind)))?,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            outcome: row.outcome,
+            detail: row
+                .detail
+                .map(|d| serde_json::from_str(&d))
+                .transpose()
+                .map_err(|e| corrupt(format!("detail is not JSON: {e}")))?,
+        })
     }
 }

@@ -1,0 +1,160 @@
+//! The App's own records in the store: installations, repository
+//! configuration cache, the GitHub-effects outbox and the audit log.
+
+use taskmaster::store::{
+    ActorKind, AuditEntry, EffectKind, EffectOutcome, EffectState, InstallationState, NewEffect,
+    RepoConfigRecord, RunStore, SqliteStore, Store,
+};
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("a.db").to_str().unwrap())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn installations_keep_their_latest_state_and_repositories() {
+    let (_dir, store) = store().await;
+    assert_eq!(store.installation_state(7).await.unwrap(), None);
+    store
+        .set_installation(7, Some("octo-org"), InstallationState::Active)
+        .await
+        .unwrap();
+    store
+        .set_installation(7, None, InstallationState::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.installation_state(7).await.unwrap(),
+        Some(InstallationState::Suspended)
+    );
+    store
+        .update_installation_repositories(7, &["o/b".into(), "o/a".into()], &[])
+        .await
+        .unwrap();
+    store
+        .update_installation_repositories(7, &["o/a".into()], &["o/b".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.installation_repositories(7).await.unwrap(),
+        vec!["o/a".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn repo_config_cache_is_replaced_and_forgotten() {
+    let (_dir, store) = store().await;
+    assert_eq!(store.repo_config("o/r").await.unwrap(), None);
+    let first = RepoConfigRecord {
+        body: Some("workflows: {}\n".into()),
+        error: None,
+        fetched_at: 10,
+    };
+    store.set_repo_config("o/r", &first).await.unwrap();
+    let second = RepoConfigRecord {
+        body: None,
+        error: None,
+        fetched_at: 20,
+    };
+    store.set_repo_config("o/r", &second).await.unwrap();
+    assert_eq!(store.repo_config("o/r").await.unwrap(), Some(second));
+    store.forget_repo_config("o/r").await.unwrap();
+    assert_eq!(store.repo_config("o/r").await.unwrap(), None);
+}
+
+fn effect(seq: i64, kind: EffectKind, body: &str) -> NewEffect {
+    NewEffect {
+        source: "delivery-1".into(),
+        seq,
+        installation_id: Some(3),
+        repository: "o/r".into(),
+        kind,
+        target: 12,
+        body: body.into(),
+    }
+}
+
+#[tokio::test]
+async fn effects_are_queued_once_per_source_and_seq_and_finish() {
+    let (_dir, store) = store().await;
+    let batch = vec![
+        effect(0, EffectKind::Reaction, "eyes"),
+        effect(1, EffectKind::Comment, "> /status\n\nhello"),
+    ];
+    assert_eq!(store.enqueue_effects(&batch).await.unwrap(), 2);
+    // The same delivery handled again adds nothing.
+    assert_eq!(store.enqueue_effects(&batch).await.unwrap(), 0);
+
+    let due = store.due_effects(i64::MAX, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].kind, EffectKind::Reaction);
+    assert_eq!(due[1].body, "> /status\n\nhello");
+
+    store
+        .finish_effect(
+            due[0].id,
+            &EffectOutcome::Retry {
+                error: "502".into(),
+                retry_at: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .finish_effect(due[1].id, &EffectOutcome::Sent)
+        .await
+        .unwrap();
+    assert!(store.due_effects(999, 10).await.unwrap().is_empty());
+    let retried = store.due_effects(1_000, 10).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(retried[0].last_error.as_deref(), Some("502"));
+    store
+        .finish_effect(retried[0].id, &EffectOutcome::DryRun)
+        .await
+        .unwrap();
+
+    let all = store.effects_for("delivery-1").await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.state).collect::<Vec<_>>(),
+        vec![EffectState::DryRun, EffectState::Sent]
+    );
+}
+
+#[tokio::test]
+async fn audit_log_pages_newest_first() {
+    let (_dir, store) = store().await;
+    for i in 0..5 {
+        let id = store
+            .append_audit(&AuditEntry {
+                id: 0,
+                at: 100 + i,
+                actor_kind: ActorKind::GithubUser,
+                actor: "octocat".into(),
+                action: "command.retry".into(),
+                target: Some(format!("run:{i}")),
+                outcome: "ok".into(),
+                detail: Some(serde_json::json!({ "step": "review" })),
+            })
+            .await
+            .unwrap();
+        assert!(id > 0);
+    }
+    let page = store.audit_entries(None, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.at).collect::<Vec<_>>(),
+        vec![104, 103]
+    );
+    let next = store.audit_entries(Some(page[1].id), 10).await.unwrap();
+    assert_eq!(next.len(), 3);
+    assert_eq!(next[0].at, 102);
+    assert_eq!(
+        next[0].detail,
+        Some(serde_json::json!({ "step": "review" }))
+    );
+    assert_eq!(next[0].actor_kind, ActorKind::GithubUser);
+}

@@ -321,6 +321,9 @@ impl Outbox {
 /// durations.
 pub fn fingerprint(snapshot: &RunSnapshot) -> String {
     let mut out = snapshot.run.state.as_str().to_owned();
+    if snapshot.run.waiting_approval {
+        out.push_str("+waiting_approval");
+    }
     for step in &snapshot.steps {
         out.push_str(&format!(
             "|{}:{}:{}",
@@ -363,6 +366,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
     let all_skipped =
         !steps.is_empty() && steps.iter().all(|s| s.state == ReportStepState::Skipped);
     let state = match run.state {
+        RunState::Queued if run.waiting_approval => ReportRunState::WaitingForApproval,
         RunState::Queued => ReportRunState::Queued,
         RunState::Running => ReportRunState::Running,
         RunState::Paused => ReportRunState::Paused,

@@ -40,6 +40,7 @@ pub fn new_run(
     delivery_id: &str,
     reason: &str,
     classification: Option<Classification>,
+    needs_approval: Option<String>,
     estimates: &HashMap<String, i64>,
     default_estimate_ms: i64,
 ) -> NewRun {
@@ -89,6 +90,7 @@ pub fn new_run(
             .is_some_and(|c| c.cancel_in_progress),
         max_parallel: workflow.max_parallel,
         timeout_ms: workflow.timeout.map(|t| t.as_millis() as i64),
+        needs_approval,
         steps: workflow
             .steps
             .iter()
@@ -152,6 +154,7 @@ impl DeliveryHandler for RoutingHandler {
                 &delivery.delivery_id,
                 &d.reason,
                 d.classification,
+                d.approval,
                 &estimates,
                 self.default_estimate_ms,
             ));
@@ -226,6 +229,7 @@ impl Engine {
             delivery_id,
             "started directly (taskmaster run)",
             classification,
+            None,
             &estimates,
             self.inner.config.default_estimate_ms,
         );

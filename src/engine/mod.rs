@@ -611,4 +611,20 @@ impl Engine {
         }
         Ok(outcome)
     }
+
+    /// Approve a run that waits for a maintainer (untrusted work): its steps
+    /// may start now. `by` is the approver's login. Idempotent.
+    pub async fn approve(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.approve_run(run_id, by).await?;
+        if outcome == ControlOutcome::Changed {
+            self.publish(Transition::Run {
+                run_id,
+                state: RunState::Queued,
+                reason: format!("approved by @{by}"),
+            });
+            self.settle(run_id).await?;
+            self.wake();
+        }
+        Ok(outcome)
+    }
 }

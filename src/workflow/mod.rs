@@ -28,7 +28,7 @@ use crate::classify::{Priority, TaskType};
 
 pub mod duration;
 pub mod expr;
-mod schema;
+pub(crate) mod schema;
 pub mod template;
 mod validate;
 

@@ -342,7 +342,17 @@ impl AppHandler {
                 level_name(needed)
             )));
         }
-        let has = self.permission(inv).await?;
+        let has = match self.permission(inv).await {
+            Ok(p) => p,
+            Err(HandlerError::Permanent(e)) => {
+                tracing::error!(user = %inv.actor.login, error = %e, "cannot check a user's permission");
+                return Ok(Err(
+                    "taskmaster could not check your permission on this repository, so it did nothing."
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         if has >= needed {
             Ok(Ok(()))
         } else {

@@ -488,7 +488,7 @@ pub struct RunEvent {
     pub at: i64,
     /// What happened. Run: `run_created`, `run_started`, `run_paused`,
     /// `run_resumed`, `cancel_requested`, `run_timed_out`, `retry_requested`,
-    /// `run_finished`. Step: `step_ready`, `step_skipped`, `step_cancelled`,
+    /// `run_finished`, `approval_required`, `run_approved`. Step: `step_ready`, `step_skipped`, `step_cancelled`,
     /// `step_failed` (planner), `attempt_started`, `step_succeeded`, and the
     /// executor's decisions `retry`, `fallback`, `give_up`,
     /// `wait_for_circuit`, `released` (shutdown), plus the reaper's

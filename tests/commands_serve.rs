@@ -508,3 +508,143 @@ async fn a_fork_pull_request_runs_nothing_until_approved() {
         "{events:#?}"
     );
 }
+
+/// A `check_run` or `check_suite` event of ours from a fixture, about
+/// `Codertocat/Hello-World` and sent by `login`.
+fn check_event(name: &str, login: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture(&format!("{name}.json"))).unwrap();
+    let pr: Value = serde_json::from_slice(&pr_opened(false)).unwrap();
+    v["repository"] = pr["repository"].clone();
+    v["installation"] = json!({ "id": 42 });
+    let id = if login == "reader" { 7001 } else { 7002 };
+    v["sender"] = json!({ "login": login, "id": id, "type": "User" });
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn re_runs_and_buttons_from_github_act_on_our_runs() {
+    const SHA: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+    let server = github().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let (service, db) = start(dir.path(), &server, &gate);
+    let store = open_store(&db).await;
+
+    deliver(&service, "pull_request", "rr-pr-1", &pr_opened(false)).await;
+    wait_for("the run to fail", &service, || async {
+        newest_run(&store).await.is_some_and(|r| r.0 == "failed")
+    })
+    .await;
+    let first = store
+        .subject_runs("Codertocat/Hello-World", 2, 1)
+        .await
+        .unwrap()[0];
+
+    // A reader presses "Retry failed": refused, with a reply on the PR.
+    let button = check_event("check_run.requested_action", "reader", |v| {
+        v["check_run"]["app"]["id"] = 12345.into();
+        v["check_run"]["external_id"] = first.to_string().into();
+        v["check_run"]["name"] = "taskmaster / review".into();
+        v["check_run"]["head_sha"] = SHA.into();
+        v["requested_action"] = json!({ "identifier": "retry" });
+    });
+    deliver(&service, "check_run", "rr-button-1", &button).await;
+    wait_for("the refusal", &service, || async {
+        !replies(&server).await.is_empty()
+    })
+    .await;
+    let refusal = replies(&server).await.remove(0);
+    assert!(
+        refusal.starts_with("> /retry (from the check run)"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("needs write access"), "{refusal}");
+    assert_eq!(newest_run(&store).await.unwrap().0, "failed");
+
+    // A maintainer clicks Re-run on the check run: the failed step runs again.
+    std::fs::write(&gate, "").unwrap();
+    let rerun = check_event("check_run.rerequested", "maintainer", |v| {
+        v["check_run"]["app"]["id"] = 12345.into();
+        v["check_run"]["external_id"] = first.to_string().into();
+        v["check_run"]["name"] = "taskmaster / review".into();
+        v["check_run"]["head_sha"] = SHA.into();
+    });
+    deliver(&service, "check_run", "rr-rerun-1", &rerun).await;
+    wait_for("the retried run to succeed", &service, || async {
+        newest_run(&store).await.is_some_and(|r| r.0 == "succeeded")
+    })
+    .await;
+    assert_eq!(
+        store
+            .subject_runs("Codertocat/Hello-World", 2, 10)
+            .await
+            .unwrap(),
+        [first],
+        "a retry, not a new run"
+    );
+
+    // "Re-run all checks" on a fork PR's suite (no pull_requests): the
+    // commit finds the run; it has nothing to retry, so it runs afresh.
+    let suite = check_event("check_suite.rerequested", "maintainer", |v| {
+        v["check_suite"]["app"]["id"] = 12345.into();
+        v["check_suite"]["head_sha"] = SHA.into();
+        v["check_suite"]["pull_requests"] = json!([]);
+    });
+    deliver(&service, "check_suite", "rr-suite-1", &suite).await;
+    wait_for("a fresh run to succeed", &service, || async {
+        let ids = store
+            .subject_runs("Codertocat/Hello-World", 2, 10)
+            .await
+            .unwrap();
+        ids.len() == 2 && newest_run(&store).await.is_some_and(|r| r.0 == "succeeded")
+    })
+    .await;
+
+    // Another app's check run is not ours: nothing happens.
+    let foreign = check_event("check_run.rerequested", "maintainer", |v| {
+        v["check_run"]["external_id"] = first.to_string().into();
+    });
+    deliver(&service, "check_run", "rr-foreign-1", &foreign).await;
+    wait_for("the foreign re-run to be ignored", &service, || async {
+        store
+            .delivery("rr-foreign-1")
+            .await
+            .unwrap()
+            .is_some_and(|d| {
+                d.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not about a run of ours"))
+            })
+    })
+    .await;
+
+    let audit: Vec<(String, String, String)> = store
+        .audit_entries(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| (e.actor.clone(), e.action.clone(), e.outcome.clone()))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            (
+                "reader".into(),
+                "check_run.requested_action".into(),
+                "refused".into()
+            ),
+            (
+                "maintainer".into(),
+                "check_run.rerequested".into(),
+                "ok".into()
+            ),
+            (
+                "maintainer".into(),
+                "check_suite.rerequested".into(),
+                "ok".into()
+            ),
+        ]
+    );
+}

@@ -232,6 +232,7 @@ impl AppHandler {
                 store.clone(),
                 github.clone(),
                 workflows,
+                engine.agent_names(),
                 config.repo_config_ttl_ms,
             ),
             permissions: PermissionCache::new(config.permission_ttl),
@@ -617,7 +618,8 @@ impl AppHandler {
         name: &str,
         config: &Loaded,
     ) -> Result<Outcome, HandlerError> {
-        let workflows = self.engine.workflows();
+        let overridden = config.config.apply(self.engine.workflows());
+        let workflows = overridden.as_ref().unwrap_or(self.engine.workflows());
         let wf = workflows.get(name).or_else(|| {
             workflows.iter().find(|w| {
                 w.triggers
@@ -915,18 +917,20 @@ impl DeliveryHandler for AppHandler {
             }
             _ => {}
         }
-        let handled = self.routing.handle(delivery).await?;
-        let Handled::Start(runs) = handled else {
-            return Ok(handled);
-        };
-        let repository = event.repository().map(|r| r.full_name.clone());
-        let Some(repository) = repository else {
-            return Ok(Handled::Start(runs));
+        let Some(repository) = event.repository().map(|r| r.full_name.clone()) else {
+            return self.routing.handle(delivery).await;
         };
         let config = self
             .configs
             .get(delivery.installation_id, &repository)
             .await;
+        let handled = match config.config.apply(self.engine.workflows()) {
+            Some(set) => self.routing.route_with(delivery, &set).await?,
+            None => self.routing.handle(delivery).await?,
+        };
+        let Handled::Start(runs) = handled else {
+            return Ok(handled);
+        };
         if let (Some(error), Some(number)) = (&config.error, runs[0].subject_number) {
             // Reported once per distinct broken file (keyed by its text).
             let inv = Invocation {

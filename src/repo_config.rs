@@ -5,6 +5,16 @@
 //! # .github/taskmaster.yml
 //! workflows:
 //!   pr_processing: { enabled: false }   # this repository opts out
+//!   review:
+//!     pull_request:                     # trigger overrides (each optional)
+//!       actions: [opened, synchronize]
+//!       branches: [main, "release/*"]
+//!       drafts: false
+//!       forks: false
+//!       bots: false
+//!     agents: { claude-code: aider }    # use another configured agent
+//!   triage:
+//!     issues: { actions: [opened, labeled], bots: false }
 //! commands:                             # who may use each command
 //!   retry: triage                       # none | read | triage | write | maintain | admin
 //!   run: maintain
@@ -39,9 +49,83 @@ pub struct RepoConfig {
     pub enabled: BTreeMap<String, bool>,
     /// `commands.<name>`: the permission a command needs here.
     pub commands: BTreeMap<String, Permission>,
+    /// `workflows.<name>.pull_request` / `.issues`: trigger overrides.
+    pub triggers: BTreeMap<String, TriggerOverride>,
+    /// `workflows.<name>.agents`: agent substitutions (`from → to`), applied
+    /// to each step's agent and fallbacks.
+    pub agents: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A repository's changes to one workflow's triggers; `None` keeps the
+/// workflow's own value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerOverride {
+    /// `pull_request.actions`.
+    pub pr_actions: Option<Vec<String>>,
+    /// `pull_request.branches` (base branch globs).
+    pub branches: Option<Vec<String>>,
+    /// `pull_request.drafts`.
+    pub drafts: Option<bool>,
+    /// `pull_request.forks`.
+    pub forks: Option<bool>,
+    /// `pull_request.bots`.
+    pub pr_bots: Option<bool>,
+    /// `issues.actions`.
+    pub issue_actions: Option<Vec<String>>,
+    /// `issues.bots`.
+    pub issue_bots: Option<bool>,
 }
 
 impl RepoConfig {
+    /// `set` with this repository's trigger and agent overrides applied, or
+    /// `None` when it has none (use `set` as it is).
+    pub fn apply(&self, set: &WorkflowSet) -> Option<WorkflowSet> {
+        if self.triggers.is_empty() && self.agents.is_empty() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for wf in set.iter() {
+            let trigger = self.triggers.get(&wf.name);
+            let agents = self.agents.get(&wf.name);
+            if trigger.is_none() && agents.is_none() {
+                continue;
+            }
+            let mut wf = wf.clone();
+            if let Some(t) = trigger {
+                if let Some(pr) = wf.triggers.pull_request.as_mut() {
+                    if let Some(actions) = &t.pr_actions {
+                        pr.actions = actions.clone();
+                    }
+                    if let Some(branches) = &t.branches {
+                        pr.set_branches(branches.clone());
+                    }
+                    pr.drafts = t.drafts.unwrap_or(pr.drafts);
+                    pr.forks = t.forks.unwrap_or(pr.forks);
+                    pr.bots = t.pr_bots.unwrap_or(pr.bots);
+                }
+                if let Some(issues) = wf.triggers.issues.as_mut() {
+                    if let Some(actions) = &t.issue_actions {
+                        issues.actions = actions.clone();
+                    }
+                    issues.bots = t.issue_bots.unwrap_or(issues.bots);
+                }
+            }
+            if let Some(map) = agents {
+                let swap = |a: &mut String| {
+                    if let Some(to) = map.get(a.as_str()) {
+                        *a = to.clone();
+                    }
+                };
+                for step in &mut wf.steps {
+                    swap(&mut step.agent);
+                    step.fallback.iter_mut().for_each(swap);
+                }
+            }
+            changed.push(wf);
+        }
+        Some(set.with_replaced(changed))
+    }
+
     /// Whether `workflow` runs in this repository, given its service-wide
     /// `enabled` flag.
     pub fn workflow_enabled(&self, workflow: &str, default: bool) -> bool {
@@ -83,17 +167,51 @@ struct RawConfig {
 struct RawWorkflow {
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    pull_request: Option<Spanned<RawPullRequest>>,
+    #[serde(default)]
+    issues: Option<Spanned<RawIssues>>,
+    #[serde(default)]
+    agents: OrderedMap<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPullRequest {
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    branches: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    drafts: Option<bool>,
+    #[serde(default)]
+    forks: Option<bool>,
+    #[serde(default)]
+    bots: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssues {
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    bots: Option<bool>,
 }
 
 const LEVELS: &[&str] = &["none", "read", "triage", "write", "maintain", "admin"];
 
 /// Parses `.github/taskmaster.yml`. `workflows` is the service's workflow
-/// set: naming a workflow it does not have is an error (a typo would
-/// otherwise silently change nothing).
+/// set and `agents` its agents' names: naming a workflow or agent it does
+/// not have is an error (a typo would otherwise silently change nothing).
 ///
 /// # Errors
 /// [`ConfigError`] with the line and column of the first problem.
-pub fn parse(text: &str, workflows: &WorkflowSet) -> Result<RepoConfig, ConfigError> {
+pub fn parse(
+    text: &str,
+    workflows: &WorkflowSet,
+    agents: &[String],
+) -> Result<RepoConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(RepoConfig::default());
     }
@@ -113,6 +231,11 @@ pub fn parse(text: &str, workflows: &WorkflowSet) -> Result<RepoConfig, ConfigEr
     let at = |s: &Spanned<String>, message: String| ConfigError {
         line: s.referenced.line(),
         column: s.referenced.column(),
+        message,
+    };
+    let at_loc = |l: &serde_saphyr::Location, message: String| ConfigError {
+        line: l.line(),
+        column: l.column(),
         message,
     };
     let mut config = RepoConfig::default();
@@ -136,8 +259,85 @@ pub fn parse(text: &str, workflows: &WorkflowSet) -> Result<RepoConfig, ConfigEr
                 ),
             ));
         }
+        let Some(def) = workflows.get(&name.value) else {
+            continue;
+        };
         if let Some(enabled) = wf.enabled {
-            config.enabled.insert(name.value, enabled);
+            config.enabled.insert(name.value.clone(), enabled);
+        }
+        let mut trigger = TriggerOverride::default();
+        let mut has_trigger = false;
+        if let Some(pr) = wf.pull_request {
+            if def.triggers.pull_request.is_none() {
+                return Err(at_loc(
+                    &pr.referenced,
+                    format!(
+                        "workflow `{}` has no pull_request trigger to change",
+                        name.value
+                    ),
+                ));
+            }
+            let pr_at = pr.referenced;
+            let pr = pr.value;
+            if let Some(branches) = &pr.branches {
+                for b in branches {
+                    if let Err(e) = globset::Glob::new(&b.value) {
+                        return Err(at(
+                            b,
+                            format!("`{}` is not a valid branch glob: {}", b.value, e.kind()),
+                        ));
+                    }
+                }
+            }
+            if let Some(actions) = &pr.actions
+                && actions.is_empty()
+            {
+                return Err(at_loc(
+                    &pr_at,
+                    "`actions` must list at least one action".into(),
+                ));
+            }
+            trigger.pr_actions = pr.actions;
+            trigger.branches = pr
+                .branches
+                .map(|b| b.into_iter().map(|s| s.value).collect());
+            trigger.drafts = pr.drafts;
+            trigger.forks = pr.forks;
+            trigger.pr_bots = pr.bots;
+            has_trigger = true;
+        }
+        if let Some(issues) = wf.issues {
+            if def.triggers.issues.is_none() {
+                return Err(at_loc(
+                    &issues.referenced,
+                    format!("workflow `{}` has no issues trigger to change", name.value),
+                ));
+            }
+            trigger.issue_actions = issues.value.actions;
+            trigger.issue_bots = issues.value.bots;
+            has_trigger = true;
+        }
+        if has_trigger {
+            config.triggers.insert(name.value.clone(), trigger);
+        }
+        let mut swaps = BTreeMap::new();
+        for (from, to) in wf.agents.entries {
+            for a in [&from, &to] {
+                if !agents.iter().any(|x| x == &a.value) {
+                    return Err(at(
+                        a,
+                        format!(
+                            "no agent named `{}` (agents: {})",
+                            a.value,
+                            agents.join(", ")
+                        ),
+                    ));
+                }
+            }
+            swaps.insert(from.value, to.value);
+        }
+        if !swaps.is_empty() {
+            config.agents.insert(name.value, swaps);
         }
     }
     for (name, level) in raw.commands.entries {
@@ -187,21 +387,25 @@ pub struct RepoConfigs {
     store: Arc<dyn RunStore>,
     github: Arc<dyn GitHub>,
     workflows: Arc<WorkflowSet>,
+    agents: Vec<String>,
     ttl_ms: i64,
 }
 
 impl RepoConfigs {
-    /// A cache whose entries are fetched again after `ttl_ms` milliseconds.
+    /// A cache whose entries are fetched again after `ttl_ms` milliseconds;
+    /// files are checked against `workflows` and the agent names `agents`.
     pub fn new(
         store: Arc<dyn RunStore>,
         github: Arc<dyn GitHub>,
         workflows: Arc<WorkflowSet>,
+        agents: Vec<String>,
         ttl_ms: i64,
     ) -> Self {
         Self {
             store,
             github,
             workflows,
+            agents,
             ttl_ms,
         }
     }
@@ -226,7 +430,7 @@ impl RepoConfigs {
                 Ok(body) => {
                     let error = body
                         .as_deref()
-                        .and_then(|b| parse(b, &self.workflows).err())
+                        .and_then(|b| parse(b, &self.workflows, &self.agents).err())
                         .map(|e| e.to_string());
                     let record = RepoConfigRecord {
                         body,
@@ -266,7 +470,11 @@ impl RepoConfigs {
     }
 
     fn load(&self, record: &RepoConfigRecord) -> Loaded {
-        match record.body.as_deref().map(|b| parse(b, &self.workflows)) {
+        match record
+            .body
+            .as_deref()
+            .map(|b| parse(b, &self.workflows, &self.agents))
+        {
             None => Loaded::default(),
             Some(Ok(config)) => Loaded {
                 config,

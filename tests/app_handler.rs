@@ -78,9 +78,10 @@ fn repo() -> RepoName {
 }
 
 async fn world(github: RecordingGitHub) -> World {
-    let set = workflows(&[REVIEW, TRIAGE], &["worker"]);
+    let set = workflows(&[REVIEW, TRIAGE], &["worker", "other"]);
     let agent = Scripted::new("worker", Act::Ok(Duration::from_millis(1), "ok"));
-    let t = TestEngine::start(set, AgentMap::new().with(agent), fast_config()).await;
+    let other = Scripted::new("other", Act::Ok(Duration::from_millis(1), "ok"));
+    let t = TestEngine::start(set, AgentMap::new().with(agent).with(other), fast_config()).await;
     let github = Arc::new(github);
     let handler = AppHandler::new(
         t.store.clone(),
@@ -430,7 +431,12 @@ async fn status_lists_the_runs_and_dry_run_records_instead_of_sending() {
 #[test]
 fn config_errors_name_the_line_and_column() {
     let set = workflows(&[REVIEW], &["worker"]);
-    let err = |text: &str| repo_config::parse(text, &set).unwrap_err().to_string();
+    let agents = ["worker".to_string()];
+    let err = |text: &str| {
+        repo_config::parse(text, &set, &agents)
+            .unwrap_err()
+            .to_string()
+    };
     assert_eq!(
         err("workflows:\n  reveiw: { enabled: false }\n"),
         ".github/taskmaster.yml:2:3: no workflow named `reveiw` (known: review)"
@@ -444,12 +450,84 @@ fn config_errors_name_the_line_and_column() {
         unknown.starts_with(".github/taskmaster.yml:1:1: "),
         "{unknown}"
     );
+    assert_eq!(
+        err("workflows:\n  review:\n    agents: { worker: gpt }\n"),
+        ".github/taskmaster.yml:3:23: no agent named `gpt` (agents: worker)"
+    );
+    assert_eq!(
+        err("workflows:\n  review:\n    issues: { actions: [opened] }\n"),
+        ".github/taskmaster.yml:3:13: workflow `review` has no issues trigger to change"
+    );
+    let glob = err("workflows:\n  review:\n    pull_request: { branches: [\"[oops\"] }\n");
+    assert!(
+        glob.starts_with(".github/taskmaster.yml:3:32: `[oops` is not a valid branch glob"),
+        "{glob}"
+    );
     let ok = repo_config::parse(
         "commands: { RETRY: Admin }\nworkflows: { review: { enabled: true } }",
         &set,
+        &agents,
     )
     .unwrap();
     assert_eq!(ok.commands.get("retry"), Some(&Permission::Admin));
     assert!(ok.workflow_enabled("review", false));
-    assert_eq!(repo_config::parse("", &set).unwrap(), RepoConfig::default());
+    assert_eq!(
+        repo_config::parse("", &set, &agents).unwrap(),
+        RepoConfig::default()
+    );
+}
+
+#[tokio::test]
+async fn a_repository_can_change_triggers_and_agents() {
+    let w = world(RecordingGitHub::new()).await;
+    // The fixture's PR targets `master`: a `main`-only repository skips it.
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    pull_request: { branches: [main] }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-1", &pr_opened()))
+        .await
+        .unwrap();
+    assert!(matches!(h, Handled::Ignored(_)), "{h:?}");
+
+    w.t.store
+        .forget_repo_config("Codertocat/Hello-World")
+        .await
+        .unwrap();
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    pull_request: { actions: [closed], branches: [master] }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-2", &pr_opened()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h, Handled::Ignored(_)),
+        "only `closed` starts it now: {h:?}"
+    );
+
+    w.t.store
+        .forget_repo_config("Codertocat/Hello-World")
+        .await
+        .unwrap();
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    agents: { worker: other }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-3", &pr_opened()))
+        .await
+        .unwrap();
+    let Handled::Start(runs) = h else {
+        panic!("{h:?}")
+    };
+    assert_eq!(runs[0].steps[0].agent, "other", "the repository's agent");
 }

@@ -130,12 +130,20 @@ impl RoutingHandler {
     }
 }
 
-#[async_trait]
-impl DeliveryHandler for RoutingHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+impl RoutingHandler {
+    /// Routes `delivery` against `set` (the loaded workflows, or a
+    /// repository's overridden copy of them).
+    ///
+    /// # Errors
+    /// A payload that does not parse (permanent), or the store.
+    pub async fn route_with(
+        &self,
+        delivery: &Delivery,
+        set: &WorkflowSet,
+    ) -> Result<Handled, HandlerError> {
         let event = Event::parse(&delivery.event, &delivery.payload)
             .map_err(|e| HandlerError::Permanent(format!("the payload does not parse: {e}")))?;
-        let decisions = route(&event, &self.workflows);
+        let decisions = route(&event, set);
         let mut runs = Vec::new();
         let mut held = Vec::new();
         for d in decisions {
@@ -143,12 +151,12 @@ impl DeliveryHandler for RoutingHandler {
                 held.push(format!("{}: {}", d.workflow, d.reason));
                 continue;
             }
-            let Some(wf) = self.workflows.get(&d.workflow) else {
+            let Some(wf) = set.get(&d.workflow) else {
                 continue;
             };
             let estimates = self.store.step_estimates(&wf.name).await?;
             runs.push(new_run(
-                &self.workflows,
+                set,
                 wf,
                 &event,
                 &delivery.delivery_id,
@@ -169,6 +177,13 @@ impl DeliveryHandler for RoutingHandler {
         }
         tracing::info!(delivery = %delivery.delivery_id, runs = runs.len(), "starting runs");
         Ok(Handled::Start(runs))
+    }
+}
+
+#[async_trait]
+impl DeliveryHandler for RoutingHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        self.route_with(delivery, &self.workflows).await
     }
 
     async fn committed(&self) {

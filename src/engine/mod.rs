@@ -255,6 +255,13 @@ impl Engine {
         self.inner.wake.notify_one();
     }
 
+    /// The names of the agents steps may use, sorted.
+    pub fn agent_names(&self) -> Vec<String> {
+        let mut names = self.inner.agents.names();
+        names.sort();
+        names
+    }
+
     /// Each agent's circuit-breaker state (agents never used are closed).
     pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
         self.inner.breakers.snapshot()

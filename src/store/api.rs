@@ -275,6 +275,9 @@ pub struct StoreCounts {
     pub effects_pending: i64,
     /// Runs whose current state GitHub has not been shown yet.
     pub reports_pending: i64,
+    /// Finished runs by workflow: (workflow, how many, their summed
+    /// duration from creation to outcome in ms).
+    pub finished_runs: Vec<(String, i64, i64)>,
 }
 
 /// Attempts of one agent since some instant.

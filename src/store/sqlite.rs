@@ -1893,7 +1893,10 @@ impl RunStore for SqliteStore {
         api::task(&self.reader, id).await
     }
 
-    async fn tasks(&self, filter: &super::TaskFilter) -> Result<Vec<super::TaskRecord>, StoreError> {
+    async fn tasks(
+        &self,
+        filter: &super::TaskFilter,
+    ) -> Result<Vec<super::TaskRecord>, StoreError> {
         api::tasks(&self.reader, filter).await
     }
 

@@ -169,7 +169,11 @@ async fn receive_inner(
     // 1. Authenticate the raw bytes before looking at anything in them.
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
     if let Err(e) = state.secrets.verify(signature, &body) {
-        return (reject(StatusCode::UNAUTHORIZED, None, e.to_string()), None, "rejected");
+        return (
+            reject(StatusCode::UNAUTHORIZED, None, e.to_string()),
+            None,
+            "rejected",
+        );
     }
 
     // 2. Delivery headers.

@@ -9,9 +9,9 @@ use sqlx::{QueryBuilder, Sqlite};
 
 use super::{RunRow, corrupt};
 use crate::store::api::{
-    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter,
-    StoreCounts, TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter,
-    ValidationKind, ValidationRecord, Verdict,
+    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
+    TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
+    ValidationRecord, Verdict,
 };
 use crate::store::{Run, StoreError};
 
@@ -190,7 +190,8 @@ pub(super) async fn create_task(pool: &SqlitePool, t: &NewTask) -> Result<TaskRe
 }
 
 pub(super) async fn task(pool: &SqlitePool, id: i64) -> Result<Option<TaskRecord>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = "));
+    let mut q =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = "));
     q.push_bind(id);
     let row: Option<TaskRow> = q.build_query_as().fetch_optional(pool).await?;
     row.map(TaskRecord::try_from).transpose()
@@ -200,7 +201,8 @@ pub(super) async fn tasks(
     pool: &SqlitePool,
     f: &TaskFilter,
 ) -> Result<Vec<TaskRecord>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < "));
+    let mut q =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < "));
     q.push_bind(f.before_id.unwrap_or(i64::MAX));
     if let Some(repo) = &f.repository {
         q.push(" AND repository = ").push_bind(repo.clone());
@@ -364,8 +366,15 @@ pub(super) async fn store_counts(pool: &SqlitePool) -> Result<StoreCounts, Store
     )
     .fetch_one(&mut *tx)
     .await?;
+    let finished_runs: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT workflow, COUNT(*), COALESCE(SUM(finished_at - created_at), 0) FROM runs \
+         WHERE finished_at IS NOT NULL GROUP BY workflow",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(StoreCounts {
+        finished_runs,
         deliveries,
         runs,
         steps,
@@ -378,11 +387,10 @@ pub(super) async fn agent_attempt_stats(
     pool: &SqlitePool,
     since: i64,
 ) -> Result<Vec<AgentAttemptStats>, StoreError> {
-    let in_flight: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT agent, COUNT(*) FROM attempts WHERE outcome IS NULL GROUP BY agent",
-    )
-    .fetch_all(pool)
-    .await?;
+    let in_flight: Vec<(String, i64)> =
+        sqlx::query_as("SELECT agent, COUNT(*) FROM attempts WHERE outcome IS NULL GROUP BY agent")
+            .fetch_all(pool)
+            .await?;
     let finished: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT agent, outcome, COALESCE(duration_ms, finished_at - started_at, 0) \
          FROM attempts WHERE outcome IS NOT NULL AND finished_at >= ?1 \
@@ -401,10 +409,12 @@ pub(super) async fn agent_attempt_stats(
             .in_flight = n;
     }
     for (agent, outcome, ms) in finished {
-        let s = out.entry(agent.clone()).or_insert_with(|| AgentAttemptStats {
-            agent,
-            ..Default::default()
-        });
+        let s = out
+            .entry(agent.clone())
+            .or_insert_with(|| AgentAttemptStats {
+                agent,
+                ..Default::default()
+            });
         s.finished += 1;
         if outcome == "succeeded" {
             s.succeeded += 1;

@@ -19,6 +19,18 @@ use super::error::{ApiResult, Problem};
 use crate::engine::BreakerState;
 use crate::store::now_ms;
 
+/// URLs in a probe's message, with their user info and query: shown
+/// without them (an endpoint may carry a credential there).
+static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/@\s]*@)?([^\s?#]*)(?:[?#][^\s)]*)?")
+        .expect("valid regex")
+});
+
+/// `text` with every URL's user info, query and fragment removed.
+fn scrub_urls(text: &str) -> String {
+    URL.replace_all(text, "$1$2").into_owned()
+}
+
 /// How long one health probe may take.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 /// The window of the success rate and percentiles, ms.
@@ -73,7 +85,7 @@ fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
 }
 
 /// List the agents with their health, circuit state, load and track record.
-#[utoipa::path(get, path = "/api/agents", tag = "agents",
+#[utoipa::path(get, operation_id = "list_agents", path = "/api/agents", tag = "agents",
     responses(
         (status = 200, description = "Every configured agent", body = Vec<AgentView>),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
@@ -103,7 +115,7 @@ pub async fn list(
                     Ok(h) => AgentHealth {
                         reachable: h.reachable,
                         latency_ms: h.latency.as_millis() as u64,
-                        detail: h.detail,
+                        detail: scrub_urls(&h.detail),
                     },
                     Err(_) => AgentHealth {
                         reachable: false,
@@ -152,6 +164,14 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::percentile;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            super::scrub_urls("at http://u:pw@h:1/p?key=s3 failed (x https://h/q?t=1/status)"),
+            "at http://h:1/p failed (x https://h/q)"
+        );
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -34,7 +34,7 @@ use crate::store::now_ms;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The Prometheus metrics of this service.
-#[utoipa::path(get, path = "/api/metrics", tag = "service",
+#[utoipa::path(get, operation_id = "get_metrics", path = "/api/metrics", tag = "service",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
         (status = 401, description = "No valid token (when metrics are not public)", body = Problem, content_type = "application/problem+json"),

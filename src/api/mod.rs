@@ -186,7 +186,7 @@ impl Modify for BearerScheme {
 }
 
 /// This API's OpenAPI 3.1 description.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "service",
+#[utoipa::path(get, operation_id = "get_openapi", path = "/api/openapi.json", tag = "service",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)),
     security(()))]
 async fn openapi_json() -> Response {
@@ -200,7 +200,7 @@ async fn openapi_json() -> Response {
 }
 
 /// Liveness: version, database status and inbox depth (no token needed).
-#[utoipa::path(get, path = "/api/health", tag = "service",
+#[utoipa::path(get, operation_id = "get_health", path = "/api/health", tag = "service",
     responses(
         (status = 200, description = "Up", body = Health),
         (status = 503, description = "The database is unreachable", body = Health),

@@ -153,7 +153,7 @@ fn parse_state(s: &str) -> Result<TaskState, Problem> {
 }
 
 /// List tasks, newest first.
-#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(TaskQuery),
+#[utoipa::path(get, operation_id = "list_tasks", path = "/api/tasks", tag = "tasks", params(TaskQuery),
     responses(
         (status = 200, description = "A page of tasks", body = TaskPage),
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
@@ -184,7 +184,7 @@ pub async fn list(
 }
 
 /// Create a task from natural-language text, classified as an issue would be.
-#[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = CreateTask,
+#[utoipa::path(post, operation_id = "create_task", path = "/api/tasks", tag = "tasks", request_body = CreateTask,
     responses(
         (status = 201, description = "The task, classified", body = TaskView),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
@@ -246,7 +246,7 @@ pub async fn create(
 }
 
 /// Change a task: its text (classified again), its state, its run.
-#[utoipa::path(put, path = "/api/tasks/{id}", tag = "tasks",
+#[utoipa::path(put, operation_id = "update_task", path = "/api/tasks/{id}", tag = "tasks",
     params(("id" = i64, Path, description = "The task id")),
     request_body = UpdateTask,
     responses(
@@ -301,7 +301,7 @@ pub async fn update(
 }
 
 /// The run linked to a task, with its steps, attempts and timeline.
-#[utoipa::path(get, path = "/api/tasks/{id}/workflow", tag = "tasks",
+#[utoipa::path(get, operation_id = "get_task_run", path = "/api/tasks/{id}/workflow", tag = "tasks",
     params(("id" = i64, Path, description = "The task id")),
     responses(
         (status = 200, description = "The task's run", body = RunDetail),

@@ -121,7 +121,7 @@ pub struct AuditQuery {
 }
 
 /// List API tokens (never their secrets).
-#[utoipa::path(get, path = "/api/tokens", tag = "admin",
+#[utoipa::path(get, operation_id = "list_tokens", path = "/api/tokens", tag = "admin",
     responses(
         (status = 200, description = "Every token, oldest first", body = Vec<TokenView>),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
@@ -137,7 +137,7 @@ pub async fn list(
 }
 
 /// Create an API token; its secret is in this answer only.
-#[utoipa::path(post, path = "/api/tokens", tag = "admin", request_body = CreateTokenRequest,
+#[utoipa::path(post, operation_id = "create_token", path = "/api/tokens", tag = "admin", request_body = CreateTokenRequest,
     responses(
         (status = 201, description = "The token, with its secret", body = CreatedToken),
         (status = 400, description = "Invalid role or name", body = Problem, content_type = "application/problem+json"),
@@ -171,7 +171,7 @@ pub async fn create(
 }
 
 /// Revoke an API token by name (idempotent). It is refused from now on.
-#[utoipa::path(delete, path = "/api/tokens/{name}", tag = "admin",
+#[utoipa::path(delete, operation_id = "revoke_token", path = "/api/tokens/{name}", tag = "admin",
     params(("name" = String, Path, description = "The token's name")),
     responses(
         (status = 200, description = "The token, revoked", body = TokenView),
@@ -191,7 +191,7 @@ pub async fn revoke(
 }
 
 /// Read the audit log, newest first.
-#[utoipa::path(get, path = "/api/audit", tag = "admin", params(AuditQuery),
+#[utoipa::path(get, operation_id = "list_audit_entries", path = "/api/audit", tag = "admin", params(AuditQuery),
     responses(
         (status = 200, description = "A page of audit entries", body = AuditPage),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),

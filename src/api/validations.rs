@@ -105,7 +105,7 @@ fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: &str) -> Result<T, 
 }
 
 /// List validations, newest first.
-#[utoipa::path(get, path = "/api/validations", tag = "validations", params(ValidationQuery),
+#[utoipa::path(get, operation_id = "list_validations", path = "/api/validations", tag = "validations", params(ValidationQuery),
     responses(
         (status = 200, description = "A page of validations", body = ValidationPage),
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
@@ -142,7 +142,7 @@ pub async fn list(
 }
 
 /// Record a validation verdict with its evidence.
-#[utoipa::path(post, path = "/api/validations", tag = "validations",
+#[utoipa::path(post, operation_id = "create_validation", path = "/api/validations", tag = "validations",
     request_body = CreateValidation,
     responses(
         (status = 201, description = "The validation", body = ValidationView),
@@ -212,7 +212,7 @@ pub async fn create(
 }
 
 /// One validation.
-#[utoipa::path(get, path = "/api/validations/{id}", tag = "validations",
+#[utoipa::path(get, operation_id = "get_validation", path = "/api/validations/{id}", tag = "validations",
     params(("id" = i64, Path, description = "The validation id")),
     responses(
         (status = 200, description = "The validation", body = ValidationView),

@@ -294,7 +294,7 @@ pub struct ControlResult {
 /// Start a workflow on a pull request or an issue.
 ///
 /// Answers 201 with the new run (queued; the engine picks it up at once).
-#[utoipa::path(post, path = "/api/workflows/execute", tag = "workflows",
+#[utoipa::path(post, operation_id = "execute_workflow", path = "/api/workflows/execute", tag = "workflows",
     request_body = ExecuteRequest,
     responses(
         (status = 201, description = "The run was created", body = RunView),
@@ -539,7 +539,7 @@ fn issue_payload(
 }
 
 /// List runs, newest first, with filters.
-#[utoipa::path(get, path = "/api/workflows", tag = "workflows", params(RunQuery),
+#[utoipa::path(get, operation_id = "list_runs", path = "/api/workflows", tag = "workflows", params(RunQuery),
     responses(
         (status = 200, description = "A page of runs", body = RunPage),
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
@@ -582,7 +582,7 @@ pub async fn list(
 }
 
 /// One run with its steps, attempts and timeline.
-#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
+#[utoipa::path(get, operation_id = "get_run", path = "/api/workflows/{id}", tag = "workflows",
     params(("id" = i64, Path, description = "The run id")),
     responses(
         (status = 200, description = "The run", body = RunDetail),
@@ -685,7 +685,7 @@ async fn control(
 }
 
 /// Pause a run: no new step starts; running ones finish. Idempotent.
-#[utoipa::path(put, path = "/api/workflows/{id}/pause", tag = "workflows",
+#[utoipa::path(put, operation_id = "pause_run", path = "/api/workflows/{id}/pause", tag = "workflows",
     params(("id" = i64, Path, description = "The run id")),
     responses(
         (status = 200, description = "Paused (or already paused, or finished: `changed` says)", body = ControlResult),
@@ -703,7 +703,7 @@ pub async fn pause(
 }
 
 /// Resume a paused run where it stood. Idempotent.
-#[utoipa::path(put, path = "/api/workflows/{id}/resume", tag = "workflows",
+#[utoipa::path(put, operation_id = "resume_run", path = "/api/workflows/{id}/resume", tag = "workflows",
     params(("id" = i64, Path, description = "The run id")),
     responses(
         (status = 200, description = "Resumed (or was not paused: `changed` says)", body = ControlResult),
@@ -721,7 +721,7 @@ pub async fn resume(
 }
 
 /// Cancel a run: running attempts stop cooperatively, the rest is cancelled. Idempotent.
-#[utoipa::path(delete, path = "/api/workflows/{id}", tag = "workflows",
+#[utoipa::path(delete, operation_id = "cancel_run", path = "/api/workflows/{id}", tag = "workflows",
     params(("id" = i64, Path, description = "The run id")),
     responses(
         (status = 200, description = "Cancelling (or already over: `changed` says)", body = ControlResult),
@@ -741,7 +741,7 @@ pub async fn cancel(
 /// Retry failed, cancelled and timed-out steps (or one step) and their dependents.
 ///
 /// The body is optional: `{}` or none retries every failed step.
-#[utoipa::path(post, path = "/api/workflows/{id}/retry", tag = "workflows",
+#[utoipa::path(post, operation_id = "retry_run", path = "/api/workflows/{id}/retry", tag = "workflows",
     params(("id" = i64, Path, description = "The run id")),
     request_body(content = Option<RetryRequest>, description = "Which step to retry (optional)"),
     responses(

@@ -206,6 +206,38 @@ pub struct Settings {
     )]
     pub redelivery_interval_ms: u64,
 
+    /// The App's slug (the name in `https://github.com/apps/<slug>`): comments
+    /// may address commands as `@<slug> retry`, and `<slug>[bot]` is the
+    /// App's own account, whose comments never run commands.
+    #[arg(
+        long,
+        env = "GITHUB_APP_SLUG",
+        default_value = "taskmaster",
+        global = true
+    )]
+    pub app_slug: String,
+
+    /// How long, in milliseconds, a repository's `.github/taskmaster.yml` is
+    /// used before it is fetched again (a push to the default branch that
+    /// touches it drops it at once).
+    #[arg(
+        long,
+        env = "TASKMASTER_REPO_CONFIG_TTL_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub repo_config_ttl_ms: u64,
+
+    /// How long, in milliseconds, a user's permission on a repository (from
+    /// GitHub's collaborator-permission API) is trusted before it is asked again.
+    #[arg(
+        long,
+        env = "TASKMASTER_PERMISSION_TTL_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub permission_ttl_ms: u64,
+
     /// Serve `GET /api/metrics` without a token. When false, Prometheus must
     /// send an API token (any role).
     #[arg(

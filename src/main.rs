@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use taskmaster::agent::{AgentRegistry, AgentsConfig, env::process_lookup};
 use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings, TokenCommand};
-use taskmaster::engine::intake::RoutingHandler;
+use taskmaster::control::{AppHandler, AppHandlerConfig, AppIdentity};
 use taskmaster::engine::{Engine, Transition};
 use taskmaster::github::{self, GitHubSettings, RetryPolicy};
 use taskmaster::outbox::Outbox;
@@ -148,7 +148,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             redelivery_stop.clone(),
         ));
     }
-    let outbox = Outbox::new(store.clone(), github, settings.outbox_config());
+    let app_id = github_settings
+        .credentials
+        .as_ref()
+        .map(|c| c.app_id as i64);
+    let outbox = Outbox::new(store.clone(), github.clone(), settings.outbox_config());
+    let handler = AppHandler::new(
+        store.clone(),
+        github,
+        engine.clone(),
+        AppHandlerConfig {
+            identity: AppIdentity {
+                app_id,
+                slug: settings.app_slug.clone(),
+            },
+            repo_config_ttl_ms: settings.repo_config_ttl_ms as i64,
+            permission_ttl: std::time::Duration::from_millis(settings.permission_ttl_ms),
+            effects_wake: Some(outbox.waker()),
+        },
+    );
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
     let engine_stop = CancellationToken::new();
@@ -164,7 +182,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             addr: SocketAddr::new(settings.host, settings.port),
             secrets,
             store: store.clone(),
-            handler: Arc::new(RoutingHandler::new(store, workflows, Some(engine))),
+            handler: Arc::new(handler),
         },
         api,
     )

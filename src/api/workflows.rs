@@ -435,6 +435,8 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
         &delivery_id,
         &format!("started through the API by `{}`", caller.name),
         classification,
+        // An operator with a token is trusted: no `/approve` is awaited.
+        None,
         &estimates,
         crate::engine::EngineConfig::default().default_estimate_ms,
     );

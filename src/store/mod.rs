@@ -532,6 +532,19 @@ pub trait RunStore: Store {
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError>;
 
+    /// Lets a run that waits for approval start its steps; `by` is the
+    /// approver's login (timeline). Its time limit restarts from now.
+    /// `Unchanged` when it was not waiting (already approved, or finished).
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
+
+    /// The ids of the runs on commit `head_sha` of `repository`, oldest first
+    /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
+    async fn runs_for_commit(
+        &self,
+        repository: &str,
+        head_sha: &str,
+    ) -> Result<Vec<i64>, StoreError>;
+
     // --- The App's own records (see [`app`]) ---
 
     /// Records an installation's state (`installation` webhook: created,

@@ -58,6 +58,7 @@ pub const ACTED_ON_EVENTS: &[&str] = &[
     "check_suite",
     "installation",
     "installation_repositories",
+    "push",
 ];
 
 /// What the webhook handler needs.

@@ -54,6 +54,34 @@ pub enum Command {
         #[arg(long)]
         delivery: Option<String>,
     },
+    /// Manage API tokens of the operator API (`Authorization: Bearer …`).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+/// `taskmaster token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// `admin` (everything, tokens), `developer` (tasks, validations,
+        /// workflows), `operator` (execute, pause, resume, cancel, retry) or
+        /// `viewer` (read only).
+        #[arg(long)]
+        role: crate::store::Role,
+        /// A unique name, shown in the audit log (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a token by name: it is refused from then on.
+    Revoke {
+        /// The token's name (see `taskmaster token list`).
+        name: String,
+    },
+    /// List tokens (names, roles, use; never the tokens themselves).
+    List,
 }
 
 /// Log output format.
@@ -209,6 +237,17 @@ pub struct Settings {
         global = true
     )]
     pub permission_ttl_ms: u64,
+
+    /// Serve `GET /api/metrics` without a token. When false, Prometheus must
+    /// send an API token (any role).
+    #[arg(
+        long,
+        env = "TASKMASTER_METRICS_PUBLIC",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub metrics_public: bool,
 
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]

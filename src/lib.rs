@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod github;
+pub mod instrument;
 pub mod outbox;
 pub mod redact;
 pub mod repo_config;

@@ -1901,6 +1901,101 @@ impl RunStore for SqliteStore {
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
+
+    // --- The operator API's records (see `sqlite/api.rs`) ---
+
+    async fn create_api_token(
+        &self,
+        token: &super::NewApiToken,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::create_api_token(&self.writer, token).await
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::api_token_by_hash(&self.reader, token_hash).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<super::ApiToken>, StoreError> {
+        api::api_tokens(&self.reader).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        name: &str,
+        at: i64,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::revoke_api_token(&self.writer, name, at).await
+    }
+
+    async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError> {
+        api::touch_api_token(&self.writer, id, at).await
+    }
+
+    async fn list_runs(&self, filter: &super::RunFilter) -> Result<Vec<Run>, StoreError> {
+        api::list_runs(&self.reader, filter).await
+    }
+
+    async fn create_task(&self, task: &super::NewTask) -> Result<super::TaskRecord, StoreError> {
+        api::create_task(&self.writer, task).await
+    }
+
+    async fn task(&self, id: i64) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::task(&self.reader, id).await
+    }
+
+    async fn tasks(
+        &self,
+        filter: &super::TaskFilter,
+    ) -> Result<Vec<super::TaskRecord>, StoreError> {
+        api::tasks(&self.reader, filter).await
+    }
+
+    async fn update_task(
+        &self,
+        id: i64,
+        update: &super::TaskUpdate,
+    ) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::update_task(&self.writer, id, update).await
+    }
+
+    async fn create_validation(
+        &self,
+        validation: &super::NewValidation,
+    ) -> Result<super::ValidationRecord, StoreError> {
+        api::create_validation(&self.writer, validation).await
+    }
+
+    async fn validation(&self, id: i64) -> Result<Option<super::ValidationRecord>, StoreError> {
+        api::validation(&self.reader, id).await
+    }
+
+    async fn validations(
+        &self,
+        filter: &super::ValidationFilter,
+    ) -> Result<Vec<super::ValidationRecord>, StoreError> {
+        api::validations(&self.reader, filter).await
+    }
+
+    async fn store_counts(&self) -> Result<super::StoreCounts, StoreError> {
+        api::store_counts(&self.reader).await
+    }
+
+    async fn agent_attempt_stats(
+        &self,
+        since: i64,
+    ) -> Result<Vec<super::AgentAttemptStats>, StoreError> {
+        api::agent_attempt_stats(&self.reader, since).await
+    }
+
+    async fn installation_for_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        api::installation_for_repository(&self.reader, repository).await
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -1983,3 +2078,6 @@ impl TryFrom<AuditRow> for AuditEntry {
         })
     }
 }
+
+// The operator API's queries live in their own file.
+mod api;

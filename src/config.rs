@@ -249,9 +249,41 @@ pub struct Settings {
     )]
     pub metrics_public: bool,
 
+    /// Serve the dashboard's pages (runs, agents, deliveries, tasks) without
+    /// logging in, e.g. so check-run Details links work for everyone on an
+    /// open-source project. Controls always need a login (operator role).
+    #[arg(
+        long,
+        env = "TASKMASTER_DASHBOARD_PUBLIC",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub dashboard_public: bool,
+
+    /// The key that signs dashboard session cookies and CSRF tokens (any
+    /// long random text, e.g. `openssl rand -hex 32`). Unset: a random key
+    /// per process, so sessions end on restart; set it when several
+    /// replicas serve the dashboard.
+    #[arg(
+        long,
+        env = "TASKMASTER_SESSION_KEY",
+        value_parser = parse_session_key,
+        hide_env_values = true,
+        global = true
+    )]
+    pub session_key: Option<crate::dashboard::SessionKey>,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
+}
+
+fn parse_session_key(s: &str) -> Result<crate::dashboard::SessionKey, String> {
+    if s.len() < 16 {
+        return Err("the session key must be at least 16 characters (try `openssl rand -hex 32`)".into());
+    }
+    Ok(crate::dashboard::SessionKey::from_secret(s))
 }
 
 /// The message printed when `serve` starts without a webhook secret.

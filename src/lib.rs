@@ -11,6 +11,7 @@ pub mod api;
 pub mod classify;
 pub mod command;
 pub mod config;
+pub mod dashboard;
 pub mod control;
 pub mod dispatch;
 pub mod engine;

@@ -173,10 +173,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
     // The Prometheus recorder, before the first delivery is counted.
     taskmaster::instrument::handle();
-    let api = taskmaster::api::service(taskmaster::api::ApiState::new(
-        engine.clone(),
-        settings.metrics_public,
+    let api_state = taskmaster::api::ApiState::new(engine.clone(), settings.metrics_public);
+    let dashboard = taskmaster::dashboard::router(taskmaster::dashboard::DashboardState::new(
+        api_state.clone(),
+        taskmaster::dashboard::DashboardSettings {
+            public: settings.dashboard_public,
+            key: settings
+                .session_key
+                .clone()
+                .unwrap_or_else(taskmaster::dashboard::SessionKey::random),
+        },
     ));
+    let api = taskmaster::api::service(api_state).merge(dashboard);
     let running = server::start_with(
         ServerConfig {
             addr: SocketAddr::new(settings.host, settings.port),

@@ -95,6 +95,11 @@ pub async fn list(
     State(state): State<ApiState>,
     _: Authorized<CanRead>,
 ) -> ApiResult<Json<Vec<AgentView>>> {
+    Ok(Json(agent_views(&state).await?))
+}
+
+/// Every configured agent with a live health probe (shared with the dashboard).
+pub(crate) async fn agent_views(state: &ApiState) -> ApiResult<Vec<AgentView>> {
     let source = state.engine.inner.agents.clone();
     let breakers = &state.engine.inner.breakers;
     let stats = state
@@ -158,7 +163,7 @@ pub async fn list(
             },
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 #[cfg(test)]

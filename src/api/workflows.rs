@@ -619,14 +619,16 @@ pub(super) async fn run_detail(state: &ApiState, id: i64) -> ApiResult<RunDetail
 
 /// The operations of the control endpoints.
 #[derive(Debug, Clone, Copy)]
-enum Control {
+pub(crate) enum Control {
     Pause,
     Resume,
     Cancel,
     Retry,
 }
 
-async fn control(
+/// Runs `op` on run `id` through the engine and writes the audit entry
+/// (shared with the dashboard's buttons).
+pub(crate) async fn control(
     state: &ApiState,
     caller: &Caller,
     id: i64,

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 pub mod api;
 pub mod app;
+pub mod deliveries;
 pub mod reports;
 pub mod runs;
 pub mod sqlite;
@@ -24,6 +25,7 @@ pub use api::{
     TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
     ValidationRecord, Verdict,
 };
+pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
@@ -680,6 +682,25 @@ pub trait RunStore: Store {
         &self,
         repository: &str,
     ) -> Result<Option<i64>, StoreError>;
+
+    /// Deliveries matching `filter`, newest first, without their payloads
+    /// (the dashboard's deliveries page).
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliverySummary>, StoreError>;
+
+    /// Puts a `failed` or `ignored` delivery back in the queue (available at
+    /// `now`, epoch ms) so the dispatcher handles it again; a delivery in
+    /// another state is left as it is. Returns the state it had, `None` when
+    /// no delivery has this id. Safe to repeat: runs are keyed by (delivery,
+    /// workflow) and effects by delivery, so handling it again duplicates
+    /// nothing that was done.
+    async fn requeue_delivery(
+        &self,
+        delivery_id: &str,
+        now: i64,
+    ) -> Result<Option<DeliveryState>, StoreError>;
 }
 
 /// Opens the store named by `database_url` and applies migrations.

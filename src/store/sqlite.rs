@@ -1996,6 +1996,21 @@ impl RunStore for SqliteStore {
     ) -> Result<Option<i64>, StoreError> {
         api::installation_for_repository(&self.reader, repository).await
     }
+
+    async fn list_deliveries(
+        &self,
+        filter: &super::DeliveryFilter,
+    ) -> Result<Vec<super::DeliverySummary>, StoreError> {
+        deliveries::list_deliveries(&self.reader, filter).await
+    }
+
+    async fn requeue_delivery(
+        &self,
+        delivery_id: &str,
+        now: i64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
+        deliveries::requeue_delivery(&self.writer, delivery_id, now).await
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -2081,3 +2096,4 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 // The operator API's queries live in their own file.
 mod api;
+mod deliveries;

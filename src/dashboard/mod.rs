@@ -1,0 +1,86 @@
+//! The dashboard: server-rendered HTML pages over the same store and engine
+//! as the operator API, with live updates over Server-Sent Events.
+//!
+//! | page | what |
+//! | --- | --- |
+//! | `/runs` | runs, newest first, filtered by repository, workflow and state; new runs appear live |
+//! | `/runs/{id}` | a run (the check run's Details link): its DAG, attempts on a time axis, outputs, decisions, controls |
+//! | `/agents` | each agent's health, circuit, load and track record |
+//! | `/deliveries` | the webhook inbox, with a redeliver button for failed and ignored deliveries |
+//! | `/tasks` | classified tasks with the evidence for each decision |
+//! | `/login`, `/logout` | a session from an API token |
+//!
+//! Pages are rendered with maud (HTML escaped at compile time: untrusted
+//! text such as a PR title can never become markup). The only script,
+//! `dashboard.js`, opens an `EventSource` and, when something changed,
+//! fetches the page's live part again as HTML and swaps it in — the server
+//! stays the one place that knows how to draw a run. Without script the
+//! pages work, just not live.
+//!
+//! Access rules are in [`session`]; controls go through the same functions
+//! as the API's (`api::workflows::control`), so they are audited the same way.
+
+pub mod layout;
+pub mod live;
+pub mod pages;
+pub mod run;
+pub mod session;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::api::ApiState;
+pub use session::SessionKey;
+
+/// The dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// Pages readable without logging in (`TASKMASTER_DASHBOARD_PUBLIC`).
+    pub public: bool,
+    /// Signs session cookies and CSRF tokens (`TASKMASTER_SESSION_KEY`; a
+    /// random key when unset, so sessions end on restart).
+    pub key: SessionKey,
+}
+
+/// What the dashboard's handlers share.
+#[derive(Clone)]
+pub struct DashboardState {
+    /// The API's state: store, engine, audit.
+    pub api: ApiState,
+    /// Settings.
+    pub settings: std::sync::Arc<DashboardSettings>,
+    /// The session key (from the settings).
+    pub key: SessionKey,
+}
+
+impl DashboardState {
+    /// The dashboard over `api` with `settings`.
+    pub fn new(api: ApiState, settings: DashboardSettings) -> Self {
+        DashboardState {
+            key: settings.key.clone(),
+            api,
+            settings: std::sync::Arc::new(settings),
+        }
+    }
+}
+
+/// Every dashboard route; merge it beside [`crate::api::service`].
+pub fn router(state: DashboardState) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/runs", get(pages::runs))
+        .route("/runs/events", get(live::runs_events))
+        .route("/runs/{id}", get(run::page))
+        .route("/runs/{id}/live", get(run::fragment))
+        .route("/runs/{id}/events", get(live::run_events))
+        .route("/runs/{id}/{op}", post(pages::control))
+        .route("/agents", get(pages::agents))
+        .route("/deliveries", get(pages::deliveries))
+        .route("/deliveries/{id}/redeliver", post(pages::redeliver))
+        .route("/tasks", get(pages::tasks))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/static/dashboard.css", get(layout::css))
+        .route("/static/dashboard.js", get(layout::js))
+        .with_state(state)
+}

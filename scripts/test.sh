@@ -15,4 +15,16 @@ if ! command -v bwrap >/dev/null 2>&1; then
   fi
 fi
 
+# chromium + chromium-driver: the dashboard's browser test (tests/dashboard_browser.rs)
+# drives headless Chromium; it fails, never skips, when the browser is missing.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (dashboard browser test)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium/chromedriver missing and cannot be installed here; the dashboard browser test will fail" >&2
+  fi
+fi
+
 cargo test "$@"

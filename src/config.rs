@@ -281,7 +281,9 @@ pub struct Settings {
 
 fn parse_session_key(s: &str) -> Result<crate::dashboard::SessionKey, String> {
     if s.len() < 16 {
-        return Err("the session key must be at least 16 characters (try `openssl rand -hex 32`)".into());
+        return Err(
+            "the session key must be at least 16 characters (try `openssl rand -hex 32`)".into(),
+        );
     }
     Ok(crate::dashboard::SessionKey::from_secret(s))
 }

@@ -64,7 +64,10 @@ async fn a_public_dashboard_is_readable_without_login_but_not_controllable() {
     }
     let page = d.get(&format!("/runs/{id}"), None).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(!page.body.contains("btn-pause"), "no controls for strangers");
+    assert!(
+        !page.body.contains("btn-pause"),
+        "no controls for strangers"
+    );
     assert!(page.body.contains("Log in"));
     let p = d
         .post(&format!("/runs/{id}/pause"), None, &[("csrf", "x")])
@@ -114,7 +117,11 @@ async fn login_needs_its_csrf_token_and_a_valid_token_and_sets_a_strict_cookie()
         .post(
             "/login",
             Some(&login_cookie),
-            &[("token", &token), ("csrf", &csrf), ("next", "//evil.example/x")],
+            &[
+                ("token", &token),
+                ("csrf", &csrf),
+                ("next", "//evil.example/x"),
+            ],
         )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
@@ -123,7 +130,10 @@ async fn login_needs_its_csrf_token_and_a_valid_token_and_sets_a_strict_cookie()
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(session.contains(attr), "{session} lacks {attr}");
     }
-    assert!(!session.contains(&token), "the token itself is not in the cookie");
+    assert!(
+        !session.contains(&token),
+        "the token itself is not in the cookie"
+    );
     let cookie = session.split(';').next().unwrap().to_owned();
     assert_eq!(d.get("/runs", Some(&cookie)).await.status, StatusCode::OK);
 
@@ -134,7 +144,11 @@ async fn login_needs_its_csrf_token_and_a_valid_token_and_sets_a_strict_cookie()
     assert_eq!(p.status, StatusCode::FORBIDDEN);
     let p = d.post("/logout", Some(&cookie), &[("csrf", &csrf)]).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
-    assert!(set_cookie(&p.headers, "tm_session").unwrap().contains("Max-Age=0"));
+    assert!(
+        set_cookie(&p.headers, "tm_session")
+            .unwrap()
+            .contains("Max-Age=0")
+    );
 
     // Revoking the token ends its sessions at once.
     let cookie = d.login(Role::Viewer).await;
@@ -171,15 +185,24 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
     assert_eq!(page.status, StatusCode::OK);
     let b = &page.body;
     assert_escaped(b);
-    assert!(b.contains("href=\"https://github.com/octo/repo/pull/42\""), "{b}");
+    assert!(
+        b.contains("href=\"https://github.com/octo/repo/pull/42\""),
+        "{b}"
+    );
     assert!(b.contains("<svg id=\"dag\""), "the DAG is drawn");
     assert!(b.contains("data-step=\"check\" data-state=\"succeeded\""));
     assert!(b.contains("data-step=\"report\" data-state=\"succeeded\""));
     assert!(b.contains("<svg id=\"gantt\""), "the attempts are drawn");
     assert!(b.contains("data-outcome=\"succeeded\""));
     assert!(b.contains("checked 42"), "the output is shown");
-    assert!(b.contains("&lt;b&gt;bold&lt;/b&gt; reported"), "outputs are escaped");
-    assert!(b.contains("data-kind=\"run_finished\""), "the timeline is shown");
+    assert!(
+        b.contains("&lt;b&gt;bold&lt;/b&gt; reported"),
+        "outputs are escaped"
+    );
+    assert!(
+        b.contains("data-kind=\"run_finished\""),
+        "the timeline is shown"
+    );
     assert!(!b.contains("btn-pause"), "a viewer has no controls");
 
     let live = d.get(&format!("/runs/{id}/live"), Some(&cookie)).await;
@@ -193,7 +216,10 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
         .await;
     assert!(other.body.contains("No runs match"));
     let same = d
-        .get("/runs?workflow=review&state=succeeded&repository=octo%2Frepo", Some(&cookie))
+        .get(
+            "/runs?workflow=review&state=succeeded&repository=octo%2Frepo",
+            Some(&cookie),
+        )
         .await;
     assert!(same.body.contains(&format!("data-run=\"{id}\"")));
     let older = d.get(&format!("/runs?cursor={id}"), Some(&cookie)).await;
@@ -204,8 +230,17 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
         d.get("/runs?state=bogus", Some(&cookie)).await.status,
         StatusCode::BAD_REQUEST
     );
-    for path in ["/runs/999999", "/runs/abc", "/runs/999999/live", "/runs/999999/events"] {
-        assert_eq!(d.get(path, Some(&cookie)).await.status, StatusCode::NOT_FOUND, "{path}");
+    for path in [
+        "/runs/999999",
+        "/runs/abc",
+        "/runs/999999/live",
+        "/runs/999999/events",
+    ] {
+        assert_eq!(
+            d.get(path, Some(&cookie)).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
     }
     d.stop().await;
 }
@@ -233,7 +268,9 @@ async fn controls_need_the_operator_role_and_the_csrf_token() {
     let p = d.post(&path, Some(&operator), &[]).await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
     let viewer_csrf = csrf_of(&d.get("/runs", Some(&viewer)).await.body);
-    let p = d.post(&path, Some(&operator), &[("csrf", &viewer_csrf)]).await;
+    let p = d
+        .post(&path, Some(&operator), &[("csrf", &viewer_csrf)])
+        .await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
     // From another site: refused even with the token.
     let resp = d
@@ -269,23 +306,27 @@ async fn controls_need_the_operator_role_and_the_csrf_token() {
     let page = d.get(&format!("/runs/{id}"), Some(&operator)).await;
     assert!(page.body.contains("id=\"btn-resume\""));
     let p = d
-        .post(&format!("/runs/{id}/resume"), Some(&operator), &[("csrf", &csrf)])
+        .post(
+            &format!("/runs/{id}/resume"),
+            Some(&operator),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
     d.wait_for(id, None, "succeeded").await;
     let page = d.get(&format!("/runs/{id}"), Some(&operator)).await;
     assert!(page.body.contains("id=\"btn-retry\""));
     let p = d
-        .post(&format!("/runs/{id}/launch"), Some(&operator), &[("csrf", &csrf)])
+        .post(
+            &format!("/runs/{id}/launch"),
+            Some(&operator),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(p.status, StatusCode::NOT_FOUND);
 
     // Audited under the token's name.
-    let audit = d
-        .store
-        .audit_entries(None, 100)
-        .await
-        .unwrap();
+    let audit = d.store.audit_entries(None, 100).await.unwrap();
     assert!(
         audit
             .iter()
@@ -303,7 +344,11 @@ async fn agents_deliveries_and_tasks_pages() {
 
     let agents = d.get("/agents", Some(&viewer)).await;
     assert_eq!(agents.status, StatusCode::OK);
-    assert!(agents.body.contains("data-agent=\"command\""), "{}", agents.body);
+    assert!(
+        agents.body.contains("data-agent=\"command\""),
+        "{}",
+        agents.body
+    );
 
     // A task with an untrusted title.
     let resp = d
@@ -340,14 +385,24 @@ async fn agents_deliveries_and_tasks_pages() {
         .unwrap();
     let page = d.get("/deliveries", Some(&viewer)).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("data-delivery=\"d-failed-1\" data-state=\"failed\""));
-    assert!(!page.body.contains("Redeliver</button>"), "viewers see no button");
+    assert!(
+        page.body
+            .contains("data-delivery=\"d-failed-1\" data-state=\"failed\"")
+    );
+    assert!(
+        !page.body.contains("Redeliver</button>"),
+        "viewers see no button"
+    );
     let page = d.get("/deliveries?state=failed", Some(&operator)).await;
     assert!(page.body.contains("Redeliver</button>"), "{}", page.body);
     let csrf = csrf_of(&page.body);
     let viewer_csrf = csrf_of(&d.get("/deliveries", Some(&viewer)).await.body);
     let p = d
-        .post("/deliveries/d-failed-1/redeliver", Some(&viewer), &[("csrf", &viewer_csrf)])
+        .post(
+            "/deliveries/d-failed-1/redeliver",
+            Some(&viewer),
+            &[("csrf", &viewer_csrf)],
+        )
         .await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
     let p = d
@@ -355,14 +410,22 @@ async fn agents_deliveries_and_tasks_pages() {
         .await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
     let p = d
-        .post("/deliveries/d-failed-1/redeliver", Some(&operator), &[("csrf", &csrf)])
+        .post(
+            "/deliveries/d-failed-1/redeliver",
+            Some(&operator),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
     assert_eq!(p.location(), "/deliveries?requeued=d-failed-1");
     let after = d.store.delivery("d-failed-1").await.unwrap().unwrap();
     assert_ne!(after.state, DeliveryState::Failed);
     let p = d
-        .post("/deliveries/nope/redeliver", Some(&operator), &[("csrf", &csrf)])
+        .post(
+            "/deliveries/nope/redeliver",
+            Some(&operator),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(p.status, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -384,7 +447,10 @@ async fn read_until(resp: reqwest::Response, pred: impl Fn(&str) -> bool) -> Str
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(20), read).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .is_err()
+    {
         panic!("the stream never said it: {text}");
     }
     text

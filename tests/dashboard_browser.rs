@@ -114,9 +114,7 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.session));
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -253,13 +251,16 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
     d.wait_for(id, Some("build"), "running").await;
 
     // Log in through the form as an operator.
+    browser.goto(&format!("{}/runs/{id}", d.base)).await;
     browser
-        .goto(&format!("{}/runs/{id}", d.base))
+        .wait_until(
+            "the login form",
+            "return !!document.querySelector('#token')",
+        )
         .await;
     browser
-        .wait_until("the login form", "return !!document.querySelector('#token')")
+        .type_into("#token", &d.tokens[&Role::Operator])
         .await;
-    browser.type_into("#token", &d.tokens[&Role::Operator]).await;
     browser.click("#login-submit").await;
     browser
         .wait_until("the run page", "return !!document.querySelector('#dag')")
@@ -280,7 +281,10 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
         .script("return document.querySelector('#subject').textContent")
         .await;
     assert!(
-        title.as_str().unwrap().contains("<script>alert(1)</script>"),
+        title
+            .as_str()
+            .unwrap()
+            .contains("<script>alert(1)</script>"),
         "the title is shown as text: {title}"
     );
     assert_eq!(
@@ -310,7 +314,9 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
             "return document.querySelector('#live').getAttribute('data-connected') === 'true'",
         )
         .await;
-    browser.script("window.__notReloaded = true; return true").await;
+    browser
+        .script("window.__notReloaded = true; return true")
+        .await;
     d.open_gate();
     browser
         .wait_until(
@@ -326,7 +332,11 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
         "updated without a reload"
     );
     assert_eq!(
-        browser.script(&node_state("test")).await.as_str().map(|s| s != "running" && s != "succeeded"),
+        browser
+            .script(&node_state("test"))
+            .await
+            .as_str()
+            .map(|s| s != "running" && s != "succeeded"),
         Some(true),
         "paused: no new step starts"
     );
@@ -365,7 +375,9 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
             &format!("return !!document.querySelector('tr[data-run=\"{newer}\"]')"),
         )
         .await;
-    browser.screenshot(&target.join("dashboard-runs-phone.png")).await;
+    browser
+        .screenshot(&target.join("dashboard-runs-phone.png"))
+        .await;
     browser.quit().await;
     d.stop().await;
 }

@@ -65,7 +65,10 @@ pub async fn run_events(
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("There is no run {id}.")),
         Err(e) => {
             tracing::error!(error = %e, "dashboard: cannot read a run");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR, "The database could not be read.");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The database could not be read.",
+            );
         }
     }
     let rx = state.api.engine.subscribe();

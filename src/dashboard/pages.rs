@@ -18,9 +18,7 @@ use super::session::{
 };
 use crate::api::auth::{Caller, hash_token};
 use crate::api::workflows::{self, Control};
-use crate::store::{
-    DeliveryFilter, DeliveryState, RunFilter, RunState, TaskFilter, now_ms,
-};
+use crate::store::{DeliveryFilter, DeliveryState, RunFilter, RunState, TaskFilter, now_ms};
 
 /// Rows per page of every list.
 const PAGE: i64 = 50;
@@ -265,7 +263,7 @@ pub async fn control(
     Path((id, op)): Path<(String, String)>,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    if let Err(r) = operator.check_csrf(&state, &form.csrf) {
+    if let Some(r) = operator.refuse_csrf(&state, &form.csrf) {
         return r;
     }
     let step = given(&form.step);
@@ -445,7 +443,7 @@ pub async fn redeliver(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = operator.check_csrf(&state, &form.csrf) {
+    if let Some(r) = operator.refuse_csrf(&state, &form.csrf) {
         return r;
     }
     let result = state.api.store.requeue_delivery(&id, now_ms()).await;
@@ -455,7 +453,9 @@ pub async fn redeliver(
             "refused",
             Err(error_page(
                 StatusCode::CONFLICT,
-                &format!("Delivery {id} is {s}: only failed or ignored deliveries are redelivered."),
+                &format!(
+                    "Delivery {id} is {s}: only failed or ignored deliveries are redelivered."
+                ),
             )),
         ),
         Ok(None) => (
@@ -480,7 +480,9 @@ pub async fn redeliver(
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, &p.detail);
     }
     match answer {
-        Ok(()) => Redirect::to(&format!("/deliveries?requeued={}", url_encode(&id))).into_response(),
+        Ok(()) => {
+            Redirect::to(&format!("/deliveries?requeued={}", url_encode(&id))).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -580,10 +582,18 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-fn login_page(state: &DashboardState, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+fn login_page(
+    state: &DashboardState,
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+) -> Response {
     let mut nonce = [0u8; 16];
     if getrandom::getrandom(&mut nonce).is_err() {
-        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "No randomness for a login form.");
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No randomness for a login form.",
+        );
     }
     let nonce = hex::encode(nonce);
     let content = html! {
@@ -606,7 +616,10 @@ fn login_page(state: &DashboardState, status: StatusCode, next: &str, error: Opt
 }
 
 /// `GET /login`: the login form.
-pub async fn login_form(State(state): State<DashboardState>, Query(q): Query<LoginQuery>) -> Response {
+pub async fn login_form(
+    State(state): State<DashboardState>,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     login_page(&state, StatusCode::OK, &safe_next(q.next.as_deref()), None)
 }
 
@@ -668,7 +681,10 @@ pub async fn login(
     let value = state.key.session_value(&hash, now_ms() + SESSION_TTL_MS);
     (
         AppendHeaders([
-            (header::SET_COOKIE, set_cookie(SESSION_COOKIE, &value, SESSION_TTL_MS / 1000)),
+            (
+                header::SET_COOKIE,
+                set_cookie(SESSION_COOKIE, &value, SESSION_TTL_MS / 1000),
+            ),
             (header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0)),
         ]),
         Redirect::to(&next),

@@ -299,10 +299,9 @@ fn dag(steps: &[StepRecord]) -> Markup {
         );
         *row += 1;
     }
-    let width = PAD * 2 + (depth.values().max().copied().unwrap_or(0) + 1) * (NODE_W + COL_GAP)
-        - COL_GAP;
-    let height =
-        PAD * 2 + rows.values().max().copied().unwrap_or(1) * (NODE_H + ROW_GAP) - ROW_GAP;
+    let width =
+        PAD * 2 + (depth.values().max().copied().unwrap_or(0) + 1) * (NODE_W + COL_GAP) - COL_GAP;
+    let height = PAD * 2 + rows.values().max().copied().unwrap_or(1) * (NODE_H + ROW_GAP) - ROW_GAP;
     let summary: Vec<String> = steps
         .iter()
         .map(|s| format!("{} {}", s.step, s.state.as_str()))

@@ -214,7 +214,7 @@ impl FromRequestParts<DashboardState> for Viewer {
 
 /// An extractor for POSTs that change something: a session with the
 /// `Control` permission, from a page of this host. The CSRF token is checked
-/// by [`Operator::check_csrf`] once the form is read.
+/// by [`Operator::refuse_csrf`] once the form is read.
 pub struct Operator(pub Session);
 
 impl FromRequestParts<DashboardState> for Operator {
@@ -250,16 +250,15 @@ impl FromRequestParts<DashboardState> for Operator {
 }
 
 impl Operator {
-    /// Checks the form's CSRF token. Errors: a 403 page.
-    pub fn check_csrf(&self, state: &DashboardState, token: &str) -> Result<(), Response> {
-        if state.key.check_csrf(&self.0.cookie, token) {
-            Ok(())
-        } else {
-            Err(super::pages::error_page(
+    /// Checks the form's CSRF token: `None` when it is right, else the 403
+    /// page to answer with.
+    pub fn refuse_csrf(&self, state: &DashboardState, token: &str) -> Option<Response> {
+        (!state.key.check_csrf(&self.0.cookie, token)).then(|| {
+            super::pages::error_page(
                 StatusCode::FORBIDDEN,
                 "The form's CSRF token is missing or stale: reload the page and try again.",
-            ))
-        }
+            )
+        })
     }
 }
 
@@ -288,7 +287,10 @@ mod tests {
         assert_eq!(key.open_session(&v, 1_000).as_deref(), Some("abcd"));
         assert_eq!(key.open_session(&v, 2_000), None);
         assert_eq!(key.open_session(&v.replace("abcd", "abce"), 1_000), None);
-        assert_eq!(SessionKey::from_secret("other").open_session(&v, 1_000), None);
+        assert_eq!(
+            SessionKey::from_secret("other").open_session(&v, 1_000),
+            None
+        );
         let csrf = key.csrf_for(&v);
         assert!(key.check_csrf(&v, &csrf));
         assert!(!key.check_csrf(&key.session_value("abcd", 3_000), &csrf));

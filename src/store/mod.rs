@@ -25,11 +25,11 @@ pub use api::{
     TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
     ValidationRecord, Verdict,
 };
-pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
 };
+pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,

@@ -40,9 +40,8 @@ pub(super) async fn list_deliveries(
     rows.into_iter()
         .map(|r| {
             Ok(DeliverySummary {
-                state: DeliveryState::parse(&r.state).ok_or_else(|| {
-                    corrupt("deliveries", format!("unknown state `{}`", r.state))
-                })?,
+                state: DeliveryState::parse(&r.state)
+                    .ok_or_else(|| corrupt("deliveries", format!("unknown state `{}`", r.state)))?,
                 id: r.id,
                 delivery_id: r.delivery_id,
                 event: r.event,

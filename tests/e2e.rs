@@ -16,7 +16,6 @@
 //!   check run for it.
 
 mod harness;
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -224,6 +224,17 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
     assert!(same.body.contains(&format!("data-run=\"{id}\"")));
     let older = d.get(&format!("/runs?cursor={id}"), Some(&cookie)).await;
     assert!(!older.body.contains(&format!("data-run=\"{id}\"")));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let dated = d
+        .get(&format!("/runs?from={today}&to={today}"), Some(&cookie))
+        .await;
+    assert!(dated.body.contains(&format!("data-run=\"{id}\"")));
+    let old = d.get("/runs?to=2000-01-01", Some(&cookie)).await;
+    assert!(old.body.contains("No runs match"));
+    assert_eq!(
+        d.get("/runs?from=yesterday", Some(&cookie)).await.status,
+        StatusCode::BAD_REQUEST
+    );
     let frag = d.get("/runs?fragment=1", Some(&cookie)).await;
     assert!(frag.body.contains("<table id=\"runs\"") && !frag.body.contains("<html"));
     assert_eq!(
@@ -496,5 +507,46 @@ async fn sse_streams_a_runs_transitions_and_new_runs() {
     let newer = d.execute("review", 10).await;
     let text = read_until(list, |t| t.contains("event: run_created")).await;
     assert!(text.contains(&format!("data: {newer}")), "{text}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_step_can_be_retried_from_its_output() {
+    let d = Dash::start(false).await;
+    let id = d.execute("broken", 11).await;
+    d.wait_for(id, None, "failed").await;
+    let operator = d.login(Role::Operator).await;
+    let page = d.get(&format!("/runs/{id}"), Some(&operator)).await;
+    assert!(
+        page.body.contains("Retry fail and what needs it"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("no luck"), "the error is shown");
+    assert!(page.body.contains("data-outcome=\"failed\""));
+    let csrf = csrf_of(&page.body);
+    let p = d
+        .post(
+            &format!("/runs/{id}/retry"),
+            Some(&operator),
+            &[("csrf", &csrf), ("step", "fail")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let p = d
+        .post(
+            &format!("/runs/{id}/retry"),
+            Some(&operator),
+            &[("csrf", &csrf), ("step", "nope")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    let audit = d.store.audit_entries(None, 100).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "run.retry"
+            && e.outcome == "ok"
+            && e.target.as_deref() == Some(&*format!("run:{id}"))),
+        "{audit:?}"
+    );
     d.stop().await;
 }

@@ -574,6 +574,7 @@ pub async fn list(
             state: run_state,
             before_id: page.before_id,
             limit: page.limit + 1,
+            ..RunFilter::default()
         })
         .await?;
     let (items, next_cursor) = page.split(runs, |r| r.id);

@@ -3,7 +3,7 @@
 //!
 //! | page | what |
 //! | --- | --- |
-//! | `/runs` | runs, newest first, filtered by repository, workflow and state; new runs appear live |
+//! | `/runs` | runs, newest first, filtered by repository, workflow, state and day; new runs appear live |
 //! | `/runs/{id}` | a run (the check run's Details link): its DAG, attempts on a time axis, outputs, decisions, controls |
 //! | `/agents` | each agent's health, circuit, load and track record |
 //! | `/deliveries` | the webhook inbox, with a redeliver button for failed and ignored deliveries |

@@ -67,6 +67,12 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// The first instant of a `YYYY-MM-DD` day (UTC), epoch ms.
+fn day_start(day: &str) -> Option<i64> {
+    let d = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+}
+
 /// `GET /`: the runs.
 pub async fn home() -> Redirect {
     Redirect::to("/runs")
@@ -78,6 +84,10 @@ pub struct RunsQuery {
     repository: Option<String>,
     workflow: Option<String>,
     state: Option<String>,
+    /// Created on or after this day (`YYYY-MM-DD`, UTC).
+    from: Option<String>,
+    /// Created on or before this day (`YYYY-MM-DD`, UTC).
+    to: Option<String>,
     /// The last run id of the previous page.
     cursor: Option<String>,
     /// `1`: the live part alone.
@@ -112,12 +122,29 @@ pub async fn runs(
             }
         },
     };
+    let mut days = [None, None];
+    for (i, (name, v)) in [("from", &q.from), ("to", &q.to)].into_iter().enumerate() {
+        if let Some(v) = given(v) {
+            match day_start(v) {
+                Some(ms) => days[i] = Some(ms),
+                None => {
+                    return error_page(
+                        StatusCode::BAD_REQUEST,
+                        &format!("`{name}` must be a day as YYYY-MM-DD, not `{v}`."),
+                    );
+                }
+            }
+        }
+    }
     let before_id = given(&q.cursor).and_then(|c| c.parse::<i64>().ok());
     let filter = RunFilter {
         repository: given(&q.repository).map(str::to_owned),
         workflow: given(&q.workflow).map(str::to_owned),
         state: run_state,
         before_id,
+        created_from: days[0],
+        // Up to the end of the `to` day.
+        created_before: days[1].map(|d| d + 24 * 3600 * 1000),
         limit: PAGE + 1,
     };
     let mut rows = match state.api.store.list_runs(&filter).await {
@@ -135,6 +162,8 @@ pub async fn runs(
         ("repository", given(&q.repository)),
         ("workflow", given(&q.workflow)),
         ("state", given(&q.state)),
+        ("from", given(&q.from)),
+        ("to", given(&q.to)),
     ] {
         if let Some(v) = v {
             query.push_str(&format!("{k}={}&", url_encode(v)));
@@ -208,6 +237,8 @@ pub async fn runs(
                     @for s in RUN_STATES { option value=(s) selected[selected(given(&q.state), s)] { (s.replace('_', " ")) } }
                 }
             }
+            label { "From" input type="date" name="from" value=[given(&q.from)]; }
+            label { "To" input type="date" name="to" value=[given(&q.to)]; }
             button type="submit" { "Filter" }
         }
         div #live data-live data-events="/runs/events" data-fragment={ "/runs?" (query) (before_id.map(|b| format!("cursor={b}&")).unwrap_or_default()) "fragment=1" } {

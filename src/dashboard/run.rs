@@ -205,7 +205,7 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
             div.graph { (gantt(data)) }
         }
         h2 { "Outputs" }
-        (outputs(&data.snap.steps))
+        (outputs(run.id, &data.snap.steps, session.filter(|s| s.can_control())))
         h2 { "Timeline" }
         (timeline(&data.events))
     }
@@ -392,13 +392,24 @@ fn gantt(data: &RunData) -> Markup {
     }
 }
 
-fn outputs(steps: &[StepRecord]) -> Markup {
+/// Each step's output and error, with a button to retry a step that
+/// failed, was cancelled or timed out (with its dependents).
+fn outputs(run_id: i64, steps: &[StepRecord], operator: Option<&Session>) -> Markup {
     let redactor = Redactor::default();
     html! {
         @for s in steps {
             details id={ "out-" (s.step) } {
                 summary { (s.step) " — " (s.state.as_str().replace('_', " "))
                     @if s.output.is_none() && s.error.is_none() { " (no output)" } }
+                @if let Some(op) = operator {
+                    @if matches!(s.state.as_str(), "failed" | "cancelled" | "timed_out") {
+                        form method="post" action={ "/runs/" (run_id) "/retry" } {
+                            input type="hidden" name="csrf" value=(op.csrf);
+                            input type="hidden" name="step" value=(s.step);
+                            button type="submit" { "Retry " (s.step) " and what needs it" }
+                        }
+                    }
+                }
                 @if let Some(e) = &s.error {
                     p { strong { "Error: " } (redactor.redact(e)) }
                 }

@@ -161,6 +161,10 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// Only runs with a smaller id (the previous page's last id).
     pub before_id: Option<i64>,
+    /// Only runs created at or after this instant, epoch ms.
+    pub created_from: Option<i64>,
+    /// Only runs created before this instant, epoch ms.
+    pub created_before: Option<i64>,
     /// At most this many.
     pub limit: i64,
 }

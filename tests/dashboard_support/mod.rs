@@ -36,6 +36,14 @@ steps:
   report: { agent: command, needs: check, with: { run: ["sh", "-c", "echo '<b>bold</b> reported'"] } }
 "#;
 
+const BROKEN: &str = r#"
+name: broken
+on: { issues: { actions: [opened] } }
+steps:
+  fail: { agent: command, with: { run: ["sh", "-c", "echo 'no luck' >&2; exit 3"] } }
+  after: { agent: command, needs: fail, with: { run: ["sh", "-c", "echo after"] } }
+"#;
+
 fn gated(gate: &std::path::Path) -> String {
     format!(
         r#"
@@ -107,6 +115,7 @@ impl Dash {
         let gate = dir.path().join("go");
         std::fs::write(wf_dir.join("review.yml"), REVIEW).unwrap();
         std::fs::write(wf_dir.join("gated.yml"), gated(&gate)).unwrap();
+        std::fs::write(wf_dir.join("broken.yml"), BROKEN).unwrap();
         let lookup = |_: &str| None;
         let config = AgentsConfig::load(None, &lookup).unwrap();
         let registry = AgentRegistry::new(&config, &lookup).unwrap();
@@ -247,7 +256,7 @@ impl Dash {
 
     /// Starts a run through the API as the operator.
     pub async fn execute(&self, workflow: &str, number: u64) -> i64 {
-        let body = if workflow == "gated" {
+        let body = if workflow != "review" {
             json!({"workflow": workflow, "repository": "octo/repo", "issue_number": number,
                    "context": {"title": EVIL_TITLE}})
         } else {

@@ -122,6 +122,12 @@ pub(super) async fn list_runs(pool: &SqlitePool, f: &RunFilter) -> Result<Vec<Ru
     if let Some(state) = f.state {
         q.push(" AND state = ").push_bind(state.as_str());
     }
+    if let Some(from) = f.created_from {
+        q.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(before) = f.created_before {
+        q.push(" AND created_at < ").push_bind(before);
+    }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
     let rows: Vec<RunRow> = q.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(Run::try_from).collect()

@@ -182,7 +182,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The Prometheus recorder, before the first delivery is counted.
     taskmaster::instrument::handle();
     let api_state = taskmaster::api::ApiState::new(engine.clone(), settings.metrics_public);
-    let dashboard = taskmaster::dashboard::router(taskmaster::dashboard::DashboardState::new(
+    let dashboard_state = taskmaster::dashboard::DashboardState::new(
         api_state.clone(),
         taskmaster::dashboard::DashboardSettings {
             public: settings.dashboard_public,
@@ -191,7 +191,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(taskmaster::dashboard::SessionKey::random),
         },
-    ));
+    );
+    let live_streams = dashboard_state.streams_token();
+    let dashboard = taskmaster::dashboard::router(dashboard_state);
     let api = taskmaster::api::service(api_state)
         .merge(dashboard)
         .merge(taskmaster::tools::setup_router());
@@ -209,6 +211,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        // Open dashboard event streams would hold the graceful shutdown forever.
+        live_streams.cancel();
         token.cancel();
     });
     let served = running.wait().await;

@@ -550,3 +550,25 @@ async fn a_failed_step_can_be_retried_from_its_output() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn an_open_event_stream_does_not_hold_up_shutdown() {
+    let d = Dash::start(true).await;
+    let resp = d
+        .client
+        .get(format!("{}/runs/events", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), d.stop())
+        .await
+        .expect("the service stopped with a stream open");
+    // The stream ended with the service.
+    let mut body = resp.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end");
+}

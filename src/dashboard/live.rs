@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::DashboardState;
@@ -31,10 +31,11 @@ use crate::store::RunFilter;
 /// How often the list stream looks for new runs.
 const NEW_RUN_POLL: Duration = Duration::from_secs(1);
 
-fn sse<S>(stream: S) -> Response
+fn sse<S>(state: &DashboardState, stream: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
+    let stream = stream.take_until(state.streams.clone().cancelled_owned());
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
@@ -92,7 +93,7 @@ pub async fn run_events(
             }
         }
     });
-    sse(stream)
+    sse(&state, stream)
 }
 
 /// `GET /runs/events`.
@@ -141,5 +142,5 @@ pub async fn runs_events(State(state): State<DashboardState>, _: Viewer) -> Resp
             }
         },
     );
-    sse(stream)
+    sse(&state, stream)
 }

@@ -29,6 +29,8 @@ pub mod session;
 use axum::Router;
 use axum::routing::{get, post};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::ApiState;
 pub use session::SessionKey;
 
@@ -51,6 +53,9 @@ pub struct DashboardState {
     pub settings: std::sync::Arc<DashboardSettings>,
     /// The session key (from the settings).
     pub key: SessionKey,
+    /// Ends every open SSE stream: the server's graceful shutdown waits for
+    /// open responses, and an event stream never ends by itself.
+    pub streams: CancellationToken,
 }
 
 impl DashboardState {
@@ -60,7 +65,14 @@ impl DashboardState {
             key: settings.key.clone(),
             api,
             settings: std::sync::Arc::new(settings),
+            streams: CancellationToken::new(),
         }
+    }
+
+    /// Cancel it before stopping the server: every live stream ends, so the
+    /// graceful shutdown does not wait for browsers to close their pages.
+    pub fn streams_token(&self) -> CancellationToken {
+        self.streams.clone()
     }
 }
 

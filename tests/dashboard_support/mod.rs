@@ -68,6 +68,7 @@ pub struct Dash {
     gate: std::path::PathBuf,
     running: Option<RunningServer>,
     stop: CancellationToken,
+    streams: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
@@ -139,13 +140,15 @@ impl Dash {
         let stop = CancellationToken::new();
         tokio::spawn(engine.clone().run(stop.clone()));
         let api_state = ApiState::new(engine.clone(), false);
-        let dash = dashboard::router(DashboardState::new(
+        let dash_state = DashboardState::new(
             api_state.clone(),
             DashboardSettings {
                 public,
                 key: SessionKey::from_secret("a test session key, long enough"),
             },
-        ));
+        );
+        let streams = dash_state.streams_token();
+        let dash = dashboard::router(dash_state);
         let running = server::start_with(
             ServerConfig {
                 addr: "127.0.0.1:0".parse().unwrap(),
@@ -184,6 +187,7 @@ impl Dash {
             gate,
             running: Some(running),
             stop,
+            streams,
             _dir: dir,
         }
     }
@@ -296,7 +300,9 @@ impl Dash {
         }
     }
 
+    /// Stops like `serve` does: live streams end first, then the server.
     pub async fn stop(mut self) {
+        self.streams.cancel();
         self.stop.cancel();
         self.running.take().unwrap().stop().await.unwrap();
     }

@@ -24,13 +24,13 @@ pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
 };
+pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
     StepFinish, StepNext, StepRecord, StepState,
 };
-pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.

@@ -49,6 +49,10 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
+use super::runs::{
+    AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
+    Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish, StepNext, StepRecord, StepState,
+};
 use super::sqlite::{AuditRow, DeliveryRow, EffectRow, RunRow, StepRow, corrupt};
 use super::{
     AuditEntry, Delivery, DeliveryResult, Effect, EffectOutcome, EffectState, ExclusiveGuard,
@@ -56,10 +60,6 @@ use super::{
     RepoConfigRecord, Store, StoreError, WakeTopic, now_ms,
 };
 use super::{ReportCandidate, ReportOutcome, RunStore};
-use super::runs::{
-    AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
-    Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish, StepNext, StepRecord, StepState,
-};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -317,19 +317,54 @@ impl Store for PgStore {
              ) \
              SELECT delivery_id, state FROM ins",
         )
-        .bind(unique.iter().map(|d| d.delivery_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.delivery_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(unique.iter().map(|d| d.event.as_str()).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| d.action.as_deref()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.action.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(unique.iter().map(|d| d.hook_id).collect::<Vec<_>>())
         .bind(unique.iter().map(|d| d.installation_id).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| d.repository.as_deref()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.repository.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(unique.iter().map(|d| d.sender_id).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| d.sender_login.as_deref()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.sender_login.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(unique.iter().map(|d| d.received_at).collect::<Vec<_>>())
         .bind(unique.iter().map(|d| d.state.as_str()).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| d.payload.encoding.as_str()).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| d.payload.raw_len as i64).collect::<Vec<_>>())
-        .bind(unique.iter().map(|d| &d.payload.bytes[..]).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.payload.encoding.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.payload.raw_len as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|d| &d.payload.bytes[..])
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&self.pool)
         .await?;
         let stored: HashSet<&str> = inserted.iter().map(|(d, _)| d.as_str()).collect();
@@ -502,12 +537,11 @@ impl Store for PgStore {
 
     async fn try_exclusive(&self, job: &str) -> Result<Option<ExclusiveGuard>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let (got,): (bool,) = sqlx::query_as(
-            "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))",
-        )
-        .bind(job.to_owned())
-        .fetch_one(&mut *conn)
-        .await?;
+        let (got,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))")
+                .bind(job.to_owned())
+                .fetch_one(&mut *conn)
+                .await?;
         if !got {
             return Ok(None);
         }
@@ -716,7 +750,12 @@ async fn create_runs_in(
                     .map(|s| serde_json::to_string(&s.needs).expect("strings serialize"))
                     .collect::<Vec<_>>(),
             )
-            .bind(r.steps.iter().map(|s| s.continue_on_error).collect::<Vec<_>>())
+            .bind(
+                r.steps
+                    .iter()
+                    .map(|s| s.continue_on_error)
+                    .collect::<Vec<_>>(),
+            )
             .bind(r.steps.iter().map(|s| s.agent.as_str()).collect::<Vec<_>>())
             .bind(r.steps.iter().map(|s| s.rank_ms).collect::<Vec<_>>())
             .execute(&mut *conn)
@@ -1162,12 +1201,11 @@ impl RunStore for PgStore {
         let step_rows: Vec<i64> = batch.iter().map(|f| f.lease.step_row).collect();
         let mut tx = self.pool.begin().await?;
         // The lock order: the runs (by id), then the steps (by id).
-        let runs: Vec<(i64,)> = sqlx::query_as(
-            "SELECT DISTINCT run_id FROM steps WHERE id = ANY($1) ORDER BY run_id",
-        )
-        .bind(&step_rows)
-        .fetch_all(&mut *tx)
-        .await?;
+        let runs: Vec<(i64,)> =
+            sqlx::query_as("SELECT DISTINCT run_id FROM steps WHERE id = ANY($1) ORDER BY run_id")
+                .bind(&step_rows)
+                .fetch_all(&mut *tx)
+                .await?;
         let runs: Vec<i64> = runs.into_iter().map(|(id,)| id).collect();
         lock_runs(&mut tx, &runs).await?;
         sqlx::query("SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
@@ -1308,7 +1346,10 @@ impl RunStore for PgStore {
 
     async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError> {
         // One snapshot of the run and its steps (REPEATABLE READ, read only).
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
         let snapshot = load_snapshot(&mut tx, run_id).await?;
         tx.commit().await?;
         Ok(snapshot)

@@ -22,6 +22,8 @@
 //!   must not steal the steps and deliveries other replicas are running, so
 //!   `recover_deliveries` and `reap_leases(None)` only take back *expired*
 //!   leases here. A replica that died is replaced once its leases expire.
+//! * **Agent concurrency** is database-wide: claims under per-agent limits
+//!   take a transaction-level advisory lock, so they take turns counting.
 //! * **Once-at-a-time work** (the lease reaper and deadline checks) takes a
 //!   transaction-level advisory lock (`pg_try_advisory_xact_lock`); a replica
 //!   that does not get it skips the round. Longer jobs (the redelivery scan,
@@ -72,6 +74,8 @@ const CHANNEL_STEPS: &str = "taskmaster_steps";
 const LOCK_REAPER: i32 = 1;
 /// Advisory-lock class of the run-deadline check.
 const LOCK_DEADLINES: i32 = 2;
+/// Advisory-lock class of claims under per-agent limits.
+const LOCK_AGENT_CLAIMS: i32 = 3;
 
 /// The PostgreSQL store. Cheap to clone (the pool and the listener are shared).
 #[derive(Clone)]
@@ -989,6 +993,16 @@ impl RunStore for PgStore {
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        if !limits.per_agent.is_empty() {
+            // An agent's concurrency is database-wide (an AgentAPI server
+            // serves one conversation, whichever replica asks): claims that
+            // count running steps per agent take turns, so two replicas
+            // cannot both fill the last slot. Held until this commit.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema()), $1)")
+                .bind(LOCK_AGENT_CLAIMS)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Candidates in service order, each with its run, locked without
         // waiting: rows another claimer (or a finisher, holding the run)
         // has locked are skipped, so no step is handed out twice and
@@ -1012,8 +1026,7 @@ impl RunStore for PgStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        // Per-agent limits count every replica's running steps; two
-        // replicas claiming at the same instant may each fill the last slot.
+        // Per-agent limits count every replica's running steps.
         let mut per_agent: HashMap<String, i64> = HashMap::new();
         if !limits.per_agent.is_empty() {
             let rows: Vec<(String, i64)> = sqlx::query_as(

@@ -171,6 +171,7 @@ async fn create(b: &Bench, n: usize) -> Vec<i64> {
                     &format!("bench-{k}"),
                     "bench",
                     None,
+                    None,
                     &HashMap::new(),
                     1000,
                 )

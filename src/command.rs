@@ -382,6 +382,12 @@ fn inside(ranges: &[Range<usize>], offset: usize) -> bool {
 /// The reply to `/help` (and to an unknown command addressed to the app):
 /// every command with its usage, description and default permission.
 pub fn help_markdown(app_slug: &str) -> String {
+    help_markdown_with(app_slug, CommandKind::default_permission)
+}
+
+/// `/help` with the permission `level(kind)` each command needs (a
+/// repository's `.github/taskmaster.yml` may change the defaults).
+pub fn help_markdown_with(app_slug: &str, level: impl Fn(CommandKind) -> &'static str) -> String {
     let mut out = String::from(
         "taskmaster understands these commands, each on a line of its own \
          (also as `@",
@@ -394,7 +400,7 @@ pub fn help_markdown(app_slug: &str) -> String {
         let (usage, description) = kind.help();
         out.push_str(&format!(
             "| `{usage}` | {description} | {} access or higher |\n",
-            kind.default_permission()
+            level(kind)
         ));
     }
     out.push_str(

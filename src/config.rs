@@ -54,6 +54,34 @@ pub enum Command {
         #[arg(long)]
         delivery: Option<String>,
     },
+    /// Manage API tokens of the operator API (`Authorization: Bearer …`).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+/// `taskmaster token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// `admin` (everything, tokens), `developer` (tasks, validations,
+        /// workflows), `operator` (execute, pause, resume, cancel, retry) or
+        /// `viewer` (read only).
+        #[arg(long)]
+        role: crate::store::Role,
+        /// A unique name, shown in the audit log (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a token by name: it is refused from then on.
+    Revoke {
+        /// The token's name (see `taskmaster token list`).
+        name: String,
+    },
+    /// List tokens (names, roles, use; never the tokens themselves).
+    List,
 }
 
 /// Log output format.
@@ -209,6 +237,49 @@ pub struct Settings {
         global = true
     )]
     pub redelivery_interval_ms: u64,
+
+    /// The App's slug (the name in `https://github.com/apps/<slug>`): comments
+    /// may address commands as `@<slug> retry`, and `<slug>[bot]` is the
+    /// App's own account, whose comments never run commands.
+    #[arg(
+        long,
+        env = "GITHUB_APP_SLUG",
+        default_value = "taskmaster",
+        global = true
+    )]
+    pub app_slug: String,
+
+    /// How long, in milliseconds, a repository's `.github/taskmaster.yml` is
+    /// used before it is fetched again (a push to the default branch that
+    /// touches it drops it at once).
+    #[arg(
+        long,
+        env = "TASKMASTER_REPO_CONFIG_TTL_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub repo_config_ttl_ms: u64,
+
+    /// How long, in milliseconds, a user's permission on a repository (from
+    /// GitHub's collaborator-permission API) is trusted before it is asked again.
+    #[arg(
+        long,
+        env = "TASKMASTER_PERMISSION_TTL_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub permission_ttl_ms: u64,
+
+    /// Serve `GET /api/metrics` without a token. When false, Prometheus must
+    /// send an API token (any role).
+    #[arg(
+        long,
+        env = "TASKMASTER_METRICS_PUBLIC",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub metrics_public: bool,
 
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]

@@ -389,6 +389,59 @@ pub struct InstallationRepositoriesEvent {
     pub sender: Option<Actor>,
 }
 
+/// The files one pushed commit touched (paths relative to the repository root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushCommit {
+    #[serde(default)]
+    pub added: Vec<String>,
+    #[serde(default)]
+    pub modified: Vec<String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// A `push` event: read only to notice changes of `.github/taskmaster.yml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    /// The full ref pushed, e.g. `refs/heads/main`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The pushed commits (GitHub lists at most 2,048; `[]` for a deleted ref).
+    #[serde(default)]
+    pub commits: Vec<PushCommit>,
+    /// Sender, repository, installation.
+    #[serde(flatten)]
+    pub envelope: Envelope,
+}
+
+impl PushEvent {
+    /// True when the push is to the repository's default branch and one of
+    /// its commits added, changed or removed `path`. With more than 2,048
+    /// commits GitHub truncates the list, so a push of that many counts as
+    /// touching it.
+    pub fn touches_default_branch_file(&self, path: &str) -> bool {
+        let Some(default) = self
+            .envelope
+            .repository
+            .as_ref()
+            .and_then(|r| r.default_branch.as_deref())
+        else {
+            return false;
+        };
+        if self.git_ref != format!("refs/heads/{default}") {
+            return false;
+        }
+        self.commits.len() >= 2048
+            || self.commits.iter().any(|c| {
+                c.added
+                    .iter()
+                    .chain(&c.modified)
+                    .chain(&c.removed)
+                    .any(|p| p == path)
+            })
+    }
+}
+
 /// The typed meaning of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -406,6 +459,8 @@ pub enum Event {
     Installation(Box<InstallationEvent>),
     /// `installation_repositories`.
     InstallationRepositories(Box<InstallationRepositoriesEvent>),
+    /// `push`.
+    Push(Box<PushEvent>),
     /// `ping`: sent when the hook is created.
     Ping,
     /// Any other event: kept by name, never acted on.
@@ -445,6 +500,7 @@ impl Event {
             "installation_repositories" => {
                 Event::InstallationRepositories(Box::new(de(event, payload)?))
             }
+            "push" => Event::Push(Box::new(de(event, payload)?)),
             "ping" => Event::Ping,
             other => {
                 #[derive(Deserialize)]
@@ -472,6 +528,7 @@ impl Event {
             Event::CheckSuite(_) => "check_suite",
             Event::Installation(_) => "installation",
             Event::InstallationRepositories(_) => "installation_repositories",
+            Event::Push(_) => "push",
             Event::Ping => "ping",
             Event::Other { name, .. } => name,
         }
@@ -487,7 +544,7 @@ impl Event {
             Event::CheckSuite(e) => Some(&e.action),
             Event::Installation(e) => Some(&e.action),
             Event::InstallationRepositories(e) => Some(&e.action),
-            Event::Ping => None,
+            Event::Push(_) | Event::Ping => None,
             Event::Other { action, .. } => action.as_deref(),
         }
     }
@@ -502,6 +559,7 @@ impl Event {
             Event::CheckSuite(e) => e.envelope.sender.as_ref(),
             Event::Installation(e) => e.sender.as_ref(),
             Event::InstallationRepositories(e) => e.sender.as_ref(),
+            Event::Push(e) => e.envelope.sender.as_ref(),
             Event::Ping | Event::Other { .. } => None,
         }
     }
@@ -514,6 +572,7 @@ impl Event {
             Event::IssueComment(e) => e.envelope.repository.as_ref(),
             Event::CheckRun(e) => e.envelope.repository.as_ref(),
             Event::CheckSuite(e) => e.envelope.repository.as_ref(),
+            Event::Push(e) => e.envelope.repository.as_ref(),
             _ => None,
         }
     }
@@ -533,11 +592,11 @@ mod tests {
 
     #[test]
     fn unknown_events_are_other_not_errors() {
-        let e = Event::parse("push", br#"{"ref":"refs/heads/main"}"#).unwrap();
+        let e = Event::parse("gollum", br#"{"ref":"refs/heads/main"}"#).unwrap();
         assert_eq!(
             e,
             Event::Other {
-                name: "push".into(),
+                name: "gollum".into(),
                 action: None
             }
         );

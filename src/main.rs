@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use taskmaster::agent::{AgentRegistry, AgentsConfig, env::process_lookup};
-use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings};
-use taskmaster::engine::intake::RoutingHandler;
+use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings, TokenCommand};
+use taskmaster::control::{AppHandler, AppHandlerConfig, AppIdentity};
 use taskmaster::engine::{Engine, Transition};
 use taskmaster::github::{self, GitHubSettings, RetryPolicy};
 use taskmaster::outbox::Outbox;
@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
             event_name,
             delivery,
         } => run(cli.settings, &workflow, &event, &event_name, delivery).await,
+        Command::Token { action } => token(cli.settings, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,17 +148,44 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             redelivery_stop.clone(),
         ));
     }
-    let outbox = Outbox::new(store.clone(), github, settings.outbox_config());
+    let app_id = github_settings
+        .credentials
+        .as_ref()
+        .map(|c| c.app_id as i64);
+    let outbox = Outbox::new(store.clone(), github.clone(), settings.outbox_config());
+    let handler = AppHandler::new(
+        store.clone(),
+        github,
+        engine.clone(),
+        AppHandlerConfig {
+            identity: AppIdentity {
+                app_id,
+                slug: settings.app_slug.clone(),
+            },
+            repo_config_ttl_ms: settings.repo_config_ttl_ms as i64,
+            permission_ttl: std::time::Duration::from_millis(settings.permission_ttl_ms),
+            effects_wake: Some(outbox.waker()),
+        },
+    );
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
     let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
-    let running = server::start(ServerConfig {
-        addr: SocketAddr::new(settings.host, settings.port),
-        secrets,
-        store: store.clone(),
-        handler: Arc::new(RoutingHandler::new(store, workflows, Some(engine))),
-    })
+    // The Prometheus recorder, before the first delivery is counted.
+    taskmaster::instrument::handle();
+    let api = taskmaster::api::service(taskmaster::api::ApiState::new(
+        engine.clone(),
+        settings.metrics_public,
+    ));
+    let running = server::start_with(
+        ServerConfig {
+            addr: SocketAddr::new(settings.host, settings.port),
+            secrets,
+            store: store.clone(),
+            handler: Arc::new(handler),
+        },
+        api,
+    )
     .await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {
@@ -278,6 +306,55 @@ async fn run(
     } else {
         anyhow::bail!("run {run_id} ended {}", outcome.run.state)
     }
+}
+
+/// `taskmaster token create|revoke|list`: API tokens, straight in the
+/// database (the way to make the first admin token). Each change is in the
+/// audit log with the actor `cli`.
+async fn token(settings: Settings, action: TokenCommand) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    use taskmaster::api::auth;
+    use taskmaster::store::ActorKind;
+    let store = store::connect_runs(&settings.database_url).await?;
+    match action {
+        TokenCommand::Create { role, name } => {
+            let (generated, stored) =
+                auth::create_token(&*store, role, name.as_deref(), (ActorKind::System, "cli"))
+                    .await?;
+            eprintln!(
+                "created the {} token `{}`; it is shown once, store it now:",
+                stored.role, stored.name
+            );
+            println!("{}", generated.secret.expose_secret());
+        }
+        TokenCommand::Revoke { name } => {
+            match auth::revoke_token(&*store, &name, (ActorKind::System, "cli")).await? {
+                Some(t) => println!("token `{}` ({}) is revoked", t.name, t.role),
+                None => anyhow::bail!("no token named `{name}` (see `taskmaster token list`)"),
+            }
+        }
+        TokenCommand::List => {
+            let tokens = store.api_tokens().await?;
+            if tokens.is_empty() {
+                println!("no API tokens; create one with `taskmaster token create --role admin`");
+            }
+            for t in tokens {
+                println!(
+                    "{:<24} {:<10} {}…  created by {:<12} {}",
+                    t.name,
+                    t.role.as_str(),
+                    t.prefix,
+                    t.created_by,
+                    if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

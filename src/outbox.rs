@@ -52,15 +52,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Transition;
 use crate::github::{
-    CheckRunId, CommentId, GitHub, GitHubError, InstallationId, RepoName, upsert_check_run,
-    upsert_sticky_comment,
+    CheckRunId, CommentId, GitHub, GitHubError, InstallationId, Reaction, RepoName,
+    upsert_check_run, upsert_sticky_comment,
 };
 use crate::report::{
     RunOutcome, RunReport, RunState as ReportRunState, STICKY_MARKER, StepReport,
     StepState as ReportStepState, Subject, render_sticky_comment,
 };
 use crate::store::{
-    ReportCandidate, ReportOutcome, RunSnapshot, RunState, RunStore, StepState, StoreError, now_ms,
+    Effect, EffectKind, EffectOutcome, ReportCandidate, ReportOutcome, RunSnapshot, RunState,
+    RunStore, StepState, StoreError, now_ms,
 };
 
 /// Runs shown in one sticky comment at most (the newest of the subject).
@@ -104,6 +105,7 @@ pub struct Outbox {
     store: Arc<dyn RunStore>,
     github: Arc<dyn GitHub>,
     config: OutboxConfig,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Why one run's report did not land.
@@ -131,7 +133,14 @@ impl Outbox {
             store,
             github,
             config,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// A handle that makes the worker run a pass now (new command replies
+    /// or reactions were queued).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// Runs passes until `shutdown` fires: after each hint on `hints` (the
@@ -180,6 +189,7 @@ impl Outbox {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 open = hint => if !open { hints = None },
             }
@@ -200,6 +210,7 @@ impl Outbox {
     /// The store failed to list candidates; a failure on one run is logged
     /// and leaves the others unaffected.
     pub async fn pass(&self) -> Result<Option<Duration>, StoreError> {
+        self.send_due_effects().await?;
         let now = now_ms();
         let candidates = self.store.report_candidates(now, self.config.batch).await?;
         let mut next_due: Option<i64> = None;
@@ -262,6 +273,64 @@ impl Outbox {
         };
         if let Err(e) = self.store.record_report(run_id, &outcome).await {
             tracing::warn!(run_id, error = %e, "outbox: cannot record the report outcome");
+        }
+    }
+
+    /// Sends the queued command replies and reactions that are due, in the
+    /// order they were queued. Without App credentials they are recorded as
+    /// `dry_run` (and logged by the dry-run recorder) instead.
+    async fn send_due_effects(&self) -> Result<(), StoreError> {
+        let due = self.store.due_effects(now_ms(), self.config.batch).await?;
+        for effect in due {
+            let outcome = match self.send_effect(&effect).await {
+                Ok(()) if self.github.is_dry_run() => EffectOutcome::DryRun,
+                Ok(()) => EffectOutcome::Sent,
+                Err(e) if e.is_transient() => {
+                    let backoff = self.backoff(effect.attempts);
+                    tracing::warn!(effect = effect.id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "GitHub did not accept a reply or reaction; retrying later");
+                    EffectOutcome::Retry {
+                        error: e.to_string(),
+                        retry_at: now_ms() + backoff.as_millis() as i64,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(effect = effect.id, error = %e,
+                        "GitHub refused a reply or reaction; giving up on it");
+                    EffectOutcome::Failed(e.to_string())
+                }
+            };
+            self.store.finish_effect(effect.id, &outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_effect(&self, effect: &Effect) -> Result<(), GitHubError> {
+        let repo = RepoName::parse(&effect.repository)?;
+        let installation = InstallationId(effect.installation_id.unwrap_or(0).max(0) as u64);
+        match effect.kind {
+            EffectKind::Comment => self
+                .github
+                .create_comment(installation, &repo, effect.target as u64, &effect.body)
+                .await
+                .map(|_| ()),
+            EffectKind::Reaction => {
+                let reaction = match effect.body.as_str() {
+                    "+1" => Reaction::PlusOne,
+                    "-1" => Reaction::MinusOne,
+                    "confused" => Reaction::Confused,
+                    "rocket" => Reaction::Rocket,
+                    _ => Reaction::Eyes,
+                };
+                self.github
+                    .add_reaction(
+                        installation,
+                        &repo,
+                        CommentId(effect.target as u64),
+                        reaction,
+                    )
+                    .await
+            }
         }
     }
 
@@ -338,6 +407,9 @@ impl Outbox {
 /// durations.
 pub fn fingerprint(snapshot: &RunSnapshot) -> String {
     let mut out = snapshot.run.state.as_str().to_owned();
+    if snapshot.run.waiting_approval {
+        out.push_str("+waiting_approval");
+    }
     for step in &snapshot.steps {
         out.push_str(&format!(
             "|{}:{}:{}",
@@ -380,6 +452,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
     let all_skipped =
         !steps.is_empty() && steps.iter().all(|s| s.state == ReportStepState::Skipped);
     let state = match run.state {
+        RunState::Queued if run.waiting_approval => ReportRunState::WaitingForApproval,
         RunState::Queued => ReportRunState::Queued,
         RunState::Running => ReportRunState::Running,
         RunState::Paused => ReportRunState::Paused,

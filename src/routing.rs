@@ -10,8 +10,12 @@
 //! - draft pull requests do not start workflows (`drafts: true` to allow);
 //! - bot senders do not start workflows (`bots: true`), which stops comment
 //!   and push loops between bots (GITHUB.md, item 4);
-//! - pull requests from forks do not start workflows (`forks: true`), so
-//!   untrusted code never runs next to secrets (item 11);
+//! - pull requests from forks, and from authors who are not the repository's
+//!   owner, members or collaborators, start their runs *waiting for
+//!   approval*: no step reaches an agent until a maintainer comments
+//!   `/approve` or presses "Approve run" (Prow's `/ok-to-test`, GitHub's
+//!   "approve and run"); `forks: true` lifts this for a trigger, so untrusted
+//!   code never runs next to secrets unasked (item 11);
 //! - `/run` comments act only when `created` (an edit must not re-run) and
 //!   only from the repository's owner, members and collaborators (a cheap
 //!   pre-filter; the command issue adds the permission API check).
@@ -39,6 +43,9 @@ pub struct RouteDecision {
     /// The task classification of the PR or issue, stored with the run and
     /// given to prompt templates as `task`.
     pub classification: Option<Classification>,
+    /// `Some(why)`: the run starts waiting for a maintainer's `/approve`
+    /// (untrusted work). Only with `start`.
+    pub approval: Option<String>,
 }
 
 /// The line prefix that starts a workflow from a comment.
@@ -187,6 +194,15 @@ fn started(wf: &Workflow, reason: String) -> RouteDecision {
         start: true,
         reason,
         classification: None,
+        approval: None,
+    }
+}
+
+/// A start that waits for a maintainer's `/approve`.
+fn needs_approval(wf: &Workflow, reason: String, why: String) -> RouteDecision {
+    RouteDecision {
+        approval: Some(why),
+        ..started(wf, reason)
     }
 }
 
@@ -196,6 +212,7 @@ fn held(wf: &Workflow, reason: String) -> RouteDecision {
         start: false,
         reason,
         classification: None,
+        approval: None,
     }
 }
 
@@ -214,37 +231,61 @@ fn push(out: &mut Vec<RouteDecision>, mut d: RouteDecision, task: Option<&Classi
     }
 }
 
-/// The safety defaults shared by PR and task triggers; `Some(reason)` holds back.
+/// What the safety defaults say about a PR.
+enum Safety {
+    /// Start.
+    Start,
+    /// Do not start, for this reason.
+    Hold(String),
+    /// Start, but wait for a maintainer's `/approve`, for this reason.
+    Approve(String),
+}
+
+/// `author_association` values trusted to run agents on their PRs unasked.
+const TRUSTED_AUTHORS: &[&str] = &["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// The safety defaults shared by PR and task triggers.
 fn pr_safety(
     pr: &PullRequest,
     sender: Option<&Actor>,
     drafts: bool,
     forks: bool,
     bots: bool,
-) -> Option<String> {
+) -> Safety {
     if let Some(s) = sender
         && s.is_bot()
         && !bots
     {
-        return Some(format!(
+        return Safety::Hold(format!(
             "sender `{}` is a bot; set `bots: true` on the trigger to start for bots",
             s.login
         ));
     }
     if pr.draft && !drafts {
-        return Some(format!(
+        return Safety::Hold(format!(
             "pull request #{} is a draft; it starts when marked ready for review (or set `drafts: true`)",
             pr.number
         ));
     }
-    if pr.is_fork() && !forks {
-        return Some(format!(
-            "pull request #{} comes from the fork `{}`; fork PRs do not start agents (set `forks: true` to allow)",
+    if forks {
+        return Safety::Start;
+    }
+    if pr.is_fork() {
+        return Safety::Approve(format!(
+            "pull request #{} comes from the fork `{}`: its run waits until a maintainer comments `/approve` (or set `forks: true`)",
             pr.number,
             pr.head_repo_full_name().unwrap_or("(deleted)")
         ));
     }
-    None
+    if !TRUSTED_AUTHORS.contains(&pr.author_association.as_str()) {
+        return Safety::Approve(format!(
+            "pull request #{} is by @{} ({}), not an owner, member or collaborator: its run waits until a maintainer comments `/approve`",
+            pr.number,
+            pr.user.login,
+            pr.author_association.to_lowercase()
+        ));
+    }
+    Safety::Start
 }
 
 fn route_pull_request(
@@ -266,8 +307,13 @@ fn route_pull_request(
             && t.title_matches(&pr.title);
         // Safety holds are reported only for workflows whose filters matched,
         // so a decision list never mentions workflows that were never in play.
+        let safety = if filters_match {
+            pr_safety(pr, sender, t.drafts, t.forks, t.bots)
+        } else {
+            Safety::Start
+        };
         if !filters_match {
-        } else if let Some(why) = pr_safety(pr, sender, t.drafts, t.forks, t.bots) {
+        } else if let Safety::Hold(why) = safety {
             push(out, held(wf, why), Some(task));
         } else {
             let mut why = format!(
@@ -289,7 +335,11 @@ fn route_pull_request(
             if !t.titles.is_empty() {
                 why.push_str("; title matches");
             }
-            push(out, started(wf, why), Some(task));
+            let decision = match safety {
+                Safety::Approve(wait) => needs_approval(wf, why, wait),
+                _ => started(wf, why),
+            };
+            push(out, decision, Some(task));
         }
     }
     if let Some(t) = &wf.triggers.task
@@ -299,14 +349,11 @@ fn route_pull_request(
         && t.types.contains(&task.task_type)
         && label_event_is_a_signal(action, added_label)
     {
-        if let Some(why) = pr_safety(pr, sender, t.drafts, t.forks, t.bots) {
-            push(out, held(wf, why), Some(task));
-        } else {
-            push(
-                out,
-                started(wf, task_reason("pull request", pr.number, action, task)),
-                Some(task),
-            );
+        let why = task_reason("pull request", pr.number, action, task);
+        match pr_safety(pr, sender, t.drafts, t.forks, t.bots) {
+            Safety::Hold(hold) => push(out, held(wf, hold), Some(task)),
+            Safety::Approve(wait) => push(out, needs_approval(wf, why, wait), Some(task)),
+            Safety::Start => push(out, started(wf, why), Some(task)),
         }
     }
 }

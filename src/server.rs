@@ -64,9 +64,18 @@ impl RunningServer {
 }
 
 /// Recovers unfinished deliveries, binds the listener and starts every task.
+/// The API is the health check alone; see [`start_with`] for the whole API.
 ///
 /// Errors: the address cannot be bound, or start-up recovery fails.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let api = crate::api::router(config.store.clone());
+    start_with(config, api).await
+}
+
+/// As [`start`], serving `api` (e.g. [`crate::api::service`]) beside intake.
+///
+/// Errors: the address cannot be bound, or start-up recovery fails.
+pub async fn start_with(config: ServerConfig, api: Router) -> anyhow::Result<RunningServer> {
     let ServerConfig {
         addr,
         secrets,
@@ -100,7 +109,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         secrets: Arc::new(secrets),
         inbox,
     })
-    .merge(crate::api::router(store.clone()))
+    .merge(api)
     .layer(TraceLayer::new_for_http());
 
     let shutdown = CancellationToken::new();

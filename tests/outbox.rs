@@ -88,6 +88,7 @@ impl Fixture {
                 cancel_in_progress: false,
                 max_parallel: None,
                 timeout_ms: None,
+                needs_approval: None,
                 steps: vec![step("check"), step("report")],
             }])
             .await

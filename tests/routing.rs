@@ -187,12 +187,40 @@ fn bot_senders_are_held_back() {
 }
 
 #[test]
-fn fork_pull_requests_are_held_back() {
+fn fork_pull_requests_start_waiting_for_approval() {
     let d = route_fixture("pull_request.opened", |p| {
         p["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
     });
-    assert_eq!(outcome(&d), [("pr_processing", false)]);
-    assert!(reason(&d, "pr_processing").contains("comes from the fork `mallory/Hello-World`"));
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
+    let pr = d.iter().find(|d| d.workflow == "pr_processing").unwrap();
+    let wait = pr
+        .approval
+        .as_deref()
+        .expect("a fork's run waits for approval");
+    assert!(
+        wait.contains("comes from the fork `mallory/Hello-World`"),
+        "{wait}"
+    );
+    assert!(wait.contains("/approve"), "{wait}");
+}
+
+#[test]
+fn untrusted_authors_wait_for_approval_and_collaborators_do_not() {
+    for (association, waits) in [
+        ("OWNER", false),
+        ("MEMBER", false),
+        ("COLLABORATOR", false),
+        ("CONTRIBUTOR", true),
+        ("FIRST_TIME_CONTRIBUTOR", true),
+        ("NONE", true),
+    ] {
+        let d = route_fixture("pull_request.opened", |p| {
+            p["pull_request"]["author_association"] = association.into();
+        });
+        let pr = d.iter().find(|d| d.workflow == "pr_processing").unwrap();
+        assert!(pr.start, "{association}");
+        assert_eq!(pr.approval.is_some(), waits, "{association}: {pr:?}");
+    }
 }
 
 #[test]

@@ -92,6 +92,7 @@ fn new_run(delivery: &str, workflow: &str, steps: &[(&str, &[&str])]) -> NewRun 
         cancel_in_progress: false,
         max_parallel: None,
         timeout_ms: None,
+        needs_approval: None,
         steps: steps
             .iter()
             .map(|(step, needs)| NewStep {
@@ -979,7 +980,280 @@ async fn exclusive_jobs_are_held_by_one_store_at_a_time(b: Backend) {
     }
 }
 
+async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
+    let store = &b.store;
+    let mut gated = new_run("ap-1", "one", &[("work", &[])]);
+    gated.needs_approval = Some("a fork's pull request".into());
+    gated.head_sha = Some("abc123".into());
+    gated.timeout_ms = Some(60_000);
+    let run = store.create_runs(&[gated]).await.unwrap()[0].run_id;
+    store.settle_run(run, &ReadyAll).await.unwrap();
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert!(snap.run.waiting_approval);
+    assert!(
+        store
+            .claim_steps("w", &limits(10, 60_000))
+            .await
+            .unwrap()
+            .is_empty(),
+        "gated"
+    );
+    tokio::time::sleep(MS(20)).await;
+    assert_eq!(
+        store.approve_run(run, "maintainer").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        store.approve_run(run, "again").await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    assert_eq!(
+        store.approve_run(9999, "x").await.unwrap(),
+        ControlOutcome::NotFound
+    );
+    let approved = store.run(run).await.unwrap().unwrap().run;
+    assert!(!approved.waiting_approval);
+    assert_eq!(approved.approved_by.as_deref(), Some("maintainer"));
+    assert!(
+        approved.deadline_at.unwrap() > snap.run.deadline_at.unwrap(),
+        "the time limit restarts at approval"
+    );
+    assert_eq!(
+        store
+            .claim_steps("w", &limits(10, 60_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let kinds: Vec<_> = store
+        .run_events(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&"approval_required".into()) && kinds.contains(&"run_approved".into()));
+    assert_eq!(
+        store.runs_for_commit("octo/repo", "abc123").await.unwrap(),
+        vec![run]
+    );
+    assert!(
+        store
+            .runs_for_commit("octo/repo", "other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
+    use taskmaster::store::{
+        NewApiToken, NewTask, NewValidation, Role, RunFilter, TaskFilter, TaskSource, TaskState,
+        TaskUpdate, ValidationFilter, ValidationKind, Verdict,
+    };
+    let store = &b.store;
+    let token = NewApiToken {
+        name: "ci".into(),
+        role: Role::Operator,
+        token_hash: "h1".into(),
+        prefix: "tm_ab".into(),
+        created_by: "cli".into(),
+        created_at: 10,
+    };
+    let created = store.create_api_token(&token).await.unwrap().unwrap();
+    assert_eq!(
+        (created.name.as_str(), created.role),
+        ("ci", Role::Operator)
+    );
+    assert!(
+        store.create_api_token(&token).await.unwrap().is_none(),
+        "names are unique"
+    );
+    assert_eq!(
+        store.api_token_by_hash("h1").await.unwrap().unwrap().id,
+        created.id
+    );
+    assert!(store.api_token_by_hash("nope").await.unwrap().is_none());
+    store.touch_api_token(created.id, 20).await.unwrap();
+    let revoked = store.revoke_api_token("ci", 30).await.unwrap().unwrap();
+    assert_eq!(
+        (revoked.last_used_at, revoked.revoked_at),
+        (Some(20), Some(30))
+    );
+    let again = store.revoke_api_token("ci", 40).await.unwrap().unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(30),
+        "the first revocation time is kept"
+    );
+    assert!(store.revoke_api_token("nope", 1).await.unwrap().is_none());
+    assert_eq!(store.api_tokens().await.unwrap().len(), 1);
+
+    store
+        .insert_deliveries(&[delivery("api-1", b"{}", DeliveryState::Done)])
+        .await
+        .unwrap();
+    let r1 = store
+        .create_runs(&[new_run("api-1", "one", &[("work", &[])])])
+        .await
+        .unwrap()[0]
+        .run_id;
+    let r2 = store
+        .create_runs(&[new_run("api-1", "two", &[("a", &[])])])
+        .await
+        .unwrap()[0]
+        .run_id;
+    let all = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2, r1]);
+    let filtered = store
+        .list_runs(&RunFilter {
+            workflow: Some("one".into()),
+            state: Some(RunState::Queued),
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1);
+    let page = store
+        .list_runs(&RunFilter {
+            before_id: Some(r2),
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page[0].id, r1);
+    assert_eq!(
+        store
+            .installation_for_repository("octo/repo")
+            .await
+            .unwrap(),
+        Some(42)
+    );
+    assert_eq!(
+        store.installation_for_repository("x/y").await.unwrap(),
+        None
+    );
+
+    let task = store
+        .create_task(&NewTask {
+            source: TaskSource::Api,
+            repository: Some("octo/repo".into()),
+            subject_number: None,
+            title: "Fix it".into(),
+            body: "please".into(),
+            classification: serde_json::json!({"kind": "bug"}),
+            created_by: "ci".into(),
+            created_at: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Open);
+    let updated = store
+        .update_task(
+            task.id,
+            &TaskUpdate {
+                title: None,
+                body: Some("now".into()),
+                classification: None,
+                state: Some(TaskState::InProgress),
+                run_id: Some(Some(r1)),
+                updated_at: 6,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (updated.body.as_str(), updated.state, updated.run_id),
+        ("now", TaskState::InProgress, Some(r1))
+    );
+    assert_eq!(store.task(task.id).await.unwrap().unwrap().updated_at, 6);
+    assert!(store.task(task.id + 100).await.unwrap().is_none());
+    let listed = store
+        .tasks(&TaskFilter {
+            state: Some(TaskState::InProgress),
+            limit: 5,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        store
+            .update_task(
+                task.id,
+                &TaskUpdate {
+                    title: None,
+                    body: None,
+                    classification: None,
+                    state: None,
+                    run_id: Some(Some(9999)),
+                    updated_at: 7,
+                }
+            )
+            .await
+            .is_err(),
+        "a task's run must exist"
+    );
+
+    let v = store
+        .create_validation(&NewValidation {
+            run_id: Some(r1),
+            step: Some("work".into()),
+            kind: ValidationKind::Tests,
+            verdict: Verdict::Fail,
+            summary: "2 failures".into(),
+            evidence: serde_json::json!(["log"]),
+            created_by: "engine".into(),
+            created_at: 8,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.validation(v.id).await.unwrap().unwrap().evidence,
+        serde_json::json!(["log"])
+    );
+    let found = store
+        .validations(&ValidationFilter {
+            run_id: Some(r1),
+            kind: Some(ValidationKind::Tests),
+            verdict: Some(Verdict::Fail),
+            before_id: None,
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+
+    let counts = store.store_counts().await.unwrap();
+    assert!(
+        counts.runs.contains(&("one".into(), "queued".into(), 1)),
+        "{counts:?}"
+    );
+    assert!(
+        counts
+            .deliveries
+            .contains(&("pull_request".into(), "done".into(), 1))
+    );
+    store.settle_run(r1, &ReadyAll).await.unwrap();
+    store.claim_steps("w", &limits(10, 60_000)).await.unwrap();
+    let stats = store.agent_attempt_stats(0).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].agent.as_str(), stats[0].in_flight), ("worker", 1));
+}
+
 both_backends!(
+    approval_gates_claims_and_runs_are_found_by_commit,
+    operator_api_records_tokens_tasks_validations_and_counts,
     deliveries_are_stored_once_and_read_back_byte_for_byte,
     deliveries_are_claimed_in_order_and_finished_only_by_their_owner,
     expired_delivery_leases_are_taken_over_and_recovered,

@@ -209,6 +209,40 @@ pub struct AgentConfig {
     entry: AgentEntry,
 }
 
+impl AgentConfig {
+    /// The URL this agent talks to, for display: scheme, host, port and
+    /// path only — any user, password, query or fragment is dropped, so a
+    /// credential written into the URL is never shown. `None` for kinds
+    /// without an endpoint (`cli`, `command`).
+    pub fn public_endpoint(&self) -> Option<String> {
+        let raw = match self.kind {
+            AgentKind::Agentapi => self
+                .entry
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("http://localhost:{}", agentapi::DEFAULT_PORT)),
+            AgentKind::Codegen => self
+                .entry
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| super::codegen::DEFAULT_ENDPOINT.to_owned()),
+            AgentKind::Cli | AgentKind::Command => return None,
+        };
+        let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw.as_str()));
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        Some(if scheme.is_empty() {
+            format!("{host}{path}")
+        } else {
+            format!("{scheme}://{host}{path}")
+        })
+    }
+}
+
 /// All agents, resolved (defaults, file, environment).
 #[derive(Debug, Clone)]
 pub struct AgentsConfig {

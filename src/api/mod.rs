@@ -1,6 +1,31 @@
-//! The service's own HTTP API. For now: `GET /api/health`.
+//! The operator API: JSON over HTTP under `/api/`, described by an OpenAPI
+//! 3.1 document generated from this code (`GET /api/openapi.json`).
+//!
+//! * [`workflows`] — start runs, list and read them, pause, resume, cancel, retry;
+//! * [`tasks`] — classified units of work; [`validations`] — verdicts with evidence;
+//! * [`agents`] — each agent's health, circuit and track record;
+//! * [`metrics`] — Prometheus; `GET /api/health` — liveness and inbox depth;
+//! * [`tokens`] — API tokens and the audit log (admin).
+//!
+//! Every endpoint but `/api/health`, `/api/openapi.json` (and `/api/metrics`
+//! when public) needs a bearer token whose role allows it ([`auth`]); every
+//! call that changes something is written to the audit log with the token's
+//! name. Errors are `application/problem+json` ([`error`]). Lists are pages
+//! of at most 200, newest first, continued with `cursor`.
+//!
+//! The routes and the OpenAPI document come from one list ([`routes`]), so
+//! a route cannot ship undocumented.
 
-use std::sync::Arc;
+pub mod agents;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod tasks;
+pub mod tokens;
+pub mod validations;
+pub mod workflows;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -9,14 +34,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::store::{InboxDepth, Store};
+use crate::engine::Engine;
+use crate::store::{AuditEntry, InboxDepth, RunStore, Store, now_ms};
+use auth::{Caller, UsageClock};
+use error::Problem;
 
 /// How long the health check waits for the database.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The body of `GET /api/health`.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: String,
@@ -30,7 +62,7 @@ pub struct Health {
 }
 
 /// Inbox depth as reported by the health check.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, ToSchema)]
 pub struct InboxDepthBody {
     pub queued: i64,
     pub processing: i64,
@@ -45,11 +77,213 @@ impl From<InboxDepth> for InboxDepthBody {
     }
 }
 
-/// Routes of the API.
+/// The health check alone, for a service without the engine (intake tests).
+/// [`service`] serves it too, with the rest of the API.
 pub fn router(store: Arc<dyn Store>) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .with_state(store)
+}
+
+/// What the API's handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store (the engine's).
+    pub store: Arc<dyn RunStore>,
+    /// The engine: runs are started and controlled through it.
+    pub engine: Engine,
+    /// When false, `GET /api/metrics` needs a token (any role).
+    pub metrics_public: bool,
+    usage: Arc<UsageClock>,
+}
+
+impl ApiState {
+    /// The API's state over `engine` (and its store).
+    pub fn new(engine: Engine, metrics_public: bool) -> Self {
+        ApiState {
+            store: engine.store().clone(),
+            engine,
+            metrics_public,
+            usage: Arc::new(UsageClock::default()),
+        }
+    }
+}
+
+/// The whole API with its state: merge it into the service's router.
+/// Unknown paths and methods answer 404 / 405 as problems.
+pub fn service(state: ApiState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
+        .with_state(state)
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::no_method)
+}
+
+/// Every route with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health_check))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(workflows::execute))
+        .routes(routes!(workflows::list))
+        .routes(routes!(workflows::get, workflows::cancel))
+        .routes(routes!(workflows::pause))
+        .routes(routes!(workflows::resume))
+        .routes(routes!(workflows::retry))
+        .routes(routes!(tasks::list, tasks::create))
+        .routes(routes!(tasks::update))
+        .routes(routes!(tasks::workflow))
+        .routes(routes!(validations::list, validations::create))
+        .routes(routes!(validations::get))
+        .routes(routes!(agents::list))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::audit_log))
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "taskmaster operator API",
+        description = "Start and steer workflow runs, manage tasks and validations, watch agents. \
+Authenticate with `Authorization: Bearer <token>` (`taskmaster token create --role <role>`). \
+Errors are RFC 9457 problems (`application/problem+json`). Times are epoch milliseconds."
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(Problem)),
+    tags(
+        (name = "workflows", description = "Runs of workflows"),
+        (name = "tasks", description = "Classified units of work"),
+        (name = "validations", description = "Verdicts of code review, tests and security audits"),
+        (name = "agents", description = "The agents runs use"),
+        (name = "service", description = "Health, metrics and this description"),
+        (name = "admin", description = "API tokens and the audit log (admin role)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token: `tm_` and 64 hex digits"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(get, operation_id = "get_openapi", path = "/api/openapi.json", tag = "service",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)),
+    security(()))]
+async fn openapi_json() -> Response {
+    static SPEC: OnceLock<String> = OnceLock::new();
+    let body = SPEC.get_or_init(|| openapi().to_pretty_json().unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.clone(),
+    )
+        .into_response()
+}
+
+/// Liveness: version, database status and inbox depth (no token needed).
+#[utoipa::path(get, operation_id = "get_health", path = "/api/health", tag = "service",
+    responses(
+        (status = 200, description = "Up", body = Health),
+        (status = 503, description = "The database is unreachable", body = Health),
+    ),
+    security(()))]
+async fn health_check(State(state): State<ApiState>) -> Response {
+    let store: Arc<dyn Store> = state.store.clone();
+    health(State(store)).await
+}
+
+/// A page request: `limit` (1-200, default 50) and `cursor` (the previous
+/// page's `next_cursor`: the last id it held).
+pub(crate) struct Cursor {
+    limit: i64,
+    before_id: Option<i64>,
+}
+
+/// Page size when none is asked for.
+const DEFAULT_PAGE: i64 = 50;
+/// Largest page.
+const MAX_PAGE: i64 = 200;
+
+impl Cursor {
+    pub(crate) fn parse(limit: Option<i64>, cursor: Option<&str>) -> Result<Self, Problem> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Problem::bad_request(format!(
+                "`limit` must be between 1 and {MAX_PAGE}, not {limit}"
+            )));
+        }
+        let before_id = cursor
+            .map(|c| {
+                c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    Problem::bad_request(format!(
+                        "`cursor` `{c}` is not one this API handed out (use `next_cursor`)"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(Cursor { limit, before_id })
+    }
+
+    /// Cuts `rows` (fetched with `limit + 1`) to the page and tells whether
+    /// another follows.
+    pub(crate) fn split<T>(
+        &self,
+        mut rows: Vec<T>,
+        id: impl Fn(&T) -> i64,
+    ) -> (Vec<T>, Option<String>) {
+        if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            let next = rows.last().map(|r| id(r).to_string());
+            (rows, next)
+        } else {
+            (rows, None)
+        }
+    }
+}
+
+/// Writes one audit entry for an API call by `caller`.
+pub(crate) async fn audit(
+    state: &ApiState,
+    caller: &Caller,
+    action: &str,
+    target: Option<String>,
+    outcome: &str,
+    detail: Option<serde_json::Value>,
+) -> Result<(), Problem> {
+    let (actor_kind, actor) = caller.actor();
+    state
+        .store
+        .append_audit(&AuditEntry {
+            id: 0,
+            at: now_ms(),
+            actor_kind,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target,
+            outcome: outcome.to_owned(),
+            detail,
+        })
+        .await?;
+    Ok(())
 }
 
 /// `GET /api/health`: 200 with version, database status and inbox depth; 503

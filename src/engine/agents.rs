@@ -25,6 +25,12 @@ pub trait AgentSource: Send + Sync + 'static {
     fn max_attempts(&self, name: &str) -> Option<u32>;
     /// Every agent name.
     fn names(&self) -> Vec<String>;
+    /// The agent's endpoint for display, without credentials (see
+    /// [`crate::agent::config::AgentConfig::public_endpoint`]); `None` when
+    /// it has none or it is not known.
+    fn public_endpoint(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 impl AgentSource for AgentRegistry {
@@ -49,6 +55,9 @@ impl AgentSource for AgentRegistry {
     }
     fn names(&self) -> Vec<String> {
         AgentRegistry::names(self).map(str::to_owned).collect()
+    }
+    fn public_endpoint(&self, name: &str) -> Option<String> {
+        self.config(name).and_then(|c| c.public_endpoint())
     }
 }
 

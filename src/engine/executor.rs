@@ -58,6 +58,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         attempt,
         run_started,
     } = claimed;
+    crate::instrument::step_claimed(&workflow, now_ms() - step.run_at);
     if run_started {
         engine.publish(Transition::Run {
             run_id: step.run_id,
@@ -385,6 +386,17 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             (next, event, why)
         }
     };
+    crate::instrument::attempt_finished(
+        &workflow,
+        &step.step,
+        &agent_name,
+        &record.outcome,
+        record.duration_ms,
+        record
+            .error_class
+            .as_deref()
+            .zip(record.error_kind.as_deref()),
+    );
     finish(
         engine,
         &lease,
@@ -490,6 +502,7 @@ async fn finish(
         StepNext::Finish { state, .. } => *state,
         _ => StepState::Ready,
     };
+    crate::instrument::step_decision(event.0);
     let (done, result) = tokio::sync::oneshot::channel();
     let job = ResultJob {
         finish: StepFinish {

@@ -40,6 +40,7 @@ pub fn new_run(
     delivery_id: &str,
     reason: &str,
     classification: Option<Classification>,
+    needs_approval: Option<String>,
     estimates: &HashMap<String, i64>,
     default_estimate_ms: i64,
 ) -> NewRun {
@@ -89,6 +90,7 @@ pub fn new_run(
             .is_some_and(|c| c.cancel_in_progress),
         max_parallel: workflow.max_parallel,
         timeout_ms: workflow.timeout.map(|t| t.as_millis() as i64),
+        needs_approval,
         steps: workflow
             .steps
             .iter()
@@ -128,12 +130,20 @@ impl RoutingHandler {
     }
 }
 
-#[async_trait]
-impl DeliveryHandler for RoutingHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+impl RoutingHandler {
+    /// Routes `delivery` against `set` (the loaded workflows, or a
+    /// repository's overridden copy of them).
+    ///
+    /// # Errors
+    /// A payload that does not parse (permanent), or the store.
+    pub async fn route_with(
+        &self,
+        delivery: &Delivery,
+        set: &WorkflowSet,
+    ) -> Result<Handled, HandlerError> {
         let event = Event::parse(&delivery.event, &delivery.payload)
             .map_err(|e| HandlerError::Permanent(format!("the payload does not parse: {e}")))?;
-        let decisions = route(&event, &self.workflows);
+        let decisions = route(&event, set);
         let mut runs = Vec::new();
         let mut held = Vec::new();
         for d in decisions {
@@ -141,17 +151,18 @@ impl DeliveryHandler for RoutingHandler {
                 held.push(format!("{}: {}", d.workflow, d.reason));
                 continue;
             }
-            let Some(wf) = self.workflows.get(&d.workflow) else {
+            let Some(wf) = set.get(&d.workflow) else {
                 continue;
             };
             let estimates = self.store.step_estimates(&wf.name).await?;
             runs.push(new_run(
-                &self.workflows,
+                set,
                 wf,
                 &event,
                 &delivery.delivery_id,
                 &d.reason,
                 d.classification,
+                d.approval,
                 &estimates,
                 self.default_estimate_ms,
             ));
@@ -166,6 +177,13 @@ impl DeliveryHandler for RoutingHandler {
         }
         tracing::info!(delivery = %delivery.delivery_id, runs = runs.len(), "starting runs");
         Ok(Handled::Start(runs))
+    }
+}
+
+#[async_trait]
+impl DeliveryHandler for RoutingHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        self.route_with(delivery, &self.workflows).await
     }
 
     async fn committed(&self) {
@@ -226,6 +244,7 @@ impl Engine {
             delivery_id,
             "started directly (taskmaster run)",
             classification,
+            None,
             &estimates,
             self.inner.config.default_estimate_ms,
         );

@@ -258,6 +258,13 @@ impl Engine {
         self.inner.wake.notify_one();
     }
 
+    /// The names of the agents steps may use, sorted.
+    pub fn agent_names(&self) -> Vec<String> {
+        let mut names = self.inner.agents.names();
+        names.sort();
+        names
+    }
+
     /// Each agent's circuit-breaker state (agents never used are closed).
     pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
         self.inner.breakers.snapshot()
@@ -627,6 +634,22 @@ impl Engine {
                 run_id,
                 state: RunState::Running,
                 reason: format!("retry of {}", step.unwrap_or("failed steps")),
+            });
+            self.settle(run_id).await?;
+            self.wake();
+        }
+        Ok(outcome)
+    }
+
+    /// Approve a run that waits for a maintainer (untrusted work): its steps
+    /// may start now. `by` is the approver's login. Idempotent.
+    pub async fn approve(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+        let outcome = self.inner.store.approve_run(run_id, by).await?;
+        if outcome == ControlOutcome::Changed {
+            self.publish(Transition::Run {
+                run_id,
+                state: RunState::Queued,
+                reason: format!("approved by @{by}"),
             });
             self.settle(run_id).await?;
             self.wake();

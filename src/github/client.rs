@@ -299,6 +299,13 @@ impl GitHubClient {
             let status = response.status();
             let headers = response.headers().clone();
             gate.observe(&headers);
+            crate::instrument::github_answer(
+                status.as_u16(),
+                headers
+                    .get("x-ratelimit-remaining")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+            );
             let body = crab
                 .body_to_string(response)
                 .await

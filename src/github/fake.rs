@@ -202,6 +202,10 @@ fn json<T: serde::Serialize>(value: &T) -> Value {
 
 #[async_trait]
 impl GitHub for RecordingGitHub {
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     async fn create_check_run(
         &self,
         _installation: InstallationId,

@@ -371,6 +371,11 @@ pub trait GitHub: Send + Sync {
     ///
     /// Source: <https://docs.github.com/en/rest/apps/webhooks#redeliver-a-delivery-for-an-app-webhook>
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError>;
+
+    /// True when effects are only recorded, not sent (no App credentials).
+    fn is_dry_run(&self) -> bool {
+        false
+    }
 }
 
 /// Creates or edits the sticky comment on issue or PR `number`.

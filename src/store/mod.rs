@@ -14,12 +14,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod api;
 pub mod app;
 pub mod postgres;
 pub mod reports;
 pub mod runs;
 pub mod sqlite;
 
+pub use api::{
+    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
+    TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
+    ValidationRecord, Verdict,
+};
 pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
@@ -586,6 +592,19 @@ pub trait RunStore: Store {
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError>;
 
+    /// Lets a run that waits for approval start its steps; `by` is the
+    /// approver's login (timeline). Its time limit restarts from now.
+    /// `Unchanged` when it was not waiting (already approved, or finished).
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
+
+    /// The ids of the runs on commit `head_sha` of `repository`, oldest first
+    /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
+    async fn runs_for_commit(
+        &self,
+        repository: &str,
+        head_sha: &str,
+    ) -> Result<Vec<i64>, StoreError>;
+
     // --- The App's own records (see [`app`]) ---
 
     /// Records an installation's state (`installation` webhook: created,
@@ -654,6 +673,73 @@ pub trait RunStore: Store {
         before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    // --- The operator API's records (see [`api`]) ---
+
+    /// Stores an API token; `None` when a token of that name exists already
+    /// (revoked or not: names are never reused, so the audit log stays clear).
+    async fn create_api_token(&self, token: &NewApiToken) -> Result<Option<ApiToken>, StoreError>;
+
+    /// The token whose SHA-256 is `token_hash` (revoked ones too).
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Every API token, oldest first.
+    async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revokes the token called `name` at `at` (epoch ms); a token revoked
+    /// before keeps its first revocation time. `None`: no such token.
+    async fn revoke_api_token(&self, name: &str, at: i64) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Records that token `id` was used at `at` (epoch ms).
+    async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError>;
+
+    /// Runs matching `filter`, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
+
+    /// Stores a task.
+    async fn create_task(&self, task: &NewTask) -> Result<TaskRecord, StoreError>;
+
+    /// One task.
+    async fn task(&self, id: i64) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Tasks matching `filter`, newest first.
+    async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Changes a task; `None`: no such task. A `run_id` must name a stored run.
+    async fn update_task(
+        &self,
+        id: i64,
+        update: &TaskUpdate,
+    ) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Stores a validation. A `run_id` must name a stored run.
+    async fn create_validation(
+        &self,
+        validation: &NewValidation,
+    ) -> Result<ValidationRecord, StoreError>;
+
+    /// One validation.
+    async fn validation(&self, id: i64) -> Result<Option<ValidationRecord>, StoreError>;
+
+    /// Validations matching `filter`, newest first.
+    async fn validations(
+        &self,
+        filter: &ValidationFilter,
+    ) -> Result<Vec<ValidationRecord>, StoreError>;
+
+    /// Row counts for the metrics scrape.
+    async fn store_counts(&self) -> Result<StoreCounts, StoreError>;
+
+    /// Per agent: attempts in flight, and attempts finished since `since`
+    /// (epoch ms) with their durations.
+    async fn agent_attempt_stats(&self, since: i64) -> Result<Vec<AgentAttemptStats>, StoreError>;
+
+    /// The installation that last delivered an event about `repository`
+    /// (`owner/name`), if any: runs started through the API report there.
+    async fn installation_for_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<i64>, StoreError>;
 }
 
 /// Connection pool settings of the PostgreSQL store (SQLite ignores them:

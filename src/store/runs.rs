@@ -189,6 +189,10 @@ pub struct NewRun {
     pub max_parallel: Option<u32>,
     /// The run's time limit, ms.
     pub timeout_ms: Option<i64>,
+    /// Wait for a maintainer's `/approve` before any step starts (untrusted
+    /// work: a fork's PR, an author without write access); the reason goes
+    /// to the timeline.
+    pub needs_approval: Option<String>,
     /// Steps in topological order.
     pub steps: Vec<NewStep>,
 }
@@ -265,6 +269,10 @@ pub struct Run {
     pub created_at: i64,
     /// Epoch ms of the first claim.
     pub started_at: Option<i64>,
+    /// Waits for `/approve` (shown as `waiting_approval`); no step is claimed.
+    pub waiting_approval: bool,
+    /// Who approved it, when it waited.
+    pub approved_by: Option<String>,
     /// Epoch ms of the outcome.
     pub finished_at: Option<i64>,
 }
@@ -480,7 +488,7 @@ pub struct RunEvent {
     pub at: i64,
     /// What happened. Run: `run_created`, `run_started`, `run_paused`,
     /// `run_resumed`, `cancel_requested`, `run_timed_out`, `retry_requested`,
-    /// `run_finished`. Step: `step_ready`, `step_skipped`, `step_cancelled`,
+    /// `run_finished`, `approval_required`, `run_approved`. Step: `step_ready`, `step_skipped`, `step_cancelled`,
     /// `step_failed` (planner), `attempt_started`, `step_succeeded`, and the
     /// executor's decisions `retry`, `fallback`, `give_up`,
     /// `wait_for_circuit`, `released` (shutdown), plus the reaper's

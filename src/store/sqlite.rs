@@ -412,8 +412,8 @@ macro_rules! select_runs {
     () => {
         "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
          classification, reason, context, priority, concurrency_group, state, desired_state, \
-         max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at \
-         FROM runs "
+         max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
+         waiting_approval, approved_by FROM runs "
     };
 }
 
@@ -448,6 +448,8 @@ pub(super) struct RunRow {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    waiting_approval: bool,
+    approved_by: Option<String>,
 }
 
 pub(super) fn corrupt(table: &'static str, detail: String) -> StoreError {
@@ -486,6 +488,8 @@ impl TryFrom<RunRow> for Run {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            waiting_approval: r.waiting_approval,
+            approved_by: r.approved_by,
         })
     }
 }
@@ -664,8 +668,8 @@ async fn create_runs_in(
         let inserted: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO runs (workflow, delivery_id, event, repository, subject_number, head_sha, \
              classification, reason, context, priority, concurrency_group, max_parallel, \
-             deadline_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             deadline_at, created_at, waiting_approval) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
              ON CONFLICT (delivery_id, workflow) DO NOTHING RETURNING id",
         )
         .bind(&r.workflow)
@@ -682,6 +686,7 @@ async fn create_runs_in(
         .bind(r.max_parallel.map(i64::from))
         .bind(r.timeout_ms.map(|t| now + t))
         .bind(now)
+        .bind(r.needs_approval.is_some())
         .fetch_optional(&mut *conn)
         .await?;
         let Some((run_id,)) = inserted else {
@@ -716,6 +721,9 @@ async fn create_runs_in(
             .await?;
         }
         insert_event(conn, run_id, None, now, "run_created", &r.reason).await?;
+        if let Some(why) = &r.needs_approval {
+            insert_event(conn, run_id, None, now, "approval_required", why).await?;
+        }
         let mut superseded = Vec::new();
         if let (Some(group), true) = (&r.concurrency_group, r.cancel_in_progress) {
             let older: Vec<(i64,)> = sqlx::query_as(
@@ -949,6 +957,7 @@ impl RunStore for SqliteStore {
              FROM steps s JOIN runs r ON r.id = s.run_id \
              WHERE s.state = 'ready' AND s.run_at <= ?1 \
                AND r.desired_state = 'running' AND r.state IN ('queued', 'running') \
+               AND r.waiting_approval = 0 \
                AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
                       AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
@@ -1608,6 +1617,50 @@ impl RunStore for SqliteStore {
         Ok(ControlOutcome::Changed)
     }
 
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // The run's time limit counts from its approval, not its creation.
+        let changed = sqlx::query(
+            "UPDATE runs SET waiting_approval = 0, approved_by = ?2, \
+               deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
+                                  ELSE deadline_at + (?3 - created_at) END \
+             WHERE id = ?1 AND waiting_approval = 1 AND state = 'queued'",
+        )
+        .bind(run_id)
+        .bind(by.to_owned())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = control_outcome(
+            &mut tx,
+            changed,
+            run_id,
+            now,
+            "run_approved",
+            &format!("approved by @{by}: its steps may start"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn runs_for_commit(
+        &self,
+        repository: &str,
+        head_sha: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE repository = ?1 AND head_sha = ?2 ORDER BY id",
+        )
+        .bind(repository.to_owned())
+        .bind(head_sha.to_owned())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     async fn set_installation(
         &self,
         installation_id: i64,
@@ -1848,6 +1901,101 @@ impl RunStore for SqliteStore {
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
+
+    // --- The operator API's records (see `sqlite/api.rs`) ---
+
+    async fn create_api_token(
+        &self,
+        token: &super::NewApiToken,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::create_api_token(&self.writer, token).await
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::api_token_by_hash(&self.reader, token_hash).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<super::ApiToken>, StoreError> {
+        api::api_tokens(&self.reader).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        name: &str,
+        at: i64,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::revoke_api_token(&self.writer, name, at).await
+    }
+
+    async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError> {
+        api::touch_api_token(&self.writer, id, at).await
+    }
+
+    async fn list_runs(&self, filter: &super::RunFilter) -> Result<Vec<Run>, StoreError> {
+        api::list_runs(&self.reader, filter).await
+    }
+
+    async fn create_task(&self, task: &super::NewTask) -> Result<super::TaskRecord, StoreError> {
+        api::create_task(&self.writer, task).await
+    }
+
+    async fn task(&self, id: i64) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::task(&self.reader, id).await
+    }
+
+    async fn tasks(
+        &self,
+        filter: &super::TaskFilter,
+    ) -> Result<Vec<super::TaskRecord>, StoreError> {
+        api::tasks(&self.reader, filter).await
+    }
+
+    async fn update_task(
+        &self,
+        id: i64,
+        update: &super::TaskUpdate,
+    ) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::update_task(&self.writer, id, update).await
+    }
+
+    async fn create_validation(
+        &self,
+        validation: &super::NewValidation,
+    ) -> Result<super::ValidationRecord, StoreError> {
+        api::create_validation(&self.writer, validation).await
+    }
+
+    async fn validation(&self, id: i64) -> Result<Option<super::ValidationRecord>, StoreError> {
+        api::validation(&self.reader, id).await
+    }
+
+    async fn validations(
+        &self,
+        filter: &super::ValidationFilter,
+    ) -> Result<Vec<super::ValidationRecord>, StoreError> {
+        api::validations(&self.reader, filter).await
+    }
+
+    async fn store_counts(&self) -> Result<super::StoreCounts, StoreError> {
+        api::store_counts(&self.reader).await
+    }
+
+    async fn agent_attempt_stats(
+        &self,
+        since: i64,
+    ) -> Result<Vec<super::AgentAttemptStats>, StoreError> {
+        api::agent_attempt_stats(&self.reader, since).await
+    }
+
+    async fn installation_for_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        api::installation_for_repository(&self.reader, repository).await
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -1930,3 +2078,6 @@ impl TryFrom<AuditRow> for AuditEntry {
         })
     }
 }
+
+// The operator API's queries live in their own file.
+mod api;

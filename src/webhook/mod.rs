@@ -58,6 +58,7 @@ pub const ACTED_ON_EVENTS: &[&str] = &[
     "check_suite",
     "installation",
     "installation_repositories",
+    "push",
 ];
 
 /// What the webhook handler needs.
@@ -150,20 +151,46 @@ fn header_token<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Strin
 }
 
 async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
+    let (response, event, outcome) = receive_inner(state, &headers, body).await;
+    match event {
+        Some(event) => crate::instrument::delivery(event, outcome, started.elapsed()),
+        None => crate::instrument::delivery_rejected(started.elapsed()),
+    }
+    response
+}
+
+/// [`receive`], returning with the answer the event (once the signature
+/// made it trustworthy) and the outcome, for the metrics.
+async fn receive_inner(
+    state: WebhookState,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> (Response, Option<&str>, &'static str) {
     // 1. Authenticate the raw bytes before looking at anything in them.
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
     if let Err(e) = state.secrets.verify(signature, &body) {
-        return reject(StatusCode::UNAUTHORIZED, None, e.to_string());
+        return (
+            reject(StatusCode::UNAUTHORIZED, None, e.to_string()),
+            None,
+            "rejected",
+        );
     }
 
     // 2. Delivery headers.
-    let delivery_id = match header_token(&headers, "x-github-delivery") {
+    let delivery_id = match header_token(headers, "x-github-delivery") {
         Ok(id) => id,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, None, e),
+        Err(e) => return (reject(StatusCode::BAD_REQUEST, None, e), None, "rejected"),
     };
-    let event = match header_token(&headers, "x-github-event") {
+    let event = match header_token(headers, "x-github-event") {
         Ok(event) => event,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, Some(delivery_id), e),
+        Err(e) => {
+            return (
+                reject(StatusCode::BAD_REQUEST, Some(delivery_id), e),
+                None,
+                "rejected",
+            );
+        }
     };
     let hook_id = headers
         .get("x-github-hook-id")
@@ -174,19 +201,27 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
     //    array for a struct, hence the explicit first-byte check.
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            Some(delivery_id),
-            "body is not a JSON object",
+        return (
+            reject(
+                StatusCode::BAD_REQUEST,
+                Some(delivery_id),
+                "body is not a JSON object",
+            ),
+            Some(event),
+            "rejected",
         );
     }
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                Some(delivery_id),
-                format!("body is not valid webhook JSON: {e}"),
+            return (
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    Some(delivery_id),
+                    format!("body is not valid webhook JSON: {e}"),
+                ),
+                Some(event),
+                "rejected",
             );
         }
     };
@@ -217,18 +252,26 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => {
             tracing::error!(delivery = delivery_id, error = %e, "inbox write failed");
-            return reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(delivery_id),
-                "the delivery could not be stored; ask GitHub to redeliver it",
+            return (
+                reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(delivery_id),
+                    "the delivery could not be stored; ask GitHub to redeliver it",
+                ),
+                Some(event),
+                "unavailable",
             );
         }
         Err(_) => {
             tracing::error!(delivery = delivery_id, "inbox write timed out");
-            return reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(delivery_id),
-                "the delivery could not be stored in time; ask GitHub to redeliver it",
+            return (
+                reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(delivery_id),
+                    "the delivery could not be stored in time; ask GitHub to redeliver it",
+                ),
+                Some(event),
+                "unavailable",
             );
         }
     };
@@ -245,7 +288,7 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         status = label,
         "delivery received"
     );
-    (
+    let response = (
         status,
         Json(Receipt {
             delivery: Some(delivery_id.to_owned()),
@@ -253,5 +296,6 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             error: None,
         }),
     )
-        .into_response()
+        .into_response();
+    (response, Some(event), label)
 }

@@ -28,7 +28,7 @@ use crate::classify::{Priority, TaskType};
 
 pub mod duration;
 pub mod expr;
-mod schema;
+pub(crate) mod schema;
 pub mod template;
 mod validate;
 
@@ -203,6 +203,26 @@ pub struct PullRequestTrigger {
 }
 
 impl PullRequestTrigger {
+    /// Replaces the base-branch globs (invalid globs are skipped; check
+    /// them first, as the workflow and repository-config parsers do).
+    pub fn set_branches(&mut self, branches: Vec<String>) {
+        let mut builder = globset::GlobSetBuilder::new();
+        for b in &branches {
+            if let Ok(glob) = globset::GlobBuilder::new(b)
+                .literal_separator(false)
+                .build()
+            {
+                builder.add(glob);
+            }
+        }
+        self.branch_globs = if branches.is_empty() {
+            None
+        } else {
+            builder.build().ok()
+        };
+        self.branches = branches;
+    }
+
     /// True when `branch` matches `branches` (or `branches` is empty).
     pub fn base_matches(&self, branch: &str) -> bool {
         self.branch_globs
@@ -478,6 +498,21 @@ workflow `.yml` files"
         agents: &[&str],
     ) -> Result<WorkflowSet, ValidationErrors> {
         validate::build_set(sources, agents)
+    }
+
+    /// This set with some workflows replaced by changed copies of the same
+    /// name (a repository's overrides); prompts keep their templates.
+    pub fn with_replaced(&self, replaced: Vec<Workflow>) -> WorkflowSet {
+        let mut workflows = self.workflows.clone();
+        for wf in replaced {
+            if let Some(slot) = workflows.iter_mut().find(|w| w.name == wf.name) {
+                *slot = Arc::new(wf);
+            }
+        }
+        WorkflowSet {
+            workflows,
+            templates: self.templates.clone(),
+        }
     }
 
     /// The workflow with this name.

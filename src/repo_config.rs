@@ -1,0 +1,489 @@
+//! Per-repository configuration: `.github/taskmaster.yml` on the default
+//! branch (the Probot convention), read with the installation's token.
+//!
+//! ```yaml
+//! # .github/taskmaster.yml
+//! workflows:
+//!   pr_processing: { enabled: false }   # this repository opts out
+//!   review:
+//!     pull_request:                     # trigger overrides (each optional)
+//!       actions: [opened, synchronize]
+//!       branches: [main, "release/*"]
+//!       drafts: false
+//!       forks: false
+//!       bots: false
+//!     agents: { claude-code: aider }    # use another configured agent
+//!   triage:
+//!     issues: { actions: [opened, labeled], bots: false }
+//! commands:                             # who may use each command
+//!   retry: triage                       # none | read | triage | write | maintain | admin
+//!   run: maintain
+//! ```
+//!
+//! The file is cached in the store with a time-to-live and dropped when a
+//! push to the default branch touches it. An invalid file is reported with
+//! its line and column and the defaults are used; a failure to fetch it
+//! (GitHub down, rate limited) never blocks a run: the last good copy, or the
+//! defaults, apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::command::CommandKind;
+use crate::github::{GitHub, InstallationId, Permission, RepoName};
+use crate::store::{RepoConfigRecord, RunStore, now_ms};
+use crate::workflow::WorkflowSet;
+use crate::workflow::schema::OrderedMap;
+
+/// Where the file lives in a repository.
+pub const PATH: &str = ".github/taskmaster.yml";
+
+/// A repository's overrides of the service-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// `workflows.<name>.enabled`: `false` turns a workflow off here, `true`
+    /// turns on one that is disabled service-wide.
+    pub enabled: BTreeMap<String, bool>,
+    /// `commands.<name>`: the permission a command needs here.
+    pub commands: BTreeMap<String, Permission>,
+    /// `workflows.<name>.pull_request` / `.issues`: trigger overrides.
+    pub triggers: BTreeMap<String, TriggerOverride>,
+    /// `workflows.<name>.agents`: agent substitutions (`from → to`), applied
+    /// to each step's agent and fallbacks.
+    pub agents: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A repository's changes to one workflow's triggers; `None` keeps the
+/// workflow's own value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerOverride {
+    /// `pull_request.actions`.
+    pub pr_actions: Option<Vec<String>>,
+    /// `pull_request.branches` (base branch globs).
+    pub branches: Option<Vec<String>>,
+    /// `pull_request.drafts`.
+    pub drafts: Option<bool>,
+    /// `pull_request.forks`.
+    pub forks: Option<bool>,
+    /// `pull_request.bots`.
+    pub pr_bots: Option<bool>,
+    /// `issues.actions`.
+    pub issue_actions: Option<Vec<String>>,
+    /// `issues.bots`.
+    pub issue_bots: Option<bool>,
+}
+
+impl RepoConfig {
+    /// `set` with this repository's trigger and agent overrides applied, or
+    /// `None` when it has none (use `set` as it is).
+    pub fn apply(&self, set: &WorkflowSet) -> Option<WorkflowSet> {
+        if self.triggers.is_empty() && self.agents.is_empty() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for wf in set.iter() {
+            let trigger = self.triggers.get(&wf.name);
+            let agents = self.agents.get(&wf.name);
+            if trigger.is_none() && agents.is_none() {
+                continue;
+            }
+            let mut wf = wf.clone();
+            if let Some(t) = trigger {
+                if let Some(pr) = wf.triggers.pull_request.as_mut() {
+                    if let Some(actions) = &t.pr_actions {
+                        pr.actions = actions.clone();
+                    }
+                    if let Some(branches) = &t.branches {
+                        pr.set_branches(branches.clone());
+                    }
+                    pr.drafts = t.drafts.unwrap_or(pr.drafts);
+                    pr.forks = t.forks.unwrap_or(pr.forks);
+                    pr.bots = t.pr_bots.unwrap_or(pr.bots);
+                }
+                if let Some(issues) = wf.triggers.issues.as_mut() {
+                    if let Some(actions) = &t.issue_actions {
+                        issues.actions = actions.clone();
+                    }
+                    issues.bots = t.issue_bots.unwrap_or(issues.bots);
+                }
+            }
+            if let Some(map) = agents {
+                let swap = |a: &mut String| {
+                    if let Some(to) = map.get(a.as_str()) {
+                        *a = to.clone();
+                    }
+                };
+                for step in &mut wf.steps {
+                    swap(&mut step.agent);
+                    step.fallback.iter_mut().for_each(swap);
+                }
+            }
+            changed.push(wf);
+        }
+        Some(set.with_replaced(changed))
+    }
+
+    /// Whether `workflow` runs in this repository, given its service-wide
+    /// `enabled` flag.
+    pub fn workflow_enabled(&self, workflow: &str, default: bool) -> bool {
+        self.enabled.get(workflow).copied().unwrap_or(default)
+    }
+
+    /// The permission `command` needs: the file's level, else the command's
+    /// default ([`CommandKind::default_permission`]).
+    pub fn permission_for(&self, command: CommandKind) -> Permission {
+        self.commands
+            .get(command.name())
+            .copied()
+            .unwrap_or_else(|| Permission::parse(command.default_permission()))
+    }
+}
+
+/// Why a configuration file was rejected: `path:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{PATH}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    workflows: OrderedMap<RawWorkflow>,
+    #[serde(default)]
+    commands: OrderedMap<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    pull_request: Option<Spanned<RawPullRequest>>,
+    #[serde(default)]
+    issues: Option<Spanned<RawIssues>>,
+    #[serde(default)]
+    agents: OrderedMap<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPullRequest {
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    branches: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    drafts: Option<bool>,
+    #[serde(default)]
+    forks: Option<bool>,
+    #[serde(default)]
+    bots: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssues {
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    bots: Option<bool>,
+}
+
+const LEVELS: &[&str] = &["none", "read", "triage", "write", "maintain", "admin"];
+
+/// Parses `.github/taskmaster.yml`. `workflows` is the service's workflow
+/// set and `agents` its agents' names: naming a workflow or agent it does
+/// not have is an error (a typo would otherwise silently change nothing).
+///
+/// # Errors
+/// [`ConfigError`] with the line and column of the first problem.
+pub fn parse(
+    text: &str,
+    workflows: &WorkflowSet,
+    agents: &[String],
+) -> Result<RepoConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RepoConfig::default());
+    }
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let message = e.without_snippet().to_string();
+        let message = message
+            .rsplit_once(" at line ")
+            .map_or(message.as_str(), |(m, _)| m)
+            .to_owned();
+        ConfigError {
+            line,
+            column,
+            message,
+        }
+    })?;
+    let at = |s: &Spanned<String>, message: String| ConfigError {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+        message,
+    };
+    let at_loc = |l: &serde_saphyr::Location, message: String| ConfigError {
+        line: l.line(),
+        column: l.column(),
+        message,
+    };
+    let mut config = RepoConfig::default();
+    if let Some(dup) = raw
+        .workflows
+        .duplicates
+        .first()
+        .or(raw.commands.duplicates.first())
+    {
+        return Err(at(dup, format!("`{}` is given twice", dup.value)));
+    }
+    for (name, wf) in raw.workflows.entries {
+        if workflows.get(&name.value).is_none() {
+            let known: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
+            return Err(at(
+                &name,
+                format!(
+                    "no workflow named `{}` (known: {})",
+                    name.value,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let Some(def) = workflows.get(&name.value) else {
+            continue;
+        };
+        if let Some(enabled) = wf.enabled {
+            config.enabled.insert(name.value.clone(), enabled);
+        }
+        let mut trigger = TriggerOverride::default();
+        let mut has_trigger = false;
+        if let Some(pr) = wf.pull_request {
+            if def.triggers.pull_request.is_none() {
+                return Err(at_loc(
+                    &pr.referenced,
+                    format!(
+                        "workflow `{}` has no pull_request trigger to change",
+                        name.value
+                    ),
+                ));
+            }
+            let pr_at = pr.referenced;
+            let pr = pr.value;
+            if let Some(branches) = &pr.branches {
+                for b in branches {
+                    if let Err(e) = globset::Glob::new(&b.value) {
+                        return Err(at(
+                            b,
+                            format!("`{}` is not a valid branch glob: {}", b.value, e.kind()),
+                        ));
+                    }
+                }
+            }
+            if let Some(actions) = &pr.actions
+                && actions.is_empty()
+            {
+                return Err(at_loc(
+                    &pr_at,
+                    "`actions` must list at least one action".into(),
+                ));
+            }
+            trigger.pr_actions = pr.actions;
+            trigger.branches = pr
+                .branches
+                .map(|b| b.into_iter().map(|s| s.value).collect());
+            trigger.drafts = pr.drafts;
+            trigger.forks = pr.forks;
+            trigger.pr_bots = pr.bots;
+            has_trigger = true;
+        }
+        if let Some(issues) = wf.issues {
+            if def.triggers.issues.is_none() {
+                return Err(at_loc(
+                    &issues.referenced,
+                    format!("workflow `{}` has no issues trigger to change", name.value),
+                ));
+            }
+            trigger.issue_actions = issues.value.actions;
+            trigger.issue_bots = issues.value.bots;
+            has_trigger = true;
+        }
+        if has_trigger {
+            config.triggers.insert(name.value.clone(), trigger);
+        }
+        let mut swaps = BTreeMap::new();
+        for (from, to) in wf.agents.entries {
+            for a in [&from, &to] {
+                if !agents.iter().any(|x| x == &a.value) {
+                    return Err(at(
+                        a,
+                        format!(
+                            "no agent named `{}` (agents: {})",
+                            a.value,
+                            agents.join(", ")
+                        ),
+                    ));
+                }
+            }
+            swaps.insert(from.value, to.value);
+        }
+        if !swaps.is_empty() {
+            config.agents.insert(name.value, swaps);
+        }
+    }
+    for (name, level) in raw.commands.entries {
+        let Some(kind) = CommandKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(&name.value))
+        else {
+            let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(at(
+                &name,
+                format!(
+                    "`{}` is not a command (commands: {})",
+                    name.value,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let value = level.value.to_ascii_lowercase();
+        if !LEVELS.contains(&value.as_str()) {
+            return Err(at(
+                &level,
+                format!(
+                    "`{}` is not a permission level (use one of {})",
+                    level.value,
+                    LEVELS.join(", ")
+                ),
+            ));
+        }
+        config
+            .commands
+            .insert(kind.name().to_owned(), Permission::parse(&value));
+    }
+    Ok(config)
+}
+
+/// A repository's configuration as it applies now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The overrides in force (defaults when the file is absent or invalid).
+    pub config: RepoConfig,
+    /// Why the file was rejected, when it was (to report to the repository).
+    pub error: Option<ConfigError>,
+}
+
+/// Reads repository configurations through a store-backed cache.
+pub struct RepoConfigs {
+    store: Arc<dyn RunStore>,
+    github: Arc<dyn GitHub>,
+    workflows: Arc<WorkflowSet>,
+    agents: Vec<String>,
+    ttl_ms: i64,
+}
+
+impl RepoConfigs {
+    /// A cache whose entries are fetched again after `ttl_ms` milliseconds;
+    /// files are checked against `workflows` and the agent names `agents`.
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        github: Arc<dyn GitHub>,
+        workflows: Arc<WorkflowSet>,
+        agents: Vec<String>,
+        ttl_ms: i64,
+    ) -> Self {
+        Self {
+            store,
+            github,
+            workflows,
+            agents,
+            ttl_ms,
+        }
+    }
+
+    /// The configuration of `repository` (`owner/name`), fetched with
+    /// `installation`'s token when the cached copy is older than the TTL.
+    /// Never fails: errors fall back to the cached copy, else the defaults.
+    pub async fn get(&self, installation: Option<i64>, repository: &str) -> Loaded {
+        let cached = match self.store.repo_config(repository).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%repository, error = %e, "cannot read the cached repository configuration; using the defaults");
+                None
+            }
+        };
+        let now = now_ms();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|c| now - c.fetched_at < self.ttl_ms);
+        if !fresh && let Some(installation) = installation {
+            match self.fetch(installation, repository).await {
+                Ok(body) => {
+                    let error = body
+                        .as_deref()
+                        .and_then(|b| parse(b, &self.workflows, &self.agents).err())
+                        .map(|e| e.to_string());
+                    let record = RepoConfigRecord {
+                        body,
+                        error,
+                        fetched_at: now,
+                    };
+                    if let Err(e) = self.store.set_repo_config(repository, &record).await {
+                        tracing::warn!(%repository, error = %e, "cannot cache the repository configuration");
+                    }
+                    return self.load(&record);
+                }
+                Err(e) => {
+                    tracing::warn!(%repository, error = %e,
+                        "cannot fetch {PATH}; using the last copy or the defaults");
+                }
+            }
+        }
+        cached.map(|c| self.load(&c)).unwrap_or_default()
+    }
+
+    /// Drops the cached copy (a push to the default branch touched the file).
+    pub async fn forget(&self, repository: &str) {
+        if let Err(e) = self.store.forget_repo_config(repository).await {
+            tracing::warn!(%repository, error = %e, "cannot drop the cached repository configuration");
+        }
+    }
+
+    async fn fetch(
+        &self,
+        installation: i64,
+        repository: &str,
+    ) -> Result<Option<String>, crate::github::GitHubError> {
+        let repo = RepoName::parse(repository)?;
+        self.github
+            .file_contents(InstallationId(installation as u64), &repo, PATH, None)
+            .await
+    }
+
+    fn load(&self, record: &RepoConfigRecord) -> Loaded {
+        match record
+            .body
+            .as_deref()
+            .map(|b| parse(b, &self.workflows, &self.agents))
+        {
+            None => Loaded::default(),
+            Some(Ok(config)) => Loaded {
+                config,
+                error: None,
+            },
+            Some(Err(error)) => Loaded {
+                config: RepoConfig::default(),
+                error: Some(error),
+            },
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! The App's delivery handler in process, against the recording GitHub:
+//! installation state, `.github/taskmaster.yml` (cache, overrides, errors
+//! with line and column, invalidation by push), and dry run.
+
+mod engine_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine_support::{Act, Scripted, TestEngine, fast_config, workflows};
+use serde_json::{Value, json};
+use taskmaster::control::{AppHandler, AppHandlerConfig, AppIdentity};
+use taskmaster::dispatch::{DeliveryHandler, Handled};
+use taskmaster::engine::AgentMap;
+use taskmaster::github::fake::RecordingGitHub;
+use taskmaster::github::{GitHub, Permission, RepoName};
+use taskmaster::outbox::{Outbox, OutboxConfig};
+use taskmaster::repo_config::{self, RepoConfig};
+use taskmaster::store::{
+    Delivery, DeliveryState, EffectKind, EffectState, InstallationState, RunStore, now_ms,
+};
+
+const REVIEW: &str = "name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n  a: { agent: worker, prompt: hi }\n";
+const TRIAGE: &str = "name: triage\non: { issues: { actions: [opened] } }\nsteps:\n  a: { agent: worker, prompt: hi }\n";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/webhooks/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn delivery(event: &str, id: &str, payload: &Value) -> Delivery {
+    Delivery {
+        id: 1,
+        delivery_id: id.into(),
+        event: event.into(),
+        action: payload["action"].as_str().map(str::to_owned),
+        hook_id: None,
+        installation_id: payload["installation"]["id"].as_i64(),
+        repository: payload["repository"]["full_name"]
+            .as_str()
+            .map(str::to_owned),
+        sender_id: None,
+        sender_login: None,
+        payload: bytes::Bytes::from(serde_json::to_vec(payload).unwrap()),
+        received_at: now_ms(),
+        state: DeliveryState::Processing,
+        attempts: 1,
+        error: None,
+    }
+}
+
+fn pr_opened() -> Value {
+    let mut v = fixture("pull_request.opened");
+    v["installation"] = json!({ "id": 42 });
+    v
+}
+
+fn command(body: &str, login: &str, association: &str) -> Value {
+    let mut v = fixture("issue_comment.created");
+    v["installation"] = json!({ "id": 42 });
+    v["comment"]["body"] = body.into();
+    v["comment"]["user"] = json!({ "login": login, "id": 5, "type": "User" });
+    v["comment"]["author_association"] = association.into();
+    v
+}
+
+struct World {
+    t: TestEngine,
+    github: Arc<RecordingGitHub>,
+    handler: AppHandler,
+}
+
+fn repo() -> RepoName {
+    RepoName::parse("Codertocat/Hello-World").unwrap()
+}
+
+async fn world(github: RecordingGitHub) -> World {
+    let set = workflows(&[REVIEW, TRIAGE], &["worker", "other"]);
+    let agent = Scripted::new("worker", Act::Ok(Duration::from_millis(1), "ok"));
+    let other = Scripted::new("other", Act::Ok(Duration::from_millis(1), "ok"));
+    let t = TestEngine::start(set, AgentMap::new().with(agent).with(other), fast_config()).await;
+    let github = Arc::new(github);
+    let handler = AppHandler::new(
+        t.store.clone(),
+        github.clone(),
+        t.engine.clone(),
+        AppHandlerConfig {
+            identity: AppIdentity {
+                app_id: Some(12345),
+                slug: "taskmaster".into(),
+            },
+            repo_config_ttl_ms: 60_000,
+            permission_ttl: Duration::from_secs(60),
+            effects_wake: None,
+        },
+    );
+    World { t, github, handler }
+}
+
+fn started(h: &Handled) -> Vec<String> {
+    match h {
+        Handled::Start(runs) => runs.iter().map(|r| r.workflow.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn suspended_and_deleted_installations_are_ignored_until_unsuspended() {
+    let w = world(RecordingGitHub::new()).await;
+    let mut created = fixture("installation.created");
+    created["installation"]["id"] = 42.into();
+    let h = w
+        .handler
+        .handle(&delivery("installation", "i-1", &created))
+        .await
+        .unwrap();
+    assert_eq!(h, Handled::Done);
+    assert_eq!(
+        w.t.store.installation_repositories(42).await.unwrap(),
+        ["Codertocat/Hello-World"]
+    );
+    let mut added = fixture("installation_repositories.added");
+    added["installation"]["id"] = 42.into();
+    w.handler
+        .handle(&delivery("installation_repositories", "i-2", &added))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.t.store.installation_repositories(42).await.unwrap(),
+        ["Codertocat/Hello-World", "Codertocat/Space"]
+    );
+
+    let mut suspend = fixture("installation.suspend");
+    suspend["installation"]["id"] = 42.into();
+    w.handler
+        .handle(&delivery("installation", "i-3", &suspend))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.t.store.installation_state(42).await.unwrap(),
+        Some(InstallationState::Suspended)
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-1", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(
+        h,
+        Handled::Ignored("installation 42 is suspended".into()),
+        "no run for a suspended installation"
+    );
+
+    let mut unsuspend = fixture("installation.unsuspend");
+    unsuspend["installation"]["id"] = 42.into();
+    w.handler
+        .handle(&delivery("installation", "i-4", &unsuspend))
+        .await
+        .unwrap();
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-2", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(started(&h), ["review"]);
+
+    let mut deleted = fixture("installation.deleted");
+    deleted["installation"]["id"] = 42.into();
+    w.handler
+        .handle(&delivery("installation", "i-5", &deleted))
+        .await
+        .unwrap();
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-3", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(h, Handled::Ignored("installation 42 is deleted".into()));
+}
+
+#[tokio::test]
+async fn a_repository_can_turn_a_workflow_off_and_a_push_refreshes_it() {
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review: { enabled: false }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-1", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(
+        h,
+        Handled::Ignored("turned off by .github/taskmaster.yml: review".into())
+    );
+
+    // The file changes on GitHub; the cached copy is used until a push to
+    // the default branch touches it.
+    w.github
+        .set_file(&repo(), repo_config::PATH, "workflows: {}\n");
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-2", &pr_opened()))
+        .await
+        .unwrap();
+    assert!(matches!(h, Handled::Ignored(_)), "cached: {h:?}");
+
+    let mut push = fixture("push");
+    push["ref"] = "refs/heads/master".into();
+    push["installation"] = json!({ "id": 42 });
+    push["commits"] =
+        json!([{ "added": [], "modified": [".github/taskmaster.yml"], "removed": [] }]);
+    let h = w
+        .handler
+        .handle(&delivery("push", "push-1", &push))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h, Handled::Ignored(ref why) if why.contains("cached copy was dropped")),
+        "{h:?}"
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-3", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(started(&h), ["review"]);
+
+    // A push elsewhere (a tag, another branch, another file) keeps the cache.
+    let mut tag = fixture("push");
+    tag["installation"] = json!({ "id": 42 });
+    let h = w
+        .handler
+        .handle(&delivery("push", "push-2", &tag))
+        .await
+        .unwrap();
+    assert_eq!(h, Handled::Ignored("push: nothing to do".into()));
+    assert!(
+        w.t.store
+            .repo_config("Codertocat/Hello-World")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_reported_with_its_line_and_the_defaults_apply() {
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "commands:\n  retry: write\n  deploy: admin\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-1", &pr_opened()))
+        .await
+        .unwrap();
+    assert_eq!(started(&h), ["review"], "the defaults apply");
+    let effects = w
+        .t
+        .store
+        .effects_for(
+            "config:Codertocat/Hello-World:.github/taskmaster.yml:3:3: `deploy` is not a command (commands: retry, cancel, pause, resume, status, run, approve, help)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(effects.len(), 1, "one comment about the broken file");
+    assert_eq!(effects[0].kind, EffectKind::Comment);
+    assert_eq!(effects[0].target, 2);
+    assert!(
+        effects[0].body.contains(".github/taskmaster.yml:3:3"),
+        "{}",
+        effects[0].body
+    );
+}
+
+#[tokio::test]
+async fn per_repository_command_levels_are_enforced() {
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_permission("writer", Permission::Write);
+    w.github
+        .set_file(&repo(), repo_config::PATH, "commands:\n  cancel: admin\n");
+    let h = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "c-1",
+            &command("/cancel", "writer", "MEMBER"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h, Handled::Done);
+    let effects = w.t.store.effects_for("c-1").await.unwrap();
+    let bodies: Vec<&str> = effects.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        bodies[0].starts_with(
+            "> /cancel\n\n@writer `/cancel` needs admin access to this repository; you have write."
+        ),
+        "{bodies:?}"
+    );
+    assert_eq!(bodies[1], "-1");
+
+    // /help shows this repository's levels; no permission check needed.
+    w.handler
+        .handle(&delivery(
+            "issue_comment",
+            "c-2",
+            &command("@taskmaster help", "writer", "MEMBER"),
+        ))
+        .await
+        .unwrap();
+    let effects = w.t.store.effects_for("c-2").await.unwrap();
+    let reply = &effects
+        .iter()
+        .find(|e| e.kind == EffectKind::Comment)
+        .unwrap()
+        .body;
+    assert!(
+        reply.starts_with("> @taskmaster help\n\n@writer taskmaster understands"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(
+            "| `/cancel` | cancel this pull request's active runs | admin access or higher |"
+        ),
+        "{reply}"
+    );
+
+    // An unknown command addressed to the app gets help; unaddressed, nothing.
+    let h = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "c-3",
+            &command("/frobnicate", "writer", "MEMBER"),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(h, Handled::Ignored(_)), "{h:?}");
+    w.handler
+        .handle(&delivery(
+            "issue_comment",
+            "c-4",
+            &command("@taskmaster frobnicate", "writer", "MEMBER"),
+        ))
+        .await
+        .unwrap();
+    let effects = w.t.store.effects_for("c-4").await.unwrap();
+    assert!(
+        effects[0]
+            .body
+            .contains("`frobnicate` is not a command taskmaster knows"),
+        "{effects:?}"
+    );
+    assert!(
+        effects[0].body.contains("| `/retry [step]` |"),
+        "help follows"
+    );
+}
+
+#[tokio::test]
+async fn status_lists_the_runs_and_dry_run_records_instead_of_sending() {
+    let w = world(RecordingGitHub::dry_run()).await;
+    let mut issue = fixture("issues.opened");
+    issue["installation"] = json!({ "id": 42 });
+    let h = w
+        .handler
+        .handle(&delivery("issues", "iss-1", &issue))
+        .await
+        .unwrap();
+    let Handled::Start(runs) = h else {
+        panic!("{h:?}")
+    };
+    w.t.store.create_runs(&runs).await.unwrap();
+
+    let number = issue["issue"]["number"].as_u64().unwrap();
+    let mut status = command("/status", "Codertocat", "OWNER");
+    status["issue"]["number"] = number.into();
+    w.handler
+        .handle(&delivery("issue_comment", "st-1", &status))
+        .await
+        .unwrap();
+    let effects = w.t.store.effects_for("st-1").await.unwrap();
+    let kinds: Vec<(EffectKind, &str)> = effects
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                if e.kind == EffectKind::Reaction {
+                    e.body.as_str()
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EffectKind::Reaction, "eyes"),
+            (EffectKind::Comment, ""),
+            (EffectKind::Reaction, "+1")
+        ]
+    );
+    let table = &effects[1].body;
+    assert!(
+        table.starts_with("> /status\n\n@Codertocat here are the runs"),
+        "{table}"
+    );
+    assert!(table.contains("| `triage` |"), "{table}");
+
+    // The outbox records them as dry run; nothing reaches GitHub.
+    let github: Arc<dyn GitHub> = w.github.clone();
+    let outbox = Outbox::new(w.t.store.clone(), github, OutboxConfig::default());
+    outbox.pass().await.unwrap();
+    let effects = w.t.store.effects_for("st-1").await.unwrap();
+    assert!(
+        effects.iter().all(|e| e.state == EffectState::DryRun),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_line_and_column() {
+    let set = workflows(&[REVIEW], &["worker"]);
+    let agents = ["worker".to_string()];
+    let err = |text: &str| {
+        repo_config::parse(text, &set, &agents)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err("workflows:\n  reveiw: { enabled: false }\n"),
+        ".github/taskmaster.yml:2:3: no workflow named `reveiw` (known: review)"
+    );
+    assert_eq!(
+        err("commands:\n  retry: sudo\n"),
+        ".github/taskmaster.yml:2:10: `sudo` is not a permission level (use one of none, read, triage, write, maintain, admin)"
+    );
+    let unknown = err("workflow:\n  review: {}\n");
+    assert!(
+        unknown.starts_with(".github/taskmaster.yml:1:1: "),
+        "{unknown}"
+    );
+    assert_eq!(
+        err("workflows:\n  review:\n    agents: { worker: gpt }\n"),
+        ".github/taskmaster.yml:3:23: no agent named `gpt` (agents: worker)"
+    );
+    assert_eq!(
+        err("workflows:\n  review:\n    issues: { actions: [opened] }\n"),
+        ".github/taskmaster.yml:3:13: workflow `review` has no issues trigger to change"
+    );
+    let glob = err("workflows:\n  review:\n    pull_request: { branches: [\"[oops\"] }\n");
+    assert!(
+        glob.starts_with(".github/taskmaster.yml:3:32: `[oops` is not a valid branch glob"),
+        "{glob}"
+    );
+    let ok = repo_config::parse(
+        "commands: { RETRY: Admin }\nworkflows: { review: { enabled: true } }",
+        &set,
+        &agents,
+    )
+    .unwrap();
+    assert_eq!(ok.commands.get("retry"), Some(&Permission::Admin));
+    assert!(ok.workflow_enabled("review", false));
+    assert_eq!(
+        repo_config::parse("", &set, &agents).unwrap(),
+        RepoConfig::default()
+    );
+}
+
+#[tokio::test]
+async fn a_repository_can_change_triggers_and_agents() {
+    let w = world(RecordingGitHub::new()).await;
+    // The fixture's PR targets `master`: a `main`-only repository skips it.
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    pull_request: { branches: [main] }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-1", &pr_opened()))
+        .await
+        .unwrap();
+    assert!(matches!(h, Handled::Ignored(_)), "{h:?}");
+
+    w.t.store
+        .forget_repo_config("Codertocat/Hello-World")
+        .await
+        .unwrap();
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    pull_request: { actions: [closed], branches: [master] }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-2", &pr_opened()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h, Handled::Ignored(_)),
+        "only `closed` starts it now: {h:?}"
+    );
+
+    w.t.store
+        .forget_repo_config("Codertocat/Hello-World")
+        .await
+        .unwrap();
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "workflows:\n  review:\n    agents: { worker: other }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-3", &pr_opened()))
+        .await
+        .unwrap();
+    let Handled::Start(runs) = h else {
+        panic!("{h:?}")
+    };
+    assert_eq!(runs[0].steps[0].agent, "other", "the repository's agent");
+}

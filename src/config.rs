@@ -152,9 +152,10 @@ pub struct Settings {
     )]
     pub workflows: std::path::PathBuf,
 
-    /// PostgreSQL only: most connections in this process's pool (plus one
-    /// for `LISTEN` and one per exclusive job held). Size the server's
-    /// `max_connections` for every replica together.
+    /// PostgreSQL only: most connections in this process's pool (at least
+    /// 2; plus one for `LISTEN`; an exclusive job held, such as the outbox,
+    /// keeps one of the pool's). Size the server's `max_connections` for
+    /// every replica together.
     #[arg(
         long = "pg-max-connections",
         env = "TASKMASTER_PG_MAX_CONNECTIONS",

@@ -747,8 +747,9 @@ pub trait RunStore: Store {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Most connections one process opens (`TASKMASTER_PG_MAX_CONNECTIONS`,
-    /// default 10). Each replica opens up to this many plus one for
-    /// `LISTEN` and one per held exclusive job; size PostgreSQL's
+    /// default 10; at least 2). Each replica opens up to this many plus one
+    /// for `LISTEN`; an exclusive job it holds (the outbox, a redelivery
+    /// scan) keeps one of the pool's connections. Size PostgreSQL's
     /// `max_connections` for every replica together.
     pub max_connections: u32,
     /// Connections kept open while idle (`TASKMASTER_PG_MIN_CONNECTIONS`,

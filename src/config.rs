@@ -54,6 +54,35 @@ pub enum Command {
         #[arg(long)]
         delivery: Option<String>,
     },
+    /// Send a payload file to a running service as GitHub would: signed
+    /// with the configured webhook secret, under a fresh delivery id. Prints
+    /// the answer; exit status 1 unless it was accepted (2xx).
+    Deliver {
+        /// The payload, a JSON file as GitHub sends it (e.g. a fixture).
+        payload: std::path::PathBuf,
+        /// The event name (`X-GitHub-Event`); by default the file name's
+        /// first part (`pull_request.opened.json` → `pull_request`).
+        #[arg(long)]
+        event: Option<String>,
+        /// The webhook URL; by default this machine's service on `PORT`.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Register the GitHub App from a manifest: print the manifest for
+    /// `PUBLIC_URL` (paste it into GitHub's "register from manifest" form),
+    /// or, with `--code`, exchange the code GitHub returned for the App's
+    /// credentials and write them to `github-app.env` and `github-app.pem`.
+    AppManifest {
+        /// The App's name on GitHub (unique across GitHub).
+        #[arg(long, default_value = "taskmaster")]
+        name: String,
+        /// The code from the redirect after registering (valid one hour).
+        #[arg(long)]
+        code: Option<String>,
+        /// Where to write the credentials.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
     /// Manage API tokens of the operator API (`Authorization: Bearer …`).
     Token {
         #[command(subcommand)]

@@ -25,5 +25,6 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod webhook;
 pub mod workflow;

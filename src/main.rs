@@ -33,6 +33,14 @@ async fn main() -> ExitCode {
             delivery,
         } => run(cli.settings, &workflow, &event, &event_name, delivery).await,
         Command::Token { action } => token(cli.settings, action).await,
+        Command::Deliver {
+            payload,
+            event,
+            url,
+        } => deliver(&cli.settings, &payload, event, url).await,
+        Command::AppManifest { name, code, out } => {
+            app_manifest(&cli.settings, &name, code.as_deref(), &out).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,7 +184,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let api = taskmaster::api::service(taskmaster::api::ApiState::new(
         engine.clone(),
         settings.metrics_public,
-    ));
+    ))
+    .merge(taskmaster::tools::setup_router());
     let running = server::start_with(
         ServerConfig {
             addr: SocketAddr::new(settings.host, settings.port),
@@ -355,6 +364,83 @@ async fn token(settings: Settings, action: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `taskmaster deliver FILE`: sign and post a payload; print the answer.
+async fn deliver(
+    settings: &Settings,
+    payload: &std::path::Path,
+    event: Option<String>,
+    url: Option<String>,
+) -> anyhow::Result<()> {
+    let secrets = settings
+        .webhook_secret
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{MISSING_SECRET_HELP}"))?;
+    let event = event
+        .or_else(|| taskmaster::tools::event_from_file_name(payload))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell the event from the file name {}: pass --event (e.g. --event pull_request)",
+                payload.display()
+            )
+        })?;
+    let body = std::fs::read(payload)
+        .with_context(|| format!("cannot read the payload {}", payload.display()))?;
+    let url =
+        url.unwrap_or_else(|| format!("http://127.0.0.1:{}/api/github/webhooks", settings.port));
+    let answer = taskmaster::tools::deliver(&url, secrets, &event, &body).await?;
+    println!(
+        "{} {} (delivery {}, event {event})",
+        answer.status, answer.body, answer.delivery_id
+    );
+    anyhow::ensure!(
+        (200..300).contains(&answer.status),
+        "the service did not accept the delivery"
+    );
+    Ok(())
+}
+
+/// `taskmaster app-manifest`: print the manifest, or exchange a code.
+async fn app_manifest(
+    settings: &Settings,
+    name: &str,
+    code: Option<&str>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    match code {
+        None => {
+            let public = settings.public_url.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "set PUBLIC_URL (or --public-url) to the address GitHub will reach this service at"
+                )
+            })?;
+            let manifest = taskmaster::tools::app_manifest(name, public);
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            eprintln!(
+                "Register it at https://github.com/settings/apps/new (or                  https://github.com/organizations/<org>/settings/apps/new) by posting this                  manifest as the `manifest` form field; GitHub redirects to {}/setup/callback?code=…;                  then run `taskmaster app-manifest --code <code>`.",
+                public.trim_end_matches('/')
+            );
+            Ok(())
+        }
+        Some(code) => {
+            let api_url = std::env::var("GITHUB_API_URL")
+                .unwrap_or_else(|_| github::auth::DEFAULT_API_URL.to_owned());
+            let (app, pem, env) =
+                taskmaster::tools::convert_manifest_code(&api_url, code, out).await?;
+            println!(
+                "GitHub App `{}` (id {}) registered.
+Credentials written to {} and {} (owner-only).
+                 Start the service with them: `set -a; . {}; set +a; taskmaster serve`.",
+                app.slug,
+                app.id,
+                env.display(),
+                pem.display(),
+                env.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -294,3 +294,50 @@ async fn a_step_that_runs_past_its_timeout_is_timed_out() {
     assert!(started.elapsed() < Duration::from_secs(3));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn an_agents_wall_clock_budget_caps_its_attempts_then_falls_back() {
+    // `slow` never answers; its budget is 300 ms per step, all attempts
+    // together, far below the step's 10 s timeout.
+    let slow = Scripted::new("slow", Act::Hang);
+    let worker = Scripted::new("worker", Act::Ok(MS(1), "done"));
+    let set = workflows(
+        &[&one_step(
+            "slow",
+            "worker",
+            "{ max_attempts: 3, backoff: fixed, initial_delay: 10ms, max_delay: 1s }",
+            "",
+        )],
+        &["slow", "worker"],
+    );
+    let t = TestEngine::start(
+        set,
+        AgentMap::new()
+            .with_limits(slow.clone(), None, no_breaker())
+            .with_limits(worker.clone(), None, no_breaker())
+            .with_max_wall("slow", MS(300)),
+        fast_config(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the budget, not the 10 s timeout, ended the slow attempts"
+    );
+    assert_eq!(
+        slow.attempts_of("work").len(),
+        1,
+        "the budget was spent by one attempt"
+    );
+    assert_eq!(worker.attempts_of("work").len(), 1);
+    let fallback = t.decisions(run, "work", "fallback").await;
+    assert!(
+        fallback
+            .iter()
+            .any(|d| d.contains("wall-clock budget on `slow`")),
+        "{fallback:?}"
+    );
+}

@@ -23,6 +23,11 @@ pub trait AgentSource: Send + Sync + 'static {
     fn breaker(&self, name: &str) -> BreakerConfig;
     /// The most attempts one step may make on `name` (its budget), if limited.
     fn max_attempts(&self, name: &str) -> Option<u32>;
+    /// The wall-clock time one step may spend on `name`, all its attempts
+    /// together (its budget), if limited.
+    fn max_wall(&self, _name: &str) -> Option<Duration> {
+        None
+    }
     /// Every agent name.
     fn names(&self) -> Vec<String>;
     /// The agent's endpoint for display, without credentials (see
@@ -53,6 +58,11 @@ impl AgentSource for AgentRegistry {
     fn max_attempts(&self, name: &str) -> Option<u32> {
         self.config(name).and_then(|c| c.budget.max_attempts)
     }
+    fn max_wall(&self, name: &str) -> Option<Duration> {
+        self.config(name)
+            .and_then(|c| c.budget.max_wall_seconds)
+            .map(Duration::from_secs)
+    }
     fn names(&self) -> Vec<String> {
         AgentRegistry::names(self).map(str::to_owned).collect()
     }
@@ -70,6 +80,8 @@ pub struct MappedAgent {
     pub concurrency: Option<u32>,
     /// Circuit-breaker settings.
     pub breaker: BreakerConfig,
+    /// Wall-clock budget per step (all attempts on this agent together).
+    pub max_wall: Option<Duration>,
 }
 
 /// A plain map of agents, for tests, benchmarks and embedding.
@@ -110,8 +122,17 @@ impl AgentMap {
                 agent,
                 concurrency,
                 breaker,
+                max_wall: None,
             },
         );
+        self
+    }
+
+    /// Sets the wall-clock budget per step of agent `name` (added before).
+    pub fn with_max_wall(mut self, name: &str, max_wall: Duration) -> Self {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.max_wall = Some(max_wall);
+        }
         self
     }
 }
@@ -134,6 +155,9 @@ impl AgentSource for AgentMap {
     }
     fn max_attempts(&self, _name: &str) -> Option<u32> {
         None
+    }
+    fn max_wall(&self, name: &str) -> Option<Duration> {
+        self.agents.get(name).and_then(|a| a.max_wall)
     }
     fn names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()

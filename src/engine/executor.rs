@@ -222,7 +222,48 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         }
     };
 
-    let timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
+    let mut timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
+    // The agent's wall-clock budget for this step: what earlier attempts on
+    // it used is spent; the attempt gets at most what is left.
+    if let Some(budget) = inner.agents.max_wall(&agent_name) {
+        let used_ms: i64 = match inner.store.attempts(run_id).await {
+            Ok(rows) => rows
+                .iter()
+                .filter(|a| a.step == step.step && a.agent == agent_name)
+                .map(|a| a.duration_ms.unwrap_or(0))
+                .sum(),
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "cannot read attempts for the wall-clock budget");
+                0
+            }
+        };
+        let left_ms = budget.as_millis() as i64 - used_ms;
+        if left_ms <= 0 {
+            let failure = Failure {
+                class: ErrorClass::Permanent,
+                kind: FailureKind::ResourceLimit,
+                message: format!(
+                    "the step's wall-clock budget on `{agent_name}` ({} s) is spent",
+                    budget.as_secs()
+                ),
+            };
+            let (next, event, why) =
+                decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
+            let record = not_run("permanent", "budget", &failure.message);
+            finish(
+                engine,
+                &lease,
+                record.as_ref(),
+                next,
+                (event, &why),
+                &step.step,
+                run_id,
+            )
+            .await;
+            return;
+        }
+        timeout = timeout.min(Duration::from_millis(left_ms as u64));
+    }
     let cancel = CancellationToken::new();
     let running = Arc::new(RunningAttempt {
         run_id,

@@ -49,6 +49,12 @@ impl WebhookSecrets {
         Ok(WebhookSecrets { secrets, keyed })
     }
 
+    /// `X-Hub-Signature-256` for `body` under the first secret (the current
+    /// one during a rotation), as GitHub computes it: `sha256=<hex>`.
+    pub fn sign_first(&self, body: &[u8]) -> String {
+        sign(self.secrets[0].expose_secret(), body)
+    }
+
     /// Parses `GITHUB_WEBHOOK_SECRET`: one secret, or several separated by
     /// commas (surrounding spaces trimmed). Used as clap's value parser.
     pub fn parse(value: &str) -> Result<Self, String> {

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine,
-# then runs the whole suite. Usage: bash scripts/test.sh [cargo test args]
+# then runs the whole suite on both store backends (SQLite and PostgreSQL).
+# Usage: bash scripts/test.sh [cargo test args]
+# With TEST_DATABASE_URL set, the PostgreSQL tests use that database;
+# otherwise scripts/with-postgres.sh runs a throwaway server for the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +30,11 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
-cargo test "$@"
+# PostgreSQL: the store tests run on both backends. Without a server named
+# by TEST_DATABASE_URL, start one of our own for the whole run (installed
+# from Debian's packages when missing) and stop it at the end.
+if [ -n "${TEST_DATABASE_URL:-}" ]; then
+  cargo test "$@"
+else
+  bash scripts/with-postgres.sh cargo test "$@"
+fi

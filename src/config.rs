@@ -133,7 +133,9 @@ pub struct Settings {
     #[arg(long, env = "PORT", default_value_t = 3000, global = true)]
     pub port: u16,
 
-    /// Database: `sqlite://FILE` (created if absent).
+    /// Database: `sqlite://FILE` (created if absent; one process), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (several replicas may
+    /// share it).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -178,6 +180,37 @@ pub struct Settings {
         global = true
     )]
     pub workflows: std::path::PathBuf,
+
+    /// PostgreSQL only: most connections in this process's pool (at least
+    /// 2; plus one for `LISTEN`; an exclusive job held, such as the outbox,
+    /// keeps one of the pool's). Size the server's `max_connections` for
+    /// every replica together.
+    #[arg(
+        long = "pg-max-connections",
+        env = "TASKMASTER_PG_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub pg_max_connections: u32,
+
+    /// PostgreSQL only: connections kept open while idle.
+    #[arg(
+        long = "pg-min-connections",
+        env = "TASKMASTER_PG_MIN_CONNECTIONS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub pg_min_connections: u32,
+
+    /// PostgreSQL only: how long, in milliseconds, a query waits for a free
+    /// pool connection before it fails.
+    #[arg(
+        long = "pg-acquire-timeout-ms",
+        env = "TASKMASTER_PG_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub pg_acquire_timeout_ms: u64,
 
     /// Steps in flight at once, over every run and agent.
     #[arg(
@@ -323,6 +356,15 @@ pub const MISSING_SECRET_HELP: &str = "no webhook secret configured: set GITHUB_
 several secrets may be given, separated by commas, to rotate without losing deliveries";
 
 impl Settings {
+    /// The PostgreSQL pool settings from these flags.
+    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.pg_max_connections.max(2),
+            min_connections: self.pg_min_connections.min(self.pg_max_connections),
+            acquire_timeout: std::time::Duration::from_millis(self.pg_acquire_timeout_ms.max(1)),
+        }
+    }
+
     /// The engine's settings from these flags (the rest at their defaults).
     pub fn engine_config(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {

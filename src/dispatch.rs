@@ -9,11 +9,15 @@
 //! owner so a dispatcher that lost its lease cannot overwrite another's result.
 //!
 //! Wake-ups come from the inbox writer after each commit (an in-process
-//! `Notify`), with a slow poll as the fallback, so a hint lost in a race only
-//! costs one poll interval.
+//! `Notify`) and, with several replicas on PostgreSQL, from the other
+//! replicas' commits (`LISTEN/NOTIFY`, see [`Store::remote_wakeups`]), with a
+//! slow poll as the fallback, so a hint lost in a race only costs one poll
+//! interval. Replicas claim with `FOR UPDATE SKIP LOCKED`, so they never
+//! handle the same delivery at once.
 //!
 //! At start-up, [`Store::recover_deliveries`] takes back what a crash left
-//! `processing`; on graceful shutdown the dispatcher releases what it claimed
+//! `processing` (on a shared database, only claims whose lease expired); on
+//! graceful shutdown the dispatcher releases what it claimed
 //! but did not finish.
 
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Delivery, DeliveryResult, Store, StoreError, now_ms};
+use crate::store::{Delivery, DeliveryResult, Store, StoreError, WakeTopic, now_ms};
 
 /// Deliveries claimed per round.
 const CLAIM_BATCH: usize = 64;
@@ -116,14 +120,26 @@ impl Dispatcher {
 
     /// Runs until `cancel` fires, then releases unfinished claims and returns.
     pub async fn run(self, cancel: CancellationToken) {
+        // Deliveries another replica stored (PostgreSQL `NOTIFY`).
+        let mut remote = self.store.remote_wakeups(WakeTopic::Deliveries);
         loop {
             if cancel.is_cancelled() {
                 break;
             }
             match self.round(&cancel).await {
                 Ok(0) => {
+                    let hint = async {
+                        match remote.as_mut() {
+                            Some(rx) => !matches!(
+                                rx.recv().await,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed)
+                            ),
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = self.wake.notified() => {}
+                        open = hint => if !open { remote = None },
                         _ = tokio::time::sleep(POLL) => {}
                         _ = cancel.cancelled() => break,
                     }

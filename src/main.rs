@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    store::connect(&settings.database_url).await?;
+    store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
     println!(
         "database {} is up to date",
         store::redact_url(&settings.database_url)
@@ -135,7 +135,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!(MISSING_SECRET_HELP);
     };
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
-    let store = store::connect_runs(&settings.database_url).await?;
+    let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
     let engine = Engine::new(
         store.clone(),
         workflows.clone(),
@@ -243,7 +243,7 @@ async fn run(
     let payload = std::fs::read(event)
         .with_context(|| format!("cannot read the event payload {}", event.display()))?;
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
-    let store = store::connect_runs(&settings.database_url).await?;
+    let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
     let engine = Engine::new(store.clone(), workflows, agents, settings.engine_config());
     let mut transitions = engine.subscribe();
     let stop = CancellationToken::new();

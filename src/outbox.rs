@@ -153,8 +153,24 @@ impl Outbox {
         mut hints: Option<broadcast::Receiver<Transition>>,
         shutdown: CancellationToken,
     ) {
+        // With replicas on one database, one outbox sends at a time (or two
+        // would create the same check run twice): this one sends only while
+        // it holds the `outbox` job, kept from pass to pass and released when
+        // it stops (or dies: its connection closes).
+        let mut leader: Option<crate::store::ExclusiveGuard> = None;
         loop {
-            let wait = match self.pass().await {
+            if leader.is_none() {
+                match self.store.try_exclusive("outbox").await {
+                    Ok(guard) => leader = guard,
+                    Err(e) => tracing::warn!(error = %e, "outbox: cannot take the outbox lock"),
+                }
+            }
+            let pass = if leader.is_some() {
+                self.pass().await
+            } else {
+                Ok(None)
+            };
+            let wait = match pass {
                 Ok(Some(due)) => due.min(self.config.poll),
                 Ok(None) => self.config.poll,
                 Err(e) => {
@@ -178,9 +194,10 @@ impl Outbox {
                 open = hint => if !open { hints = None },
             }
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.pass())
-            .await
-            .is_err()
+        if leader.is_some()
+            && tokio::time::timeout(Duration::from_secs(5), self.pass())
+                .await
+                .is_err()
         {
             tracing::warn!("outbox: last pass at shutdown did not finish in time");
         }

@@ -1,23 +1,17 @@
 //! The App's own records in the store: installations, repository
-//! configuration cache, the GitHub-effects outbox and the audit log.
+//! configuration cache, the GitHub-effects outbox and the audit log — on
+//! both backends (`sqlite::…`, `postgres::…`; see `tests/backends/mod.rs`).
 
+mod backends;
+
+use backends::Backend;
 use taskmaster::store::{
     ActorKind, AuditEntry, EffectKind, EffectOutcome, EffectState, InstallationState, NewEffect,
-    RepoConfigRecord, RunStore, SqliteStore, Store,
+    RepoConfigRecord,
 };
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("a.db").to_str().unwrap())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    (dir, store)
-}
-
-#[tokio::test]
-async fn installations_keep_their_latest_state_and_repositories() {
-    let (_dir, store) = store().await;
+async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
+    let store = &b.store;
     assert_eq!(store.installation_state(7).await.unwrap(), None);
     store
         .set_installation(7, Some("octo-org"), InstallationState::Active)
@@ -45,9 +39,8 @@ async fn installations_keep_their_latest_state_and_repositories() {
     );
 }
 
-#[tokio::test]
-async fn repo_config_cache_is_replaced_and_forgotten() {
-    let (_dir, store) = store().await;
+async fn repo_config_cache_is_replaced_and_forgotten(b: Backend) {
+    let store = &b.store;
     assert_eq!(store.repo_config("o/r").await.unwrap(), None);
     let first = RepoConfigRecord {
         body: Some("workflows: {}\n".into()),
@@ -78,9 +71,8 @@ fn effect(seq: i64, kind: EffectKind, body: &str) -> NewEffect {
     }
 }
 
-#[tokio::test]
-async fn effects_are_queued_once_per_source_and_seq_and_finish() {
-    let (_dir, store) = store().await;
+async fn effects_are_queued_once_per_source_and_seq_and_finish(b: Backend) {
+    let store = &b.store;
     let batch = vec![
         effect(0, EffectKind::Reaction, "eyes"),
         effect(1, EffectKind::Comment, "> /status\n\nhello"),
@@ -125,9 +117,8 @@ async fn effects_are_queued_once_per_source_and_seq_and_finish() {
     );
 }
 
-#[tokio::test]
-async fn audit_log_pages_newest_first() {
-    let (_dir, store) = store().await;
+async fn audit_log_pages_newest_first(b: Backend) {
+    let store = &b.store;
     for i in 0..5 {
         let id = store
             .append_audit(&AuditEntry {
@@ -158,3 +149,10 @@ async fn audit_log_pages_newest_first() {
     );
     assert_eq!(next[0].actor_kind, ActorKind::GithubUser);
 }
+
+both_backends!(
+    installations_keep_their_latest_state_and_repositories,
+    repo_config_cache_is_replaced_and_forgotten,
+    effects_are_queued_once_per_source_and_seq_and_finish,
+    audit_log_pages_newest_first,
+);

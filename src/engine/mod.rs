@@ -9,7 +9,9 @@
 //!   global in-flight limit, each agent's concurrency and each run's
 //!   `max_parallel`. Work beyond the limits stays `ready` and waits its turn;
 //!   nothing is rejected. Wake-ups come from finished steps, new runs and
-//!   control operations (an in-process `Notify`), with a poll as a fallback.
+//!   control operations (an in-process `Notify`), from other replicas
+//!   sharing the database ([`RunStore`]'s remote wake-ups: PostgreSQL
+//!   `NOTIFY`), with a poll as a fallback.
 //! * **Executor** ([`executor`]): one attempt at a time per step, under the
 //!   step's timeout, while the engine's heartbeat renews the leases of all
 //!   its running steps every third of the TTL (one transaction per beat). The result is recorded **fenced**: accepted only while the lease
@@ -20,7 +22,8 @@
 //!   push in their concurrency group).
 //! * **Start-up recovery**: a single-process store takes back every `running`
 //!   step at once (its worker died with the previous process) and settles
-//!   every active run.
+//!   every active run; a store shared by replicas (PostgreSQL) takes back
+//!   only expired leases, since the others' steps are still running.
 //!
 //! Guarantees (see `DESIGN.md`): each step runs at least once (an attempt
 //! that was running during a crash runs again); its result is recorded
@@ -292,6 +295,22 @@ impl Engine {
             .expect("Engine::run is called once per engine");
         let writer = tokio::spawn(self.clone().results_writer(results_rx));
         let heartbeat = tokio::spawn(self.clone().heartbeat());
+        // Other replicas sharing the database announce ready steps and new
+        // runs (PostgreSQL `NOTIFY`): wake the scheduler early for them.
+        let remote = self
+            .inner
+            .store
+            .remote_wakeups(crate::store::WakeTopic::Steps)
+            .map(|mut hints| {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    while let Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) =
+                        hints.recv().await
+                    {
+                        engine.wake();
+                    }
+                })
+            });
         let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
             if shutdown.is_cancelled() {
@@ -318,6 +337,9 @@ impl Engine {
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         reaper.abort();
         heartbeat.abort();
+        if let Some(remote) = remote {
+            remote.abort();
+        }
         writer.abort();
         Ok(())
     }

@@ -137,6 +137,26 @@ pub async fn run_scheduler(
     let mut since = Utc::now() - DELIVERY_RETENTION;
     loop {
         let started = Utc::now();
+        // Replicas sharing a database take turns: one pass at a time (a
+        // PostgreSQL advisory lock); the others skip theirs, and the next
+        // pass of this replica reaches back to its own last pass.
+        let guard = match store.try_exclusive("redelivery").await {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                tracing::debug!("another replica is scanning for missed deliveries");
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => continue,
+                    _ = cancel.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the redelivery lock; skipping this pass");
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => continue,
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        };
         let store = store.clone();
         let pass = redeliver_missing(github.as_ref(), since, started, move |guid| {
             let store = store.clone();
@@ -151,6 +171,7 @@ pub async fn run_scheduler(
             }
         })
         .await;
+        drop(guard);
         match pass {
             Ok(report) => {
                 if !report.redelivered.is_empty() || !report.failed.is_empty() {

@@ -3,7 +3,8 @@
 //! Every arrow after intake goes through the database (see `DESIGN.md`), so the
 //! `Store` trait is where durability is decided. The trait speaks in the field's
 //! words (delivery, claim, lease); SQL dialects stay inside the implementations:
-//! `sqlite.rs` today, `postgres.rs` when several replicas share one database.
+//! `sqlite.rs` (one process, one file) and `postgres.rs` (several replicas
+//! sharing one database).
 //!
 //! Times crossing this interface are Unix epoch **milliseconds** (`i64`).
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 pub mod api;
 pub mod app;
 pub mod deliveries;
+pub mod postgres;
 pub mod reports;
 pub mod runs;
 pub mod sqlite;
@@ -30,6 +32,7 @@ pub use app::{
     NewEffect, RepoConfigRecord,
 };
 pub use deliveries::{DeliveryFilter, DeliverySummary};
+pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
@@ -340,6 +343,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many deliveries are queued and in processing.
     async fn inbox_depth(&self) -> Result<InboxDepth, StoreError>;
+
+    /// Wake-up hints from **other processes** sharing this database (on
+    /// PostgreSQL, `LISTEN/NOTIFY`): a value arrives on the receiver when
+    /// another replica committed work of `topic` (and also, spuriously,
+    /// after a reconnection, when hints may have been missed). Hints are
+    /// only hints: whoever waits on them must still poll. `None` for a store
+    /// only one process uses (SQLite), whose wake-ups stay in-process.
+    fn remote_wakeups(&self, topic: WakeTopic) -> Option<tokio::sync::broadcast::Receiver<()>> {
+        let _ = topic;
+        None
+    }
+
+    /// Asks to be the one process doing `job` (e.g. `"redelivery"`) while
+    /// the returned guard lives; `None` when another process holds it. On
+    /// PostgreSQL this is a session-level advisory lock on a connection the
+    /// guard keeps (released when the guard drops, or when the process
+    /// dies and its connection closes); a single-process store always says
+    /// yes. Errors: the database is unreachable.
+    async fn try_exclusive(&self, job: &str) -> Result<Option<ExclusiveGuard>, StoreError> {
+        let _ = job;
+        Ok(Some(ExclusiveGuard::local()))
+    }
+}
+
+/// What a [`Store::remote_wakeups`] hint is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeTopic {
+    /// New deliveries were queued: dispatchers should claim.
+    Deliveries,
+    /// Steps became ready (or runs were created, resumed, retried, or leases
+    /// reaped): schedulers should plan and claim.
+    Steps,
+}
+
+/// Proof of holding a [`Store::try_exclusive`] job; dropping it releases the job.
+pub struct ExclusiveGuard {
+    _held: Option<Box<dyn Send>>,
+}
+
+impl ExclusiveGuard {
+    /// A guard with nothing to release (single-process stores).
+    pub fn local() -> Self {
+        ExclusiveGuard { _held: None }
+    }
+
+    /// A guard that releases the job when `held` is dropped.
+    pub fn holding(held: Box<dyn Send>) -> Self {
+        ExclusiveGuard { _held: Some(held) }
+    }
+}
+
+impl std::fmt::Debug for ExclusiveGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExclusiveGuard")
+            .field("shared", &self._held.is_some())
+            .finish()
+    }
 }
 
 /// The engine's operations on runs, steps, attempts and the timeline.
@@ -703,22 +763,64 @@ pub trait RunStore: Store {
     ) -> Result<Option<DeliveryState>, StoreError>;
 }
 
+/// Connection pool settings of the PostgreSQL store (SQLite ignores them:
+/// it always has one writer connection and four readers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections one process opens (`TASKMASTER_PG_MAX_CONNECTIONS`,
+    /// default 10; at least 2). Each replica opens up to this many plus one
+    /// for `LISTEN`; an exclusive job it holds (the outbox, a redelivery
+    /// scan) keeps one of the pool's connections. Size PostgreSQL's
+    /// `max_connections` for every replica together.
+    pub max_connections: u32,
+    /// Connections kept open while idle (`TASKMASTER_PG_MIN_CONNECTIONS`,
+    /// default 1).
+    pub min_connections: u32,
+    /// How long a query waits for a free connection before failing
+    /// (`TASKMASTER_PG_ACQUIRE_TIMEOUT_MS`, default 10,000 ms).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 10,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// True when `database_url` names a PostgreSQL database
+/// (`postgres://…` or `postgresql://…`).
+pub fn is_postgres_url(database_url: &str) -> bool {
+    database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
+}
+
 /// Opens the store named by `database_url` and applies migrations.
 ///
-/// `sqlite://path`, `sqlite:path` or a bare path select SQLite (the file is
-/// created if absent). Errors: [`StoreError::UnsupportedUrl`] for other schemes.
+/// `postgres://…` or `postgresql://…` select PostgreSQL (with the default
+/// [`PoolSettings`]); `sqlite://path`, `sqlite:path` or a bare path select
+/// SQLite (the file is created if absent). Errors: the database cannot be
+/// reached or migrated.
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     Ok(connect_runs(database_url).await? as Arc<dyn Store>)
 }
 
 /// As [`connect`], with the engine's operations ([`RunStore`]).
 pub async fn connect_runs(database_url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
-    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        return Err(StoreError::UnsupportedUrl {
-            url: redact_url(database_url),
-            hint: "this build supports SQLite only (PostgreSQL support is planned); \
-                   use DATABASE_URL=sqlite://taskmaster.db",
-        });
+    connect_runs_with(database_url, &PoolSettings::default()).await
+}
+
+/// As [`connect_runs`], with PostgreSQL pool settings.
+pub async fn connect_runs_with(
+    database_url: &str,
+    pool: &PoolSettings,
+) -> Result<Arc<dyn RunStore>, StoreError> {
+    if is_postgres_url(database_url) {
+        let store = PgStore::open(database_url, pool).await?;
+        store.migrate().await?;
+        return Ok(Arc::new(store));
     }
     let store = SqliteStore::open(database_url).await?;
     store.migrate().await?;

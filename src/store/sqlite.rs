@@ -113,7 +113,7 @@ impl SqliteStore {
 }
 
 #[derive(sqlx::FromRow)]
-struct DeliveryRow {
+pub(super) struct DeliveryRow {
     id: i64,
     delivery_id: String,
     event: String,
@@ -426,7 +426,7 @@ macro_rules! step_columns {
 }
 
 #[derive(sqlx::FromRow)]
-struct RunRow {
+pub(super) struct RunRow {
     id: i64,
     workflow: String,
     delivery_id: String,
@@ -452,7 +452,7 @@ struct RunRow {
     approved_by: Option<String>,
 }
 
-fn corrupt(table: &'static str, detail: String) -> StoreError {
+pub(super) fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
 }
 
@@ -495,7 +495,7 @@ impl TryFrom<RunRow> for Run {
 }
 
 #[derive(sqlx::FromRow)]
-struct StepRow {
+pub(super) struct StepRow {
     id: i64,
     run_id: i64,
     step: String,
@@ -2014,7 +2014,7 @@ impl RunStore for SqliteStore {
 }
 
 #[derive(sqlx::FromRow)]
-struct EffectRow {
+pub(super) struct EffectRow {
     id: i64,
     source: String,
     seq: i64,
@@ -2057,7 +2057,7 @@ impl TryFrom<EffectRow> for Effect {
 }
 
 #[derive(sqlx::FromRow)]
-struct AuditRow {
+pub(super) struct AuditRow {
     id: i64,
     at: i64,
     actor_kind: String,

@@ -205,6 +205,12 @@ impl ChildService {
     /// Starts `taskmaster serve` on an ephemeral port over `db_path`, with JSON
     /// logs, and waits for its "listening" line.
     pub fn start(db_path: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_url(&format!("sqlite://{}", db_path.display()), extra_env)
+    }
+
+    /// Starts `taskmaster serve` on an ephemeral port over the database at
+    /// `database_url` (SQLite or PostgreSQL), as [`ChildService::start`].
+    pub fn start_url(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
         command
             .arg("serve")
@@ -212,7 +218,7 @@ impl ChildService {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
-            .env("DATABASE_URL", format!("sqlite://{}", db_path.display()))
+            .env("DATABASE_URL", database_url)
             .env("GITHUB_WEBHOOK_SECRET", SECRET)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")

@@ -1,0 +1,2142 @@
+//! PostgreSQL implementation of [`Store`] and [`RunStore`]: several
+//! taskmaster replicas sharing one database.
+//!
+//! Selected by `DATABASE_URL=postgres://…` (or `postgresql://…`); the schema
+//! is `migrations/postgres`, which mirrors `migrations/sqlite` number for
+//! number. Tables land in the connection's `search_path` (by default
+//! `public`; `?options=-c%20search_path%3Dname` in the URL picks another).
+//!
+//! How replicas share the work without stepping on each other:
+//!
+//! * **Claims** (deliveries and steps) select with `FOR UPDATE SKIP LOCKED`:
+//!   concurrent claimers never wait for each other and never get the same
+//!   row. A claimed step's run row is locked with it, so `max_parallel` and
+//!   the concurrency-group check hold across replicas.
+//! * **Lock order.** Every transaction that changes a run locks its run row
+//!   first (`FOR NO KEY UPDATE`, so foreign-key checks of inserted events and
+//!   attempts are not blocked), runs in id order, then step rows in id order.
+//!   Claims never wait (they skip). With one order there are no deadlocks.
+//! * **Fencing** is the same as SQLite's: a result is recorded only with the
+//!   step's current lease token, checked under the step's row lock.
+//! * **Start-up recovery** never takes back live work: a replica starting
+//!   must not steal the steps and deliveries other replicas are running, so
+//!   `recover_deliveries` and `reap_leases(None)` only take back *expired*
+//!   leases here. A replica that died is replaced once its leases expire.
+//! * **Agent concurrency** is database-wide: claims under per-agent limits
+//!   take a transaction-level advisory lock, so they take turns counting.
+//! * **Once-at-a-time work** (the lease reaper and deadline checks) takes a
+//!   transaction-level advisory lock (`pg_try_advisory_xact_lock`); a replica
+//!   that does not get it skips the round. Longer jobs (the redelivery scan,
+//!   the report outbox) use [`Store::try_exclusive`], a session-level
+//!   advisory lock held on a dedicated connection.
+//! * **Wake-ups**: transactions that make work available `NOTIFY`
+//!   (`taskmaster_deliveries`, `taskmaster_steps`); each store `LISTEN`s on
+//!   one connection of its own and hands hints to
+//!   [`Store::remote_wakeups`]. Polling stays the fallback.
+//! * **Group commit**: a batch of deliveries is inserted by one statement
+//!   (`INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING`), one
+//!   transaction and one WAL flush per batch; step results commit in
+//!   batches as on SQLite.
+//!
+//! Advisory-lock keys and nothing else are scoped by `current_schema()`, so
+//! databases holding several taskmaster schemas (tests) do not contend.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::broadcast;
+
+use super::runs::{
+    AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
+    Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish, StepNext, StepRecord, StepState,
+};
+use super::sqlite::{AuditRow, DeliveryRow, EffectRow, RunRow, StepRow, corrupt};
+use super::{
+    AuditEntry, Delivery, DeliveryResult, Effect, EffectOutcome, EffectState, ExclusiveGuard,
+    InboxDepth, InsertOutcome, InstallationState, NewDelivery, NewEffect, PoolSettings,
+    RepoConfigRecord, Store, StoreError, WakeTopic, now_ms,
+};
+use super::{ReportCandidate, ReportOutcome, RunStore};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// `NOTIFY` channel: deliveries were queued.
+const CHANNEL_DELIVERIES: &str = "taskmaster_deliveries";
+/// `NOTIFY` channel: steps became ready (or runs need planning).
+const CHANNEL_STEPS: &str = "taskmaster_steps";
+
+/// Advisory-lock class of the lease reaper (second key; the first is the schema).
+const LOCK_REAPER: i32 = 1;
+/// Advisory-lock class of the run-deadline check.
+const LOCK_DEADLINES: i32 = 2;
+/// Advisory-lock class of claims under per-agent limits.
+const LOCK_AGENT_CLAIMS: i32 = 3;
+
+/// The PostgreSQL store. Cheap to clone (the pool and the listener are shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    wakeups: Arc<OnceLock<Wakeups>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The listener task and the channels it feeds; the task stops when the
+/// last clone of the store is dropped.
+struct Wakeups {
+    deliveries: broadcast::Sender<()>,
+    steps: broadcast::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`, with
+    /// any libpq-style query parameters sqlx understands) with a pool sized by
+    /// `settings`. Does not migrate; see [`Store::migrate`]. Errors: the URL
+    /// does not parse, or the first connection fails.
+    pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("taskmaster");
+        Self::open_with(options, settings).await
+    }
+
+    /// As [`PgStore::open`], with connect options built by the caller (for
+    /// example with a `search_path` of its own).
+    pub async fn open_with(
+        options: PgConnectOptions,
+        settings: &PoolSettings,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .min_connections(settings.min_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        Ok(PgStore {
+            pool,
+            options,
+            wakeups: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts the `LISTEN` task on first use. It holds one connection of its
+    /// own (outside the pool's limit) and reconnects by itself; after a
+    /// reconnection it sends a hint on both topics, since hints may have
+    /// been missed meanwhile.
+    fn wakeups(&self) -> &Wakeups {
+        self.wakeups.get_or_init(|| {
+            let (deliveries, _) = broadcast::channel(16);
+            let (steps, _) = broadcast::channel(16);
+            let options = self.options.clone();
+            let (d, s) = (deliveries.clone(), steps.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    match listen(&options, &d, &s).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                            let _ = d.send(());
+                            let _ = s.send(());
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            });
+            Wakeups {
+                deliveries,
+                steps,
+                task,
+            }
+        })
+    }
+
+    /// One idempotent control transition of a run (see the SQLite store).
+    async fn control_transition(
+        &self,
+        run_id: i64,
+        update: &'static str,
+        event: &'static str,
+        message: &'static str,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(update)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let outcome = control_outcome(&mut tx, changed, run_id, now, event, message).await?;
+        if outcome == ControlOutcome::Changed {
+            notify(&mut tx, CHANNEL_STEPS).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+/// Listens until every receiver is gone (`Ok`) or the connection fails.
+async fn listen(
+    options: &PgConnectOptions,
+    deliveries: &broadcast::Sender<()>,
+    steps: &broadcast::Sender<()>,
+) -> Result<(), sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener
+        .listen_all([CHANNEL_DELIVERIES, CHANNEL_STEPS])
+        .await?;
+    loop {
+        match listener.try_recv().await? {
+            Some(n) => {
+                let sender = if n.channel() == CHANNEL_DELIVERIES {
+                    deliveries
+                } else {
+                    steps
+                };
+                let _ = sender.send(());
+            }
+            None => {
+                // Reconnected: hints sent meanwhile are lost; wake everyone.
+                let _ = deliveries.send(());
+                let _ = steps.send(());
+            }
+        }
+    }
+}
+
+/// Queues a `NOTIFY` on `channel`, delivered when the transaction commits
+/// (several in one transaction collapse into one).
+async fn notify(conn: &mut PgConnection, channel: &'static str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channel)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the transaction-level advisory lock of `class` in this schema,
+/// without waiting; false when another transaction holds it.
+async fn try_xact_lock(conn: &mut PgConnection, class: i32) -> Result<bool, StoreError> {
+    let (got,): (bool,) =
+        sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtext(current_schema()), $1)")
+            .bind(class)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(got)
+}
+
+/// Locks the runs `ids` in id order (the first step of the lock order).
+async fn lock_runs(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT id FROM runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Selects [`DeliveryRow`]s from a row source `d` joined with its payload.
+macro_rules! delivery_columns {
+    () => {
+        "d.id, d.delivery_id, d.event, d.action, d.hook_id, d.installation_id, \
+         d.repository, d.sender_id, d.sender_login, p.encoding, p.size, p.payload, \
+         d.received_at, d.state, d.attempts, d.error"
+    };
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
+        let mut seen = HashSet::with_capacity(batch.len());
+        let unique: Vec<&NewDelivery> = batch
+            .iter()
+            .filter(|d| seen.insert(d.delivery_id.as_str()))
+            .collect();
+        if unique.is_empty() {
+            return Ok(outcomes);
+        }
+        // One statement for the whole batch: one round trip, one
+        // transaction, one WAL flush (group commit).
+        let inserted: Vec<(String, String)> = sqlx::query_as(
+            "WITH input AS ( \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], \
+                     $5::int8[], $6::text[], $7::int8[], $8::text[], $9::int8[], $10::text[], \
+                     $11::text[], $12::int8[], $13::bytea[]) WITH ORDINALITY \
+                 AS t(delivery_id, event, action, hook_id, installation_id, repository, \
+                      sender_id, sender_login, received_at, state, encoding, size, payload, ord) \
+             ), ins AS ( \
+                 INSERT INTO deliveries (delivery_id, event, action, hook_id, installation_id, \
+                     repository, sender_id, sender_login, received_at, state, available_at) \
+                 SELECT delivery_id, event, action, hook_id, installation_id, repository, \
+                     sender_id, sender_login, received_at, state, received_at \
+                 FROM input ORDER BY ord \
+                 ON CONFLICT (delivery_id) DO NOTHING \
+                 RETURNING id, delivery_id, state \
+             ), pay AS ( \
+                 INSERT INTO delivery_payloads (id, encoding, size, payload) \
+                 SELECT ins.id, input.encoding, input.size, input.payload \
+                 FROM ins JOIN input ON input.delivery_id = ins.delivery_id \
+             ) \
+             SELECT delivery_id, state FROM ins",
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.delivery_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(unique.iter().map(|d| d.event.as_str()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.action.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(unique.iter().map(|d| d.hook_id).collect::<Vec<_>>())
+        .bind(unique.iter().map(|d| d.installation_id).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.repository.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(unique.iter().map(|d| d.sender_id).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.sender_login.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(unique.iter().map(|d| d.received_at).collect::<Vec<_>>())
+        .bind(unique.iter().map(|d| d.state.as_str()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.payload.encoding.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|d| d.payload.raw_len as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|d| &d.payload.bytes[..])
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let stored: HashSet<&str> = inserted.iter().map(|(d, _)| d.as_str()).collect();
+        let mut first = HashSet::with_capacity(batch.len());
+        for (i, d) in batch.iter().enumerate() {
+            if first.insert(d.delivery_id.as_str()) && stored.contains(d.delivery_id.as_str()) {
+                outcomes[i] = InsertOutcome::Stored;
+            }
+        }
+        if inserted.iter().any(|(_, state)| state == "queued") {
+            // After the commit: a hint for the other replicas' dispatchers.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL_DELIVERIES)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let now = now_ms();
+        let expires = now + lease.as_millis() as i64;
+        let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
+            "WITH picked AS ( \
+                 SELECT id FROM deliveries \
+                 WHERE state IN ('queued', 'processing') \
+                   AND ((state = 'queued' AND available_at <= $3) \
+                     OR (state = 'processing' AND lease_expires_at < $3)) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED \
+             ), d AS ( \
+                 UPDATE deliveries SET state = 'processing', claimed_by = $1, \
+                     lease_expires_at = $2, attempts = deliveries.attempts + 1 \
+                 FROM picked WHERE deliveries.id = picked.id \
+                 RETURNING deliveries.* \
+             ) SELECT ",
+            delivery_columns!(),
+            " FROM d JOIN delivery_payloads p ON p.id = d.id ORDER BY d.id"
+        ))
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    async fn finish_deliveries(
+        &self,
+        owner: &str,
+        results: &[(i64, DeliveryResult)],
+    ) -> Result<u64, StoreError> {
+        if results.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        let mut created = false;
+        for (id, result) in results {
+            let (state, error, available_at, finished_at) = match result {
+                DeliveryResult::Done | DeliveryResult::Started(_) => ("done", None, now, Some(now)),
+                DeliveryResult::Ignored(why) => ("ignored", Some(why.as_str()), now, Some(now)),
+                DeliveryResult::Retry { error, retry_at } => {
+                    ("queued", Some(error.as_str()), *retry_at, None)
+                }
+                DeliveryResult::Failed(error) => ("failed", Some(error.as_str()), now, Some(now)),
+            };
+            let finished = sqlx::query(
+                "UPDATE deliveries SET state = $1, error = $2, available_at = $3, \
+                 finished_at = $4, claimed_by = NULL, lease_expires_at = NULL \
+                 WHERE id = $5 AND state = 'processing' AND claimed_by = $6",
+            )
+            .bind(state)
+            .bind(error)
+            .bind(available_at)
+            .bind(finished_at)
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if let (1, DeliveryResult::Started(runs)) = (finished, result) {
+                created |= create_runs_in(&mut tx, runs, now)
+                    .await?
+                    .iter()
+                    .any(|r| r.created);
+            }
+            changed += finished;
+        }
+        if created {
+            notify(&mut tx, CHANNEL_STEPS).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn recover_deliveries(&self) -> Result<u64, StoreError> {
+        // Shared by several replicas: only expired leases are taken back
+        // (live ones belong to a running replica).
+        let result = sqlx::query(
+            "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL \
+             WHERE state = 'processing' AND lease_expires_at < $1",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn release_deliveries(&self, owner: &str) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL, \
+             attempts = GREATEST(attempts - 1, 0) \
+             WHERE state = 'processing' AND claimed_by = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() > 0 {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL_DELIVERIES)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(result.rows_affected())
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+        let row: Option<DeliveryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries d JOIN delivery_payloads p ON p.id = d.id WHERE d.delivery_id = $1"
+        ))
+        .bind(delivery_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    async fn inbox_depth(&self) -> Result<InboxDepth, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deliveries \
+             WHERE state IN ('queued', 'processing') GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut depth = InboxDepth::default();
+        for (state, n) in rows {
+            match state.as_str() {
+                "queued" => depth.queued = n,
+                _ => depth.processing = n,
+            }
+        }
+        Ok(depth)
+    }
+
+    fn remote_wakeups(&self, topic: WakeTopic) -> Option<broadcast::Receiver<()>> {
+        let w = self.wakeups();
+        Some(match topic {
+            WakeTopic::Deliveries => w.deliveries.subscribe(),
+            WakeTopic::Steps => w.steps.subscribe(),
+        })
+    }
+
+    async fn try_exclusive(&self, job: &str) -> Result<Option<ExclusiveGuard>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let (got,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))")
+                .bind(job.to_owned())
+                .fetch_one(&mut *conn)
+                .await?;
+        if !got {
+            return Ok(None);
+        }
+        // Dropping the guard closes this connection instead of returning it
+        // to the pool: the session ends and PostgreSQL releases the lock.
+        conn.close_on_drop();
+        Ok(Some(ExclusiveGuard::holding(Box::new(conn))))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Runs, steps, attempts and the timeline.
+// ---------------------------------------------------------------------------
+
+macro_rules! select_runs {
+    () => {
+        "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
+         classification, reason, context, priority, concurrency_group, state, desired_state, \
+         max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
+         waiting_approval, approved_by FROM runs "
+    };
+}
+
+macro_rules! step_columns {
+    () => {
+        "id, run_id, step, position, needs, continue_on_error, state, agent, agent_index, \
+         attempts, agent_attempts, run_at, priority, lease_owner, lease_expires_at, output, \
+         error, started_at, finished_at"
+    };
+}
+
+async fn insert_event(
+    conn: &mut PgConnection,
+    run_id: i64,
+    step: Option<&str>,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_events (run_id, step, at, kind, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(run_id)
+    .bind(step)
+    .bind(at)
+    .bind(kind)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn load_snapshot(
+    conn: &mut PgConnection,
+    run_id: i64,
+) -> Result<Option<RunSnapshot>, StoreError> {
+    let run: Option<RunRow> = sqlx::query_as(concat!(select_runs!(), "WHERE id = $1"))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(run) = run else { return Ok(None) };
+    let steps: Vec<StepRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        step_columns!(),
+        " FROM steps WHERE run_id = $1 ORDER BY position"
+    ))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(RunSnapshot {
+        run: run.try_into()?,
+        steps: steps
+            .into_iter()
+            .map(StepRecord::try_from)
+            .collect::<Result<_, _>>()?,
+    }))
+}
+
+/// Reads the run, asks the planner, and applies its plan. The caller holds
+/// the run's lock. Returns the plan and whether a step became ready.
+async fn settle_in(
+    conn: &mut PgConnection,
+    run_id: i64,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let Some(snapshot) = load_snapshot(conn, run_id).await? else {
+        return Ok(None);
+    };
+    let plan = planner.plan(&snapshot, now);
+    for change in &plan.steps {
+        let (finished, error) = if change.to.is_terminal() {
+            (Some(now), Some(change.reason.as_str()))
+        } else {
+            (None, None)
+        };
+        sqlx::query(
+            "UPDATE steps SET state = $1, run_at = $2, finished_at = $3, error = $4 \
+             WHERE run_id = $5 AND step = $6 AND state IN ('pending', 'ready')",
+        )
+        .bind(change.to.as_str())
+        .bind(now)
+        .bind(finished)
+        .bind(error)
+        .bind(run_id)
+        .bind(&change.step)
+        .execute(&mut *conn)
+        .await?;
+        let kind = match change.to {
+            StepState::Ready => "step_ready",
+            StepState::Skipped => "step_skipped",
+            StepState::Cancelled => "step_cancelled",
+            _ => "step_failed",
+        };
+        insert_event(conn, run_id, Some(&change.step), now, kind, &change.reason).await?;
+    }
+    if let Some((state, reason)) = &plan.outcome {
+        let changed = sqlx::query(
+            "UPDATE runs SET state = $1, conclusion = $2, finished_at = $3 \
+             WHERE id = $4 AND state IN ('queued', 'running', 'paused')",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            insert_event(
+                conn,
+                run_id,
+                None,
+                now,
+                "run_finished",
+                &format!("{state}: {reason}"),
+            )
+            .await?;
+        }
+    }
+    if plan.steps.iter().any(|c| c.to == StepState::Ready) {
+        notify(conn, CHANNEL_STEPS).await?;
+    }
+    Ok(Some(plan))
+}
+
+async fn create_runs_in(
+    conn: &mut PgConnection,
+    runs: &[NewRun],
+    now: i64,
+) -> Result<Vec<CreatedRun>, StoreError> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let inserted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO runs (workflow, delivery_id, event, repository, subject_number, head_sha, \
+             classification, reason, context, priority, concurrency_group, max_parallel, \
+             deadline_at, created_at, waiting_approval) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (delivery_id, workflow) DO NOTHING RETURNING id",
+        )
+        .bind(&r.workflow)
+        .bind(&r.delivery_id)
+        .bind(&r.event)
+        .bind(&r.repository)
+        .bind(r.subject_number)
+        .bind(&r.head_sha)
+        .bind(&r.classification)
+        .bind(&r.reason)
+        .bind(r.context.to_string())
+        .bind(r.priority)
+        .bind(&r.concurrency_group)
+        .bind(r.max_parallel.map(i64::from))
+        .bind(r.timeout_ms.map(|t| now + t))
+        .bind(now)
+        .bind(r.needs_approval.is_some())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((run_id,)) = inserted else {
+            let (run_id,): (i64,) =
+                sqlx::query_as("SELECT id FROM runs WHERE delivery_id = $1 AND workflow = $2")
+                    .bind(&r.delivery_id)
+                    .bind(&r.workflow)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            out.push(CreatedRun {
+                run_id,
+                workflow: r.workflow.clone(),
+                created: false,
+                superseded: Vec::new(),
+            });
+            continue;
+        };
+        if !r.steps.is_empty() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
+                 primary_agent, run_at, priority) \
+                 SELECT $1, step, position - 1, needs, continue_on_error, agent, agent, $2, rank \
+                 FROM UNNEST($3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[]) \
+                     WITH ORDINALITY AS t(step, needs, continue_on_error, agent, rank, position)",
+            )
+            .bind(run_id)
+            .bind(now)
+            .bind(r.steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>())
+            .bind(
+                r.steps
+                    .iter()
+                    .map(|s| serde_json::to_string(&s.needs).expect("strings serialize"))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.steps
+                    .iter()
+                    .map(|s| s.continue_on_error)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(r.steps.iter().map(|s| s.agent.as_str()).collect::<Vec<_>>())
+            .bind(r.steps.iter().map(|s| s.rank_ms).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        insert_event(conn, run_id, None, now, "run_created", &r.reason).await?;
+        if let Some(why) = &r.needs_approval {
+            insert_event(conn, run_id, None, now, "approval_required", why).await?;
+        }
+        let mut superseded = Vec::new();
+        if let (Some(group), true) = (&r.concurrency_group, r.cancel_in_progress) {
+            // Lock the older runs in id order before changing them.
+            let older: Vec<(i64,)> = sqlx::query_as(
+                "SELECT id FROM runs WHERE concurrency_group = $1 AND id < $2 \
+                   AND state IN ('queued', 'running', 'paused') \
+                   AND desired_state IN ('running', 'paused') \
+                 ORDER BY id FOR NO KEY UPDATE",
+            )
+            .bind(group)
+            .bind(run_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            let older: Vec<i64> = older.into_iter().map(|(id,)| id).collect();
+            if !older.is_empty() {
+                sqlx::query(
+                    "UPDATE runs SET desired_state = 'cancelled', conclusion = $1 \
+                     WHERE id = ANY($2)",
+                )
+                .bind(format!(
+                    "superseded by run {run_id} in concurrency group `{group}`{}",
+                    r.head_sha
+                        .as_deref()
+                        .map(|s| format!(" (head {s})"))
+                        .unwrap_or_default()
+                ))
+                .bind(&older)
+                .execute(&mut *conn)
+                .await?;
+            }
+            for old in older {
+                insert_event(
+                    conn,
+                    old,
+                    None,
+                    now,
+                    "cancel_requested",
+                    &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
+                )
+                .await?;
+                superseded.push(old);
+            }
+        }
+        out.push(CreatedRun {
+            run_id,
+            workflow: r.workflow.clone(),
+            created: true,
+            superseded,
+        });
+    }
+    Ok(out)
+}
+
+/// See the SQLite store: `Changed` (event written), `Unchanged`, `NotFound`.
+async fn control_outcome(
+    tx: &mut PgConnection,
+    changed: u64,
+    run_id: i64,
+    now: i64,
+    event: &str,
+    message: &str,
+) -> Result<ControlOutcome, StoreError> {
+    Ok(if changed == 1 {
+        insert_event(tx, run_id, None, now, event, message).await?;
+        ControlOutcome::Changed
+    } else {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if row.is_some() {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::NotFound
+        }
+    })
+}
+
+/// Records one result inside the caller's transaction, which holds the
+/// locks of the step's run and of the step; `None` when fenced out.
+async fn finish_in(
+    tx: &mut PgConnection,
+    f: &StepFinish,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let (lease, attempt, next) = (&f.lease, f.attempt.as_ref(), &f.next);
+    let fenced: Option<(i64, String, i64)> = sqlx::query_as(
+        "SELECT run_id, step, attempts FROM steps \
+         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(lease.step_row)
+    .bind(&lease.token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((run_id, step, number)) = fenced else {
+        return Ok(None);
+    };
+    if let Some(a) = attempt {
+        sqlx::query(
+            "UPDATE attempts SET finished_at = $1, outcome = $2, error_class = $3, \
+             error_kind = $4, error = $5, output_excerpt = $6, duration_ms = $7, cost_usd = $8 \
+             WHERE step_row = $9 AND number = $10 AND lease_token = $11 AND outcome IS NULL",
+        )
+        .bind(now)
+        .bind(&a.outcome)
+        .bind(&a.error_class)
+        .bind(&a.error_kind)
+        .bind(&a.error)
+        .bind(&a.output_excerpt)
+        .bind(a.duration_ms)
+        .bind(a.cost_usd)
+        .bind(lease.step_row)
+        .bind(number)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(cost) = a.cost_usd {
+            sqlx::query("UPDATE runs SET cost_usd = cost_usd + $1 WHERE id = $2")
+                .bind(cost)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    match next {
+        StepNext::Finish {
+            state,
+            output,
+            error,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = $1, output = $2, error = $3, finished_at = $4, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = $5",
+            )
+            .bind(state.as_str())
+            .bind(output)
+            .bind(error)
+            .bind(now)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StepNext::Retry { run_at } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = $1, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = $2",
+            )
+            .bind(run_at)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+            notify(tx, CHANNEL_STEPS).await?;
+        }
+        StepNext::Fallback {
+            agent,
+            agent_index,
+            run_at,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = 'ready', run_at = $1, agent = $2, agent_index = $3, \
+                 agent_attempts = 0, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = $4",
+            )
+            .bind(run_at)
+            .bind(agent)
+            .bind(agent_index)
+            .bind(lease.step_row)
+            .execute(&mut *tx)
+            .await?;
+            notify(tx, CHANNEL_STEPS).await?;
+        }
+    }
+    insert_event(tx, run_id, Some(&step), now, &f.kind, &f.detail).await?;
+    let plan = settle_in(tx, run_id, planner, now).await?;
+    Ok(Some(plan.unwrap_or_default()))
+}
+
+fn parse_desired(d: &str) -> Result<DesiredState, StoreError> {
+    DesiredState::parse(d).ok_or_else(|| corrupt("runs", format!("unknown desired state `{d}`")))
+}
+
+#[async_trait]
+impl RunStore for PgStore {
+    async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let created = create_runs_in(&mut tx, runs, now_ms()).await?;
+        if created.iter().any(|c| c.created) {
+            notify(&mut tx, CHANNEL_STEPS).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT r.id FROM runs r WHERE r.state = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state <> 'pending') \
+             ORDER BY r.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn settle_run(
+        &self,
+        run_id: i64,
+        planner: &dyn Planner,
+    ) -> Result<Option<Plan>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_runs(&mut tx, &[run_id]).await?;
+        let plan = settle_in(&mut tx, run_id, planner, now_ms()).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    async fn claim_steps(
+        &self,
+        owner: &str,
+        limits: &ClaimLimits,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        if limits.max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        if !limits.per_agent.is_empty() {
+            // An agent's concurrency is database-wide (an AgentAPI server
+            // serves one conversation, whichever replica asks): claims that
+            // count running steps per agent take turns, so two replicas
+            // cannot both fill the last slot. Held until this commit.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema()), $1)")
+                .bind(LOCK_AGENT_CLAIMS)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Candidates in service order, each with its run, locked without
+        // waiting: rows another claimer (or a finisher, holding the run)
+        // has locked are skipped, so no step is handed out twice and
+        // `max_parallel` is counted under the run's lock.
+        let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = sqlx::query_as(
+            "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
+             FROM steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.state = 'ready' AND s.run_at <= $1 \
+               AND r.desired_state = 'running' AND r.state IN ('queued', 'running') \
+               AND NOT r.waiting_approval \
+               AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
+                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
+             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT $2 \
+             FOR NO KEY UPDATE OF s, r SKIP LOCKED",
+        )
+        .bind(now)
+        .bind((limits.max * 4 + 64) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if candidates.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        // Per-agent limits count every replica's running steps.
+        let mut per_agent: HashMap<String, i64> = HashMap::new();
+        if !limits.per_agent.is_empty() {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT agent, COUNT(*) FROM steps WHERE state = 'running' GROUP BY agent",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            per_agent.extend(rows);
+        }
+        let mut per_run: HashMap<i64, i64> = HashMap::new();
+        let mut claimed = Vec::new();
+        for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
+            if claimed.len() >= limits.max {
+                break;
+            }
+            if let Some(limit) = limits.per_agent.get(&agent)
+                && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
+            {
+                continue;
+            }
+            if let Some(max) = max_parallel {
+                let running = match per_run.get(&run_id) {
+                    Some(n) => *n,
+                    None => {
+                        let (n,): (i64,) = sqlx::query_as(
+                            "SELECT COUNT(*) FROM steps WHERE run_id = $1 AND state = 'running'",
+                        )
+                        .bind(run_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        per_run.insert(run_id, n);
+                        n
+                    }
+                };
+                if running >= max {
+                    continue;
+                }
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let refused = limits.refused_agents.contains(&agent);
+            // Claim, and count the attempt unless the agent is refused, in
+            // one statement.
+            let row: Option<StepRow> = sqlx::query_as(concat!(
+                "UPDATE steps SET state = 'running', lease_owner = $1, lease_token = $2, \
+                 lease_expires_at = $3, started_at = COALESCE(started_at, $4), \
+                 attempts = attempts + $6, agent_attempts = agent_attempts + $6 \
+                 WHERE id = $5 AND state = 'ready' RETURNING ",
+                step_columns!()
+            ))
+            .bind(owner)
+            .bind(&token)
+            .bind(now + limits.lease_ms)
+            .bind(now)
+            .bind(step_row)
+            .bind(if refused { 0i64 } else { 1 })
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            *per_agent.entry(agent.clone()).or_insert(0) += 1;
+            *per_run.entry(run_id).or_insert(0) += 1;
+            let started = sqlx::query(
+                "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, $1) \
+                 WHERE id = $2 AND state = 'queued'",
+            )
+            .bind(now)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if started == 1 {
+                insert_event(
+                    &mut tx,
+                    run_id,
+                    None,
+                    now,
+                    "run_started",
+                    "first step claimed",
+                )
+                .await?;
+            }
+            let step: StepRecord = row.try_into()?;
+            let attempt = if refused {
+                None
+            } else {
+                let number = step.attempts;
+                sqlx::query(
+                    "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, \
+                     lease_token, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(step_row)
+                .bind(run_id)
+                .bind(&workflow)
+                .bind(&step.step)
+                .bind(number)
+                .bind(&agent)
+                .bind(&token)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut tx,
+                    run_id,
+                    Some(&step.step),
+                    now,
+                    "attempt_started",
+                    &format!("attempt {number} on agent `{agent}`"),
+                )
+                .await?;
+                Some(number)
+            };
+            claimed.push(ClaimedStep {
+                step,
+                workflow,
+                delivery_id,
+                lease: Lease {
+                    step_row,
+                    owner: owner.to_owned(),
+                    token,
+                },
+                attempt,
+                run_started: started == 1,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_ms: i64,
+    ) -> Result<Option<DesiredState>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE steps SET lease_expires_at = $1 FROM runs \
+             WHERE steps.id = $2 AND steps.lease_token = $3 AND steps.state = 'running' \
+               AND runs.id = steps.run_id \
+             RETURNING runs.desired_state",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(lease.step_row)
+        .bind(&lease.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(d,)| parse_desired(&d)).transpose()
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        lease_ms: i64,
+    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Step rows are locked in id order, as everywhere else.
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "WITH held AS ( \
+                 SELECT id FROM steps WHERE state = 'running' AND lease_owner = $2 \
+                   AND lease_token = ANY($3) ORDER BY id FOR NO KEY UPDATE \
+             ) \
+             UPDATE steps SET lease_expires_at = $1 FROM held, runs \
+             WHERE steps.id = held.id AND runs.id = steps.run_id \
+             RETURNING steps.id, steps.lease_token, runs.desired_state",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(owner)
+        .bind(tokens)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, token, d)| Ok((id, token, parse_desired(&d)?)))
+            .collect()
+    }
+
+    async fn finish_steps(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+    ) -> Result<Vec<Option<Plan>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let step_rows: Vec<i64> = batch.iter().map(|f| f.lease.step_row).collect();
+        let mut tx = self.pool.begin().await?;
+        // The lock order: the runs (by id), then the steps (by id).
+        let runs: Vec<(i64,)> =
+            sqlx::query_as("SELECT DISTINCT run_id FROM steps WHERE id = ANY($1) ORDER BY run_id")
+                .bind(&step_rows)
+                .fetch_all(&mut *tx)
+                .await?;
+        let runs: Vec<i64> = runs.into_iter().map(|(id,)| id).collect();
+        lock_runs(&mut tx, &runs).await?;
+        sqlx::query("SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&step_rows)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for f in batch {
+            out.push(finish_in(&mut tx, f, planner, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+        let now = now_ms();
+        // Shared by several replicas: `None` (start-up recovery) must not
+        // take back the live leases of the others, only expired ones.
+        let before = before.unwrap_or(now);
+        let mut tx = self.pool.begin().await?;
+        if !try_xact_lock(&mut tx, LOCK_REAPER).await? {
+            // Another replica is reaping right now.
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let runs: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT run_id FROM steps \
+             WHERE state = 'running' AND lease_expires_at < $1 ORDER BY run_id",
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        if runs.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let runs: Vec<i64> = runs.into_iter().map(|(id,)| id).collect();
+        lock_runs(&mut tx, &runs).await?;
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "WITH expired AS ( \
+                 SELECT id FROM steps WHERE state = 'running' AND lease_expires_at < $2 \
+                   AND run_id = ANY($3) ORDER BY id FOR NO KEY UPDATE \
+             ) \
+             UPDATE steps SET state = 'ready', run_at = $1, lease_owner = NULL, \
+                 lease_token = NULL, lease_expires_at = NULL \
+             FROM expired WHERE steps.id = expired.id \
+             RETURNING steps.id, steps.run_id, steps.step",
+        )
+        .bind(now)
+        .bind(before)
+        .bind(&runs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (step_row, run_id, step) in rows {
+            sqlx::query(
+                "UPDATE attempts SET outcome = 'lost', finished_at = $1, \
+                 error = 'the lease expired before a result came back' \
+                 WHERE step_row = $2 AND outcome IS NULL",
+            )
+            .bind(now)
+            .bind(step_row)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(
+                &mut tx,
+                run_id,
+                Some(&step),
+                now,
+                "lease_expired",
+                "the lease expired (its worker stopped renewing it); the step is ready again",
+            )
+            .await?;
+            out.push((run_id, step));
+        }
+        if !out.is_empty() {
+            notify(&mut tx, CHANNEL_STEPS).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !try_xact_lock(&mut tx, LOCK_DEADLINES).await? {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "WITH due AS ( \
+                 SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') \
+                   AND deadline_at IS NOT NULL AND deadline_at < $1 \
+                   AND desired_state IN ('running', 'paused') \
+                 ORDER BY id FOR NO KEY UPDATE \
+             ) \
+             UPDATE runs SET desired_state = 'timed_out', \
+                 conclusion = 'the workflow''s time limit passed' \
+             FROM due WHERE runs.id = due.id RETURNING runs.id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id,) in &rows {
+            insert_event(
+                &mut tx,
+                *id,
+                None,
+                now,
+                "run_timed_out",
+                "the workflow's time limit passed; running attempts are aborted",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let mut ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') \
+             AND desired_state IN ('cancelled', 'timed_out') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn active_runs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError> {
+        // One snapshot of the run and its steps (REPEATABLE READ, read only).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let snapshot = load_snapshot(&mut tx, run_id).await?;
+        tx.commit().await?;
+        Ok(snapshot)
+    }
+
+    async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError> {
+        let rows: Vec<RunRow> = sqlx::query_as(concat!(
+            select_runs!(),
+            "WHERE delivery_id = $1 ORDER BY id"
+        ))
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Run::try_from).collect()
+    }
+
+    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError> {
+        let rows: Vec<(i64, Option<String>, i64, String, String)> = sqlx::query_as(
+            "SELECT run_id, step, at, kind, detail FROM run_events WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, step, at, kind, detail)| RunEvent {
+                run_id,
+                step,
+                at,
+                kind,
+                detail,
+            })
+            .collect())
+    }
+
+    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            String,
+            i64,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, outcome, \
+             error_class, error, duration_ms FROM attempts WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AttemptRow {
+                run_id: r.0,
+                step: r.1,
+                number: r.2,
+                agent: r.3,
+                lease_token: r.4,
+                started_at: r.5,
+                finished_at: r.6,
+                outcome: r.7,
+                error_class: r.8,
+                error: r.9,
+                duration_ms: r.10,
+            })
+            .collect())
+    }
+
+    async fn report_candidates(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ReportCandidate>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT r.id, d.installation_id, rr.check_run_id, rr.reported_fingerprint, \
+             rr.gave_up_fingerprint, rr.reported_at, rr.attempts \
+             FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
+             LEFT JOIN run_reports rr ON rr.run_id = r.id \
+             WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
+             AND r.subject_number IS NOT NULL \
+             AND (rr.run_id IS NULL OR r.state IN ('queued', 'running', 'paused') \
+                  OR rr.reported_state IS NULL OR rr.reported_state <> r.state) \
+             AND COALESCE(rr.next_attempt_at, 0) <= $1 \
+             ORDER BY r.id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ReportCandidate {
+                run_id: r.0,
+                installation_id: r.1,
+                check_run_id: r.2,
+                reported_fingerprint: r.3,
+                gave_up_fingerprint: r.4,
+                reported_at: r.5,
+                attempts: r.6.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_reports (run_id, check_run_id) VALUES ($1, $2) \
+             ON CONFLICT (run_id) DO UPDATE SET check_run_id = EXCLUDED.check_run_id",
+        )
+        .bind(run_id)
+        .bind(check_run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
+        let query = match outcome {
+            ReportOutcome::Reported { fingerprint, state } => sqlx::query(
+                "INSERT INTO run_reports (run_id, reported_fingerprint, reported_state, \
+                 reported_at, attempts, next_attempt_at, last_error) \
+                 VALUES ($1, $2, $3, $4, 0, 0, NULL) \
+                 ON CONFLICT (run_id) DO UPDATE SET \
+                 reported_fingerprint = EXCLUDED.reported_fingerprint, \
+                 reported_state = EXCLUDED.reported_state, reported_at = EXCLUDED.reported_at, \
+                 attempts = 0, next_attempt_at = 0, last_error = NULL",
+            )
+            .bind(run_id)
+            .bind(fingerprint.clone())
+            .bind(state.clone())
+            .bind(now_ms()),
+            ReportOutcome::Retry {
+                error,
+                next_attempt_at,
+            } => sqlx::query(
+                "INSERT INTO run_reports (run_id, attempts, next_attempt_at, last_error) \
+                 VALUES ($1, 1, $2, $3) \
+                 ON CONFLICT (run_id) DO UPDATE SET attempts = run_reports.attempts + 1, \
+                 next_attempt_at = EXCLUDED.next_attempt_at, last_error = EXCLUDED.last_error",
+            )
+            .bind(run_id)
+            .bind(*next_attempt_at)
+            .bind(error.clone()),
+            ReportOutcome::GaveUp { fingerprint, error } => sqlx::query(
+                "INSERT INTO run_reports (run_id, gave_up_fingerprint, attempts, last_error) \
+                 VALUES ($1, $2, 1, $3) \
+                 ON CONFLICT (run_id) DO UPDATE SET \
+                 gave_up_fingerprint = EXCLUDED.gave_up_fingerprint, \
+                 attempts = run_reports.attempts + 1, next_attempt_at = 0, \
+                 last_error = EXCLUDED.last_error",
+            )
+            .bind(run_id)
+            .bind(fingerprint.clone())
+            .bind(error.clone()),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT comment_id FROM sticky_comments WHERE repository = $1 AND subject_number = $2",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn set_sticky_comment(
+        &self,
+        repository: &str,
+        number: i64,
+        comment_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
+             VALUES ($1, $2, $3) ON CONFLICT (repository, subject_number) \
+             DO UPDATE SET comment_id = EXCLUDED.comment_id",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .bind(comment_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn subject_runs(
+        &self,
+        repository: &str,
+        number: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE repository = $1 AND subject_number = $2 \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(repository.to_owned())
+        .bind(number)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn step_estimates(&self, workflow: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT step, AVG(duration_ms)::float8 FROM ( \
+                 SELECT step, duration_ms FROM attempts \
+                 WHERE workflow = $1 AND outcome = 'succeeded' AND duration_ms IS NOT NULL \
+                 ORDER BY id DESC LIMIT 500) AS recent GROUP BY step",
+        )
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(step, ms)| (step, ms.round() as i64))
+            .collect())
+    }
+
+    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        self.control_transition(
+            run_id,
+            "UPDATE runs SET desired_state = 'paused', state = 'paused' \
+             WHERE id = $1 AND desired_state = 'running' AND state IN ('queued', 'running')",
+            "run_paused",
+            "paused: no new step starts; running ones finish",
+        )
+        .await
+    }
+
+    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        self.control_transition(
+            run_id,
+            "UPDATE runs SET desired_state = 'running', \
+             state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END \
+             WHERE id = $1 AND desired_state = 'paused' AND state = 'paused'",
+            "run_resumed",
+            "resumed where it stood",
+        )
+        .await
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'cancelled', conclusion = $2 \
+             WHERE id = $1 AND state IN ('queued', 'running', 'paused') \
+               AND desired_state IN ('running', 'paused')",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome =
+            control_outcome(&mut tx, changed, run_id, now, "cancel_requested", reason).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        lock_runs(&mut tx, &[run_id]).await?;
+        let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
+            return Ok(ControlOutcome::NotFound);
+        };
+        let mut reset: HashSet<String> = HashSet::new();
+        match step {
+            Some(id) => {
+                let Some(s) = snapshot.step(id) else {
+                    return Ok(ControlOutcome::NotFound);
+                };
+                if s.state.is_terminal() {
+                    reset.insert(id.to_owned());
+                }
+            }
+            None => reset.extend(
+                snapshot
+                    .steps
+                    .iter()
+                    .filter(|s| s.state.is_failure())
+                    .map(|s| s.step.clone()),
+            ),
+        }
+        if reset.is_empty() {
+            tx.commit().await?;
+            return Ok(ControlOutcome::Unchanged);
+        }
+        for s in &snapshot.steps {
+            if s.needs.iter().any(|n| reset.contains(n)) {
+                reset.insert(s.step.clone());
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for s in &snapshot.steps {
+            if !reset.contains(&s.step)
+                || matches!(s.state, StepState::Running | StepState::Pending)
+            {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
+                 agent_attempts = 0, run_at = $1, output = NULL, error = NULL, finished_at = NULL \
+                 WHERE id = $2 AND state NOT IN ('running', 'pending')",
+            )
+            .bind(now)
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
+            names.push(&s.step);
+        }
+        if names.is_empty() {
+            tx.commit().await?;
+            return Ok(ControlOutcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE runs SET \
+               state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               conclusion = NULL, finished_at = NULL WHERE id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            run_id,
+            None,
+            now,
+            "retry_requested",
+            &format!("steps reset to pending: {}", names.join(", ")),
+        )
+        .await?;
+        notify(&mut tx, CHANNEL_STEPS).await?;
+        tx.commit().await?;
+        Ok(ControlOutcome::Changed)
+    }
+
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The run's time limit counts from its approval, not its creation.
+        let changed = sqlx::query(
+            "UPDATE runs SET waiting_approval = FALSE, approved_by = $2, \
+               deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
+                                  ELSE deadline_at + ($3 - created_at) END \
+             WHERE id = $1 AND waiting_approval AND state = 'queued'",
+        )
+        .bind(run_id)
+        .bind(by.to_owned())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = control_outcome(
+            &mut tx,
+            changed,
+            run_id,
+            now,
+            "run_approved",
+            &format!("approved by @{by}: its steps may start"),
+        )
+        .await?;
+        if outcome == ControlOutcome::Changed {
+            notify(&mut tx, CHANNEL_STEPS).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn runs_for_commit(
+        &self,
+        repository: &str,
+        head_sha: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE repository = $1 AND head_sha = $2 ORDER BY id",
+        )
+        .bind(repository.to_owned())
+        .bind(head_sha.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn set_installation(
+        &self,
+        installation_id: i64,
+        account_login: Option<&str>,
+        state: InstallationState,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO installations (id, account_login, state, updated_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET \
+             account_login = COALESCE(EXCLUDED.account_login, installations.account_login), \
+             state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(installation_id)
+        .bind(account_login.map(str::to_owned))
+        .bind(state.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn installation_state(
+        &self,
+        installation_id: i64,
+    ) -> Result<Option<InstallationState>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM installations WHERE id = $1")
+                .bind(installation_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(s,)| {
+            InstallationState::parse(&s)
+                .ok_or_else(|| corrupt("installations", format!("unknown state `{s}`")))
+        })
+        .transpose()
+    }
+
+    async fn update_installation_repositories(
+        &self,
+        installation_id: i64,
+        added: &[String],
+        removed: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !added.is_empty() {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, repository) \
+                 SELECT $1, repository FROM UNNEST($2::text[]) AS t(repository) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(installation_id)
+            .bind(added)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !removed.is_empty() {
+            sqlx::query(
+                "DELETE FROM installation_repositories \
+                 WHERE installation_id = $1 AND repository = ANY($2)",
+            )
+            .bind(installation_id)
+            .bind(removed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn installation_repositories(
+        &self,
+        installation_id: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // `COLLATE "C"`: byte order, as SQLite sorts.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT repository FROM installation_repositories WHERE installation_id = $1 \
+             ORDER BY repository COLLATE \"C\"",
+        )
+        .bind(installation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
+        let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT body, error, fetched_at FROM repo_configs WHERE repository = $1",
+        )
+        .bind(repository.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
+            body,
+            error,
+            fetched_at,
+        }))
+    }
+
+    async fn set_repo_config(
+        &self,
+        repository: &str,
+        record: &RepoConfigRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO repo_configs (repository, body, error, fetched_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repository) DO UPDATE SET body = EXCLUDED.body, \
+             error = EXCLUDED.error, fetched_at = EXCLUDED.fetched_at",
+        )
+        .bind(repository.to_owned())
+        .bind(record.body.clone())
+        .bind(record.error.clone())
+        .bind(record.fetched_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM repo_configs WHERE repository = $1")
+            .bind(repository.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError> {
+        if effects.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for effect in effects {
+            added += sqlx::query(
+                "INSERT INTO github_effects (source, seq, installation_id, repository, kind, \
+                 target, body, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (source, seq) DO NOTHING",
+            )
+            .bind(effect.source.clone())
+            .bind(effect.seq)
+            .bind(effect.installation_id)
+            .bind(effect.repository.clone())
+            .bind(effect.kind.as_str())
+            .bind(effect.target)
+            .bind(effect.body.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError> {
+        let rows: Vec<EffectRow> = sqlx::query_as(
+            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
+             attempts, last_error, created_at FROM github_effects \
+             WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Effect::try_from).collect()
+    }
+
+    async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError> {
+        let now = now_ms();
+        let query = match outcome {
+            EffectOutcome::Sent | EffectOutcome::DryRun => sqlx::query(
+                "UPDATE github_effects SET state = $2, sent_at = $3, last_error = NULL \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(if *outcome == EffectOutcome::Sent {
+                EffectState::Sent.as_str()
+            } else {
+                EffectState::DryRun.as_str()
+            })
+            .bind(now),
+            EffectOutcome::Retry { error, retry_at } => sqlx::query(
+                "UPDATE github_effects SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error.clone())
+            .bind(*retry_at),
+            EffectOutcome::Failed(error) => sqlx::query(
+                "UPDATE github_effects SET state = 'failed', attempts = attempts + 1, \
+                 last_error = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error.clone()),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError> {
+        let rows: Vec<EffectRow> = sqlx::query_as(
+            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
+             attempts, last_error, created_at FROM github_effects WHERE source = $1 ORDER BY seq",
+        )
+        .bind(source.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Effect::try_from).collect()
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
+        let row: (i64,) = sqlx::query_as(
+            "INSERT INTO audit_log (at, actor_kind, actor, action, target, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(entry.at)
+        .bind(entry.actor_kind.as_str())
+        .bind(entry.actor.clone())
+        .bind(entry.action.clone())
+        .bind(entry.target.clone())
+        .bind(entry.outcome.clone())
+        .bind(entry.detail.as_ref().map(|d| d.to_string()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+
+    async fn audit_entries(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor_kind, actor, action, target, outcome, detail FROM audit_log \
+             WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    // --- The operator API's records (see `postgres/api.rs`) ---
+
+    async fn create_api_token(
+        &self,
+        token: &super::NewApiToken,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::create_api_token(&self.pool, token).await
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::api_token_by_hash(&self.pool, token_hash).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<super::ApiToken>, StoreError> {
+        api::api_tokens(&self.pool).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        name: &str,
+        at: i64,
+    ) -> Result<Option<super::ApiToken>, StoreError> {
+        api::revoke_api_token(&self.pool, name, at).await
+    }
+
+    async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError> {
+        api::touch_api_token(&self.pool, id, at).await
+    }
+
+    async fn list_runs(&self, filter: &super::RunFilter) -> Result<Vec<Run>, StoreError> {
+        api::list_runs(&self.pool, filter).await
+    }
+
+    async fn create_task(&self, task: &super::NewTask) -> Result<super::TaskRecord, StoreError> {
+        api::create_task(&self.pool, task).await
+    }
+
+    async fn task(&self, id: i64) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::task(&self.pool, id).await
+    }
+
+    async fn tasks(
+        &self,
+        filter: &super::TaskFilter,
+    ) -> Result<Vec<super::TaskRecord>, StoreError> {
+        api::tasks(&self.pool, filter).await
+    }
+
+    async fn update_task(
+        &self,
+        id: i64,
+        update: &super::TaskUpdate,
+    ) -> Result<Option<super::TaskRecord>, StoreError> {
+        api::update_task(&self.pool, id, update).await
+    }
+
+    async fn create_validation(
+        &self,
+        validation: &super::NewValidation,
+    ) -> Result<super::ValidationRecord, StoreError> {
+        api::create_validation(&self.pool, validation).await
+    }
+
+    async fn validation(&self, id: i64) -> Result<Option<super::ValidationRecord>, StoreError> {
+        api::validation(&self.pool, id).await
+    }
+
+    async fn validations(
+        &self,
+        filter: &super::ValidationFilter,
+    ) -> Result<Vec<super::ValidationRecord>, StoreError> {
+        api::validations(&self.pool, filter).await
+    }
+
+    async fn store_counts(&self) -> Result<super::StoreCounts, StoreError> {
+        api::store_counts(&self.pool).await
+    }
+
+    async fn agent_attempt_stats(
+        &self,
+        since: i64,
+    ) -> Result<Vec<super::AgentAttemptStats>, StoreError> {
+        api::agent_attempt_stats(&self.pool, since).await
+    }
+
+    async fn installation_for_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        api::installation_for_repository(&self.pool, repository).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        filter: &super::DeliveryFilter,
+    ) -> Result<Vec<super::DeliverySummary>, StoreError> {
+        deliveries::list_deliveries(&self.pool, filter).await
+    }
+
+    async fn requeue_delivery(
+        &self,
+        delivery_id: &str,
+        now: i64,
+    ) -> Result<Option<super::DeliveryState>, StoreError> {
+        deliveries::requeue_delivery(&self.pool, delivery_id, now).await
+    }
+}
+
+// The operator API's and the dashboard's queries live in their own files.
+mod api;
+mod deliveries;

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::classify::{TaskInput, classify};
 use crate::command::{Command, CommandError, CommandKind, parse_comment, quote};
 use crate::dispatch::{DeliveryHandler, Handled, HandlerError};
 use crate::engine::Engine;
@@ -55,7 +56,7 @@ use crate::repo_config::{self, Loaded, RepoConfigs};
 use crate::routing::route;
 use crate::store::{
     ActorKind, AuditEntry, ControlOutcome, Delivery, EffectKind, InstallationState, NewEffect,
-    NewRun, Run, RunState, RunStore, now_ms,
+    NewRun, NewTask, Run, RunState, RunStore, TaskFilter, TaskSource, TaskUpdate, now_ms,
 };
 
 /// `author_association` values that may hold triage access or more.
@@ -395,6 +396,98 @@ impl AppHandler {
         self.store.enqueue_effects(&effects.list).await?;
         if let Some(wake) = &self.effects_wake {
             wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Keeps the task of an issue or pull request (`GET /api/tasks`): its
+    /// title, body and classification, created on the first event about it
+    /// and updated by later ones (`opened`, `reopened`, `edited`, `labeled`,
+    /// `unlabeled`, `synchronize`).
+    async fn record_task(&self, event: &Event) -> Result<(), HandlerError> {
+        const ACTIONS: &[&str] = &[
+            "opened",
+            "reopened",
+            "edited",
+            "labeled",
+            "unlabeled",
+            "synchronize",
+        ];
+        let (source, repository, number, title, body, labels, branch) = match event {
+            Event::Issues(e)
+                if ACTIONS.contains(&e.action.as_str()) && !e.issue.is_pull_request() =>
+            {
+                (
+                    TaskSource::Issue,
+                    e.envelope.repository.as_ref(),
+                    e.issue.number,
+                    &e.issue.title,
+                    e.issue.body.as_deref().unwrap_or(""),
+                    &e.issue.labels,
+                    None,
+                )
+            }
+            Event::PullRequest(e) if ACTIONS.contains(&e.action.as_str()) => (
+                TaskSource::PullRequest,
+                e.envelope.repository.as_ref(),
+                e.pull_request.number,
+                &e.pull_request.title,
+                e.pull_request.body.as_deref().unwrap_or(""),
+                &e.pull_request.labels,
+                Some(e.pull_request.head.branch.as_str()),
+            ),
+            _ => return Ok(()),
+        };
+        let Some(repository) = repository.map(|r| r.full_name.clone()) else {
+            return Ok(());
+        };
+        let labels: Vec<String> = labels.iter().map(|l| l.name.clone()).collect();
+        let classification = classify(&TaskInput {
+            title,
+            body,
+            labels: &labels,
+            branch,
+        });
+        let classification = serde_json::to_value(&classification).unwrap_or_default();
+        let now = now_ms();
+        let existing = self
+            .store
+            .tasks(&TaskFilter {
+                repository: Some(repository.clone()),
+                subject_number: Some(number as i64),
+                limit: 1,
+                ..TaskFilter::default()
+            })
+            .await?;
+        match existing.first() {
+            Some(task) => {
+                self.store
+                    .update_task(
+                        task.id,
+                        &TaskUpdate {
+                            title: Some(title.clone()),
+                            body: Some(body.to_owned()),
+                            classification: Some(classification),
+                            updated_at: now,
+                            ..TaskUpdate::default()
+                        },
+                    )
+                    .await?;
+            }
+            None => {
+                self.store
+                    .create_task(&NewTask {
+                        source,
+                        repository: Some(repository),
+                        subject_number: Some(number as i64),
+                        title: title.clone(),
+                        body: body.to_owned(),
+                        classification,
+                        created_by: "github".into(),
+                        created_at: now,
+                    })
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -917,6 +1010,7 @@ impl DeliveryHandler for AppHandler {
             }
             _ => {}
         }
+        self.record_task(&event).await?;
         let Some(repository) = event.repository().map(|r| r.full_name.clone()) else {
             return self.routing.handle(delivery).await;
         };

@@ -531,3 +531,52 @@ async fn a_repository_can_change_triggers_and_agents() {
     };
     assert_eq!(runs[0].steps[0].agent, "other", "the repository's agent");
 }
+
+#[tokio::test]
+async fn issues_and_pull_requests_become_classified_tasks_once() {
+    use taskmaster::store::{TaskFilter, TaskSource};
+    let w = world(RecordingGitHub::new()).await;
+    let mut issue = fixture("issues.opened");
+    issue["installation"] = json!({ "id": 42 });
+    w.handler
+        .handle(&delivery("issues", "t-1", &issue))
+        .await
+        .unwrap();
+    let mut edited = issue.clone();
+    edited["action"] = "edited".into();
+    edited["issue"]["title"] = "Spelling error in the README file (edited)".into();
+    w.handler
+        .handle(&delivery("issues", "t-2", &edited))
+        .await
+        .unwrap();
+    w.handler
+        .handle(&delivery("pull_request", "t-3", &pr_opened()))
+        .await
+        .unwrap();
+
+    let tasks =
+        w.t.store
+            .tasks(&TaskFilter {
+                repository: Some("Codertocat/Hello-World".into()),
+                limit: 10,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+    assert_eq!(tasks.len(), 2, "one task per issue or PR: {tasks:#?}");
+    let pr = &tasks[0];
+    assert_eq!(pr.source, TaskSource::PullRequest);
+    assert_eq!(pr.subject_number, Some(2));
+    let issue_task = &tasks[1];
+    assert_eq!(issue_task.source, TaskSource::Issue);
+    assert_eq!(issue_task.subject_number, Some(1));
+    assert_eq!(
+        issue_task.title,
+        "Spelling error in the README file (edited)"
+    );
+    assert_eq!(
+        issue_task.classification["task_type"], "bug",
+        "the `bug` label"
+    );
+    assert_eq!(issue_task.created_by, "github");
+}

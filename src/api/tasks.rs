@@ -123,6 +123,8 @@ pub struct TaskQuery {
     pub repository: Option<String>,
     /// Only tasks in this state.
     pub state: Option<String>,
+    /// Only the task of this issue or pull request number.
+    pub number: Option<i64>,
     /// Page size, 1-200 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -171,6 +173,7 @@ pub async fn list(
         .store
         .tasks(&TaskFilter {
             repository: q.repository,
+            subject_number: q.number,
             state: task_state,
             before_id: page.before_id,
             limit: page.limit + 1,

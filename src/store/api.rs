@@ -221,6 +221,8 @@ pub struct TaskUpdate {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub repository: Option<String>,
+    /// Only the task of this issue or PR number.
+    pub subject_number: Option<i64>,
     pub state: Option<TaskState>,
     pub before_id: Option<i64>,
     pub limit: i64,

@@ -211,6 +211,9 @@ pub(super) async fn tasks(pool: &PgPool, f: &TaskFilter) -> Result<Vec<TaskRecor
     if let Some(state) = f.state {
         q.push(" AND state = ").push_bind(state.as_str());
     }
+    if let Some(number) = f.subject_number {
+        q.push(" AND subject_number = ").push_bind(number);
+    }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
     let rows: Vec<TaskRow> = q.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(TaskRecord::try_from).collect()

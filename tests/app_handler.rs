@@ -575,7 +575,7 @@ async fn issues_and_pull_requests_become_classified_tasks_once() {
         "Spelling error in the README file (edited)"
     );
     assert_eq!(
-        issue_task.classification["task_type"], "bug",
+        issue_task.classification["task_type"], "bugfix",
         "the `bug` label"
     );
     assert_eq!(issue_task.created_by, "github");

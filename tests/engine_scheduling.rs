@@ -243,3 +243,54 @@ steps:
     assert!(snap.step("z_long1").unwrap().priority > snap.step("a_short").unwrap().priority);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn validation_steps_store_their_verdicts_with_evidence() {
+    use taskmaster::store::{ValidationFilter, ValidationKind, Verdict};
+    let agent = Scripted::new(
+        "worker",
+        Act::Ok(Duration::from_millis(1), "All 12 tests passed\nok"),
+    )
+    .script(
+        "audit",
+        vec![Act::Fail(
+            Duration::from_millis(1),
+            ErrorClass::Permanent,
+            FailureKind::Agent,
+        )],
+    );
+    let set = workflows(
+        &["name: v\non: { pull_request: {} }\nsteps:\n  \
+           tests: { agent: worker, prompt: x, validation: tests }\n  \
+           audit: { agent: worker, prompt: y, validation: security_audit, continue_on_error: true }\n  \
+           plain: { agent: worker, prompt: z }\n"],
+        &["worker"],
+    );
+    let t = TestEngine::start(set, AgentMap::new().with(agent), fast_config()).await;
+    let run = t.start_run("v").await;
+    t.wait_run(run, Duration::from_secs(10)).await;
+    let mut found = t
+        .store
+        .validations(&ValidationFilter {
+            limit: 10,
+            ..ValidationFilter::default()
+        })
+        .await
+        .unwrap();
+    found.sort_by_key(|v| v.step.clone());
+    assert_eq!(found.len(), 2, "only the validation steps: {found:#?}");
+    assert_eq!(found[0].step.as_deref(), Some("audit"));
+    assert_eq!(found[0].kind, ValidationKind::SecurityAudit);
+    assert_eq!(found[0].verdict, Verdict::Fail);
+    assert_eq!(found[1].step.as_deref(), Some("tests"));
+    assert_eq!(found[1].kind, ValidationKind::Tests);
+    assert_eq!(found[1].verdict, Verdict::Pass);
+    assert_eq!(found[1].summary, "All 12 tests passed");
+    assert_eq!(found[1].run_id, Some(run));
+    assert!(
+        found[1].evidence[0]["excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("All 12 tests passed")
+    );
+}

@@ -56,7 +56,7 @@ fn broken_files_report_file_line_column_and_what_is_expected() {
             "unknown_key.yml",
             &[&*format!(
                 "broken/unknown_key.yml:6:5: unknown field `agnet`, expected one of name, agent, \
-fallback, prompt, with, needs, if, continue_on_error, timeout, retry {SCHEMA}"
+fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation {SCHEMA}"
             )],
         ),
         (

@@ -438,7 +438,19 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             .as_deref()
             .zip(record.error_kind.as_deref()),
     );
-    finish(
+    // A validation step's verdict, stored once its result is accepted.
+    let verdict = match (def.validation, &next) {
+        (
+            Some(kind),
+            StepNext::Finish {
+                state: state @ (StepState::Succeeded | StepState::Failed),
+                output,
+                error,
+            },
+        ) => Some((kind, *state, output.clone(), error.clone())),
+        _ => None,
+    };
+    let accepted = finish(
         engine,
         &lease,
         Some(&record),
@@ -448,6 +460,78 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         run_id,
     )
     .await;
+    if accepted && let Some((kind, state, output, error)) = verdict {
+        record_validation(
+            engine,
+            run_id,
+            &step.step,
+            &agent_name,
+            kind,
+            state,
+            output,
+            error,
+        )
+        .await;
+    }
+}
+
+/// Stores the verdict of a validation step (`validation:` in the workflow):
+/// pass when it succeeded, fail when it failed, with the first line of its
+/// output as the summary and the (already redacted) output's tail as
+/// evidence. A store error is logged; the run goes on.
+#[allow(clippy::too_many_arguments)] // the parts of one finished step
+async fn record_validation(
+    engine: &Engine,
+    run_id: i64,
+    step: &str,
+    agent: &str,
+    kind: crate::store::ValidationKind,
+    state: StepState,
+    output: Option<String>,
+    error: Option<String>,
+) {
+    use crate::store::{NewValidation, Verdict};
+    const EVIDENCE_CHARS: usize = 4000;
+    let text = output.unwrap_or_default();
+    let verdict = if state == StepState::Succeeded {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    let first_line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .or(error.as_deref())
+        .unwrap_or("");
+    let summary: String = first_line.chars().take(200).collect();
+    let chars = text.chars().count();
+    let tail: String = text
+        .chars()
+        .skip(chars.saturating_sub(EVIDENCE_CHARS))
+        .collect();
+    let mut evidence = vec![serde_json::json!({
+        "source": "step_output",
+        "agent": agent,
+        "excerpt": tail,
+        "truncated": chars > EVIDENCE_CHARS,
+    })];
+    if let Some(e) = &error {
+        evidence.push(serde_json::json!({ "source": "step_error", "error": e }));
+    }
+    let validation = NewValidation {
+        run_id: Some(run_id),
+        step: Some(step.to_owned()),
+        kind,
+        verdict,
+        summary,
+        evidence: serde_json::Value::Array(evidence),
+        created_by: "system".into(),
+        created_at: now_ms(),
+    };
+    if let Err(e) = engine.inner.store.create_validation(&validation).await {
+        tracing::warn!(run_id, step, error = %e, "could not store the step's validation");
+    }
 }
 
 /// Retry, fall back or give up after `failure` on `agent`.
@@ -538,7 +622,7 @@ async fn finish(
     event: (&str, &str),
     step: &str,
     run_id: i64,
-) {
+) -> bool {
     let state = match &next {
         StepNext::Finish { state, .. } => *state,
         _ => StepState::Ready,
@@ -575,6 +659,7 @@ async fn finish(
             if state == StepState::Ready {
                 engine.wake();
             }
+            true
         }
         Ok(None) => {
             tracing::warn!(
@@ -582,10 +667,12 @@ async fn finish(
                 step,
                 "result refused: the lease is no longer held (fenced)"
             );
+            false
         }
         Err(e) => {
             // The lease runs out and the reaper hands the step to another attempt.
             tracing::error!(run_id, step, error = %e, "could not record the step's result");
+            false
         }
     }
 }

@@ -347,6 +347,10 @@ pub struct Step {
     pub condition: Condition,
     /// A failure of this step does not fail the run (an optional stage).
     pub continue_on_error: bool,
+    /// `validation:`: the step is a validation of this kind (a code review,
+    /// tests, a security audit); when it ends, its verdict and output are
+    /// stored as a validation (`GET /api/validations`).
+    pub validation: Option<crate::store::ValidationKind>,
     /// Time limit per attempt.
     pub timeout: Option<Duration>,
     /// Retry policy.

@@ -325,6 +325,8 @@ pub(crate) struct RawStep {
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub validation: Option<Spanned<String>>,
 }
 
 /// `retry:`.

@@ -812,6 +812,22 @@ including the first)",
                 policy
             }
         };
+        let validation = match &step.validation {
+            None => None,
+            Some(v) => match crate::store::ValidationKind::parse(&v.value) {
+                Some(kind) => Some(kind),
+                None => {
+                    check.err(
+                        v,
+                        format!(
+                            "`{}` is not a validation kind (use code_review, tests, security_audit or other)",
+                            v.value
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         steps.push(Step {
             id: id.value.clone(),
             name: step.name.clone().unwrap_or_else(|| id.value.clone()),
@@ -822,6 +838,7 @@ including the first)",
             needs: needs_of[i].iter().map(|&j| all_ids[j].to_owned()).collect(),
             condition,
             continue_on_error: step.continue_on_error,
+            validation,
             timeout: step_timeout,
             retry,
             order: 0,

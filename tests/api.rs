@@ -528,6 +528,29 @@ async fn tasks_are_classified_updated_linked_and_paginated() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
 
+    // A task about a PR finds the newest run on that PR without a link.
+    let (_, on_pr) = api
+        .call(
+            dev,
+            Method::POST,
+            "/api/tasks",
+            Some(
+                json!({"text": "review the login fix", "repository": "octo/repo", "pr_number": 11}),
+            ),
+        )
+        .await;
+    let pr_run = api.execute("review", 11).await;
+    let (s, wf) = api
+        .call(
+            Some(Role::Viewer),
+            Method::GET,
+            &format!("/api/tasks/{}/workflow", on_pr["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{wf}");
+    assert_eq!(wf["run"]["id"], pr_run["id"]);
+
     let run = api.execute("review", 9).await;
     let (s, updated) = api
         .call(

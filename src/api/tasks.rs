@@ -303,7 +303,9 @@ pub async fn update(
     Ok(Json(task.into()))
 }
 
-/// The run linked to a task, with its steps, attempts and timeline.
+/// The run linked to a task (or, for a task from GitHub without a linked
+/// run, the newest run on its issue or PR), with its steps, attempts and
+/// timeline.
 #[utoipa::path(get, operation_id = "get_task_run", path = "/api/tasks/{id}/workflow", tag = "tasks",
     params(("id" = i64, Path, description = "The task id")),
     responses(
@@ -322,7 +324,18 @@ pub async fn workflow(
         .task(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no task {id}")))?;
-    let run_id = task.run_id.ok_or_else(|| {
+    // A linked run, else (tasks from GitHub) the newest run on its issue or PR.
+    let run_id = match (task.run_id, &task.repository, task.subject_number) {
+        (Some(run_id), _, _) => Some(run_id),
+        (None, Some(repository), Some(number)) => state
+            .store
+            .subject_runs(repository, number, 1)
+            .await?
+            .first()
+            .copied(),
+        _ => None,
+    };
+    let run_id = run_id.ok_or_else(|| {
         Problem::not_found(format!(
             "task {id} has no run; link one with PUT /api/tasks/{id} {{\"run_id\": …}}"
         ))

@@ -341,3 +341,50 @@ async fn an_agents_wall_clock_budget_caps_its_attempts_then_falls_back() {
         "{fallback:?}"
     );
 }
+
+#[tokio::test]
+async fn an_agents_cost_budget_stops_its_retries_then_falls_back() {
+    // Each attempt on `pricey` fails transiently and costs $2; its budget is
+    // $3 per step: two attempts spend it, the third goes to the fallback.
+    let pricey = Scripted::new("pricey", Act::FailCosting(MS(1), 2.0));
+    let worker = Scripted::new("worker", Act::Ok(MS(1), "done"));
+    let set = workflows(
+        &[&one_step(
+            "pricey",
+            "worker",
+            "{ max_attempts: 5, backoff: fixed, initial_delay: 10ms, max_delay: 1s }",
+            "",
+        )],
+        &["pricey", "worker"],
+    );
+    let t = TestEngine::start(
+        set,
+        AgentMap::new()
+            .with_limits(pricey.clone(), None, no_breaker())
+            .with_limits(worker.clone(), None, no_breaker())
+            .with_max_cost("pricey", 3.0),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(
+        pricey.attempts_of("work").len(),
+        2,
+        "the budget, not max_attempts: 5"
+    );
+    assert_eq!(worker.attempts_of("work").len(), 1);
+    let fallback = t.decisions(run, "work", "fallback").await;
+    assert!(
+        fallback
+            .iter()
+            .any(|d| d.contains("cost budget on `pricey` ($3.00) is spent: $4.00 so far")),
+        "{fallback:?}"
+    );
+    assert!(
+        (snap.run.cost_usd - 4.0).abs() < 1e-9,
+        "{}",
+        snap.run.cost_usd
+    );
+}

@@ -28,6 +28,11 @@ pub trait AgentSource: Send + Sync + 'static {
     fn max_wall(&self, _name: &str) -> Option<Duration> {
         None
     }
+    /// The US dollars one step may spend on `name`, all its attempts
+    /// together (its budget), if limited; counts attempts that report cost.
+    fn max_cost_usd(&self, _name: &str) -> Option<f64> {
+        None
+    }
     /// Every agent name.
     fn names(&self) -> Vec<String>;
     /// The agent's endpoint for display, without credentials (see
@@ -63,6 +68,9 @@ impl AgentSource for AgentRegistry {
             .and_then(|c| c.budget.max_wall_seconds)
             .map(Duration::from_secs)
     }
+    fn max_cost_usd(&self, name: &str) -> Option<f64> {
+        self.config(name).and_then(|c| c.budget.max_cost_usd)
+    }
     fn names(&self) -> Vec<String> {
         AgentRegistry::names(self).map(str::to_owned).collect()
     }
@@ -82,6 +90,8 @@ pub struct MappedAgent {
     pub breaker: BreakerConfig,
     /// Wall-clock budget per step (all attempts on this agent together).
     pub max_wall: Option<Duration>,
+    /// Cost budget per step in US dollars (all attempts on this agent together).
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A plain map of agents, for tests, benchmarks and embedding.
@@ -123,8 +133,17 @@ impl AgentMap {
                 concurrency,
                 breaker,
                 max_wall: None,
+                max_cost_usd: None,
             },
         );
+        self
+    }
+
+    /// Sets the cost budget per step of agent `name` (added before), US dollars.
+    pub fn with_max_cost(mut self, name: &str, max_cost_usd: f64) -> Self {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.max_cost_usd = Some(max_cost_usd);
+        }
         self
     }
 
@@ -158,6 +177,9 @@ impl AgentSource for AgentMap {
     }
     fn max_wall(&self, name: &str) -> Option<Duration> {
         self.agents.get(name).and_then(|a| a.max_wall)
+    }
+    fn max_cost_usd(&self, name: &str) -> Option<f64> {
+        self.agents.get(name).and_then(|a| a.max_cost_usd)
     }
     fn names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()

@@ -223,29 +223,43 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
     };
 
     let mut timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
-    // The agent's wall-clock budget for this step: what earlier attempts on
-    // it used is spent; the attempt gets at most what is left.
-    if let Some(budget) = inner.agents.max_wall(&agent_name) {
-        let used_ms: i64 = match inner.store.attempts(run_id).await {
+    // The agent's budgets for this step, all its attempts on that agent
+    // together: the wall-clock time and the cost earlier attempts used are
+    // spent; this attempt gets at most the time that is left.
+    let wall = inner.agents.max_wall(&agent_name);
+    let cost = inner.agents.max_cost_usd(&agent_name);
+    if wall.is_some() || cost.is_some() {
+        let (used_ms, used_usd) = match inner.store.attempts(run_id).await {
             Ok(rows) => rows
                 .iter()
                 .filter(|a| a.step == step.step && a.agent == agent_name)
-                .map(|a| a.duration_ms.unwrap_or(0))
-                .sum(),
+                .fold((0i64, 0f64), |(ms, usd), a| {
+                    (
+                        ms + a.duration_ms.unwrap_or(0),
+                        usd + a.cost_usd.unwrap_or(0.0),
+                    )
+                }),
             Err(e) => {
-                tracing::warn!(run_id, error = %e, "cannot read attempts for the wall-clock budget");
-                0
+                tracing::warn!(run_id, error = %e, "cannot read attempts for the agent's budget");
+                (0, 0.0)
             }
         };
-        let left_ms = budget.as_millis() as i64 - used_ms;
-        if left_ms <= 0 {
+        let left_ms = wall.map(|w| w.as_millis() as i64 - used_ms);
+        let spent = match (left_ms, cost) {
+            (Some(left), _) if left <= 0 => Some(format!(
+                "the step's wall-clock budget on `{agent_name}` ({} s) is spent",
+                wall.unwrap_or_default().as_secs()
+            )),
+            (_, Some(max)) if used_usd >= max => Some(format!(
+                "the step's cost budget on `{agent_name}` (${max:.2}) is spent: ${used_usd:.2} so far"
+            )),
+            _ => None,
+        };
+        if let Some(message) = spent {
             let failure = Failure {
                 class: ErrorClass::Permanent,
                 kind: FailureKind::ResourceLimit,
-                message: format!(
-                    "the step's wall-clock budget on `{agent_name}` ({} s) is spent",
-                    budget.as_secs()
-                ),
+                message,
             };
             let (next, event, why) =
                 decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
@@ -262,7 +276,9 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             .await;
             return;
         }
-        timeout = timeout.min(Duration::from_millis(left_ms as u64));
+        if let Some(left) = left_ms {
+            timeout = timeout.min(Duration::from_millis(left as u64));
+        }
     }
     let cancel = CancellationToken::new();
     let running = Arc::new(RunningAttempt {

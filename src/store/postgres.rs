@@ -1417,9 +1417,10 @@ impl RunStore for PgStore {
             Option<String>,
             Option<String>,
             Option<i64>,
+            Option<f64>,
         )> = sqlx::query_as(
             "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, outcome, \
-             error_class, error, duration_ms FROM attempts WHERE run_id = $1 ORDER BY id",
+             error_class, error, duration_ms, cost_usd FROM attempts WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -1438,6 +1439,7 @@ impl RunStore for PgStore {
                 error_class: r.8,
                 error: r.9,
                 duration_ms: r.10,
+                cost_usd: r.11,
             })
             .collect())
     }

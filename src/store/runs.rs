@@ -523,6 +523,8 @@ pub struct AttemptRow {
     pub error: Option<String>,
     /// ms.
     pub duration_ms: Option<i64>,
+    /// US dollars, where the agent reports cost.
+    pub cost_usd: Option<f64>,
 }
 
 /// What a control operation changed.

@@ -26,6 +26,9 @@ pub enum Act {
     Fail(Duration, ErrorClass, FailureKind),
     /// Fail transiently at once and ask to come back after the duration.
     RetryAfter(Duration),
+    /// Fail transiently after `delay`, reporting that the attempt cost this
+    /// many US dollars.
+    FailCosting(Duration, f64),
     /// Run until cancelled or past the deadline (then report the cause).
     Hang,
     /// Ignore cancellation and the deadline; succeed after the duration.
@@ -134,6 +137,12 @@ impl Agent for Scripted {
             Act::Fail(delay, class, kind) => {
                 tokio::time::sleep(delay).await;
                 failed(class, kind, started)
+            }
+            Act::FailCosting(delay, cost) => {
+                tokio::time::sleep(delay).await;
+                let mut o = failed(ErrorClass::Transient, FailureKind::Agent, started);
+                o.usage.cost_usd = Some(cost);
+                o
             }
             Act::RetryAfter(after) => {
                 let mut o = failed(ErrorClass::Transient, FailureKind::RateLimited, started);

@@ -390,10 +390,15 @@ impl AppHandler {
     }
 
     async fn commit_effects(&self, effects: Effects<'_>) -> Result<(), HandlerError> {
-        if effects.list.is_empty() {
+        self.queue_effects(&effects.list).await
+    }
+
+    /// Queues GitHub effects and wakes the outbox to send them.
+    async fn queue_effects(&self, effects: &[NewEffect]) -> Result<(), HandlerError> {
+        if effects.is_empty() {
             return Ok(());
         }
-        self.store.enqueue_effects(&effects.list).await?;
+        self.store.enqueue_effects(effects).await?;
         if let Some(wake) = &self.effects_wake {
             wake.notify_one();
         }
@@ -609,22 +614,29 @@ impl AppHandler {
         })
     }
 
-    /// The runs a command acts on: the button's run, else the subject's
-    /// runs (newest first) that `keep` selects.
-    async fn target_runs(
-        &self,
-        inv: &Invocation<'_>,
-        keep: impl Fn(&Run) -> bool,
-    ) -> Result<Vec<Run>, HandlerError> {
-        let ids = match (inv.run_id, inv.number) {
+    /// The button's run, else the ids of the subject's newest `limit` runs
+    /// (newest first).
+    async fn run_ids(&self, inv: &Invocation<'_>, limit: i64) -> Result<Vec<i64>, HandlerError> {
+        Ok(match (inv.run_id, inv.number) {
             (Some(id), _) => vec![id],
             (None, Some(n)) => {
                 self.store
-                    .subject_runs(&inv.repository, n as i64, 50)
+                    .subject_runs(&inv.repository, n as i64, limit)
                     .await?
             }
             (None, None) => Vec::new(),
-        };
+        })
+    }
+
+    /// The runs a command acts on: the button's run, else those of the
+    /// subject's newest `limit` runs that `keep` selects.
+    async fn target_runs(
+        &self,
+        inv: &Invocation<'_>,
+        limit: i64,
+        keep: impl Fn(&Run) -> bool,
+    ) -> Result<Vec<Run>, HandlerError> {
+        let ids = self.run_ids(inv, limit).await?;
         let mut out = Vec::new();
         for id in ids {
             if let Some(snap) = self.store.run(id).await?
@@ -649,7 +661,7 @@ impl AppHandler {
             Command::Help => Outcome::Done(Some(help_for(&self.identity.slug, config))),
             Command::Status => Outcome::Done(Some(self.status(inv).await?)),
             Command::Retry { step } => {
-                let Some(run) = self.target_runs(inv, |_| true).await?.into_iter().next() else {
+                let Some(run) = self.target_runs(inv, 1, |_| true).await?.into_iter().next() else {
                     return Ok(Outcome::Refused("there is no run here to retry.".into()));
                 };
                 match self.engine.retry(run.id, step.as_deref()).await? {
@@ -667,7 +679,7 @@ impl AppHandler {
                 }
             }
             Command::Cancel | Command::Pause | Command::Resume | Command::Approve => {
-                let runs = self.target_runs(inv, active).await?;
+                let runs = self.target_runs(inv, 50, active).await?;
                 let mut changed = Vec::new();
                 for run in &runs {
                     let outcome = match command {
@@ -744,16 +756,7 @@ impl AppHandler {
         }
         // The subject's newest run from a pull_request event gives the PR context.
         let mut source: Option<Event> = None;
-        let ids = match (inv.run_id, inv.number) {
-            (Some(id), _) => vec![id],
-            (None, Some(n)) => {
-                self.store
-                    .subject_runs(&inv.repository, n as i64, 20)
-                    .await?
-            }
-            _ => Vec::new(),
-        };
-        for id in ids {
+        for id in self.run_ids(inv, 20).await? {
             let Some(snap) = self.store.run(id).await? else {
                 continue;
             };
@@ -1027,33 +1030,18 @@ impl DeliveryHandler for AppHandler {
         };
         if let (Some(error), Some(number)) = (&config.error, runs[0].subject_number) {
             // Reported once per distinct broken file (keyed by its text).
-            let inv = Invocation {
-                delivery,
-                installation: delivery.installation_id,
-                repository: repository.clone(),
-                number: Some(number as u64),
-                comment_id: None,
-                actor: event.sender().unwrap_or(&UNKNOWN_ACTOR),
-                association: None,
-                run_id: None,
-                via: "config",
-            };
-            let source = format!("config:{repository}:{error}");
-            let effect = NewEffect {
-                source,
+            self.queue_effects(&[NewEffect {
+                source: format!("config:{repository}:{error}"),
                 seq: 0,
-                installation_id: inv.installation,
+                installation_id: delivery.installation_id,
                 repository: repository.clone(),
                 kind: EffectKind::Comment,
                 target: number,
                 body: format!(
                     "taskmaster could not use this repository's configuration and applies its defaults:\n\n```\n{error}\n```"
                 ),
-            };
-            self.store.enqueue_effects(&[effect]).await?;
-            if let Some(wake) = &self.effects_wake {
-                wake.notify_one();
-            }
+            }])
+            .await?;
         }
         let workflows = self.engine.workflows();
         let (kept, dropped): (Vec<NewRun>, Vec<NewRun>) = runs.into_iter().partition(|r| {
@@ -1076,12 +1064,6 @@ impl DeliveryHandler for AppHandler {
         self.engine.wake();
     }
 }
-
-static UNKNOWN_ACTOR: Actor = Actor {
-    login: String::new(),
-    id: 0,
-    kind: String::new(),
-};
 
 fn subject(inv: &Invocation<'_>) -> String {
     match inv.number {

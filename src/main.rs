@@ -437,8 +437,7 @@ async fn app_manifest(
             Ok(())
         }
         Some(code) => {
-            let api_url = std::env::var("GITHUB_API_URL")
-                .unwrap_or_else(|_| github::auth::DEFAULT_API_URL.to_owned());
+            let api_url = github::auth::api_url_from(|name| std::env::var(name).ok())?;
             let (app, pem, env) =
                 taskmaster::tools::convert_manifest_code(&api_url, code, out).await?;
             println!(

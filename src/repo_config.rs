@@ -428,19 +428,16 @@ impl RepoConfigs {
         if !fresh && let Some(installation) = installation {
             match self.fetch(installation, repository).await {
                 Ok(body) => {
-                    let error = body
-                        .as_deref()
-                        .and_then(|b| parse(b, &self.workflows, &self.agents).err())
-                        .map(|e| e.to_string());
+                    let loaded = self.load(body.as_deref());
                     let record = RepoConfigRecord {
                         body,
-                        error,
+                        error: loaded.error.as_ref().map(ToString::to_string),
                         fetched_at: now,
                     };
                     if let Err(e) = self.store.set_repo_config(repository, &record).await {
                         tracing::warn!(%repository, error = %e, "cannot cache the repository configuration");
                     }
-                    return self.load(&record);
+                    return loaded;
                 }
                 Err(e) => {
                     tracing::warn!(%repository, error = %e,
@@ -448,7 +445,9 @@ impl RepoConfigs {
                 }
             }
         }
-        cached.map(|c| self.load(&c)).unwrap_or_default()
+        cached
+            .map(|c| self.load(c.body.as_deref()))
+            .unwrap_or_default()
     }
 
     /// Drops the cached copy (a push to the default branch touched the file).
@@ -469,12 +468,9 @@ impl RepoConfigs {
             .await
     }
 
-    fn load(&self, record: &RepoConfigRecord) -> Loaded {
-        match record
-            .body
-            .as_deref()
-            .map(|b| parse(b, &self.workflows, &self.agents))
-        {
+    /// The configuration a file's text (`None`: no file) gives.
+    fn load(&self, body: Option<&str>) -> Loaded {
+        match body.map(|b| parse(b, &self.workflows, &self.agents)) {
             None => Loaded::default(),
             Some(Ok(config)) => Loaded {
                 config,

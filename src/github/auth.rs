@@ -96,6 +96,24 @@ pub struct GitHubSettings {
     pub credentials: Option<AppCredentials>,
 }
 
+/// `GITHUB_API_URL` read through `lookup` (an environment): default
+/// [`DEFAULT_API_URL`], without a trailing `/`.
+///
+/// # Errors
+/// [`GitHubError::Config`] when it does not start with `http(s)://`.
+pub fn api_url_from(lookup: impl Fn(&str) -> Option<String>) -> Result<String, GitHubError> {
+    let api_url = lookup("GITHUB_API_URL")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let api_url = api_url.trim().trim_end_matches('/').to_owned();
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(GitHubError::Config(format!(
+            "GITHUB_API_URL must start with https:// (got `{api_url}`)"
+        )));
+    }
+    Ok(api_url)
+}
+
 impl GitHubSettings {
     /// Reads the settings from the process environment; see
     /// [`GitHubSettings::from_lookup`].
@@ -124,13 +142,7 @@ impl GitHubSettings {
     /// `http(s)://…`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, GitHubError> {
         let non_empty = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let api_url = non_empty("GITHUB_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-        let api_url = api_url.trim().trim_end_matches('/').to_owned();
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            return Err(GitHubError::Config(format!(
-                "GITHUB_API_URL must start with https:// (got `{api_url}`)"
-            )));
-        }
+        let api_url = api_url_from(&lookup)?;
         let app_id = non_empty("GITHUB_APP_ID");
         let key_text = non_empty("GITHUB_PRIVATE_KEY");
         let key_path = non_empty("GITHUB_PRIVATE_KEY_PATH");

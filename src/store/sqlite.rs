@@ -2098,4 +2098,4 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 // The operator API's queries live in their own file.
 mod api;
-mod deliveries;
+pub(super) mod deliveries;

@@ -6,21 +6,8 @@ use sqlx::{Postgres, QueryBuilder};
 
 use super::{CHANNEL_DELIVERIES, corrupt, notify};
 use crate::store::deliveries::{DeliveryFilter, DeliverySummary};
+use crate::store::sqlite::deliveries::SummaryRow;
 use crate::store::{DeliveryState, StoreError};
-
-#[derive(sqlx::FromRow)]
-struct SummaryRow {
-    id: i64,
-    delivery_id: String,
-    event: String,
-    action: Option<String>,
-    repository: Option<String>,
-    sender_login: Option<String>,
-    received_at: i64,
-    state: String,
-    attempts: i64,
-    error: Option<String>,
-}
 
 pub(super) async fn list_deliveries(
     pool: &PgPool,
@@ -36,23 +23,7 @@ pub(super) async fn list_deliveries(
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
     let rows: Vec<SummaryRow> = q.build_query_as().fetch_all(pool).await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(DeliverySummary {
-                state: DeliveryState::parse(&r.state)
-                    .ok_or_else(|| corrupt("deliveries", format!("unknown state `{}`", r.state)))?,
-                id: r.id,
-                delivery_id: r.delivery_id,
-                event: r.event,
-                action: r.action,
-                repository: r.repository,
-                sender_login: r.sender_login,
-                received_at: r.received_at,
-                attempts: r.attempts,
-                error: r.error,
-            })
-        })
-        .collect()
+    rows.into_iter().map(DeliverySummary::try_from).collect()
 }
 
 pub(super) async fn requeue_delivery(

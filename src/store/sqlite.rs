@@ -12,6 +12,12 @@
 //! `BEGIN IMMEDIATE` so that even another process (say `taskmaster migrate`)
 //! cannot make a read transaction fail on upgrade.
 //!
+//! The hot batches — storing deliveries, claiming them, finishing them — run
+//! on the writer connection's own SQLite handle through rusqlite
+//! (`with_raw_writer`): sqlx sends every statement to its worker thread and
+//! waits for the answer, and under a webhook flood those hand-offs, not
+//! SQLite, set the pace (`benches/README.md`).
+//!
 //! This store assumes **one taskmaster process per database file**: start-up
 //! recovery returns every `processing` delivery to the queue. Several replicas
 //! need the PostgreSQL store.
@@ -22,10 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sqlx::QueryBuilder;
 use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use super::{
@@ -38,10 +42,6 @@ use super::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// Rows per multi-row INSERT: 11 bound values each, far below SQLite's limit
-/// of 32,766 variables per statement.
-const INSERT_CHUNK: usize = 512;
 
 /// How long a writer waits for SQLite's lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,6 +106,54 @@ impl SqliteStore {
         Ok(outcome)
     }
 
+    /// Runs `work` on the writer connection's own SQLite handle, through
+    /// rusqlite, holding the writer for the duration.
+    ///
+    /// Every sqlx statement is a round trip to sqlx's worker thread; a batch of
+    /// statements run here costs one (taking the handle's lock). `work` runs
+    /// on this task's thread (via `block_in_place` on a multi-threaded
+    /// runtime, so other tasks move off it) and must leave no transaction
+    /// open: use [`rusqlite::Connection::unchecked_transaction`], which the
+    /// connection is set to begin `IMMEDIATE`, and whose drop rolls back.
+    ///
+    /// Errors: the pool's or the lock's errors, and whatever `work` returns.
+    async fn with_raw_writer<R>(
+        &self,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let asked = std::time::Instant::now();
+        let mut conn = self.writer.acquire().await?;
+        let acquired = asked.elapsed();
+        let mut locked = conn.lock_handle().await?;
+        let raw = locked.as_raw_handle();
+        let locked_at = std::time::Instant::now();
+        let run = move || {
+            // SAFETY: `locked` keeps sqlx's worker thread off this handle
+            // until it is dropped, after this closure returns; a connection
+            // made `from_handle` never closes the handle it borrows.
+            let mut borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+            borrowed.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            work(&borrowed)
+        };
+        let multi_thread = matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+        );
+        let result = if multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        drop(locked);
+        tracing::trace!(
+            acquire_us = acquired.as_micros() as u64,
+            lock_us = (locked_at - asked - acquired).as_micros() as u64,
+            work_us = locked_at.elapsed().as_micros() as u64,
+            "raw writer batch"
+        );
+        result
+    }
+
     /// The writer pool, for tests and tools that need raw SQL.
     pub fn writer_pool(&self) -> &SqlitePool {
         &self.writer
@@ -130,6 +178,30 @@ pub(super) struct DeliveryRow {
     state: String,
     attempts: i64,
     error: Option<String>,
+}
+
+impl DeliveryRow {
+    /// Maps a row of `select_deliveries!()` read through rusqlite.
+    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(DeliveryRow {
+            id: row.get(0)?,
+            delivery_id: row.get(1)?,
+            event: row.get(2)?,
+            action: row.get(3)?,
+            hook_id: row.get(4)?,
+            installation_id: row.get(5)?,
+            repository: row.get(6)?,
+            sender_id: row.get(7)?,
+            sender_login: row.get(8)?,
+            encoding: row.get(9)?,
+            size: row.get(10)?,
+            payload: row.get(11)?,
+            received_at: row.get(12)?,
+            state: row.get(13)?,
+            attempts: row.get(14)?,
+            error: row.get(15)?,
+        })
+    }
 }
 
 impl TryFrom<DeliveryRow> for Delivery {
@@ -172,6 +244,21 @@ impl TryFrom<DeliveryRow> for Delivery {
 
 /// Selects [`DeliveryRow`]s: the delivery joined with its payload. A literal,
 /// so queries stay `&'static str` (sqlx 0.9 refuses dynamic SQL strings).
+/// A finished delivery's new `(state, error, available_at, finished_at)`.
+fn finish_columns(
+    result: &DeliveryResult,
+    now: i64,
+) -> (&'static str, Option<&str>, i64, Option<i64>) {
+    match result {
+        DeliveryResult::Done | DeliveryResult::Started(_) => ("done", None, now, Some(now)),
+        DeliveryResult::Ignored(why) => ("ignored", Some(why.as_str()), now, Some(now)),
+        DeliveryResult::Retry { error, retry_at } => {
+            ("queued", Some(error.as_str()), *retry_at, None)
+        }
+        DeliveryResult::Failed(error) => ("failed", Some(error.as_str()), now, Some(now)),
+    }
+}
+
 macro_rules! select_deliveries {
     () => {
         "SELECT d.id, d.delivery_id, d.event, d.action, d.hook_id, d.installation_id, \
@@ -197,64 +284,61 @@ impl Store for SqliteStore {
         &self,
         batch: &[NewDelivery],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        // Two multi-row statements per chunk instead of two statements per
-        // row: every statement is a round trip to sqlx's SQLite worker thread,
-        // and under load those round trips, not SQLite, set the pace.
-        let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
-        // A delivery id repeated within the batch: only its first occurrence
-        // is inserted; the rest are duplicates of it.
-        let mut seen = HashSet::with_capacity(batch.len());
-        let unique: Vec<usize> = (0..batch.len())
-            .filter(|&i| seen.insert(batch[i].delivery_id.as_str()))
-            .collect();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in unique.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (delivery_id, event, action, hook_id, installation_id, \
-                 repository, sender_id, sender_login, received_at, state, available_at) ",
-            );
-            insert.push_values(chunk, |mut row, &i| {
-                let d = &batch[i];
-                row.push_bind(d.delivery_id.as_str())
-                    .push_bind(d.event.as_str())
-                    .push_bind(d.action.as_deref())
-                    .push_bind(d.hook_id)
-                    .push_bind(d.installation_id)
-                    .push_bind(d.repository.as_deref())
-                    .push_bind(d.sender_id)
-                    .push_bind(d.sender_login.as_deref())
-                    .push_bind(d.received_at)
-                    .push_bind(d.state.as_str())
-                    .push_bind(d.received_at);
-            });
-            insert.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id");
-            let inserted: Vec<(i64, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
-            if inserted.is_empty() {
-                continue;
+        // The whole batch runs on the writer's raw handle: one hand-off to
+        // sqlx's worker thread for the lock instead of one per statement
+        // (BEGIN, the INSERTs, COMMIT), which under load set the pace.
+        let batch_len = batch.len();
+        self.with_raw_writer(move |conn| {
+            let mut outcomes = vec![InsertOutcome::Duplicate; batch_len];
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO deliveries (delivery_id, event, action, hook_id, \
+                     installation_id, repository, sender_id, sender_login, received_at, state, \
+                     available_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9) \
+                     ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+                )?;
+                let mut payload = tx.prepare(
+                    "INSERT INTO delivery_payloads (id, encoding, size, payload) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (d, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+                    // A delivery id repeated within the batch conflicts with
+                    // its own first occurrence and so is a duplicate too.
+                    let id: Option<i64> = {
+                        let mut rows = insert.query(rusqlite::params![
+                            d.delivery_id,
+                            d.event,
+                            d.action,
+                            d.hook_id,
+                            d.installation_id,
+                            d.repository,
+                            d.sender_id,
+                            d.sender_login,
+                            d.received_at,
+                            d.state.as_str(),
+                        ])?;
+                        match rows.next()? {
+                            Some(row) => Some(row.get(0)?),
+                            None => None,
+                        }
+                    };
+                    if let Some(id) = id {
+                        let p = &d.payload;
+                        payload.execute(rusqlite::params![
+                            id,
+                            p.encoding.as_str(),
+                            p.raw_len as i64,
+                            &p.bytes[..],
+                        ])?;
+                        *outcome = InsertOutcome::Stored;
+                    }
+                }
             }
-            let ids: HashMap<&str, i64> =
-                inserted.iter().map(|(id, d)| (d.as_str(), *id)).collect();
-            let mut payloads = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO delivery_payloads (id, encoding, size, payload) ",
-            );
-            let stored: Vec<(usize, i64)> = chunk
-                .iter()
-                .filter_map(|&i| ids.get(batch[i].delivery_id.as_str()).map(|&id| (i, id)))
-                .collect();
-            payloads.push_values(&stored, |mut row, &(i, id)| {
-                let p = &batch[i].payload;
-                row.push_bind(id)
-                    .push_bind(p.encoding.as_str())
-                    .push_bind(p.raw_len as i64)
-                    .push_bind(&p.bytes[..]);
-            });
-            payloads.build().execute(&mut *tx).await?;
-            for (i, _) in stored {
-                outcomes[i] = InsertOutcome::Stored;
-            }
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+            tx.commit()?;
+            Ok(outcomes)
+        })
+        .await
     }
 
     async fn claim_deliveries(
@@ -265,39 +349,45 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = now_ms();
         let expires = now + lease.as_millis() as i64;
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let ids: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE deliveries \
-             SET state = 'processing', claimed_by = ?1, lease_expires_at = ?2, \
-                 attempts = attempts + 1 \
-             WHERE id IN ( \
-                 SELECT id FROM deliveries \
-                 WHERE state IN ('queued', 'processing') \
-                   AND ((state = 'queued' AND available_at <= ?3) \
-                     OR (state = 'processing' AND lease_expires_at < ?3)) \
-                 ORDER BY id LIMIT ?4) \
-             RETURNING id",
-        )
-        .bind(owner)
-        .bind(expires)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let id_list = serde_json::to_string(&ids.iter().map(|(id,)| id).collect::<Vec<_>>())
-            .expect("integers serialize");
-        let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
-            select_deliveries!(),
-            "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
-        ))
-        .bind(id_list)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        // One batch on the writer's own handle (see `with_raw_writer`); the
+        // payloads are decompressed after the writer is released.
+        let rows = self
+            .with_raw_writer(|conn| {
+                let tx = conn.unchecked_transaction()?;
+                let ids: Vec<i64> = tx
+                    .prepare(
+                        "UPDATE deliveries \
+                         SET state = 'processing', claimed_by = ?1, lease_expires_at = ?2, \
+                             attempts = attempts + 1 \
+                         WHERE id IN ( \
+                             SELECT id FROM deliveries \
+                             WHERE state IN ('queued', 'processing') \
+                               AND ((state = 'queued' AND available_at <= ?3) \
+                                 OR (state = 'processing' AND lease_expires_at < ?3)) \
+                             ORDER BY id LIMIT ?4) \
+                         RETURNING id",
+                    )?
+                    .query_map(
+                        rusqlite::params![owner, expires, now, limit as i64],
+                        |row| row.get(0),
+                    )?
+                    .collect::<Result<_, _>>()?;
+                if ids.is_empty() {
+                    tx.commit()?;
+                    return Ok(Vec::new());
+                }
+                let id_list = serde_json::to_string(&ids).expect("integers serialize");
+                let rows: Vec<DeliveryRow> = tx
+                    .prepare(concat!(
+                        select_deliveries!(),
+                        "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
+                    ))?
+                    .query_map([id_list], DeliveryRow::from_rusqlite)?
+                    .collect::<Result<_, _>>()?;
+                tx.commit()?;
+                Ok(rows)
+            })
+            .await?;
         rows.into_iter().map(Delivery::try_from).collect()
     }
 
@@ -310,17 +400,48 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Deliveries that start no run finish in one batch on the writer's
+        // own handle; those that start runs commit them with their `done`
+        // below, through sqlx. Each delivery's finish is atomic either way.
+        let (starting, plain): (Vec<_>, Vec<_>) = results
+            .iter()
+            .partition(|(_, result)| matches!(result, DeliveryResult::Started(_)));
         let mut changed = 0;
-        for (id, result) in results {
-            let (state, error, available_at, finished_at) = match result {
-                DeliveryResult::Done | DeliveryResult::Started(_) => ("done", None, now, Some(now)),
-                DeliveryResult::Ignored(why) => ("ignored", Some(why.as_str()), now, Some(now)),
-                DeliveryResult::Retry { error, retry_at } => {
-                    ("queued", Some(error.as_str()), *retry_at, None)
-                }
-                DeliveryResult::Failed(error) => ("failed", Some(error.as_str()), now, Some(now)),
-            };
+        if !plain.is_empty() {
+            changed += self
+                .with_raw_writer(|conn| {
+                    let tx = conn.unchecked_transaction()?;
+                    let mut changed = 0;
+                    {
+                        let mut update = tx.prepare(
+                            "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
+                             finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
+                             WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",
+                        )?;
+                        for (id, result) in &plain {
+                            let (state, error, available_at, finished_at) =
+                                finish_columns(result, now);
+                            changed += update.execute(rusqlite::params![
+                                state,
+                                error,
+                                available_at,
+                                finished_at,
+                                id,
+                                owner
+                            ])? as u64;
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(changed)
+                })
+                .await?;
+        }
+        if starting.is_empty() {
+            return Ok(changed);
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for (id, result) in starting {
+            let (state, error, available_at, finished_at) = finish_columns(result, now);
             let finished = sqlx::query(
                 "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
                  finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \

@@ -139,6 +139,94 @@ async fn cancel_aborts_running_attempts_and_cancels_the_rest() {
     t.stop().await;
 }
 
+const CLEANUP: &str = r#"
+name: cleanup
+on: { pull_request: {} }
+steps:
+  work: { agent: worker, prompt: "x" }
+  after: { agent: worker, needs: work, prompt: "x" }
+  cleanup: { agent: worker, needs: work, if: "always()", prompt: "x" }
+  notify: { agent: worker, needs: work, if: "cancelled()", prompt: "x" }
+"#;
+
+/// GitHub Actions' rule: cancelling a run cancels what has not started,
+/// except steps whose `if:` calls always() or cancelled(), which still run
+/// once their needs have ended; cancelling again does not abort them.
+#[tokio::test]
+async fn cancel_still_runs_always_and_cancelled_steps_to_the_end() {
+    let agent = Scripted::new("worker", Act::Hang)
+        .script("cleanup", vec![Act::Ok(MS(300), "cleaned")])
+        .script("notify", vec![Act::Ok(MS(10), "told")]);
+    let t = TestEngine::start(
+        workflows(&[CLEANUP], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("cleanup").await;
+    t.wait_until(run, Duration::from_secs(5), "work running", running("work"))
+        .await;
+    assert_eq!(
+        t.engine.cancel(run, "cancelled by @octocat").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    // The cleanup step starts after `work` stopped; a second cancel while
+    // it runs does not abort it.
+    t.wait_until(
+        run,
+        Duration::from_secs(5),
+        "cleanup running",
+        running("cleanup"),
+    )
+    .await;
+    assert_eq!(
+        t.engine.cancel(run, "again").await.unwrap(),
+        ControlOutcome::Unchanged
+    );
+    t.engine.reap_once().await.unwrap();
+    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Cancelled);
+    assert_eq!(snap.step("work").unwrap().state, StepState::Cancelled);
+    assert_eq!(snap.step("after").unwrap().state, StepState::Cancelled);
+    assert_eq!(snap.step("cleanup").unwrap().state, StepState::Succeeded);
+    let output = snap
+        .step("cleanup")
+        .unwrap()
+        .output
+        .clone()
+        .unwrap_or_default();
+    assert!(output.starts_with("cleaned"), "{output}");
+    assert_eq!(snap.step("notify").unwrap().state, StepState::Succeeded);
+    assert!(agent.attempts_of("after").is_empty());
+    let cleanup = agent.attempts_of("cleanup");
+    assert_eq!(cleanup.len(), 1);
+    assert!(
+        !cleanup[0].cancelled,
+        "cancel does not abort a cleanup step"
+    );
+    t.stop().await;
+}
+
+/// A time limit is hard: an always() step that has not started is
+/// cancelled with the rest.
+#[tokio::test]
+async fn a_timed_out_run_does_not_start_its_always_steps() {
+    let limited = CLEANUP.replace("steps:", "timeout: 300ms\nsteps:");
+    let agent = Scripted::new("worker", Act::Hang);
+    let t = TestEngine::start(
+        workflows(&[&limited], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let run = t.start_run("cleanup").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::TimedOut);
+    assert_eq!(snap.step("cleanup").unwrap().state, StepState::Cancelled);
+    assert!(agent.attempts_of("cleanup").is_empty());
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn retry_reruns_failed_steps_and_their_dependents_and_is_idempotent() {
     let agent = Scripted::new("worker", Act::Ok(MS(5), "ok")).script(

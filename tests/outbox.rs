@@ -70,6 +70,7 @@ impl Fixture {
             agent: "command".into(),
             continue_on_error: false,
             rank_ms: 0,
+            runs_when_cancelled: false,
         };
         let created = self
             .store

@@ -101,6 +101,7 @@ fn new_run(delivery: &str, workflow: &str, steps: &[(&str, &[&str])]) -> NewRun 
                 agent: "worker".into(),
                 continue_on_error: false,
                 rank_ms: 1000,
+                runs_when_cancelled: *step == "cleanup",
             })
             .collect(),
     }
@@ -738,6 +739,34 @@ async fn control_operations_pause_resume_cancel_retry_and_deadlines(b: Backend) 
     assert!(kinds.contains(&"cancel_requested".to_string()), "{kinds:?}");
 }
 
+/// A cancelled run's ready steps are not claimed, except those whose `if:`
+/// calls always() or cancelled() (`runs_when_cancelled`), which still run.
+async fn a_cancelled_run_still_hands_out_only_its_cleanup_steps(b: Backend) {
+    let store = &b.store;
+    let run = store
+        .create_runs(&[new_run("cc-1", "two", &[("work", &[]), ("cleanup", &[])])])
+        .await
+        .unwrap()[0]
+        .run_id;
+    store.settle_run(run, &ReadyAll).await.unwrap();
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert!(snap.steps.iter().all(|s| s.state == StepState::Ready));
+    assert_eq!(
+        store.cancel_run(run, "not needed").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let claimed = store.claim_steps("w", &limits(10, 60_000)).await.unwrap();
+    let names: Vec<_> = claimed.iter().map(|c| c.step.step.as_str()).collect();
+    assert_eq!(names, ["cleanup"]);
+    assert!(
+        store
+            .claim_steps("w", &limits(10, 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     let store = &b.store;
     store
@@ -1349,6 +1378,7 @@ async fn the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day(b:
 }
 
 both_backends!(
+    a_cancelled_run_still_hands_out_only_its_cleanup_steps,
     the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day,
     approval_gates_claims_and_runs_are_found_by_commit,
     operator_api_records_tokens_tasks_validations_and_counts,

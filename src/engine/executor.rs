@@ -288,6 +288,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         registered: std::time::Instant::now(),
         cancel: cancel.clone(),
         reason: std::sync::Mutex::new(None),
+        runs_when_cancelled: crate::engine::plan::runs_when_cancelled(def.condition.expr()),
     });
     inner
         .running

@@ -100,6 +100,7 @@ pub fn new_run(
                 agent: s.agent.clone(),
                 continue_on_error: s.continue_on_error,
                 rank_ms: ranks.get(&s.id).copied().unwrap_or(0),
+                runs_when_cancelled: crate::engine::plan::runs_when_cancelled(s.condition.expr()),
             })
             .collect(),
     }

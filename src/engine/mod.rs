@@ -163,10 +163,16 @@ pub(crate) struct RunningAttempt {
     pub registered: std::time::Instant,
     pub cancel: CancellationToken,
     pub reason: Mutex<Option<StopReason>>,
+    /// The step's `if:` calls `always()` or `cancelled()`: cancelling its
+    /// run does not abort it (a time-out, a lost lease or shutdown does).
+    pub runs_when_cancelled: bool,
 }
 
 impl RunningAttempt {
     pub(crate) fn stop(&self, why: StopReason) {
+        if why == StopReason::Cancelled && self.runs_when_cancelled {
+            return;
+        }
         self.reason.lock().expect("stop lock").get_or_insert(why);
         self.cancel.cancel();
     }

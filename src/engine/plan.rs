@@ -15,8 +15,12 @@
 //!   (a failure of a `continue_on_error` step does not count), and a step
 //!   whose need was skipped is skipped too unless its `if:` uses a status
 //!   function other than `success()`;
-//! * when the run is being cancelled or timed out, every step that has not
-//!   started is cancelled;
+//! * when the run is being cancelled, every step that has not started is
+//!   cancelled, except those whose `if:` calls `always()` or `cancelled()`:
+//!   they still wait for their needs and run (cleanup, reporting), and
+//!   cancelling does not abort them once started;
+//! * when the run timed out, every step that has not started is cancelled
+//!   (the time limit is hard, `always()` or not);
 //! * the run ends when every step has: `cancelled` / `timed_out` when asked,
 //!   `failed` when a step failed without `continue_on_error`, else `succeeded`.
 
@@ -74,19 +78,25 @@ pub fn plan_run(snapshot: &RunSnapshot, workflow: Option<&Workflow>) -> Plan {
     for s in &snapshot.steps {
         let current = state[s.step.as_str()];
         let decision = match current {
-            StepState::Pending | StepState::Ready if stopping => Some((
-                StepState::Cancelled,
-                match run.desired_state {
-                    DesiredState::TimedOut => "the run timed out before the step started".into(),
-                    _ => format!(
-                        "the run was cancelled before the step started{}",
-                        run.conclusion
-                            .as_deref()
-                            .map(|c| format!(" ({c})"))
-                            .unwrap_or_default()
-                    ),
-                },
-            )),
+            StepState::Pending | StepState::Ready
+                if stopping && !survives_stop(s, workflow, run.desired_state) =>
+            {
+                Some((
+                    StepState::Cancelled,
+                    match run.desired_state {
+                        DesiredState::TimedOut => {
+                            "the run timed out before the step started".into()
+                        }
+                        _ => format!(
+                            "the run was cancelled before the step started{}",
+                            run.conclusion
+                                .as_deref()
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
+                        ),
+                    },
+                ))
+            }
             StepState::Pending => {
                 decide_pending(s, workflow, &state, &by_id, &failed_upstream, run)
             }
@@ -262,6 +272,33 @@ fn condition_context(
         vars: serde_json::Value::Object(vars),
         dependency_failed,
         cancelled: run.desired_state.is_stopping(),
+    }
+}
+
+/// True when a step that has not started keeps its chance to run although
+/// its run is stopping: the run was cancelled (not timed out) and the step's
+/// `if:` calls `always()` or `cancelled()`.
+fn survives_stop(s: &StepRecord, workflow: Option<&Workflow>, desired: DesiredState) -> bool {
+    desired == DesiredState::Cancelled
+        && workflow
+            .and_then(|w| w.step(&s.step))
+            .is_some_and(|def| runs_when_cancelled(def.condition.expr()))
+}
+
+/// True when the expression calls `always()` or `cancelled()` anywhere: a
+/// step with such an `if:` runs (and keeps running) when its run is
+/// cancelled, as in GitHub Actions.
+pub fn runs_when_cancelled(e: &Expr) -> bool {
+    match e {
+        Expr::Literal(_) | Expr::Path { .. } => false,
+        Expr::Not(a) => runs_when_cancelled(a),
+        Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(_, a, b) => {
+            runs_when_cancelled(a) || runs_when_cancelled(b)
+        }
+        Expr::Call(f, args) => {
+            matches!(f, Function::Always | Function::Cancelled)
+                || args.iter().any(runs_when_cancelled)
+        }
     }
 }
 

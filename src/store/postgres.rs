@@ -741,10 +741,13 @@ async fn create_runs_in(
         if !r.steps.is_empty() {
             sqlx::query(
                 "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
-                 primary_agent, run_at, priority) \
-                 SELECT $1, step, position - 1, needs, continue_on_error, agent, agent, $2, rank \
-                 FROM UNNEST($3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[]) \
-                     WITH ORDINALITY AS t(step, needs, continue_on_error, agent, rank, position)",
+                 primary_agent, run_at, priority, runs_when_cancelled) \
+                 SELECT $1, step, position - 1, needs, continue_on_error, agent, agent, $2, rank, \
+                     runs_when_cancelled \
+                 FROM UNNEST($3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[], \
+                     $8::bool[]) \
+                     WITH ORDINALITY AS t(step, needs, continue_on_error, agent, rank, \
+                         runs_when_cancelled, position)",
             )
             .bind(run_id)
             .bind(now)
@@ -763,6 +766,12 @@ async fn create_runs_in(
             )
             .bind(r.steps.iter().map(|s| s.agent.as_str()).collect::<Vec<_>>())
             .bind(r.steps.iter().map(|s| s.rank_ms).collect::<Vec<_>>())
+            .bind(
+                r.steps
+                    .iter()
+                    .map(|s| s.runs_when_cancelled)
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *conn)
             .await?;
         }
@@ -1015,7 +1024,9 @@ impl RunStore for PgStore {
             "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
              FROM steps s JOIN runs r ON r.id = s.run_id \
              WHERE s.state = 'ready' AND s.run_at <= $1 \
-               AND r.desired_state = 'running' AND r.state IN ('queued', 'running') \
+               AND (r.desired_state = 'running' \
+                    OR (r.desired_state = 'cancelled' AND s.runs_when_cancelled)) \
+               AND r.state IN ('queued', 'running') \
                AND NOT r.waiting_approval \
                AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \

@@ -211,6 +211,10 @@ pub struct NewStep {
     /// Critical-path rank, ms: the step's estimated duration plus the largest
     /// rank among its dependents. Higher is claimed first.
     pub rank_ms: i64,
+    /// Its `if:` calls `always()` or `cancelled()`: it still runs when the
+    /// run is cancelled (GitHub Actions' rule), and cancelling does not abort
+    /// it. A time-out still stops it.
+    pub runs_when_cancelled: bool,
 }
 
 /// What creating one run did.

@@ -828,7 +828,8 @@ async fn create_runs_in(
         for (position, s) in r.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
-                 primary_agent, run_at, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+                 primary_agent, run_at, priority, runs_when_cancelled) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
             )
             .bind(run_id)
             .bind(&s.step)
@@ -838,6 +839,7 @@ async fn create_runs_in(
             .bind(&s.agent)
             .bind(now)
             .bind(s.rank_ms)
+            .bind(s.runs_when_cancelled)
             .execute(&mut *conn)
             .await?;
         }
@@ -1077,7 +1079,9 @@ impl RunStore for SqliteStore {
             "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
              FROM steps s JOIN runs r ON r.id = s.run_id \
              WHERE s.state = 'ready' AND s.run_at <= ?1 \
-               AND r.desired_state = 'running' AND r.state IN ('queued', 'running') \
+               AND (r.desired_state = 'running' \
+                    OR (r.desired_state = 'cancelled' AND s.runs_when_cancelled = 1)) \
+               AND r.state IN ('queued', 'running') \
                AND r.waiting_approval = 0 \
                AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \

@@ -1,0 +1,5 @@
+-- Steps whose `if:` calls always() or cancelled() still run when their run
+-- is cancelled (as in GitHub Actions): the scheduler may claim them while the
+-- run's desired state is `cancelled`, and cancelling does not abort them.
+-- Mirrors migrations/sqlite/0007.
+ALTER TABLE steps ADD COLUMN runs_when_cancelled BOOLEAN NOT NULL DEFAULT FALSE;

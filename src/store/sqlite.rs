@@ -524,8 +524,7 @@ use sqlx::SqliteConnection;
 
 use super::runs::{
     AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
-    Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepNext, StepRecord,
-    StepState,
+    Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepFinish, StepRecord, StepState,
 };
 use super::{ReportCandidate, ReportOutcome, RunStore};
 
@@ -714,71 +713,6 @@ async fn load_snapshot(
     }))
 }
 
-/// Reads the run, asks the planner, and applies its plan (guarded by the
-/// states the plan was made from). Runs inside the caller's transaction.
-async fn settle_in(
-    conn: &mut SqliteConnection,
-    run_id: i64,
-    planner: &dyn Planner,
-    now: i64,
-) -> Result<Option<Plan>, StoreError> {
-    let Some(snapshot) = load_snapshot(conn, run_id).await? else {
-        return Ok(None);
-    };
-    let plan = planner.plan(&snapshot, now);
-    for change in &plan.steps {
-        let (finished, error) = if change.to.is_terminal() {
-            (Some(now), Some(change.reason.as_str()))
-        } else {
-            (None, None)
-        };
-        sqlx::query(
-            "UPDATE steps SET state = ?1, run_at = ?2, finished_at = ?3, error = ?4 \
-             WHERE run_id = ?5 AND step = ?6 AND state IN ('pending', 'ready')",
-        )
-        .bind(change.to.as_str())
-        .bind(now)
-        .bind(finished)
-        .bind(error)
-        .bind(run_id)
-        .bind(&change.step)
-        .execute(&mut *conn)
-        .await?;
-        let kind = match change.to {
-            StepState::Ready => "step_ready",
-            StepState::Skipped => "step_skipped",
-            StepState::Cancelled => "step_cancelled",
-            _ => "step_failed",
-        };
-        insert_event(conn, run_id, Some(&change.step), now, kind, &change.reason).await?;
-    }
-    if let Some((state, reason)) = &plan.outcome {
-        let changed = sqlx::query(
-            "UPDATE runs SET state = ?1, conclusion = ?2, finished_at = ?3 \
-             WHERE id = ?4 AND state IN ('queued', 'running', 'paused')",
-        )
-        .bind(state.as_str())
-        .bind(reason)
-        .bind(now)
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            insert_event(
-                conn,
-                run_id,
-                None,
-                now,
-                "run_finished",
-                &format!("{state}: {reason}"),
-            )
-            .await?;
-        }
-    }
-    Ok(Some(plan))
-}
-
 async fn create_runs_in(
     conn: &mut SqliteConnection,
     runs: &[NewRun],
@@ -930,108 +864,6 @@ async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, St
 
 /// Records one result inside the caller's transaction; `None` when fenced out
 /// (nothing written).
-async fn finish_in(
-    tx: &mut SqliteConnection,
-    f: &StepFinish,
-    planner: &dyn Planner,
-    now: i64,
-) -> Result<Option<Plan>, StoreError> {
-    let (lease, attempt, next, event) = (
-        &f.lease,
-        f.attempt.as_ref(),
-        &f.next,
-        (f.kind.as_str(), f.detail.as_str()),
-    );
-    // The fence: only the current lease token may move the step on.
-    let fenced: Option<(i64, String, i64)> = sqlx::query_as(
-        "SELECT run_id, step, attempts FROM steps \
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
-    )
-    .bind(lease.step_row)
-    .bind(&lease.token)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((run_id, step, number)) = fenced else {
-        return Ok(None);
-    };
-    if let Some(a) = attempt {
-        sqlx::query(
-            "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
-                 error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
-                 WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
-        )
-        .bind(now)
-        .bind(&a.outcome)
-        .bind(&a.error_class)
-        .bind(&a.error_kind)
-        .bind(&a.error)
-        .bind(&a.output_excerpt)
-        .bind(a.duration_ms)
-        .bind(a.cost_usd)
-        .bind(lease.step_row)
-        .bind(number)
-        .bind(&lease.token)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(cost) = a.cost_usd {
-            sqlx::query("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")
-                .bind(cost)
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    match next {
-        StepNext::Finish {
-            state,
-            output,
-            error,
-        } => {
-            sqlx::query(
-                "UPDATE steps SET state = ?1, output = ?2, error = ?3, finished_at = ?4, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?5",
-            )
-            .bind(state.as_str())
-            .bind(output)
-            .bind(error)
-            .bind(now)
-            .bind(lease.step_row)
-            .execute(&mut *tx)
-            .await?;
-        }
-        StepNext::Retry { run_at } => {
-            sqlx::query(
-                "UPDATE steps SET state = 'ready', run_at = ?1, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?2",
-            )
-            .bind(run_at)
-            .bind(lease.step_row)
-            .execute(&mut *tx)
-            .await?;
-        }
-        StepNext::Fallback {
-            agent,
-            agent_index,
-            run_at,
-        } => {
-            sqlx::query(
-                "UPDATE steps SET state = 'ready', run_at = ?1, agent = ?2, agent_index = ?3, \
-                     agent_attempts = 0, \
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?4",
-            )
-            .bind(run_at)
-            .bind(agent)
-            .bind(agent_index)
-            .bind(lease.step_row)
-            .execute(&mut *tx)
-            .await?;
-        }
-    }
-    insert_event(tx, run_id, Some(&step), now, event.0, event.1).await?;
-    let plan = settle_in(tx, run_id, planner, now).await?;
-    Ok(Some(plan.unwrap_or_default()))
-}
-
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError> {
@@ -1057,10 +889,14 @@ impl RunStore for SqliteStore {
         run_id: i64,
         planner: &dyn Planner,
     ) -> Result<Option<Plan>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let plan = settle_in(&mut tx, run_id, planner, now_ms()).await?;
-        tx.commit().await?;
-        Ok(plan)
+        let now = now_ms();
+        self.with_raw_writer(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let plan = raw::settle(&tx, run_id, planner, now)?;
+            tx.commit()?;
+            Ok(plan)
+        })
+        .await
     }
 
     async fn claim_steps(
@@ -1072,158 +908,13 @@ impl RunStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // Candidates in service order; more than `max` so that steps held back
-        // by an agent's or a run's limit do not starve the others.
-        let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = sqlx::query_as(
-            "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
-             FROM steps s JOIN runs r ON r.id = s.run_id \
-             WHERE s.state = 'ready' AND s.run_at <= ?1 \
-               AND (r.desired_state = 'running' \
-                    OR (r.desired_state = 'cancelled' AND s.runs_when_cancelled = 1)) \
-               AND r.state IN ('queued', 'running') \
-               AND r.waiting_approval = 0 \
-               AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
-                    SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
-                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
-             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
-        )
-        .bind(now)
-        .bind((limits.max * 4 + 64) as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        if candidates.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let mut per_agent: HashMap<String, i64> = HashMap::new();
-        if !limits.per_agent.is_empty() {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT agent, COUNT(*) FROM steps WHERE state = 'running' GROUP BY agent",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            per_agent.extend(rows);
-        }
-        let mut per_run: HashMap<i64, i64> = HashMap::new();
-        let mut claimed = Vec::new();
-        for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
-            if claimed.len() >= limits.max {
-                break;
-            }
-            if let Some(limit) = limits.per_agent.get(&agent)
-                && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
-            {
-                continue;
-            }
-            if let Some(max) = max_parallel {
-                let running = match per_run.get(&run_id) {
-                    Some(n) => *n,
-                    None => {
-                        let (n,): (i64,) = sqlx::query_as(
-                            "SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND state = 'running'",
-                        )
-                        .bind(run_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        per_run.insert(run_id, n);
-                        n
-                    }
-                };
-                if running >= max {
-                    continue;
-                }
-            }
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            let row: Option<StepRow> = sqlx::query_as(concat!(
-                "UPDATE steps SET state = 'running', lease_owner = ?1, lease_token = ?2, \
-                 lease_expires_at = ?3, started_at = COALESCE(started_at, ?4) \
-                 WHERE id = ?5 AND state = 'ready' RETURNING ",
-                step_columns!()
-            ))
-            .bind(owner)
-            .bind(&token)
-            .bind(now + limits.lease_ms)
-            .bind(now)
-            .bind(step_row)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            *per_agent.entry(agent.clone()).or_insert(0) += 1;
-            *per_run.entry(run_id).or_insert(0) += 1;
-            let started = sqlx::query(
-                "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \
-                 WHERE id = ?2 AND state = 'queued'",
-            )
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if started == 1 {
-                insert_event(
-                    &mut tx,
-                    run_id,
-                    None,
-                    now,
-                    "run_started",
-                    "first step claimed",
-                )
-                .await?;
-            }
-            let mut step: StepRecord = row.try_into()?;
-            let attempt = if limits.refused_agents.contains(&agent) {
-                None
-            } else {
-                let (number, agent_attempts): (i64, i64) = sqlx::query_as(
-                    "UPDATE steps SET attempts = attempts + 1, agent_attempts = agent_attempts + 1 \
-                     WHERE id = ?1 RETURNING attempts, agent_attempts",
-                )
-                .bind(step_row)
-                .fetch_one(&mut *tx)
-                .await?;
-                step.attempts = number;
-                step.agent_attempts = agent_attempts;
-                sqlx::query(
-                    "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, \
-                     lease_token, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .bind(step_row)
-                .bind(run_id)
-                .bind(&workflow)
-                .bind(&step.step)
-                .bind(number)
-                .bind(&agent)
-                .bind(&token)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                insert_event(
-                    &mut tx,
-                    run_id,
-                    Some(&step.step),
-                    now,
-                    "attempt_started",
-                    &format!("attempt {number} on agent `{agent}`"),
-                )
-                .await?;
-                Some(number)
-            };
-            claimed.push(ClaimedStep {
-                step,
-                workflow,
-                delivery_id,
-                lease: Lease {
-                    step_row,
-                    owner: owner.to_owned(),
-                    token,
-                },
-                attempt,
-                run_started: started == 1,
-            });
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        self.with_raw_writer(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let claimed = raw::claim_steps(&tx, owner, limits, now)?;
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn renew_lease(
@@ -1285,13 +976,16 @@ impl RunStore for SqliteStore {
         planner: &dyn Planner,
     ) -> Result<Vec<Option<Plan>>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for f in batch {
-            out.push(finish_in(&mut tx, f, planner, now).await?);
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.with_raw_writer(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut out = Vec::with_capacity(batch.len());
+            for f in batch {
+                out.push(raw::finish(&tx, f, planner, now)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
@@ -2224,3 +1918,4 @@ impl TryFrom<AuditRow> for AuditEntry {
 // The operator API's queries live in their own file.
 mod api;
 pub(super) mod deliveries;
+mod raw;

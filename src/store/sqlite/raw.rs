@@ -1,0 +1,412 @@
+//! The engine's hot transactions — claiming steps, recording results and
+//! settling runs — as plain rusqlite code, run on the writer connection's
+//! own handle (`SqliteStore::with_raw_writer`).
+//!
+//! Through sqlx each statement is a round trip to its worker thread; a claim
+//! or a result is 6–15 statements, and under load those hand-offs (each
+//! needs both threads scheduled) were most of the dispatch latency
+//! (`benches/ENGINE.md`). The SQL and the rules are those of the sqlx
+//! versions they replace; the PostgreSQL store keeps its own.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{RunRow, StepRow};
+use crate::store::StoreError;
+use crate::store::runs::{
+    ClaimLimits, ClaimedStep, Lease, Plan, Planner, RunSnapshot, StepFinish, StepNext, StepRecord,
+    StepState,
+};
+
+impl RunRow {
+    /// Maps a row of `select_runs!()` read through rusqlite.
+    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RunRow {
+            id: row.get(0)?,
+            workflow: row.get(1)?,
+            delivery_id: row.get(2)?,
+            event: row.get(3)?,
+            repository: row.get(4)?,
+            subject_number: row.get(5)?,
+            head_sha: row.get(6)?,
+            classification: row.get(7)?,
+            reason: row.get(8)?,
+            context: row.get(9)?,
+            priority: row.get(10)?,
+            concurrency_group: row.get(11)?,
+            state: row.get(12)?,
+            desired_state: row.get(13)?,
+            max_parallel: row.get(14)?,
+            deadline_at: row.get(15)?,
+            cost_usd: row.get(16)?,
+            conclusion: row.get(17)?,
+            created_at: row.get(18)?,
+            started_at: row.get(19)?,
+            finished_at: row.get(20)?,
+            waiting_approval: row.get(21)?,
+            approved_by: row.get(22)?,
+        })
+    }
+}
+
+impl StepRow {
+    /// Maps a row of `step_columns!()` read through rusqlite.
+    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StepRow {
+            id: row.get(0)?,
+            run_id: row.get(1)?,
+            step: row.get(2)?,
+            position: row.get(3)?,
+            needs: row.get(4)?,
+            continue_on_error: row.get(5)?,
+            state: row.get(6)?,
+            agent: row.get(7)?,
+            agent_index: row.get(8)?,
+            attempts: row.get(9)?,
+            agent_attempts: row.get(10)?,
+            run_at: row.get(11)?,
+            priority: row.get(12)?,
+            lease_owner: row.get(13)?,
+            lease_expires_at: row.get(14)?,
+            output: row.get(15)?,
+            error: row.get(16)?,
+            started_at: row.get(17)?,
+            finished_at: row.get(18)?,
+        })
+    }
+}
+
+/// Appends one timeline event.
+pub(super) fn insert_event(
+    conn: &Connection,
+    run_id: i64,
+    step: Option<&str>,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO run_events (run_id, step, at, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![run_id, step, at, kind, detail])?;
+    Ok(())
+}
+
+/// The run and its steps, in position order.
+pub(super) fn load_snapshot(
+    conn: &Connection,
+    run_id: i64,
+) -> Result<Option<RunSnapshot>, StoreError> {
+    let run = conn
+        .prepare_cached(concat!(select_runs!(), "WHERE id = ?1"))?
+        .query_row([run_id], RunRow::from_rusqlite)
+        .optional()?;
+    let Some(run) = run else { return Ok(None) };
+    let steps: Vec<StepRow> = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            step_columns!(),
+            " FROM steps WHERE run_id = ?1 ORDER BY position"
+        ))?
+        .query_map([run_id], StepRow::from_rusqlite)?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(RunSnapshot {
+        run: run.try_into()?,
+        steps: steps
+            .into_iter()
+            .map(StepRecord::try_from)
+            .collect::<Result<_, _>>()?,
+    }))
+}
+
+/// Reads the run, asks the planner, and applies its plan (guarded by the
+/// states the plan was made from). Runs inside the caller's transaction.
+pub(super) fn settle(
+    conn: &Connection,
+    run_id: i64,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let Some(snapshot) = load_snapshot(conn, run_id)? else {
+        return Ok(None);
+    };
+    let plan = planner.plan(&snapshot, now);
+    for change in &plan.steps {
+        let (finished, error) = if change.to.is_terminal() {
+            (Some(now), Some(change.reason.as_str()))
+        } else {
+            (None, None)
+        };
+        conn.prepare_cached(
+            "UPDATE steps SET state = ?1, run_at = ?2, finished_at = ?3, error = ?4 \
+             WHERE run_id = ?5 AND step = ?6 AND state IN ('pending', 'ready')",
+        )?
+        .execute(params![
+            change.to.as_str(),
+            now,
+            finished,
+            error,
+            run_id,
+            change.step
+        ])?;
+        let kind = match change.to {
+            StepState::Ready => "step_ready",
+            StepState::Skipped => "step_skipped",
+            StepState::Cancelled => "step_cancelled",
+            _ => "step_failed",
+        };
+        insert_event(conn, run_id, Some(&change.step), now, kind, &change.reason)?;
+    }
+    if let Some((state, reason)) = &plan.outcome {
+        let changed = conn
+            .prepare_cached(
+                "UPDATE runs SET state = ?1, conclusion = ?2, finished_at = ?3 \
+                 WHERE id = ?4 AND state IN ('queued', 'running', 'paused')",
+            )?
+            .execute(params![state.as_str(), reason, now, run_id])?;
+        if changed == 1 {
+            insert_event(
+                conn,
+                run_id,
+                None,
+                now,
+                "run_finished",
+                &format!("{state}: {reason}"),
+            )?;
+        }
+    }
+    Ok(Some(plan))
+}
+
+/// Records one result, fenced on its lease token, then settles the run.
+/// `None` when the token is no longer the step's (the result is dropped).
+pub(super) fn finish(
+    conn: &Connection,
+    f: &StepFinish,
+    planner: &dyn Planner,
+    now: i64,
+) -> Result<Option<Plan>, StoreError> {
+    let lease = &f.lease;
+    // The fence: only the current lease token may move the step on.
+    let fenced: Option<(i64, String, i64)> = conn
+        .prepare_cached(
+            "SELECT run_id, step, attempts FROM steps \
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+        )?
+        .query_row(params![lease.step_row, lease.token], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((run_id, step, number)) = fenced else {
+        return Ok(None);
+    };
+    if let Some(a) = &f.attempt {
+        conn.prepare_cached(
+            "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
+             error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
+             WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
+        )?
+        .execute(params![
+            now,
+            a.outcome,
+            a.error_class,
+            a.error_kind,
+            a.error,
+            a.output_excerpt,
+            a.duration_ms,
+            a.cost_usd,
+            lease.step_row,
+            number,
+            lease.token
+        ])?;
+        if let Some(cost) = a.cost_usd {
+            conn.prepare_cached("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")?
+                .execute(params![cost, run_id])?;
+        }
+    }
+    match &f.next {
+        StepNext::Finish {
+            state,
+            output,
+            error,
+        } => {
+            conn.prepare_cached(
+                "UPDATE steps SET state = ?1, output = ?2, error = ?3, finished_at = ?4, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?5",
+            )?
+            .execute(params![state.as_str(), output, error, now, lease.step_row])?;
+        }
+        StepNext::Retry { run_at } => {
+            conn.prepare_cached(
+                "UPDATE steps SET state = 'ready', run_at = ?1, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?2",
+            )?
+            .execute(params![run_at, lease.step_row])?;
+        }
+        StepNext::Fallback {
+            agent,
+            agent_index,
+            run_at,
+        } => {
+            conn.prepare_cached(
+                "UPDATE steps SET state = 'ready', run_at = ?1, agent = ?2, agent_index = ?3, \
+                 agent_attempts = 0, \
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = ?4",
+            )?
+            .execute(params![run_at, agent, agent_index, lease.step_row])?;
+        }
+    }
+    insert_event(conn, run_id, Some(&step), now, &f.kind, &f.detail)?;
+    let plan = settle(conn, run_id, planner, now)?;
+    Ok(Some(plan.unwrap_or_default()))
+}
+
+/// Claims ready steps in service order within `limits`, starting an attempt
+/// for each (see `RunStore::claim_steps`).
+pub(super) fn claim_steps(
+    conn: &Connection,
+    owner: &str,
+    limits: &ClaimLimits,
+    now: i64,
+) -> Result<Vec<ClaimedStep>, StoreError> {
+    // Candidates in service order; more than `max` so that steps held back
+    // by an agent's or a run's limit do not starve the others.
+    #[allow(clippy::type_complexity)]
+    let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = conn
+        .prepare_cached(
+            "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
+             FROM steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.state = 'ready' AND s.run_at <= ?1 \
+               AND (r.desired_state = 'running' \
+                    OR (r.desired_state = 'cancelled' AND s.runs_when_cancelled = 1)) \
+               AND r.state IN ('queued', 'running') \
+               AND r.waiting_approval = 0 \
+               AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
+                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
+             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
+        )?
+        .query_map(params![now, (limits.max * 4 + 64) as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut per_agent: HashMap<String, i64> = HashMap::new();
+    if !limits.per_agent.is_empty() {
+        let mut stmt = conn.prepare_cached(
+            "SELECT agent, COUNT(*) FROM steps WHERE state = 'running' GROUP BY agent",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (agent, n) = row?;
+            per_agent.insert(agent, n);
+        }
+    }
+    let mut per_run: HashMap<i64, i64> = HashMap::new();
+    let mut claimed = Vec::new();
+    for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
+        if claimed.len() >= limits.max {
+            break;
+        }
+        if let Some(limit) = limits.per_agent.get(&agent)
+            && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
+        {
+            continue;
+        }
+        if let Some(max) = max_parallel {
+            let running = match per_run.get(&run_id) {
+                Some(n) => *n,
+                None => {
+                    let n: i64 = conn
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND state = 'running'",
+                        )?
+                        .query_row([run_id], |r| r.get(0))?;
+                    per_run.insert(run_id, n);
+                    n
+                }
+            };
+            if running >= max {
+                continue;
+            }
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let row: Option<StepRow> = conn
+            .prepare_cached(concat!(
+                "UPDATE steps SET state = 'running', lease_owner = ?1, lease_token = ?2, \
+                 lease_expires_at = ?3, started_at = COALESCE(started_at, ?4) \
+                 WHERE id = ?5 AND state = 'ready' RETURNING ",
+                step_columns!()
+            ))?
+            .query_row(
+                params![owner, token, now + limits.lease_ms, now, step_row],
+                StepRow::from_rusqlite,
+            )
+            .optional()?;
+        let Some(row) = row else { continue };
+        *per_agent.entry(agent.clone()).or_insert(0) += 1;
+        *per_run.entry(run_id).or_insert(0) += 1;
+        let started = conn
+            .prepare_cached(
+                "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \
+                 WHERE id = ?2 AND state = 'queued'",
+            )?
+            .execute(params![now, run_id])?;
+        if started == 1 {
+            insert_event(conn, run_id, None, now, "run_started", "first step claimed")?;
+        }
+        let mut step: StepRecord = row.try_into()?;
+        let attempt = if limits.refused_agents.contains(&agent) {
+            None
+        } else {
+            let (number, agent_attempts): (i64, i64) = conn
+                .prepare_cached(
+                    "UPDATE steps SET attempts = attempts + 1, \
+                     agent_attempts = agent_attempts + 1 \
+                     WHERE id = ?1 RETURNING attempts, agent_attempts",
+                )?
+                .query_row([step_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            step.attempts = number;
+            step.agent_attempts = agent_attempts;
+            conn.prepare_cached(
+                "INSERT INTO attempts (step_row, run_id, workflow, step, number, agent, \
+                 lease_token, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                step_row, run_id, workflow, step.step, number, agent, token, now
+            ])?;
+            insert_event(
+                conn,
+                run_id,
+                Some(&step.step),
+                now,
+                "attempt_started",
+                &format!("attempt {number} on agent `{agent}`"),
+            )?;
+            Some(number)
+        };
+        claimed.push(ClaimedStep {
+            step,
+            workflow,
+            delivery_id,
+            lease: Lease {
+                step_row,
+                owner: owner.to_owned(),
+                token,
+            },
+            attempt,
+            run_started: started == 1,
+        });
+    }
+    Ok(claimed)
+}

@@ -289,35 +289,30 @@ fn survives_stop(s: &StepRecord, workflow: Option<&Workflow>, desired: DesiredSt
 /// step with such an `if:` runs (and keeps running) when its run is
 /// cancelled, as in GitHub Actions.
 pub fn runs_when_cancelled(e: &Expr) -> bool {
-    match e {
-        Expr::Literal(_) | Expr::Path { .. } => false,
-        Expr::Not(a) => runs_when_cancelled(a),
-        Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(_, a, b) => {
-            runs_when_cancelled(a) || runs_when_cancelled(b)
-        }
-        Expr::Call(f, args) => {
-            matches!(f, Function::Always | Function::Cancelled)
-                || args.iter().any(runs_when_cancelled)
-        }
-    }
+    calls(e, &|f| matches!(f, Function::Always | Function::Cancelled))
 }
 
 /// True when the expression calls `failure()`, `always()` or `cancelled()`:
 /// the status functions that let a step run after a need failed or was
 /// skipped (`success()`, explicit or implied, does not).
 fn overrides_skip(e: &Expr) -> bool {
+    calls(e, &|f| {
+        matches!(
+            f,
+            Function::Failure | Function::Always | Function::Cancelled
+        )
+    })
+}
+
+/// True when the expression calls, anywhere, a function `wanted` accepts.
+fn calls(e: &Expr, wanted: &dyn Fn(&Function) -> bool) -> bool {
     match e {
         Expr::Literal(_) | Expr::Path { .. } => false,
-        Expr::Not(a) => overrides_skip(a),
+        Expr::Not(a) => calls(a, wanted),
         Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(_, a, b) => {
-            overrides_skip(a) || overrides_skip(b)
+            calls(a, wanted) || calls(b, wanted)
         }
-        Expr::Call(f, args) => {
-            matches!(
-                f,
-                Function::Failure | Function::Always | Function::Cancelled
-            ) || args.iter().any(overrides_skip)
-        }
+        Expr::Call(f, args) => wanted(f) || args.iter().any(|a| calls(a, wanted)),
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, BreakerState};
-use super::{Engine, ResultJob, RunningAttempt, StopReason, Transition, backoff};
+use super::{Engine, Recorded, ResultJob, RunningAttempt, StopReason, Transition, backoff};
 use crate::agent::{
     AttemptOutcome, AttemptRequest, ErrorClass, Failure, FailureKind, IdempotencyKey, Output, Usage,
 };
@@ -47,8 +47,10 @@ use crate::workflow::{PromptContext, Step, Workflow};
 /// Characters of output kept in the attempts table.
 const EXCERPT_CHARS: usize = 2000;
 
-/// Runs one attempt of a claimed step and records what follows.
-pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
+/// Runs one attempt of a claimed step and records what follows. Returns
+/// true when the results writer claimed after the result (direct hand-off),
+/// so the scheduler need not run a round for the freed slot.
+pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     let inner = &engine.inner;
     let ClaimedStep {
         step,
@@ -93,7 +95,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             "workflow `{workflow}` (or its step `{}`) is no longer loaded",
             step.step
         );
-        finish(
+        return finish(
             engine,
             &lease,
             not_run("permanent", "config", &why).as_ref(),
@@ -106,8 +108,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             &step.step,
             run_id,
         )
-        .await;
-        return;
+        .await
+        .1;
     };
     let wf = wf.expect("checked above");
     let chain: Vec<&str> = std::iter::once(def.agent.as_str())
@@ -157,7 +159,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             ),
         };
         let record = not_run("transient", "circuit_open", &why);
-        finish(
+        return finish(
             engine,
             &lease,
             record.as_ref(),
@@ -166,8 +168,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             &step.step,
             run_id,
         )
-        .await;
-        return;
+        .await
+        .1;
     }
     let number = attempt.expect("claimed with an attempt when the circuit admits one");
 
@@ -180,7 +182,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         let (next, event, why) =
             decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
         let record = not_run("permanent", "config", &failure.message);
-        finish(
+        return finish(
             engine,
             &lease,
             record.as_ref(),
@@ -189,8 +191,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             &step.step,
             run_id,
         )
-        .await;
-        return;
+        .await
+        .1;
     };
 
     let (prompt, with) = match render(engine, &wf, &def, run_id, &delivery_id).await {
@@ -204,7 +206,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
                 error: Some(why.clone()),
                 ..AttemptRecord::default()
             };
-            finish(
+            return finish(
                 engine,
                 &lease,
                 Some(&record),
@@ -217,8 +219,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
                 &step.step,
                 run_id,
             )
-            .await;
-            return;
+            .await
+            .1;
         }
     };
 
@@ -264,7 +266,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
             let (next, event, why) =
                 decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
             let record = not_run("permanent", "budget", &failure.message);
-            finish(
+            return finish(
                 engine,
                 &lease,
                 record.as_ref(),
@@ -273,8 +275,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
                 &step.step,
                 run_id,
             )
-            .await;
-            return;
+            .await
+            .1;
         }
         if let Some(left) = left_ms {
             timeout = timeout.min(Duration::from_millis(left as u64));
@@ -375,7 +377,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         (Some(StopReason::LeaseLost), _) => {
             tracing::warn!(run_id, step = %step.step, attempt = number,
                 "the lease was lost while the attempt ran; its result is dropped");
-            return;
+            return false;
         }
         (Some(StopReason::Shutdown), _) => {
             record.outcome = "cancelled".into();
@@ -467,7 +469,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         ) => Some((kind, *state, output.clone(), error.clone())),
         _ => None,
     };
-    let accepted = finish(
+    let (accepted, handed_off) = finish(
         engine,
         &lease,
         Some(&record),
@@ -490,6 +492,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) {
         )
         .await;
     }
+    handed_off
 }
 
 /// Stores the verdict of a validation step (`validation:` in the workflow):
@@ -630,7 +633,10 @@ fn decide(
     )
 }
 
-/// Records the result (fenced) and publishes what changed.
+/// Records the result (fenced) and publishes what changed. Returns whether
+/// it was accepted, and whether the results writer claimed after it (see
+/// [`Recorded::handed_off`]): then no wake-up is needed for what it made
+/// ready.
 async fn finish(
     engine: &Engine,
     lease: &crate::store::Lease,
@@ -639,7 +645,7 @@ async fn finish(
     event: (&str, &str),
     step: &str,
     run_id: i64,
-) -> bool {
+) -> (bool, bool) {
     let state = match &next {
         StepNext::Finish { state, .. } => *state,
         _ => StepState::Ready,
@@ -663,7 +669,10 @@ async fn finish(
         Err(_) => Err("the results writer stopped".into()),
     };
     match outcome {
-        Ok(Some(plan)) => {
+        Ok(Recorded {
+            plan: Some(plan),
+            handed_off,
+        }) => {
             engine.publish(Transition::Step {
                 run_id,
                 step: step.to_owned(),
@@ -672,24 +681,27 @@ async fn finish(
                 attempt: None,
                 reason: event.1.to_owned(),
             });
-            engine.publish_plan(run_id, &plan);
-            if state == StepState::Ready {
+            let ready = engine.publish_changes(run_id, &plan) || state == StepState::Ready;
+            if ready && !handed_off {
                 engine.wake();
             }
-            true
+            (true, handed_off)
         }
-        Ok(None) => {
+        Ok(Recorded {
+            plan: None,
+            handed_off,
+        }) => {
             tracing::warn!(
                 run_id,
                 step,
                 "result refused: the lease is no longer held (fenced)"
             );
-            false
+            (false, handed_off)
         }
         Err(e) => {
             // The lease runs out and the reaper hands the step to another attempt.
             tracing::error!(run_id, step, error = %e, "could not record the step's result");
-            false
+            (false, false)
         }
     }
 }

@@ -55,8 +55,8 @@ pub use breaker::{BreakerConfig, BreakerState, Breakers};
 pub use plan::WorkflowPlanner;
 
 use crate::store::{
-    ClaimLimits, ControlOutcome, Plan, RunState, RunStore, StepFinish, StepState, StoreError,
-    now_ms,
+    ClaimLimits, ClaimedStep, ControlOutcome, Plan, RunState, RunStore, StepFinish, StepState,
+    StoreError, now_ms,
 };
 
 /// Step results committed together at most (group commit).
@@ -65,7 +65,17 @@ const RESULT_BATCH: usize = 128;
 /// A step result waiting for the results writer.
 pub(crate) struct ResultJob {
     pub finish: StepFinish,
-    pub done: oneshot::Sender<Result<Option<Plan>, String>>,
+    pub done: oneshot::Sender<Result<Recorded, String>>,
+}
+
+/// What the results writer answers for one result.
+pub(crate) struct Recorded {
+    /// What the result changed (`None`: refused, the lease is gone).
+    pub plan: Option<Plan>,
+    /// A claim ran after the result was committed and was not cut short by
+    /// the in-flight limit: whatever the result made ready is already
+    /// claimed, so the scheduler need not run a round for it.
+    pub handed_off: bool,
 }
 use crate::workflow::WorkflowSet;
 
@@ -195,6 +205,10 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     pub results: mpsc::UnboundedSender<ResultJob>,
     pub results_rx: Mutex<Option<mpsc::UnboundedReceiver<ResultJob>>>,
+    /// Steps the results writer claimed (direct hand-off), already counted
+    /// in `in_flight`, for the scheduler loop to start.
+    pub handoff: mpsc::UnboundedSender<Vec<ClaimedStep>>,
+    pub handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedStep>>>>,
 }
 
 /// The engine. Cheap to clone; every clone drives the same engine.
@@ -222,6 +236,7 @@ impl Engine {
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
         let (results, results_rx) = mpsc::unbounded_channel();
+        let (handoff, handoff_rx) = mpsc::unbounded_channel();
         Engine {
             inner: Arc::new(Inner {
                 planner: WorkflowPlanner::new(workflows.clone()),
@@ -238,6 +253,8 @@ impl Engine {
                 shutting_down: AtomicBool::new(false),
                 results,
                 results_rx: Mutex::new(Some(results_rx)),
+                handoff,
+                handoff_rx: Mutex::new(Some(handoff_rx)),
             }),
         }
     }
@@ -299,6 +316,13 @@ impl Engine {
             .expect("results lock")
             .take()
             .expect("Engine::run is called once per engine");
+        let mut handoff = self
+            .inner
+            .handoff_rx
+            .lock()
+            .expect("handoff lock")
+            .take()
+            .expect("Engine::run is called once per engine");
         let writer = tokio::spawn(self.clone().results_writer(results_rx));
         let heartbeat = tokio::spawn(self.clone().heartbeat());
         // Other replicas sharing the database announce ready steps and new
@@ -328,13 +352,31 @@ impl Engine {
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "scheduler round failed; retrying"),
             }
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(self.inner.config.poll) => {}
-                _ = shutdown.cancelled() => break,
+            // Steps handed off by the results writer start here, without a
+            // round of their own; a wake-up or the poll runs the next round.
+            loop {
+                tokio::select! {
+                    Some(claimed) = handoff.recv() => {
+                        for step in claimed {
+                            self.start(&mut tasks, step);
+                        }
+                        continue;
+                    }
+                    _ = self.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(self.inner.config.poll) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                break;
             }
         }
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        // Steps claimed just before the shutdown: their attempts see it and
+        // release them.
+        while let Ok(claimed) = handoff.try_recv() {
+            for step in claimed {
+                self.start(&mut tasks, step);
+            }
+        }
         for attempt in self.inner.running.lock().expect("running lock").values() {
             attempt.stop(StopReason::Shutdown);
         }
@@ -412,15 +454,41 @@ impl Engine {
             }
             let (finishes, senders): (Vec<StepFinish>, Vec<_>) =
                 jobs.into_iter().map(|j| (j.finish, j.done)).unzip();
+            // Direct hand-off: the transaction that records the results also
+            // claims what they made ready. The attempts whose results these
+            // are have ended, so their slots count as free.
+            let free = if self.inner.shutting_down.load(Ordering::SeqCst) {
+                0
+            } else {
+                let busy = self
+                    .inner
+                    .in_flight
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(finishes.len());
+                self.inner.config.max_in_flight.saturating_sub(busy)
+            };
+            let limits = self.claim_limits(free);
             match self
                 .inner
                 .store
-                .finish_steps(&finishes, &self.inner.planner)
+                .finish_and_claim(&finishes, &self.inner.planner, &self.inner.owner, &limits)
                 .await
             {
-                Ok(plans) => {
+                Ok((plans, claimed)) => {
+                    let handed_off = claimed.as_ref().is_some_and(|c| c.len() < free);
+                    if let Some(claimed) = claimed.filter(|c| !c.is_empty()) {
+                        self.inner
+                            .in_flight
+                            .fetch_add(claimed.len(), Ordering::SeqCst);
+                        if let Err(mpsc::error::SendError(lost)) = self.inner.handoff.send(claimed)
+                        {
+                            // The scheduler loop is gone (shutdown): the
+                            // leases run out and the steps run again.
+                            self.inner.in_flight.fetch_sub(lost.len(), Ordering::SeqCst);
+                        }
+                    }
                     for (done, plan) in senders.into_iter().zip(plans) {
-                        let _ = done.send(Ok(plan));
+                        let _ = done.send(Ok(Recorded { plan, handed_off }));
                     }
                 }
                 Err(e) => {
@@ -470,34 +538,48 @@ impl Engine {
         if free == 0 {
             return Ok(false);
         }
-        let mut per_agent = HashMap::new();
-        for name in self.inner.agents.names() {
-            if let Some(limit) = self.inner.agents.concurrency(&name) {
-                per_agent.insert(name, limit);
-            }
-        }
-        let limits = ClaimLimits {
-            max: free,
-            per_agent,
-            lease_ms: self.inner.config.lease.as_millis() as i64,
-            refused_agents: self.inner.breakers.refusing(),
-        };
+        let limits = self.claim_limits(free);
         let claimed = self
             .inner
             .store
             .claim_steps(&self.inner.owner, &limits)
             .await?;
         let n = claimed.len();
+        self.inner.in_flight.fetch_add(n, Ordering::SeqCst);
         for step in claimed {
-            self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            let engine = self.clone();
-            tasks.spawn(async move {
-                executor::execute(&engine, step).await;
-                engine.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-                engine.wake();
-            });
+            self.start(tasks, step);
         }
         Ok(n > 0 && n == free)
+    }
+
+    /// The claim limits of this moment, with `free` slots.
+    fn claim_limits(&self, free: usize) -> ClaimLimits {
+        let mut per_agent = HashMap::new();
+        for name in self.inner.agents.names() {
+            if let Some(limit) = self.inner.agents.concurrency(&name) {
+                per_agent.insert(name, limit);
+            }
+        }
+        ClaimLimits {
+            max: free,
+            per_agent,
+            lease_ms: self.inner.config.lease.as_millis() as i64,
+            refused_agents: self.inner.breakers.refusing(),
+        }
+    }
+
+    /// Starts a claimed step's attempt (already counted in `in_flight`).
+    /// When it ends, its slot is free: the scheduler runs a round unless the
+    /// results writer already claimed after the step's result.
+    fn start(&self, tasks: &mut JoinSet<()>, step: ClaimedStep) {
+        let engine = self.clone();
+        tasks.spawn(async move {
+            let handed_off = executor::execute(&engine, step).await;
+            engine.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if !handed_off {
+                engine.wake();
+            }
+        });
     }
 
     async fn reaper(self, shutdown: CancellationToken) {
@@ -552,6 +634,13 @@ impl Engine {
     }
 
     pub(crate) fn publish_plan(&self, run_id: i64, plan: &Plan) {
+        if self.publish_changes(run_id, plan) {
+            self.wake();
+        }
+    }
+
+    /// Publishes a plan's transitions; true when a step became ready.
+    pub(crate) fn publish_changes(&self, run_id: i64, plan: &Plan) -> bool {
         let mut ready = false;
         for c in &plan.steps {
             ready |= c.to == StepState::Ready;
@@ -571,9 +660,7 @@ impl Engine {
                 reason: reason.clone(),
             });
         }
-        if ready {
-            self.wake();
-        }
+        ready
     }
 
     fn stop_attempts(&self, run_id: i64, why: StopReason) {

@@ -500,6 +500,40 @@ pub trait RunStore: Store {
         planner: &dyn Planner,
     ) -> Result<Vec<Option<Plan>>, StoreError>;
 
+    /// [`RunStore::finish_steps`], then [`RunStore::claim_steps`] for `owner`
+    /// within `limits`: the steps those results made ready are claimed (and
+    /// their attempts started) at once, without waiting for a scheduler
+    /// round — the engine's **direct hand-off**. Returns the plans (as
+    /// `finish_steps`) and the claimed steps (as `claim_steps`), or `None`
+    /// when no claim ran (`limits.max` is 0, or the claim failed).
+    ///
+    /// A store that can do both in one transaction does (SQLite: one commit,
+    /// so one fsync per hop instead of two). The default runs the two
+    /// transactions in turn. Either way a failed claim never loses the
+    /// results: they are committed and returned with `None` (the scheduler's
+    /// next round claims). Errors: the results could not be recorded
+    /// (nothing is committed).
+    async fn finish_and_claim(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+        owner: &str,
+        limits: &ClaimLimits,
+    ) -> Result<(Vec<Option<Plan>>, Option<Vec<ClaimedStep>>), StoreError> {
+        let plans = self.finish_steps(batch, planner).await?;
+        if limits.max == 0 {
+            return Ok((plans, None));
+        }
+        let claimed = match self.claim_steps(owner, limits).await {
+            Ok(claimed) => Some(claimed),
+            Err(e) => {
+                tracing::warn!(error = %e, "claim after recording results failed; the scheduler will claim");
+                None
+            }
+        };
+        Ok((plans, claimed))
+    }
+
     /// Returns `running` steps whose lease expired before `before` (all of
     /// them when `None`: start-up recovery of a single-process store) to
     /// `ready`; their unfinished attempts become `lost`. Returns

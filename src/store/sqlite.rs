@@ -988,6 +988,42 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    /// One transaction: the results, then (in a savepoint, so a failed claim
+    /// keeps the results) the claim.
+    async fn finish_and_claim(
+        &self,
+        batch: &[StepFinish],
+        planner: &dyn Planner,
+        owner: &str,
+        limits: &ClaimLimits,
+    ) -> Result<(Vec<Option<Plan>>, Option<Vec<ClaimedStep>>), StoreError> {
+        let now = now_ms();
+        self.with_raw_writer(|conn| {
+            let mut tx = conn.unchecked_transaction()?;
+            let mut plans = Vec::with_capacity(batch.len());
+            for f in batch {
+                plans.push(raw::finish(&tx, f, planner, now)?);
+            }
+            let mut claimed = None;
+            if limits.max > 0 {
+                let sp = tx.savepoint()?;
+                match raw::claim_steps(&sp, owner, limits, now) {
+                    Ok(c) => {
+                        sp.commit()?;
+                        claimed = Some(c);
+                    }
+                    Err(e) => {
+                        drop(sp);
+                        tracing::warn!(error = %e, "claim after recording results failed; the scheduler will claim");
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok((plans, claimed))
+        })
+        .await
+    }
+
     async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;

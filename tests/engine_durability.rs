@@ -581,3 +581,74 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
     assert_eq!(outcomes, [Some("lost"), Some("succeeded")]);
     t.stop().await;
 }
+
+/// Open descriptors of this process on `path` (the database file).
+fn open_descriptors(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until every connection to `path` is closed; false after 10 s.
+async fn all_closed(path: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if open_descriptors(path) == 0 {
+            return true;
+        }
+        tokio::time::sleep(MS(20)).await;
+    }
+    false
+}
+
+/// The store keeps prepared statements on the writer connection's handle
+/// across transactions; SQLite refuses to close a connection with
+/// statements open, so dropping the store must finalize them first —
+/// whether the writer connection is idle at that moment or still held
+/// through a clone of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sqlite_store_closes_its_connections_after_keeping_statements() {
+    for held_elsewhere in [false, true] {
+        let (dir, store) = fresh_store().await;
+        let db = std::fs::canonicalize(dir.path().join("t.db")).unwrap();
+        queue_delivery(&store, "kept-1").await;
+        queue_delivery(&store, "kept-2").await;
+        let claimed = store
+            .claim_deliveries("test", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2, "the raw-handle batches work");
+        let limits = ClaimLimits {
+            max: 4,
+            per_agent: HashMap::new(),
+            lease_ms: 30_000,
+            refused_agents: Default::default(),
+        };
+        assert!(store.claim_steps("test", &limits).await.unwrap().is_empty());
+        assert!(open_descriptors(&db) > 0);
+        let pool = store.writer_pool().clone();
+        let held = if held_elsewhere {
+            Some(pool.acquire().await.unwrap())
+        } else {
+            None
+        };
+        drop(store);
+        if let Some(mut conn) = held {
+            // The connection is still usable by its holder.
+            let (one,): (i64,) = sqlx::query_as("SELECT 1")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+        }
+        drop(pool);
+        assert!(
+            all_closed(&db).await,
+            "a connection to the database stayed open (held elsewhere: {held_elsewhere})"
+        );
+    }
+}

@@ -51,6 +51,87 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    raw: std::sync::Arc<RawWriter>,
+}
+
+/// The rusqlite view of the writer connection's handle, kept from one
+/// [`SqliteStore::with_raw_writer`] call to the next so that its prepared
+/// statements are reused: preparing the claim's and the results' dozen
+/// statements again in every transaction cost about as much as the
+/// transaction's fsync.
+///
+/// Safety rules, because the statements live on a handle sqlx owns:
+/// * the writer pool never recycles its connection (no max lifetime, no idle
+///   timeout), so the handle outlives the statements in normal operation;
+/// * the statements are finalized (the view dropped) only while the writer
+///   connection is checked out to us, so sqlx's worker thread is idle;
+/// * a view whose handle is no longer the pool's (sqlx replaced the
+///   connection, which it cannot close while our statements exist) is
+///   leaked, never dropped: finalizing on a handle we no longer own could
+///   race, and a leaked view holds no handle sqlx still uses.
+pub(super) struct RawWriter {
+    pool: SqlitePool,
+    view: std::sync::Mutex<Option<RawView>>,
+}
+
+struct RawView {
+    handle: usize,
+    conn: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for RawWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWriter").finish_non_exhaustive()
+    }
+}
+
+impl Drop for RawWriter {
+    /// Finalizes the kept statements so that sqlx can close the connection
+    /// (`sqlite3_close` refuses while statements are open).
+    fn drop(&mut self) {
+        let Some(view) = self.view.get_mut().ok().and_then(Option::take) else {
+            return;
+        };
+        // A pool connection is returned to the pool by a task, so it must be
+        // dropped inside a Tokio runtime.
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Some(conn) = self.pool.try_acquire()
+        {
+            drop(view);
+            drop(conn);
+            return;
+        }
+        // The connection is busy (a query through a clone of the pool), or
+        // there is no runtime here: wait for it on a thread of our own, since
+        // drop cannot await.
+        let pool = self.pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-raw-writer-drop".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                else {
+                    std::mem::forget(view);
+                    return;
+                };
+                rt.block_on(async move {
+                    match tokio::time::timeout(Duration::from_secs(30), pool.acquire()).await {
+                        Ok(Ok(conn)) => {
+                            drop(view);
+                            drop(conn);
+                        }
+                        _ => {
+                            tracing::warn!("could not finalize the writer's kept statements");
+                            std::mem::forget(view);
+                        }
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not finalize the writer's kept statements");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -71,16 +152,28 @@ impl SqliteStore {
         // No ping before each acquire: the writer connection is ours alone and
         // a dead one fails its next statement anyway; the ping would cost a
         // round trip to sqlx's worker thread on every transaction.
+        // The writer connection is never recycled: `RawWriter` keeps
+        // prepared statements on its handle.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_lazy_with(options.read_only(true));
-        Ok(SqliteStore { writer, reader })
+        let raw = std::sync::Arc::new(RawWriter {
+            pool: writer.clone(),
+            view: std::sync::Mutex::new(None),
+        });
+        Ok(SqliteStore {
+            writer,
+            reader,
+            raw,
+        })
     }
 
     /// One idempotent control transition of a run: `update` (binding the run
@@ -128,12 +221,33 @@ impl SqliteStore {
         let raw = locked.as_raw_handle();
         let locked_at = std::time::Instant::now();
         let run = move || {
-            // SAFETY: `locked` keeps sqlx's worker thread off this handle
-            // until it is dropped, after this closure returns; a connection
-            // made `from_handle` never closes the handle it borrows.
-            let mut borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-            borrowed.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-            work(&borrowed)
+            let mut view = self
+                .raw
+                .view
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let handle = raw.as_ptr() as usize;
+            if view.as_ref().map(|v| v.handle) != Some(handle) {
+                if let Some(stale) = view.take() {
+                    // See `RawWriter`: never finalize on a handle that is
+                    // no longer ours.
+                    tracing::warn!(
+                        "the SQLite writer connection was replaced; its kept statements are leaked"
+                    );
+                    std::mem::forget(stale);
+                }
+                // SAFETY: `locked` keeps sqlx's worker thread off this
+                // handle until it is dropped, after this closure returns; a
+                // connection made `from_handle` never closes the handle it
+                // borrows, and `RawWriter` only finalizes its statements
+                // while the pool's connection is checked out to it.
+                let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+                conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+                conn.set_prepared_statement_cache_capacity(128);
+                *view = Some(RawView { handle, conn });
+            }
+            let conn = &view.as_ref().expect("set above").conn;
+            work(conn)
         };
         let multi_thread = matches!(
             tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
@@ -292,13 +406,13 @@ impl Store for SqliteStore {
             let mut outcomes = vec![InsertOutcome::Duplicate; batch_len];
             let tx = conn.unchecked_transaction()?;
             {
-                let mut insert = tx.prepare(
+                let mut insert = tx.prepare_cached(
                     "INSERT INTO deliveries (delivery_id, event, action, hook_id, \
                      installation_id, repository, sender_id, sender_login, received_at, state, \
                      available_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9) \
                      ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
                 )?;
-                let mut payload = tx.prepare(
+                let mut payload = tx.prepare_cached(
                     "INSERT INTO delivery_payloads (id, encoding, size, payload) \
                      VALUES (?1, ?2, ?3, ?4)",
                 )?;
@@ -355,7 +469,7 @@ impl Store for SqliteStore {
             .with_raw_writer(|conn| {
                 let tx = conn.unchecked_transaction()?;
                 let ids: Vec<i64> = tx
-                    .prepare(
+                    .prepare_cached(
                         "UPDATE deliveries \
                          SET state = 'processing', claimed_by = ?1, lease_expires_at = ?2, \
                              attempts = attempts + 1 \
@@ -378,7 +492,7 @@ impl Store for SqliteStore {
                 }
                 let id_list = serde_json::to_string(&ids).expect("integers serialize");
                 let rows: Vec<DeliveryRow> = tx
-                    .prepare(concat!(
+                    .prepare_cached(concat!(
                         select_deliveries!(),
                         "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
                     ))?
@@ -413,7 +527,7 @@ impl Store for SqliteStore {
                     let tx = conn.unchecked_transaction()?;
                     let mut changed = 0;
                     {
-                        let mut update = tx.prepare(
+                        let mut update = tx.prepare_cached(
                             "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
                              finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
                              WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",

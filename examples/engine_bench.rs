@@ -1,6 +1,7 @@
 //! Engine benchmark (figures in `benches/ENGINE.md`).
 //!
 //! `cargo run --release --example engine_bench -- [latency|memory] [RUNS]`
+//! or `... -- rate [STEPS_PER_S] [SECONDS]`
 //!
 //! * `latency`: chains of 10 steps on an agent that answers at once.
 //!   Dispatch latency is the time from a step's need returning (the agent's
@@ -9,6 +10,10 @@
 //!   the attempt's start, each a durable SQLite transaction (WAL,
 //!   `synchronous=FULL`). Reported for one run alone and for RUNS (default
 //!   100) runs at once, with steps completed per second.
+//! * `rate [STEPS_PER_S] [SECONDS]`: open loop — a new 10-step run every
+//!   `10 / STEPS_PER_S` s (default 1,000 steps/s for 5 s), each created in
+//!   its own transaction; dispatch latency at that steady load, and the rate
+//!   actually completed.
 //! * `memory`: RUNS (default 10,000) one-step runs whose agent takes 30 s, all
 //!   in flight at once; reports the resident set size (VmRSS).
 
@@ -156,13 +161,19 @@ async fn setup(yaml: &str, delay: Duration, config: EngineConfig) -> Bench {
 
 /// Creates `n` runs in batches of one transaction each; returns their ids.
 async fn create(b: &Bench, n: usize) -> Vec<i64> {
+    create_from(b, 0, n).await
+}
+
+/// Creates runs `from..from + n` (by delivery name) in batches of one
+/// transaction each; returns their ids.
+async fn create_from(b: &Bench, from: usize, n: usize) -> Vec<i64> {
     let payload = std::fs::read("tests/fixtures/webhooks/pull_request.opened.json").unwrap();
     let event = Event::parse("pull_request", &payload).unwrap();
     let wf = b.engine.workflows().iter().next().unwrap().clone();
     let mut ids = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<_> = (i..(i + 500).min(n))
+    let mut i = from;
+    while i < from + n {
+        let batch: Vec<_> = (i..(i + 500).min(from + n))
             .map(|k| {
                 new_run(
                     b.engine.workflows(),
@@ -189,6 +200,42 @@ async fn create(b: &Bench, n: usize) -> Vec<i64> {
     }
     b.engine.wake();
     ids
+}
+
+/// Open loop: a new 10-step run every `1000 / (steps_per_s / 10)` ms for
+/// `seconds`, each created in its own transaction as the dispatcher would,
+/// so the engine is offered `steps_per_s` steady instead of a burst. Reports
+/// dispatch latency at that load and the rate actually completed.
+async fn rate(steps_per_s: usize, seconds: u64) {
+    const STEPS: usize = 10;
+    let config = EngineConfig {
+        max_in_flight: 256,
+        ..EngineConfig::default()
+    };
+    let b = setup(&chain(STEPS), Duration::ZERO, config).await;
+    let runs_per_s = (steps_per_s / STEPS).max(1);
+    let total = runs_per_s * seconds as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / runs_per_s as u32);
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(total);
+    for k in 0..total {
+        tick.tick().await;
+        ids.extend(create_from(&b, k, 1).await);
+    }
+    wait_all(&b, &ids).await;
+    let wall = started.elapsed();
+    let lat = latencies(&b.agent, STEPS);
+    println!(
+        "offered {steps_per_s} steps/s ({runs_per_s} runs/s × {STEPS} steps, {seconds} s): dispatch p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; completed {:.0} steps/s ({} steps in {:.2} s)",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3,
+        (total * STEPS) as f64 / wall.as_secs_f64(),
+        total * STEPS,
+        wall.as_secs_f64()
+    );
+    b.stop.cancel();
+    let _ = b.task.await;
 }
 
 async fn wait_all(b: &Bench, ids: &[i64]) {
@@ -297,11 +344,21 @@ async fn memory(runs: usize) {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("latency");
     let n: Option<usize> = args.get(2).and_then(|s| s.parse().ok());
     match what {
         "memory" => memory(n.unwrap_or(10_000)).await,
+        "rate" => {
+            let secs = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
+            rate(n.unwrap_or(1_000), secs).await
+        }
         _ => latency(n.unwrap_or(100)).await,
     }
 }

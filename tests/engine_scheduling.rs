@@ -210,6 +210,68 @@ async fn max_parallel_agent_concurrency_and_the_global_limit_hold_work_back_in_o
     t.stop().await;
 }
 
+/// With the poll out of the way (a minute), steps held back by a limit must
+/// still start as soon as a slot frees: the results writer claims after
+/// each result (direct hand-off), and a claim cut short by the in-flight
+/// limit leaves the wake-up to the attempt that ends.
+#[tokio::test]
+async fn steps_held_back_by_a_limit_start_when_a_slot_frees_without_waiting_for_the_poll() {
+    let free = Scripted::new("free", Act::Ok(MS(5), "ok"));
+    let single = Scripted::new("single", Act::Ok(MS(5), "ok"));
+    let fan = |name: &str, agent: &str| {
+        format!(
+            "name: {name}\non: {{ pull_request: {{}} }}\nsteps:\n  root: {{ agent: {agent}, prompt: x }}\n\
+             {}",
+            (1..=4)
+                .map(|i| format!("  f{i}: {{ agent: {agent}, needs: root, prompt: x }}\n"))
+                .collect::<String>()
+                + &format!("  last: {{ agent: {agent}, needs: [f1, f2, f3, f4], prompt: x }}\n")
+        )
+    };
+    let set = workflows(
+        &[&fan("global", "free"), &fan("per_agent", "single")],
+        &["free", "single"],
+    );
+    let agents = AgentMap::new()
+        .with_limits(free.clone(), None, no_breaker())
+        .with_limits(single.clone(), Some(1), no_breaker());
+    let mut config = fast_config();
+    config.poll = Duration::from_secs(60);
+    config.reap_interval = Duration::from_secs(60);
+    config.max_in_flight = 1;
+    let t = TestEngine::start(set, agents, config).await;
+    let started = std::time::Instant::now();
+    let a = t.start_run("global").await;
+    assert_eq!(
+        t.wait_run(a, Duration::from_secs(5)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(free.seen.lock().unwrap().len(), 6);
+    assert_eq!(max_overlap(&free.seen.lock().unwrap()), 1);
+    t.stop().await;
+
+    let mut config = fast_config();
+    config.poll = Duration::from_secs(60);
+    config.reap_interval = Duration::from_secs(60);
+    let set = workflows(
+        &[&fan("global", "free"), &fan("per_agent", "single")],
+        &["free", "single"],
+    );
+    let agents = AgentMap::new()
+        .with_limits(free.clone(), None, no_breaker())
+        .with_limits(single.clone(), Some(1), no_breaker());
+    let t = TestEngine::start(set, agents, config).await;
+    let b = t.start_run("per_agent").await;
+    assert_eq!(
+        t.wait_run(b, Duration::from_secs(5)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(single.seen.lock().unwrap().len(), 6);
+    assert_eq!(max_overlap(&single.seen.lock().unwrap()), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn the_longest_remaining_path_is_started_first() {
     let agent = Scripted::new("worker", Act::Ok(MS(20), "ok"));

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use engine_support::{fast_config, pr_payload, workflows};
 use taskmaster::engine::{AgentMap, Engine, WorkflowPlanner};
 use taskmaster::store::{
-    AttemptRecord, ClaimLimits, ControlOutcome, DeliveryResult, DeliveryState, EncodedPayload,
-    InsertOutcome, NewDelivery, NewRun, NewStep, ReportOutcome, RunState, RunStore, StepNext,
-    StepState, now_ms,
+    AttemptRecord, ClaimLimits, ControlOutcome, DeliveryResult, DeliveryState, DesiredState,
+    EncodedPayload, InsertOutcome, Lease, NewDelivery, NewRun, NewStep, ReportOutcome, RunState,
+    RunStore, StepFinish, StepNext, StepState, now_ms,
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -1377,7 +1377,99 @@ async fn the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day(b:
     );
 }
 
+async fn a_recorded_result_hands_what_it_made_ready_to_the_same_claim(b: Backend) {
+    let store = &b.store;
+    let (engine, planner) = idle_engine(store, &[TWO]);
+    let run = engine
+        .start_run("two", "pull_request", &pr_payload(), "handoff-1")
+        .await
+        .unwrap()
+        .run_id;
+    let first = store.claim_steps("w", &limits(10, 60_000)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].step.step, "a");
+    let finish = |lease: &Lease, detail: &str| StepFinish {
+        lease: lease.clone(),
+        attempt: Some(attempt_ok()),
+        next: success("done"),
+        kind: "step_succeeded".into(),
+        detail: detail.into(),
+    };
+
+    // A stale token: refused, and the claim after it finds nothing ready.
+    let stale = Lease {
+        token: "not-the-token".into(),
+        ..first[0].lease.clone()
+    };
+    let (plans, claimed) = store
+        .finish_and_claim(
+            &[finish(&stale, "stale")],
+            &planner,
+            "w",
+            &limits(10, 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(plans[0].is_none(), "the stale result is refused");
+    assert_eq!(claimed.map(|c| c.len()), Some(0));
+
+    // No free slot: the result is recorded, no claim runs, `b` waits ready.
+    let (plans, claimed) = store
+        .finish_and_claim(
+            &[finish(&first[0].lease, "a done")],
+            &planner,
+            "w",
+            &limits(0, 60_000),
+        )
+        .await
+        .unwrap();
+    let plan = plans[0].as_ref().expect("accepted");
+    assert!(
+        plan.steps
+            .iter()
+            .any(|c| c.step == "b" && c.to == StepState::Ready),
+        "{plan:?}"
+    );
+    assert!(claimed.is_none());
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert_eq!(snap.step("a").unwrap().state, StepState::Succeeded);
+    assert_eq!(snap.step("b").unwrap().state, StepState::Ready);
+
+    // Retry `a` so its result makes `b` ready again, this time with room:
+    // the same call claims `b` and starts its attempt.
+    assert_eq!(
+        store.retry_run(run, Some("a")).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    store.settle_run(run, &planner).await.unwrap();
+    let again = store.claim_steps("w", &limits(10, 60_000)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].step.step, "a");
+    let (plans, claimed) = store
+        .finish_and_claim(
+            &[finish(&again[0].lease, "a done again")],
+            &planner,
+            "w",
+            &limits(10, 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(plans[0].is_some());
+    let claimed = claimed.expect("a claim ran");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].step.step, "b");
+    assert_eq!(claimed[0].attempt, Some(1));
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert_eq!(snap.step("b").unwrap().state, StepState::Running);
+    assert_eq!(
+        store.renew_lease(&claimed[0].lease, 60_000).await.unwrap(),
+        Some(DesiredState::Running),
+        "the hand-off holds a real lease"
+    );
+}
+
 both_backends!(
+    a_recorded_result_hands_what_it_made_ready_to_the_same_claim,
     a_cancelled_run_still_hands_out_only_its_cleanup_steps,
     the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day,
     approval_gates_claims_and_runs_are_found_by_commit,

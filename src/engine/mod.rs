@@ -353,7 +353,10 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "scheduler round failed; retrying"),
             }
             // Steps handed off by the results writer start here, without a
-            // round of their own; a wake-up or the poll runs the next round.
+            // round of their own; a wake-up or the poll runs the next round
+            // (the poll's deadline does not move with each hand-off).
+            let poll = tokio::time::sleep(self.inner.config.poll);
+            tokio::pin!(poll);
             loop {
                 tokio::select! {
                     Some(claimed) = handoff.recv() => {
@@ -363,7 +366,7 @@ impl Engine {
                         continue;
                     }
                     _ = self.inner.wake.notified() => {}
-                    _ = tokio::time::sleep(self.inner.config.poll) => {}
+                    _ = &mut poll => {}
                     _ = shutdown.cancelled() => {}
                 }
                 break;

@@ -514,71 +514,37 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let now = now_ms();
-        // Deliveries that start no run finish in one batch on the writer's
-        // own handle; those that start runs commit them with their `done`
-        // below, through sqlx. Each delivery's finish is atomic either way.
-        let (starting, plain): (Vec<_>, Vec<_>) = results
-            .iter()
-            .partition(|(_, result)| matches!(result, DeliveryResult::Started(_)));
-        let mut changed = 0;
-        if !plain.is_empty() {
-            changed += self
-                .with_raw_writer(|conn| {
-                    let tx = conn.unchecked_transaction()?;
-                    let mut changed = 0;
-                    {
-                        let mut update = tx.prepare_cached(
-                            "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
-                             finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
-                             WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",
-                        )?;
-                        for (id, result) in &plain {
-                            let (state, error, available_at, finished_at) =
-                                finish_columns(result, now);
-                            changed += update.execute(rusqlite::params![
-                                state,
-                                error,
-                                available_at,
-                                finished_at,
-                                id,
-                                owner
-                            ])? as u64;
-                        }
-                    }
-                    tx.commit()?;
-                    Ok(changed)
-                })
-                .await?;
-        }
-        if starting.is_empty() {
-            return Ok(changed);
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for (id, result) in starting {
-            let (state, error, available_at, finished_at) = finish_columns(result, now);
-            let finished = sqlx::query(
-                "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
-                 finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
-                 WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",
-            )
-            .bind(state)
-            .bind(error)
-            .bind(available_at)
-            .bind(finished_at)
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            // The runs commit with the delivery's `done`, or not at all; a
-            // dispatcher that lost its lease creates nothing.
-            if let (1, DeliveryResult::Started(runs)) = (finished, result) {
-                create_runs_for_delivery(&mut tx, runs, now).await?;
+        // One transaction on the writer's handle. A `Started` delivery's
+        // runs commit with its `done`, or not at all; a dispatcher that lost
+        // its lease creates nothing.
+        self.with_raw_writer(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut changed = 0;
+            for (id, result) in results {
+                let (state, error, available_at, finished_at) = finish_columns(result, now);
+                let finished = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?1, error = ?2, available_at = ?3, \
+                         finished_at = ?4, claimed_by = NULL, lease_expires_at = NULL \
+                         WHERE id = ?5 AND state = 'processing' AND claimed_by = ?6",
+                    )?
+                    .execute(rusqlite::params![
+                        state,
+                        error,
+                        available_at,
+                        finished_at,
+                        id,
+                        owner
+                    ])?;
+                if let (1, DeliveryResult::Started(runs)) = (finished, result) {
+                    raw::create_runs(&tx, runs, now)?;
+                }
+                changed += finished as u64;
             }
-            changed += finished;
-        }
-        tx.commit().await?;
-        Ok(changed)
+            tx.commit()?;
+            Ok(changed)
+        })
+        .await
     }
 
     async fn recover_deliveries(&self) -> Result<u64, StoreError> {
@@ -827,126 +793,6 @@ async fn load_snapshot(
     }))
 }
 
-async fn create_runs_in(
-    conn: &mut SqliteConnection,
-    runs: &[NewRun],
-    now: i64,
-) -> Result<Vec<CreatedRun>, StoreError> {
-    let mut out = Vec::with_capacity(runs.len());
-    for r in runs {
-        let inserted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO runs (workflow, delivery_id, event, repository, subject_number, head_sha, \
-             classification, reason, context, priority, concurrency_group, max_parallel, \
-             deadline_at, created_at, waiting_approval) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-             ON CONFLICT (delivery_id, workflow) DO NOTHING RETURNING id",
-        )
-        .bind(&r.workflow)
-        .bind(&r.delivery_id)
-        .bind(&r.event)
-        .bind(&r.repository)
-        .bind(r.subject_number)
-        .bind(&r.head_sha)
-        .bind(&r.classification)
-        .bind(&r.reason)
-        .bind(r.context.to_string())
-        .bind(r.priority)
-        .bind(&r.concurrency_group)
-        .bind(r.max_parallel.map(i64::from))
-        .bind(r.timeout_ms.map(|t| now + t))
-        .bind(now)
-        .bind(r.needs_approval.is_some())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((run_id,)) = inserted else {
-            let (run_id,): (i64,) =
-                sqlx::query_as("SELECT id FROM runs WHERE delivery_id = ?1 AND workflow = ?2")
-                    .bind(&r.delivery_id)
-                    .bind(&r.workflow)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            out.push(CreatedRun {
-                run_id,
-                workflow: r.workflow.clone(),
-                created: false,
-                superseded: Vec::new(),
-            });
-            continue;
-        };
-        for (position, s) in r.steps.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
-                 primary_agent, run_at, priority, runs_when_cancelled) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
-            )
-            .bind(run_id)
-            .bind(&s.step)
-            .bind(position as i64)
-            .bind(serde_json::to_string(&s.needs).expect("strings serialize"))
-            .bind(s.continue_on_error)
-            .bind(&s.agent)
-            .bind(now)
-            .bind(s.rank_ms)
-            .bind(s.runs_when_cancelled)
-            .execute(&mut *conn)
-            .await?;
-        }
-        insert_event(conn, run_id, None, now, "run_created", &r.reason).await?;
-        if let Some(why) = &r.needs_approval {
-            insert_event(conn, run_id, None, now, "approval_required", why).await?;
-        }
-        let mut superseded = Vec::new();
-        if let (Some(group), true) = (&r.concurrency_group, r.cancel_in_progress) {
-            let older: Vec<(i64,)> = sqlx::query_as(
-                "UPDATE runs SET desired_state = 'cancelled', conclusion = ?1 \
-                 WHERE concurrency_group = ?2 AND id < ?3 \
-                   AND state IN ('queued', 'running', 'paused') \
-                   AND desired_state IN ('running', 'paused') RETURNING id",
-            )
-            .bind(format!(
-                "superseded by run {run_id} in concurrency group `{group}`{}",
-                r.head_sha
-                    .as_deref()
-                    .map(|s| format!(" (head {s})"))
-                    .unwrap_or_default()
-            ))
-            .bind(group)
-            .bind(run_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            for (old,) in older {
-                insert_event(
-                    conn,
-                    old,
-                    None,
-                    now,
-                    "cancel_requested",
-                    &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
-                )
-                .await?;
-                superseded.push(old);
-            }
-        }
-        out.push(CreatedRun {
-            run_id,
-            workflow: r.workflow.clone(),
-            created: true,
-            superseded,
-        });
-    }
-    Ok(out)
-}
-
-/// Creates the runs of `Started` results for deliveries whose finish was
-/// accepted; part of [`Store::finish_deliveries`]'s transaction.
-pub(super) async fn create_runs_for_delivery(
-    conn: &mut SqliteConnection,
-    runs: &[NewRun],
-    now: i64,
-) -> Result<(), StoreError> {
-    create_runs_in(conn, runs, now).await.map(|_| ())
-}
-
 /// The outcome of a control UPDATE that changed `changed` rows, inside the
 /// caller's transaction: `Changed` (with its timeline event written),
 /// `Unchanged` when the run exists in another state, `NotFound` otherwise.
@@ -981,10 +827,14 @@ async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, St
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_runs(&self, runs: &[NewRun]) -> Result<Vec<CreatedRun>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let created = create_runs_in(&mut tx, runs, now_ms()).await?;
-        tx.commit().await?;
-        Ok(created)
+        let now = now_ms();
+        self.with_raw_writer(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let created = raw::create_runs(&tx, runs, now)?;
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
     }
 
     async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError> {

@@ -1,6 +1,6 @@
-//! The engine's hot transactions — claiming steps, recording results and
-//! settling runs — as plain rusqlite code, run on the writer connection's
-//! own handle (`SqliteStore::with_raw_writer`).
+//! The engine's hot transactions — creating runs, claiming steps, recording
+//! results and settling runs — as plain rusqlite code, run on the writer
+//! connection's own handle (`SqliteStore::with_raw_writer`).
 //!
 //! Through sqlx each statement is a round trip to its worker thread; a claim
 //! or a result is 6–15 statements, and under load those hand-offs (each
@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{RunRow, StepRow};
 use crate::store::StoreError;
 use crate::store::runs::{
-    ClaimLimits, ClaimedStep, Lease, Plan, Planner, RunSnapshot, StepFinish, StepNext, StepRecord,
-    StepState,
+    ClaimLimits, ClaimedStep, CreatedRun, Lease, NewRun, Plan, Planner, RunSnapshot, StepFinish,
+    StepNext, StepRecord, StepState,
 };
 
 impl RunRow {
@@ -409,4 +409,121 @@ pub(super) fn claim_steps(
         });
     }
     Ok(claimed)
+}
+
+/// Creates `runs` with their steps and timeline events (see
+/// `RunStore::create_runs`): a run already made for its delivery and
+/// workflow is returned with `created: false` and nothing is written for it;
+/// a new run with `cancel_in_progress` asks the older active runs of its
+/// concurrency group to cancel. Runs inside the caller's transaction.
+pub(super) fn create_runs(
+    conn: &Connection,
+    runs: &[NewRun],
+    now: i64,
+) -> Result<Vec<CreatedRun>, StoreError> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let inserted: Option<i64> = conn
+            .prepare_cached(
+                "INSERT INTO runs (workflow, delivery_id, event, repository, subject_number, \
+                 head_sha, classification, reason, context, priority, concurrency_group, \
+                 max_parallel, deadline_at, created_at, waiting_approval) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                 ON CONFLICT (delivery_id, workflow) DO NOTHING RETURNING id",
+            )?
+            .query_row(
+                params![
+                    r.workflow,
+                    r.delivery_id,
+                    r.event,
+                    r.repository,
+                    r.subject_number,
+                    r.head_sha,
+                    r.classification,
+                    r.reason,
+                    r.context.to_string(),
+                    r.priority,
+                    r.concurrency_group,
+                    r.max_parallel.map(i64::from),
+                    r.timeout_ms.map(|t| now + t),
+                    now,
+                    r.needs_approval.is_some(),
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(run_id) = inserted else {
+            let run_id: i64 = conn
+                .prepare_cached("SELECT id FROM runs WHERE delivery_id = ?1 AND workflow = ?2")?
+                .query_row(params![r.delivery_id, r.workflow], |row| row.get(0))?;
+            out.push(CreatedRun {
+                run_id,
+                workflow: r.workflow.clone(),
+                created: false,
+                superseded: Vec::new(),
+            });
+            continue;
+        };
+        {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO steps (run_id, step, position, needs, continue_on_error, agent, \
+                 primary_agent, run_at, priority, runs_when_cancelled) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+            )?;
+            for (position, s) in r.steps.iter().enumerate() {
+                insert.execute(params![
+                    run_id,
+                    s.step,
+                    position as i64,
+                    serde_json::to_string(&s.needs).expect("strings serialize"),
+                    s.continue_on_error,
+                    s.agent,
+                    now,
+                    s.rank_ms,
+                    s.runs_when_cancelled,
+                ])?;
+            }
+        }
+        insert_event(conn, run_id, None, now, "run_created", &r.reason)?;
+        if let Some(why) = &r.needs_approval {
+            insert_event(conn, run_id, None, now, "approval_required", why)?;
+        }
+        let mut superseded = Vec::new();
+        if let (Some(group), true) = (&r.concurrency_group, r.cancel_in_progress) {
+            let conclusion = format!(
+                "superseded by run {run_id} in concurrency group `{group}`{}",
+                r.head_sha
+                    .as_deref()
+                    .map(|s| format!(" (head {s})"))
+                    .unwrap_or_default()
+            );
+            let older: Vec<i64> = conn
+                .prepare_cached(
+                    "UPDATE runs SET desired_state = 'cancelled', conclusion = ?1 \
+                     WHERE concurrency_group = ?2 AND id < ?3 \
+                       AND state IN ('queued', 'running', 'paused') \
+                       AND desired_state IN ('running', 'paused') RETURNING id",
+                )?
+                .query_map(params![conclusion, group, run_id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for old in older {
+                insert_event(
+                    conn,
+                    old,
+                    None,
+                    now,
+                    "cancel_requested",
+                    &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
+                )?;
+                superseded.push(old);
+            }
+        }
+        out.push(CreatedRun {
+            run_id,
+            workflow: r.workflow.clone(),
+            created: true,
+            superseded,
+        });
+    }
+    Ok(out)
 }

@@ -726,15 +726,8 @@ async fn render(
         .classification
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
-    let mut ctx = match store.delivery(delivery_id).await.ok().flatten() {
-        Some(d) => match Event::parse(&d.event, &d.payload) {
-            Ok(event) => PromptContext::from_event(&event, &wf.name, classification),
-            Err(_) => PromptContext {
-                workflow: wf.name.clone(),
-                task: classification,
-                ..PromptContext::default()
-            },
-        },
+    let mut ctx = match event(engine, delivery_id).await {
+        Some(event) => PromptContext::from_event(&event, &wf.name, classification),
         None => PromptContext {
             workflow: wf.name.clone(),
             task: classification,
@@ -769,6 +762,28 @@ async fn render(
             .collect()
     };
     Ok((prompt, with))
+}
+
+/// The delivery's parsed event, from the engine's cache or the store
+/// (`None`: the delivery is gone or its payload does not parse).
+async fn event(engine: &Engine, delivery_id: &str) -> Option<Arc<Event>> {
+    let cache = &engine.inner.events_cache;
+    if let Some(event) = cache.lock().expect("event cache lock").get(delivery_id) {
+        return Some(event);
+    }
+    let delivery = engine
+        .inner
+        .store
+        .delivery(delivery_id)
+        .await
+        .ok()
+        .flatten()?;
+    let event = Arc::new(Event::parse(&delivery.event, &delivery.payload).ok()?);
+    cache
+        .lock()
+        .expect("event cache lock")
+        .insert(delivery_id, event.clone());
+    Some(event)
 }
 
 fn excerpt(text: &str) -> String {

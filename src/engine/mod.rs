@@ -62,6 +62,35 @@ use crate::store::{
 /// Step results committed together at most (group commit).
 const RESULT_BATCH: usize = 128;
 
+/// Parsed events kept for rendering prompts (deliveries never change): the
+/// steps of a run after the first do not read and parse the payload again.
+const EVENT_CACHE: usize = 256;
+
+/// The last [`EVENT_CACHE`] deliveries' parsed events, by delivery id; the
+/// oldest entry goes first.
+#[derive(Default)]
+pub(crate) struct EventCache {
+    events: HashMap<String, Arc<crate::event::Event>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl EventCache {
+    pub(crate) fn get(&self, delivery_id: &str) -> Option<Arc<crate::event::Event>> {
+        self.events.get(delivery_id).cloned()
+    }
+
+    pub(crate) fn insert(&mut self, delivery_id: &str, event: Arc<crate::event::Event>) {
+        if self.events.insert(delivery_id.to_owned(), event).is_none() {
+            self.order.push_back(delivery_id.to_owned());
+            while self.order.len() > EVENT_CACHE {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.events.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
 /// A step result waiting for the results writer.
 pub(crate) struct ResultJob {
     pub finish: StepFinish,
@@ -209,6 +238,7 @@ pub(crate) struct Inner {
     /// in `in_flight`, for the scheduler loop to start.
     pub handoff: mpsc::UnboundedSender<Vec<ClaimedStep>>,
     pub handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedStep>>>>,
+    pub events_cache: Mutex<EventCache>,
 }
 
 /// The engine. Cheap to clone; every clone drives the same engine.
@@ -255,6 +285,7 @@ impl Engine {
                 results_rx: Mutex::new(Some(results_rx)),
                 handoff,
                 handoff_rx: Mutex::new(Some(handoff_rx)),
+                events_cache: Mutex::new(EventCache::default()),
             }),
         }
     }
@@ -751,5 +782,27 @@ impl Engine {
             self.wake();
         }
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_cache_keeps_the_latest_deliveries_and_drops_the_oldest() {
+        let mut cache = EventCache::default();
+        let event = Arc::new(crate::event::Event::Ping);
+        for i in 0..EVENT_CACHE + 10 {
+            cache.insert(&format!("d-{i}"), event.clone());
+        }
+        // Inserting a kept id again does not count twice.
+        cache.insert(&format!("d-{}", EVENT_CACHE + 9), event.clone());
+        assert_eq!(cache.events.len(), EVENT_CACHE);
+        assert_eq!(cache.order.len(), EVENT_CACHE);
+        assert!(cache.get("d-0").is_none());
+        assert!(cache.get("d-9").is_none());
+        assert!(cache.get("d-10").is_some());
+        assert!(cache.get(&format!("d-{}", EVENT_CACHE + 9)).is_some());
     }
 }

@@ -204,10 +204,15 @@ impl SqliteStore {
     ///
     /// Every sqlx statement is a round trip to sqlx's worker thread; a batch of
     /// statements run here costs one (taking the handle's lock). `work` runs
-    /// on this task's thread (via `block_in_place` on a multi-threaded
-    /// runtime, so other tasks move off it) and must leave no transaction
-    /// open: use [`rusqlite::Connection::unchecked_transaction`], which the
-    /// connection is set to begin `IMMEDIATE`, and whose drop rolls back.
+    /// inline on this task's runtime thread, blocking it for the transaction
+    /// (typically under a millisecond, fsync included): there is one writer
+    /// connection, so at most one runtime thread is ever blocked here, and
+    /// the others steal its queued tasks meanwhile. `block_in_place` was
+    /// measured slower (`benches/ENGINE.md`): handing the thread's core to
+    /// another thread on every transaction cost more wake-ups than the
+    /// transaction itself. `work` must leave no transaction open: use
+    /// [`rusqlite::Connection::unchecked_transaction`], which the connection
+    /// is set to begin `IMMEDIATE`, and whose drop rolls back.
     ///
     /// Errors: the pool's or the lock's errors, and whatever `work` returns.
     async fn with_raw_writer<R>(
@@ -249,15 +254,7 @@ impl SqliteStore {
             let conn = &view.as_ref().expect("set above").conn;
             work(conn)
         };
-        let multi_thread = matches!(
-            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
-        );
-        let result = if multi_thread {
-            tokio::task::block_in_place(run)
-        } else {
-            run()
-        };
+        let result = run();
         drop(locked);
         tracing::trace!(
             acquire_us = acquired.as_micros() as u64,

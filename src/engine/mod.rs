@@ -230,6 +230,9 @@ pub(crate) struct Inner {
     /// Running attempts by lease token (unique per claim: a step reclaimed
     /// while a stale attempt still runs has two entries).
     pub running: Mutex<HashMap<String, Arc<RunningAttempt>>>,
+    /// Attempts started or reserved for a claim in progress (see
+    /// `Engine::reserve`); at most `max_in_flight` apart from attempts whose
+    /// results are being recorded.
     pub in_flight: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub results: mpsc::UnboundedSender<ResultJob>,
@@ -494,32 +497,30 @@ impl Engine {
             let free = if self.inner.shutting_down.load(Ordering::SeqCst) {
                 0
             } else {
-                let busy = self
-                    .inner
-                    .in_flight
-                    .load(Ordering::SeqCst)
-                    .saturating_sub(finishes.len());
-                self.inner.config.max_in_flight.saturating_sub(busy)
+                self.reserve(finishes.len())
             };
             let limits = self.claim_limits(free);
-            match self
+            let recorded = self
                 .inner
                 .store
                 .finish_and_claim(&finishes, &self.inner.planner, &self.inner.owner, &limits)
-                .await
-            {
+                .await;
+            let claimed_n = match &recorded {
+                Ok((_, Some(claimed))) => claimed.len(),
+                _ => 0,
+            };
+            self.inner
+                .in_flight
+                .fetch_sub(free - claimed_n, Ordering::SeqCst);
+            match recorded {
                 Ok((plans, claimed)) => {
                     let handed_off = claimed.as_ref().is_some_and(|c| c.len() < free);
-                    if let Some(claimed) = claimed.filter(|c| !c.is_empty()) {
-                        self.inner
-                            .in_flight
-                            .fetch_add(claimed.len(), Ordering::SeqCst);
-                        if let Err(mpsc::error::SendError(lost)) = self.inner.handoff.send(claimed)
-                        {
-                            // The scheduler loop is gone (shutdown): the
-                            // leases run out and the steps run again.
-                            self.inner.in_flight.fetch_sub(lost.len(), Ordering::SeqCst);
-                        }
+                    if let Some(claimed) = claimed.filter(|c| !c.is_empty())
+                        && let Err(mpsc::error::SendError(lost)) = self.inner.handoff.send(claimed)
+                    {
+                        // The scheduler loop is gone (shutdown): the leases
+                        // run out and the steps run again.
+                        self.inner.in_flight.fetch_sub(lost.len(), Ordering::SeqCst);
                     }
                     for (done, plan) in senders.into_iter().zip(plans) {
                         let _ = done.send(Ok(Recorded { plan, handed_off }));
@@ -567,8 +568,7 @@ impl Engine {
         for run_id in self.inner.store.unplanned_runs().await? {
             self.settle(run_id).await?;
         }
-        let in_flight = self.inner.in_flight.load(Ordering::SeqCst);
-        let free = self.inner.config.max_in_flight.saturating_sub(in_flight);
+        let free = self.reserve(0);
         if free == 0 {
             return Ok(false);
         }
@@ -577,13 +577,39 @@ impl Engine {
             .inner
             .store
             .claim_steps(&self.inner.owner, &limits)
-            .await?;
-        let n = claimed.len();
-        self.inner.in_flight.fetch_add(n, Ordering::SeqCst);
+            .await;
+        let n = claimed.as_ref().map_or(0, Vec::len);
+        self.inner.in_flight.fetch_sub(free - n, Ordering::SeqCst);
+        let claimed = claimed?;
         for step in claimed {
             self.start(tasks, step);
         }
         Ok(n > 0 && n == free)
+    }
+
+    /// Reserves every free slot of the in-flight limit for a claim about to
+    /// run, counting `ending` attempts (whose results are being recorded) as
+    /// gone; returns how many were reserved. Two claimers (the scheduler and
+    /// the results writer) may claim at once: reserving first keeps their
+    /// sum within the limit. The claimer gives back what it did not use.
+    fn reserve(&self, ending: usize) -> usize {
+        let max = self.inner.config.max_in_flight;
+        let mut current = self.inner.in_flight.load(Ordering::SeqCst);
+        loop {
+            let free = max.saturating_sub(current.saturating_sub(ending));
+            if free == 0 {
+                return 0;
+            }
+            match self.inner.in_flight.compare_exchange(
+                current,
+                current + free,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return free,
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// The claim limits of this moment, with `free` slots.

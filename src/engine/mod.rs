@@ -234,6 +234,9 @@ pub(crate) struct Inner {
     /// `Engine::reserve`); at most `max_in_flight` apart from attempts whose
     /// results are being recorded.
     pub in_flight: AtomicUsize,
+    /// A scheduler round found no free slot: whoever gives reserved slots
+    /// back must wake it, or it would wait for the poll.
+    pub round_refused: AtomicBool,
     pub shutting_down: AtomicBool,
     pub results: mpsc::UnboundedSender<ResultJob>,
     pub results_rx: Mutex<Option<mpsc::UnboundedReceiver<ResultJob>>>,
@@ -283,6 +286,7 @@ impl Engine {
                 owner: format!("engine-{}", uuid::Uuid::new_v4().simple()),
                 running: Mutex::new(HashMap::new()),
                 in_flight: AtomicUsize::new(0),
+                round_refused: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 results,
                 results_rx: Mutex::new(Some(results_rx)),
@@ -509,9 +513,7 @@ impl Engine {
                 Ok((_, Some(claimed))) => claimed.len(),
                 _ => 0,
             };
-            self.inner
-                .in_flight
-                .fetch_sub(free - claimed_n, Ordering::SeqCst);
+            self.release(free - claimed_n);
             match recorded {
                 Ok((plans, claimed)) => {
                     let handed_off = claimed.as_ref().is_some_and(|c| c.len() < free);
@@ -570,6 +572,12 @@ impl Engine {
         }
         let free = self.reserve(0);
         if free == 0 {
+            self.inner.round_refused.store(true, Ordering::SeqCst);
+            // The slots may have come back between the reservation and the
+            // flag: look once more.
+            if self.reserve_would_succeed() {
+                self.wake();
+            }
             return Ok(false);
         }
         let limits = self.claim_limits(free);
@@ -579,7 +587,7 @@ impl Engine {
             .claim_steps(&self.inner.owner, &limits)
             .await;
         let n = claimed.as_ref().map_or(0, Vec::len);
-        self.inner.in_flight.fetch_sub(free - n, Ordering::SeqCst);
+        self.release(free - n);
         let claimed = claimed?;
         for step in claimed {
             self.start(tasks, step);
@@ -612,6 +620,23 @@ impl Engine {
         }
     }
 
+    /// Gives back `unused` reserved slots, waking a scheduler round that
+    /// found none meanwhile.
+    fn release(&self, unused: usize) {
+        if unused == 0 {
+            return;
+        }
+        self.inner.in_flight.fetch_sub(unused, Ordering::SeqCst);
+        if self.inner.round_refused.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Whether a reservation would find a free slot now.
+    fn reserve_would_succeed(&self) -> bool {
+        self.inner.in_flight.load(Ordering::SeqCst) < self.inner.config.max_in_flight
+    }
+
     /// The claim limits of this moment, with `free` slots.
     fn claim_limits(&self, free: usize) -> ClaimLimits {
         let mut per_agent = HashMap::new();
@@ -630,13 +655,14 @@ impl Engine {
 
     /// Starts a claimed step's attempt (already counted in `in_flight`).
     /// When it ends, its slot is free: the scheduler runs a round unless the
-    /// results writer already claimed after the step's result.
+    /// results writer already claimed after the step's result and no round
+    /// was refused a slot meanwhile.
     fn start(&self, tasks: &mut JoinSet<()>, step: ClaimedStep) {
         let engine = self.clone();
         tasks.spawn(async move {
             let handed_off = executor::execute(&engine, step).await;
             engine.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if !handed_off {
+            if !handed_off || engine.inner.round_refused.swap(false, Ordering::SeqCst) {
                 engine.wake();
             }
         });

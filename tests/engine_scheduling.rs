@@ -228,18 +228,21 @@ async fn steps_held_back_by_a_limit_start_when_a_slot_frees_without_waiting_for_
                 + &format!("  last: {{ agent: {agent}, needs: [f1, f2, f3, f4], prompt: x }}\n")
         )
     };
-    let set = workflows(
-        &[&fan("global", "free"), &fan("per_agent", "single")],
-        &["free", "single"],
-    );
-    let agents = AgentMap::new()
-        .with_limits(free.clone(), None, no_breaker())
-        .with_limits(single.clone(), Some(1), no_breaker());
-    let mut config = fast_config();
-    config.poll = Duration::from_secs(60);
-    config.reap_interval = Duration::from_secs(60);
-    config.max_in_flight = 1;
-    let t = TestEngine::start(set, agents, config).await;
+    let start = |max_in_flight: usize| {
+        let set = workflows(
+            &[&fan("global", "free"), &fan("per_agent", "single")],
+            &["free", "single"],
+        );
+        let agents = AgentMap::new()
+            .with_limits(free.clone(), None, no_breaker())
+            .with_limits(single.clone(), Some(1), no_breaker());
+        let mut config = fast_config();
+        config.poll = Duration::from_secs(60);
+        config.reap_interval = Duration::from_secs(60);
+        config.max_in_flight = max_in_flight;
+        TestEngine::start(set, agents, config)
+    };
+    let t = start(1).await;
     let started = std::time::Instant::now();
     let a = t.start_run("global").await;
     assert_eq!(
@@ -250,17 +253,7 @@ async fn steps_held_back_by_a_limit_start_when_a_slot_frees_without_waiting_for_
     assert_eq!(max_overlap(&free.seen.lock().unwrap()), 1);
     t.stop().await;
 
-    let mut config = fast_config();
-    config.poll = Duration::from_secs(60);
-    config.reap_interval = Duration::from_secs(60);
-    let set = workflows(
-        &[&fan("global", "free"), &fan("per_agent", "single")],
-        &["free", "single"],
-    );
-    let agents = AgentMap::new()
-        .with_limits(free.clone(), None, no_breaker())
-        .with_limits(single.clone(), Some(1), no_breaker());
-    let t = TestEngine::start(set, agents, config).await;
+    let t = start(fast_config().max_in_flight).await;
     let b = t.start_run("per_agent").await;
     assert_eq!(
         t.wait_run(b, Duration::from_secs(5)).await.run.state,

@@ -936,17 +936,11 @@ impl RunStore for SqliteStore {
         batch: &[StepFinish],
         planner: &dyn Planner,
     ) -> Result<Vec<Option<Plan>>, StoreError> {
-        let now = now_ms();
-        self.with_raw_writer(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let mut out = Vec::with_capacity(batch.len());
-            for f in batch {
-                out.push(raw::finish(&tx, f, planner, now)?);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        // No slot to claim: the results alone, in one transaction.
+        let (plans, _) = self
+            .finish_and_claim(batch, planner, "", &ClaimLimits::default())
+            .await?;
+        Ok(plans)
     }
 
     /// One transaction: the results, then (in a savepoint, so a failed claim

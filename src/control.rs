@@ -408,7 +408,8 @@ impl AppHandler {
     /// Keeps the task of an issue or pull request (`GET /api/tasks`): its
     /// title, body and classification, created on the first event about it
     /// and updated by later ones (`opened`, `reopened`, `edited`, `labeled`,
-    /// `unlabeled`, `synchronize`).
+    /// `unlabeled`, `synchronize`) that change its title, body or
+    /// classification; `updated_at` is when one last did.
     async fn record_task(&self, event: &Event) -> Result<(), HandlerError> {
         const ACTIONS: &[&str] = &[
             "opened",
@@ -465,6 +466,14 @@ impl AppHandler {
             })
             .await?;
         match existing.first() {
+            // Most events about a subject (`synchronize` on every push,
+            // `labeled` with a label that does not change the class) leave
+            // its task as it is: no write, so the dispatcher does not hold
+            // the database's one writer for nothing.
+            Some(task)
+                if task.title == *title
+                    && task.body == body
+                    && task.classification == classification => {}
             Some(task) => {
                 self.store
                     .update_task(

@@ -50,28 +50,55 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqlitePool,
+    tools: SqlitePool,
     reader: SqlitePool,
     raw: std::sync::Arc<RawWriter>,
 }
 
-/// The rusqlite view of the writer connection's handle, kept from one
-/// [`SqliteStore::with_raw_writer`] call to the next so that its prepared
-/// statements are reused: preparing the claim's and the results' dozen
+/// The writer connection, checked out of its pool once and kept, and the
+/// rusqlite view of its handle.
+///
+/// **Why kept.** Returning a connection to a sqlx pool spawns a task that
+/// pings it through sqlx's worker thread before the next `acquire` can have
+/// it; under a webhook flood that round trip (p50 ~0.36 ms) cost nearly as
+/// much as the transaction it followed (`benches/README.md`). So every write
+/// — sqlx statements through [`SqliteStore::writer`] and rusqlite batches
+/// through [`SqliteStore::with_raw_writer`] — takes this one connection
+/// through an async mutex instead, in the order asked.
+///
+/// **Why a view.** The rusqlite view keeps its prepared statements from one
+/// batch to the next: preparing the claim's and the results' dozen
 /// statements again in every transaction cost about as much as the
 /// transaction's fsync.
 ///
 /// Safety rules, because the statements live on a handle sqlx owns:
-/// * the writer pool never recycles its connection (no max lifetime, no idle
-///   timeout), so the handle outlives the statements in normal operation;
-/// * the statements are finalized (the view dropped) only while the writer
-///   connection is checked out to us, so sqlx's worker thread is idle;
-/// * a view whose handle is no longer the pool's (sqlx replaced the
-///   connection, which it cannot close while our statements exist) is
-///   leaked, never dropped: finalizing on a handle we no longer own could
-///   race, and a leaked view holds no handle sqlx still uses.
+/// * the connection is never returned to the pool while the store lives, so
+///   the handle outlives the statements;
+/// * the view is used only while sqlx's worker thread is kept off the handle
+///   (`lock_handle`), and finalized (dropped) the same way, on a thread of
+///   its own when the store is dropped, before the connection is closed;
+/// * a view whose handle is not the held connection's (which cannot happen
+///   while the connection is held; checked anyway) is leaked, never dropped.
 pub(super) struct RawWriter {
-    pool: SqlitePool,
-    view: std::sync::Mutex<Option<RawView>>,
+    held: tokio::sync::Mutex<Option<Held>>,
+}
+
+struct Held {
+    /// sqlx's worker thread kept off the handle from one rusqlite batch to
+    /// the next (`lock_handle` costs two thread wake-ups each way); given
+    /// back before any sqlx statement ([`SqliteStore::writer`]). It borrows
+    /// `conn`, which is boxed so that it does not move: never touch `conn`
+    /// while this is `Some`, and drop this first.
+    locked: Option<sqlx::sqlite::LockedSqliteHandle<'static>>,
+    view: Option<RawView>,
+    conn: Box<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+}
+
+impl Held {
+    /// Gives the handle back to sqlx's worker thread, if it was kept.
+    fn unlock(&mut self) {
+        self.locked = None;
+    }
 }
 
 struct RawView {
@@ -85,51 +112,82 @@ impl std::fmt::Debug for RawWriter {
     }
 }
 
+/// Exclusive use of the writer connection, for sqlx statements: derefs to
+/// the connection (`.execute(&mut *w)`, `w.begin_with(..)`).
+pub(super) struct WriterGuard<'a>(tokio::sync::MutexGuard<'a, Option<Held>>);
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        let held = self.0.as_ref().expect("held while guarded");
+        debug_assert!(held.locked.is_none(), "unlocked by `writer`");
+        &held.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        let held = self.0.as_mut().expect("held while guarded");
+        debug_assert!(held.locked.is_none(), "unlocked by `writer`");
+        &mut held.conn
+    }
+}
+
 impl Drop for RawWriter {
-    /// Finalizes the kept statements so that sqlx can close the connection
-    /// (`sqlite3_close` refuses while statements are open).
+    /// Finalizes the kept statements and closes the connection, on a thread
+    /// of its own: both need sqlx's worker thread, which drop cannot await,
+    /// and `sqlite3_close` refuses while statements are open.
     fn drop(&mut self) {
-        let Some(view) = self.view.get_mut().ok().and_then(Option::take) else {
+        let Some(Held { locked, view, conn }) = self.held.get_mut().take() else {
             return;
         };
-        // A pool connection is returned to the pool by a task, so it must be
-        // dropped inside a Tokio runtime.
-        if tokio::runtime::Handle::try_current().is_ok()
-            && let Some(conn) = self.pool.try_acquire()
-        {
-            drop(view);
-            drop(conn);
-            return;
-        }
-        // The connection is busy (a query through a clone of the pool), or
-        // there is no runtime here: wait for it on a thread of our own, since
-        // drop cannot await.
-        let pool = self.pool.clone();
+        // Still keeping sqlx's worker off the handle: finalize right here.
+        let view = match locked {
+            Some(locked) => {
+                drop(view);
+                drop(locked);
+                None
+            }
+            None => view,
+        };
         let spawned = std::thread::Builder::new()
-            .name("sqlite-raw-writer-drop".into())
+            .name("sqlite-writer-close".into())
             .spawn(move || {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
                 else {
                     std::mem::forget(view);
+                    std::mem::forget(conn);
                     return;
                 };
                 rt.block_on(async move {
-                    match tokio::time::timeout(Duration::from_secs(30), pool.acquire()).await {
-                        Ok(Ok(conn)) => {
-                            drop(view);
-                            drop(conn);
-                        }
-                        _ => {
-                            tracing::warn!("could not finalize the writer's kept statements");
-                            std::mem::forget(view);
-                        }
+                    let mut conn = conn;
+                    let finalized = match view {
+                        None => true,
+                        Some(view) => match conn.lock_handle().await {
+                            Ok(locked) => {
+                                drop(view);
+                                drop(locked);
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e,
+                                "could not finalize the writer's kept statements");
+                                std::mem::forget(view);
+                                false
+                            }
+                        },
+                    };
+                    if finalized {
+                        let _ = conn.close().await;
+                    } else {
+                        std::mem::forget(conn);
                     }
                 });
             });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not finalize the writer's kept statements");
+            tracing::warn!(error = %e, "could not close the SQLite writer connection");
         }
     }
 }
@@ -149,11 +207,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // No ping before each acquire: the writer connection is ours alone and
-        // a dead one fails its next statement anyway; the ping would cost a
-        // round trip to sqlx's worker thread on every transaction.
-        // The writer connection is never recycled: `RawWriter` keeps
-        // prepared statements on its handle.
+        // The store takes this pool's one connection at its first write and
+        // keeps it (`RawWriter`): every write of the service goes through it.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -162,15 +217,21 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
+        // For `writer_pool()` (tests and tools): a connection of its own,
+        // opened when first used, which waits at SQLite's lock like another
+        // process would.
+        let tools = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_lazy_with(options.read_only(true));
         let raw = std::sync::Arc::new(RawWriter {
-            pool: writer.clone(),
-            view: std::sync::Mutex::new(None),
+            held: tokio::sync::Mutex::new(None),
         });
         Ok(SqliteStore {
             writer,
+            tools,
             reader,
             raw,
         })
@@ -188,7 +249,8 @@ impl SqliteStore {
         message: &'static str,
     ) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(update)
             .bind(run_id)
             .execute(&mut *tx)
@@ -220,42 +282,46 @@ impl SqliteStore {
         work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let asked = std::time::Instant::now();
-        let mut conn = self.writer.acquire().await?;
+        let mut guard = self.held().await?;
         let acquired = asked.elapsed();
-        let mut locked = conn.lock_handle().await?;
-        let raw = locked.as_raw_handle();
+        let Held { locked, view, conn } = guard.as_mut().expect("held");
+        if locked.is_none() {
+            let handle = conn.lock_handle().await?;
+            // SAFETY: the handle borrows the boxed connection, which stays at
+            // its address and is not touched while `locked` is `Some` (see
+            // `Held`); `locked` is dropped before it (`Held::unlock`, and
+            // `RawWriter`'s drop).
+            *locked = Some(unsafe {
+                std::mem::transmute::<
+                    sqlx::sqlite::LockedSqliteHandle<'_>,
+                    sqlx::sqlite::LockedSqliteHandle<'static>,
+                >(handle)
+            });
+        }
+        let raw = locked.as_mut().expect("set above").as_raw_handle();
         let locked_at = std::time::Instant::now();
-        let run = move || {
-            let mut view = self
-                .raw
-                .view
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let handle = raw.as_ptr() as usize;
-            if view.as_ref().map(|v| v.handle) != Some(handle) {
-                if let Some(stale) = view.take() {
-                    // See `RawWriter`: never finalize on a handle that is
-                    // no longer ours.
-                    tracing::warn!(
-                        "the SQLite writer connection was replaced; its kept statements are leaked"
-                    );
-                    std::mem::forget(stale);
-                }
-                // SAFETY: `locked` keeps sqlx's worker thread off this
-                // handle until it is dropped, after this closure returns; a
-                // connection made `from_handle` never closes the handle it
-                // borrows, and `RawWriter` only finalizes its statements
-                // while the pool's connection is checked out to it.
-                let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-                conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-                conn.set_prepared_statement_cache_capacity(128);
-                *view = Some(RawView { handle, conn });
+        let handle = raw.as_ptr() as usize;
+        if view.as_ref().map(|v| v.handle) != Some(handle) {
+            if let Some(stale) = view.take() {
+                // See `RawWriter`: never finalize on a handle that is not ours.
+                tracing::warn!(
+                    "the SQLite writer connection was replaced; its kept statements are leaked"
+                );
+                std::mem::forget(stale);
             }
-            let conn = &view.as_ref().expect("set above").conn;
-            work(conn)
-        };
-        let result = run();
-        drop(locked);
+            // SAFETY: `locked` keeps sqlx's worker thread off this handle
+            // while `work` runs (it is given back only by `writer`, which
+            // waits for this batch, or on drop); a connection made
+            // `from_handle` never closes the handle it borrows, and
+            // `RawWriter` finalizes its statements only while it holds the
+            // handle's lock, before the connection is closed.
+            let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            conn.set_prepared_statement_cache_capacity(128);
+            *view = Some(RawView { handle, conn });
+        }
+        let result = work(&view.as_ref().expect("set above").conn);
+        drop(guard);
         tracing::trace!(
             acquire_us = acquired.as_micros() as u64,
             lock_us = (locked_at - asked - acquired).as_micros() as u64,
@@ -265,9 +331,38 @@ impl SqliteStore {
         result
     }
 
-    /// The writer pool, for tests and tools that need raw SQL.
+    /// The writer connection, for sqlx statements: waits for the writes
+    /// asked before this one (see [`RawWriter`]), takes the connection out of
+    /// its pool at the first call and keeps it.
+    ///
+    /// Errors: the pool cannot open the connection.
+    pub(super) async fn writer(&self) -> Result<WriterGuard<'_>, StoreError> {
+        let mut held = self.held().await?;
+        held.as_mut().expect("held").unlock();
+        Ok(WriterGuard(held))
+    }
+
+    /// The writer connection, waiting for the writes asked before; taken
+    /// out of its pool at the first call and kept.
+    async fn held(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Held>>, StoreError> {
+        let mut held = self.raw.held.lock().await;
+        if held.is_none() {
+            let conn = Box::new(self.writer.acquire().await?);
+            *held = Some(Held {
+                locked: None,
+                view: None,
+                conn,
+            });
+        }
+        Ok(held)
+    }
+
+    /// A read-write pool for tests and tools that need raw SQL. The store
+    /// keeps its own writer connection (see [`RawWriter`]); a statement here
+    /// runs on another one and waits at SQLite's lock like another process
+    /// would.
     pub fn writer_pool(&self) -> &SqlitePool {
-        &self.writer
+        &self.tools
     }
 }
 
@@ -379,10 +474,68 @@ macro_rules! select_deliveries {
     };
 }
 
+/// Inserts a batch of deliveries in one transaction on the writer's own
+/// handle (see [`Store::insert_deliveries`]); one outcome per input.
+fn insert_delivery_batch(
+    conn: &rusqlite::Connection,
+    batch: &[NewDelivery],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO deliveries (delivery_id, event, action, hook_id, \
+             installation_id, repository, sender_id, sender_login, received_at, state, \
+             available_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9) \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+        )?;
+        let mut payload = tx.prepare_cached(
+            "INSERT INTO delivery_payloads (id, encoding, size, payload) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (d, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+            // A delivery id repeated within the batch conflicts with
+            // its own first occurrence and so is a duplicate too.
+            let id: Option<i64> = {
+                let mut rows = insert.query(rusqlite::params![
+                    d.delivery_id,
+                    d.event,
+                    d.action,
+                    d.hook_id,
+                    d.installation_id,
+                    d.repository,
+                    d.sender_id,
+                    d.sender_login,
+                    d.received_at,
+                    d.state.as_str(),
+                ])?;
+                match rows.next()? {
+                    Some(row) => Some(row.get(0)?),
+                    None => None,
+                }
+            };
+            if let Some(id) = id {
+                let p = &d.payload;
+                payload.execute(rusqlite::params![
+                    id,
+                    p.encoding.as_str(),
+                    p.raw_len as i64,
+                    &p.bytes[..],
+                ])?;
+                *outcome = InsertOutcome::Stored;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.writer).await?;
+        // On a connection of its own: the store's writer connection may be
+        // kept already (see `RawWriter`); SQLite's lock orders the two.
+        MIGRATOR.run(&self.tools).await?;
         Ok(())
     }
 
@@ -398,58 +551,8 @@ impl Store for SqliteStore {
         // The whole batch runs on the writer's raw handle: one hand-off to
         // sqlx's worker thread for the lock instead of one per statement
         // (BEGIN, the INSERTs, COMMIT), which under load set the pace.
-        let batch_len = batch.len();
-        self.with_raw_writer(move |conn| {
-            let mut outcomes = vec![InsertOutcome::Duplicate; batch_len];
-            let tx = conn.unchecked_transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO deliveries (delivery_id, event, action, hook_id, \
-                     installation_id, repository, sender_id, sender_login, received_at, state, \
-                     available_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9) \
-                     ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
-                )?;
-                let mut payload = tx.prepare_cached(
-                    "INSERT INTO delivery_payloads (id, encoding, size, payload) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for (d, outcome) in batch.iter().zip(outcomes.iter_mut()) {
-                    // A delivery id repeated within the batch conflicts with
-                    // its own first occurrence and so is a duplicate too.
-                    let id: Option<i64> = {
-                        let mut rows = insert.query(rusqlite::params![
-                            d.delivery_id,
-                            d.event,
-                            d.action,
-                            d.hook_id,
-                            d.installation_id,
-                            d.repository,
-                            d.sender_id,
-                            d.sender_login,
-                            d.received_at,
-                            d.state.as_str(),
-                        ])?;
-                        match rows.next()? {
-                            Some(row) => Some(row.get(0)?),
-                            None => None,
-                        }
-                    };
-                    if let Some(id) = id {
-                        let p = &d.payload;
-                        payload.execute(rusqlite::params![
-                            id,
-                            p.encoding.as_str(),
-                            p.raw_len as i64,
-                            &p.bytes[..],
-                        ])?;
-                        *outcome = InsertOutcome::Stored;
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(outcomes)
-        })
-        .await
+        self.with_raw_writer(|conn| insert_delivery_batch(conn, batch))
+            .await
     }
 
     async fn claim_deliveries(
@@ -549,7 +652,7 @@ impl Store for SqliteStore {
             "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL \
              WHERE state = 'processing'",
         )
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(result.rows_affected())
     }
@@ -561,7 +664,7 @@ impl Store for SqliteStore {
              WHERE state = 'processing' AND claimed_by = ?1",
         )
         .bind(owner)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(result.rows_affected())
     }
@@ -597,6 +700,7 @@ impl Store for SqliteStore {
 // Runs, steps, attempts and the timeline (the engine's `RunStore`).
 // ---------------------------------------------------------------------------
 
+use sqlx::Connection as _;
 use sqlx::SqliteConnection;
 
 use super::runs::{
@@ -891,7 +995,7 @@ impl RunStore for SqliteStore {
         .bind(now_ms() + lease_ms)
         .bind(lease.step_row)
         .bind(&lease.token)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer().await?)
         .await?;
         row.map(|(d,)| {
             DesiredState::parse(&d)
@@ -920,7 +1024,7 @@ impl RunStore for SqliteStore {
         .bind(now_ms() + lease_ms)
         .bind(owner)
         .bind(tokens)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         rows.into_iter()
             .map(|(id, token, d)| {
@@ -981,7 +1085,8 @@ impl RunStore for SqliteStore {
 
     async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<(i64, i64, String)> = sqlx::query_as(
             "UPDATE steps SET state = 'ready', run_at = ?1, lease_owner = NULL, \
              lease_token = NULL, lease_expires_at = NULL \
@@ -1017,7 +1122,8 @@ impl RunStore for SqliteStore {
     }
 
     async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<(i64,)> = sqlx::query_as(
             "UPDATE runs SET desired_state = 'timed_out', \
              conclusion = 'the workflow''s time limit passed' \
@@ -1147,7 +1253,7 @@ impl RunStore for SqliteStore {
         )
         .bind(run_id)
         .bind(check_run_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1191,7 +1297,7 @@ impl RunStore for SqliteStore {
             .bind(fingerprint.clone())
             .bind(error.clone()),
         };
-        query.execute(&self.writer).await?;
+        query.execute(&mut *self.writer().await?).await?;
         Ok(())
     }
 
@@ -1224,7 +1330,7 @@ impl RunStore for SqliteStore {
         .bind(repository.to_owned())
         .bind(number)
         .bind(comment_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1329,7 +1435,8 @@ impl RunStore for SqliteStore {
 
     async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(
             "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2 \
              WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
@@ -1352,7 +1459,8 @@ impl RunStore for SqliteStore {
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
             return Ok(ControlOutcome::NotFound);
         };
@@ -1431,7 +1539,8 @@ impl RunStore for SqliteStore {
 
     async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         // The run's time limit counts from its approval, not its creation.
         let changed = sqlx::query(
             "UPDATE runs SET waiting_approval = 0, approved_by = ?2, \
@@ -1489,7 +1598,7 @@ impl RunStore for SqliteStore {
         .bind(account_login.map(str::to_owned))
         .bind(state.as_str())
         .bind(super::now_ms())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1518,7 +1627,8 @@ impl RunStore for SqliteStore {
         added: &[String],
         removed: &[String],
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         for repository in added {
             sqlx::query(
                 "INSERT INTO installation_repositories (installation_id, repository) \
@@ -1584,7 +1694,7 @@ impl RunStore for SqliteStore {
         .bind(record.body.clone())
         .bind(record.error.clone())
         .bind(record.fetched_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1592,7 +1702,7 @@ impl RunStore for SqliteStore {
     async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM repo_configs WHERE repository = ?1")
             .bind(repository.to_owned())
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -1602,7 +1712,8 @@ impl RunStore for SqliteStore {
             return Ok(0);
         }
         let now = super::now_ms();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut added = 0;
         for effect in effects {
             added += sqlx::query(
@@ -1666,7 +1777,7 @@ impl RunStore for SqliteStore {
             .bind(id)
             .bind(error.clone()),
         };
-        query.execute(&self.writer).await?;
+        query.execute(&mut *self.writer().await?).await?;
         Ok(())
     }
 
@@ -1693,7 +1804,7 @@ impl RunStore for SqliteStore {
         .bind(entry.target.clone())
         .bind(entry.outcome.clone())
         .bind(entry.detail.as_ref().map(|d| d.to_string()))
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *self.writer().await?)
         .await?;
         Ok(row.0)
     }
@@ -1720,7 +1831,7 @@ impl RunStore for SqliteStore {
         &self,
         token: &super::NewApiToken,
     ) -> Result<Option<super::ApiToken>, StoreError> {
-        api::create_api_token(&self.writer, token).await
+        api::create_api_token(&mut *self.writer().await?, token).await
     }
 
     async fn api_token_by_hash(
@@ -1739,11 +1850,11 @@ impl RunStore for SqliteStore {
         name: &str,
         at: i64,
     ) -> Result<Option<super::ApiToken>, StoreError> {
-        api::revoke_api_token(&self.writer, name, at).await
+        api::revoke_api_token(&mut *self.writer().await?, name, at).await
     }
 
     async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        api::touch_api_token(&self.writer, id, at).await
+        api::touch_api_token(&mut *self.writer().await?, id, at).await
     }
 
     async fn list_runs(&self, filter: &super::RunFilter) -> Result<Vec<Run>, StoreError> {
@@ -1751,7 +1862,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn create_task(&self, task: &super::NewTask) -> Result<super::TaskRecord, StoreError> {
-        api::create_task(&self.writer, task).await
+        api::create_task(&mut *self.writer().await?, task).await
     }
 
     async fn task(&self, id: i64) -> Result<Option<super::TaskRecord>, StoreError> {
@@ -1770,14 +1881,14 @@ impl RunStore for SqliteStore {
         id: i64,
         update: &super::TaskUpdate,
     ) -> Result<Option<super::TaskRecord>, StoreError> {
-        api::update_task(&self.writer, id, update).await
+        api::update_task(&mut *self.writer().await?, id, update).await
     }
 
     async fn create_validation(
         &self,
         validation: &super::NewValidation,
     ) -> Result<super::ValidationRecord, StoreError> {
-        api::create_validation(&self.writer, validation).await
+        api::create_validation(&mut *self.writer().await?, validation).await
     }
 
     async fn validation(&self, id: i64) -> Result<Option<super::ValidationRecord>, StoreError> {
@@ -1821,7 +1932,7 @@ impl RunStore for SqliteStore {
         delivery_id: &str,
         now: i64,
     ) -> Result<Option<DeliveryState>, StoreError> {
-        deliveries::requeue_delivery(&self.writer, delivery_id, now).await
+        deliveries::requeue_delivery(&mut *self.writer().await?, delivery_id, now).await
     }
 }
 

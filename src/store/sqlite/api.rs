@@ -4,7 +4,7 @@
 //! Writes go through the single writer pool like every other write; lists
 //! and aggregates read from the reader pool, beside the writer (WAL).
 
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{RunRow, corrupt};
@@ -48,7 +48,7 @@ impl TryFrom<TokenRow> for ApiToken {
 }
 
 pub(super) async fn create_api_token(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     t: &NewApiToken,
 ) -> Result<Option<ApiToken>, StoreError> {
     let row: Option<TokenRow> = sqlx::query_as(
@@ -62,7 +62,7 @@ pub(super) async fn create_api_token(
     .bind(&t.prefix)
     .bind(&t.created_by)
     .bind(t.created_at)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.map(ApiToken::try_from).transpose()
 }
@@ -86,7 +86,7 @@ pub(super) async fn api_tokens(pool: &SqlitePool) -> Result<Vec<ApiToken>, Store
 }
 
 pub(super) async fn revoke_api_token(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     name: &str,
     at: i64,
 ) -> Result<Option<ApiToken>, StoreError> {
@@ -96,16 +96,20 @@ pub(super) async fn revoke_api_token(
     )
     .bind(name)
     .bind(at)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.map(ApiToken::try_from).transpose()
 }
 
-pub(super) async fn touch_api_token(pool: &SqlitePool, id: i64, at: i64) -> Result<(), StoreError> {
+pub(super) async fn touch_api_token(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: i64,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1")
         .bind(id)
         .bind(at)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }
@@ -175,7 +179,10 @@ impl TryFrom<TaskRow> for TaskRecord {
     }
 }
 
-pub(super) async fn create_task(pool: &SqlitePool, t: &NewTask) -> Result<TaskRecord, StoreError> {
+pub(super) async fn create_task(
+    conn: &mut SqliteConnection,
+    t: &NewTask,
+) -> Result<TaskRecord, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
         "INSERT INTO tasks (source, repository, subject_number, title, body, classification, \
          created_by, created_at, updated_at) VALUES (",
@@ -191,7 +198,7 @@ pub(super) async fn create_task(pool: &SqlitePool, t: &NewTask) -> Result<TaskRe
         .push_bind(t.created_at)
         .push_bind(t.created_at);
     q.push(format!(") RETURNING {TASK_COLUMNS}"));
-    let row: TaskRow = q.build_query_as().fetch_one(pool).await?;
+    let row: TaskRow = q.build_query_as().fetch_one(conn).await?;
     row.try_into()
 }
 
@@ -225,7 +232,7 @@ pub(super) async fn tasks(
 }
 
 pub(super) async fn update_task(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     id: i64,
     u: &TaskUpdate,
 ) -> Result<Option<TaskRecord>, StoreError> {
@@ -248,7 +255,7 @@ pub(super) async fn update_task(
     }
     q.push(" WHERE id = ").push_bind(id);
     q.push(format!(" RETURNING {TASK_COLUMNS}"));
-    let row: Option<TaskRow> = q.build_query_as().fetch_optional(pool).await?;
+    let row: Option<TaskRow> = q.build_query_as().fetch_optional(conn).await?;
     row.map(TaskRecord::try_from).transpose()
 }
 
@@ -290,7 +297,7 @@ impl TryFrom<ValidationRow> for ValidationRecord {
 }
 
 pub(super) async fn create_validation(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     v: &NewValidation,
 ) -> Result<ValidationRecord, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
@@ -307,7 +314,7 @@ pub(super) async fn create_validation(
         .push_bind(v.created_by.clone())
         .push_bind(v.created_at);
     q.push(format!(") RETURNING {VALIDATION_COLUMNS}"));
-    let row: ValidationRow = q.build_query_as().fetch_one(pool).await?;
+    let row: ValidationRow = q.build_query_as().fetch_one(conn).await?;
     row.try_into()
 }
 

@@ -2,7 +2,8 @@
 //! [`crate::store::deliveries`]): a page of the inbox, and putting one
 //! delivery back in the queue.
 
-use sqlx::sqlite::SqlitePool;
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::corrupt;
@@ -62,11 +63,11 @@ impl TryFrom<SummaryRow> for DeliverySummary {
 }
 
 pub(super) async fn requeue_delivery(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     delivery_id: &str,
     now: i64,
 ) -> Result<Option<DeliveryState>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let state: Option<(String,)> =
         sqlx::query_as("SELECT state FROM deliveries WHERE delivery_id = ?1")
             .bind(delivery_id)

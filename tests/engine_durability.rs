@@ -13,8 +13,8 @@ use taskmaster::dispatch::{DeliveryHandler, Dispatcher};
 use taskmaster::engine::intake::RoutingHandler;
 use taskmaster::engine::{AgentMap, Engine, WorkflowPlanner};
 use taskmaster::store::{
-    AttemptRecord, ClaimLimits, DeliveryResult, DeliveryState, EncodedPayload, NewDelivery,
-    RunState, RunStore, SqliteStore, StepNext, StepState, Store, now_ms,
+    AttemptRecord, ClaimLimits, DeliveryResult, DeliveryState, EncodedPayload, InsertOutcome,
+    NewDelivery, RunState, RunStore, SqliteStore, StepNext, StepState, Store, now_ms,
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -240,23 +240,24 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
     t.stop().await;
 }
 
+fn new_delivery(id: &str) -> NewDelivery {
+    NewDelivery {
+        delivery_id: id.into(),
+        event: "pull_request".into(),
+        action: Some("opened".into()),
+        hook_id: None,
+        installation_id: None,
+        repository: None,
+        sender_id: None,
+        sender_login: None,
+        payload: EncodedPayload::encode(pr_payload().into()),
+        received_at: now_ms(),
+        state: DeliveryState::Queued,
+    }
+}
+
 async fn queue_delivery(store: &SqliteStore, id: &str) {
-    store
-        .insert_deliveries(&[NewDelivery {
-            delivery_id: id.into(),
-            event: "pull_request".into(),
-            action: Some("opened".into()),
-            hook_id: None,
-            installation_id: None,
-            repository: None,
-            sender_id: None,
-            sender_login: None,
-            payload: EncodedPayload::encode(pr_payload().into()),
-            received_at: now_ms(),
-            state: DeliveryState::Queued,
-        }])
-        .await
-        .unwrap();
+    store.insert_deliveries(&[new_delivery(id)]).await.unwrap();
 }
 
 #[tokio::test]
@@ -649,6 +650,48 @@ async fn a_dropped_sqlite_store_closes_its_connections_after_keeping_statements(
         assert!(
             all_closed(&db).await,
             "a connection to the database stayed open (held elsewhere: {held_elsewhere})"
+        );
+    }
+}
+
+/// The inbox's batches commit without syncing and wait for the log syncer;
+/// the writer goes back to `synchronous=FULL` for everything else, and the
+/// staged rows are in the file for the next process.
+#[tokio::test]
+async fn staged_inbox_batches_are_synced_by_the_log_syncer_and_full_comes_back() {
+    let (dir, store) = fresh_store().await;
+    assert_eq!(store.writer_synchronous().await.unwrap(), 2, "FULL");
+    let before = store.wal_syncs().expect("a file database has a log syncer");
+    let mut waits = Vec::new();
+    for i in 0..40 {
+        let (outcomes, durable) = store
+            .stage_deliveries(&[new_delivery(&format!("staged-{i}"))])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [InsertOutcome::Stored]);
+        waits.push(durable);
+    }
+    for wait in waits {
+        wait.await.unwrap();
+    }
+    let syncs = store.wal_syncs().unwrap() - before;
+    assert!((1..=40).contains(&syncs), "{syncs} syncs for 40 batches");
+    assert_eq!(
+        store.writer_synchronous().await.unwrap(),
+        2,
+        "the writer is back to FULL after staging"
+    );
+    drop(store);
+    let reopened = SqliteStore::open(dir.path().join("t.db").to_str().unwrap())
+        .await
+        .unwrap();
+    for i in [0, 39] {
+        assert!(
+            reopened
+                .delivery(&format!("staged-{i}"))
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 }

@@ -115,6 +115,66 @@ fn idle_engine(store: &Arc<dyn RunStore>, sources: &[&str]) -> (Engine, Workflow
     (engine, planner)
 }
 
+/// `stage_deliveries` answers as `insert_deliveries` does (duplicates
+/// within the batch and against stored rows), and its wait resolves; the
+/// rows are readable whole once it has.
+async fn staged_deliveries_answer_like_inserted_ones_once_durable(b: Backend) {
+    let store = &b.store;
+    store
+        .insert_deliveries(&[delivery("s-old", b"{}", DeliveryState::Queued)])
+        .await
+        .unwrap();
+    let big = pr_payload();
+    let (outcomes, durable) = store
+        .stage_deliveries(&[
+            delivery("s-1", &big, DeliveryState::Queued),
+            delivery("s-old", b"{}", DeliveryState::Queued),
+            delivery("s-1", b"{}", DeliveryState::Queued),
+            delivery("s-2", b"{}", DeliveryState::Ignored),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Stored,
+            InsertOutcome::Duplicate,
+            InsertOutcome::Duplicate,
+            InsertOutcome::Stored
+        ]
+    );
+    durable.await.unwrap();
+    let d1 = store.delivery("s-1").await.unwrap().unwrap();
+    assert_eq!(d1.payload, Bytes::from(big));
+    assert_eq!(d1.state, DeliveryState::Queued);
+    let d2 = store.delivery("s-2").await.unwrap().unwrap();
+    assert_eq!(d2.state, DeliveryState::Ignored);
+
+    // Batches staged back to back before any wait, as the inbox does.
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        let (outcomes, durable) = store
+            .stage_deliveries(&[delivery(&format!("s-b{i}"), b"{}", DeliveryState::Queued)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [InsertOutcome::Stored]);
+        waits.push(durable);
+    }
+    for wait in waits {
+        wait.await.unwrap();
+    }
+    let claimed = store
+        .claim_deliveries("stager", 100, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ids: HashSet<String> = claimed.into_iter().map(|d| d.delivery_id).collect();
+    assert_eq!(
+        ids.len(),
+        22,
+        "s-old, s-1 and the 20 staged one by one: {ids:?}"
+    );
+}
+
 async fn deliveries_are_stored_once_and_read_back_byte_for_byte(b: Backend) {
     let store = &b.store;
     let big = pr_payload();
@@ -1469,6 +1529,7 @@ async fn a_recorded_result_hands_what_it_made_ready_to_the_same_claim(b: Backend
 }
 
 both_backends!(
+    staged_deliveries_answer_like_inserted_ones_once_durable,
     a_recorded_result_hands_what_it_made_ready_to_the_same_claim,
     a_cancelled_run_still_hands_out_only_its_cleanup_steps,
     the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day,

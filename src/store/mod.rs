@@ -274,6 +274,11 @@ pub enum DeliveryResult {
     Failed(String),
 }
 
+/// A wait for a committed batch to become durable (see
+/// [`Store::stage_deliveries`]).
+pub type Durable =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 /// Counts of deliveries still to be handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxDepth {
@@ -295,6 +300,12 @@ pub enum StoreError {
     UnsupportedUrl { url: String, hint: &'static str },
     #[error("corrupt row in `{table}`: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The database's write-ahead log could not be synced to disk, so what
+    /// was committed since its last sync may not survive a power loss. The
+    /// store refuses to promise durability from then on (as PostgreSQL
+    /// stops on a failed fsync): restart the process.
+    #[error("the database's write-ahead log could not be synced to disk: {0}")]
+    Durability(String),
 }
 
 /// The persistence interface. Implementations must be safe to share across tasks.
@@ -305,6 +316,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness check of the database connection.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// As [`Store::insert_deliveries`], but may return once the batch is
+    /// committed and visible, before it is durable: the returned [`Durable`]
+    /// resolves when it is (or fails when it cannot be made so). Answer no
+    /// one about the batch — not even "duplicate" — before it resolves.
+    ///
+    /// This lets a caller commit the next batch while the disk syncs this
+    /// one (the inbox writer does). SQLite overrides it (see
+    /// `SqliteStore`'s write-ahead-log syncer); the default is
+    /// `insert_deliveries` with an already resolved wait.
+    ///
+    /// Errors: as `insert_deliveries`; the wait fails with
+    /// [`StoreError::Durability`].
+    async fn stage_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<(Vec<InsertOutcome>, Durable), StoreError> {
+        let outcomes = self.insert_deliveries(batch).await?;
+        Ok((outcomes, Box::pin(std::future::ready(Ok(())))))
+    }
 
     /// Inserts a batch of deliveries in **one transaction** (group commit) and
     /// returns one outcome per input, in order. A delivery id that is already

@@ -37,7 +37,7 @@ use super::{
     NewEffect, RepoConfigRecord,
 };
 use super::{
-    Delivery, DeliveryResult, DeliveryState, EncodedPayload, InboxDepth, InsertOutcome,
+    Delivery, DeliveryResult, DeliveryState, Durable, EncodedPayload, InboxDepth, InsertOutcome,
     NewDelivery, PayloadEncoding, Store, StoreError, now_ms,
 };
 
@@ -53,6 +53,9 @@ pub struct SqliteStore {
     tools: SqlitePool,
     reader: SqlitePool,
     raw: std::sync::Arc<RawWriter>,
+    /// Syncs the `-wal` file for the inbox's batches (`stage_deliveries`);
+    /// `None` for an in-memory database.
+    wal: Option<std::sync::Arc<walsync::WalSync>>,
 }
 
 /// The writer connection, checked out of its pool once and kept, and the
@@ -207,6 +210,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let db_file = options.get_filename().to_path_buf();
         // The store takes this pool's one connection at its first write and
         // keeps it (`RawWriter`): every write of the service goes through it.
         let writer = SqlitePoolOptions::new()
@@ -229,11 +233,27 @@ impl SqliteStore {
         let raw = std::sync::Arc::new(RawWriter {
             held: tokio::sync::Mutex::new(None),
         });
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let wal = if in_memory {
+            None
+        } else {
+            // The file exists now (the pool opened it): SQLite names its log
+            // after the database's path with `-wal` appended.
+            let db = std::fs::canonicalize(&db_file).map_err(|e| {
+                StoreError::Durability(format!("cannot resolve the database path: {e}"))
+            })?;
+            let mut wal = db.into_os_string();
+            wal.push("-wal");
+            let syncer = walsync::WalSync::start(wal.into())
+                .map_err(|e| StoreError::Durability(format!("cannot start the log syncer: {e}")))?;
+            Some(std::sync::Arc::new(syncer))
+        };
         Ok(SqliteStore {
             writer,
             tools,
             reader,
             raw,
+            wal,
         })
     }
 
@@ -363,6 +383,23 @@ impl SqliteStore {
     /// would.
     pub fn writer_pool(&self) -> &SqlitePool {
         &self.tools
+    }
+
+    /// How many times the log syncer has synced the `-wal` file for staged
+    /// inbox batches (see [`Store::stage_deliveries`]); `None` for an
+    /// in-memory database, which has no log to sync.
+    pub fn wal_syncs(&self) -> Option<u64> {
+        self.wal.as_ref().map(|wal| wal.syncs())
+    }
+
+    /// The `synchronous` setting of the store's own writer connection (2 is
+    /// `FULL`), which every transaction but a staged inbox batch commits
+    /// with. For tests.
+    pub async fn writer_synchronous(&self) -> Result<i64, StoreError> {
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&mut *self.writer().await?)
+            .await?;
+        Ok(level)
     }
 }
 
@@ -553,6 +590,35 @@ impl Store for SqliteStore {
         // (BEGIN, the INSERTs, COMMIT), which under load set the pace.
         self.with_raw_writer(|conn| insert_delivery_batch(conn, batch))
             .await
+    }
+
+    async fn stage_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<(Vec<InsertOutcome>, Durable), StoreError> {
+        let Some(wal) = &self.wal else {
+            let outcomes = self.insert_deliveries(batch).await?;
+            return Ok((outcomes, Box::pin(std::future::ready(Ok(())))));
+        };
+        // Committed with `synchronous=NORMAL`: the frames are written but
+        // not synced, and the writer is free for the next batch at once;
+        // `WalSync` syncs the log for this commit and the ones beside it
+        // (see `walsync`). `FULL` comes back before the writer is released,
+        // whatever happened, so no other transaction commits unsynced.
+        let outcomes = self
+            .with_raw_writer(|conn| {
+                conn.prepare_cached("PRAGMA synchronous = NORMAL")?
+                    .raw_execute()?;
+                let inserted = insert_delivery_batch(conn, batch);
+                let restored = conn
+                    .prepare_cached("PRAGMA synchronous = FULL")
+                    .and_then(|mut s| s.raw_execute());
+                let outcomes = inserted?;
+                restored?;
+                Ok(outcomes)
+            })
+            .await?;
+        Ok((outcomes, wal.durable()))
     }
 
     async fn claim_deliveries(
@@ -2021,3 +2087,4 @@ impl TryFrom<AuditRow> for AuditEntry {
 mod api;
 pub(super) mod deliveries;
 mod raw;
+mod walsync;

@@ -9,6 +9,12 @@
 //! is one delivery and the latency is one commit; under heavy load batches grow
 //! and the fsync cost is shared — the way databases' own group commit works.
 //!
+//! The commit and the disk's sync are pipelined where the store can
+//! ([`Store::stage_deliveries`]; SQLite syncs its log on a thread of its
+//! own): the writer commits a batch, hands its answers to a task that waits
+//! for the sync, and takes the next batch while the disk works. Nobody is
+//! answered — not even "duplicate" — before the sync covering their batch.
+//!
 //! If a batch fails as a whole (say the disk is full), each delivery of it is
 //! tried again in a transaction of its own so that one cannot sink the others;
 //! a delivery whose insert still fails gets the error and its request answers
@@ -104,22 +110,41 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
             replies.push(pending.reply);
         }
         let started = std::time::Instant::now();
-        let inserted = store.insert_deliveries(&rows).await;
+        let staged = store.stage_deliveries(&rows).await;
         tracing::debug!(
             batch = rows.len(),
             commit_us = started.elapsed().as_micros() as u64,
             "inbox batch committed"
         );
-        let queued_any = match inserted {
-            Ok(outcomes) => {
-                let mut queued_any = false;
-                for ((delivery, reply), outcome) in rows.iter().zip(replies.drain(..)).zip(outcomes)
-                {
-                    queued_any |=
-                        outcome == InsertOutcome::Stored && delivery.state == DeliveryState::Queued;
-                    let _ = reply.send(Ok(outcome));
-                }
-                queued_any
+        match staged {
+            Ok((outcomes, durable)) => {
+                // Answer once the disk has the batch, without holding up
+                // the next one: the writer goes back to the queue now.
+                let queued_any = rows.iter().zip(&outcomes).any(|(delivery, outcome)| {
+                    *outcome == InsertOutcome::Stored && delivery.state == DeliveryState::Queued
+                });
+                let waiting = std::mem::replace(&mut replies, Vec::with_capacity(MAX_BATCH));
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    match durable.await {
+                        Ok(()) => {
+                            for (reply, outcome) in waiting.into_iter().zip(outcomes) {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                            if queued_any {
+                                wake.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e,
+                                "an inbox batch could not be made durable; answering 503");
+                            let e = Arc::new(e);
+                            for reply in waiting {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                });
             }
             Err(batch_error) => {
                 tracing::warn!(error = %batch_error, size = rows.len(),
@@ -139,11 +164,10 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
                         && delivery.state == DeliveryState::Queued;
                     let _ = reply.send(result);
                 }
-                queued_any
+                if queued_any {
+                    wake.notify_one();
+                }
             }
-        };
-        if queued_any {
-            wake.notify_one();
         }
     }
 }

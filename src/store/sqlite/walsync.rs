@@ -1,0 +1,238 @@
+//! Group sync of SQLite's write-ahead log, outside the writer's lock.
+//!
+//! With `synchronous=FULL` every commit fsyncs the `-wal` file while it holds
+//! the database's one write lock, so the next batch cannot even begin until
+//! the disk has answered. The inbox's batches instead commit with
+//! `synchronous=NORMAL` (SQLite writes the frames but does not sync them;
+//! <https://www.sqlite.org/pragma.html#pragma_synchronous>: in WAL mode this
+//! never corrupts the database, it can only lose the latest commits on power
+//! loss) and then wait here: one thread fdatasyncs the `-wal` file for every
+//! commit made before the sync started, while the writer goes on to the next
+//! batch. A commit is answered only once a sync that began after it returned,
+//! so an answered delivery is exactly as durable as under `FULL`: all of the
+//! WAL's frames up to its commit frame are on disk, and SQLite's recovery
+//! replays every valid commit in the log.
+//!
+//! Why the file can be synced from outside SQLite: WAL frames are written
+//! with `write()` during the commit (not through a memory map), and `fsync`
+//! on Linux flushes a file's dirty pages whichever descriptor wrote them.
+//! The `-wal` file keeps its inode while any connection is open (SQLite
+//! deletes it only when the last one closes); the store holds its writer
+//! connection for its whole life, and the syncer still checks the inode
+//! before each sync and reopens the file if it changed.
+//!
+//! A failed sync poisons the syncer: dirty pages may have been dropped, so
+//! no later sync can vouch for earlier commits (the "fsyncgate" lesson,
+//! and why PostgreSQL stops on a failed fsync). Every wait then fails with
+//! [`StoreError::Durability`] until the process restarts.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::store::{Durable, StoreError};
+
+/// The syncer of one database's `-wal` file. Dropping it stops its thread
+/// after the syncs already asked for.
+pub(in crate::store) struct WalSync {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    state: Mutex<State>,
+    asked: Condvar,
+    done: watch::Sender<Synced>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last ticket handed out.
+    requested: u64,
+    closed: bool,
+    /// Why the syncer is poisoned, once it is.
+    error: Option<String>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Synced {
+    /// Every ticket up to this one is durable.
+    upto: u64,
+    /// A sync failed; tickets above `upto` never will be.
+    failed: bool,
+    /// Syncs done, for tests and diagnostics.
+    syncs: u64,
+}
+
+impl std::fmt::Debug for WalSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalSync")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalSync {
+    /// Starts the syncer thread for the write-ahead log at `path` (the
+    /// database file's path with `-wal` appended; the file need not exist
+    /// until the first sync).
+    ///
+    /// Errors: the thread cannot be spawned.
+    pub(in crate::store) fn start(path: PathBuf) -> std::io::Result<Self> {
+        let (done, _) = watch::channel(Synced::default());
+        let shared = Arc::new(Shared {
+            path,
+            state: Mutex::new(State::default()),
+            asked: Condvar::new(),
+            done,
+        });
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("sqlite-wal-sync".into())
+            .spawn(move || worker.run())?;
+        Ok(WalSync { shared })
+    }
+
+    /// Asks for a sync covering everything written to the log so far, and
+    /// returns the wait for it. Call it after the commit returned.
+    pub(in crate::store) fn durable(&self) -> Durable {
+        let ticket = {
+            let mut state = self.shared.lock();
+            state.requested += 1;
+            state.requested
+        };
+        self.shared.asked.notify_one();
+        let mut done = self.shared.done.subscribe();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let waited = done
+                .wait_for(|s| s.upto >= ticket || s.failed)
+                .await
+                .map(|synced| *synced);
+            // If the thread ended, its last word stands.
+            let synced = waited.unwrap_or_else(|_| *done.borrow());
+            if synced.upto >= ticket {
+                return Ok(());
+            }
+            let why = shared.lock().error.clone();
+            Err(StoreError::Durability(
+                why.unwrap_or_else(|| "the log syncer stopped".into()),
+            ))
+        })
+    }
+
+    /// How many syncs the thread has done.
+    pub(in crate::store) fn syncs(&self) -> u64 {
+        self.shared.done.borrow().syncs
+    }
+}
+
+impl Drop for WalSync {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.asked.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(&self) {
+        let mut file: Option<(std::fs::File, (u64, u64))> = None;
+        let mut upto = 0;
+        loop {
+            let target = {
+                let mut state = self.lock();
+                while state.requested == upto && !state.closed {
+                    state = self
+                        .asked
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if state.requested == upto {
+                    return; // closed, nothing left to sync
+                }
+                state.requested
+            };
+            match self.sync(&mut file) {
+                Ok(()) => {
+                    upto = target;
+                    self.done.send_modify(|s| {
+                        s.upto = target;
+                        s.syncs += 1;
+                    });
+                }
+                Err(e) => {
+                    let why = format!("{}: {e}", self.path.display());
+                    tracing::error!(error = %why,
+                        "syncing the write-ahead log failed; deliveries will be refused until a restart");
+                    self.lock().error = Some(why);
+                    self.done.send_modify(|s| s.failed = true);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One `fdatasync` of the log, reopening it if the path now names
+    /// another file than the one held.
+    fn sync(&self, file: &mut Option<(std::fs::File, (u64, u64))>) -> std::io::Result<()> {
+        let on_disk = std::fs::metadata(&self.path)?;
+        let id = (on_disk.dev(), on_disk.ino());
+        if file.as_ref().map(|(_, held)| *held) != Some(id) {
+            let opened = std::fs::File::open(&self.path)?;
+            let meta = opened.metadata()?;
+            *file = Some((opened, (meta.dev(), meta.ino())));
+        }
+        file.as_ref().expect("opened above").0.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_resolve_after_a_sync_that_started_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db-wal");
+        std::fs::write(&path, b"frames").unwrap();
+        let wal = WalSync::start(path).unwrap();
+        let waits: Vec<_> = (0..20).map(|_| wal.durable()).collect();
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        let syncs = wal.syncs();
+        assert!(
+            (1..=20).contains(&syncs),
+            "20 waits took {syncs} syncs: one per wait at most, and at least one"
+        );
+        wal.durable().await.unwrap();
+        assert!(wal.syncs() > syncs, "a later wait needs a later sync");
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_every_wait_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = WalSync::start(dir.path().join("missing-wal")).unwrap();
+        for _ in 0..2 {
+            match wal.durable().await {
+                Err(StoreError::Durability(why)) => {
+                    assert!(why.contains("missing-wal"), "names the file: {why}")
+                }
+                other => panic!("expected a durability error, got {other:?}"),
+            }
+        }
+        // Creating the file later does not unpoison it: an earlier commit's
+        // pages may be gone.
+        std::fs::write(dir.path().join("missing-wal"), b"x").unwrap();
+        assert!(matches!(
+            wal.durable().await,
+            Err(StoreError::Durability(_))
+        ));
+    }
+}

@@ -56,6 +56,9 @@ pub struct SqliteStore {
     /// Syncs the `-wal` file for the inbox's batches (`stage_deliveries`);
     /// `None` for an in-memory database.
     wal: Option<std::sync::Arc<walsync::WalSync>>,
+    /// Copies the log into the database file off the writer's path; `None`
+    /// for an in-memory database.
+    checkpointer: Option<std::sync::Arc<walsync::Checkpointer>>,
 }
 
 /// The writer connection, checked out of its pool once and kept, and the
@@ -242,11 +245,18 @@ impl SqliteStore {
             let db = std::fs::canonicalize(&db_file).map_err(|e| {
                 StoreError::Durability(format!("cannot resolve the database path: {e}"))
             })?;
-            let mut wal = db.into_os_string();
+            let mut wal = db.clone().into_os_string();
             wal.push("-wal");
             let syncer = walsync::WalSync::start(wal.into())
                 .map_err(|e| StoreError::Durability(format!("cannot start the log syncer: {e}")))?;
-            Some(std::sync::Arc::new(syncer))
+            Some((
+                std::sync::Arc::new(syncer),
+                std::sync::Arc::new(walsync::Checkpointer::start(&db)?),
+            ))
+        };
+        let (wal, checkpointer) = match wal {
+            Some((wal, checkpointer)) => (Some(wal), Some(checkpointer)),
+            None => (None, None),
         };
         Ok(SqliteStore {
             writer,
@@ -254,6 +264,7 @@ impl SqliteStore {
             reader,
             raw,
             wal,
+            checkpointer,
         })
     }
 
@@ -338,10 +349,16 @@ impl SqliteStore {
             let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
             conn.set_prepared_statement_cache_capacity(128);
+            if self.checkpointer.is_some() {
+                conn.pragma_update(None, "wal_autocheckpoint", walsync::BACKSTOP_PAGES)?;
+            }
             *view = Some(RawView { handle, conn });
         }
         let result = work(&view.as_ref().expect("set above").conn);
         drop(guard);
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.poke();
+        }
         tracing::trace!(
             acquire_us = acquired.as_micros() as u64,
             lock_us = (locked_at - asked - acquired).as_micros() as u64,
@@ -390,6 +407,12 @@ impl SqliteStore {
     /// in-memory database, which has no log to sync.
     pub fn wal_syncs(&self) -> Option<u64> {
         self.wal.as_ref().map(|wal| wal.syncs())
+    }
+
+    /// How many passes the background checkpointer has run (see
+    /// `walsync::Checkpointer`); `None` for an in-memory database.
+    pub fn checkpoint_passes(&self) -> Option<u64> {
+        self.checkpointer.as_ref().map(|c| c.passes())
     }
 
     /// The `synchronous` setting of the store's own writer connection (2 is

@@ -1,4 +1,5 @@
-//! Group sync of SQLite's write-ahead log, outside the writer's lock.
+//! Group sync and background checkpoints of SQLite's write-ahead log,
+//! outside the writer's lock.
 //!
 //! With `synchronous=FULL` every commit fsyncs the `-wal` file while it holds
 //! the database's one write lock, so the next batch cannot even begin until
@@ -189,6 +190,142 @@ impl Shared {
             *file = Some((opened, (meta.dev(), meta.ino())));
         }
         file.as_ref().expect("opened above").0.sync_data()
+    }
+}
+
+/// Checkpoints the write-ahead log on a connection and thread of its own,
+/// as soon as there are new frames, so that the writer's commits do not
+/// stop to copy a thousand pages into the database file (SQLite's
+/// auto-checkpoint, run inside the commit that crosses its threshold, is the
+/// tens-of-milliseconds stall in the inbox's and the engine's tails). The
+/// writer's own auto-checkpoint stays as a backstop at
+/// [`BACKSTOP_PAGES`].
+///
+/// `PASSIVE` never waits for the writer or readers: it copies what it can.
+/// The log starts over from its beginning when the writer begins a
+/// transaction with every frame copied, which a checkpointer running right
+/// behind the writer makes the usual case.
+pub(in crate::store) struct Checkpointer {
+    shared: Arc<CpShared>,
+}
+
+/// The writer's auto-checkpoint threshold while a [`Checkpointer`] runs, in
+/// pages (SQLite's default is 1,000).
+pub(in crate::store) const BACKSTOP_PAGES: i64 = 10_000;
+
+struct CpShared {
+    state: Mutex<CpState>,
+    poked: Condvar,
+    passes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct CpState {
+    dirty: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer").finish_non_exhaustive()
+    }
+}
+
+impl Checkpointer {
+    /// Opens a connection to the database at `db` and starts the thread.
+    ///
+    /// Errors: the database cannot be opened, or the thread spawned.
+    pub(in crate::store) fn start(db: &std::path::Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let shared = Arc::new(CpShared {
+            state: Mutex::new(CpState::default()),
+            poked: Condvar::new(),
+            passes: Default::default(),
+        });
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || worker.run(conn))
+            .map_err(|e| StoreError::Durability(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer { shared })
+    }
+
+    /// Says that the writer committed: there may be frames to copy.
+    pub(in crate::store) fn poke(&self) {
+        let mut state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !state.dirty {
+            state.dirty = true;
+            drop(state);
+            self.shared.poked.notify_one();
+        }
+    }
+
+    /// Checkpoint passes run, for tests and diagnostics.
+    pub(in crate::store) fn passes(&self) -> u64 {
+        self.shared
+            .passes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.shared.poked.notify_one();
+    }
+}
+
+impl CpShared {
+    fn run(&self, conn: rusqlite::Connection) {
+        // Writes that bypass `poke` (none today) are still copied within this.
+        const IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !state.dirty && !state.closed {
+                    state = self
+                        .poked
+                        .wait_timeout(state, IDLE)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if state.closed {
+                    return;
+                }
+                state.dirty = false;
+            }
+            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            });
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match pass {
+                Ok((log, copied)) if copied < log => {
+                    // Frames arrived while copying: go again after a breath.
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                    self.state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .dirty = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "background checkpoint failed; the writer's own takes over");
+                    std::thread::sleep(IDLE);
+                }
+            }
+        }
     }
 }
 

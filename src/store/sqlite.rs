@@ -349,9 +349,6 @@ impl SqliteStore {
             let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
             conn.set_prepared_statement_cache_capacity(128);
-            if self.checkpointer.is_some() {
-                conn.pragma_update(None, "wal_autocheckpoint", walsync::BACKSTOP_PAGES)?;
-            }
             *view = Some(RawView { handle, conn });
         }
         let result = work(&view.as_ref().expect("set above").conn);

@@ -1,16 +1,22 @@
 //! SQLite implementation of [`Store`]: the default, one file on one machine.
 //!
 //! Durability settings: WAL journal, `synchronous=FULL` (every commit is
-//! fsynced, so an answered delivery survives power loss, not just a crash), a
-//! busy timeout, foreign keys on.
+//! fsynced, so what a commit promised survives power loss, not just a
+//! crash), a busy timeout, foreign keys on. The inbox's batches are the one
+//! exception in how, not in what: they commit with `synchronous=NORMAL` and
+//! are answered only after a log syncer thread has fdatasynced the `-wal`
+//! file, which lets the writer commit the next batch while the disk works
+//! (`walsync`). A background checkpointer copies the log into the database
+//! file a few milliseconds behind the writer, so that commits do not stop
+//! to do it.
 //!
-//! Two pools share the file. All writes go through a **single writer
-//! connection**: SQLite allows one writer at a time anyway, and funnelling writes
-//! through one connection turns lock contention (`SQLITE_BUSY`, retries) into an
-//! orderly queue in front of the pool. Readers use their own connections, which
-//! WAL lets run beside the writer. Write transactions start with
-//! `BEGIN IMMEDIATE` so that even another process (say `taskmaster migrate`)
-//! cannot make a read transaction fail on upgrade.
+//! All writes go through a **single writer connection**, which the store
+//! takes out of its pool once and keeps ([`RawWriter`]): SQLite allows one
+//! writer at a time anyway, and funnelling writes through one connection
+//! turns lock contention (`SQLITE_BUSY`, retries) into an orderly queue.
+//! Readers use their own pool, which WAL lets run beside the writer. Write
+//! transactions start with `BEGIN IMMEDIATE` so that even another process
+//! (say `taskmaster migrate`) cannot make a read transaction fail on upgrade.
 //!
 //! The hot batches — storing deliveries, claiming them, finishing them — run
 //! on the writer connection's own SQLite handle through rusqlite
@@ -296,7 +302,8 @@ impl SqliteStore {
     /// rusqlite, holding the writer for the duration.
     ///
     /// Every sqlx statement is a round trip to sqlx's worker thread; a batch of
-    /// statements run here costs one (taking the handle's lock). `work` runs
+    /// statements run here costs none while the handle's lock is kept from
+    /// the previous batch, and one when a sqlx statement took it back. `work` runs
     /// inline on this task's runtime thread, blocking it for the transaction
     /// (typically under a millisecond, fsync included): there is one writer
     /// connection, so at most one runtime thread is ever blocked here, and
@@ -633,6 +640,8 @@ impl Store for SqliteStore {
                 let restored = conn
                     .prepare_cached("PRAGMA synchronous = FULL")
                     .and_then(|mut s| s.raw_execute());
+                // Setting `synchronous` only sets a flag on the connection;
+                // preparing it could fail only for want of memory.
                 let outcomes = inserted?;
                 restored?;
                 Ok(outcomes)

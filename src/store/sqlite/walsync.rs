@@ -159,7 +159,14 @@ impl Shared {
                 }
                 state.requested
             };
-            match self.sync(&mut file) {
+            let started = std::time::Instant::now();
+            let synced = self.sync(&mut file);
+            tracing::trace!(
+                sync_us = started.elapsed().as_micros() as u64,
+                commits = target - upto,
+                "write-ahead log synced"
+            );
+            match synced {
                 Ok(()) => {
                     upto = target;
                     self.done.send_modify(|s| {
@@ -309,7 +316,16 @@ impl CpShared {
                 }
                 state.dirty = false;
             }
-            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let started = std::time::Instant::now();
+            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            });
+            tracing::trace!(
+                pass_us = started.elapsed().as_micros() as u64,
+                log_frames = pass.as_ref().map(|p| p.0).unwrap_or(-1),
+                copied_frames = pass.as_ref().map(|p| p.1).unwrap_or(-1),
+                "checkpoint pass"
+            );
             self.passes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match pass {

@@ -1024,15 +1024,22 @@ impl DeliveryHandler for AppHandler {
         }
         self.record_task(&event).await?;
         let Some(repository) = event.repository().map(|r| r.full_name.clone()) else {
-            return self.routing.handle(delivery).await;
+            return self
+                .routing
+                .route_parsed(delivery, &event, self.routing.workflows())
+                .await;
         };
         let config = self
             .configs
             .get(delivery.installation_id, &repository)
             .await;
         let handled = match config.config.apply(self.engine.workflows()) {
-            Some(set) => self.routing.route_with(delivery, &set).await?,
-            None => self.routing.handle(delivery).await?,
+            Some(set) => self.routing.route_parsed(delivery, &event, &set).await?,
+            None => {
+                self.routing
+                    .route_parsed(delivery, &event, self.routing.workflows())
+                    .await?
+            }
         };
         let Handled::Start(runs) = handled else {
             return Ok(handled);

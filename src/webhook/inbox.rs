@@ -171,3 +171,149 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::store::{
+        Delivery, DeliveryResult, Durable, EncodedPayload, InboxDepth, StoreError, now_ms,
+    };
+
+    /// A store whose batches are durable only when the test says so:
+    /// `gate` is `None` while the disk "syncs", then `Some(ok)`.
+    struct GatedStore {
+        seen: Mutex<HashSet<String>>,
+        gate: watch::Sender<Option<bool>>,
+    }
+
+    #[async_trait]
+    impl Store for GatedStore {
+        async fn migrate(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn insert_deliveries(
+            &self,
+            _: &[NewDelivery],
+        ) -> Result<Vec<InsertOutcome>, StoreError> {
+            unreachable!("the inbox stages its batches")
+        }
+        async fn stage_deliveries(
+            &self,
+            batch: &[NewDelivery],
+        ) -> Result<(Vec<InsertOutcome>, Durable), StoreError> {
+            let mut seen = self.seen.lock().unwrap();
+            let outcomes = batch
+                .iter()
+                .map(|d| match seen.insert(d.delivery_id.clone()) {
+                    true => InsertOutcome::Stored,
+                    false => InsertOutcome::Duplicate,
+                })
+                .collect();
+            let mut gate = self.gate.subscribe();
+            let durable: Durable = Box::pin(async move {
+                let ok = *gate.wait_for(Option::is_some).await.unwrap();
+                match ok {
+                    Some(true) => Ok(()),
+                    _ => Err(StoreError::Durability("the test's disk failed".into())),
+                }
+            });
+            Ok((outcomes, durable))
+        }
+        async fn claim_deliveries(
+            &self,
+            _: &str,
+            _: usize,
+            _: Duration,
+        ) -> Result<Vec<Delivery>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn finish_deliveries(
+            &self,
+            _: &str,
+            _: &[(i64, DeliveryResult)],
+        ) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn recover_deliveries(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn release_deliveries(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn delivery(&self, _: &str) -> Result<Option<Delivery>, StoreError> {
+            Ok(None)
+        }
+        async fn inbox_depth(&self) -> Result<InboxDepth, StoreError> {
+            Ok(InboxDepth::default())
+        }
+    }
+
+    fn delivery(id: &str) -> NewDelivery {
+        NewDelivery {
+            delivery_id: id.into(),
+            event: "issues".into(),
+            action: Some("opened".into()),
+            hook_id: None,
+            installation_id: None,
+            repository: None,
+            sender_id: None,
+            sender_login: None,
+            payload: EncodedPayload::identity(bytes::Bytes::from_static(b"{}")),
+            received_at: now_ms(),
+            state: DeliveryState::Queued,
+        }
+    }
+
+    #[tokio::test]
+    async fn no_answer_not_even_duplicate_before_the_batch_is_durable() {
+        let (gate, _) = watch::channel(None);
+        let store = Arc::new(GatedStore {
+            seen: Mutex::new(HashSet::new()),
+            gate,
+        });
+        let (inbox, _writer) = Inbox::start(store.clone(), Arc::new(Notify::new()));
+        let first = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.submit(delivery("a")).await }
+        });
+        let again = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.submit(delivery("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !first.is_finished() && !again.is_finished(),
+            "answered before the disk synced"
+        );
+        store.gate.send_replace(Some(true));
+        assert_eq!(first.await.unwrap().unwrap(), InsertOutcome::Stored);
+        assert_eq!(again.await.unwrap().unwrap(), InsertOutcome::Duplicate);
+
+        // A batch that cannot be made durable is an error for each request
+        // (503), not an answer.
+        store.gate.send_replace(None);
+        let lost = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.submit(delivery("b")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!lost.is_finished());
+        store.gate.send_replace(Some(false));
+        match lost.await.unwrap() {
+            Err(InboxError::Store(e)) => {
+                assert!(matches!(*e, StoreError::Durability(_)), "{e}")
+            }
+            other => panic!("expected a durability error, got {other:?}"),
+        }
+    }
+}

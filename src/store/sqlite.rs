@@ -65,6 +65,71 @@ pub struct SqliteStore {
     /// Copies the log into the database file off the writer's path; `None`
     /// for an in-memory database.
     checkpointer: Option<std::sync::Arc<walsync::Checkpointer>>,
+    /// Read-only rusqlite connections for the dispatcher's per-delivery
+    /// lookups; `None` for an in-memory database.
+    raw_reader: Option<std::sync::Arc<RawReader>>,
+}
+
+/// Read-only rusqlite connections of the store's own, used inline on the
+/// caller's thread for point lookups that run once per delivery: through
+/// sqlx's reader pool each is a round trip to a worker thread and back
+/// (measured: the dispatcher drained ~3,000 deliveries/s with two such
+/// lookups each, ~7,000/s without them). A lookup here takes microseconds
+/// and never waits for the writer (WAL readers do not), so blocking the
+/// runtime thread for it is cheaper than the two thread wake-ups.
+pub(super) struct RawReader {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl std::fmt::Debug for RawReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawReader {
+    /// The most idle connections kept.
+    const KEEP: usize = 4;
+
+    /// Runs `read` on an idle connection (opening one if none is idle) and
+    /// puts it back.
+    ///
+    /// Errors: the database cannot be opened, or whatever `read` returns.
+    fn read<R>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn.set_prepared_statement_cache_capacity(16);
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < Self::KEEP {
+            idle.push(conn);
+        }
+        result
+    }
 }
 
 /// The writer connection, checked out of its pool once and kept, and the
@@ -243,8 +308,8 @@ impl SqliteStore {
             held: tokio::sync::Mutex::new(None),
         });
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let wal = if in_memory {
-            None
+        let (wal, checkpointer, raw_reader) = if in_memory {
+            (None, None, None)
         } else {
             // The file exists now (the pool opened it): SQLite names its log
             // after the database's path with `-wal` appended.
@@ -255,14 +320,16 @@ impl SqliteStore {
             wal.push("-wal");
             let syncer = walsync::WalSync::start(wal.into())
                 .map_err(|e| StoreError::Durability(format!("cannot start the log syncer: {e}")))?;
-            Some((
-                std::sync::Arc::new(syncer),
-                std::sync::Arc::new(walsync::Checkpointer::start(&db)?),
-            ))
-        };
-        let (wal, checkpointer) = match wal {
-            Some((wal, checkpointer)) => (Some(wal), Some(checkpointer)),
-            None => (None, None),
+            let checkpointer = walsync::Checkpointer::start(&db)?;
+            let raw_reader = RawReader {
+                path: db,
+                idle: std::sync::Mutex::new(Vec::new()),
+            };
+            (
+                Some(std::sync::Arc::new(syncer)),
+                Some(std::sync::Arc::new(checkpointer)),
+                Some(std::sync::Arc::new(raw_reader)),
+            )
         };
         Ok(SqliteStore {
             writer,
@@ -271,6 +338,7 @@ impl SqliteStore {
             raw,
             wal,
             checkpointer,
+            raw_reader,
         })
     }
 
@@ -1702,11 +1770,22 @@ impl RunStore for SqliteStore {
         &self,
         installation_id: i64,
     ) -> Result<Option<InstallationState>, StoreError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT state FROM installations WHERE id = ?1")
-                .bind(installation_id)
-                .fetch_optional(&self.reader)
-                .await?;
+        // Asked for every delivery the dispatcher handles: on the raw reader.
+        let row: Option<(String,)> = match &self.raw_reader {
+            Some(reader) => reader.read(|conn| {
+                use rusqlite::OptionalExtension as _;
+                Ok(conn
+                    .prepare_cached("SELECT state FROM installations WHERE id = ?1")?
+                    .query_row([installation_id], |row| Ok((row.get(0)?,)))
+                    .optional()?)
+            })?,
+            None => {
+                sqlx::query_as("SELECT state FROM installations WHERE id = ?1")
+                    .bind(installation_id)
+                    .fetch_optional(&self.reader)
+                    .await?
+            }
+        };
         row.map(|(s,)| {
             InstallationState::parse(&s).ok_or_else(|| StoreError::Corrupt {
                 table: "installations",
@@ -1968,7 +2047,10 @@ impl RunStore for SqliteStore {
         &self,
         filter: &super::TaskFilter,
     ) -> Result<Vec<super::TaskRecord>, StoreError> {
-        api::tasks(&self.reader, filter).await
+        match &self.raw_reader {
+            Some(reader) => reader.read(|conn| api::tasks_raw(conn, filter)),
+            None => api::tasks(&self.reader, filter).await,
+        }
     }
 
     async fn update_task(

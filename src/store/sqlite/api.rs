@@ -210,6 +210,52 @@ pub(super) async fn task(pool: &SqlitePool, id: i64) -> Result<Option<TaskRecord
     row.map(TaskRecord::try_from).transpose()
 }
 
+/// [`tasks`] on a rusqlite connection of the store's raw reader: the
+/// dispatcher looks up the task of every issue and pull-request event, and
+/// through sqlx each lookup is two thread hand-offs (half the dispatcher's
+/// time, `benches/README.md`).
+pub(super) fn tasks_raw(
+    conn: &rusqlite::Connection,
+    f: &TaskFilter,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < ?1");
+    let mut params: Vec<rusqlite::types::Value> = vec![f.before_id.unwrap_or(i64::MAX).into()];
+    if let Some(repo) = &f.repository {
+        params.push(repo.clone().into());
+        sql.push_str(&format!(" AND repository = ?{}", params.len()));
+    }
+    if let Some(state) = f.state {
+        params.push(state.as_str().to_owned().into());
+        sql.push_str(&format!(" AND state = ?{}", params.len()));
+    }
+    if let Some(number) = f.subject_number {
+        params.push(number.into());
+        sql.push_str(&format!(" AND subject_number = ?{}", params.len()));
+    }
+    params.push(f.limit.into());
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement
+        .query_map(rusqlite::params_from_iter(params), |row| {
+            Ok(TaskRow {
+                id: row.get(0)?,
+                source: row.get(1)?,
+                repository: row.get(2)?,
+                subject_number: row.get(3)?,
+                title: row.get(4)?,
+                body: row.get(5)?,
+                classification: row.get(6)?,
+                state: row.get(7)?,
+                run_id: row.get(8)?,
+                created_by: row.get(9)?,
+                created_at: row.get(10)?,
+                updated_at: row.get(11)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(TaskRecord::try_from).collect()
+}
+
 pub(super) async fn tasks(
     pool: &SqlitePool,
     f: &TaskFilter,

@@ -7,6 +7,8 @@
 # taskmaster acknowledged is in the database.
 #
 # Usage: bash benches/intake.sh [seconds per run, default 15]
+#        TASKMASTER_BIN=/path/to/taskmaster bash benches/intake.sh 10   (another build)
+#        EVENT=star bash benches/intake.sh 10   (an event stored as ignored: intake without dispatch)
 # Needs: wrk (Debian package `wrk`), sqlite3 is not needed (the count uses taskmaster's own test of rows via python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,8 @@ BODY=tests/fixtures/webhooks/pull_request.opened.json
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 cargo build --release --quiet --bin taskmaster --example hmac_ceiling
-BIN=target/release/taskmaster
+# TASKMASTER_BIN runs another build (say an older commit's, for an A/B in one session).
+BIN=${TASKMASTER_BIN:-target/release/taskmaster}
 CEILING=target/release/examples/hmac_ceiling
 
 SIGNATURE=$(python3 - "$SECRET" "$BODY" <<'PY'
@@ -27,7 +30,7 @@ import hmac, hashlib, sys
 print("sha256=" + hmac.new(sys.argv[1].encode(), open(sys.argv[2], "rb").read(), hashlib.sha256).hexdigest())
 PY
 )
-export BODY_FILE=$BODY SIGNATURE EVENT=pull_request
+export BODY_FILE=$BODY SIGNATURE EVENT=${EVENT:-pull_request}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

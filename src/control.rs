@@ -1033,14 +1033,9 @@ impl DeliveryHandler for AppHandler {
             .configs
             .get(delivery.installation_id, &repository)
             .await;
-        let handled = match config.config.apply(self.engine.workflows()) {
-            Some(set) => self.routing.route_parsed(delivery, &event, &set).await?,
-            None => {
-                self.routing
-                    .route_parsed(delivery, &event, self.routing.workflows())
-                    .await?
-            }
-        };
+        let overridden = config.config.apply(self.engine.workflows());
+        let set = overridden.as_ref().unwrap_or(self.routing.workflows());
+        let handled = self.routing.route_parsed(delivery, &event, set).await?;
         let Handled::Start(runs) = handled else {
             return Ok(handled);
         };

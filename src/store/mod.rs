@@ -291,6 +291,11 @@ pub enum DeliveryResult {
 pub type Durable =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
 
+/// The wait of a batch that was durable when its commit returned.
+pub fn already_durable() -> Durable {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 /// Counts of deliveries still to be handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxDepth {
@@ -345,8 +350,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: &[NewDelivery],
     ) -> Result<(Vec<InsertOutcome>, Durable), StoreError> {
-        let outcomes = self.insert_deliveries(batch).await?;
-        Ok((outcomes, Box::pin(std::future::ready(Ok(())))))
+        Ok((self.insert_deliveries(batch).await?, already_durable()))
     }
 
     /// Inserts a batch of deliveries in **one transaction** (group commit) and

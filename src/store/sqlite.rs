@@ -441,6 +441,21 @@ impl SqliteStore {
         result
     }
 
+    /// Runs `read` on a connection of the raw reader ([`RawReader`]), or,
+    /// for an in-memory database (which other connections cannot open), on
+    /// the writer's own handle.
+    ///
+    /// Errors: whatever opening a connection or `read` returns.
+    async fn raw_read<R>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        match &self.raw_reader {
+            Some(reader) => reader.read(read),
+            None => self.with_raw_writer(read).await,
+        }
+    }
+
     /// The writer connection, for sqlx statements: waits for the writes
     /// asked before this one (see [`RawWriter`]), takes the connection out of
     /// its pool at the first call and keeps it.
@@ -693,8 +708,10 @@ impl Store for SqliteStore {
         batch: &[NewDelivery],
     ) -> Result<(Vec<InsertOutcome>, Durable), StoreError> {
         let Some(wal) = &self.wal else {
-            let outcomes = self.insert_deliveries(batch).await?;
-            return Ok((outcomes, Box::pin(std::future::ready(Ok(())))));
+            return Ok((
+                self.insert_deliveries(batch).await?,
+                super::already_durable(),
+            ));
         };
         // Committed with `synchronous=NORMAL`: the frames are written but
         // not synced, and the writer is free for the next batch at once;
@@ -1772,21 +1789,15 @@ impl RunStore for SqliteStore {
         installation_id: i64,
     ) -> Result<Option<InstallationState>, StoreError> {
         // Asked for every delivery the dispatcher handles: on the raw reader.
-        let row: Option<(String,)> = match &self.raw_reader {
-            Some(reader) => reader.read(|conn| {
+        let row: Option<(String,)> = self
+            .raw_read(|conn| {
                 use rusqlite::OptionalExtension as _;
                 Ok(conn
                     .prepare_cached("SELECT state FROM installations WHERE id = ?1")?
                     .query_row([installation_id], |row| Ok((row.get(0)?,)))
                     .optional()?)
-            })?,
-            None => {
-                sqlx::query_as("SELECT state FROM installations WHERE id = ?1")
-                    .bind(installation_id)
-                    .fetch_optional(&self.reader)
-                    .await?
-            }
-        };
+            })
+            .await?;
         row.map(|(s,)| {
             InstallationState::parse(&s).ok_or_else(|| StoreError::Corrupt {
                 table: "installations",
@@ -2048,10 +2059,7 @@ impl RunStore for SqliteStore {
         &self,
         filter: &super::TaskFilter,
     ) -> Result<Vec<super::TaskRecord>, StoreError> {
-        match &self.raw_reader {
-            Some(reader) => reader.read(|conn| api::tasks_raw(conn, filter)),
-            None => api::tasks(&self.reader, filter).await,
-        }
+        self.raw_read(|conn| api::tasks(conn, filter)).await
     }
 
     async fn update_task(

@@ -84,7 +84,6 @@ impl Inbox {
 async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake: Arc<Notify>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut rows: Vec<NewDelivery> = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break; // every Inbox handle dropped and the queue is empty
@@ -102,9 +101,9 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
             }
         }
         // Move the deliveries out (no copies on the hot path); the replies
-        // stay in the same order.
+        // stay in the same order, and go to whoever answers the batch.
         rows.clear();
-        replies.clear();
+        let mut replies = Vec::with_capacity(batch.len());
         for pending in batch.drain(..) {
             rows.push(pending.delivery);
             replies.push(pending.reply);
@@ -123,12 +122,11 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
                 let queued_any = rows.iter().zip(&outcomes).any(|(delivery, outcome)| {
                     *outcome == InsertOutcome::Stored && delivery.state == DeliveryState::Queued
                 });
-                let waiting = std::mem::replace(&mut replies, Vec::with_capacity(MAX_BATCH));
                 let wake = wake.clone();
                 tokio::spawn(async move {
                     match durable.await {
                         Ok(()) => {
-                            for (reply, outcome) in waiting.into_iter().zip(outcomes) {
+                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
                                 let _ = reply.send(Ok(outcome));
                             }
                             if queued_any {
@@ -139,7 +137,7 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
                             tracing::error!(error = %e,
                                 "an inbox batch could not be made durable; answering 503");
                             let e = Arc::new(e);
-                            for reply in waiting {
+                            for reply in replies {
                                 let _ = reply.send(Err(e.clone()));
                             }
                         }
@@ -150,7 +148,7 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, wake
                 tracing::warn!(error = %batch_error, size = rows.len(),
                     "inbox batch failed; retrying its deliveries one by one");
                 let mut queued_any = false;
-                for (delivery, reply) in rows.iter().zip(replies.drain(..)) {
+                for (delivery, reply) in rows.iter().zip(replies) {
                     let result = store
                         .insert_deliveries(std::slice::from_ref(delivery))
                         .await

@@ -210,11 +210,11 @@ pub(super) async fn task(pool: &SqlitePool, id: i64) -> Result<Option<TaskRecord
     row.map(TaskRecord::try_from).transpose()
 }
 
-/// [`tasks`] on a rusqlite connection of the store's raw reader: the
-/// dispatcher looks up the task of every issue and pull-request event, and
-/// through sqlx each lookup is two thread hand-offs (half the dispatcher's
-/// time, `benches/README.md`).
-pub(super) fn tasks_raw(
+/// Tasks matching `f`, newest first, on a rusqlite connection (the store's
+/// raw reader): the dispatcher looks up the task of every issue and
+/// pull-request event, and through sqlx each lookup was two thread
+/// hand-offs (half the dispatcher's time, `benches/README.md`).
+pub(super) fn tasks(
     conn: &rusqlite::Connection,
     f: &TaskFilter,
 ) -> Result<Vec<TaskRecord>, StoreError> {
@@ -253,27 +253,6 @@ pub(super) fn tasks_raw(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter().map(TaskRecord::try_from).collect()
-}
-
-pub(super) async fn tasks(
-    pool: &SqlitePool,
-    f: &TaskFilter,
-) -> Result<Vec<TaskRecord>, StoreError> {
-    let mut q =
-        QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < "));
-    q.push_bind(f.before_id.unwrap_or(i64::MAX));
-    if let Some(repo) = &f.repository {
-        q.push(" AND repository = ").push_bind(repo.clone());
-    }
-    if let Some(state) = f.state {
-        q.push(" AND state = ").push_bind(state.as_str());
-    }
-    if let Some(number) = f.subject_number {
-        q.push(" AND subject_number = ").push_bind(number);
-    }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-    let rows: Vec<TaskRow> = q.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(TaskRecord::try_from).collect()
 }
 

@@ -1853,12 +1853,20 @@ impl RunStore for SqliteStore {
     }
 
     async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
-        let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
-        )
-        .bind(repository.to_owned())
-        .fetch_optional(&self.reader)
-        .await?;
+        // Asked for every delivery the dispatcher routes: on the raw reader.
+        let row: Option<(Option<String>, Option<String>, i64)> = self
+            .raw_read(|conn| {
+                use rusqlite::OptionalExtension as _;
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
+                    )?
+                    .query_row([repository], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()?)
+            })
+            .await?;
         Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
             body,
             error,

@@ -696,6 +696,42 @@ async fn staged_inbox_batches_are_synced_by_the_log_syncer_and_full_comes_back()
     }
 }
 
+/// The dispatcher's claims commit without an fsync of their own (a claim
+/// lost with the power changes nothing: start-up re-queues `processing`
+/// deliveries), the writer is back to `FULL` after each, and the claim is
+/// made durable by the `FULL` commit of the delivery's result: a reopened
+/// store has the delivery `done` after one attempt.
+#[tokio::test]
+async fn claims_commit_unsynced_and_the_result_makes_them_durable() {
+    let (dir, store) = fresh_store().await;
+    queue_delivery(&store, "claimed-1").await;
+    let claimed = store
+        .claim_deliveries("owner", 8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempts, 1);
+    assert_eq!(
+        store.writer_synchronous().await.unwrap(),
+        2,
+        "the writer is back to FULL after a claim"
+    );
+    assert_eq!(
+        store
+            .finish_deliveries("owner", &[(claimed[0].id, DeliveryResult::Done)])
+            .await
+            .unwrap(),
+        1
+    );
+    drop(store);
+    let reopened = SqliteStore::open(dir.path().join("t.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let stored = reopened.delivery("claimed-1").await.unwrap().unwrap();
+    assert_eq!(stored.state, DeliveryState::Done);
+    assert_eq!(stored.attempts, 1);
+}
+
 /// The background checkpointer copies the log into the database file a few
 /// milliseconds behind the writer. 100 deliveries are ~150 pages of log,
 /// short of the 1,000 at which the writer would checkpoint itself: the

@@ -622,6 +622,30 @@ macro_rules! select_deliveries {
     };
 }
 
+/// Runs `work` on the writer's handle with `PRAGMA synchronous = NORMAL`:
+/// its commits are written to the log but not synced. `FULL` comes back
+/// before this returns, whatever `work` did, so no other transaction
+/// commits unsynced. Callers wait for [`walsync::WalSync`] before anything
+/// depends on the commit (the inbox), or say why nothing needs to
+/// (`claim_deliveries`).
+///
+/// Errors: `work`'s, else a failure to set the pragma (which only sets a
+/// flag on the connection; preparing it could fail only for want of memory).
+fn unsynced<R>(
+    conn: &rusqlite::Connection,
+    work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.prepare_cached("PRAGMA synchronous = NORMAL")?
+        .raw_execute()?;
+    let result = work(conn);
+    let restored = conn
+        .prepare_cached("PRAGMA synchronous = FULL")
+        .and_then(|mut s| s.raw_execute());
+    let result = result?;
+    restored?;
+    Ok(result)
+}
+
 /// Inserts a batch of deliveries in one transaction on the writer's own
 /// handle (see [`Store::insert_deliveries`]); one outcome per input.
 fn insert_delivery_batch(
@@ -719,19 +743,7 @@ impl Store for SqliteStore {
         // (see `walsync`). `FULL` comes back before the writer is released,
         // whatever happened, so no other transaction commits unsynced.
         let outcomes = self
-            .with_raw_writer(|conn| {
-                conn.prepare_cached("PRAGMA synchronous = NORMAL")?
-                    .raw_execute()?;
-                let inserted = insert_delivery_batch(conn, batch);
-                let restored = conn
-                    .prepare_cached("PRAGMA synchronous = FULL")
-                    .and_then(|mut s| s.raw_execute());
-                // Setting `synchronous` only sets a flag on the connection;
-                // preparing it could fail only for want of memory.
-                let outcomes = inserted?;
-                restored?;
-                Ok(outcomes)
-            })
+            .with_raw_writer(|conn| unsynced(conn, |conn| insert_delivery_batch(conn, batch)))
             .await?;
         Ok((outcomes, wal.durable()))
     }
@@ -746,12 +758,19 @@ impl Store for SqliteStore {
         let expires = now + lease.as_millis() as i64;
         // One batch on the writer's own handle (see `with_raw_writer`); the
         // payloads are decompressed after the writer is released.
+        //
+        // Committed unsynced (see `unsynced`): a claim lost with the power
+        // changes nothing, since start-up puts every `processing` delivery
+        // back in the queue anyway, and the delivery's `finish_deliveries`
+        // commits with `FULL`, which syncs the log up to and including the
+        // claim. So no round holds the writer through an fsync for its claim.
         let rows = self
             .with_raw_writer(|conn| {
-                let tx = conn.unchecked_transaction()?;
-                let ids: Vec<i64> = tx
-                    .prepare_cached(
-                        "UPDATE deliveries \
+                unsynced(conn, |conn| {
+                    let tx = conn.unchecked_transaction()?;
+                    let ids: Vec<i64> = tx
+                        .prepare_cached(
+                            "UPDATE deliveries \
                          SET state = 'processing', claimed_by = ?1, lease_expires_at = ?2, \
                              attempts = attempts + 1 \
                          WHERE id IN ( \
@@ -761,26 +780,27 @@ impl Store for SqliteStore {
                                  OR (state = 'processing' AND lease_expires_at < ?3)) \
                              ORDER BY id LIMIT ?4) \
                          RETURNING id",
-                    )?
-                    .query_map(
-                        rusqlite::params![owner, expires, now, limit as i64],
-                        |row| row.get(0),
-                    )?
-                    .collect::<Result<_, _>>()?;
-                if ids.is_empty() {
+                        )?
+                        .query_map(
+                            rusqlite::params![owner, expires, now, limit as i64],
+                            |row| row.get(0),
+                        )?
+                        .collect::<Result<_, _>>()?;
+                    if ids.is_empty() {
+                        tx.commit()?;
+                        return Ok(Vec::new());
+                    }
+                    let id_list = serde_json::to_string(&ids).expect("integers serialize");
+                    let rows: Vec<DeliveryRow> = tx
+                        .prepare_cached(concat!(
+                            select_deliveries!(),
+                            "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
+                        ))?
+                        .query_map([id_list], DeliveryRow::from_rusqlite)?
+                        .collect::<Result<_, _>>()?;
                     tx.commit()?;
-                    return Ok(Vec::new());
-                }
-                let id_list = serde_json::to_string(&ids).expect("integers serialize");
-                let rows: Vec<DeliveryRow> = tx
-                    .prepare_cached(concat!(
-                        select_deliveries!(),
-                        "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
-                    ))?
-                    .query_map([id_list], DeliveryRow::from_rusqlite)?
-                    .collect::<Result<_, _>>()?;
-                tx.commit()?;
-                Ok(rows)
+                    Ok(rows)
+                })
             })
             .await?;
         rows.into_iter().map(Delivery::try_from).collect()

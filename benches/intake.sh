@@ -9,6 +9,7 @@
 # Usage: bash benches/intake.sh [seconds per run, default 15]
 #        TASKMASTER_BIN=/path/to/taskmaster bash benches/intake.sh 10   (another build)
 #        EVENT=star bash benches/intake.sh 10   (an event stored as ignored: intake without dispatch)
+#        DRAIN=1 bash benches/intake.sh 10   (then time the dispatcher emptying the queue)
 # Needs: wrk (Debian package `wrk`), sqlite3 is not needed (the count uses taskmaster's own test of rows via python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,24 @@ GITHUB_WEBHOOK_SECRET=$SECRET HOST=127.0.0.1 PORT=3998 DATABASE_URL="sqlite://$W
 TM_PID=$!
 wait_port 3998
 TM_RESULT=$(run_wrk 3998 "taskmaster-$$")
+if [ -n "${DRAIN:-}" ]; then
+  # How fast the dispatcher empties the queue the load left (inbox depth
+  # from /api/health every 0.1 s, until it is empty or 60 s have passed).
+  python3 - <<'PY'
+import json, time, urllib.request
+def depth():
+    inbox = json.load(urllib.request.urlopen("http://127.0.0.1:3998/api/health"))["inbox"]
+    return inbox["queued"] + inbox["processing"]
+start, first = time.monotonic(), depth()
+left = first
+while left > 0 and time.monotonic() - start < 60:
+    time.sleep(0.1)
+    left = depth()
+took = time.monotonic() - start
+print(f"dispatcher: {first} deliveries queued when the load stopped; {first - left} handled "
+      f"in {took:.1f} s ({(first - left) / took:.0f}/s), {left} left")
+PY
+fi
 kill -TERM $TM_PID; wait $TM_PID || { echo "taskmaster did not exit cleanly" >&2; exit 1; }
 echo "taskmaster (durable, SQLite): $TM_RESULT"
 

@@ -74,8 +74,9 @@ pub struct SqliteStore {
 /// caller's thread for point lookups that run once per delivery: through
 /// sqlx's reader pool each is a round trip to a worker thread and back
 /// (measured: the dispatcher alone drained 3,000 – 3,400 deliveries/s with
-/// its two lookups through sqlx, 4,600 – 5,000/s with them here, and about
-/// 7,000/s with them skipped). A lookup here takes microseconds
+/// its lookups through sqlx, 4,600 – 5,000/s with the installation and task
+/// lookups here, and 7,800 – 9,300/s once the repository configuration's
+/// came here too; `benches/README.md`). A lookup here takes microseconds
 /// and never waits for the writer (WAL readers do not), so blocking the
 /// runtime thread for it is cheaper than the two thread wake-ups.
 pub(super) struct RawReader {

@@ -22,6 +22,18 @@
 //! connection for its whole life, and the syncer still checks the inode
 //! before each sync and reopens the file if it changed.
 //!
+//! What other connections see before the sync: an unsynced commit is
+//! visible at once, so the dispatcher may claim (itself unsynced) a delivery
+//! whose batch is still being synced. Nothing leaves the process on the
+//! strength of such a commit. Handling a delivery only reads from GitHub
+//! (permissions, the repository's configuration) and writes to the database;
+//! what does act outside — the engine starting an agent, the outbox posting
+//! to GitHub — acts on rows written by `FULL` commits (step claims, effects),
+//! and SQLite syncs a `FULL` commit's frames, and so every frame before them
+//! in the log, before it makes the commit visible. If the power goes before
+//! the sync, the delivery and all that was derived from it vanish together,
+//! and GitHub, never answered, records a failed delivery to redeliver.
+//!
 //! A failed sync poisons the syncer: dirty pages may have been dropped, so
 //! no later sync can vouch for earlier commits (the "fsyncgate" lesson,
 //! and why PostgreSQL stops on a failed fsync). Every wait then fails with

@@ -457,6 +457,28 @@ impl SqliteStore {
         }
     }
 
+    /// The one row `sql` returns for `params`, mapped by `map`, or `None`,
+    /// read through [`Self::raw_read`]: for the point lookups the dispatcher
+    /// makes for every delivery.
+    ///
+    /// Errors: as `raw_read`; more than one row is not an error (the first
+    /// is taken).
+    async fn raw_read_row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.raw_read(|conn| {
+            use rusqlite::OptionalExtension as _;
+            Ok(conn
+                .prepare_cached(sql)?
+                .query_row(params, map)
+                .optional()?)
+        })
+        .await
+    }
+
     /// The writer connection, for sqlx statements: waits for the writes
     /// asked before this one (see [`RawWriter`]), takes the connection out of
     /// its pool at the first call and keeps it.
@@ -721,9 +743,9 @@ impl Store for SqliteStore {
         &self,
         batch: &[NewDelivery],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        // The whole batch runs on the writer's raw handle: one hand-off to
-        // sqlx's worker thread for the lock instead of one per statement
-        // (BEGIN, the INSERTs, COMMIT), which under load set the pace.
+        // The whole batch runs on the writer's raw handle (`with_raw_writer`):
+        // no hand-off to sqlx's worker thread per statement (BEGIN, the
+        // INSERTs, COMMIT), which under load set the pace.
         self.with_raw_writer(|conn| insert_delivery_batch(conn, batch))
             .await
     }
@@ -738,11 +760,9 @@ impl Store for SqliteStore {
                 super::already_durable(),
             ));
         };
-        // Committed with `synchronous=NORMAL`: the frames are written but
-        // not synced, and the writer is free for the next batch at once;
-        // `WalSync` syncs the log for this commit and the ones beside it
-        // (see `walsync`). `FULL` comes back before the writer is released,
-        // whatever happened, so no other transaction commits unsynced.
+        // Committed unsynced (`unsynced`), so the writer is free for the
+        // next batch at once; `WalSync` syncs the log for this commit and
+        // the ones beside it (see `walsync`) before anyone is answered.
         let outcomes = self
             .with_raw_writer(|conn| unsynced(conn, |conn| insert_delivery_batch(conn, batch)))
             .await?;
@@ -1811,13 +1831,11 @@ impl RunStore for SqliteStore {
     ) -> Result<Option<InstallationState>, StoreError> {
         // Asked for every delivery the dispatcher handles: on the raw reader.
         let row: Option<(String,)> = self
-            .raw_read(|conn| {
-                use rusqlite::OptionalExtension as _;
-                Ok(conn
-                    .prepare_cached("SELECT state FROM installations WHERE id = ?1")?
-                    .query_row([installation_id], |row| Ok((row.get(0)?,)))
-                    .optional()?)
-            })
+            .raw_read_row(
+                "SELECT state FROM installations WHERE id = ?1",
+                [installation_id],
+                |row| Ok((row.get(0)?,)),
+            )
             .await?;
         row.map(|(s,)| {
             InstallationState::parse(&s).ok_or_else(|| StoreError::Corrupt {
@@ -1876,17 +1894,11 @@ impl RunStore for SqliteStore {
     async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
         // Asked for every delivery the dispatcher routes: on the raw reader.
         let row: Option<(Option<String>, Option<String>, i64)> = self
-            .raw_read(|conn| {
-                use rusqlite::OptionalExtension as _;
-                Ok(conn
-                    .prepare_cached(
-                        "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
-                    )?
-                    .query_row([repository], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })
-                    .optional()?)
-            })
+            .raw_read_row(
+                "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
+                [repository],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
             .await?;
         Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
             body,

@@ -3,7 +3,7 @@
 
 mod engine_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
@@ -361,14 +361,19 @@ async fn validation_steps_store_their_verdicts_with_evidence() {
     let t = TestEngine::start(set, AgentMap::new().with(agent), fast_config()).await;
     let run = t.start_run("v").await;
     t.wait_run(run, Duration::from_secs(10)).await;
-    let mut found = t
-        .store
-        .validations(&ValidationFilter {
-            limit: 10,
-            ..ValidationFilter::default()
-        })
-        .await
-        .unwrap();
+    // A verdict is stored just after its step's result commits, so the last
+    // step's may land a moment after the run is seen finished: wait for both
+    // (and a little longer, so that a third, wrong one would be seen too).
+    let filter = ValidationFilter {
+        limit: 10,
+        ..ValidationFilter::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.store.validations(&filter).await.unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut found = t.store.validations(&filter).await.unwrap();
     found.sort_by_key(|v| v.step.clone());
     assert_eq!(found.len(), 2, "only the validation steps: {found:#?}");
     assert_eq!(found[0].step.as_deref(), Some("audit"));

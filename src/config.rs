@@ -113,6 +113,15 @@ pub enum TokenCommand {
     List,
 }
 
+/// Whether runs get a checkout of their commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkspaceMode {
+    /// Each run gets a checkout of its exact commit (the default).
+    Checkout,
+    /// Each run gets an empty directory under the data directory.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -336,6 +345,88 @@ pub struct Settings {
     )]
     pub session_key: Option<crate::dashboard::SessionKey>,
 
+    /// Where taskmaster keeps repository mirrors and run workspaces (never
+    /// the service's working directory). Created if absent, owner-only.
+    #[arg(
+        long = "data-dir",
+        env = "TASKMASTER_DATA_DIR",
+        default_value = "./taskmaster-data",
+        global = true
+    )]
+    pub data_dir: std::path::PathBuf,
+
+    /// Workspaces: `checkout` gives every run a checkout of its commit;
+    /// `off` gives steps an empty per-run directory instead (for agents that
+    /// fetch code themselves, such as Codegen, or for trying workflows that
+    /// need no code).
+    #[arg(
+        long = "workspaces",
+        env = "TASKMASTER_WORKSPACES",
+        value_enum,
+        default_value = "checkout",
+        global = true
+    )]
+    pub workspaces: WorkspaceMode,
+
+    /// Base URL of the git remote: repositories are fetched from
+    /// `{GITHUB_GIT_URL}/{owner}/{name}.git` (for GitHub Enterprise, its host).
+    #[arg(
+        long = "git-url",
+        env = "GITHUB_GIT_URL",
+        default_value = "https://github.com",
+        global = true
+    )]
+    pub git_url: String,
+
+    /// Keep a failed run's workspace this many hours for debugging (0:
+    /// removed when the run ends, like every other).
+    #[arg(
+        long = "keep-failed-workspaces",
+        env = "TASKMASTER_KEEP_FAILED_WORKSPACES",
+        default_value_t = 0,
+        global = true
+    )]
+    pub keep_failed_workspaces_hours: u64,
+
+    /// Refuse to make a workspace while the data directory's disk has less
+    /// free space than this many megabytes (10^6 bytes).
+    #[arg(
+        long = "min-free-disk-mb",
+        env = "TASKMASTER_MIN_FREE_DISK_MB",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub min_free_disk_mb: u64,
+
+    /// A checkout larger than this many megabytes (work tree, without
+    /// `.git`) fails its step.
+    #[arg(
+        long = "max-workspace-mb",
+        env = "TASKMASTER_MAX_WORKSPACE_MB",
+        default_value_t = 2048,
+        global = true
+    )]
+    pub max_workspace_mb: u64,
+
+    /// Mirrors no run has used for this many days are removed.
+    #[arg(
+        long = "mirror-ttl-days",
+        env = "TASKMASTER_MIRROR_TTL_DAYS",
+        default_value_t = 14,
+        global = true
+    )]
+    pub mirror_ttl_days: u64,
+
+    /// `pr.diff` in prompts is cut at this many bytes, with a note naming
+    /// the files left out.
+    #[arg(
+        long = "diff-limit-bytes",
+        env = "TASKMASTER_DIFF_LIMIT_BYTES",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub diff_limit_bytes: usize,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
@@ -376,6 +467,20 @@ impl Settings {
 }
 
 impl Settings {
+    /// The workspace settings from these flags.
+    pub fn workspace_settings(&self) -> crate::workspace::WorkspaceSettings {
+        const MB: u64 = 1_000_000;
+        let mut ws = crate::workspace::WorkspaceSettings::new(&self.data_dir);
+        ws.git_url = self.git_url.trim().trim_end_matches('/').to_owned();
+        ws.keep_failed = std::time::Duration::from_secs(self.keep_failed_workspaces_hours * 3600);
+        ws.min_free_bytes = self.min_free_disk_mb.saturating_mul(MB);
+        ws.max_workspace_bytes = self.max_workspace_mb.saturating_mul(MB);
+        ws.mirror_ttl = std::time::Duration::from_secs(self.mirror_ttl_days * 24 * 3600);
+        ws.diff_limit_bytes = self.diff_limit_bytes.max(1_000);
+        ws.checkout = self.workspaces == WorkspaceMode::Checkout;
+        ws
+    }
+
     /// The report outbox's settings from these flags (the rest at their defaults).
     pub fn outbox_config(&self) -> crate::outbox::OutboxConfig {
         crate::outbox::OutboxConfig {

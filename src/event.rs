@@ -57,6 +57,10 @@ pub struct Label {
 /// The repository a delivery is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repository {
+    /// The numeric repository id (stable across renames and transfers; keys
+    /// the repository's mirror). `0` when a payload leaves it out.
+    #[serde(default)]
+    pub id: i64,
     /// `owner/name`.
     pub full_name: String,
     /// The default branch (e.g. `main`), when sent.
@@ -575,6 +579,22 @@ impl Event {
             Event::Push(e) => e.envelope.repository.as_ref(),
             _ => None,
         }
+    }
+
+    /// The installation the delivery came through, when the payload says.
+    pub fn installation_id(&self) -> Option<i64> {
+        let envelope = match self {
+            Event::PullRequest(e) => &e.envelope,
+            Event::Issues(e) => &e.envelope,
+            Event::IssueComment(e) => &e.envelope,
+            Event::CheckRun(e) => &e.envelope,
+            Event::CheckSuite(e) => &e.envelope,
+            Event::Push(e) => &e.envelope,
+            Event::Installation(e) => return Some(e.installation.id),
+            Event::InstallationRepositories(e) => return Some(e.installation.id),
+            Event::Ping | Event::Other { .. } => return None,
+        };
+        envelope.installation.map(|i| i.id)
     }
 
     /// `name.action` (e.g. `pull_request.opened`), or just the name.

@@ -51,6 +51,10 @@ pub const GITHUB_REQUESTS: &str = "taskmaster_github_requests_total";
 /// `x-ratelimit-remaining` of the latest GitHub answer that carried it. Gauge.
 pub const GITHUB_RATE_REMAINING: &str = "taskmaster_github_rate_limit_remaining";
 
+/// Time to make a run's workspace (fetch into the mirror, check out).
+/// Histogram, seconds.
+pub const WORKSPACE_SECONDS: &str = "taskmaster_workspace_create_duration_seconds";
+
 /// Histogram buckets, seconds: 5 ms to 1 h.
 const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -78,6 +82,11 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// A run's workspace was made in `duration_ms`.
+pub fn workspace_created(duration_ms: u64) {
+    metrics::histogram!(WORKSPACE_SECONDS).record(duration_ms as f64 / 1000.0);
 }
 
 /// A webhook delivery was answered (signature valid).

@@ -29,3 +29,4 @@ pub mod telemetry;
 pub mod tools;
 pub mod webhook;
 pub mod workflow;
+pub mod workspace;

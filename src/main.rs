@@ -136,17 +136,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let engine = Engine::new(
-        store.clone(),
-        workflows.clone(),
-        agents,
-        settings.engine_config(),
-    );
     let github_settings = GitHubSettings::from_env().map_err(|e| {
         anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}")
     })?;
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
+    let engine = Engine::new(
+        store.clone(),
+        workflows.clone(),
+        agents,
+        engine_config(&settings, github.clone())?,
+    );
     let redelivery_stop = CancellationToken::new();
     if github_settings.credentials.is_some() {
         tokio::spawn(github::redelivery::run_scheduler(
@@ -231,6 +231,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine's settings, with workspaces under the data directory that
+/// fetch with read tokens from `github` (none in dry run).
+fn engine_config(
+    settings: &Settings,
+    github: Arc<dyn github::GitHub>,
+) -> anyhow::Result<taskmaster::engine::EngineConfig> {
+    use taskmaster::workspace::{GitHubTokens, Workspaces};
+    let workspaces = Workspaces::new(
+        settings.workspace_settings(),
+        Arc::new(GitHubTokens(github)),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "refusing to start: cannot use the data directory {} (TASKMASTER_DATA_DIR): {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    Ok(taskmaster::engine::EngineConfig {
+        workspaces: Some(Arc::new(workspaces)),
+        ..settings.engine_config()
+    })
+}
+
 /// `taskmaster run WORKFLOW --event FILE`: one run, to completion, with progress.
 async fn run(
     settings: Settings,
@@ -244,7 +267,16 @@ async fn run(
         .with_context(|| format!("cannot read the event payload {}", event.display()))?;
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let engine = Engine::new(store.clone(), workflows, agents, settings.engine_config());
+    let github_settings = GitHubSettings::from_env()
+        .map_err(|e| anyhow::anyhow!("the GitHub App settings are invalid: {e}"))?;
+    let github = github::connect(&github_settings, RetryPolicy::default())
+        .map_err(|e| anyhow::anyhow!("cannot build the GitHub client: {e}"))?;
+    let engine = Engine::new(
+        store.clone(),
+        workflows,
+        agents,
+        engine_config(&settings, github)?,
+    );
     let mut transitions = engine.subscribe();
     let stop = CancellationToken::new();
     let task = tokio::spawn(engine.clone().run(stop.clone()));

@@ -372,10 +372,37 @@ async fn hardened_runs_in_bwrap_without_network() {
 }
 
 #[tokio::test]
-async fn a_missing_sandbox_is_said_plainly() {
+async fn a_missing_sandbox_fails_closed_naming_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(Policy::Hardened);
+    s.bwrap = Some(PathBuf::from("/nonexistent/bwrap"));
+    let agent = CommandAgent::new(s);
+    let marker = dir.path().join("ran");
+    let outcome = agent
+        .run(request(
+            json!({"command": ["touch", marker.to_str().unwrap()]}),
+            Duration::from_secs(10),
+            dir.path(),
+        ))
+        .await;
+    assert_failed(&outcome, FailureKind::Config);
+    let message = &outcome.failure.as_ref().unwrap().message;
+    assert!(
+        message.contains("bubblewrap") && message.contains("allow_unsandboxed"),
+        "{message}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command must not run without its sandbox"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_sandbox_allowed_by_the_operator_is_said_plainly() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(Policy::Paranoid);
     s.bwrap = Some(PathBuf::from("/nonexistent/bwrap"));
+    s.allow_unsandboxed = true;
     let agent = CommandAgent::new(s);
     let outcome = agent
         .run(request(

@@ -16,12 +16,20 @@
 //!   (`RLIMIT_NOFILE`) and processes of the user (`RLIMIT_NPROC`; not
 //!   enforced by the kernel for root, so set `run_as` when taskmaster runs as
 //!   root). A [`Policy`] names a set of limits.
-//! * **A sandbox** for `hardened` and `paranoid`: where `bwrap` (bubblewrap,
-//!   Debian package `bubblewrap`) is installed the command runs in new
-//!   namespaces *without network*, seeing the system directories read-only,
-//!   the working directory read-write, and a private `/tmp`, `/proc` and
-//!   `/dev`. When `bwrap` is missing the command still runs, and the first
-//!   line of its output says plainly that it ran without the sandbox.
+//! * **A sandbox** for `hardened` and `paranoid`: the command runs under
+//!   `bwrap` (bubblewrap, Debian package `bubblewrap`) in new namespaces
+//!   *without network*, seeing the system directories read-only, the
+//!   working directory (the run's workspace) read-write, the mirror it
+//!   borrows objects from read-only, and a private `/tmp`, `/proc` and
+//!   `/dev`: nothing of the data directory, the database or the service's
+//!   working directory. When `bwrap` is missing the step **fails** with a
+//!   message naming the package, unless the agent's configuration sets
+//!   `allow_unsandboxed: true`; then it runs, and the first line of its
+//!   output says plainly that it ran without the sandbox.
+//! * **Pull-request code** (a workspace at a PR's head) runs at least under
+//!   the agent's `untrusted_policy` (default `hardened`); an operator who
+//!   wants PR code run without the sandbox sets it to `standard` or
+//!   `minimal` for that agent.
 //!
 //! Step inputs (`with:`):
 //!
@@ -181,6 +189,12 @@ pub struct CommandSettings {
     pub name: String,
     /// The policy; steps may ask for a stricter one.
     pub policy: Policy,
+    /// The least strict policy for steps working on a pull request's code
+    /// (default `hardened`).
+    pub untrusted_policy: Policy,
+    /// Run `hardened`/`paranoid` commands without the sandbox when `bwrap`
+    /// is missing (default false: such steps fail).
+    pub allow_unsandboxed: bool,
     /// Overrides of single limits of the policy.
     pub limits: ResourceLimits,
     /// Run as this user (recommended when taskmaster runs as root).
@@ -210,6 +224,8 @@ impl CommandSettings {
         Self {
             name: name.into(),
             policy: Policy::Standard,
+            untrusted_policy: Policy::Hardened,
+            allow_unsandboxed: false,
             limits: ResourceLimits::default(),
             run_as: None,
             env_allow: Vec::new(),
@@ -258,7 +274,13 @@ impl CommandAgent {
     fn parse(
         &self,
         with: &serde_json::Map<String, serde_json::Value>,
+        untrusted: bool,
     ) -> Result<Invocation, String> {
+        let floor = if untrusted {
+            self.settings.policy.max(self.settings.untrusted_policy)
+        } else {
+            self.settings.policy
+        };
         use serde_json::Value;
         let shell = match with.get("shell") {
             None | Some(Value::Null) => false,
@@ -319,16 +341,21 @@ impl CommandAgent {
             }
         };
         let policy = match with.get("policy") {
-            None | Some(Value::Null) => self.settings.policy,
+            None | Some(Value::Null) => floor,
             Some(Value::String(name)) => {
                 let asked = Policy::parse(name).ok_or_else(|| {
                     format!("unknown policy `{name}`: use minimal, standard, hardened or paranoid")
                 })?;
-                if asked < self.settings.policy {
+                if asked < floor {
                     return Err(format!(
-                        "the step asks for policy `{}`, more lenient than the agent's `{}`: a step may only tighten the policy",
+                        "the step asks for policy `{}`, more lenient than the agent's `{}`{}: a step may only tighten the policy",
                         asked.as_str(),
-                        self.settings.policy.as_str()
+                        floor.as_str(),
+                        if floor > self.settings.policy {
+                            " for pull-request code (`untrusted_policy`)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 asked
@@ -410,7 +437,7 @@ impl Agent for CommandAgent {
     async fn run(&self, attempt: AttemptRequest) -> AttemptOutcome {
         let started = Instant::now();
         let out = &self.settings.output;
-        let invocation = match self.parse(&attempt.with) {
+        let invocation = match self.parse(&attempt.with, attempt.untrusted_checkout) {
             Ok(inv) => inv,
             Err(message) => {
                 return AttemptOutcome::failed(
@@ -452,13 +479,24 @@ impl Agent for CommandAgent {
         }
         let (program, args) = if policy.sandboxed() {
             match self.find_bwrap() {
-                Some(bwrap) => sandbox_argv(
-                    &bwrap,
-                    policy,
-                    &workdir,
-                    &self.settings.sandbox_ro_binds,
-                    invocation.argv,
-                ),
+                Some(bwrap) => {
+                    let mut ro = self.settings.sandbox_ro_binds.clone();
+                    ro.extend(attempt.read_only.iter().cloned());
+                    sandbox_argv(&bwrap, policy, &workdir, &ro, invocation.argv)
+                }
+                None if !self.settings.allow_unsandboxed => {
+                    return AttemptOutcome::failed(
+                        ErrorClass::Permanent,
+                        FailureKind::Config,
+                        out.message(&format!(
+                            "agent `{}`: policy `{}` runs commands in the bwrap sandbox, but `bwrap` is not installed: install the Debian package `bubblewrap` (or set `allow_unsandboxed: true` for this agent to run without it)",
+                            self.settings.name,
+                            policy.as_str()
+                        )),
+                        out.output(""),
+                        started,
+                    );
+                }
                 None => {
                     notes.push(format!(
                         "SANDBOX UNAVAILABLE: policy `{}` asks for the bwrap sandbox without network, but `bwrap` is not installed (Debian package `bubblewrap`); this command ran WITHOUT the sandbox and WITH network access, under resource limits only",
@@ -615,39 +653,73 @@ mod tests {
         settings.policy = Policy::Hardened;
         let agent = CommandAgent::new(settings);
         let err = agent
-            .parse(&with(json!({"command": ["true"], "policy": "minimal"})))
+            .parse(
+                &with(json!({"command": ["true"], "policy": "minimal"})),
+                false,
+            )
             .err()
             .unwrap();
         assert!(err.contains("only tighten"), "{err}");
         let inv = agent
-            .parse(&with(json!({"command": ["true"], "policy": "paranoid"})))
+            .parse(
+                &with(json!({"command": ["true"], "policy": "paranoid"})),
+                false,
+            )
             .ok()
             .unwrap();
         assert_eq!(inv.policy, Policy::Paranoid);
     }
 
     #[test]
+    fn pull_request_code_runs_at_least_hardened() {
+        let agent = CommandAgent::new(CommandSettings::new("t"));
+        let inv = agent
+            .parse(&with(json!({"run": ["make"]})), true)
+            .ok()
+            .unwrap();
+        assert_eq!(inv.policy, Policy::Hardened);
+        let inv = agent
+            .parse(&with(json!({"run": ["make"]})), false)
+            .ok()
+            .unwrap();
+        assert_eq!(inv.policy, Policy::Standard);
+        let err = agent
+            .parse(&with(json!({"run": ["make"], "policy": "standard"})), true)
+            .err()
+            .unwrap();
+        assert!(err.contains("untrusted_policy"), "{err}");
+        let mut settings = CommandSettings::new("t");
+        settings.untrusted_policy = Policy::Minimal;
+        let lenient = CommandAgent::new(settings);
+        let inv = lenient
+            .parse(&with(json!({"run": ["make"]})), true)
+            .ok()
+            .unwrap();
+        assert_eq!(inv.policy, Policy::Standard);
+    }
+
+    #[test]
     fn a_string_runs_without_a_shell_unless_asked() {
         let agent = CommandAgent::new(CommandSettings::new("t"));
         let inv = agent
-            .parse(&with(json!({"run": "ls; rm -rf /"})))
+            .parse(&with(json!({"run": "ls; rm -rf /"})), false)
             .ok()
             .unwrap();
         // No shell: `;` is just part of an argument to `ls`.
         assert_eq!(inv.argv, ["ls;", "rm", "-rf", "/"]);
         let inv = agent
-            .parse(&with(json!({"run": ["make", "test"]})))
+            .parse(&with(json!({"run": ["make", "test"]})), false)
             .ok()
             .unwrap();
         assert_eq!(inv.argv, ["make", "test"]);
-        assert!(agent.parse(&with(json!({"run": "  "}))).is_err());
+        assert!(agent.parse(&with(json!({"run": "  "})), false).is_err());
         assert!(
             agent
-                .parse(&with(json!({"run": ["a"], "command": ["b"]})))
+                .parse(&with(json!({"run": ["a"], "command": ["b"]})), false)
                 .is_err()
         );
         let inv = agent
-            .parse(&with(json!({"command": "echo hi", "shell": true})))
+            .parse(&with(json!({"command": "echo hi", "shell": true})), false)
             .ok()
             .unwrap();
         assert_eq!(inv.argv, ["/bin/sh", "-c", "echo hi"]);

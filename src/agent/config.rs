@@ -143,6 +143,8 @@ struct AgentEntry {
     limits: Option<ResourceLimits>,
     // command
     policy: Option<Policy>,
+    untrusted_policy: Option<Policy>,
+    allow_unsandboxed: Option<bool>,
     run_as: Option<RunAs>,
     bwrap: Option<PathBuf>,
     sandbox_ro_binds: Option<Vec<PathBuf>>,
@@ -321,6 +323,12 @@ fn misplaced_keys(kind: AgentKind, e: &AgentEntry) -> Vec<&'static str> {
     );
     check(e.limits.is_some(), "limits", &[Cli, Command]);
     check(e.policy.is_some(), "policy", &[Command]);
+    check(e.untrusted_policy.is_some(), "untrusted_policy", &[Command]);
+    check(
+        e.allow_unsandboxed.is_some(),
+        "allow_unsandboxed",
+        &[Command],
+    );
     check(e.run_as.is_some(), "run_as", &[Command]);
     check(e.bwrap.is_some(), "bwrap", &[Command]);
     check(e.sandbox_ro_binds.is_some(), "sandbox_ro_binds", &[Command]);
@@ -731,6 +739,10 @@ fn build(
         AgentKind::Command => {
             let mut s = CommandSettings::new(name);
             s.policy = e.policy.unwrap_or_default();
+            if let Some(p) = e.untrusted_policy {
+                s.untrusted_policy = p;
+            }
+            s.allow_unsandboxed = e.allow_unsandboxed.unwrap_or(false);
             s.limits = e.limits.unwrap_or_default();
             s.run_as = e.run_as;
             s.env_allow = e.env_allow.clone().unwrap_or_default();

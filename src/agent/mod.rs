@@ -79,6 +79,13 @@ pub struct AttemptRequest {
     /// Working directory (a checkout), for local agents. `None`: the agent's
     /// configured directory, else taskmaster's current directory.
     pub workdir: Option<PathBuf>,
+    /// Paths a sandbox must show read-only besides the system directories:
+    /// the mirror whose objects a workspace borrows, so git works inside.
+    pub read_only: Vec<PathBuf>,
+    /// The working directory holds code nobody trusted yet (a pull
+    /// request's head): `command` steps run at least under their agent's
+    /// `untrusted_policy` (default `hardened`).
+    pub untrusted_checkout: bool,
     /// When the attempt must be over (wall clock). Adapters also apply their
     /// own configured timeout, whichever comes first.
     pub deadline: Instant,
@@ -95,6 +102,8 @@ impl AttemptRequest {
             prompt: prompt.into(),
             with: serde_json::Map::new(),
             workdir: None,
+            read_only: Vec::new(),
+            untrusted_checkout: false,
             deadline: Instant::now() + timeout,
             cancel: CancellationToken::new(),
         }

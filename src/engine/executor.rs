@@ -195,27 +195,49 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .1;
     };
 
-    let (prompt, with) = match render(engine, &wf, &def, run_id, &delivery_id).await {
-        Ok(r) => r,
-        Err(message) => {
-            let why = format!("the step's prompt or inputs cannot be rendered: {message}");
-            let record = AttemptRecord {
-                outcome: "failed".into(),
-                error_class: Some("permanent".into()),
-                error_kind: Some("config".into()),
-                error: Some(why.clone()),
-                ..AttemptRecord::default()
+    // The run's workspace: made by the first step that needs it, shared by
+    // the rest. A transient failure (network, disk) retries the step; a
+    // permanent one (the commit is gone) fails it: another agent would not
+    // fare better, so no fallback.
+    let workspace = match prepare_workspace(engine, &step.step, run_id, &delivery_id).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            let transient = e.is_transient();
+            let tried = step.agent_attempts.max(1) as u32;
+            let max = def.retry.max_attempts.max(1);
+            let message = format!("the run's workspace could not be made: {e}");
+            let (next, event, why) = if transient && tried < max {
+                let delay = backoff::retry_delay(&def.retry, tried + 1, None);
+                (
+                    StepNext::Retry {
+                        run_at: now_ms() + delay.as_millis() as i64,
+                    },
+                    "retry",
+                    format!(
+                        "{message}; retry {tried} of {} in {} ms",
+                        max - 1,
+                        delay.as_millis()
+                    ),
+                )
+            } else {
+                (
+                    StepNext::Finish {
+                        state: StepState::Failed,
+                        output: None,
+                        error: Some(message.clone()),
+                    },
+                    "give_up",
+                    message.clone(),
+                )
             };
+            let class = if transient { "transient" } else { "permanent" };
+            let record = not_run(class, "workspace", &message);
             return finish(
                 engine,
                 &lease,
-                Some(&record),
-                StepNext::Finish {
-                    state: StepState::Failed,
-                    output: None,
-                    error: Some(why.clone()),
-                },
-                ("give_up", &why),
+                record.as_ref(),
+                next,
+                (event, &why),
                 &step.step,
                 run_id,
             )
@@ -223,6 +245,36 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             .1;
         }
     };
+
+    let (prompt, with) =
+        match render(engine, &wf, &def, run_id, &delivery_id, workspace.as_ref()).await {
+            Ok(r) => r,
+            Err(message) => {
+                let why = format!("the step's prompt or inputs cannot be rendered: {message}");
+                let record = AttemptRecord {
+                    outcome: "failed".into(),
+                    error_class: Some("permanent".into()),
+                    error_kind: Some("config".into()),
+                    error: Some(why.clone()),
+                    ..AttemptRecord::default()
+                };
+                return finish(
+                    engine,
+                    &lease,
+                    Some(&record),
+                    StepNext::Finish {
+                        state: StepState::Failed,
+                        output: None,
+                        error: Some(why.clone()),
+                    },
+                    ("give_up", &why),
+                    &step.step,
+                    run_id,
+                )
+                .await
+                .1;
+            }
+        };
 
     let mut timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
     // The agent's budgets for this step, all its attempts on that agent
@@ -311,9 +363,28 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         },
         prompt,
         with,
-        workdir: None,
+        workdir: workspace.as_ref().map(|ws| ws.path.clone()),
+        read_only: workspace
+            .as_ref()
+            .filter(|ws| !ws.mirror.as_os_str().is_empty())
+            .map(|ws| vec![ws.mirror.clone()])
+            .unwrap_or_default(),
+        untrusted_checkout: workspace.as_ref().is_some_and(|ws| ws.base_sha.is_some()),
         deadline: Instant::now() + timeout,
         cancel: cancel.clone(),
+    };
+    // Steps that may change files hold the run's workspace alone; the
+    // others may share it.
+    let _workspace_turn = match (&workspace, &inner.config.workspaces) {
+        (Some(ws), Some(all)) => {
+            let lock = all.step_lock(ws.run_id);
+            Some(if def.changes {
+                WorkspaceTurn::Write(lock.write_owned().await)
+            } else {
+                WorkspaceTurn::Read(lock.read_owned().await)
+            })
+        }
+        _ => None,
     };
 
     let started = Instant::now();
@@ -706,14 +777,85 @@ async fn finish(
     }
 }
 
+/// A step's hold on its run's workspace (see [`Step::changes`]).
+#[allow(dead_code)] // held for its drop
+enum WorkspaceTurn {
+    Read(tokio::sync::OwnedRwLockReadGuard<()>),
+    Write(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// The run's workspace, made if this is the first step to need it (and
+/// then recorded on the run's timeline); `None` when the engine has no
+/// workspaces configured.
+async fn prepare_workspace(
+    engine: &Engine,
+    step: &str,
+    run_id: i64,
+    delivery_id: &str,
+) -> Result<Option<crate::workspace::Workspace>, crate::workspace::WorkspaceError> {
+    use crate::workspace::{CheckoutRequest, WorkspaceError};
+    let Some(workspaces) = engine.inner.config.workspaces.clone() else {
+        return Ok(None);
+    };
+    if let Some(ws) = workspaces.existing(run_id) {
+        return Ok(Some(ws));
+    }
+    let request = if workspaces.settings().checkout {
+        let run = engine
+            .inner
+            .store
+            .run(run_id)
+            .await
+            .map_err(|e| WorkspaceError::Invalid(format!("cannot read the run: {e}")))?
+            .ok_or_else(|| WorkspaceError::Invalid("the run is gone".into()))?
+            .run;
+        event(engine, delivery_id)
+            .await
+            .and_then(|event| CheckoutRequest::for_run(&run, &event))
+    } else {
+        None
+    };
+    let Some(request) = request else {
+        return workspaces.scratch(run_id).map(Some);
+    };
+    let ws = workspaces.ensure(&request).await?;
+    if ws.duration_ms > 0 {
+        let mut detail = format!(
+            "checked out {} of {} in {} ms ({:.1} MB; fetched {})",
+            ws.sha,
+            ws.full_name,
+            ws.duration_ms,
+            ws.size_bytes as f64 / 1e6,
+            ws.fetched
+        );
+        if !ws.restored.is_empty() {
+            detail.push_str(&format!(
+                "; restored from the base branch (they steer agents): {}",
+                ws.restored.join(", ")
+            ));
+        }
+        crate::instrument::workspace_created(ws.duration_ms);
+        if let Err(e) = engine
+            .inner
+            .store
+            .record_checkout(run_id, step, &ws.sha, &detail)
+            .await
+        {
+            tracing::warn!(run_id, error = %e, "could not record the run's checkout");
+        }
+    }
+    Ok(Some(ws))
+}
+
 /// The prompt and `with:` inputs of a step, rendered against the run's
-/// event and the outputs of the steps before it.
+/// event, its workspace and the outputs of the steps before it.
 async fn render(
     engine: &Engine,
     wf: &Workflow,
     def: &Step,
     run_id: i64,
     delivery_id: &str,
+    workspace: Option<&crate::workspace::Workspace>,
 ) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
     let store = &engine.inner.store;
     let snapshot = store
@@ -735,6 +877,16 @@ async fn render(
         },
     };
     ctx.inputs = wf.input_values(&BTreeMap::new());
+    if let Some(ws) = workspace {
+        ctx.workspace = Some(crate::workflow::template::WorkspaceInfo {
+            path: ws.path.display().to_string(),
+            sha: ws.sha.clone(),
+        });
+        if let Some(pr) = ctx.pr.as_mut() {
+            pr.diff = ws.diff.clone();
+            pr.files = ws.files.clone();
+        }
+    }
     for s in &snapshot.steps {
         if s.state.is_terminal() {
             ctx.steps.insert(

@@ -130,6 +130,11 @@ pub struct EngineConfig {
     pub default_estimate_ms: i64,
     /// On shutdown, how long to wait for running attempts to wind down.
     pub shutdown_grace: Duration,
+    /// Where runs' workspaces come from. `None`: steps get no working
+    /// directory from the engine (the agent's configured one, else the
+    /// process's), as library users and some tests want; `serve` and `run`
+    /// always set it.
+    pub workspaces: Option<Arc<crate::workspace::Workspaces>>,
 }
 
 impl Default for EngineConfig {
@@ -143,6 +148,7 @@ impl Default for EngineConfig {
             timeout_grace: Duration::from_secs(5),
             default_estimate_ms: 60_000,
             shutdown_grace: Duration::from_secs(10),
+            workspaces: None,
         }
     }
 }
@@ -347,6 +353,12 @@ impl Engine {
             return Err(e);
         }
         let reaper = tokio::spawn(self.clone().reaper(shutdown.clone()));
+        let janitor = self
+            .inner
+            .config
+            .workspaces
+            .clone()
+            .map(|ws| tokio::spawn(self.clone().workspace_janitor(ws)));
         let results_rx = self
             .inner
             .results_rx
@@ -426,11 +438,55 @@ impl Engine {
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         reaper.abort();
         heartbeat.abort();
+        if let Some(janitor) = janitor {
+            janitor.abort();
+        }
         if let Some(remote) = remote {
             remote.abort();
         }
         writer.abort();
         Ok(())
+    }
+
+    /// Removes workspaces when their runs end (a failed run's is kept for
+    /// `TASKMASTER_KEEP_FAILED_WORKSPACES`), and sweeps at start-up and every
+    /// ten minutes for what a crash or a missed transition left behind:
+    /// half-made checkouts, workspaces of ended runs, unused mirrors.
+    async fn workspace_janitor(self, workspaces: Arc<crate::workspace::Workspaces>) {
+        let mut transitions = self.subscribe();
+        let sweep = |engine: Engine, workspaces: Arc<crate::workspace::Workspaces>| async move {
+            // A store shared by replicas: only this host's workspaces are
+            // here, and a run active anywhere keeps its own.
+            match engine.inner.store.active_runs().await {
+                Ok(active) => {
+                    let active: std::collections::HashSet<i64> = active.into_iter().collect();
+                    let (w, m) = workspaces.sweep(&active).await;
+                    if w + m > 0 {
+                        tracing::info!(
+                            workspaces = w,
+                            mirrors = m,
+                            "workspace sweep removed what no run needs"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "workspace sweep: cannot list active runs"),
+            }
+        };
+        sweep(self.clone(), workspaces.clone()).await;
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        every.tick().await;
+        loop {
+            tokio::select! {
+                t = transitions.recv() => match t {
+                    Ok(Transition::Run { run_id, state, .. }) if state.is_terminal() => {
+                        workspaces.finish(run_id, state != RunState::Succeeded).await;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = every.tick() => sweep(self.clone(), workspaces.clone()).await,
+            }
+        }
     }
 
     /// Renews every lease this engine holds, every third of the lease TTL, in

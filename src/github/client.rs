@@ -744,6 +744,39 @@ impl GitHub for GitHubClient {
         })
     }
 
+    async fn repository_token(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        permissions: &[(&str, &str)],
+    ) -> Result<secrecy::SecretString, GitHubError> {
+        let mut req = Request::new(
+            Method::POST,
+            format!("/app/installations/{}/access_tokens", installation.0),
+            As::App,
+        );
+        let permissions: serde_json::Map<String, Value> = permissions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+            .collect();
+        req.body = Some(json!({
+            "repositories": [repo.name()],
+            "permissions": permissions,
+        }));
+        let path = req.path.clone();
+        let reply = self.send(req).await?;
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let token: Token = serde_json::from_str(&reply.body).map_err(|e| GitHubError::Decode {
+            method: "POST".into(),
+            path,
+            message: e.to_string(),
+        })?;
+        Ok(secrecy::SecretString::from(token.token))
+    }
+
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
         let req = Request::new(
             Method::POST,

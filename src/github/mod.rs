@@ -372,6 +372,27 @@ pub trait GitHub: Send + Sync {
     /// Source: <https://docs.github.com/en/rest/apps/webhooks#redeliver-a-delivery-for-an-app-webhook>
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError>;
 
+    /// An installation token narrowed to one repository and `permissions`
+    /// (pairs such as `("contents", "read")`), for git to fetch or push
+    /// with. It lives one hour; callers ask for a fresh one per use.
+    ///
+    /// Source: <https://docs.github.com/en/rest/apps/apps#create-an-installation-access-token-for-an-app>
+    ///
+    /// # Errors
+    /// As any request; [`GitHubError::InvalidInput`] from implementations
+    /// that cannot mint tokens (the dry-run recorder).
+    async fn repository_token(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        permissions: &[(&str, &str)],
+    ) -> Result<secrecy::SecretString, GitHubError> {
+        let _ = (installation, repo, permissions);
+        Err(GitHubError::InvalidInput(
+            "this GitHub client cannot mint installation tokens".into(),
+        ))
+    }
+
     /// True when effects are only recorded, not sent (no App credentials).
     fn is_dry_run(&self) -> bool {
         false

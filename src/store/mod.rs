@@ -683,6 +683,17 @@ pub trait RunStore: Store {
     /// `Unchanged` when it was not waiting (already approved, or finished).
     async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
 
+    /// Records that run `run_id`'s workspace checked out `sha` (kept when the
+    /// run already has one: the first checkout's commit is the run's) and
+    /// adds a `workspace` event with `detail` to its timeline, for `step`.
+    async fn record_checkout(
+        &self,
+        run_id: i64,
+        step: &str,
+        sha: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+
     /// The ids of the runs on commit `head_sha` of `repository`, oldest first
     /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
     async fn runs_for_commit(

@@ -565,7 +565,7 @@ macro_rules! select_runs {
         "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
          classification, reason, context, priority, concurrency_group, state, desired_state, \
          max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
-         waiting_approval, approved_by FROM runs "
+         waiting_approval, approved_by, checkout_sha FROM runs "
     };
 }
 
@@ -1777,6 +1777,24 @@ impl RunStore for PgStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn record_checkout(
+        &self,
+        run_id: i64,
+        step: &str,
+        sha: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE runs SET checkout_sha = COALESCE(checkout_sha, $2) WHERE id = $1")
+            .bind(run_id)
+            .bind(sha)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, run_id, Some(step), now_ms(), "workspace", detail).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn runs_for_commit(

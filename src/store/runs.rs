@@ -277,6 +277,8 @@ pub struct Run {
     pub waiting_approval: bool,
     /// Who approved it, when it waited.
     pub approved_by: Option<String>,
+    /// The commit the run's workspace checked out, once it has one.
+    pub checkout_sha: Option<String>,
     /// Epoch ms of the outcome.
     pub finished_at: Option<i64>,
 }

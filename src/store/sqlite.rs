@@ -936,7 +936,7 @@ macro_rules! select_runs {
         "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
          classification, reason, context, priority, concurrency_group, state, desired_state, \
          max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
-         waiting_approval, approved_by FROM runs "
+         waiting_approval, approved_by, checkout_sha FROM runs "
     };
 }
 
@@ -973,6 +973,7 @@ pub(super) struct RunRow {
     finished_at: Option<i64>,
     waiting_approval: bool,
     approved_by: Option<String>,
+    checkout_sha: Option<String>,
 }
 
 pub(super) fn corrupt(table: &'static str, detail: String) -> StoreError {
@@ -1013,6 +1014,7 @@ impl TryFrom<RunRow> for Run {
             finished_at: r.finished_at,
             waiting_approval: r.waiting_approval,
             approved_by: r.approved_by,
+            checkout_sha: r.checkout_sha,
         })
     }
 }
@@ -1787,6 +1789,25 @@ impl RunStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn record_checkout(
+        &self,
+        run_id: i64,
+        step: &str,
+        sha: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE runs SET checkout_sha = COALESCE(checkout_sha, ?2) WHERE id = ?1")
+            .bind(run_id)
+            .bind(sha.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, run_id, Some(step), now_ms(), "workspace", detail).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn runs_for_commit(

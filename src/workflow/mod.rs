@@ -351,6 +351,10 @@ pub struct Step {
     /// tests, a security audit); when it ends, its verdict and output are
     /// stored as a validation (`GET /api/validations`).
     pub validation: Option<crate::store::ValidationKind>,
+    /// `changes: true` (on the step or its workflow): the step may change
+    /// files in the run's workspace. Two such steps of one run never run at
+    /// once; steps without it may run beside each other.
+    pub changes: bool,
     /// Time limit per attempt.
     pub timeout: Option<Duration>,
     /// Retry policy.

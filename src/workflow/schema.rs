@@ -129,6 +129,8 @@ pub(crate) struct RawWorkflow {
     #[serde(default)]
     pub max_parallel: Option<Spanned<u32>>,
     #[serde(default)]
+    pub changes: bool,
+    #[serde(default)]
     pub concurrency: Option<RawConcurrency>,
     #[serde(default)]
     pub inputs: OrderedMap<RawInput>,
@@ -327,6 +329,8 @@ pub(crate) struct RawStep {
     pub retry: Option<RawRetry>,
     #[serde(default)]
     pub validation: Option<Spanned<String>>,
+    #[serde(default)]
+    pub changes: bool,
 }
 
 /// `retry:`.

@@ -52,6 +52,7 @@ pub const TEMPLATE_ROOTS: &[&str] = &[
     "steps",
     "inputs",
     "workflow",
+    "workspace",
 ];
 
 /// Names minijinja provides as globals (allowed in templates too).
@@ -102,6 +103,21 @@ pub struct PullRequestInfo {
     pub fork: bool,
     /// Label names.
     pub labels: Vec<String>,
+    /// The unified diff base…head with new-file line numbers, cut at the
+    /// configured size with a note (untrusted: it is the author's code).
+    /// Empty until the run has a workspace.
+    pub diff: String,
+    /// The changed files.
+    pub files: Vec<crate::workspace::FileChange>,
+}
+
+/// The run's workspace as templates see it (`workspace.path`, `workspace.sha`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkspaceInfo {
+    /// The checkout's absolute path (the agents' working directory).
+    pub path: String,
+    /// The commit checked out (empty for a run without a repository).
+    pub sha: String,
 }
 
 /// The issue as templates see it.
@@ -161,6 +177,8 @@ pub struct PromptContext {
     pub steps: BTreeMap<String, StepResult>,
     /// Input values (defaults applied; see [`super::Workflow::input_values`]).
     pub inputs: BTreeMap<String, String>,
+    /// The run's workspace, once it has one.
+    pub workspace: Option<WorkspaceInfo>,
 }
 
 impl PromptContext {
@@ -193,6 +211,8 @@ impl PromptContext {
                     draft: p.draft,
                     fork: p.is_fork(),
                     labels: p.labels.iter().map(|l| l.name.clone()).collect(),
+                    diff: String::new(),
+                    files: Vec::new(),
                 });
             }
             Event::Issues(e) => ctx.issue = Some(issue_info(&e.issue)),
@@ -233,6 +253,23 @@ impl PromptContext {
             m.insert("draft".to_owned(), Value::from(pr.draft));
             m.insert("fork".to_owned(), Value::from(pr.fork));
             m.insert("labels".to_owned(), Value::from(pr.labels.clone()));
+            m.insert(
+                "diff".to_owned(),
+                Value::from(wrap_untrusted_within("pr.diff", &pr.diff, MAX_DIFF_CHARS)),
+            );
+            let files: Vec<Value> = pr
+                .files
+                .iter()
+                .map(|f| {
+                    let mut file = BTreeMap::new();
+                    file.insert("path".to_owned(), Value::from(f.path.clone()));
+                    file.insert("status".to_owned(), Value::from(f.status.clone()));
+                    file.insert("additions".to_owned(), Value::from(f.additions));
+                    file.insert("deletions".to_owned(), Value::from(f.deletions));
+                    Value::from(file)
+                })
+                .collect();
+            m.insert("files".to_owned(), Value::from(files));
             root.insert("pr".into(), Value::from(m));
         }
         if let Some(issue) = &self.issue {
@@ -316,6 +353,12 @@ impl PromptContext {
             .collect();
         root.insert("steps".into(), Value::from(steps));
         root.insert("inputs".into(), Value::from(self.inputs.clone()));
+        if let Some(ws) = &self.workspace {
+            let mut m = BTreeMap::new();
+            m.insert("path".to_owned(), Value::from(ws.path.clone()));
+            m.insert("sha".to_owned(), Value::from(ws.sha.clone()));
+            root.insert("workspace".into(), Value::from(m));
+        }
         Value::from(root)
     }
 }
@@ -346,17 +389,24 @@ static DELIMITER: LazyLock<Regex> =
 /// text are defused (`<` becomes `‹`), and text longer than
 /// [`MAX_UNTRUSTED_CHARS`] is cut with a note saying how much was dropped.
 pub fn wrap_untrusted(source: &str, text: &str) -> String {
+    wrap_untrusted_within(source, text, MAX_UNTRUSTED_CHARS)
+}
+
+/// `pr.diff` is cut at this many characters at most (the configured byte
+/// limit usually cuts it first, at a file boundary).
+pub const MAX_DIFF_CHARS: usize = 1_000_000;
+
+/// [`wrap_untrusted`] with a cap of `max_chars` characters instead of
+/// [`MAX_UNTRUSTED_CHARS`].
+pub fn wrap_untrusted_within(source: &str, text: &str, max_chars: usize) -> String {
     if text.trim().is_empty() {
         return String::new();
     }
     let defused = DELIMITER.replace_all(text, "‹${1}untrusted-data");
     let count = defused.chars().count();
-    let body = if count > MAX_UNTRUSTED_CHARS {
-        let cut: String = defused.chars().take(MAX_UNTRUSTED_CHARS).collect();
-        format!(
-            "{cut}\n[… {} more characters not shown]",
-            count - MAX_UNTRUSTED_CHARS
-        )
+    let body = if count > max_chars {
+        let cut: String = defused.chars().take(max_chars).collect();
+        format!("{cut}\n[… {} more characters not shown]", count - max_chars)
     } else {
         defused.into_owned()
     };

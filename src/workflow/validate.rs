@@ -597,6 +597,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
     });
 
     // ---- steps ----
+    let workflow_changes = raw.changes;
     let steps_at = raw.steps;
     let raw_steps: OrderedMap<RawStep> = steps_at.value;
     if raw_steps.entries.is_empty() && raw_steps.duplicates.is_empty() {
@@ -839,6 +840,7 @@ including the first)",
             condition,
             continue_on_error: step.continue_on_error,
             validation,
+            changes: step.changes || workflow_changes,
             timeout: step_timeout,
             retry,
             order: 0,

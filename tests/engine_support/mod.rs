@@ -203,6 +203,7 @@ pub fn fast_config() -> EngineConfig {
         timeout_grace: Duration::from_millis(200),
         default_estimate_ms: 1000,
         shutdown_grace: Duration::from_secs(2),
+        workspaces: None,
     }
 }
 

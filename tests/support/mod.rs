@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 
 pub mod agentapi;
+pub mod git_server;

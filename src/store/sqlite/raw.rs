@@ -46,6 +46,7 @@ impl RunRow {
             finished_at: row.get(20)?,
             waiting_approval: row.get(21)?,
             approved_by: row.get(22)?,
+            checkout_sha: row.get(23)?,
         })
     }
 }

@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # taskmaster: a multi-stage build. The runtime image holds the binary, the
-# default workflows, CA certificates, bubblewrap (the sandbox of `command`
-# steps) and curl (for the health check); it runs as an unprivileged user.
+# default workflows, CA certificates, git (mirrors and workspaces), bubblewrap
+# (the sandbox of `command` steps) and curl (for the health check); it runs as
+# an unprivileged user. Workspaces live under /data/workspaces; the database and
+# the App's key are never visible inside a step's sandbox.
 #
 #   docker build -t taskmaster .
 #   docker run -p 3000:3000 -e GITHUB_WEBHOOK_SECRET=change-me -v tm-data:/data taskmaster
@@ -22,7 +24,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin taskmas
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates bubblewrap curl \
+    && apt-get install -y --no-install-recommends ca-certificates git bubblewrap curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin taskmaster \
     && mkdir -p /data /app \
@@ -35,7 +37,8 @@ ENV HOST=0.0.0.0 \
     PORT=3000 \
     LOG_FORMAT=json \
     DATABASE_URL=sqlite:///data/taskmaster.db \
-    TASKMASTER_WORKFLOWS=/app/workflows
+    TASKMASTER_WORKFLOWS=/app/workflows \
+    TASKMASTER_DATA_DIR=/data/taskmaster-data
 VOLUME ["/data"]
 EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

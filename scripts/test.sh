@@ -30,6 +30,29 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# git: workspaces are tested against a real git server (`git http-backend`).
+if ! command -v git >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing git (workspace tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
+  else
+    echo "warning: git missing and cannot be installed here; the workspace tests will fail" >&2
+  fi
+fi
+
+# The Claude Code CLI from npm: tests/workspaces.rs runs the real CLI against a
+# scripted stand-in of the Messages API. Pinned, so CI runs what was tested.
+CLAUDE_CODE_VERSION=2.1.332
+if ! command -v claude >/dev/null 2>&1 || ! claude --version 2>/dev/null | grep -q "$CLAUDE_CODE_VERSION"; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION (real agent CLI test)"
+    npm install -g --no-fund --no-audit "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+  else
+    echo "warning: npm missing; the Claude Code CLI test will fail" >&2
+  fi
+fi
+
 # PostgreSQL: the store tests run on both backends. Without a server named
 # by TEST_DATABASE_URL, start one of our own for the whole run (installed
 # from Debian's packages when missing) and stop it at the end.

@@ -13,6 +13,7 @@
 //!       forks: false
 //!       bots: false
 //!     agents: { claude-code: aider }    # use another configured agent
+//!     inputs: { test_command: "cargo test --all" }  # how this repository is tested
 //!   triage:
 //!     issues: { actions: [opened, labeled], bots: false }
 //! commands:                             # who may use each command
@@ -54,6 +55,9 @@ pub struct RepoConfig {
     /// `workflows.<name>.agents`: agent substitutions (`from → to`), applied
     /// to each step's agent and fallbacks.
     pub agents: BTreeMap<String, BTreeMap<String, String>>,
+    /// `workflows.<name>.inputs`: values of the workflow's declared inputs
+    /// for runs in this repository (e.g. `test_command: "cargo test"`).
+    pub inputs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A repository's changes to one workflow's triggers; `None` keeps the
@@ -80,17 +84,27 @@ impl RepoConfig {
     /// `set` with this repository's trigger and agent overrides applied, or
     /// `None` when it has none (use `set` as it is).
     pub fn apply(&self, set: &WorkflowSet) -> Option<WorkflowSet> {
-        if self.triggers.is_empty() && self.agents.is_empty() {
+        if self.triggers.is_empty() && self.agents.is_empty() && self.inputs.is_empty() {
             return None;
         }
         let mut changed = Vec::new();
         for wf in set.iter() {
             let trigger = self.triggers.get(&wf.name);
             let agents = self.agents.get(&wf.name);
-            if trigger.is_none() && agents.is_none() {
+            let inputs = self.inputs.get(&wf.name);
+            if trigger.is_none() && agents.is_none() && inputs.is_none() {
                 continue;
             }
             let mut wf = wf.clone();
+            if let Some(values) = inputs {
+                // Runs take an input's value from its default at creation
+                // (`Workflow::input_values`): here, the repository's value.
+                for input in &mut wf.inputs {
+                    if let Some(v) = values.get(&input.name) {
+                        input.default = v.clone();
+                    }
+                }
+            }
             if let Some(t) = trigger {
                 if let Some(pr) = wf.triggers.pull_request.as_mut() {
                     if let Some(actions) = &t.pr_actions {
@@ -173,6 +187,8 @@ struct RawWorkflow {
     issues: Option<Spanned<RawIssues>>,
     #[serde(default)]
     agents: OrderedMap<Spanned<String>>,
+    #[serde(default)]
+    inputs: OrderedMap<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +351,32 @@ pub fn parse(
                 }
             }
             swaps.insert(from.value, to.value);
+        }
+        let mut values = BTreeMap::new();
+        if let Some(dup) = wf.inputs.duplicates.first() {
+            return Err(at(dup, format!("input `{}` is given twice", dup.value)));
+        }
+        for (input, value) in wf.inputs.entries {
+            if !def.inputs.iter().any(|i| i.name == input.value) {
+                let known: Vec<&str> = def.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(at(
+                    &input,
+                    format!(
+                        "workflow `{}` has no input `{}` (its inputs: {})",
+                        name.value,
+                        input.value,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            values.insert(input.value, value.value);
+        }
+        if !values.is_empty() {
+            config.inputs.insert(name.value.clone(), values);
         }
         if !swaps.is_empty() {
             config.agents.insert(name.value, swaps);

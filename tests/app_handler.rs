@@ -463,6 +463,10 @@ fn config_errors_name_the_line_and_column() {
         glob.starts_with(".github/taskmaster.yml:3:32: `[oops` is not a valid branch glob"),
         "{glob}"
     );
+    assert_eq!(
+        err("workflows:\n  review:\n    inputs: { test_comand: \"cargo test\" }\n"),
+        ".github/taskmaster.yml:3:15: workflow `review` has no input `test_comand` (its inputs: none)"
+    );
     let ok = repo_config::parse(
         "commands: { RETRY: Admin }\nworkflows: { review: { enabled: true } }",
         &set,

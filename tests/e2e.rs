@@ -109,41 +109,37 @@ async fn github() -> MockServer {
             .mount(&server)
             .await;
     }
-    Mock::given(method("GET"))
-        .and(path(format!("{REPO}/contents/.github/taskmaster.yml")))
-        .respond_with(ok(404, json!({ "message": "Not Found" })))
-        .mount(&server)
-        .await;
     server
 }
 
-/// The shipped workflows, with `run_tests` running `test -f <gate>` in place
-/// of `make test` on a checkout (the one project-specific line).
-fn workflows(dir: &Path, gate: &Path) -> PathBuf {
+/// Serves `text` as the repository's `.github/taskmaster.yml` (raw media type).
+async fn serve_repo_config(server: &MockServer, text: String) {
+    Mock::given(method("GET"))
+        .and(path(format!("{REPO}/contents/.github/taskmaster.yml")))
+        .respond_with(ResponseTemplate::new(200).set_body_string(text))
+        .mount(server)
+        .await;
+}
+
+/// The shipped workflows, unchanged: the repository's `.github/taskmaster.yml`
+/// ([`repo_config`]) sets how it is tested.
+fn workflows(dir: &Path) -> PathBuf {
     let out = dir.join("workflows");
     std::fs::create_dir(&out).unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
-    let pr = std::fs::read_to_string(shipped.join("pr_processing.yml")).unwrap();
-    let pr = pr
-        .replace(
-            r#"run: ["make", "test"]"#,
-            &format!(r#"run: ["test", "-f", "{}"]"#, gate.display()),
-        )
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("checkout:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        pr.contains("test\", \"-f\""),
-        "the shipped run_tests step changed"
-    );
-    std::fs::write(out.join("pr_processing.yml"), pr).unwrap();
-    std::fs::copy(
-        shipped.join("issue_triage.yml"),
-        out.join("issue_triage.yml"),
-    )
-    .unwrap();
+    for name in ["pr_processing.yml", "issue_triage.yml"] {
+        std::fs::copy(shipped.join(name), out.join(name)).unwrap();
+    }
     out
+}
+
+/// The repository's `.github/taskmaster.yml`: its tests are `test -f <gate>`
+/// (the shipped `run_tests` step reads `inputs.test_command`).
+fn repo_config(gate: &Path) -> String {
+    format!(
+        "workflows:\n  pr_processing:\n    inputs: {{ test_command: \"test -f {}\" }}\n",
+        gate.display()
+    )
 }
 
 fn with_installation(name: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
@@ -228,8 +224,8 @@ async fn run_of(store: &SqliteStore, number: i64, workflow: &str) -> Option<(i64
     None
 }
 
-fn start(dir: &Path, db: &Path, server: &MockServer, agent: &StandIn, gate: &Path) -> ChildService {
-    let workflows = workflows_dir_once(dir, gate);
+fn start(dir: &Path, db: &Path, server: &MockServer, agent: &StandIn) -> ChildService {
+    let workflows = workflows_dir_once(dir);
     ChildService::start(
         db,
         &[
@@ -246,13 +242,9 @@ fn start(dir: &Path, db: &Path, server: &MockServer, agent: &StandIn, gate: &Pat
     )
 }
 
-fn workflows_dir_once(dir: &Path, gate: &Path) -> PathBuf {
+fn workflows_dir_once(dir: &Path) -> PathBuf {
     let out = dir.join("workflows");
-    if out.exists() {
-        out
-    } else {
-        workflows(dir, gate)
-    }
+    if out.exists() { out } else { workflows(dir) }
 }
 
 #[tokio::test]
@@ -269,8 +261,9 @@ async fn the_main_job_end_to_end() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("tests-pass");
+    serve_repo_config(&server, repo_config(&gate)).await;
     let db = dir.path().join("e2e.db");
-    let mut service = start(dir.path(), &db, &server, &agent, &gate);
+    let mut service = start(dir.path(), &db, &server, &agent);
     let store = SqliteStore::open(db.to_str().unwrap()).await.unwrap();
 
     // A bad signature: 401, nothing stored.
@@ -527,7 +520,7 @@ async fn the_main_job_end_to_end() {
     service.signal(libc::SIGKILL);
     service.wait_exit(Duration::from_secs(10));
     agent.set_behavior(|b| b.work = Duration::from_millis(30));
-    let service = start(dir.path(), &db, &server, &agent, &gate);
+    let service = start(dir.path(), &db, &server, &agent);
     wait_for(
         "the interrupted run to finish after the restart",
         &service,

@@ -102,6 +102,7 @@ fn serve_without_a_secret_refuses_to_start_and_says_how() {
             format!("sqlite://{}", dir.path().join("t.db").display()),
         )
         .env("PORT", "0")
+        .env("TASKMASTER_DATA_DIR", dir.path().join("data"))
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -56,8 +56,16 @@ fn broken_files_report_file_line_column_and_what_is_expected() {
             "unknown_key.yml",
             &[&*format!(
                 "broken/unknown_key.yml:6:5: unknown field `agnet`, expected one of name, agent, \
-fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation {SCHEMA}"
+fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation, changes {SCHEMA}"
             )],
+        ),
+        (
+            "unknown_with_key.yml",
+            &[
+                "broken/unknown_with_key.yml:8:7: unknown key `with.checkout` for step `tests` (every run \
+works on a checkout of its commit already: the step's working directory is the run's workspace, \
+`workspace.path`); a command step reads run, command, shell, policy, env",
+            ],
         ),
         (
             "unknown_needs.yml",
@@ -116,7 +124,7 @@ unexpected `}`, expected end of variable block (syntax error); templates use min
 syntax",
                 "broken/bad_template.yml:15:27: the prompt of step `report` uses unknown \
 variable `isue`; templates can read: repository, event, pr, issue, comment, task, steps, inputs, \
-workflow",
+workflow, workspace",
             ],
         ),
         (
@@ -159,6 +167,8 @@ unclosed character class; missing ']'",
 unclosed group",
                 "broken/command_without_run.yml:8:12: step `test` uses the `command` agent but \
 has no `with.run` (the program and its arguments, e.g. `run: [make, test]`)",
+                "broken/command_without_run.yml:10:7: unknown key `with.args` for step `test`; a \
+command step reads run, command, shell, policy, env",
                 "broken/command_without_run.yml:12:12: step `review` uses agent `claude-code` but \
 has no `prompt`: tell the agent what to do (or give `with.run` if it is a command agent)",
             ],
@@ -426,9 +436,16 @@ and print the deploy key.";
             .unwrap()
             .unwrap();
         assert_eq!(group, "task/Codertocat/Hello-World/2");
+        ctx.inputs = set
+            .get("pr_processing")
+            .unwrap()
+            .input_values(&Default::default());
         let with = set.render_with("pr_processing", "run_tests", &ctx).unwrap();
-        assert_eq!(with["run"], serde_json::json!(["make", "test"]));
-        assert_eq!(with["checkout"].as_str().unwrap().len(), 40);
+        assert_eq!(with["run"], serde_json::json!("make test"));
+        ctx.inputs
+            .insert("test_command".into(), "cargo test --all".into());
+        let with = set.render_with("pr_processing", "run_tests", &ctx).unwrap();
+        assert_eq!(with["run"], serde_json::json!("cargo test --all"));
         assert!(set.render_prompt("bugfix", "no_such_step", &ctx).is_err());
     }
 

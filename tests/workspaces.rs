@@ -888,3 +888,91 @@ steps:
     assert!(server.requests().is_empty(), "nothing was fetched");
     t.stop().await;
 }
+
+/// The real Claude Code CLI (npm `@anthropic-ai/claude-code`, installed by
+/// `scripts/test.sh`), run by the `cli` adapter in its bwrap sandbox against
+/// the scripted Messages API stand-in, writes a file with its `Write` tool:
+/// the file is in that run's workspace (a later step of the run reads it)
+/// and nowhere else.
+#[tokio::test]
+async fn the_real_claude_cli_writes_into_its_runs_workspace_only() {
+    use support::messages_api::{MessagesApi, Script};
+    use taskmaster::agent::cli::{CliAgent, CliFlavor, CliSettings};
+    let claude = taskmaster_test_find("claude").expect(
+        "the Claude Code CLI is not installed: `npm install -g @anthropic-ai/claude-code` \
+         (scripts/test.sh installs it)",
+    );
+    let api = MessagesApi::start(Script {
+        file_path: "agent-note.txt".into(),
+        content: "written by the agent\n".into(),
+        answer: "I wrote agent-note.txt.".into(),
+    })
+    .await;
+    let server = GitServer::start(Some(TOKEN)).await;
+    let w = world(&server, "acme/agentic");
+    let data = tempfile::tempdir().unwrap();
+    let (ws, _) = workspaces(data.path(), &server);
+    let mut s = CliSettings::new("claude-code", CliFlavor::Claude);
+    s.binary = claude;
+    s.sandbox = true;
+    s.env
+        .insert("ANTHROPIC_BASE_URL".into(), api.base_url.clone());
+    s.env
+        .insert("ANTHROPIC_API_KEY".into(), "sk-ant-test-standin".into());
+    s.env.insert("DISABLE_AUTOUPDATER".into(), "1".into());
+    s.env.insert(
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
+        "1".into(),
+    );
+    let cli = Arc::new(CliAgent::new(s));
+    let set = workflows(
+        &[r#"
+name: agentic
+on: { pull_request: {} }
+steps:
+  write:
+    agent: claude-code
+    changes: true
+    with: { permission_mode: acceptEdits }
+    prompt: "Write agent-note.txt in {{ workspace.path }}."
+  read: { agent: command, needs: write, with: { run: [cat, agent-note.txt] } }
+"#],
+        &["claude-code", "command"],
+    );
+    let agents = AgentMap::new().with(cli).with(command_agent());
+    let t = TestEngine::start(set, agents, config_with(ws.clone())).await;
+    let run_id = start_pr_run(
+        &t,
+        "agentic",
+        &pr_payload("acme/agentic", 7201, 1, &w.pr1, &w.base),
+    )
+    .await;
+    let snap = t.wait_run(run_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        snap.run.state,
+        RunState::Succeeded,
+        "{}\n{}",
+        output_of(&snap, "write"),
+        output_of(&snap, "read")
+    );
+    assert!(output_of(&snap, "write").contains("I wrote agent-note.txt."));
+    assert_eq!(output_of(&snap, "read"), "written by the agent\n");
+    assert!(!api.requests().is_empty(), "the CLI called the stand-in");
+    // Nowhere else: not in the service's directory, not in the data directory.
+    let cwd = std::env::current_dir().unwrap();
+    assert!(!cwd.join("agent-note.txt").exists());
+    let hits = files_containing(data.path(), &["written by the agent".to_owned()]);
+    assert!(
+        hits.is_empty(),
+        "the run's workspace is gone, and nothing else has it: {hits:?}"
+    );
+    t.stop().await;
+}
+
+fn taskmaster_test_find(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}

@@ -130,6 +130,19 @@ pub struct CliSettings {
     pub kill_grace: Duration,
     /// Resource limits (none by default: agents run compilers and tests).
     pub limits: ResourceLimits,
+    /// Run the CLI in the `bwrap` sandbox (see [`super::sandbox`]) with
+    /// network (to reach its model), seeing only the run's workspace, its
+    /// mirror read-only, the system directories and `sandbox_ro_binds`,
+    /// with a private empty `HOME`.
+    pub sandbox: bool,
+    /// The `bwrap` binary: `None` looks for `bwrap` in `PATH`.
+    pub bwrap: Option<PathBuf>,
+    /// Extra paths visible read-only in the sandbox (an install outside
+    /// `/usr`, e.g. `~/.local`).
+    pub sandbox_ro_binds: Vec<PathBuf>,
+    /// With `sandbox`, run without it when `bwrap` is missing (default
+    /// false: the attempt fails, naming the package).
+    pub allow_unsandboxed: bool,
     /// Output cap and redaction.
     pub output: OutputPolicy,
 }
@@ -150,6 +163,10 @@ impl CliSettings {
             timeout: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(10),
             limits: ResourceLimits::default(),
+            sandbox: false,
+            bwrap: None,
+            sandbox_ro_binds: Vec::new(),
+            allow_unsandboxed: false,
             output: OutputPolicy::default(),
         }
     }
@@ -449,9 +466,50 @@ impl Agent for CliAgent {
             tracing::warn!(agent = %s.name, withheld = ?refused, "GitHub credentials are never given to agents");
         }
         let workdir = attempt.workdir.clone().or_else(|| s.workdir.clone());
+        let (program, args) = match (s.sandbox, &workdir) {
+            (true, Some(dir)) => match super::sandbox::find_bwrap(s.bwrap.as_deref()) {
+                Some(bwrap) => {
+                    let mut read_only = s.sandbox_ro_binds.clone();
+                    read_only.extend(attempt.read_only.iter().cloned());
+                    // A binary given by path outside the system directories.
+                    if let Some(parent) = s.binary.parent().filter(|p| p.is_absolute()) {
+                        read_only.push(parent.to_owned());
+                    }
+                    if let Some(f) = &_prompt_file {
+                        read_only.push(f.0.clone());
+                    }
+                    let spec = super::sandbox::SandboxSpec {
+                        workdir: dir,
+                        read_only,
+                        network: true,
+                        drop_caps: false,
+                        private_home: true,
+                    };
+                    let argv = std::iter::once(s.binary.clone().into_os_string()).chain(args);
+                    super::sandbox::wrap(&bwrap, &spec, argv)
+                }
+                None if !s.allow_unsandboxed => {
+                    return AttemptOutcome::failed(
+                        ErrorClass::Permanent,
+                        FailureKind::Config,
+                        format!(
+                            "agent `{}` runs in the bwrap sandbox, but `bwrap` is not installed: install the Debian package `bubblewrap` (or set `allow_unsandboxed: true` for this agent)",
+                            s.name
+                        ),
+                        out.output(""),
+                        started,
+                    );
+                }
+                None => {
+                    tracing::warn!(agent = %s.name, "bwrap not found: running the agent without its sandbox");
+                    (s.binary.clone().into_os_string(), args)
+                }
+            },
+            _ => (s.binary.clone().into_os_string(), args),
+        };
         let result = process::run(
             ProcessSpec {
-                program: s.binary.clone().into_os_string(),
+                program,
                 args,
                 workdir,
                 env,

@@ -45,7 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -382,46 +382,8 @@ impl CommandAgent {
     }
 
     fn find_bwrap(&self) -> Option<PathBuf> {
-        match &self.settings.bwrap {
-            Some(path) => path.is_file().then(|| path.clone()),
-            None => process::find_program("bwrap", None),
-        }
+        super::sandbox::find_bwrap(self.settings.bwrap.as_deref())
     }
-}
-
-/// The `bwrap` arguments that put `argv` in a sandbox without network.
-fn sandbox_argv(
-    bwrap: &Path,
-    policy: Policy,
-    workdir: &Path,
-    ro_binds: &[PathBuf],
-    argv: Vec<String>,
-) -> (OsString, Vec<OsString>) {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    push(&["--unshare-all", "--die-with-parent", "--new-session"]);
-    for dir in [
-        "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc", "/opt",
-    ] {
-        push(&["--ro-bind-try", dir, dir]);
-    }
-    push(&["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-    if policy == Policy::Paranoid {
-        push(&["--cap-drop", "ALL"]);
-    }
-    for path in ro_binds {
-        args.push("--ro-bind-try".into());
-        args.push(path.into());
-        args.push(path.into());
-    }
-    args.push("--bind".into());
-    args.push(workdir.into());
-    args.push(workdir.into());
-    args.push("--chdir".into());
-    args.push(workdir.into());
-    args.push("--".into());
-    args.extend(argv.into_iter().map(OsString::from));
-    (bwrap.as_os_str().to_owned(), args)
 }
 
 #[async_trait]
@@ -480,9 +442,20 @@ impl Agent for CommandAgent {
         let (program, args) = if policy.sandboxed() {
             match self.find_bwrap() {
                 Some(bwrap) => {
-                    let mut ro = self.settings.sandbox_ro_binds.clone();
-                    ro.extend(attempt.read_only.iter().cloned());
-                    sandbox_argv(&bwrap, policy, &workdir, &ro, invocation.argv)
+                    let mut read_only = self.settings.sandbox_ro_binds.clone();
+                    read_only.extend(attempt.read_only.iter().cloned());
+                    let spec = super::sandbox::SandboxSpec {
+                        workdir: &workdir,
+                        read_only,
+                        network: false,
+                        drop_caps: policy == Policy::Paranoid,
+                        private_home: false,
+                    };
+                    super::sandbox::wrap(
+                        &bwrap,
+                        &spec,
+                        invocation.argv.into_iter().map(OsString::from),
+                    )
                 }
                 None if !self.settings.allow_unsandboxed => {
                     return AttemptOutcome::failed(

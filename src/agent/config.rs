@@ -143,6 +143,7 @@ struct AgentEntry {
     limits: Option<ResourceLimits>,
     // command
     policy: Option<Policy>,
+    sandbox: Option<bool>,
     untrusted_policy: Option<Policy>,
     allow_unsandboxed: Option<bool>,
     run_as: Option<RunAs>,
@@ -330,8 +331,13 @@ fn misplaced_keys(kind: AgentKind, e: &AgentEntry) -> Vec<&'static str> {
         &[Command],
     );
     check(e.run_as.is_some(), "run_as", &[Command]);
-    check(e.bwrap.is_some(), "bwrap", &[Command]);
-    check(e.sandbox_ro_binds.is_some(), "sandbox_ro_binds", &[Command]);
+    check(e.bwrap.is_some(), "bwrap", &[Cli, Command]);
+    check(
+        e.sandbox_ro_binds.is_some(),
+        "sandbox_ro_binds",
+        &[Cli, Command],
+    );
+    check(e.sandbox.is_some(), "sandbox", &[Cli]);
     check(e.org_id.is_some(), "org_id", &[Codegen]);
     check(e.repo_id.is_some(), "repo_id", &[Codegen]);
     check(e.agent_type.is_some(), "agent_type", &[Codegen]);
@@ -711,6 +717,10 @@ fn build(
                 s.kill_grace = secs(t);
             }
             s.limits = e.limits.unwrap_or_default();
+            s.sandbox = e.sandbox.unwrap_or(false);
+            s.bwrap = e.bwrap.clone();
+            s.sandbox_ro_binds = e.sandbox_ro_binds.clone().unwrap_or_default();
+            s.allow_unsandboxed = e.allow_unsandboxed.unwrap_or(false);
             s.output = output.clone();
             Arc::new(CliAgent::new(s))
         }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod env;
 pub mod output;
 pub(crate) mod process;
+pub(crate) mod sandbox;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -876,7 +876,20 @@ async fn render(
             ..PromptContext::default()
         },
     };
-    ctx.inputs = wf.input_values(&BTreeMap::new());
+    // The values the run was created with (a repository's
+    // `.github/taskmaster.yml` may set them), else the defaults.
+    let configured: BTreeMap<String, String> = snapshot
+        .run
+        .context
+        .get("inputs")
+        .and_then(|v| v.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    ctx.inputs = wf.input_values(&configured);
     if let Some(ws) = workspace {
         ctx.workspace = Some(crate::workflow::template::WorkspaceInfo {
             path: ws.path.display().to_string(),

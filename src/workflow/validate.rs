@@ -279,6 +279,37 @@ starting with a letter or digit",
     }
 }
 
+/// `with:` keys the `command` agent reads ([`crate::agent::command`]).
+pub const COMMAND_WITH_KEYS: &[&str] = &["run", "command", "shell", "policy", "env"];
+/// `with:` keys the `cli` agents read ([`crate::agent::cli`]).
+pub const CLI_WITH_KEYS: &[&str] = &[
+    "model",
+    "max_turns",
+    "allowed_tools",
+    "permission_mode",
+    "append_system_prompt",
+    "files",
+];
+/// `with:` keys the Codegen agent reads ([`crate::agent::codegen`]).
+pub const CODEGEN_WITH_KEYS: &[&str] = &["repo_id", "model", "agent_type"];
+/// Every key some agent kind reads: a step whose agent's kind is not known
+/// here (agents are configured by name) may use any of them.
+const ALL_WITH_KEYS: &[&str] = &[
+    "run",
+    "command",
+    "shell",
+    "policy",
+    "env",
+    "model",
+    "max_turns",
+    "allowed_tools",
+    "permission_mode",
+    "append_system_prompt",
+    "files",
+    "repo_id",
+    "agent_type",
+];
+
 fn check_agent(check: &mut FileCheck<'_>, at: &Spanned<String>, agents: &[&str]) {
     if !agents.contains(&at.value.as_str()) {
         check.err(
@@ -752,6 +783,38 @@ its arguments, e.g. `run: [make, test]`)",
         }
         let mut with = BTreeMap::new();
         for (k, v) in &step.with.entries {
+            let known: &[&str] = if runs_a_program || step.agent.value == COMMAND_AGENT {
+                COMMAND_WITH_KEYS
+            } else {
+                ALL_WITH_KEYS
+            };
+            if !known.contains(&k.value.as_str()) {
+                let hint = if k.value == "checkout" {
+                    " (every run works on a checkout of its commit already: the step's working \
+directory is the run's workspace, `workspace.path`)"
+                        .to_owned()
+                } else {
+                    String::new()
+                };
+                check.err(
+                    k,
+                    format!(
+                        "unknown key `with.{}` for step `{}`{hint}; {}",
+                        k.value,
+                        id.value,
+                        if known == COMMAND_WITH_KEYS {
+                            format!("a command step reads {}", COMMAND_WITH_KEYS.join(", "))
+                        } else {
+                            format!(
+                                "agents read: command {}; cli {}; codegen {}",
+                                COMMAND_WITH_KEYS.join(", "),
+                                CLI_WITH_KEYS.join(", "),
+                                CODEGEN_WITH_KEYS.join(", ")
+                            )
+                        }
+                    ),
+                );
+            }
             compile_with_value(check, env, &wf_name, &id.value, &k.value, v, &v.value);
             with.insert(k.value.clone(), v.value.clone());
         }

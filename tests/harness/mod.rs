@@ -194,6 +194,8 @@ pub struct ChildService {
     pub base_url: String,
     /// Every line the service wrote to stdout (its JSON logs), so far.
     pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The service's data directory (mirrors, workspaces).
+    pub data_dir: tempfile::TempDir,
 }
 
 impl ChildService {
@@ -210,11 +212,19 @@ impl ChildService {
 
     /// Starts `taskmaster serve` on an ephemeral port over the database at
     /// `database_url` (SQLite or PostgreSQL), as [`ChildService::start`].
+    ///
+    /// Its data directory is a fresh temporary one, and runs get an empty
+    /// directory each instead of a checkout (`TASKMASTER_WORKSPACES=off`:
+    /// these tests have no git server; `tests/workspaces.rs` has one), unless
+    /// `extra_env` says otherwise.
     pub fn start_url(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("data dir");
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
         command
             .arg("serve")
             .env_clear()
+            .env("TASKMASTER_DATA_DIR", data_dir.path())
+            .env("TASKMASTER_WORKSPACES", "off")
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
@@ -263,6 +273,7 @@ impl ChildService {
             child,
             base_url: format!("http://{address}"),
             logs,
+            data_dir,
         }
     }
 

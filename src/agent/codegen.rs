@@ -59,8 +59,14 @@ pub struct CodegenSettings {
     pub token: Option<SecretString>,
     /// Organisation id (`CODEGEN_ORG_ID`).
     pub org_id: Option<i64>,
-    /// `repo_id` of created runs (a step's `with.repo_id` wins).
+    /// `repo_id` of created runs when `repos` does not name the run's
+    /// repository (a step's `with.repo_id` wins over both).
     pub repo_id: Option<i64>,
+    /// Codegen's repository id for each GitHub repository (`owner/name`):
+    /// one service serves many repositories, and Codegen must work on the
+    /// run's. With `repos` set and neither a match nor `repo_id`, the
+    /// attempt fails rather than let Codegen pick a repository.
+    pub repos: std::collections::BTreeMap<String, i64>,
     /// `model` of created runs (a step's `with.model` wins).
     pub model: Option<String>,
     /// `agent_type` of created runs: `codegen` or `claude_code`.
@@ -89,6 +95,7 @@ impl CodegenSettings {
             token: None,
             org_id: None,
             repo_id: None,
+            repos: std::collections::BTreeMap::new(),
             model: None,
             agent_type: None,
             timeout: Duration::from_secs(2 * 3600),
@@ -372,7 +379,33 @@ impl Agent for CodegenAgent {
             "prompt": out.redactor.redact(&attempt.prompt),
             "metadata": {"taskmaster_attempt": attempt.key.to_string()},
         });
-        let repo_id = with.get("repo_id").and_then(|v| v.as_i64()).or(s.repo_id);
+        let mapped = attempt.repository.as_ref().and_then(|r| {
+            s.repos
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(r))
+                .map(|(_, id)| *id)
+        });
+        let repo_id = with
+            .get("repo_id")
+            .and_then(|v| v.as_i64())
+            .or(mapped)
+            .or(s.repo_id);
+        if repo_id.is_none() && !s.repos.is_empty() {
+            return AttemptOutcome::failed(
+                ErrorClass::Permanent,
+                FailureKind::Config,
+                format!(
+                    "agent `{}` has no Codegen repo_id for {}: add it under `repos:` in the agent's configuration (or set a default `repo_id`)",
+                    s.name,
+                    attempt
+                        .repository
+                        .as_deref()
+                        .unwrap_or("this run (it names no repository)")
+                ),
+                out.output(""),
+                started,
+            );
+        }
         let model = with
             .get("model")
             .and_then(|v| v.as_str())

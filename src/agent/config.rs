@@ -123,6 +123,8 @@ struct AgentEntry {
     budget: Option<BudgetConfig>,
     // agentapi, codegen
     endpoint: Option<String>,
+    // agentapi: start a server per run instead of using `endpoint`
+    spawn: Option<Vec<String>>,
     // agentapi
     idle_timeout_seconds: Option<u64>,
     startup_timeout_seconds: Option<u64>,
@@ -152,6 +154,7 @@ struct AgentEntry {
     // codegen
     org_id: Option<i64>,
     repo_id: Option<i64>,
+    repos: Option<BTreeMap<String, i64>>,
     agent_type: Option<String>,
     token_env: Option<String>,
 }
@@ -218,6 +221,9 @@ impl AgentConfig {
     /// credential written into the URL is never shown. `None` for kinds
     /// without an endpoint (`cli`, `command`).
     pub fn public_endpoint(&self) -> Option<String> {
+        if self.kind == AgentKind::Agentapi && self.entry.spawn.is_some() {
+            return Some("managed: one AgentAPI server per run on 127.0.0.1".into());
+        }
         let raw = match self.kind {
             AgentKind::Agentapi => self
                 .entry
@@ -309,13 +315,18 @@ fn misplaced_keys(kind: AgentKind, e: &AgentEntry) -> Vec<&'static str> {
         &[Agentapi, Codegen],
     );
     check(e.interrupt.is_some(), "interrupt", &[Agentapi]);
+    check(e.spawn.is_some(), "spawn", &[Agentapi]);
     check(e.cli.is_some(), "cli", &[Cli]);
     check(e.binary.is_some(), "binary", &[Cli]);
     check(e.max_turns.is_some(), "max_turns", &[Cli]);
     check(e.args.is_some(), "args", &[Cli]);
     check(e.model.is_some(), "model", &[Cli, Codegen]);
-    check(e.env_allow.is_some(), "env_allow", &[Cli, Command]);
-    check(e.env.is_some(), "env", &[Cli, Command]);
+    check(
+        e.env_allow.is_some(),
+        "env_allow",
+        &[Agentapi, Cli, Command],
+    );
+    check(e.env.is_some(), "env", &[Agentapi, Cli, Command]);
     check(e.workdir.is_some(), "workdir", &[Cli, Command]);
     check(
         e.kill_grace_seconds.is_some(),
@@ -340,6 +351,7 @@ fn misplaced_keys(kind: AgentKind, e: &AgentEntry) -> Vec<&'static str> {
     check(e.sandbox.is_some(), "sandbox", &[Cli]);
     check(e.org_id.is_some(), "org_id", &[Codegen]);
     check(e.repo_id.is_some(), "repo_id", &[Codegen]);
+    check(e.repos.is_some(), "repos", &[Codegen]);
     check(e.agent_type.is_some(), "agent_type", &[Codegen]);
     check(e.token_env.is_some(), "token_env", &[Codegen]);
     wrong
@@ -696,7 +708,28 @@ fn build(
                 s.interrupt = i.clone();
             }
             s.output = output.clone();
-            Arc::new(AgentApiAgent::new(s).map_err(|e| e.to_string())?)
+            match &e.spawn {
+                None => Arc::new(AgentApiAgent::new(s).map_err(|e| e.to_string())?),
+                Some(spawn) => {
+                    if e.endpoint.is_some() {
+                        return Err("give `endpoint` (one shared AgentAPI server) or `spawn` (a server per run), not both".into());
+                    }
+                    if spawn.is_empty() {
+                        return Err("`spawn` is empty: give the server's argv, e.g. [agentapi, server, --type=claude, --, claude]".into());
+                    }
+                    let mut m = super::managed::ManagedSettings::new(s, spawn.clone());
+                    m.env_allow = e.env_allow.clone().unwrap_or_default();
+                    m.env = e.env.clone().unwrap_or_default();
+                    m.sandbox = e.sandbox.unwrap_or(false);
+                    m.bwrap = e.bwrap.clone();
+                    m.sandbox_ro_binds = e.sandbox_ro_binds.clone().unwrap_or_default();
+                    m.allow_unsandboxed = e.allow_unsandboxed.unwrap_or(false);
+                    if let Some(t) = e.startup_timeout_seconds {
+                        m.server_startup = secs(t);
+                    }
+                    Arc::new(super::managed::ManagedAgentApi::new(m))
+                }
+            }
         }
         AgentKind::Cli => {
             let flavor = e.cli.unwrap_or(CliFlavor::Claude);
@@ -735,6 +768,7 @@ fn build(
                 .map(|t| t.trim().to_owned().into());
             s.org_id = e.org_id;
             s.repo_id = e.repo_id;
+            s.repos = e.repos.clone().unwrap_or_default();
             s.model = e.model.clone();
             s.agent_type = e.agent_type.clone();
             if let Some(t) = e.timeout_seconds {

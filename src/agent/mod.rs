@@ -29,6 +29,7 @@ pub mod codegen;
 pub mod command;
 pub mod config;
 pub mod env;
+pub mod managed;
 pub mod output;
 pub(crate) mod process;
 pub(crate) mod sandbox;
@@ -87,6 +88,9 @@ pub struct AttemptRequest {
     /// request's head): `command` steps run at least under their agent's
     /// `untrusted_policy` (default `hardened`).
     pub untrusted_checkout: bool,
+    /// The run's repository (`owner/name`), when it is about one: agents
+    /// that address repositories by their own ids map it (Codegen `repos:`).
+    pub repository: Option<String>,
     /// When the attempt must be over (wall clock). Adapters also apply their
     /// own configured timeout, whichever comes first.
     pub deadline: Instant,
@@ -105,6 +109,7 @@ impl AttemptRequest {
             workdir: None,
             read_only: Vec::new(),
             untrusted_checkout: false,
+            repository: None,
             deadline: Instant::now() + timeout,
             cancel: CancellationToken::new(),
         }
@@ -269,6 +274,10 @@ pub trait Agent: Send + Sync + fmt::Debug {
 
     /// Probes the agent without giving it work. Bounded by a few seconds.
     async fn health(&self) -> Health;
+
+    /// Run `run` ended: let go of whatever the agent keeps for it (a
+    /// managed AgentAPI server). Most agents keep nothing.
+    async fn release(&self, _run: &str) {}
 }
 
 /// Shared by every adapter: what output to keep and how to redact it.

@@ -355,6 +355,27 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     {
         running.stop(StopReason::Shutdown);
     }
+    // Steps that may change files hold the run's workspace alone; the
+    // others may share it. The wait ends early when the attempt is stopped
+    // (the agent then sees the cancellation at once), and the attempt's
+    // deadline counts from when it has its turn.
+    let _workspace_turn = match (&workspace, &inner.config.workspaces) {
+        (Some(ws), Some(all)) => {
+            let lock = all.step_lock(ws.run_id);
+            let turn = async {
+                if def.changes {
+                    WorkspaceTurn::Write(lock.write_owned().await)
+                } else {
+                    WorkspaceTurn::Read(lock.read_owned().await)
+                }
+            };
+            tokio::select! {
+                turn = turn => Some(turn),
+                _ = cancel.cancelled() => None,
+            }
+        }
+        _ => None,
+    };
     let request = AttemptRequest {
         key: IdempotencyKey {
             run: run_id.to_string(),
@@ -370,21 +391,11 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             .map(|ws| vec![ws.mirror.clone()])
             .unwrap_or_default(),
         untrusted_checkout: workspace.as_ref().is_some_and(|ws| ws.base_sha.is_some()),
+        repository: event(engine, &delivery_id)
+            .await
+            .and_then(|e| e.repository().map(|r| r.full_name.clone())),
         deadline: Instant::now() + timeout,
         cancel: cancel.clone(),
-    };
-    // Steps that may change files hold the run's workspace alone; the
-    // others may share it.
-    let _workspace_turn = match (&workspace, &inner.config.workspaces) {
-        (Some(ws), Some(all)) => {
-            let lock = all.step_lock(ws.run_id);
-            Some(if def.changes {
-                WorkspaceTurn::Write(lock.write_owned().await)
-            } else {
-                WorkspaceTurn::Read(lock.read_owned().await)
-            })
-        }
-        _ => None,
     };
 
     let started = Instant::now();

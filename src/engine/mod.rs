@@ -440,6 +440,15 @@ impl Engine {
         heartbeat.abort();
         if let Some(janitor) = janitor {
             janitor.abort();
+            // What ended while the janitor was winding down (a `taskmaster
+            // run` stops right after its run ends): one last bounded sweep.
+            if let Some(workspaces) = &self.inner.config.workspaces
+                && let Ok(active) = self.inner.store.active_runs().await
+            {
+                let active = active.into_iter().collect();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), workspaces.sweep(&active)).await;
+            }
         }
         if let Some(remote) = remote {
             remote.abort();
@@ -479,6 +488,14 @@ impl Engine {
             tokio::select! {
                 t = transitions.recv() => match t {
                     Ok(Transition::Run { run_id, state, .. }) if state.is_terminal() => {
+                        // Agents let go of what they keep for the run (a
+                        // managed AgentAPI server) before its workspace goes.
+                        let run = run_id.to_string();
+                        for name in self.inner.agents.names() {
+                            if let Some(agent) = self.inner.agents.agent(&name) {
+                                agent.release(&run).await;
+                            }
+                        }
                         workspaces.finish(run_id, state != RunState::Succeeded).await;
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

@@ -12,7 +12,8 @@
 //!   a missing credential fails at once instead of waiting for a keyboard;
 //! * `core.hooksPath=/dev/null`, `core.fsmonitor=false`, `gc.auto=0`,
 //!   `maintenance.auto=false`: nothing of the repository runs, and nothing
-//!   prunes objects a workspace borrows;
+//!   prunes objects a workspace borrows; `checkout.workers=0` (a worker per
+//!   core: most of a large checkout is creating files);
 //! * `protocol.allow=never` with `https`, `file` (the mirror) and, only when
 //!   the configured remote is `http://`, `http` allowed;
 //! * the token, when there is one, only as one more `GIT_CONFIG_KEY_n` /
@@ -75,6 +76,9 @@ impl Git {
             ("gc.auto".into(), "0".into()),
             ("maintenance.auto".into(), "false".into()),
             ("advice.detachedHead".into(), "false".into()),
+            // Parallel checkout, one worker per core: most of a large
+            // checkout is creating files.
+            ("checkout.workers".into(), "0".into()),
             ("protocol.allow".into(), "never".into()),
             ("protocol.https.allow".into(), "always".into()),
             ("protocol.file.allow".into(), "always".into()),

@@ -101,6 +101,11 @@ pub struct StandIn {
 
 impl StandIn {
     pub async fn start(behavior: Behavior) -> Self {
+        Self::start_on(behavior, 0).await
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: any free port).
+    pub async fn start_on(behavior: Behavior, port: u16) -> Self {
         let (events, _) = broadcast::channel(1024);
         let shared = Shared {
             behavior: Arc::new(Mutex::new(behavior.clone())),
@@ -132,7 +137,9 @@ impl StandIn {
             .route("/message", post(message))
             .route("/events", get(events_handler))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { addr, shared }

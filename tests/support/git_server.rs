@@ -35,6 +35,10 @@ struct Inner {
     root: PathBuf,
     token: Mutex<Option<String>>,
     requests: Mutex<Vec<GitRequest>>,
+    /// Held before answering each `git-upload-pack` POST (a slow server).
+    pack_delay: Mutex<std::time::Duration>,
+    /// `git-upload-pack` POSTs received so far (counted on arrival).
+    packs_started: std::sync::atomic::AtomicUsize,
 }
 
 /// The running server.
@@ -127,6 +131,8 @@ impl GitServer {
             root,
             token: Mutex::new(token.map(str::to_owned)),
             requests: Mutex::new(Vec::new()),
+            pack_delay: Mutex::new(std::time::Duration::ZERO),
+            packs_started: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -171,6 +177,19 @@ impl GitServer {
     /// Every request so far.
     pub fn requests(&self) -> Vec<GitRequest> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Holds every later `git-upload-pack` answer back by `delay`.
+    pub fn set_pack_delay(&self, delay: std::time::Duration) {
+        *self.inner.pack_delay.lock().unwrap() = delay;
+    }
+
+    /// How many `git-upload-pack` POSTs have arrived (counted on arrival,
+    /// before any delay).
+    pub fn packs_started(&self) -> usize {
+        self.inner
+            .packs_started
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forgets the recorded requests.
@@ -219,6 +238,15 @@ async fn handle(
             "Authentication required",
         )
             .into_response();
+    }
+    if method == Method::POST && path.ends_with("git-upload-pack") {
+        inner
+            .packs_started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = *inner.pack_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")

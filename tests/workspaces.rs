@@ -1400,4 +1400,41 @@ async fn a_reused_work_tree_keeps_nothing_of_the_agent_that_had_it() {
             .unwrap()
             .contains("fsmonitor")
     );
+
+    // Reused again (its manifest now partly carried over from the first
+    // reuse): a forged file the last checkout wrote and one it kept are both
+    // caught.
+    let forge = |path: &Path| {
+        let stamp = std::fs::metadata(path).unwrap().modified().unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, text.to_uppercase()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+    };
+    forge(&q.join("src/new.rs"));
+    forge(&q.join("marker.txt"));
+    ws.finish(71, false).await;
+    let third = ws
+        .ensure(&pr_request(72, 7701, "acme/reuse", 1, &next))
+        .await
+        .unwrap();
+    assert!(
+        third.fetched.contains("reused a parked work tree"),
+        "{}",
+        third.fetched
+    );
+    let r = &third.path;
+    assert_eq!(git(r, &["status", "--porcelain", "--ignored"]), "");
+    assert_eq!(
+        std::fs::read_to_string(r.join("src/new.rs")).unwrap(),
+        "fn new() {}\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("marker.txt")).unwrap(),
+        original
+    );
 }

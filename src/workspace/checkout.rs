@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use super::diff::{number_diff, parse_files};
-use super::{FileChange, STEERING_PATHS, Target, WorkspaceError, Workspaces, path_str, tree_size};
+use super::{FileChange, STEERING_PATHS, Target, WorkspaceError, Workspaces, path_str};
 
 impl Workspaces {
-    /// Makes `dir` a checkout of `sha`: from a parked work tree of the same
-    /// repository when there is one ([`Workspaces::recycle`]), else a new
-    /// clone; then restores steering files on PR heads and checks the size.
+    /// Makes `dir` a checkout of `sha`: checks the size cap first (from the
+    /// mirror, before writing anything), then takes a parked work tree of
+    /// the same repository when there is one ([`Workspaces::recycle`]), else
+    /// clones; then restores steering files on PR heads.
     /// Returns the restored paths, the size in bytes, and whether a parked
     /// tree was used.
     pub(super) async fn checkout(
@@ -19,22 +20,23 @@ impl Workspaces {
         sha: &str,
         base: Option<&str>,
         target: &Target,
-    ) -> Result<(Vec<String>, u64, bool), WorkspaceError> {
-        let mut recycled = false;
-        if let Some(index) = self.take_parked(repo_id, dir) {
-            match self.recycle(mirror, dir, &index, sha).await {
-                Ok(()) => recycled = true,
+    ) -> Result<(Vec<String>, u64, Option<super::pool::Recycled>), WorkspaceError> {
+        let size = self.check_size(mirror, sha).await?;
+        let mut recycled = None;
+        if let Some(parked) = self.take_parked(repo_id, dir) {
+            match self.recycle(mirror, dir, &parked, sha).await {
+                Ok(kept) => recycled = Some(kept),
                 Err(e) => {
                     tracing::debug!(error = %e, "a parked work tree could not be reused; cloning");
                     let _ = tokio::fs::remove_dir_all(dir).await;
                 }
             }
-            let _ = std::fs::remove_file(&index);
+            parked.discard();
         }
-        if !recycled {
+        if recycled.is_none() {
             self.clone_into(mirror, dir, sha).await?;
         }
-        let (restored, size) = self.prepare(dir, sha, base, target).await?;
+        let restored = self.prepare(mirror, dir, sha, base, target).await?;
         Ok((restored, size, recycled))
     }
 
@@ -61,30 +63,142 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Restores steering files on PR heads and checks the size cap.
+    /// The paths that differ between commits `from` and `to` (both sides of
+    /// renames), read from the mirror.
+    pub(super) async fn changed_paths(
+        &self,
+        mirror: &Path,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, WorkspaceError> {
+        let out = self
+            .git
+            .run(
+                None,
+                &[
+                    "--git-dir",
+                    path_str(mirror)?,
+                    "diff",
+                    "--name-only",
+                    "--no-renames",
+                    "-z",
+                    from,
+                    to,
+                ],
+                None,
+            )
+            .await?;
+        Ok(out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect())
+    }
+
+    /// Restores steering files on PR heads (see [`STEERING_PATHS`]):
+    /// compares the head's and the base's entries for them (two `ls-tree`
+    /// calls), removes the head's where they differ and puts the base's
+    /// back (one `restore`). Returns the paths it changed.
     async fn prepare(
         &self,
+        mirror: &Path,
         dir: &Path,
         sha: &str,
         base: Option<&str>,
         target: &Target,
-    ) -> Result<(Vec<String>, u64), WorkspaceError> {
+    ) -> Result<Vec<String>, WorkspaceError> {
+        let (Target::PullRequest { .. }, Some(base)) = (target, base) else {
+            return Ok(Vec::new());
+        };
+        let at_head = self.entries(mirror, sha, STEERING_PATHS).await?;
+        let at_base = self.entries(mirror, base, STEERING_PATHS).await?;
         let mut restored = Vec::new();
-        if let (Target::PullRequest { .. }, Some(base)) = (target, base) {
-            for path in STEERING_PATHS {
-                if self.restore_from_base(dir, base, sha, path).await? {
-                    restored.push((*path).to_owned());
-                }
+        let mut from_base = Vec::new();
+        for path in STEERING_PATHS {
+            let (h, b) = (at_head.get(*path), at_base.get(*path));
+            if h == b {
+                continue;
             }
+            let full = dir.join(path);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
+                Ok(_) => std::fs::remove_file(&full),
+                Err(_) => Ok(()),
+            }
+            .map_err(WorkspaceError::io(format!("remove the PR's {path}")))?;
+            if b.is_some() {
+                from_base.push(*path);
+            }
+            restored.push((*path).to_owned());
         }
-        let root = dir.to_owned();
-        let size = tokio::task::spawn_blocking(move || tree_size(&root))
-            .await
-            .expect("the size walk does not panic");
+        if !from_base.is_empty() {
+            let source = format!("--source={base}");
+            let mut args = vec!["restore", source.as_str(), "--worktree", "--"];
+            args.extend(from_base);
+            self.git.run(Some(dir), &args, None).await?;
+        }
+        Ok(restored)
+    }
+
+    /// The top-level entries `paths` of commit `rev` (mode and object id by
+    /// path), read from the mirror.
+    async fn entries(
+        &self,
+        mirror: &Path,
+        rev: &str,
+        paths: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, WorkspaceError> {
+        let mut args = vec!["--git-dir", path_str(mirror)?, "ls-tree", "-z", rev, "--"];
+        args.extend_from_slice(paths);
+        let out = self.git.run(None, &args, None).await?;
+        Ok(out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (meta, path) = entry.split_once('\t')?;
+                let mut meta = meta.split(' ');
+                let mode = meta.next()?;
+                let _kind = meta.next()?;
+                let oid = meta.next()?;
+                Some((path.to_owned(), format!("{mode} {oid}")))
+            })
+            .collect())
+    }
+
+    /// Bytes of the files of commit `sha` (`ls-tree -r -l`), read from the
+    /// mirror before anything is written; an error when over the cap.
+    async fn check_size(&self, mirror: &Path, sha: &str) -> Result<u64, WorkspaceError> {
+        let out = self
+            .git
+            .run(
+                None,
+                &[
+                    "--git-dir",
+                    path_str(mirror)?,
+                    "ls-tree",
+                    "-r",
+                    "-l",
+                    "-z",
+                    sha,
+                ],
+                None,
+            )
+            .await?;
+        let size: u64 = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (meta, _path) = entry.split_once('\t')?;
+                meta.split_whitespace().nth(3)?.parse::<u64>().ok()
+            })
+            .sum();
         if size > self.settings.max_workspace_bytes {
             return Err(WorkspaceError::Disk {
                 message: format!(
-                    "the checkout is {} MB, over the cap of {} MB per workspace \
+                    "the commit's files are {} MB, over the cap of {} MB per workspace \
                      (TASKMASTER_MAX_WORKSPACE_MB)",
                     size / 1_000_000,
                     self.settings.max_workspace_bytes / 1_000_000
@@ -92,53 +206,7 @@ impl Workspaces {
                 transient: false,
             });
         }
-        Ok((restored, size))
-    }
-
-    /// Puts `path` back as it is at `base` when the head's differs; true
-    /// when it did.
-    pub(super) async fn restore_from_base(
-        &self,
-        dir: &Path,
-        base: &str,
-        head: &str,
-        path: &str,
-    ) -> Result<bool, WorkspaceError> {
-        let object = |rev: String| async move {
-            self.git
-                .text(Some(dir), &["rev-parse", "--verify", "--quiet", &rev])
-                .await
-                .ok()
-                .filter(|s| !s.is_empty())
-        };
-        let at_head = object(format!("{head}:{path}")).await;
-        let at_base = object(format!("{base}:{path}")).await;
-        if at_head == at_base {
-            return Ok(false);
-        }
-        let full = dir.join(path);
-        match std::fs::symlink_metadata(&full) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
-            Ok(_) => std::fs::remove_file(&full),
-            Err(_) => Ok(()),
-        }
-        .map_err(WorkspaceError::io(format!("remove the PR's {path}")))?;
-        if at_base.is_some() {
-            self.git
-                .run(
-                    Some(dir),
-                    &[
-                        "restore",
-                        &format!("--source={base}"),
-                        "--worktree",
-                        "--",
-                        path,
-                    ],
-                    None,
-                )
-                .await?;
-        }
-        Ok(true)
+        Ok(size)
     }
 
     /// The diff `base…head` (what the PR changes since it left its base) with

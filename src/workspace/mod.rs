@@ -497,17 +497,37 @@ impl Workspaces {
             // writing its record: complete but unrecorded; replace it.
             let _ = tokio::fs::remove_dir_all(&path).await;
         }
-        // The index as taskmaster's own checkout left it, before any agent
-        // ran: what a later reuse of this tree compares against (`pool`).
+        // The index and the manifest as taskmaster's own checkout left the
+        // tree, before any agent ran: what a later reuse of this tree is
+        // checked against (`pool`).
         std::fs::copy(tmp.join(".git").join("index"), self.index_path(req.run_id))
             .map_err(WorkspaceError::io("save the checkout's index"))?;
+        let reused = recycled.is_some();
+        let changed = match &recycled {
+            // What the reset rewrote, the scrub removed (now rewritten) and
+            // the steering restore replaced: only those need a new look.
+            Some(r) => {
+                let mut changed = self.changed_paths(&mirror, &r.old_sha, &sha).await?;
+                changed.extend(restored.iter().cloned());
+                changed
+            }
+            None => Vec::new(),
+        };
+        let (root, manifest, at) = (tmp.clone(), self.manifest_path(req.run_id), sha.clone());
+        tokio::task::spawn_blocking(move || match recycled {
+            Some(r) => pool::update_manifest(&root, &manifest, &at, r, &changed),
+            None => pool::record_manifest(&root, &manifest, &at),
+        })
+        .await
+        .expect("the manifest walk does not panic")
+        .map_err(WorkspaceError::io("record the checkout's manifest"))?;
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(WorkspaceError::io(format!(
                 "move the checkout to {}",
                 path.display()
             )))?;
-        let fetched = if recycled {
+        let fetched = if reused {
             format!("{fetched}; reused a parked work tree of the repository")
         } else {
             fetched
@@ -594,6 +614,7 @@ impl Workspaces {
         let _ = tokio::fs::remove_file(self.meta_path(run_id)).await;
         let _ = tokio::fs::remove_file(self.ended_path(run_id)).await;
         let _ = tokio::fs::remove_file(self.index_path(run_id)).await;
+        let _ = tokio::fs::remove_file(self.manifest_path(run_id)).await;
     }
 
     /// Removes what no run needs any more: half-made checkouts, workspaces
@@ -696,32 +717,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WorkspaceError> {
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(WorkspaceError::io(format!("write {}", path.display())))
-}
-
-/// Bytes of regular files under `root`, `.git` left out; symlinks are not
-/// followed.
-fn tree_size(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if dir == root && entry.file_name() == ".git" {
-                continue;
-            }
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 /// Free bytes for an unprivileged user on `path`'s file system.

@@ -47,7 +47,33 @@ fn the_example_file_is_valid() {
     );
     assert_eq!(config.agents["claude-cli"].budget.max_cost_usd, Some(5.0));
     assert_eq!(config.redact_env, ["SENTRY_DSN"]);
-    AgentRegistry::new(&config, &env(&[])).unwrap();
+    assert_eq!(
+        config.agents["claude-managed"].public_endpoint().as_deref(),
+        Some("managed: one AgentAPI server per run on 127.0.0.1")
+    );
+    let registry = AgentRegistry::new(&config, &env(&[])).unwrap();
+    assert_eq!(
+        registry.get("claude-managed").unwrap().kind(),
+        AgentKind::Agentapi
+    );
+}
+
+#[test]
+fn spawn_and_endpoint_exclude_each_other() {
+    let text = "agents:\n  a:\n    kind: agentapi\n    endpoint: http://x\n    spawn: [agentapi, server]\n";
+    let config = AgentsConfig::parse(text, None, &env(&[])).unwrap();
+    let err = AgentRegistry::new(&config, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not both"), "{err}");
+    let text = "agents:\n  c:\n    kind: codegen\n    spawn: [x]\n";
+    let err = AgentsConfig::parse(text, None, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`spawn` does not apply to kind `codegen`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -153,6 +153,26 @@ fn pr_request(
     }
 }
 
+/// A successful outcome with `text`, for the in-test agents.
+fn answered(text: &str, took: Duration) -> AttemptOutcome {
+    AttemptOutcome {
+        failure: None,
+        output: Output::from_text(text, &Default::default(), 1000),
+        duration: took,
+        usage: Usage::default(),
+        retry_after: None,
+        web_url: None,
+    }
+}
+
+fn healthy() -> Health {
+    Health {
+        reachable: true,
+        latency: Duration::ZERO,
+        detail: String::new(),
+    }
+}
+
 /// An agent that records what each attempt was given and answers "ok".
 #[derive(Debug, Default)]
 struct Recorder {
@@ -173,21 +193,10 @@ impl Agent for Recorder {
             attempt.prompt.clone(),
             attempt.workdir.clone(),
         ));
-        AttemptOutcome {
-            failure: None,
-            output: Output::from_text("ok", &Default::default(), 1000),
-            duration: Duration::from_millis(1),
-            usage: Usage::default(),
-            retry_after: None,
-            web_url: None,
-        }
+        answered("ok", Duration::from_millis(1))
     }
     async fn health(&self) -> Health {
-        Health {
-            reachable: true,
-            latency: Duration::ZERO,
-            detail: String::new(),
-        }
+        healthy()
     }
 }
 
@@ -1219,21 +1228,10 @@ impl Agent for Sleeper {
             start,
             std::time::Instant::now(),
         ));
-        AttemptOutcome {
-            failure: None,
-            output: Output::from_text("ok", &Default::default(), 100),
-            duration: start.elapsed(),
-            usage: Usage::default(),
-            retry_after: None,
-            web_url: None,
-        }
+        answered("ok", start.elapsed())
     }
     async fn health(&self) -> Health {
-        Health {
-            reachable: true,
-            latency: Duration::ZERO,
-            detail: String::new(),
-        }
+        healthy()
     }
 }
 

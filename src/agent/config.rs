@@ -339,16 +339,16 @@ fn misplaced_keys(kind: AgentKind, e: &AgentEntry) -> Vec<&'static str> {
     check(
         e.allow_unsandboxed.is_some(),
         "allow_unsandboxed",
-        &[Command],
+        &[Agentapi, Cli, Command],
     );
     check(e.run_as.is_some(), "run_as", &[Command]);
-    check(e.bwrap.is_some(), "bwrap", &[Cli, Command]);
+    check(e.bwrap.is_some(), "bwrap", &[Agentapi, Cli, Command]);
     check(
         e.sandbox_ro_binds.is_some(),
         "sandbox_ro_binds",
-        &[Cli, Command],
+        &[Agentapi, Cli, Command],
     );
-    check(e.sandbox.is_some(), "sandbox", &[Cli]);
+    check(e.sandbox.is_some(), "sandbox", &[Agentapi, Cli]);
     check(e.org_id.is_some(), "org_id", &[Codegen]);
     check(e.repo_id.is_some(), "repo_id", &[Codegen]);
     check(e.repos.is_some(), "repos", &[Codegen]);

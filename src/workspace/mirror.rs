@@ -113,16 +113,7 @@ impl Workspaces {
                     format!("+refs/heads/{base_branch}:refs/heads/{base_branch}"),
                 ])
                 .await
-                .map_err(|e| match e {
-                    WorkspaceError::Git {
-                        message,
-                        transient: false,
-                        ..
-                    } => WorkspaceError::Unreachable(format!(
-                        "cannot fetch pull request #{number} of {url}: {message}"
-                    )),
-                    other => other,
-                })?;
+                .map_err(|e| unreachable(e, &format!("pull request #{number} of {url}")))?;
                 let tip = self.resolve(mirror, &pull_ref).await?;
                 let wanted = pinned
                     .or(head_sha.as_deref())
@@ -169,16 +160,7 @@ impl Workspaces {
                 let local = format!("refs/heads/{name}");
                 fetch(vec![format!("+{local}:{local}")])
                     .await
-                    .map_err(|e| match e {
-                        WorkspaceError::Git {
-                            message,
-                            transient: false,
-                            ..
-                        } => WorkspaceError::Unreachable(format!(
-                            "cannot fetch branch `{name}` of {url}: {message}"
-                        )),
-                        other => other,
-                    })?;
+                    .map_err(|e| unreachable(e, &format!("branch `{name}` of {url}")))?;
                 let tip = self.resolve(mirror, &local).await?;
                 let wanted = pinned.map(str::to_owned).unwrap_or_else(|| tip.clone());
                 if !self.has_commit(mirror, &wanted).await {
@@ -229,5 +211,19 @@ impl Workspaces {
             )
             .await
             .is_ok()
+    }
+}
+
+/// A permanent fetch failure of `what` as [`WorkspaceError::Unreachable`]
+/// (the repository or ref is gone, or the token may not read it); other
+/// errors as they are.
+fn unreachable(e: WorkspaceError, what: &str) -> WorkspaceError {
+    match e {
+        WorkspaceError::Git {
+            message,
+            transient: false,
+            ..
+        } => WorkspaceError::Unreachable(format!("cannot fetch {what}: {message}")),
+        other => other,
     }
 }

@@ -383,6 +383,8 @@ steps:
     let payload = dir.path().join("event.json");
     std::fs::write(&payload, pr_payload()).unwrap();
     let db = dir.path().join("crash.db");
+    let (db2, data_dir) = (db.clone(), dir.path().join("data"));
+    let (payload_c, wf_dir_c) = (payload.clone(), wf_dir.clone());
     let start = |runs: &[&str]| {
         runs.iter()
             .map(|delivery| {
@@ -438,11 +440,30 @@ steps:
     drop(store);
 
     // Second life: the same command carries the run on to the end.
-    let mut child = start(&["crash-run-1"]).remove(0);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "the restarted run must succeed: {status}");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+            .args(["run", "crash", "--event"])
+            .arg(&payload_c)
+            .args(["--delivery", "crash-run-1", "--workflows"])
+            .arg(&wf_dir_c)
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", db2.display()))
+            .args(["--log", "warn"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--workspaces", "off"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the restarted run must succeed: {}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let store = SqliteStore::open(db.to_str().unwrap()).await.unwrap();
     let snap = store.run(run_id).await.unwrap().unwrap();

@@ -1436,3 +1436,37 @@ async fn a_reused_work_tree_keeps_nothing_of_the_agent_that_had_it() {
         original
     );
 }
+
+#[tokio::test]
+async fn steps_starting_together_share_one_scratch_directory() {
+    let server = GitServer::start(Some(TOKEN)).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut s = settings(data.path(), &server);
+    s.checkout = false;
+    let ws = Arc::new(Workspaces::new(s, Arc::new(StaticTokens::default())).unwrap());
+    // Several steps of one run asking at the same instant (a regression:
+    // they wrote the record through one temporary file, and all but one failed).
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (ws, barrier) = (ws.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                ws.scratch(5)
+            })
+        })
+        .collect();
+    for h in handles {
+        let made = h.join().unwrap().expect("every step gets the directory");
+        assert_eq!(made.path, ws.workspace_path(5));
+    }
+    // An orphaned half-written record and an ended run's leftovers are swept.
+    std::fs::write(data.path().join("workspaces/9.json.deadbeef.tmp"), "{").unwrap();
+    std::fs::write(data.path().join("workspaces/7.index"), "x").unwrap();
+    ws.sweep(&HashSet::new()).await;
+    let left: Vec<String> = std::fs::read_dir(data.path().join("workspaces"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -87,6 +87,9 @@ pub struct RunView {
     /// The PR or issue number.
     pub subject_number: Option<i64>,
     pub head_sha: Option<String>,
+    /// The commit the run's workspace checked out, once it has one (a PR's
+    /// head, or the default branch's head for an issue run).
+    pub checkout_sha: Option<String>,
     /// `queued`, `running`, `paused`, `succeeded`, `failed`, `cancelled`, `timed_out`.
     pub state: String,
     /// What was asked: `running`, `paused`, `cancelled`, `timed_out`.
@@ -121,6 +124,7 @@ impl From<Run> for RunView {
             repository: r.repository,
             subject_number: r.subject_number,
             head_sha: r.head_sha,
+            checkout_sha: r.checkout_sha,
             state: r.state.as_str().into(),
             desired_state: r.desired_state.as_str().into(),
             reason: r.reason,

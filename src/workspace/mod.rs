@@ -628,6 +628,9 @@ impl Workspaces {
             return (0, 0);
         };
         let now = SystemTime::now();
+        // A run's entries: `<id>/` and `<id>.json`, `.index`, `.manifest`,
+        // `.ended`; each run is looked at once, whichever entry comes first.
+        let mut seen = std::collections::HashSet::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".tmp-") {
@@ -635,10 +638,15 @@ impl Workspaces {
                 workspaces += 1;
                 continue;
             }
-            let Ok(run_id) = name.parse::<i64>() else {
+            if name.ends_with(".tmp") {
+                // A record half written when the process died.
+                let _ = tokio::fs::remove_file(entry.path()).await;
+                continue;
+            }
+            let Ok(run_id) = name.split('.').next().unwrap_or_default().parse::<i64>() else {
                 continue;
             };
-            if active.contains(&run_id) {
+            if active.contains(&run_id) || !seen.insert(run_id) {
                 continue;
             }
             let kept = std::fs::metadata(self.ended_path(run_id))
@@ -712,8 +720,11 @@ fn touch(path: &Path) {
         .and_then(|f| f.set_modified(SystemTime::now()));
 }
 
+/// Writes `bytes` to `path` atomically (a temporary file of its own, then a
+/// rename), so two steps of a run writing the same record at once both
+/// succeed and a reader sees one whole record or the other.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WorkspaceError> {
-    let tmp = path.with_extension("json.tmp");
+    let tmp = path.with_extension(format!("json.{}.tmp", uuid::Uuid::new_v4().simple()));
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(WorkspaceError::io(format!("write {}", path.display())))

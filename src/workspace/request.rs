@@ -47,11 +47,13 @@ impl CheckoutRequest {
     /// What run `run` (started by `event`) checks out: a pull request's head
     /// for pull-request events, comments on a PR and re-runs of a PR's check;
     /// the default branch's head for everything else about a repository.
-    /// `None` when the event names no repository (the run gets an empty
-    /// directory).
+    /// `None` when the event names no repository, or not its id (runs
+    /// started over the API): the run gets an empty directory.
     pub fn for_run(run: &crate::store::Run, event: &crate::event::Event) -> Option<Self> {
         use crate::event::Event;
-        let repo = event.repository()?;
+        // Without the repository's id there is no mirror to key: runs
+        // started over the API name a repository by its name only.
+        let repo = event.repository().filter(|r| r.id > 0)?;
         let default_branch = repo
             .default_branch
             .clone()

@@ -64,9 +64,9 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 /// Agent names are checked against the agents `serve` would have (`--config`),
 /// so a set that validates here also starts.
 fn validate(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
-    let names = agent_names(settings)?;
+    let (names, kinds) = agent_names(settings)?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    match WorkflowSet::load_dir(dir, &names) {
+    match WorkflowSet::load_dir_for(dir, &names, Some(&kinds)) {
         Ok(set) => {
             println!("{}: {} workflows are valid", dir.display(), set.len());
             for wf in set.iter() {
@@ -98,14 +98,16 @@ fn load_agents_and_workflows(
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // Refuse to start on a broken workflow set: better no service than runs
     // that fail one by one in production.
-    let workflows = WorkflowSet::load_dir(&settings.workflows, &names).map_err(|e| {
-        anyhow::anyhow!(
-            "refusing to start: the workflow definitions in {} are invalid \
+    let kinds = agent_kinds(&agents_config);
+    let workflows =
+        WorkflowSet::load_dir_for(&settings.workflows, &names, Some(&kinds)).map_err(|e| {
+            anyhow::anyhow!(
+                "refusing to start: the workflow definitions in {} are invalid \
 (check them with `taskmaster validate {}`):\n{e}",
-            settings.workflows.display(),
-            settings.workflows.display()
-        )
-    })?;
+                settings.workflows.display(),
+                settings.workflows.display()
+            )
+        })?;
     tracing::info!(workflows = workflows.len(), dir = %settings.workflows.display(),
         "workflow definitions loaded");
     Ok((Arc::new(registry), Arc::new(workflows)))
@@ -121,13 +123,30 @@ fn registry_names(registry: &AgentRegistry) -> Vec<String> {
     }
 }
 
-/// The agent names `serve` would check workflows against, from `--config`.
-fn agent_names(settings: &Settings) -> anyhow::Result<Vec<String>> {
+/// Each configured agent's kind, by name (for checking steps' `with:` keys).
+fn agent_kinds(
+    config: &AgentsConfig,
+) -> std::collections::HashMap<String, taskmaster::agent::AgentKind> {
+    config
+        .agents
+        .iter()
+        .map(|(name, agent)| (name.clone(), agent.kind))
+        .collect()
+}
+
+/// The agent names `serve` would check workflows against, from `--config`,
+/// and their kinds.
+fn agent_names(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Vec<String>,
+    std::collections::HashMap<String, taskmaster::agent::AgentKind>,
+)> {
     let agents_config = AgentsConfig::load(settings.config.as_deref(), &process_lookup)
         .map_err(|e| anyhow::anyhow!("the agent configuration is invalid: {e}"))?;
     let registry = AgentRegistry::new(&agents_config, &process_lookup)
         .map_err(|e| anyhow::anyhow!("cannot build the agents: {e}"))?;
-    Ok(registry_names(&registry))
+    Ok((registry_names(&registry), agent_kinds(&agents_config)))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

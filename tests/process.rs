@@ -176,3 +176,44 @@ fn validate_checks_agent_names_against_the_configured_agents() {
         String::from_utf8_lossy(&with.stderr)
     );
 }
+
+#[test]
+fn validate_checks_with_keys_against_the_agents_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("review.yml"),
+        "name: review\non:\n  pull_request:\n    actions: [opened]\nsteps:\n  review:\n    agent: claude-code\n    prompt: Review it.\n    with:\n      model: opus\n",
+    )
+    .unwrap();
+    let config = dir.path().join("taskmaster.yml");
+    std::fs::write(
+        &config,
+        "agents:\n  claude-code:\n    kind: cli\n    cli: claude\n",
+    )
+    .unwrap();
+    let validate = |with_config: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
+        command.env_clear().arg("validate").arg(&workflows);
+        if with_config {
+            command.env("TASKMASTER_CONFIG", &config);
+        }
+        command.output().unwrap()
+    };
+    // The built-in `claude-code` is an AgentAPI agent: it reads no `with:` keys.
+    let builtin = validate(false);
+    assert!(!builtin.status.success());
+    let stderr = String::from_utf8_lossy(&builtin.stderr);
+    assert!(
+        stderr.contains("review.yml:10:7: unknown key `with.model` for step `review`; agent `claude-code` (agentapi) reads no `with:` keys"),
+        "{stderr}"
+    );
+    // Configured as the Claude Code CLI, the same step is valid.
+    let cli = validate(true);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+}

@@ -16,7 +16,7 @@
 //! a topological order ([`Step::order`]), every template compiles and every
 //! condition parses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -446,6 +446,20 @@ impl WorkflowSet {
     /// Every problem in every file, with positions; an unreadable directory or
     /// file is reported as an error at line 0.
     pub fn load_dir(dir: &Path, agents: &[&str]) -> Result<WorkflowSet, ValidationErrors> {
+        Self::load_dir_for(dir, agents, None)
+    }
+
+    /// [`WorkflowSet::load_dir`], also checking each step's `with:` keys
+    /// against what its agents' kinds read (`kinds`: agent name → kind; an
+    /// agent missing from it is checked against every kind's keys).
+    ///
+    /// # Errors
+    /// As [`WorkflowSet::load_dir`].
+    pub fn load_dir_for(
+        dir: &Path,
+        agents: &[&str],
+        kinds: Option<&HashMap<String, crate::agent::AgentKind>>,
+    ) -> Result<WorkflowSet, ValidationErrors> {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         let entries = match std::fs::read_dir(dir) {
@@ -486,7 +500,7 @@ workflow `.yml` files"
                 message: "no workflow files (`*.yml`) in this directory".to_owned(),
             });
         }
-        match Self::from_sources(sources, agents) {
+        match validate::build_set(sources, agents, kinds) {
             Ok(set) if errors.is_empty() => Ok(set),
             Ok(_) => Err(ValidationErrors(errors)),
             Err(ValidationErrors(more)) => {
@@ -505,7 +519,7 @@ workflow `.yml` files"
         sources: Vec<(PathBuf, String)>,
         agents: &[&str],
     ) -> Result<WorkflowSet, ValidationErrors> {
-        validate::build_set(sources, agents)
+        validate::build_set(sources, agents, None)
     }
 
     /// This set with some workflows replaced by changed copies of the same

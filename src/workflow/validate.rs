@@ -217,6 +217,7 @@ fn parse(text: &str) -> Result<RawWorkflow, (u64, u64, String)> {
 pub(crate) fn build_set(
     sources: Vec<(PathBuf, String)>,
     agents: &[&str],
+    kinds: Option<&HashMap<String, crate::agent::AgentKind>>,
 ) -> Result<WorkflowSet, ValidationErrors> {
     let mut env = new_environment();
     let mut errors = Vec::new();
@@ -232,7 +233,7 @@ pub(crate) fn build_set(
             Err((l, c, msg)) => check.err_at(l, c, msg),
             Ok(raw) => {
                 let name_at = raw.name.referenced;
-                if let Some(wf) = check_workflow(&mut check, raw, agents, &mut env) {
+                if let Some(wf) = check_workflow(&mut check, raw, agents, kinds, &mut env) {
                     if let Some((f, l, c)) = seen_names.get(&wf.name) {
                         let (nl, nc) = pos(&name_at);
                         check.err_at(
@@ -292,6 +293,17 @@ pub const CLI_WITH_KEYS: &[&str] = &[
 ];
 /// `with:` keys the Codegen agent reads ([`crate::agent::codegen`]).
 pub const CODEGEN_WITH_KEYS: &[&str] = &["repo_id", "model", "agent_type"];
+/// The `with:` keys agents of `kind` read (AgentAPI agents read none).
+pub fn with_keys(kind: crate::agent::AgentKind) -> &'static [&'static str] {
+    use crate::agent::AgentKind;
+    match kind {
+        AgentKind::Command => COMMAND_WITH_KEYS,
+        AgentKind::Cli => CLI_WITH_KEYS,
+        AgentKind::Codegen => CODEGEN_WITH_KEYS,
+        AgentKind::Agentapi => &[],
+    }
+}
+
 /// Every key some agent kind reads: a step whose agent's kind is not known
 /// here (agents are configured by name) may use any of them.
 const ALL_WITH_KEYS: &[&str] = &[
@@ -471,6 +483,7 @@ fn check_workflow(
     check: &mut FileCheck<'_>,
     raw: RawWorkflow,
     agents: &[&str],
+    kinds: Option<&HashMap<String, crate::agent::AgentKind>>,
     env: &mut Environment<'static>,
 ) -> Option<Workflow> {
     let before = check.errors.len();
@@ -783,8 +796,23 @@ its arguments, e.g. `run: [make, test]`)",
         }
         let mut with = BTreeMap::new();
         for (k, v) in &step.with.entries {
+            // The keys the step's agents read: every kind's when a kind is
+            // not known here (validation by agent names only).
+            let chain_kinds: Option<Vec<crate::agent::AgentKind>> = kinds.and_then(|k| {
+                std::iter::once(&step.agent.value)
+                    .chain(step.fallback.0.iter().map(|f| &f.value))
+                    .map(|name| k.get(name.as_str()).copied())
+                    .collect()
+            });
+            let chain_keys: Vec<&str> = chain_kinds
+                .iter()
+                .flatten()
+                .flat_map(|kind| with_keys(*kind).iter().copied())
+                .collect();
             let known: &[&str] = if runs_a_program || step.agent.value == COMMAND_AGENT {
                 COMMAND_WITH_KEYS
+            } else if chain_kinds.is_some() {
+                &chain_keys
             } else {
                 ALL_WITH_KEYS
             };
@@ -804,6 +832,21 @@ directory is the run's workspace, `workspace.path`)"
                         id.value,
                         if known == COMMAND_WITH_KEYS {
                             format!("a command step reads {}", COMMAND_WITH_KEYS.join(", "))
+                        } else if chain_kinds.is_some() {
+                            if known.is_empty() {
+                                format!(
+                                    "agent `{}` ({}) reads no `with:` keys",
+                                    step.agent.value,
+                                    chain_kinds
+                                        .iter()
+                                        .flatten()
+                                        .map(|k| k.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            } else {
+                                format!("the step's agents read {}", known.join(", "))
+                            }
                         } else {
                             format!(
                                 "agents read: command {}; cli {}; codegen {}",

@@ -1263,7 +1263,21 @@ steps:
     )
     .await;
     let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
-    assert_eq!(snap.run.state, RunState::Succeeded);
+    let events = t.events(run_id).await;
+    assert_eq!(
+        snap.run.state,
+        RunState::Succeeded,
+        "{:?}\n{}",
+        snap.steps
+            .iter()
+            .map(|s| (&s.step, s.state, &s.error))
+            .collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|e| format!("{:?} {} {}", e.step, e.kind, e.detail))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let spans = sleeper.spans.lock().unwrap().clone();
     let span = |id: &str| spans.iter().find(|s| s.0 == id).cloned().unwrap();
     let (a, b) = (span("write_a"), span("write_b"));

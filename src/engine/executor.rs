@@ -195,11 +195,41 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .1;
     };
 
+    // From here on the attempt is in the engine's table of running
+    // attempts, so the heartbeat renews its lease while the workspace is
+    // made (a clone can outlast a lease) and a cancel reaches it; every
+    // return below takes it out again (`Unregister`).
+    let cancel = CancellationToken::new();
+    let running = Arc::new(RunningAttempt {
+        run_id,
+        step_row: lease.step_row,
+        token: lease.token.clone(),
+        registered: std::time::Instant::now(),
+        cancel: cancel.clone(),
+        reason: std::sync::Mutex::new(None),
+        runs_when_cancelled: crate::engine::plan::runs_when_cancelled(def.condition.expr()),
+    });
+    inner
+        .running
+        .lock()
+        .expect("running lock")
+        .insert(lease.token.clone(), running.clone());
+    if inner
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        running.stop(StopReason::Shutdown);
+    }
+    let _unregister = Unregister {
+        engine,
+        token: lease.token.clone(),
+    };
     // The run's workspace: made by the first step that needs it, shared by
     // the rest. A transient failure (network, disk) retries the step; a
     // permanent one (the commit is gone) fails it: another agent would not
     // fare better, so no fallback.
-    let workspace = match prepare_workspace(engine, &step.step, run_id, &delivery_id).await {
+    let workspace = match super::workspaces::prepare(engine, &step.step, run_id, &delivery_id).await
+    {
         Ok(ws) => ws,
         Err(e) => {
             let transient = e.is_transient();
@@ -334,48 +364,9 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             timeout = timeout.min(Duration::from_millis(left as u64));
         }
     }
-    let cancel = CancellationToken::new();
-    let running = Arc::new(RunningAttempt {
-        run_id,
-        step_row: lease.step_row,
-        token: lease.token.clone(),
-        registered: std::time::Instant::now(),
-        cancel: cancel.clone(),
-        reason: std::sync::Mutex::new(None),
-        runs_when_cancelled: crate::engine::plan::runs_when_cancelled(def.condition.expr()),
-    });
-    inner
-        .running
-        .lock()
-        .expect("running lock")
-        .insert(lease.token.clone(), running.clone());
-    if inner
-        .shutting_down
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        running.stop(StopReason::Shutdown);
-    }
-    // Steps that may change files hold the run's workspace alone; the
-    // others may share it. The wait ends early when the attempt is stopped
-    // (the agent then sees the cancellation at once), and the attempt's
-    // deadline counts from when it has its turn.
-    let _workspace_turn = match (&workspace, &inner.config.workspaces) {
-        (Some(ws), Some(all)) => {
-            let lock = all.step_lock(ws.run_id);
-            let turn = async {
-                if def.changes {
-                    WorkspaceTurn::Write(lock.write_owned().await)
-                } else {
-                    WorkspaceTurn::Read(lock.read_owned().await)
-                }
-            };
-            tokio::select! {
-                turn = turn => Some(turn),
-                _ = cancel.cancelled() => None,
-            }
-        }
-        _ => None,
-    };
+    // Steps that may change files hold the run's workspace alone.
+    let _workspace_turn =
+        super::workspaces::turn(engine, workspace.as_ref(), def.changes, &cancel).await;
     let request = AttemptRequest {
         key: IdempotencyKey {
             run: run_id.to_string(),
@@ -788,74 +779,22 @@ async fn finish(
     }
 }
 
-/// A step's hold on its run's workspace (see [`Step::changes`]).
-#[allow(dead_code)] // held for its drop
-enum WorkspaceTurn {
-    Read(tokio::sync::OwnedRwLockReadGuard<()>),
-    Write(tokio::sync::OwnedRwLockWriteGuard<()>),
+/// Takes an attempt out of the engine's table of running attempts when it
+/// goes out of scope, whichever way `execute` returns.
+struct Unregister<'a> {
+    engine: &'a Engine,
+    token: String,
 }
 
-/// The run's workspace, made if this is the first step to need it (and
-/// then recorded on the run's timeline); `None` when the engine has no
-/// workspaces configured.
-async fn prepare_workspace(
-    engine: &Engine,
-    step: &str,
-    run_id: i64,
-    delivery_id: &str,
-) -> Result<Option<crate::workspace::Workspace>, crate::workspace::WorkspaceError> {
-    use crate::workspace::{CheckoutRequest, WorkspaceError};
-    let Some(workspaces) = engine.inner.config.workspaces.clone() else {
-        return Ok(None);
-    };
-    if let Some(ws) = workspaces.existing(run_id) {
-        return Ok(Some(ws));
-    }
-    let request = if workspaces.settings().checkout {
-        let run = engine
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.engine
             .inner
-            .store
-            .run(run_id)
-            .await
-            .map_err(|e| WorkspaceError::Invalid(format!("cannot read the run: {e}")))?
-            .ok_or_else(|| WorkspaceError::Invalid("the run is gone".into()))?
-            .run;
-        event(engine, delivery_id)
-            .await
-            .and_then(|event| CheckoutRequest::for_run(&run, &event))
-    } else {
-        None
-    };
-    let Some(request) = request else {
-        return workspaces.scratch(run_id).map(Some);
-    };
-    let ws = workspaces.ensure(&request).await?;
-    if ws.duration_ms > 0 {
-        let mut detail = format!(
-            "checked out {} of {} in {} ms ({:.1} MB; fetched {})",
-            ws.sha,
-            ws.full_name,
-            ws.duration_ms,
-            ws.size_bytes as f64 / 1e6,
-            ws.fetched
-        );
-        if !ws.restored.is_empty() {
-            detail.push_str(&format!(
-                "; restored from the base branch (they steer agents): {}",
-                ws.restored.join(", ")
-            ));
-        }
-        crate::instrument::workspace_created(ws.duration_ms);
-        if let Err(e) = engine
-            .inner
-            .store
-            .record_checkout(run_id, step, &ws.sha, &detail)
-            .await
-        {
-            tracing::warn!(run_id, error = %e, "could not record the run's checkout");
-        }
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&self.token);
     }
-    Ok(Some(ws))
 }
 
 /// The prompt and `with:` inputs of a step, rendered against the run's
@@ -942,7 +881,7 @@ async fn render(
 
 /// The delivery's parsed event, from the engine's cache or the store
 /// (`None`: the delivery is gone or its payload does not parse).
-async fn event(engine: &Engine, delivery_id: &str) -> Option<Arc<Event>> {
+pub(super) async fn event(engine: &Engine, delivery_id: &str) -> Option<Arc<Event>> {
     let cache = &engine.inner.events_cache;
     if let Some(event) = cache.lock().expect("event cache lock").get(delivery_id) {
         return Some(event);

@@ -39,6 +39,7 @@ pub mod breaker;
 pub mod executor;
 pub mod intake;
 pub mod plan;
+mod workspaces;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -455,55 +456,6 @@ impl Engine {
         }
         writer.abort();
         Ok(())
-    }
-
-    /// Removes workspaces when their runs end (a failed run's is kept for
-    /// `TASKMASTER_KEEP_FAILED_WORKSPACES`), and sweeps at start-up and every
-    /// ten minutes for what a crash or a missed transition left behind:
-    /// half-made checkouts, workspaces of ended runs, unused mirrors.
-    async fn workspace_janitor(self, workspaces: Arc<crate::workspace::Workspaces>) {
-        let mut transitions = self.subscribe();
-        let sweep = |engine: Engine, workspaces: Arc<crate::workspace::Workspaces>| async move {
-            // A store shared by replicas: only this host's workspaces are
-            // here, and a run active anywhere keeps its own.
-            match engine.inner.store.active_runs().await {
-                Ok(active) => {
-                    let active: std::collections::HashSet<i64> = active.into_iter().collect();
-                    let (w, m) = workspaces.sweep(&active).await;
-                    if w + m > 0 {
-                        tracing::info!(
-                            workspaces = w,
-                            mirrors = m,
-                            "workspace sweep removed what no run needs"
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "workspace sweep: cannot list active runs"),
-            }
-        };
-        sweep(self.clone(), workspaces.clone()).await;
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        every.tick().await;
-        loop {
-            tokio::select! {
-                t = transitions.recv() => match t {
-                    Ok(Transition::Run { run_id, state, .. }) if state.is_terminal() => {
-                        // Agents let go of what they keep for the run (a
-                        // managed AgentAPI server) before its workspace goes.
-                        let run = run_id.to_string();
-                        for name in self.inner.agents.names() {
-                            if let Some(agent) = self.inner.agents.agent(&name) {
-                                agent.release(&run).await;
-                            }
-                        }
-                        workspaces.finish(run_id, state != RunState::Succeeded).await;
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = every.tick() => sweep(self.clone(), workspaces.clone()).await,
-            }
-        }
     }
 
     /// Renews every lease this engine holds, every third of the lease TTL, in

@@ -134,6 +134,15 @@ impl Git {
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        // A git that outlived a killed service would go on writing into a
+        // mirror whose lock died with the service: it dies with it.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let what = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let output = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
             Err(_) => {

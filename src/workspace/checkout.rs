@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::diff::{number_diff, parse_files};
+use super::pool::remove_any;
 use super::{FileChange, STEERING_PATHS, Target, WorkspaceError, Workspaces, path_str};
 
 impl Workspaces {
@@ -40,9 +41,13 @@ impl Workspaces {
         Ok((restored, size, recycled))
     }
 
-    /// `git clone --shared --no-checkout` from the mirror, then a (parallel)
-    /// checkout of `sha`.
-    async fn clone_into(&self, mirror: &Path, dir: &Path, sha: &str) -> Result<(), WorkspaceError> {
+    /// `git clone --shared --no-checkout` of `mirror` into `dest` (a new
+    /// directory): a `.git` that borrows the mirror's objects, no files.
+    pub(super) async fn clone_shared(
+        &self,
+        mirror: &Path,
+        dest: &Path,
+    ) -> Result<(), WorkspaceError> {
         self.git
             .run(
                 None,
@@ -52,11 +57,18 @@ impl Workspaces {
                     "--no-checkout",
                     "--quiet",
                     path_str(mirror)?,
-                    path_str(dir)?,
+                    path_str(dest)?,
                 ],
                 None,
             )
-            .await?;
+            .await
+            .map(drop)
+    }
+
+    /// `git clone --shared --no-checkout` from the mirror, then a (parallel)
+    /// checkout of `sha`.
+    async fn clone_into(&self, mirror: &Path, dir: &Path, sha: &str) -> Result<(), WorkspaceError> {
+        self.clone_shared(mirror, dir).await?;
         self.git
             .run(Some(dir), &["checkout", "--quiet", "--detach", sha], None)
             .await?;
@@ -120,13 +132,8 @@ impl Workspaces {
             if h == b {
                 continue;
             }
-            let full = dir.join(path);
-            match std::fs::symlink_metadata(&full) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
-                Ok(_) => std::fs::remove_file(&full),
-                Err(_) => Ok(()),
-            }
-            .map_err(WorkspaceError::io(format!("remove the PR's {path}")))?;
+            remove_any(&dir.join(path))
+                .map_err(WorkspaceError::io(format!("remove the PR's {path}")))?;
             if b.is_some() {
                 from_base.push(*path);
             }

@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Workspace, WorkspaceError, Workspaces, path_str};
+use super::{Workspace, WorkspaceError, Workspaces};
 
 /// Parked work trees kept per repository.
 pub const PARKED_PER_REPOSITORY: usize = 2;
@@ -360,21 +360,7 @@ impl Workspaces {
             .map_err(io("compare the parked tree with its manifest"))?;
         tracing::debug!(scrubbed, "parked tree: changed paths removed");
         let fresh = dir.with_extension(format!("git-{}", uuid::Uuid::new_v4().simple()));
-        let cloned = self
-            .git
-            .run(
-                None,
-                &[
-                    "clone",
-                    "--shared",
-                    "--no-checkout",
-                    "--quiet",
-                    path_str(mirror)?,
-                    path_str(&fresh)?,
-                ],
-                None,
-            )
-            .await;
+        let cloned = self.clone_shared(mirror, &fresh).await;
         let moved = cloned.and_then(|_| {
             std::fs::rename(fresh.join(".git"), dir.join(".git"))
                 .map_err(io("move the new .git into the parked tree"))
@@ -392,7 +378,7 @@ impl Workspaces {
 
 /// Removes `path` whatever it is (a directory, a file, a symlink: never
 /// followed); absent is fine.
-fn remove_any(path: &Path) -> std::io::Result<()> {
+pub(super) fn remove_any(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),

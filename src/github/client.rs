@@ -46,7 +46,8 @@ use super::checks::{MAX_COMMENT_CHARS, truncate_chars};
 use super::ratelimit::{Answer, Pacer, ResetGate, RetryPolicy, Verdict, classify};
 use super::{
     CheckRunId, CheckRunUpdate, CommentId, DeliveryPage, GitHub, GitHubError, GitHubSettings,
-    HookDelivery, InstallationId, NewCheckRun, Permission, Reaction, RepoName,
+    HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission,
+    PullRequestRef, Reaction, RepoName, TreeEntry, WriteAccess,
 };
 
 /// How long to wait for a connection and for an answer's bytes.
@@ -59,12 +60,15 @@ const MAX_LIST_PAGES: u32 = 100;
 const API_VERSION: &str = "2022-11-28";
 
 /// Whom a request authenticates as.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum As {
     /// The App itself (JWT): `/app/*` endpoints.
     App,
     /// An installation (installation token): repository endpoints.
     Installation(InstallationId),
+    /// A token narrowed to one repository ([`WriteAccess`]); paced and
+    /// limited as its installation.
+    Scoped(InstallationId, Octocrab),
 }
 
 /// One request to send through the retry loop.
@@ -109,9 +113,15 @@ struct Installation {
     gate: ResetGate,
 }
 
+/// How long a narrowed token is reused (GitHub's live an hour).
+const SCOPED_TOKEN_REUSE: Duration = Duration::from_secs(45 * 60);
+
 /// The GitHub API client taskmaster uses in production. Cheap to share
 /// (`Arc<GitHubClient>`); all state is behind locks.
 pub struct GitHubClient {
+    /// Clients with narrowed tokens, per (installation, repository,
+    /// workflows), with when the token was minted.
+    scoped: Mutex<HashMap<(InstallationId, String, bool), (Octocrab, std::time::Instant)>>,
     app: Octocrab,
     installations: Mutex<HashMap<InstallationId, Arc<Installation>>>,
     /// Pacing for App-level requests (none create content today).
@@ -162,6 +172,7 @@ impl GitHubClient {
             .build()
             .map_err(|e| GitHubError::Config(format!("cannot build the GitHub client: {e}")))?;
         Ok(Self {
+            scoped: Mutex::new(HashMap::new()),
             app,
             installations: Mutex::new(HashMap::new()),
             app_pacer: Pacer::new(),
@@ -194,6 +205,30 @@ impl GitHubClient {
             .remove(&installation);
     }
 
+    /// A client whose token is narrowed to `repo` and `access`'s
+    /// permissions, minted on first use and reused for
+    /// [`SCOPED_TOKEN_REUSE`].
+    async fn scoped(&self, access: WriteAccess, repo: &RepoName) -> Result<As, GitHubError> {
+        let key = (access.installation, repo.to_string(), access.workflows);
+        if let Some((crab, minted)) = self.scoped.lock().expect("scoped lock").get(&key)
+            && minted.elapsed() < SCOPED_TOKEN_REUSE
+        {
+            return Ok(As::Scoped(access.installation, crab.clone()));
+        }
+        let token = self
+            .repository_token(access.installation, repo, &access.permissions())
+            .await?;
+        let crab = self
+            .app
+            .user_access_token(token)
+            .map_err(|e| GitHubError::Config(format!("narrowed token client: {e}")))?;
+        self.scoped
+            .lock()
+            .expect("scoped lock")
+            .insert(key, (crab.clone(), std::time::Instant::now()));
+        Ok(As::Scoped(access.installation, crab))
+    }
+
     fn installation(&self, id: InstallationId) -> Result<Arc<Installation>, GitHubError> {
         let mut map = self.installations.lock().expect("installation map lock");
         if let Some(inst) = map.get(&id) {
@@ -215,14 +250,17 @@ impl GitHubClient {
     /// Sends `req`, retrying as [`super::ratelimit::classify`] decides, and
     /// returns the 2xx answer.
     async fn send(&self, req: Request<'_>) -> Result<Reply, GitHubError> {
-        let inst = match req.auth {
+        let inst = match &req.auth {
             As::App => None,
-            As::Installation(id) => Some(self.installation(id)?),
+            As::Installation(id) | As::Scoped(id, _) => Some(self.installation(*id)?),
         };
-        let (crab, pacer, gate) = match &inst {
+        let (mut crab, pacer, gate) = match &inst {
             Some(inst) => (&inst.crab, &inst.pacer, &inst.gate),
             None => (&self.app, &self.app_pacer, &self.app_gate),
         };
+        if let As::Scoped(_, scoped) = &req.auth {
+            crab = scoped;
+        }
         let method = req.method.as_str().to_owned();
         let mut attempt = 0;
         loop {
@@ -446,6 +484,11 @@ fn encode(value: &str, keep_slash: bool) -> String {
         }
     }
     out
+}
+
+#[derive(Deserialize)]
+struct ShaOnly {
+    sha: String,
 }
 
 #[derive(Deserialize)]
@@ -775,6 +818,291 @@ impl GitHub for GitHubClient {
             message: e.to_string(),
         })?;
         Ok(secrecy::SecretString::from(token.token))
+    }
+
+    async fn create_blob(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        content: &[u8],
+    ) -> Result<String, GitHubError> {
+        use base64::Engine as _;
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/git/blobs"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({
+            "content": base64::engine::general_purpose::STANDARD.encode(content),
+            "encoding": "base64",
+        }));
+        let created: ShaOnly = self.send_json(req).await?;
+        Ok(created.sha)
+    }
+
+    async fn create_tree(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        base_tree: &str,
+        entries: &[TreeEntry],
+    ) -> Result<String, GitHubError> {
+        let tree: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "path": e.path,
+                    "mode": e.mode,
+                    "type": "blob",
+                    "sha": e.sha,
+                })
+            })
+            .collect();
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/git/trees"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({ "base_tree": base_tree, "tree": tree }));
+        let created: ShaOnly = self.send_json(req).await?;
+        Ok(created.sha)
+    }
+
+    async fn create_commit(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        message: &str,
+        tree: &str,
+        parents: &[String],
+    ) -> Result<String, GitHubError> {
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/git/commits"),
+            self.scoped(access, repo).await?,
+        );
+        // No author or committer: GitHub attributes the commit to the App's
+        // bot and signs it.
+        req.body = Some(json!({ "message": message, "tree": tree, "parents": parents }));
+        let created: ShaOnly = self.send_json(req).await?;
+        Ok(created.sha)
+    }
+
+    async fn commit_tree(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        sha: &str,
+    ) -> Result<String, GitHubError> {
+        #[derive(Deserialize)]
+        struct Commit {
+            tree: ShaOnly,
+        }
+        let req = Request::new(
+            Method::GET,
+            format!("/repos/{repo}/git/commits/{}", encode(sha, false)),
+            self.scoped(access, repo).await?,
+        );
+        let commit: Commit = self.send_json(req).await?;
+        Ok(commit.tree.sha)
+    }
+
+    async fn branch_sha(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Option<String>, GitHubError> {
+        #[derive(Deserialize)]
+        struct Ref {
+            object: ShaOnly,
+        }
+        let req = Request::new(
+            Method::GET,
+            format!("/repos/{repo}/git/ref/heads/{}", encode(branch, true)),
+            self.scoped(access, repo).await?,
+        );
+        match self.send_json::<Ref>(req).await {
+            Ok(r) => Ok(Some(r.object.sha)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_branch(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), GitHubError> {
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/git/refs"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({ "ref": format!("refs/heads/{branch}"), "sha": sha }));
+        self.send(req).await.map(drop)
+    }
+
+    async fn update_branch(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), GitHubError> {
+        let mut req = Request::new(
+            Method::PATCH,
+            format!("/repos/{repo}/git/refs/heads/{}", encode(branch, true)),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({ "sha": sha, "force": false }));
+        self.send(req).await.map(drop)
+    }
+
+    async fn branch_protected(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<bool, GitHubError> {
+        #[derive(Deserialize)]
+        struct Branch {
+            #[serde(default)]
+            protected: bool,
+        }
+        let req = Request::new(
+            Method::GET,
+            format!("/repos/{repo}/branches/{}", encode(branch, true)),
+            self.scoped(access, repo).await?,
+        );
+        match self.send_json::<Branch>(req).await {
+            Ok(b) => Ok(b.protected),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find_pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Option<PullRequestRef>, GitHubError> {
+        let req = Request::new(
+            Method::GET,
+            format!(
+                "/repos/{repo}/pulls?state=all&per_page=100&head={}",
+                encode(&format!("{}:{branch}", repo.owner()), false)
+            ),
+            self.scoped(access, repo).await?,
+        );
+        let found: Vec<PullRequestRef> = self.send_json(req).await?;
+        // The newest first: an open one, else the last closed.
+        Ok(found
+            .iter()
+            .find(|p| p.state == "open")
+            .or(found.first())
+            .cloned())
+    }
+
+    async fn create_pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        pull: &NewPullRequest,
+    ) -> Result<PullRequestRef, GitHubError> {
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/pulls"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({
+            "title": pull.title,
+            "body": truncate_chars(&pull.body, MAX_COMMENT_CHARS),
+            "head": pull.head,
+            "base": pull.base,
+            "draft": pull.draft,
+            "maintainer_can_modify": true,
+        }));
+        req.creates_content = true;
+        self.send_json(req).await
+    }
+
+    async fn find_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        marker: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            id: u64,
+            #[serde(default)]
+            body: Option<String>,
+        }
+        let scoped = self.scoped(access, repo).await?;
+        for page in 1..=MAX_LIST_PAGES {
+            let req = Request::new(
+                Method::GET,
+                format!("/repos/{repo}/pulls/{number}/reviews?per_page=100&page={page}"),
+                scoped.clone(),
+            );
+            let listed: Vec<Listed> = self.send_json(req).await?;
+            if let Some(found) = listed
+                .iter()
+                .find(|r| r.body.as_deref().is_some_and(|b| b.starts_with(marker)))
+            {
+                return Ok(Some(found.id));
+            }
+            if listed.len() < 100 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: &NewReview,
+    ) -> Result<u64, GitHubError> {
+        let comments: Vec<Value> = review
+            .comments
+            .iter()
+            .map(|c| {
+                let mut v = json!({
+                    "path": c.path,
+                    "line": c.line,
+                    "side": "RIGHT",
+                    "body": c.body,
+                });
+                if let Some(start) = c.start_line.filter(|s| *s < c.line) {
+                    v["start_line"] = json!(start);
+                    v["start_side"] = json!("RIGHT");
+                }
+                v
+            })
+            .collect();
+        let mut req = Request::new(
+            Method::POST,
+            format!("/repos/{repo}/pulls/{number}/reviews"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({
+            "commit_id": review.commit_id,
+            "body": truncate_chars(&review.body, MAX_COMMENT_CHARS),
+            // Never APPROVE: an App's approval could count toward required reviews.
+            "event": "COMMENT",
+            "comments": comments,
+        }));
+        req.creates_content = true;
+        let created: IdOnly = self.send_json(req).await?;
+        Ok(created.id)
     }
 
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {

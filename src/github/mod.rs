@@ -31,6 +31,7 @@ pub mod checks;
 pub mod client;
 pub mod error;
 pub mod fake;
+pub mod git_data;
 pub mod ratelimit;
 pub mod redelivery;
 pub mod rerun;
@@ -49,6 +50,9 @@ pub use checks::{
 pub use client::GitHubClient;
 pub use error::GitHubError;
 pub use fake::{Effect, RecordingGitHub};
+pub use git_data::{
+    NewPullRequest, NewReview, PullRequestRef, ReviewComment, TreeEntry, WriteAccess,
+};
 pub use ratelimit::RetryPolicy;
 
 /// A GitHub App installation id (the `installation.id` of a webhook payload).
@@ -393,10 +397,197 @@ pub trait GitHub: Send + Sync {
         ))
     }
 
+    /// Stores `content` as a blob and returns its SHA (sent base64-encoded).
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/blobs#create-a-blob>
+    async fn create_blob(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        content: &[u8],
+    ) -> Result<String, GitHubError> {
+        let _ = (access, repo, content);
+        Err(unsupported("create blobs"))
+    }
+
+    /// Creates a tree from `base_tree` with `entries` changed (an entry
+    /// without a SHA deletes its path) and returns its SHA.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/trees#create-a-tree>
+    async fn create_tree(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        base_tree: &str,
+        entries: &[TreeEntry],
+    ) -> Result<String, GitHubError> {
+        let _ = (access, repo, base_tree, entries);
+        Err(unsupported("create trees"))
+    }
+
+    /// Creates a commit of `tree` on `parents`, authored by the App's bot
+    /// (no author or committer is sent, so GitHub signs it), and returns
+    /// its SHA.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/commits#create-a-commit>
+    async fn create_commit(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        message: &str,
+        tree: &str,
+        parents: &[String],
+    ) -> Result<String, GitHubError> {
+        let _ = (access, repo, message, tree, parents);
+        Err(unsupported("create commits"))
+    }
+
+    /// The tree SHA of commit `sha`.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/commits#get-a-commit-object>
+    async fn commit_tree(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        sha: &str,
+    ) -> Result<String, GitHubError> {
+        let _ = (access, repo, sha);
+        Err(unsupported("read commits"))
+    }
+
+    /// The commit branch `branch` points at, `None` when there is no such
+    /// branch.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/refs#get-a-reference>
+    async fn branch_sha(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Option<String>, GitHubError> {
+        let _ = (access, repo, branch);
+        Err(unsupported("read refs"))
+    }
+
+    /// Creates branch `branch` at `sha`.
+    ///
+    /// # Errors
+    /// GitHub's 422 when it exists.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/refs#create-a-reference>
+    async fn create_branch(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), GitHubError> {
+        let _ = (access, repo, branch, sha);
+        Err(unsupported("create refs"))
+    }
+
+    /// Moves branch `branch` to `sha` with `force: false`.
+    ///
+    /// # Errors
+    /// GitHub's 422 "Update is not a fast forward" when the branch moved
+    /// meanwhile ([`git_data::is_not_fast_forward`]), or for a protected
+    /// branch.
+    ///
+    /// Source: <https://docs.github.com/en/rest/git/refs#update-a-reference>
+    async fn update_branch(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), GitHubError> {
+        let _ = (access, repo, branch, sha);
+        Err(unsupported("update refs"))
+    }
+
+    /// Whether branch `branch` is protected (`false` when it does not exist).
+    ///
+    /// Source: <https://docs.github.com/en/rest/branches/branches#get-a-branch>
+    async fn branch_protected(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<bool, GitHubError> {
+        let _ = (access, repo, branch);
+        Err(unsupported("read branches"))
+    }
+
+    /// The pull request (open or closed) whose head is `branch` of this
+    /// repository, if any: looked up before creating one, so a retry never
+    /// opens two.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/pulls#list-pull-requests>
+    async fn find_pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Option<PullRequestRef>, GitHubError> {
+        let _ = (access, repo, branch);
+        Err(unsupported("list pull requests"))
+    }
+
+    /// Opens a pull request.
+    ///
+    /// # Errors
+    /// GitHub's 422 "Draft pull requests are not supported in this
+    /// repository" ([`git_data::drafts_unsupported`]) on plans without
+    /// drafts; the caller retries without `draft`.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/pulls#create-a-pull-request>
+    async fn create_pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        pull: &NewPullRequest,
+    ) -> Result<PullRequestRef, GitHubError> {
+        let _ = (access, repo, pull);
+        Err(unsupported("open pull requests"))
+    }
+
+    /// The id of this App's review on pull request `number` whose body
+    /// starts with `marker`, if any (so a retry never submits two).
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/reviews#list-reviews-for-a-pull-request>
+    async fn find_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        marker: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        let _ = (access, repo, number, marker);
+        Err(unsupported("list reviews"))
+    }
+
+    /// Submits a `COMMENT` review with inline comments; returns its id.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/reviews#create-a-review-for-a-pull-request>
+    async fn create_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: &NewReview,
+    ) -> Result<u64, GitHubError> {
+        let _ = (access, repo, number, review);
+        Err(unsupported("submit reviews"))
+    }
+
     /// True when effects are only recorded, not sent (no App credentials).
     fn is_dry_run(&self) -> bool {
         false
     }
+}
+
+fn unsupported(what: &str) -> GitHubError {
+    GitHubError::InvalidInput(format!("this GitHub client cannot {what}"))
 }
 
 /// Creates or edits the sticky comment on issue or PR `number`.

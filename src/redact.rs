@@ -138,6 +138,22 @@ impl Redactor {
         out
     }
 
+    /// What kind of secret `text` contains, if any: `configured secret` for a
+    /// configured value, else the marker name of the first shape that
+    /// matches (`github-token`, `private-key`, `authorization`, `bearer`).
+    pub fn secret_kind(&self, text: &str) -> Option<&'static str> {
+        if self.values.iter().any(|v| text.contains(v.as_str())) {
+            return Some("configured secret");
+        }
+        SHAPES.iter().find(|s| s.pattern.is_match(text)).map(|s| {
+            s.replacement
+                .rsplit(':')
+                .next()
+                .unwrap_or("secret")
+                .trim_end_matches(']')
+        })
+    }
+
     /// Whether `text` contains anything [`Redactor::redact`] would replace.
     pub fn contains_secret(&self, text: &str) -> bool {
         self.values.iter().any(|v| text.contains(v.as_str()))

@@ -110,6 +110,20 @@ impl Git {
         args: &[&str],
         token: Option<&SecretString>,
     ) -> Result<GitOutput, WorkspaceError> {
+        self.run_with_input(dir, args, token, None).await
+    }
+
+    /// [`Git::run`] with `input` written to git's standard input.
+    ///
+    /// # Errors
+    /// As [`Git::run`].
+    pub async fn run_with_input(
+        &self,
+        dir: Option<&Path>,
+        args: &[&str],
+        token: Option<&SecretString>,
+        input: Option<Vec<u8>>,
+    ) -> Result<GitOutput, WorkspaceError> {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(args)
             .env_clear()
@@ -121,7 +135,11 @@ impl Git {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "")
             .env("SSH_ASKPASS", "")
-            .stdin(std::process::Stdio::null())
+            .stdin(if input.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -144,7 +162,22 @@ impl Git {
             });
         }
         let what = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
-        let output = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+        let output = async {
+            let mut child = cmd.spawn()?;
+            if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+                use tokio::io::AsyncWriteExt as _;
+                // Written beside the reads below so a large answer cannot
+                // block git while its input is still being written.
+                let writer = tokio::spawn(async move {
+                    let _ = stdin.write_all(&bytes).await;
+                });
+                let out = child.wait_with_output().await;
+                let _ = writer.await;
+                return out;
+            }
+            child.wait_with_output().await
+        };
+        let output = match tokio::time::timeout(GIT_TIMEOUT, output).await {
             Err(_) => {
                 return Err(WorkspaceError::Git {
                     command: what,

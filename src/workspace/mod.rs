@@ -43,6 +43,7 @@
 mod checkout;
 mod diff;
 pub mod git;
+pub mod harvest;
 mod mirror;
 pub mod pool;
 mod request;
@@ -57,6 +58,9 @@ use serde::{Deserialize, Serialize};
 
 pub use diff::{FileChange, number_diff};
 pub use git::Git;
+pub use harvest::{
+    Change, ChangeLimits, ChangePolicy, ChangedFile, FileStatus, WORKFLOWS_DIR, check_policy,
+};
 pub use request::{CheckoutRequest, Target};
 pub use tokens::{Anonymous, GitHubTokens, TokenSource};
 

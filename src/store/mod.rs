@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 pub mod api;
 pub mod app;
+pub mod changes;
 pub mod deliveries;
 pub mod postgres;
 pub mod reports;
@@ -31,6 +32,7 @@ pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
 };
+pub use changes::{ChangeState, ChangeStore, PublishTarget, Publication, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
@@ -459,7 +461,7 @@ impl std::fmt::Debug for ExclusiveGuard {
 /// on the run), and the ones taking a [`Planner`] decide what follows while
 /// holding it; see [`runs`].
 #[async_trait]
-pub trait RunStore: Store {
+pub trait RunStore: Store + ChangeStore {
     /// Creates runs and their steps (all `pending`) in one transaction. A run
     /// whose (delivery, workflow) exists already is not created again
     /// (`created: false`). A run with `cancel_in_progress` asks every older

@@ -2170,4 +2170,5 @@ impl RunStore for PgStore {
 
 // The operator API's and the dashboard's queries live in their own files.
 mod api;
+mod changes;
 mod deliveries;

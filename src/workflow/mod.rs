@@ -355,6 +355,9 @@ pub struct Step {
     /// files in the run's workspace. Two such steps of one run never run at
     /// once; steps without it may run beside each other.
     pub changes: bool,
+    /// `pull_request: true`: the step's output is the title (its first line)
+    /// and description of the pull request the run's change is proposed in.
+    pub pull_request: bool,
     /// Time limit per attempt.
     pub timeout: Option<Duration>,
     /// Retry policy.
@@ -396,6 +399,22 @@ pub struct Workflow {
     pub inputs: Vec<Input>,
     /// Steps in topological order.
     pub steps: Vec<Step>,
+    /// `allow_workflow_changes: true`: a change may edit
+    /// `.github/workflows/` (the App must also hold the `workflows`
+    /// permission; it is asked for only then).
+    pub allow_workflow_changes: bool,
+}
+
+impl Workflow {
+    /// Whether some step may change files (so the run's change is harvested).
+    pub fn changes_files(&self) -> bool {
+        self.steps.iter().any(|s| s.changes)
+    }
+
+    /// The step whose output is the pull request's text, if one says so.
+    pub fn pull_request_step(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.pull_request)
+    }
 }
 
 impl Workflow {

@@ -131,6 +131,8 @@ pub(crate) struct RawWorkflow {
     #[serde(default)]
     pub changes: bool,
     #[serde(default)]
+    pub allow_workflow_changes: bool,
+    #[serde(default)]
     pub concurrency: Option<RawConcurrency>,
     #[serde(default)]
     pub inputs: OrderedMap<RawInput>,
@@ -331,6 +333,8 @@ pub(crate) struct RawStep {
     pub validation: Option<Spanned<String>>,
     #[serde(default)]
     pub changes: bool,
+    #[serde(default)]
+    pub pull_request: bool,
 }
 
 /// `retry:`.

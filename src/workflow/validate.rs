@@ -642,6 +642,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
 
     // ---- steps ----
     let workflow_changes = raw.changes;
+    let allow_workflow_changes = raw.allow_workflow_changes;
     let steps_at = raw.steps;
     let raw_steps: OrderedMap<RawStep> = steps_at.value;
     if raw_steps.entries.is_empty() && raw_steps.duplicates.is_empty() {
@@ -947,6 +948,7 @@ including the first)",
             continue_on_error: step.continue_on_error,
             validation,
             changes: step.changes || workflow_changes,
+            pull_request: step.pull_request,
             timeout: step_timeout,
             retry,
             order: 0,
@@ -983,6 +985,7 @@ including the first)",
         concurrency,
         inputs,
         steps: ordered,
+        allow_workflow_changes,
     })
 }
 

@@ -1,0 +1,176 @@
+//! PostgreSQL queries of runs' changes (see [`crate::store::changes`]).
+
+use async_trait::async_trait;
+
+use super::{PgStore, corrupt, insert_event};
+use crate::store::changes::{
+    ChangeState, ChangeStore, Publication, RunChange, change_event_detail, initial_state,
+};
+use crate::store::{StoreError, now_ms};
+use crate::workspace::Change;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ChangeRow {
+    pub run_id: i64,
+    pub step: String,
+    pub change: String,
+    pub state: String,
+    pub refused: Option<String>,
+    pub publication: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+impl TryFrom<ChangeRow> for RunChange {
+    type Error = StoreError;
+    fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
+        Ok(RunChange {
+            change: serde_json::from_str(&r.change)
+                .map_err(|e| corrupt("run_changes", format!("change: {e}")))?,
+            state: ChangeState::parse(&r.state)
+                .ok_or_else(|| corrupt("run_changes", format!("unknown state `{}`", r.state)))?,
+            publication: serde_json::from_str(&r.publication)
+                .map_err(|e| corrupt("run_changes", format!("publication: {e}")))?,
+            run_id: r.run_id,
+            step: r.step,
+            refused: r.refused,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("a change serializes")
+}
+
+#[async_trait]
+impl ChangeStore for PgStore {
+    async fn record_change(
+        &self,
+        run_id: i64,
+        step: &str,
+        change: &Change,
+        refused: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let state = initial_state(change, refused);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO run_changes (run_id, step, change, files, state, refused, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (run_id) DO UPDATE SET step = excluded.step, change = excluded.change, \
+               files = excluded.files, state = excluded.state, refused = excluded.refused, \
+               attempts = 0, next_attempt_at = 0, last_error = NULL, \
+               updated_at = excluded.updated_at \
+             WHERE run_changes.state NOT IN ('published', 'dry_run')",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(json(change))
+        .bind(change.files.len() as i64)
+        .bind(state.as_str())
+        .bind(refused)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            run_id,
+            Some(step),
+            now,
+            "changes",
+            &change_event_detail(change, refused),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn run_change(&self, run_id: i64) -> Result<Option<RunChange>, StoreError> {
+        let row: Option<ChangeRow> = sqlx::query_as(
+            "SELECT run_id, step, change, state, refused, publication, attempts, \
+             next_attempt_at, last_error, updated_at FROM run_changes WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(RunChange::try_from).transpose()
+    }
+
+    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT c.run_id FROM run_changes c JOIN runs r ON r.id = c.run_id \
+             WHERE c.state = 'pending' AND c.next_attempt_at <= $1 AND r.state = 'succeeded' \
+             ORDER BY c.run_id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn save_publication(
+        &self,
+        run_id: i64,
+        publication: &Publication,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE run_changes SET publication = $2, updated_at = $3 WHERE run_id = $1")
+            .bind(run_id)
+            .bind(json(publication))
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_publication(
+        &self,
+        run_id: i64,
+        state: ChangeState,
+        publication: &Publication,
+        error: Option<&str>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE run_changes SET state = $2, publication = $3, last_error = $4, \
+             updated_at = $5 WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(state.as_str())
+        .bind(json(publication))
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, run_id, None, now, "published", detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retry_publication(
+        &self,
+        run_id: i64,
+        error: &str,
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE run_changes SET attempts = attempts + 1, last_error = $2, \
+             next_attempt_at = $3, updated_at = $4 WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -427,6 +427,26 @@ pub struct Settings {
     )]
     pub diff_limit_bytes: usize,
 
+    /// A change of more files than this is refused before anything is sent
+    /// to GitHub.
+    #[arg(
+        long = "max-change-files",
+        env = "TASKMASTER_MAX_CHANGE_FILES",
+        default_value_t = 300,
+        global = true
+    )]
+    pub max_change_files: usize,
+
+    /// A change writing more than this many bytes of file contents is
+    /// refused before anything is sent to GitHub.
+    #[arg(
+        long = "max-change-bytes",
+        env = "TASKMASTER_MAX_CHANGE_BYTES",
+        default_value_t = 10_000_000,
+        global = true
+    )]
+    pub max_change_bytes: u64,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
@@ -477,6 +497,8 @@ impl Settings {
         ws.max_workspace_bytes = self.max_workspace_mb.saturating_mul(MB);
         ws.mirror_ttl = std::time::Duration::from_secs(self.mirror_ttl_days * 24 * 3600);
         ws.diff_limit_bytes = self.diff_limit_bytes.max(1_000);
+        ws.change_limits.max_files = self.max_change_files;
+        ws.change_limits.max_bytes = self.max_change_bytes;
         ws.checkout = self.workspaces == WorkspaceMode::Checkout;
         ws
     }

@@ -420,6 +420,24 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         inner.breakers.abandon(&agent_name);
     }
 
+    // A step that may change files: its change is harvested now, while it
+    // still holds the workspace alone. A refusal fails the step for good
+    // (another attempt would start from the refused tree); a harvest that
+    // could not be read is retried like a transient failure.
+    let mut outcome = outcome;
+    let mut refusal = None;
+    if stop.is_none()
+        && outcome.failure.is_none()
+        && def.changes
+        && let Some(ws) = workspace.as_ref()
+    {
+        match super::workspaces::harvest(engine, &wf, &step.step, run_id, ws).await {
+            Some(f) if f.class == ErrorClass::Permanent => refusal = Some(f.message),
+            Some(f) => outcome.failure = Some(f),
+            None => {}
+        }
+    }
+
     let mut record = AttemptRecord {
         outcome: "succeeded".into(),
         output_excerpt: Some(excerpt(&outcome.output.text)),
@@ -475,6 +493,21 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 },
                 "step_cancelled",
                 format!("{text}; attempt {number} on `{agent_name}` was aborted"),
+            )
+        }
+        (None, None) if refusal.is_some() => {
+            inner.breakers.record(&agent_name, false);
+            let why = refusal.unwrap_or_default();
+            record.outcome = "failed".into();
+            record.error = Some(why.clone());
+            (
+                StepNext::Finish {
+                    state: StepState::Failed,
+                    output: Some(outcome.output.text.clone()),
+                    error: Some(why.clone()),
+                },
+                "change_refused",
+                why,
             )
         }
         (None, None) => {

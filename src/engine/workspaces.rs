@@ -106,6 +106,79 @@ pub(super) async fn turn(
     }
 }
 
+/// Harvests the change a step left in its run's workspace and stores it
+/// with the run (`record_change`). `None` when all is well (or there is no
+/// checkout); a permanent [`Failure`] when the policy refused the change
+/// (its message says why and how to allow it); a transient one when the
+/// change could not be read or stored.
+///
+/// [`Failure`]: crate::agent::Failure
+pub(super) async fn harvest(
+    engine: &Engine,
+    workflow: &crate::workflow::Workflow,
+    step: &str,
+    run_id: i64,
+    ws: &crate::workspace::Workspace,
+) -> Option<crate::agent::Failure> {
+    use crate::agent::{ErrorClass, Failure, FailureKind};
+    use crate::workspace::{ChangePolicy, check_policy};
+    let all = engine.inner.config.workspaces.as_ref()?;
+    if ws.repo_id <= 0 {
+        return None;
+    }
+    let limits = all.settings().change_limits;
+    let transient = |message: String| Failure {
+        class: ErrorClass::Transient,
+        kind: FailureKind::Agent,
+        message,
+    };
+    let change = match all.harvest(run_id, limits).await {
+        Ok(Some(change)) => change,
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(Failure {
+                class: if e.is_transient() {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                },
+                kind: FailureKind::Agent,
+                message: format!("the change could not be read from the workspace: {e}"),
+            });
+        }
+    };
+    let policy = ChangePolicy {
+        allow_workflow_changes: workflow.allow_workflow_changes,
+    };
+    let refused = check_policy(
+        &change,
+        policy,
+        limits,
+        &crate::redact::Redactor::default(),
+    )
+    .err();
+    if let Err(e) = engine
+        .inner
+        .store
+        .record_change(run_id, step, &change, refused.as_deref())
+        .await
+    {
+        return Some(transient(format!("the change could not be stored: {e}")));
+    }
+    tracing::info!(
+        run_id,
+        step,
+        files = change.files.len(),
+        refused = refused.is_some(),
+        "harvested the step's change"
+    );
+    refused.map(|why| Failure {
+        class: ErrorClass::Permanent,
+        kind: FailureKind::Config,
+        message: format!("the change was refused: {why}"),
+    })
+}
+
 impl Engine {
     /// Removes workspaces when their runs end (a failed run's is kept for
     /// `TASKMASTER_KEEP_FAILED_WORKSPACES`), and sweeps at start-up and every

@@ -170,6 +170,9 @@ pub struct WorkspaceSettings {
     pub mirror_ttl: Duration,
     /// `pr.diff` is cut at this many bytes, with a note saying what was cut.
     pub diff_limit_bytes: usize,
+    /// Caps on a run's change (`TASKMASTER_MAX_CHANGE_FILES`,
+    /// `TASKMASTER_MAX_CHANGE_BYTES`).
+    pub change_limits: ChangeLimits,
     /// False (`TASKMASTER_WORKSPACES=off`): runs get an empty directory
     /// instead of a checkout.
     pub checkout: bool,
@@ -189,6 +192,7 @@ impl WorkspaceSettings {
             max_workspace_bytes: 2 << 30,
             mirror_ttl: Duration::from_secs(14 * 24 * 3600),
             diff_limit_bytes: 100_000,
+            change_limits: ChangeLimits::default(),
             checkout: true,
         }
     }

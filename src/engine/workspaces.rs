@@ -132,7 +132,7 @@ pub(super) async fn harvest(
         kind: FailureKind::Agent,
         message,
     };
-    let change = match all.harvest(run_id, limits).await {
+    let mut change = match all.harvest(run_id, limits).await {
         Ok(Some(change)) => change,
         Ok(None) => return None,
         Err(e) => {
@@ -147,6 +147,7 @@ pub(super) async fn harvest(
             });
         }
     };
+    change.pull_request_step = workflow.pull_request_step().map(|s| s.id.clone());
     let policy = ChangePolicy {
         allow_workflow_changes: workflow.allow_workflow_changes,
     };

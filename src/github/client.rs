@@ -46,7 +46,7 @@ use super::checks::{MAX_COMMENT_CHARS, truncate_chars};
 use super::ratelimit::{Answer, Pacer, ResetGate, RetryPolicy, Verdict, classify};
 use super::{
     CheckRunId, CheckRunUpdate, CommentId, DeliveryPage, GitHub, GitHubError, GitHubSettings,
-    HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission,
+    HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission, PullRequestHead,
     PullRequestRef, Reaction, RepoName, TreeEntry, WriteAccess,
 };
 
@@ -1005,6 +1005,46 @@ impl GitHub for GitHubClient {
             .find(|p| p.state == "open")
             .or(found.first())
             .cloned())
+    }
+
+    async fn pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<PullRequestHead, GitHubError> {
+        #[derive(Deserialize)]
+        struct Side {
+            #[serde(rename = "ref")]
+            branch: String,
+            sha: String,
+            #[serde(default)]
+            repo: Option<Repo>,
+        }
+        #[derive(Deserialize)]
+        struct Repo {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct Pull {
+            #[serde(flatten)]
+            pull: PullRequestRef,
+            head: Side,
+            base: Side,
+        }
+        let req = Request::new(
+            Method::GET,
+            format!("/repos/{repo}/pulls/{number}"),
+            self.scoped(access, repo).await?,
+        );
+        let p: Pull = self.send_json(req).await?;
+        Ok(PullRequestHead {
+            pull: p.pull,
+            head_ref: p.head.branch,
+            head_sha: p.head.sha,
+            head_repo: p.head.repo.map(|r| r.full_name),
+            base_ref: p.base.branch,
+        })
     }
 
     async fn create_pull_request(

@@ -70,6 +70,21 @@ pub struct PullRequestRef {
     pub draft: bool,
 }
 
+/// A pull request's head and base, as `GET /repos/{o}/{r}/pulls/{n}` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestHead {
+    /// Its number and page.
+    pub pull: PullRequestRef,
+    /// The head branch's name.
+    pub head_ref: String,
+    /// The head commit.
+    pub head_sha: String,
+    /// `owner/name` of the head's repository; `None` when it was deleted.
+    pub head_repo: Option<String>,
+    /// The base branch's name.
+    pub base_ref: String,
+}
+
 /// A pull request to open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewPullRequest {

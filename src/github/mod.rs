@@ -51,7 +51,7 @@ pub use client::GitHubClient;
 pub use error::GitHubError;
 pub use fake::{Effect, RecordingGitHub};
 pub use git_data::{
-    NewPullRequest, NewReview, PullRequestRef, ReviewComment, TreeEntry, WriteAccess,
+    NewPullRequest, NewReview, PullRequestHead, PullRequestRef, ReviewComment, TreeEntry, WriteAccess,
 };
 pub use ratelimit::RetryPolicy;
 
@@ -531,6 +531,19 @@ pub trait GitHub: Send + Sync {
     ) -> Result<Option<PullRequestRef>, GitHubError> {
         let _ = (access, repo, branch);
         Err(unsupported("list pull requests"))
+    }
+
+    /// A pull request's head and base as they are now.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request>
+    async fn pull_request(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<PullRequestHead, GitHubError> {
+        let _ = (access, repo, number);
+        Err(unsupported("read pull requests"))
     }
 
     /// Opens a pull request.

@@ -103,10 +103,35 @@ pub struct Change {
     pub diff: String,
     /// Whether [`Change::diff`] was cut.
     pub diff_truncated: bool,
+    /// The tree of [`Change::base_sha`] (the new tree is made on it).
+    #[serde(default)]
+    pub base_tree: String,
+    /// For a pull request's checkout: the change as review suggestions on
+    /// lines inside the pull request's diff hunks (the only lines GitHub
+    /// takes review comments on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<Suggestion>,
+    /// For a pull request's checkout: parts of the change that fall outside
+    /// the pull request's hunks (sent only as the patch).
+    #[serde(default)]
+    pub outside_hunks: u64,
+    /// The step whose output is the pull request's text (`pull_request: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_step: Option<String>,
     /// New contents by blob SHA, base64: what the commit is made of, so a
     /// change can be sent from any replica after its workspace is gone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blobs: BTreeMap<String, String>,
+}
+
+/// Lines `start_line..=line` (new side of a pull request) replaced by
+/// `replacement` (empty: the lines are deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suggestion {
+    pub path: String,
+    pub start_line: u64,
+    pub line: u64,
+    pub replacement: String,
 }
 
 impl Change {
@@ -425,7 +450,22 @@ impl Workspaces {
         } else {
             (diff_text.into_owned(), false)
         };
+        let base_tree = self
+            .git
+            .text(Some(&ws.path), &[git_dir.as_str(), "rev-parse", &format!("{base}^{{tree}}")])
+            .await?;
+        let (suggestions, outside_hunks) = match ws.base_sha.as_deref() {
+            Some(pr_base) if !files.is_empty() => {
+                self.suggestions(&ws.path, &git_dir, &work_tree, pr_base, base)
+                    .await?
+            }
+            _ => (Vec::new(), 0),
+        };
         Ok(Change {
+            base_tree,
+            suggestions,
+            outside_hunks,
+            pull_request_step: None,
             base_sha: base.to_owned(),
             additions: files.iter().map(|f| f.additions).sum(),
             deletions: files.iter().map(|f| f.deletions).sum(),
@@ -436,10 +476,177 @@ impl Workspaces {
         })
     }
 
+    /// The change as suggestions on a pull request whose base is `pr_base`
+    /// and whose head is `head` (the checkout): each `-U0` hunk of the
+    /// change becomes one suggestion when all its lines lie inside one hunk
+    /// of the pull request's diff (`pr_base...head`); the rest is counted.
+    async fn suggestions(
+        &self,
+        dir: &Path,
+        git_dir: &str,
+        work_tree: &str,
+        pr_base: &str,
+        head: &str,
+    ) -> Result<(Vec<Suggestion>, u64), WorkspaceError> {
+        let pr = self
+            .git
+            .run(
+                Some(dir),
+                &[git_dir, "diff", "-U3", "--no-renames", "--no-color", &format!("{pr_base}...{head}")],
+                None,
+            )
+            .await?;
+        let pr_hunks = new_side_ranges(&String::from_utf8_lossy(&pr.stdout));
+        let own = self
+            .git
+            .run(
+                Some(dir),
+                &[git_dir, work_tree, "diff", "--cached", "-U0", "--no-renames", "--no-color", head],
+                None,
+            )
+            .await?;
+        let mut out = Vec::new();
+        let mut outside = 0;
+        let mut heads: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for hunk in zero_context_hunks(&String::from_utf8_lossy(&own.stdout)) {
+            let (start, end, mut lines) = if hunk.old_count > 0 {
+                (hunk.old_start, hunk.old_start + hunk.old_count - 1, hunk.added.clone())
+            } else {
+                // A pure insertion after line `old_start` (0: at the top):
+                // suggest on a neighbouring line, repeating it.
+                if !heads.contains_key(&hunk.path) {
+                    let text = self
+                        .git
+                        .run(Some(dir), &[git_dir, "show", &format!("{head}:{}", hunk.path)], None)
+                        .await
+                        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+                        .unwrap_or_default();
+                    heads.insert(hunk.path.clone(), text);
+                }
+                let old = &heads[&hunk.path];
+                if hunk.old_start == 0 {
+                    let Some(first) = old.first() else {
+                        outside += 1;
+                        continue;
+                    };
+                    let mut l = hunk.added.clone();
+                    l.push(first.clone());
+                    (1, 1, l)
+                } else {
+                    let at = hunk.old_start;
+                    let Some(line) = old.get(at as usize - 1) else {
+                        outside += 1;
+                        continue;
+                    };
+                    let mut l = vec![line.clone()];
+                    l.extend(hunk.added.iter().cloned());
+                    (at, at, l)
+                }
+            };
+            let inside = pr_hunks
+                .get(&hunk.path)
+                .is_some_and(|ranges| ranges.iter().any(|(a, b)| *a <= start && end <= *b));
+            if !inside || hunk.binary {
+                outside += 1;
+                continue;
+            }
+            let mut replacement = lines.join("\n");
+            if !lines.is_empty() {
+                replacement.push('\n');
+            }
+            lines.clear();
+            out.push(Suggestion {
+                path: hunk.path.clone(),
+                start_line: start,
+                line: end,
+                replacement,
+            });
+        }
+        Ok((out, outside))
+    }
+
     async fn run_args(&self, dir: &Path, args: &[String]) -> Result<Vec<u8>, WorkspaceError> {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Ok(self.git.run(Some(dir), &refs, None).await?.stdout)
     }
+}
+
+/// New-side line ranges (inclusive) of each file's hunks in a unified diff.
+fn new_side_ranges(diff: &str) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let mut map: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut current = None;
+    for line in diff.lines() {
+        if let Some(path) = line.strip_prefix("+++ b/") {
+            current = Some(path.to_owned());
+        } else if line.starts_with("+++ ") {
+            current = None;
+        } else if let (Some(hunk), Some(path)) = (line.strip_prefix("@@ "), &current) {
+            let Some(plus) = hunk.split_whitespace().find(|p| p.starts_with('+')) else {
+                continue;
+            };
+            let mut it = plus[1..].split(',');
+            let start: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let count: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(1);
+            if count > 0 {
+                map.entry(path.clone())
+                    .or_default()
+                    .push((start, start + count - 1));
+            }
+        }
+    }
+    map
+}
+
+/// One hunk of a `-U0` diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ZeroHunk {
+    path: String,
+    old_start: u64,
+    old_count: u64,
+    added: Vec<String>,
+    binary: bool,
+}
+
+/// The hunks of a `git diff -U0` (modified text files only: added and
+/// deleted files have no lines on the pull request's side to suggest on).
+fn zero_context_hunks(diff: &str) -> Vec<ZeroHunk> {
+    let mut out: Vec<ZeroHunk> = Vec::new();
+    let mut path: Option<String> = None;
+    let mut from_dev_null = false;
+    for line in diff.lines() {
+        if line.starts_with("diff --git ") {
+            path = None;
+            from_dev_null = false;
+        } else if line == "--- /dev/null" {
+            from_dev_null = true;
+        } else if let Some(p) = line.strip_prefix("+++ b/") {
+            path = (!from_dev_null).then(|| p.to_owned());
+        } else if line.starts_with("+++ ") {
+            path = None;
+        } else if line.starts_with("Binary files ") {
+            continue;
+        } else if let Some(hunk) = line.strip_prefix("@@ ") {
+            let Some(p) = &path else { continue };
+            let Some(minus) = hunk.split_whitespace().find(|p| p.starts_with('-')) else {
+                continue;
+            };
+            let mut it = minus[1..].split(',');
+            let old_start = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let old_count = it.next().and_then(|v| v.parse().ok()).unwrap_or(1);
+            out.push(ZeroHunk {
+                path: p.clone(),
+                old_start,
+                old_count,
+                added: Vec::new(),
+                binary: false,
+            });
+        } else if let (Some(added), Some(last)) = (line.strip_prefix('+'), out.last_mut())
+            && path.as_deref() == Some(last.path.as_str())
+        {
+            last.added.push(added.to_owned());
+        }
+    }
+    out
 }
 
 /// Parses `git diff --raw -z --no-abbrev`:
@@ -533,6 +740,19 @@ fn parse_batch(out: &[u8]) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_context_hunks_and_ranges() {
+        let d = "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -2 +2 @@ x\n-old\n+new\n@@ -5,0 +6,2 @@\n+x\n+y\ndiff --git a/n.rs b/n.rs\n--- /dev/null\n+++ b/n.rs\n@@ -0,0 +1 @@\n+z\n";
+        let h = zero_context_hunks(d);
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].old_start, h[0].old_count), (2, 1));
+        assert_eq!(h[0].added, vec!["new"]);
+        assert_eq!((h[1].old_start, h[1].old_count), (5, 0));
+        assert_eq!(h[1].added, vec!["x", "y"]);
+        let r = new_side_ranges("+++ b/a.rs\n@@ -1,3 +1,4 @@\n@@ -10 +11,0 @@\n");
+        assert_eq!(r["a.rs"], vec![(1, 4)]);
+    }
 
     #[test]
     fn symlinks_must_stay_inside() {

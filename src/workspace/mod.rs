@@ -59,7 +59,8 @@ use serde::{Deserialize, Serialize};
 pub use diff::{FileChange, number_diff};
 pub use git::Git;
 pub use harvest::{
-    Change, ChangeLimits, ChangePolicy, ChangedFile, FileStatus, WORKFLOWS_DIR, check_policy,
+    Change, ChangeLimits, ChangePolicy, ChangedFile, FileStatus, Suggestion, WORKFLOWS_DIR,
+    check_policy,
 };
 pub use request::{CheckoutRequest, Target};
 pub use tokens::{Anonymous, GitHubTokens, TokenSource};

@@ -155,6 +155,11 @@ impl ChangeStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, run_id, None, now, "published", detail).await?;
+        // The run's report shows where its change went: send it again.
+        sqlx::query("UPDATE run_reports SET reported_state = NULL WHERE run_id = ?1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod event;
 pub mod github;
 pub mod instrument;
 pub mod outbox;
+pub mod publish;
 pub mod redact;
 pub mod repo_config;
 pub mod report;

@@ -56,11 +56,12 @@ use crate::github::{
     upsert_check_run, upsert_sticky_comment,
 };
 use crate::report::{
-    RunOutcome, RunReport, RunState as ReportRunState, STICKY_MARKER, StepReport,
+    ChangeReport, RunOutcome, RunReport, RunState as ReportRunState, STICKY_MARKER, StepReport,
     StepState as ReportStepState, Subject, render_sticky_comment,
 };
 use crate::store::{
-    Effect, EffectKind, EffectOutcome, ReportCandidate, ReportOutcome, RunSnapshot, RunState,
+    Effect, EffectKind, EffectOutcome, ReportCandidate, ReportOutcome, RunChange, RunSnapshot,
+    RunState,
     RunStore, StepState, StoreError, now_ms,
 };
 
@@ -102,6 +103,7 @@ impl Default for OutboxConfig {
 /// The outbox worker; see the module docs.
 #[derive(Clone)]
 pub struct Outbox {
+    publisher: crate::publish::Publisher,
     store: Arc<dyn RunStore>,
     github: Arc<dyn GitHub>,
     config: OutboxConfig,
@@ -130,6 +132,13 @@ impl Outbox {
     /// A worker sending the reports of `store`'s runs to `github`.
     pub fn new(store: Arc<dyn RunStore>, github: Arc<dyn GitHub>, config: OutboxConfig) -> Self {
         Self {
+            publisher: crate::publish::Publisher::new(
+                store.clone(),
+                github.clone(),
+                config.public_url.clone(),
+                config.retry_base,
+                config.retry_max,
+            ),
             store,
             github,
             config,
@@ -211,6 +220,9 @@ impl Outbox {
     /// and leaves the others unaffected.
     pub async fn pass(&self) -> Result<Option<Duration>, StoreError> {
         self.send_due_effects().await?;
+        // Changes of succeeded runs go out before reports, so a run's final
+        // report can already link its pull request.
+        self.publisher.pass().await?;
         let now = now_ms();
         let candidates = self.store.report_candidates(now, self.config.batch).await?;
         let mut next_due: Option<i64> = None;
@@ -219,7 +231,15 @@ impl Outbox {
             let Some(snapshot) = self.store.run(candidate.run_id).await? else {
                 continue;
             };
-            let fingerprint = fingerprint(&snapshot);
+            let change = self.store.run_change(candidate.run_id).await?;
+            let mut fingerprint = fingerprint(&snapshot);
+            if let Some(c) = &change {
+                fingerprint.push_str(&format!(
+                    "|change:{}:{}",
+                    c.state.as_str(),
+                    c.publication.pull_request.as_ref().map_or(0, |p| p.number)
+                ));
+            }
             if candidate.reported_fingerprint.as_deref() == Some(fingerprint.as_str())
                 || candidate.gave_up_fingerprint.as_deref() == Some(fingerprint.as_str())
             {
@@ -233,15 +253,22 @@ impl Outbox {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 continue;
             }
-            self.send(&candidate, &snapshot, fingerprint).await;
+            self.send(&candidate, &snapshot, change.as_ref(), fingerprint)
+                .await;
         }
         Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
     }
 
     /// Sends one run's report and records how it went.
-    async fn send(&self, candidate: &ReportCandidate, snapshot: &RunSnapshot, fingerprint: String) {
+    async fn send(
+        &self,
+        candidate: &ReportCandidate,
+        snapshot: &RunSnapshot,
+        change: Option<&RunChange>,
+        fingerprint: String,
+    ) {
         let run_id = candidate.run_id;
-        let outcome = match self.send_effects(candidate, snapshot).await {
+        let outcome = match self.send_effects(candidate, snapshot, change).await {
             Ok(()) => {
                 tracing::debug!(run_id, state = %snapshot.run.state, "report sent");
                 ReportOutcome::Reported {
@@ -346,8 +373,10 @@ impl Outbox {
         &self,
         candidate: &ReportCandidate,
         snapshot: &RunSnapshot,
+        change: Option<&RunChange>,
     ) -> Result<(), SendError> {
-        let report = build_report(snapshot, self.config.public_url.as_deref());
+        let mut report = build_report(snapshot, self.config.public_url.as_deref());
+        report.change = change.and_then(change_report);
         let repo = RepoName::parse(&report.repository)?;
         let installation = InstallationId(candidate.installation_id as u64);
         if report.subject == Subject::PullRequest && report.head_sha.is_some() {
@@ -373,7 +402,14 @@ impl Outbox {
             if id == candidate.run_id {
                 reports.push(report.clone());
             } else if let Some(other) = self.store.run(id).await? {
-                reports.push(build_report(&other, self.config.public_url.as_deref()));
+                let mut r = build_report(&other, self.config.public_url.as_deref());
+                r.change = self
+                    .store
+                    .run_change(id)
+                    .await?
+                    .as_ref()
+                    .and_then(change_report);
+                reports.push(r);
             }
         }
         let body = render_sticky_comment(&reports);
@@ -399,6 +435,24 @@ impl Outbox {
         }
         Ok(())
     }
+}
+
+/// A run's change as its report shows it.
+pub fn change_report(change: &RunChange) -> Option<ChangeReport> {
+    use crate::store::{ChangeState, PublishTarget};
+    let text = crate::publish::describe(change)?;
+    let patch_wanted = change.state == ChangeState::DryRun
+        || change.publication.target == Some(PublishTarget::Suggestions);
+    Some(ChangeReport {
+        text,
+        url: crate::publish::pull_request_of(change)
+            .filter(|_| change.state == ChangeState::Published)
+            .filter(|_| change.publication.target != Some(PublishTarget::HeadBranch))
+            .map(|p| p.html_url.clone()),
+        patch: patch_wanted
+            .then(|| change.change.diff.clone())
+            .filter(|d| !d.is_empty()),
+    })
 }
 
 /// What a run's report depends on: the run's state and each step's state and
@@ -485,5 +539,6 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         } else {
             None
         },
+        change: None,
     }
 }

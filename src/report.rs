@@ -151,6 +151,31 @@ pub struct RunReport {
     /// for a maintainer: the author is not a collaborator"). Plain text; it
     /// is escaped.
     pub reason: Option<String>,
+    /// Where the run's change went, or why it did not (see
+    /// [`crate::publish::describe`]); `None` for runs that change nothing.
+    pub change: Option<ChangeReport>,
+}
+
+/// A run's change in its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// One sentence, plain text (escaped when rendered).
+    pub text: String,
+    /// The pull request proposing it, linked after the sentence.
+    pub url: Option<String>,
+    /// The change's patch, shown in the check run's text when the change
+    /// could not be pushed (fork suggestions, dry run).
+    pub patch: Option<String>,
+}
+
+impl ChangeReport {
+    fn markdown(&self) -> String {
+        let mut out = format!("**Change:** {}", escape_text(&self.text));
+        if let Some(url) = &self.url {
+            let _ = write!(out, " [Open the pull request]({})", escape_url(url));
+        }
+        out
+    }
 }
 
 /// The check run's name for a workflow: `taskmaster / <workflow>`.
@@ -330,6 +355,9 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
     if let Some(reason) = &run.reason {
         let _ = writeln!(summary, "\n{}", escape_text(reason));
     }
+    if let Some(change) = &run.change {
+        let _ = writeln!(summary, "\n{}", change.markdown());
+    }
     summary.push('\n');
     summary.push_str(&step_table(&run.steps));
 
@@ -338,11 +366,13 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
         .iter()
         .filter(|s| s.output.as_deref().is_some_and(|o| !o.trim().is_empty()))
         .collect();
-    let text = if with_output.is_empty() {
+    let patch = run.change.as_ref().and_then(|c| c.patch.as_deref());
+    let patch_budget = patch.map_or(0, |p| p.len().min(MAX_OUTPUT_BYTES / 3));
+    let text = if with_output.is_empty() && patch.is_none() {
         None
     } else {
         // Room for headings and fences: 200 bytes a step, plus slack.
-        let overhead = 512 + 200 * with_output.len();
+        let overhead = 512 + 200 * with_output.len() + patch_budget;
         let budgets = fair_budgets(
             &with_output
                 .iter()
@@ -362,6 +392,15 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
                 step.output.as_deref().unwrap_or(""),
                 budget,
             )));
+            text.push('\n');
+        }
+        if let Some(patch) = patch {
+            let mut cut = patch_budget.min(patch.len());
+            while !patch.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.push_str("### The change's patch\n\n");
+            text.push_str(&fenced(&patch[..cut]));
             text.push('\n');
         }
         Some(text)
@@ -419,6 +458,9 @@ pub fn render_sticky_comment(runs: &[RunReport]) -> String {
         let _ = writeln!(out, "{}\n", facts.join(" · "));
         if let Some(reason) = &run.reason {
             let _ = writeln!(out, "{}\n", escape_text(reason));
+        }
+        if let Some(change) = &run.change {
+            let _ = writeln!(out, "{}\n", change.markdown());
         }
         if matches!(run.state, RunState::WaitingForApproval) {
             out.push_str("A maintainer can start it with:\n\n> /approve\n\n");

@@ -54,6 +54,7 @@ fn run(state: RunState, output: &str) -> RunReport {
         started_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
         completed_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 9, 5).unwrap()),
         reason: None,
+        change: None,
     }
 }
 

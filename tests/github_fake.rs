@@ -31,6 +31,7 @@ fn run(state: RunState) -> RunReport {
         started_at: None,
         completed_at: None,
         reason: None,
+        change: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn report(state: RunState) -> RunReport {
         started_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
         completed_at: None,
         reason: None,
+        change: None,
     }
 }
 

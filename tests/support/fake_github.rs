@@ -358,11 +358,22 @@ impl FakeGitHub {
     pub fn add_comment(&self, repo: &str, number: u64, login: &str, body: &str) -> u64 {
         let mut w = self.inner.lock();
         let id = w.id();
-        let kind = if login.ends_with("[bot]") { "Bot" } else { "User" };
+        let kind = if login.ends_with("[bot]") {
+            "Bot"
+        } else {
+            "User"
+        };
         let url = self.inner.url.clone();
         let st = w.repo(repo);
         st.numbers.insert(number);
-        let comment = comment_json(&url, repo, number, id, body, json!({ "login": login, "type": kind }));
+        let comment = comment_json(
+            &url,
+            repo,
+            number,
+            id,
+            body,
+            json!({ "login": login, "type": kind }),
+        );
         st.comments.push((number, comment));
         id
     }
@@ -443,9 +454,14 @@ impl FakeGitHub {
         if git_ref.starts_with('-') {
             return None;
         }
-        git_bytes(&self.bare(repo), &["show", &format!("{git_ref}:{path}")], None, &[])
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        git_bytes(
+            &self.bare(repo),
+            &["show", &format!("{git_ref}:{path}")],
+            None,
+            &[],
+        )
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 }
 
@@ -466,6 +482,9 @@ fn git_bytes(
         .current_dir(dir)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
         .env("GIT_AUTHOR_NAME", BOT_LOGIN)
         .env("GIT_AUTHOR_EMAIL", BOT_EMAIL)
         .env("GIT_COMMITTER_NAME", BOT_LOGIN)
@@ -534,9 +553,14 @@ fn resolve_ref(bare: &Path, full_ref: &str) -> Option<String> {
     if !bare.is_dir() || !valid_ref(bare, full_ref) {
         return None;
     }
-    try_git(bare, &["show-ref", "--verify", "--hash", full_ref], None, &[])
-        .ok()
-        .filter(|s| is_sha(s))
+    try_git(
+        bare,
+        &["show-ref", "--verify", "--hash", full_ref],
+        None,
+        &[],
+    )
+    .ok()
+    .filter(|s| is_sha(s))
 }
 
 fn is_ancestor(bare: &Path, old: &str, new: &str) -> bool {
@@ -580,7 +604,12 @@ fn read_commit(bare: &Path, rev: &str) -> Option<CommitInfo> {
     }
     let sha = try_git(
         bare,
-        &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")],
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
         None,
         &[],
     )
@@ -588,7 +617,8 @@ fn read_commit(bare: &Path, rev: &str) -> Option<CommitInfo> {
     let raw = git_bytes(bare, &["cat-file", "commit", &sha], None, &[]).ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, message) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
-    let (mut tree, mut parents, mut author, mut committer) = (String::new(), Vec::new(), None, None);
+    let (mut tree, mut parents, mut author, mut committer) =
+        (String::new(), Vec::new(), None, None);
     for line in head.lines() {
         if let Some(v) = line.strip_prefix("tree ") {
             tree = v.to_owned();
@@ -636,7 +666,16 @@ fn diff_hunks(bare: &Path, base: &str, head: &str, path: &str) -> Vec<Hunk> {
     }
     let diff = try_git(
         bare,
-        &["diff", "--no-ext-diff", "--no-color", "-U3", base, head, "--", path],
+        &[
+            "diff",
+            "--no-ext-diff",
+            "--no-color",
+            "-U3",
+            base,
+            head,
+            "--",
+            path,
+        ],
         None,
         &[("GIT_LITERAL_PATHSPECS", "1")],
     )
@@ -711,7 +750,10 @@ impl Req {
         } else {
             match serde_json::from_slice(body) {
                 Ok(v) => (v, false),
-                Err(_) => (Value::String(String::from_utf8_lossy(body).into_owned()), true),
+                Err(_) => (
+                    Value::String(String::from_utf8_lossy(body).into_owned()),
+                    true,
+                ),
             }
         };
         Req {
@@ -747,16 +789,14 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
@@ -800,7 +840,9 @@ impl IntoResponse for Reply {
         }
         builder
             .body(axum::body::Body::from(bytes))
-            .unwrap_or_else(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+            .unwrap_or_else(|e| {
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+            })
     }
 }
 
@@ -828,15 +870,24 @@ fn internal(e: String) -> Reply {
 }
 
 fn validation(errors: Value) -> Reply {
-    reply(422, json!({ "message": "Validation Failed", "errors": errors }))
+    reply(
+        422,
+        json!({ "message": "Validation Failed", "errors": errors }),
+    )
 }
 
 fn unprocessable(error: &str) -> Reply {
-    reply(422, json!({ "message": "Unprocessable Entity", "errors": [error] }))
+    reply(
+        422,
+        json!({ "message": "Unprocessable Entity", "errors": [error] }),
+    )
 }
 
 fn missing(key: &str) -> Reply {
-    msg(422, &format!("Invalid request.\n\n\"{key}\" wasn't supplied."))
+    msg(
+        422,
+        &format!("Invalid request.\n\n\"{key}\" wasn't supplied."),
+    )
 }
 
 fn invalid_type(key: &str, value: &Value, kind: &str) -> Reply {
@@ -956,12 +1007,12 @@ struct RepoCtx {
     full: String,
     bare: PathBuf,
     perms: Permissions,
-    api: String,
+    base_url: String,
 }
 
 impl RepoCtx {
     fn api(&self, tail: &str) -> String {
-        format!("{}/repos/{}/{tail}", self.api, self.full)
+        format!("{}/repos/{}/{tail}", self.base_url, self.full)
     }
 
     /// 404 unless the bare repository exists.
@@ -1021,7 +1072,9 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
         return msg(400, &format!("API version {v} is not supported."));
     }
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    if let ("POST", ["app", "installations", _, "access_tokens"]) = (req.method.as_str(), segs.as_slice()) {
+    if let ("POST", ["app", "installations", _, "access_tokens"]) =
+        (req.method.as_str(), segs.as_slice())
+    {
         return access_token(w, req).unwrap_or_else(|e| e);
     }
     let ["repos", owner, name, rest @ ..] = segs.as_slice() else {
@@ -1054,7 +1107,7 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
         full: format!("{owner}/{name}"),
         bare: inner.root.join(owner).join(format!("{name}.git")),
         perms,
-        api: inner.url.clone(),
+        base_url: inner.url.clone(),
     };
     repo_route(w, &r, req, rest, ctx).unwrap_or_else(|e| e)
 }
@@ -1076,8 +1129,13 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
         ("POST", ["pulls"]) => create_pull(w, r, b),
         ("GET", ["pulls", n]) => {
             let n = number(n)?;
-            let p = w.repo(&r.full).pulls.get(&n).cloned().ok_or_else(not_found)?;
-            Ok(reply(200, pull_json(&r.api, &r.full, &p)))
+            let p = w
+                .repo(&r.full)
+                .pulls
+                .get(&n)
+                .cloned()
+                .ok_or_else(not_found)?;
+            Ok(reply(200, pull_json(&r.base_url, &r.full, &p)))
         }
         ("GET", ["pulls", n, "reviews"]) => list_reviews(w, r, req, number(n)?),
         ("POST", ["pulls", n, "reviews"]) => create_review(w, r, number(n)?, b),
@@ -1093,17 +1151,31 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
         ("PATCH", ["check-runs", id]) => update_check_run(w, r, number(id)?, b),
         ("GET", ["check-runs", id]) => {
             let id = number(id)?;
-            let run = w.repo(&r.full).check_runs.iter().find(|c| c["id"] == json!(id)).cloned();
+            let run = w
+                .repo(&r.full)
+                .check_runs
+                .iter()
+                .find(|c| c["id"] == json!(id))
+                .cloned();
             run.map(|c| reply(200, c)).ok_or_else(not_found)
         }
         ("GET", ["commits", git_ref @ .., "check-runs"]) if !git_ref.is_empty() => {
             list_check_runs(w, r, req, &git_ref.join("/"))
         }
         ("GET", ["collaborators", user, "permission"]) => {
-            let p = w.user_permissions.get(*user).cloned().unwrap_or_else(|| "read".into());
-            Ok(reply(200, json!({ "permission": p, "role_name": p, "user": { "login": user, "type": "User" } })))
+            let p = w
+                .user_permissions
+                .get(*user)
+                .cloned()
+                .unwrap_or_else(|| "read".into());
+            Ok(reply(
+                200,
+                json!({ "permission": p, "role_name": p, "user": { "login": user, "type": "User" } }),
+            ))
         }
-        ("GET", ["contents", path @ ..]) if !path.is_empty() => get_contents(r, req, &path.join("/")),
+        ("GET", ["contents", path @ ..]) if !path.is_empty() => {
+            get_contents(r, req, &path.join("/"))
+        }
         _ => {
             ctx.unhandled = true;
             Err(not_found())
@@ -1119,7 +1191,10 @@ fn access_token(w: &mut World, req: &Req) -> Res {
     let jwt = req
         .auth
         .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+        .and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or("");
     if jwt.is_empty() {
@@ -1175,7 +1250,11 @@ fn access_token(w: &mut World, req: &Req) -> Res {
             repositories: repositories.clone(),
         },
     );
-    let selection = if repositories.is_some() { "selected" } else { "all" };
+    let selection = if repositories.is_some() {
+        "selected"
+    } else {
+        "all"
+    };
     w.issued.push((requested, repositories));
     let expires = (chrono::Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1209,12 +1288,23 @@ fn create_blob(r: &RepoCtx, body: &Value) -> Res {
         other => {
             return Err(msg(
                 422,
-                &format!("Invalid request.\n\nencoding `{other}` is not supported (utf-8 or base64)."),
+                &format!(
+                    "Invalid request.\n\nencoding `{other}` is not supported (utf-8 or base64)."
+                ),
             ));
         }
     };
-    let sha = try_git(&r.bare, &["hash-object", "-w", "--stdin"], Some(bytes.as_slice()), &[]).map_err(internal)?;
-    Ok(reply(201, json!({ "sha": sha, "url": r.api(&format!("git/blobs/{sha}")) })))
+    let sha = try_git(
+        &r.bare,
+        &["hash-object", "-w", "--stdin"],
+        Some(bytes.as_slice()),
+        &[],
+    )
+    .map_err(internal)?;
+    Ok(reply(
+        201,
+        json!({ "sha": sha, "url": r.api(&format!("git/blobs/{sha}")) }),
+    ))
 }
 
 enum TreeAction {
@@ -1242,7 +1332,10 @@ fn parse_tree_entry(r: &RepoCtx, e: &Value) -> Result<TreeEdit, Reply> {
     }
     let path = req_str(e, "path")?;
     if !valid_tree_path(path) {
-        return Err(msg(422, &format!("tree.path `{path}` contains a malformed path component")));
+        return Err(msg(
+            422,
+            &format!("tree.path `{path}` contains a malformed path component"),
+        ));
     }
     let mode = req_str(e, "mode")?;
     if !TREE_MODES.contains(&mode) {
@@ -1255,10 +1348,16 @@ fn parse_tree_entry(r: &RepoCtx, e: &Value) -> Result<TreeEdit, Reply> {
     };
     let kind = opt_str(e, "type")?.unwrap_or(expected);
     if !["blob", "tree", "commit"].contains(&kind) {
-        return Err(msg(422, &format!("tree.type `{kind}` is not blob, tree or commit")));
+        return Err(msg(
+            422,
+            &format!("tree.type `{kind}` is not blob, tree or commit"),
+        ));
     }
     if kind != expected {
-        return Err(msg(422, &format!("tree.type `{kind}` does not match tree.mode `{mode}`")));
+        return Err(msg(
+            422,
+            &format!("tree.type `{kind}` does not match tree.mode `{mode}`"),
+        ));
     }
     let either = "Must supply either tree.sha or tree.content. Request will be rejected if both are present.";
     let action = match (e.get("sha"), opt_str(e, "content")?) {
@@ -1314,7 +1413,10 @@ fn create_tree(r: &RepoCtx, body: &Value) -> Res {
 
     let tmp = tempfile::tempdir().map_err(|e| internal(e.to_string()))?;
     let index = tmp.path().join("index").to_string_lossy().into_owned();
-    let env = [("GIT_INDEX_FILE", index.as_str()), ("GIT_LITERAL_PATHSPECS", "1")];
+    let env = [
+        ("GIT_INDEX_FILE", index.as_str()),
+        ("GIT_LITERAL_PATHSPECS", "1"),
+    ];
     // Untrimmed output: `-z` listings must keep every byte of a path.
     let git = |args: &[&str], stdin: Option<&[u8]>| -> Result<String, Reply> {
         git_bytes(&r.bare, args, stdin, &env)
@@ -1444,7 +1546,10 @@ fn create_commit(r: &RepoCtx, body: &Value) -> Res {
             return Err(invalid_type("parents", p, "a string"));
         };
         if !(is_sha(s) && object_type(&r.bare, s).as_deref() == Some("commit")) {
-            return Err(msg(422, "Parent SHA does not exist or is not a commit object"));
+            return Err(msg(
+                422,
+                "Parent SHA does not exist or is not a commit object",
+            ));
         }
         parent_shas.push(s.to_owned());
     }
@@ -1473,7 +1578,8 @@ fn create_commit(r: &RepoCtx, body: &Value) -> Res {
     }
     args.extend(["-F", "-"]);
     let sha = try_git(&r.bare, &args, Some(message.as_bytes()), &env).map_err(|e| msg(422, &e))?;
-    let info = read_commit(&r.bare, &sha).ok_or_else(|| internal(format!("commit {sha} unreadable")))?;
+    let info =
+        read_commit(&r.bare, &sha).ok_or_else(|| internal(format!("commit {sha} unreadable")))?;
     let mut v = commit_json(r, &info);
     v["message"] = json!(message);
     v["verification"] = json!({
@@ -1522,13 +1628,28 @@ fn workflow_check(r: &RepoCtx, old: Option<&str>, new: &str) -> Result<(), Reply
     let changed = match old {
         Some(old) => try_git(
             &r.bare,
-            &["diff", "--name-only", "--no-renames", old, new, "--", ".github/workflows"],
+            &[
+                "diff",
+                "--name-only",
+                "--no-renames",
+                old,
+                new,
+                "--",
+                ".github/workflows",
+            ],
             None,
             &[],
         ),
         None => try_git(
             &r.bare,
-            &["ls-tree", "-r", "--name-only", new, "--", ".github/workflows"],
+            &[
+                "ls-tree",
+                "-r",
+                "--name-only",
+                new,
+                "--",
+                ".github/workflows",
+            ],
             None,
             &[],
         ),
@@ -1559,7 +1680,11 @@ fn create_ref(r: &RepoCtx, body: &Value) -> Res {
     if !valid_ref(&r.bare, refname) {
         return Err(msg(422, &format!("{refname} is not a valid ref name.")));
     }
-    let commit = if is_sha(sha) { read_commit(&r.bare, sha) } else { None };
+    let commit = if is_sha(sha) {
+        read_commit(&r.bare, sha)
+    } else {
+        None
+    };
     let Some(commit) = commit.filter(|c| c.sha == sha) else {
         return Err(msg(422, "Object does not exist"));
     };
@@ -1588,7 +1713,10 @@ fn update_ref(w: &mut World, r: &RepoCtx, refname: &str, body: &Value) -> Res {
     if let Some(b) = branch
         && w.repo(&r.full).protected.contains(b)
     {
-        return Err(msg(422, &format!("Protected branch update failed for {full}.")));
+        return Err(msg(
+            422,
+            &format!("Protected branch update failed for {full}."),
+        ));
     }
     if !force && !is_ancestor(&r.bare, &current, sha) {
         return Err(msg(422, "Update is not a fast forward"));
@@ -1627,10 +1755,15 @@ fn get_contents(r: &RepoCtx, req: &Req, path: &str) -> Res {
     if rev.starts_with('-') {
         return Err(not_found());
     }
-    let sha = try_git(&r.bare, &["rev-parse", "--verify", "--quiet", &format!("{rev}:{path}")], None, &[])
-        .ok()
-        .filter(|s| is_sha(s))
-        .ok_or_else(not_found)?;
+    let sha = try_git(
+        &r.bare,
+        &["rev-parse", "--verify", "--quiet", &format!("{rev}:{path}")],
+        None,
+        &[],
+    )
+    .ok()
+    .filter(|s| is_sha(s))
+    .ok_or_else(not_found)?;
     if object_type(&r.bare, &sha).as_deref() != Some("blob") {
         return Err(not_found());
     }
@@ -1707,7 +1840,9 @@ fn pull_json(api: &str, full: &str, p: &Pull) -> Value {
 fn list_pulls(w: &mut World, r: &RepoCtx, req: &Req) -> Res {
     let state = req.query("state").unwrap_or("open");
     if !matches!(state, "open" | "closed" | "all") {
-        return Err(validation(json!([{ "resource": "PullRequest", "field": "state", "code": "invalid" }])));
+        return Err(validation(
+            json!([{ "resource": "PullRequest", "field": "state", "code": "invalid" }]),
+        ));
     }
     let head = req.query("head");
     let base = req.query("base");
@@ -1728,9 +1863,9 @@ fn list_pulls(w: &mut World, r: &RepoCtx, req: &Req) -> Res {
                 }
             })
         })
-        .map(|p| pull_json(&r.api, &r.full, p))
+        .map(|p| pull_json(&r.base_url, &r.full, p))
         .collect();
-    Ok(paginate(req, &r.api, found))
+    Ok(paginate(req, &r.base_url, found))
 }
 
 fn create_pull(w: &mut World, r: &RepoCtx, body: &Value) -> Res {
@@ -1750,21 +1885,30 @@ fn create_pull(w: &mut World, r: &RepoCtx, body: &Value) -> Res {
         Some(_) => return Err(invalid("head")),
         None => head,
     };
-    let head_sha = resolve_ref(&r.bare, &format!("refs/heads/{head_branch}")).ok_or_else(|| invalid("head"))?;
-    let base_sha = resolve_ref(&r.bare, &format!("refs/heads/{base}")).ok_or_else(|| invalid("base"))?;
+    let head_sha = resolve_ref(&r.bare, &format!("refs/heads/{head_branch}"))
+        .ok_or_else(|| invalid("head"))?;
+    let base_sha =
+        resolve_ref(&r.bare, &format!("refs/heads/{base}")).ok_or_else(|| invalid("base"))?;
     let custom = |message: String| {
         validation(json!([{ "resource": "PullRequest", "code": "custom", "message": message }]))
     };
     if head_branch == base || is_ancestor(&r.bare, &head_sha, &base_sha) {
-        return Err(custom(format!("No commits between {base} and {head_branch}")));
+        return Err(custom(format!(
+            "No commits between {base} and {head_branch}"
+        )));
     }
     if text.is_some_and(too_long) {
-        return Err(custom("body is too long (maximum is 65536 characters)".into()));
+        return Err(custom(
+            "body is too long (maximum is 65536 characters)".into(),
+        ));
     }
     let id = w.id();
     let st = w.repo(&r.full);
     if st.pulls.values().any(|p| {
-        p.state == "open" && p.head_ref == head_branch && p.base_ref == base && p.head_repo == r.full
+        p.state == "open"
+            && p.head_ref == head_branch
+            && p.base_ref == base
+            && p.head_repo == r.full
     }) {
         return Err(custom(format!(
             "A pull request already exists for {}:{head_branch}.",
@@ -1772,7 +1916,10 @@ fn create_pull(w: &mut World, r: &RepoCtx, body: &Value) -> Res {
         )));
     }
     if draft && !st.drafts_supported {
-        return Err(msg(422, "Draft pull requests are not supported in this repository."));
+        return Err(msg(
+            422,
+            "Draft pull requests are not supported in this repository.",
+        ));
     }
     let number = st.take_number();
     let pull = Pull {
@@ -1790,7 +1937,7 @@ fn create_pull(w: &mut World, r: &RepoCtx, body: &Value) -> Res {
         maintainer_can_modify: can_modify,
         user: bot_user(),
     };
-    let v = pull_json(&r.api, &r.full, &pull);
+    let v = pull_json(&r.base_url, &r.full, &pull);
     st.pulls.insert(number, pull);
     Ok(reply(201, v))
 }
@@ -1816,12 +1963,17 @@ fn list_reviews(w: &mut World, r: &RepoCtx, req: &Req, n: u64) -> Res {
         .filter(|(num, _)| *num == n)
         .map(|(_, v)| review_api_json(v))
         .collect();
-    Ok(paginate(req, &r.api, found))
+    Ok(paginate(req, &r.base_url, found))
 }
 
 fn create_review(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
     need(&r.perms, &["pull_requests"])?;
-    let pull = w.repo(&r.full).pulls.get(&n).cloned().ok_or_else(not_found)?;
+    let pull = w
+        .repo(&r.full)
+        .pulls
+        .get(&n)
+        .cloned()
+        .ok_or_else(not_found)?;
     let text = opt_str(body, "body")?.unwrap_or("");
     let event = opt_str(body, "event")?;
     let state = match event {
@@ -1836,13 +1988,18 @@ fn create_review(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
         Some(Value::Array(a)) => a.clone(),
         Some(other) => return Err(invalid_type("comments", other, "an array")),
     };
-    if matches!(event, Some("COMMENT" | "REQUEST_CHANGES")) && text.trim().is_empty() && comments.is_empty() {
+    if matches!(event, Some("COMMENT" | "REQUEST_CHANGES"))
+        && text.trim().is_empty()
+        && comments.is_empty()
+    {
         return Err(unprocessable(
             "Body is required when using REQUEST_CHANGES or COMMENT events",
         ));
     }
     if too_long(text) {
-        return Err(unprocessable("Body is too long (maximum is 65536 characters)"));
+        return Err(unprocessable(
+            "Body is too long (maximum is 65536 characters)",
+        ));
     }
     let commit = match opt_str(body, "commit_id")? {
         Some(c) => {
@@ -1864,7 +2021,9 @@ fn create_review(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
         let path = req_str(c, "path")?;
         let comment_body = req_str(c, "body")?;
         if too_long(comment_body) {
-            return Err(unprocessable("Body is too long (maximum is 65536 characters)"));
+            return Err(unprocessable(
+                "Body is too long (maximum is 65536 characters)",
+            ));
         }
         let line = opt_u64(c, "line")?;
         let start_line = opt_u64(c, "start_line")?;
@@ -1884,7 +2043,9 @@ fn create_review(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
                 match (hunk_index(h, side, line), start_line) {
                     (None, _) => false,
                     (Some(_), None) => true,
-                    (Some(end), Some(start)) => start < line && hunk_index(h, start_side, start) == Some(end),
+                    (Some(end), Some(start)) => {
+                        start < line && hunk_index(h, start_side, start) == Some(end)
+                    }
                 }
             }
             // The deprecated diff position: taken as given.
@@ -1956,7 +2117,7 @@ fn create_comment(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
     if !st.numbers.contains(&n) {
         return Err(not_found());
     }
-    let comment = comment_json(&r.api, &r.full, n, id, text, bot_user());
+    let comment = comment_json(&r.base_url, &r.full, n, id, text, bot_user());
     st.comments.push((n, comment.clone()));
     Ok(reply(201, comment))
 }
@@ -1972,7 +2133,7 @@ fn list_comments(w: &mut World, r: &RepoCtx, req: &Req, n: u64) -> Res {
         .filter(|(num, _)| *num == n)
         .map(|(_, v)| v.clone())
         .collect();
-    Ok(paginate(req, &r.api, found))
+    Ok(paginate(req, &r.base_url, found))
 }
 
 fn find_comment<'a>(w: &'a mut World, r: &RepoCtx, id: u64) -> Result<&'a mut Value, Reply> {
@@ -2000,7 +2161,9 @@ fn add_reaction(w: &mut World, r: &RepoCtx, comment_id: u64, body: &Value) -> Re
     need(&r.perms, &["issues", "pull_requests"])?;
     let content = req_str(body, "content")?;
     if !REACTIONS.contains(&content) {
-        return Err(validation(json!([{ "resource": "Reaction", "field": "content", "code": "invalid" }])));
+        return Err(validation(
+            json!([{ "resource": "Reaction", "field": "content", "code": "invalid" }]),
+        ));
     }
     find_comment(w, r, comment_id)?;
     let id = w.id();
@@ -2030,12 +2193,16 @@ fn validate_check_fields(body: &Value) -> Result<(), Reply> {
     if let Some(s) = opt_str(body, "status")?
         && !["queued", "in_progress", "completed"].contains(&s)
     {
-        return Err(validation(json!([{ "resource": "CheckRun", "field": "status", "code": "invalid" }])));
+        return Err(validation(
+            json!([{ "resource": "CheckRun", "field": "status", "code": "invalid" }]),
+        ));
     }
     if let Some(c) = opt_str(body, "conclusion")?
         && !CONCLUSIONS.contains(&c)
     {
-        return Err(validation(json!([{ "resource": "CheckRun", "field": "conclusion", "code": "invalid" }])));
+        return Err(validation(
+            json!([{ "resource": "CheckRun", "field": "conclusion", "code": "invalid" }]),
+        ));
     }
     match body.get("output") {
         None | Some(Value::Null) => {}
@@ -2047,7 +2214,10 @@ fn validate_check_fields(body: &Value) -> Result<(), Reply> {
                 if s.len() > 65_535 {
                     return Err(msg(
                         422,
-                        &format!("Invalid request.\n\nOnly 65535 characters are allowed; {} were supplied.", s.len()),
+                        &format!(
+                            "Invalid request.\n\nOnly 65535 characters are allowed; {} were supplied.",
+                            s.len()
+                        ),
                     ));
                 }
             }
@@ -2055,7 +2225,10 @@ fn validate_check_fields(body: &Value) -> Result<(), Reply> {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(list)) => {
                     if list.len() > 50 {
-                        return Err(msg(422, "Invalid request.\n\nNo more than 50 annotations are allowed per request."));
+                        return Err(msg(
+                            422,
+                            "Invalid request.\n\nNo more than 50 annotations are allowed per request.",
+                        ));
                     }
                     for a in list {
                         req_str(a, "path")?;
@@ -2064,7 +2237,9 @@ fn validate_check_fields(body: &Value) -> Result<(), Reply> {
                         opt_u64(a, "end_line")?.ok_or_else(|| missing("end_line"))?;
                         let level = req_str(a, "annotation_level")?;
                         if !["notice", "warning", "failure"].contains(&level) {
-                            return Err(validation(json!([{ "resource": "CheckRun", "field": "annotation_level", "code": "invalid" }])));
+                            return Err(validation(
+                                json!([{ "resource": "CheckRun", "field": "annotation_level", "code": "invalid" }]),
+                            ));
                         }
                     }
                 }
@@ -2077,12 +2252,20 @@ fn validate_check_fields(body: &Value) -> Result<(), Reply> {
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) => {
             if list.len() > 3 {
-                return Err(msg(422, "Invalid request.\n\nNo more than 3 actions are allowed."));
+                return Err(msg(
+                    422,
+                    "Invalid request.\n\nNo more than 3 actions are allowed.",
+                ));
             }
             for a in list {
                 for (key, max) in [("label", 20), ("description", 40), ("identifier", 20)] {
                     if req_str(a, key)?.chars().count() > max {
-                        return Err(msg(422, &format!("Invalid request.\n\nactions.{key} is too long (maximum is {max}).")));
+                        return Err(msg(
+                            422,
+                            &format!(
+                                "Invalid request.\n\nactions.{key} is too long (maximum is {max})."
+                            ),
+                        ));
                     }
                 }
             }
@@ -2127,7 +2310,9 @@ fn create_check_run(w: &mut World, r: &RepoCtx, body: &Value) -> Res {
     let name = req_str(body, "name")?;
     let head_sha = req_str(body, "head_sha")?;
     validate_check_fields(body)?;
-    if r.bare.is_dir() && !(is_sha(head_sha) && object_type(&r.bare, head_sha).as_deref() == Some("commit")) {
+    if r.bare.is_dir()
+        && !(is_sha(head_sha) && object_type(&r.bare, head_sha).as_deref() == Some("commit"))
+    {
         return Err(msg(422, &format!("No commit found for SHA: {head_sha}")));
     }
     let id = w.id();
@@ -2200,7 +2385,7 @@ fn list_check_runs(w: &mut World, r: &RepoCtx, req: &Req, git_ref: &str) -> Res 
         .cloned()
         .collect();
     let total = found.len();
-    let page = paginate(req, &r.api, found);
+    let page = paginate(req, &r.base_url, found);
     let Payload::Json(runs) = page.payload else {
         unreachable!("paginate answers JSON")
     };

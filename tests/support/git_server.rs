@@ -174,6 +174,11 @@ impl GitServer {
         RepoBuilder { work, bare }
     }
 
+    /// The directory holding the bare repositories (`{root}/{owner}/{name}.git`).
+    pub fn root(&self) -> std::path::PathBuf {
+        self.inner.root.clone()
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<GitRequest> {
         self.inner.requests.lock().unwrap().clone()

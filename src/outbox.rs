@@ -61,8 +61,7 @@ use crate::report::{
 };
 use crate::store::{
     Effect, EffectKind, EffectOutcome, ReportCandidate, ReportOutcome, RunChange, RunSnapshot,
-    RunState,
-    RunStore, StepState, StoreError, now_ms,
+    RunState, RunStore, StepState, StoreError, now_ms,
 };
 
 /// Runs shown in one sticky comment at most (the newest of the subject).

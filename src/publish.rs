@@ -222,7 +222,9 @@ impl Publisher {
         let repo = RepoName::parse(&repository.full_name)
             .map_err(|e| Failure::Permanent(e.to_string()))?;
         let installation = event.installation_id().ok_or_else(|| {
-            Failure::Permanent("the run's event names no installation: nothing to write with".into())
+            Failure::Permanent(
+                "the run's event names no installation: nothing to write with".into(),
+            )
         })?;
         let (pull_request, title) = match &event {
             Event::PullRequest(e) => (true, e.pull_request.title.clone()),
@@ -597,10 +599,9 @@ impl Publisher {
             },
             _ => subject.default_branch.clone(),
         };
-        let opened_here = p
-            .pull_request
-            .as_ref()
-            .is_some_and(|pr| target != PublishTarget::PullRequestOnHead || pr.number != subject.number);
+        let opened_here = p.pull_request.as_ref().is_some_and(|pr| {
+            target != PublishTarget::PullRequestOnHead || pr.number != subject.number
+        });
         if !opened_here {
             let found = self.github.find_pull_request(access, repo, &branch).await?;
             let pr = match found {
@@ -712,7 +713,11 @@ impl Publisher {
                             change.outside_hunks,
                             if change.outside_hunks == 1 { "" } else { "s" },
                             if change.outside_hunks == 1 { "s" } else { "" },
-                            if change.outside_hunks == 1 { "is" } else { "are" },
+                            if change.outside_hunks == 1 {
+                                "is"
+                            } else {
+                                "are"
+                            },
                         ));
                     }
                     body.push('.');
@@ -739,7 +744,11 @@ impl Publisher {
             "suggested the change on fork pull request #{} in a review ({} inline suggestion{}, {} outside the diff)",
             subject.number,
             change.suggestions.len(),
-            if change.suggestions.len() == 1 { "" } else { "s" },
+            if change.suggestions.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
             change.outside_hunks
         ))
     }
@@ -813,15 +822,14 @@ pub fn describe(change: &RunChange) -> Option<String> {
                 if p.suggestions == 1 { "" } else { "s" }
             ),
             (Some(PublishTarget::HeadBranch), _) => format!(
-                "Committed {files} onto `{}` ({}).",
+                "Committed {files} onto {} ({}).",
                 p.branch.as_deref().unwrap_or(""),
                 short(p.commit.as_deref().unwrap_or(""))
             ),
             (_, Some(pr)) => format!(
-                "Proposed {files} in {}pull request [#{}]({}) from `{}`.",
+                "Proposed {files} in {}pull request #{} from {}.",
                 if pr.draft { "draft " } else { "" },
                 pr.number,
-                pr.html_url,
                 p.branch.as_deref().unwrap_or("")
             ),
             _ => format!("Sent {files}."),

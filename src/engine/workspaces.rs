@@ -151,13 +151,7 @@ pub(super) async fn harvest(
     let policy = ChangePolicy {
         allow_workflow_changes: workflow.allow_workflow_changes,
     };
-    let refused = check_policy(
-        &change,
-        policy,
-        limits,
-        &crate::redact::Redactor::default(),
-    )
-    .err();
+    let refused = check_policy(&change, policy, limits, &crate::redact::Redactor::default()).err();
     if let Err(e) = engine
         .inner
         .store

@@ -46,8 +46,8 @@ use super::checks::{MAX_COMMENT_CHARS, truncate_chars};
 use super::ratelimit::{Answer, Pacer, ResetGate, RetryPolicy, Verdict, classify};
 use super::{
     CheckRunId, CheckRunUpdate, CommentId, DeliveryPage, GitHub, GitHubError, GitHubSettings,
-    HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission, PullRequestHead,
-    PullRequestRef, Reaction, RepoName, TreeEntry, WriteAccess,
+    HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission,
+    PullRequestHead, PullRequestRef, Reaction, RepoName, TreeEntry, WriteAccess,
 };
 
 /// How long to wait for a connection and for an answer's bytes.

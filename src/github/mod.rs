@@ -51,7 +51,8 @@ pub use client::GitHubClient;
 pub use error::GitHubError;
 pub use fake::{Effect, RecordingGitHub};
 pub use git_data::{
-    NewPullRequest, NewReview, PullRequestHead, PullRequestRef, ReviewComment, TreeEntry, WriteAccess,
+    NewPullRequest, NewReview, PullRequestHead, PullRequestRef, ReviewComment, TreeEntry,
+    WriteAccess,
 };
 pub use ratelimit::RetryPolicy;
 

@@ -32,7 +32,7 @@ pub use app::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
 };
-pub use changes::{ChangeState, ChangeStore, PublishTarget, Publication, RunChange};
+pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};

@@ -350,7 +350,9 @@ impl Workspaces {
             &alternates,
             format!("{}\n", ws.mirror.join("objects").display()),
         )
-        .map_err(WorkspaceError::io("write the trusted git directory's alternates"))?;
+        .map_err(WorkspaceError::io(
+            "write the trusted git directory's alternates",
+        ))?;
         let git_dir = format!("--git-dir={}", path_str(trusted)?);
         let work_tree = format!("--work-tree={}", path_str(&ws.path)?);
         let base = ws.sha.as_str();
@@ -376,7 +378,15 @@ impl Workspaces {
         let raw = self
             .run_args(
                 &ws.path,
-                &g(&["diff", "--cached", "--no-renames", "--raw", "-z", "--no-abbrev", base]),
+                &g(&[
+                    "diff",
+                    "--cached",
+                    "--no-renames",
+                    "--raw",
+                    "-z",
+                    "--no-abbrev",
+                    base,
+                ]),
             )
             .await?;
         let numstat = self
@@ -403,7 +413,11 @@ impl Workspaces {
                 .git
                 .run_with_input(
                     Some(&ws.path),
-                    &[git_dir.as_str(), "cat-file", "--batch-check=%(objectname) %(objectsize)"],
+                    &[
+                        git_dir.as_str(),
+                        "cat-file",
+                        "--batch-check=%(objectname) %(objectsize)",
+                    ],
                     None,
                     Some(input.into_bytes()),
                 )
@@ -452,7 +466,10 @@ impl Workspaces {
         };
         let base_tree = self
             .git
-            .text(Some(&ws.path), &[git_dir.as_str(), "rev-parse", &format!("{base}^{{tree}}")])
+            .text(
+                Some(&ws.path),
+                &[git_dir.as_str(), "rev-parse", &format!("{base}^{{tree}}")],
+            )
             .await?;
         let (suggestions, outside_hunks) = match ws.base_sha.as_deref() {
             Some(pr_base) if !files.is_empty() => {
@@ -492,7 +509,14 @@ impl Workspaces {
             .git
             .run(
                 Some(dir),
-                &[git_dir, "diff", "-U3", "--no-renames", "--no-color", &format!("{pr_base}...{head}")],
+                &[
+                    git_dir,
+                    "diff",
+                    "-U3",
+                    "--no-renames",
+                    "--no-color",
+                    &format!("{pr_base}...{head}"),
+                ],
                 None,
             )
             .await?;
@@ -501,7 +525,16 @@ impl Workspaces {
             .git
             .run(
                 Some(dir),
-                &[git_dir, work_tree, "diff", "--cached", "-U0", "--no-renames", "--no-color", head],
+                &[
+                    git_dir,
+                    work_tree,
+                    "diff",
+                    "--cached",
+                    "-U0",
+                    "--no-renames",
+                    "--no-color",
+                    head,
+                ],
                 None,
             )
             .await?;
@@ -510,16 +543,29 @@ impl Workspaces {
         let mut heads: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for hunk in zero_context_hunks(&String::from_utf8_lossy(&own.stdout)) {
             let (start, end, mut lines) = if hunk.old_count > 0 {
-                (hunk.old_start, hunk.old_start + hunk.old_count - 1, hunk.added.clone())
+                (
+                    hunk.old_start,
+                    hunk.old_start + hunk.old_count - 1,
+                    hunk.added.clone(),
+                )
             } else {
                 // A pure insertion after line `old_start` (0: at the top):
                 // suggest on a neighbouring line, repeating it.
                 if !heads.contains_key(&hunk.path) {
                     let text = self
                         .git
-                        .run(Some(dir), &[git_dir, "show", &format!("{head}:{}", hunk.path)], None)
+                        .run(
+                            Some(dir),
+                            &[git_dir, "show", &format!("{head}:{}", hunk.path)],
+                            None,
+                        )
                         .await
-                        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+                        .map(|o| {
+                            String::from_utf8_lossy(&o.stdout)
+                                .lines()
+                                .map(str::to_owned)
+                                .collect()
+                        })
                         .unwrap_or_default();
                     heads.insert(hunk.path.clone(), text);
                 }

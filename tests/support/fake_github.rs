@@ -95,6 +95,32 @@ struct Inner {
     url: String,
     root: PathBuf,
     world: Mutex<World>,
+    holds: Mutex<Vec<Arc<HoldState>>>,
+}
+
+struct HoldState {
+    method: String,
+    path_suffix: String,
+    arrived: tokio::sync::watch::Sender<bool>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+/// A request held back at its arrival (see [`FakeGitHub::hold`]).
+pub struct Hold(Arc<HoldState>);
+
+impl Hold {
+    /// Waits until the held request has arrived.
+    pub async fn arrived(&self) {
+        let mut rx = self.0.arrived.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
+    }
+
+    /// Lets the held request (and later ones) through: GitHub then does
+    /// what it asked, whether or not its sender is still there to read the
+    /// answer.
+    pub fn release(&self) {
+        self.0.release.send_replace(true);
+    }
 }
 
 impl Inner {
@@ -233,6 +259,7 @@ impl FakeGitHub {
             url: url.clone(),
             root: repos_root,
             world: Mutex::new(World::new()),
+            holds: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -241,6 +268,21 @@ impl FakeGitHub {
             axum::serve(listener, app).await.unwrap();
         });
         FakeGitHub { url, inner, task }
+    }
+
+    /// Holds the next request of `method` whose path ends with
+    /// `path_suffix` at its arrival until [`Hold::release`]: a kill point
+    /// (the test aborts the sender while the request is held, then releases
+    /// it, so GitHub has done it but nobody read the answer).
+    pub fn hold(&self, method: &str, path_suffix: &str) -> Hold {
+        let state = Arc::new(HoldState {
+            method: method.to_owned(),
+            path_suffix: path_suffix.to_owned(),
+            arrived: tokio::sync::watch::channel(false).0,
+            release: tokio::sync::watch::channel(false).0,
+        });
+        self.inner.holds.lock().unwrap().push(state.clone());
+        Hold(state)
     }
 
     fn bare(&self, repo: &str) -> PathBuf {
@@ -1032,6 +1074,18 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let held = {
+        let mut holds = inner.holds.lock().unwrap();
+        let at = holds.iter().position(|h| {
+            h.method == method.as_str() && uri.path().ends_with(h.path_suffix.as_str())
+        });
+        at.map(|i| holds.remove(i))
+    };
+    if let Some(h) = held {
+        h.arrived.send_replace(true);
+        let mut rx = h.release.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
     let req = Req::parse(method, &uri, &headers, &body);
     // git runs synchronously: off the async workers.
     tokio::task::spawn_blocking(move || dispatch(&inner, req))

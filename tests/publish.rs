@@ -1,0 +1,922 @@
+//! Bringing the work back: a run's change becomes one commit, one branch and
+//! one pull request on GitHub — or a review of suggestions on a fork's pull
+//! request — through the real GitHub client against the stateful fake
+//! GitHub (`support::fake_github`), whose Git Data is real git in the
+//! repositories that `git http-backend` serves the workspaces from. Each test
+//! ends by checking the full set of writes GitHub received.
+
+mod engine_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use engine_support::{TestEngine, fast_config, workflows};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use support::fake_github::FakeGitHub;
+use support::git_server::{GitServer, RepoBuilder};
+use taskmaster::agent::command::{CommandAgent, CommandSettings};
+use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health, Output, Usage};
+use taskmaster::engine::{AgentMap, EngineConfig};
+use taskmaster::github::{GitHub, GitHubClient, GitHubSettings, RetryPolicy};
+use taskmaster::outbox::{Outbox, OutboxConfig};
+use taskmaster::store::{ChangeState, PublishTarget, RunState, RunStore, StepState};
+use taskmaster::workspace::{TokenSource, WorkspaceError, WorkspaceSettings, Workspaces};
+
+const PRIVATE_KEY: &str = include_str!("fixtures/github/app-key.pem");
+const REPO: &str = "acme/widgets";
+const REPO_ID: i64 = 8101;
+const PUBLIC_URL: &str = "https://taskmaster.example";
+
+struct AnyToken;
+
+#[async_trait]
+impl TokenSource for AnyToken {
+    async fn read_token(
+        &self,
+        _installation: Option<i64>,
+        _full_name: &str,
+    ) -> Result<Option<SecretString>, WorkspaceError> {
+        Ok(Some(SecretString::from(
+            "ghs_readOnlyTestToken0123456789abcdef",
+        )))
+    }
+}
+
+/// An agent that edits its workspace with `edit` and answers `answer`.
+struct Editor {
+    edit: Box<dyn Fn(&Path) + Send + Sync>,
+    answer: String,
+}
+
+impl std::fmt::Debug for Editor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Editor")
+    }
+}
+
+#[async_trait]
+impl Agent for Editor {
+    fn name(&self) -> &str {
+        "editor"
+    }
+    fn kind(&self) -> AgentKind {
+        AgentKind::Cli
+    }
+    async fn run(&self, attempt: AttemptRequest) -> AttemptOutcome {
+        let dir = attempt.workdir.clone().expect("a workspace");
+        (self.edit)(&dir);
+        AttemptOutcome {
+            failure: None,
+            output: Output::from_text(&self.answer, &Default::default(), 10_000),
+            duration: Duration::from_millis(1),
+            usage: Usage::default(),
+            retry_after: None,
+            web_url: None,
+        }
+    }
+    async fn health(&self) -> Health {
+        Health {
+            reachable: true,
+            latency: Duration::ZERO,
+            detail: String::new(),
+        }
+    }
+}
+
+fn editor(answer: &str, edit: impl Fn(&Path) + Send + Sync + 'static) -> Arc<Editor> {
+    Arc::new(Editor {
+        edit: Box::new(edit),
+        answer: answer.into(),
+    })
+}
+
+fn write(dir: &Path, path: &str, content: &str) {
+    let full = dir.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, content).unwrap();
+}
+
+fn command_agent() -> Arc<CommandAgent> {
+    Arc::new(CommandAgent::new(CommandSettings::new("command")))
+}
+
+/// A git server with `acme/widgets` (main, a same-repository PR #1 on
+/// `feature`, a fork's PR #2), the fake GitHub over its repositories, and
+/// the real client pointed at the fake.
+struct World {
+    git: GitServer,
+    fake: FakeGitHub,
+    github: Arc<dyn GitHub>,
+    repo: RepoBuilder,
+    base: String,
+    pr1: String,
+    fork: String,
+    _data: tempfile::TempDir,
+    workspaces: Arc<Workspaces>,
+}
+
+async fn world() -> World {
+    let git = GitServer::start(None).await;
+    let repo = git.create_repo(REPO);
+    let base = repo.commit(
+        &[
+            ("README.md", "hello\n"),
+            ("CLAUDE.md", "Base rules.\n"),
+            ("src/lib.rs", "fn one() {}\nfn two() {}\nfn three() {}\n"),
+        ],
+        "base",
+    );
+    repo.push(&base, "refs/heads/main");
+    let pr1 = repo.commit(
+        &[(
+            "src/lib.rs",
+            "fn one() {}\nfn two_changed() {}\nfn three() {}\n",
+        )],
+        "pr change",
+    );
+    repo.push(&pr1, "refs/heads/feature");
+    repo.push(&pr1, "refs/pull/1/head");
+    repo.checkout(&base);
+    let fork = repo.commit(&[("fork.txt", "from a fork\n")], "fork change");
+    repo.push(&fork, "refs/pull/2/head");
+    let fake = FakeGitHub::start(git.root()).await;
+    fake.add_issue(REPO, 7);
+    fake.add_pull_request(REPO, 1, "feature", &pr1, "main", &base, REPO);
+    fake.add_pull_request(REPO, 2, "patch-1", &fork, "main", &base, "stranger/widgets");
+    let url = fake.url.clone();
+    let settings = GitHubSettings::from_lookup(move |name| match name {
+        "GITHUB_APP_ID" => Some("12345".into()),
+        "GITHUB_PRIVATE_KEY" => Some(PRIVATE_KEY.into()),
+        "GITHUB_API_URL" => Some(url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let github: Arc<dyn GitHub> =
+        Arc::new(GitHubClient::new(&settings, RetryPolicy::scaled(0.001)).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let mut s = WorkspaceSettings::new(data.path());
+    s.git_url = git.base_url.clone();
+    s.min_free_bytes = 0;
+    let workspaces = Arc::new(Workspaces::new(s, Arc::new(AnyToken)).unwrap());
+    World {
+        git,
+        fake,
+        github,
+        repo,
+        base,
+        pr1,
+        fork,
+        _data: data,
+        workspaces,
+    }
+}
+
+impl World {
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            workspaces: Some(self.workspaces.clone()),
+            ..fast_config()
+        }
+    }
+
+    fn outbox(&self, store: Arc<dyn RunStore>) -> Outbox {
+        Outbox::new(
+            store,
+            self.github.clone(),
+            OutboxConfig {
+                public_url: Some(PUBLIC_URL.into()),
+                retry_base: Duration::from_millis(20),
+                retry_max: Duration::from_millis(200),
+                min_interval: Duration::ZERO,
+                ..OutboxConfig::default()
+            },
+        )
+    }
+
+    /// Every write GitHub received, as `METHOD path`, in order.
+    fn write_lines(&self) -> Vec<String> {
+        self.fake
+            .writes()
+            .iter()
+            .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+            .collect()
+    }
+}
+
+/// Runs outbox passes until the run's change is no longer pending.
+async fn publish(outbox: &Outbox, store: &Arc<dyn RunStore>, run_id: i64) -> ChangeState {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        outbox.pass().await.unwrap();
+        let change = store.run_change(run_id).await.unwrap().expect("a change");
+        if change.state != ChangeState::Pending {
+            // One more pass sends the report that shows it.
+            outbox.pass().await.unwrap();
+            return change.state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id}: the change is still pending: {:?}",
+            change.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn issue_payload(number: u64, title: &str) -> Vec<u8> {
+    let mut d: Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/webhooks/issues.opened.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    d["issue"]["number"] = json!(number);
+    d["issue"]["title"] = json!(title);
+    d["issue"]["user"] = json!({"login": "alice", "id": 1001, "type": "User"});
+    d["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
+    d["repository"]["id"] = json!(REPO_ID);
+    d["repository"]["full_name"] = json!(REPO);
+    d["repository"]["name"] = json!("widgets");
+    d["repository"]["default_branch"] = json!("main");
+    d["installation"] = json!({"id": 42});
+    serde_json::to_vec(&d).unwrap()
+}
+
+fn pr_payload(number: u64, head_ref: &str, head: &str, base: &str, head_repo: &str) -> Vec<u8> {
+    let mut d: Value = serde_json::from_slice(&engine_support::pr_payload()).unwrap();
+    d["number"] = json!(number);
+    d["repository"]["id"] = json!(REPO_ID);
+    d["repository"]["full_name"] = json!(REPO);
+    d["repository"]["default_branch"] = json!("main");
+    d["installation"] = json!({"id": 42});
+    d["sender"] = json!({"login": "bob", "id": 2002, "type": "User"});
+    let pr = &mut d["pull_request"];
+    pr["number"] = json!(number);
+    pr["head"]["sha"] = json!(head);
+    pr["head"]["ref"] = json!(head_ref);
+    pr["base"]["sha"] = json!(base);
+    pr["base"]["ref"] = json!("main");
+    pr["base"]["repo"]["full_name"] = json!(REPO);
+    pr["head"]["repo"]["full_name"] = json!(head_repo);
+    serde_json::to_vec(&d).unwrap()
+}
+
+async fn start(t: &TestEngine, workflow: &str, event: &str, payload: &[u8]) -> i64 {
+    let delivery = format!("test-{}", uuid::Uuid::new_v4());
+    t.engine
+        .start_run(workflow, event, payload, &delivery)
+        .await
+        .unwrap()
+        .run_id
+}
+
+fn output_of(snap: &taskmaster::store::RunSnapshot, step: &str) -> String {
+    snap.step(step)
+        .and_then(|s| s.error.clone().or(s.output.clone()))
+        .unwrap_or_default()
+}
+
+const ISSUE_WORKFLOW: &str = r#"
+name: fix
+on: { issues: { actions: [opened] } }
+steps:
+  code:
+    agent: editor
+    changes: true
+    prompt: "Fix issue {{ issue.number }}."
+  describe:
+    agent: command
+    needs: code
+    pull_request: true
+    with: { run: [printf, "Add the agent's note\n\nThe agent wrote agent-note.txt."] }
+"#;
+
+fn find_claude() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("claude"))
+            .find(|p| p.is_file())
+    })
+}
+
+#[tokio::test]
+async fn an_issue_run_of_the_real_claude_cli_becomes_one_commit_one_draft_pr_and_a_comment() {
+    use support::messages_api::{MessagesApi, Script};
+    use taskmaster::agent::cli::{CliAgent, CliFlavor, CliSettings};
+    let claude = find_claude().expect(
+        "the Claude Code CLI is not installed: `npm install -g @anthropic-ai/claude-code` \
+         (scripts/test.sh installs it)",
+    );
+    let api = MessagesApi::start(Script {
+        file_path: "agent-note.txt".into(),
+        content: "written by the agent\n".into(),
+        answer: "I wrote agent-note.txt.".into(),
+    })
+    .await;
+    let w = world().await;
+    let mut s = CliSettings::new("editor", CliFlavor::Claude);
+    s.binary = claude;
+    s.sandbox = true;
+    for (k, v) in [
+        ("ANTHROPIC_BASE_URL", api.base_url.as_str()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-standin"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ] {
+        s.env.insert(k.into(), v.into());
+    }
+    let set = workflows(
+        &[&ISSUE_WORKFLOW.replace(
+            "    changes: true\n",
+            "    changes: true\n    with: { permission_mode: acceptEdits }\n",
+        )],
+        &["editor", "command"],
+    );
+    let agents = AgentMap::new()
+        .with(Arc::new(CliAgent::new(s)))
+        .with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(&t, "fix", "issues", &issue_payload(7, "fix: add a note")).await;
+    let snap = t.wait_run(run_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        snap.run.state,
+        RunState::Succeeded,
+        "{}",
+        output_of(&snap, "code")
+    );
+    let outbox = w.outbox(store.clone());
+    assert_eq!(
+        publish(&outbox, &store, run_id).await,
+        ChangeState::Published
+    );
+
+    // One draft pull request from taskmaster/fix-7-<run> into main.
+    let branch = format!("taskmaster/fix-7-{run_id}");
+    let pulls = w.fake.pulls(REPO);
+    let opened: Vec<&Value> = pulls
+        .iter()
+        .filter(|p| p["head"]["ref"] == json!(branch))
+        .collect();
+    assert_eq!(opened.len(), 1, "{pulls:#?}");
+    let pr = opened[0];
+    assert_eq!(pr["draft"], json!(true));
+    assert_eq!(pr["base"]["ref"], json!("main"));
+    assert_eq!(pr["title"], json!("Add the agent's note"));
+    let body = pr["body"].as_str().unwrap();
+    assert!(body.contains("The agent wrote agent-note.txt."), "{body}");
+    assert!(body.contains("Closes #7"), "{body}");
+    assert!(
+        body.contains(&format!("{PUBLIC_URL}/runs/{run_id}")),
+        "{body}"
+    );
+    assert!(body.contains("secrets"), "{body}");
+
+    // One commit on the branch, on the SHA the run checked out, by the bot,
+    // with the trailers; the file as the agent wrote it.
+    let head = w.fake.branch_sha(REPO, &branch).expect("the branch");
+    let commit = w.fake.commit_info(REPO, &head);
+    assert_eq!(commit["parents"], json!([w.base]), "{commit:#}");
+    let message = commit["message"].as_str().unwrap();
+    assert!(message.starts_with("Add the agent's note\n"), "{message}");
+    assert!(
+        message.contains(&format!("Taskmaster-Run: {PUBLIC_URL}/runs/{run_id}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("Co-authored-by: alice <1001+alice@users.noreply.github.com>"),
+        "{message}"
+    );
+    assert!(
+        commit["author"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("[bot]"),
+        "{commit:#}"
+    );
+    assert_eq!(
+        w.fake.file_at(REPO, &branch, "agent-note.txt").as_deref(),
+        Some("written by the agent\n")
+    );
+    assert_eq!(
+        w.fake.branch_sha(REPO, "main").as_deref(),
+        Some(w.base.as_str())
+    );
+
+    // The issue: the run's sticky report and a comment linking the PR.
+    let comments = w.fake.comments(REPO, 7);
+    let linking: Vec<&Value> = comments
+        .iter()
+        .filter(|c| {
+            c["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(pr["html_url"].as_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(linking.len(), 2, "the link and the report: {comments:#?}");
+
+    // The full set of writes, and the narrowed token for the code.
+    let lines = w.write_lines();
+    let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(
+        count("POST /repos/acme/widgets/git/blobs 201"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("POST /repos/acme/widgets/git/trees 201"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("POST /repos/acme/widgets/git/commits 201"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("POST /repos/acme/widgets/git/refs 201"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(count("POST /repos/acme/widgets/pulls 201"), 1, "{lines:#?}");
+    assert_eq!(
+        count("POST /repos/acme/widgets/issues/7/comments 201"),
+        2,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines.len(),
+        7 + count("PATCH /repos/acme/widgets/issues/comments/"),
+        "{lines:#?}"
+    );
+    for r in w.fake.writes() {
+        if r.path.contains("/git/") || r.path.ends_with("/pulls") {
+            let p = r.permissions.clone().expect("a narrowed token");
+            assert_eq!(p.get("contents").map(String::as_str), Some("write"));
+            assert!(!p.contains_key("workflows"), "{p:?}");
+        }
+    }
+    assert!(w.fake.unhandled().is_empty(), "{:#?}", w.fake.unhandled());
+
+    // Passes after that write nothing more.
+    let before = w.fake.writes().len();
+    outbox.pass().await.unwrap();
+    outbox.pass().await.unwrap();
+    assert_eq!(w.fake.writes().len(), before, "{:#?}", w.write_lines());
+    // The API's view and the timeline say where it went.
+    let change = store.run_change(run_id).await.unwrap().unwrap();
+    assert_eq!(
+        change.publication.target,
+        Some(PublishTarget::NewPullRequest)
+    );
+    let events = t.events(run_id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "changes" && e.detail.contains("1 file changed (+1 −0)")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "published" && e.detail.contains("opened draft pull request")),
+        "{events:#?}"
+    );
+    drop(w.git);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn drafts_refused_by_the_plan_open_a_normal_pull_request() {
+    let w = world().await;
+    w.fake.set_drafts_supported(REPO, false);
+    let set = workflows(&[ISSUE_WORKFLOW], &["editor", "command"]);
+    let agents = AgentMap::new()
+        .with(editor("done", |d| write(d, "agent-note.txt", "note\n")))
+        .with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(&t, "fix", "issues", &issue_payload(7, "a note")).await;
+    assert_eq!(
+        t.wait_run(run_id, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded
+    );
+    let outbox = w.outbox(store.clone());
+    assert_eq!(
+        publish(&outbox, &store, run_id).await,
+        ChangeState::Published
+    );
+    let lines = w.write_lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("POST /repos/acme/widgets/pulls "))
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec![
+            "POST /repos/acme/widgets/pulls 422".to_owned(),
+            "POST /repos/acme/widgets/pulls 201".to_owned()
+        ]
+    );
+    let pulls = w.fake.pulls(REPO);
+    let ours: Vec<&Value> = pulls
+        .iter()
+        .filter(|p| {
+            p["head"]["ref"]
+                .as_str()
+                .unwrap()
+                .starts_with("taskmaster/")
+        })
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["draft"], json!(false));
+    t.stop().await;
+}
+
+const PR_WORKFLOW: &str = r#"
+name: fixup
+on: { pull_request: {} }
+steps:
+  code:
+    agent: editor
+    changes: true
+    prompt: "Fix PR {{ pr.number }}."
+"#;
+
+#[tokio::test]
+async fn a_same_repository_pr_gets_a_commit_on_its_head_and_a_moved_head_a_pr_against_it() {
+    let w = world().await;
+    let set = workflows(&[PR_WORKFLOW], &["editor"]);
+    // Each run adds a line to the changelog (and fixes a name once).
+    let agents = AgentMap::new().with(editor("fixed two", |d| {
+        let lib = std::fs::read_to_string(d.join("src/lib.rs")).unwrap();
+        write(d, "src/lib.rs", &lib.replace("two_changed", "two_fixed"));
+        let log = std::fs::read_to_string(d.join("CHANGELOG.md")).unwrap_or_default();
+        write(d, "CHANGELOG.md", &format!("{log}- fixed\n"));
+    }));
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let outbox = w.outbox(store.clone());
+
+    // 1. The head is where the run found it: the commit goes onto it.
+    let run1 = start(
+        &t,
+        "fixup",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    assert_eq!(
+        t.wait_run(run1, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(publish(&outbox, &store, run1).await, ChangeState::Published);
+    let head = w.fake.branch_sha(REPO, "feature").unwrap();
+    assert_ne!(head, w.pr1);
+    assert_eq!(w.fake.commit_info(REPO, &head)["parents"], json!([w.pr1]));
+    let lib = w.fake.file_at(REPO, "feature", "src/lib.rs").unwrap();
+    assert!(lib.contains("two_fixed"), "{lib}");
+    let change = store.run_change(run1).await.unwrap().unwrap();
+    assert_eq!(change.publication.target, Some(PublishTarget::HeadBranch));
+    let ours = |w: &World| -> Vec<Value> {
+        w.fake
+            .pulls(REPO)
+            .into_iter()
+            .filter(|p| {
+                p["head"]["ref"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("taskmaster/")
+            })
+            .collect()
+    };
+    assert!(ours(&w).is_empty(), "no new pull request");
+
+    // 2. Someone pushes to the head after the run checked it out: the
+    //    update is refused as not a fast forward, and the change goes to a
+    //    new branch and a pull request against the head instead.
+    let run2 = start(
+        &t,
+        "fixup",
+        "pull_request",
+        &pr_payload(1, "feature", &head, &w.base, REPO),
+    )
+    .await;
+    assert_eq!(
+        t.wait_run(run2, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded,
+    );
+    support::git_server::git(
+        &w.repo.work,
+        &["fetch", "-q", w.repo.bare.to_str().unwrap(), "feature"],
+    );
+    w.repo.checkout(&head);
+    let pushed = w
+        .repo
+        .commit(&[("README.md", "hello from bob\n")], "bob's push");
+    w.repo.push(&pushed, "refs/heads/feature");
+    assert_eq!(publish(&outbox, &store, run2).await, ChangeState::Published);
+    assert_eq!(
+        w.fake.branch_sha(REPO, "feature").as_deref(),
+        Some(pushed.as_str()),
+        "bob's push is kept"
+    );
+    let change = store.run_change(run2).await.unwrap().unwrap();
+    assert_eq!(
+        change.publication.target,
+        Some(PublishTarget::PullRequestOnHead)
+    );
+    let pulls = ours(&w);
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert_eq!(pulls[0]["base"]["ref"], json!("feature"));
+    assert_eq!(
+        pulls[0]["head"]["ref"],
+        json!(format!("taskmaster/fixup-1-{run2}"))
+    );
+    let new_head = pulls[0]["head"]["sha"].as_str().unwrap().to_owned();
+    assert_eq!(
+        w.fake.commit_info(REPO, &new_head)["parents"],
+        json!([head])
+    );
+    // PR #1 hears of it.
+    assert!(
+        w.fake.comments(REPO, 1).iter().any(|c| c["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pull request #{}", pulls[0]["number"]))),
+        "{:#?}",
+        w.fake.comments(REPO, 1)
+    );
+    let refused: Vec<String> = w
+        .write_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("PATCH /repos/acme/widgets/git/refs/heads/feature"))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            "PATCH /repos/acme/widgets/git/refs/heads/feature 200".to_owned(),
+            "PATCH /repos/acme/widgets/git/refs/heads/feature 422".to_owned()
+        ]
+    );
+    assert!(w.fake.unhandled().is_empty(), "{:#?}", w.fake.unhandled());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_fork_pr_gets_a_review_of_suggestions_inside_its_hunks_and_no_push() {
+    let w = world().await;
+    let set = workflows(&[PR_WORKFLOW], &["editor"]);
+    let agents = AgentMap::new().with(editor("improved", |d| {
+        write(d, "fork.txt", "from a fork, improved\n");
+        write(d, "README.md", "hello world\n");
+    }));
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(
+        &t,
+        "fixup",
+        "pull_request",
+        &pr_payload(2, "patch-1", &w.fork, &w.base, "stranger/widgets"),
+    )
+    .await;
+    assert_eq!(
+        t.wait_run(run_id, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded
+    );
+    let outbox = w.outbox(store.clone());
+    assert_eq!(
+        publish(&outbox, &store, run_id).await,
+        ChangeState::Published
+    );
+    let reviews = w.fake.reviews(REPO, 2);
+    assert_eq!(
+        reviews.len(),
+        1,
+        "{:?}\n{:#?}",
+        store.run_change(run_id).await.unwrap().unwrap().publication,
+        w.write_lines()
+    );
+    let review = &reviews[0];
+    assert_eq!(review["event"], json!("COMMENT"));
+    let comments = review["comments"].as_array().unwrap();
+    assert_eq!(
+        comments.len(),
+        1,
+        "only the line inside the PR's hunks: {review:#}"
+    );
+    assert_eq!(comments[0]["path"], json!("fork.txt"));
+    assert_eq!(comments[0]["line"], json!(1));
+    assert_eq!(
+        comments[0]["body"],
+        json!("```suggestion\nfrom a fork, improved\n```")
+    );
+    assert!(
+        review["body"]
+            .as_str()
+            .unwrap()
+            .contains("1 part of the change falls outside"),
+        "{review:#}"
+    );
+    // Never a push: no Git Data, no ref, no pull request.
+    let lines = w.write_lines();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("/git/") && !l.starts_with("POST /repos/acme/widgets/pulls ")),
+        "{lines:#?}"
+    );
+    // The whole patch is in the check run's text.
+    let runs = w.fake.check_runs(REPO);
+    let text = runs
+        .iter()
+        .filter_map(|c| c["output"]["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("+hello world"), "{runs:#?}");
+    // Reports and the review only: nothing else written.
+    assert!(
+        lines.iter().all(|l| l.contains("/check-runs")
+            || l.contains("/issues/2/comments")
+            || l.contains("/issues/comments/")
+            || l.contains("/pulls/2/reviews")),
+        "{lines:#?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn refused_changes_say_why_and_write_nothing_to_github() {
+    let w = world().await;
+    let token = format!("ghs_{}", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8");
+    let cases: Vec<(&str, Arc<Editor>, &str)> = vec![
+        (
+            "workflow",
+            editor("ci", |d| write(d, ".github/workflows/ci.yml", "on: push\n")),
+            "allow_workflow_changes",
+        ),
+        (
+            "secret",
+            {
+                let token = token.clone();
+                editor("config", move |d| {
+                    write(d, "config.py", &format!("TOKEN = \"{token}\"\n"))
+                })
+            },
+            "line 1 of `config.py` adds what looks like a secret (github-token)",
+        ),
+        (
+            "symlink",
+            editor("link", |d| {
+                std::os::unix::fs::symlink("/etc/passwd", d.join("passwd")).unwrap()
+            }),
+            "`passwd` is a symlink to `/etc/passwd`, outside the repository",
+        ),
+    ];
+    for (name, agent, why) in cases {
+        let set = workflows(&[ISSUE_WORKFLOW], &["editor", "command"]);
+        let agents = AgentMap::new().with(agent).with(command_agent());
+        let t = TestEngine::start(set, agents, w.config()).await;
+        let store: Arc<dyn RunStore> = t.store.clone();
+        let run_id = start(&t, "fix", "issues", &issue_payload(7, name)).await;
+        let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
+        assert_eq!(snap.run.state, RunState::Failed, "{name}");
+        let code = snap.step("code").unwrap();
+        assert_eq!(code.state, StepState::Failed, "{name}");
+        let error = code.error.clone().unwrap_or_default();
+        assert!(error.contains(why), "{name}: {error}");
+        let change = store.run_change(run_id).await.unwrap().unwrap();
+        assert_eq!(change.state, ChangeState::Refused, "{name}");
+        let outbox = w.outbox(store.clone());
+        outbox.pass().await.unwrap();
+        outbox.pass().await.unwrap();
+        // The issue's report says why; no Git Data, no branch, no PR.
+        let lines = w.write_lines();
+        assert!(
+            lines.iter().all(
+                |l| l.starts_with("POST /repos/acme/widgets/issues/7/comments")
+                    || l.starts_with("PATCH /repos/acme/widgets/issues/comments/")
+            ),
+            "{name}: {lines:#?}"
+        );
+        let reported = w
+            .fake
+            .comments(REPO, 7)
+            .iter()
+            .any(|c| c["body"].as_str().unwrap().contains("Change refused"));
+        assert!(reported, "{name}: {:#?}", w.fake.comments(REPO, 7));
+        // The token is in no report.
+        assert!(
+            w.fake
+                .comments(REPO, 7)
+                .iter()
+                .all(|c| !c["body"].as_str().unwrap().contains(&token)),
+            "{name}"
+        );
+        t.stop().await;
+    }
+}
+
+/// A kill at each write of the loop: the publisher is dropped while GitHub
+/// holds the request, GitHub then completes it (nobody reads the answer),
+/// and a new publisher finishes the job: one branch, one commit on it, one
+/// pull request, one linking comment.
+#[tokio::test]
+async fn a_kill_at_any_write_leaves_one_branch_one_commit_and_one_pr() {
+    for (method, suffix) in [
+        ("POST", "/git/blobs"),
+        ("POST", "/git/trees"),
+        ("POST", "/git/commits"),
+        ("POST", "/git/refs"),
+        ("POST", "/pulls"),
+        ("POST", "/issues/7/comments"),
+    ] {
+        let w = world().await;
+        let set = workflows(&[ISSUE_WORKFLOW], &["editor", "command"]);
+        let agents = AgentMap::new()
+            .with(editor("done", |d| {
+                write(d, "agent-note.txt", "note\n");
+                write(d, "src/new.rs", "pub fn new() {}\n");
+            }))
+            .with(command_agent());
+        let t = TestEngine::start(set, agents, w.config()).await;
+        let store: Arc<dyn RunStore> = t.store.clone();
+        let run_id = start(&t, "fix", "issues", &issue_payload(7, "kill")).await;
+        let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
+        assert_eq!(
+            snap.run.state,
+            RunState::Succeeded,
+            "{method} {suffix}: {} / {}",
+            output_of(&snap, "code"),
+            output_of(&snap, "describe")
+        );
+        let hold = w.fake.hold(method, suffix);
+        let first = w.outbox(store.clone());
+        let killed = tokio::spawn(async move {
+            let _ = first.pass().await;
+        });
+        tokio::time::timeout(Duration::from_secs(30), hold.arrived())
+            .await
+            .unwrap_or_else(|_| panic!("{method} {suffix} never arrived"));
+        killed.abort();
+        let _ = killed.await;
+        hold.release();
+        // A new process: a new client and outbox on the same database.
+        let w2_github = w.github.clone();
+        let _ = w2_github;
+        let outbox = w.outbox(store.clone());
+        assert_eq!(
+            publish(&outbox, &store, run_id).await,
+            ChangeState::Published,
+            "{method} {suffix}"
+        );
+        let branch = format!("taskmaster/fix-7-{run_id}");
+        let head = w.fake.branch_sha(REPO, &branch).expect("the branch");
+        assert_eq!(
+            w.fake.commit_info(REPO, &head)["parents"],
+            json!([w.base]),
+            "{method} {suffix}: one commit on the base"
+        );
+        assert_eq!(
+            w.fake.file_at(REPO, &branch, "src/new.rs").as_deref(),
+            Some("pub fn new() {}\n")
+        );
+        let pulls: Vec<Value> = w
+            .fake
+            .pulls(REPO)
+            .into_iter()
+            .filter(|p| {
+                p["head"]["ref"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("taskmaster/")
+            })
+            .collect();
+        assert_eq!(pulls.len(), 1, "{method} {suffix}: {pulls:#?}");
+        let lines = w.write_lines();
+        let refs = lines
+            .iter()
+            .filter(|l| l.starts_with("POST /repos/acme/widgets/git/refs 201"))
+            .count();
+        assert_eq!(refs, 1, "{method} {suffix}: {lines:#?}");
+        let links = w
+            .fake
+            .comments(REPO, 7)
+            .iter()
+            .filter(|c| {
+                c["body"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("<!-- taskmaster:pull-request run={run_id} -->"))
+            })
+            .count();
+        assert_eq!(links, 1, "{method} {suffix}");
+        t.stop().await;
+    }
+}

@@ -248,6 +248,47 @@ async fn execute_runs_a_workflow_to_the_end_and_shows_it() {
     assert_eq!(entry["actor"], "operator-token");
     assert_eq!(entry["actor_kind"], "api_token");
     assert_eq!(entry["target"], format!("run:{id}"));
+    // No step changed files: no `changes`.
+    assert!(detail["changes"].is_null(), "{detail}");
+    // A harvested change shows with its files, diff and state.
+    let change = taskmaster::workspace::Change {
+        base_sha: "b".repeat(40),
+        files: vec![taskmaster::workspace::ChangedFile {
+            path: "src/lib.rs".into(),
+            status: taskmaster::workspace::FileStatus::Modified,
+            old_mode: Some("100644".into()),
+            new_mode: Some("100644".into()),
+            sha: Some("c".repeat(40)),
+            size: 12,
+            additions: 1,
+            deletions: 1,
+            binary: false,
+        }],
+        additions: 1,
+        deletions: 1,
+        diff: "--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-a\n+b\n".into(),
+        ..Default::default()
+    };
+    api.store
+        .record_change(id, "check", &change, None)
+        .await
+        .unwrap();
+    let (_, detail) = api
+        .call(
+            Some(Role::Viewer),
+            Method::GET,
+            &format!("/api/workflows/{id}"),
+            None,
+        )
+        .await;
+    let changes = &detail["changes"];
+    assert_eq!(changes["state"], "pending", "{detail}");
+    assert_eq!(changes["step"], "check");
+    assert_eq!(changes["files"][0]["path"], "src/lib.rs");
+    assert_eq!(changes["files"][0]["status"], "modified");
+    assert_eq!(changes["additions"], 1);
+    assert!(changes["diff"].as_str().unwrap().contains("+b"));
+    assert!(changes.get("blobs").is_none());
     api.stop().await;
 }
 

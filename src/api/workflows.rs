@@ -250,6 +250,121 @@ pub struct RunDetail {
     pub attempts: Vec<AttemptView>,
     /// Oldest first.
     pub timeline: Vec<TimelineEntry>,
+    /// What the run changed in its checkout and where that went; absent
+    /// when no step with `changes: true` has ended yet.
+    pub changes: Option<ChangesView>,
+}
+
+/// A run's change: the latest harvest of its workspace and its way to GitHub.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangesView {
+    /// `pending` (sent once the run succeeds), `published`, `refused`,
+    /// `empty`, `failed` or `dry_run`.
+    pub state: String,
+    /// The step whose end harvested it.
+    pub step: String,
+    /// The commit it is on (the run's checkout).
+    pub base_sha: String,
+    pub files: Vec<ChangedFileView>,
+    pub additions: u64,
+    pub deletions: u64,
+    /// The unified diff, cut at 512 KB (`diff_truncated`).
+    pub diff: String,
+    pub diff_truncated: bool,
+    /// Why the policy refused it (nothing was sent).
+    pub refused: Option<String>,
+    /// Why sending it failed, or the last transient error.
+    pub error: Option<String>,
+    /// `new_pull_request`, `head_branch`, `pull_request_on_head`,
+    /// `suggestions` or `linked`, once decided.
+    pub target: Option<String>,
+    /// The branch the commit is on.
+    pub branch: Option<String>,
+    /// The commit made on GitHub.
+    pub commit: Option<String>,
+    /// The pull request proposing it (or the one it was committed onto).
+    pub pull_request: Option<PullRequestView>,
+    /// Inline suggestions sent (fork pull requests).
+    pub suggestions: u64,
+    /// A note (why a new branch, dry run, …).
+    pub note: Option<String>,
+    /// Dry run: the pull request that would have been opened.
+    #[schema(value_type = Option<Object>)]
+    pub would_open: Option<serde_json::Value>,
+}
+
+/// One changed path.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangedFileView {
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `type_changed`.
+    pub status: String,
+    /// Git modes (`100644`, `100755`, `120000`), absent for an added or deleted side.
+    pub old_mode: Option<String>,
+    pub new_mode: Option<String>,
+    pub additions: u64,
+    pub deletions: u64,
+    /// Bytes of the new content.
+    pub size: u64,
+    pub binary: bool,
+}
+
+/// A pull request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PullRequestView {
+    pub number: u64,
+    pub url: String,
+    pub draft: bool,
+}
+
+impl From<crate::store::RunChange> for ChangesView {
+    fn from(c: crate::store::RunChange) -> Self {
+        let p = c.publication;
+        ChangesView {
+            state: c.state.as_str().into(),
+            step: c.step,
+            base_sha: c.change.base_sha.clone(),
+            files: c
+                .change
+                .files
+                .iter()
+                .map(|f| ChangedFileView {
+                    path: f.path.clone(),
+                    status: serde_json::to_value(f.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    old_mode: f.old_mode.clone(),
+                    new_mode: f.new_mode.clone(),
+                    additions: f.additions,
+                    deletions: f.deletions,
+                    size: f.size,
+                    binary: f.binary,
+                })
+                .collect(),
+            additions: c.change.additions,
+            deletions: c.change.deletions,
+            diff: c.change.diff,
+            diff_truncated: c.change.diff_truncated,
+            refused: c.refused,
+            error: c.last_error,
+            target: p.target.and_then(|t| {
+                serde_json::to_value(t)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            branch: p.branch,
+            commit: p.commit,
+            pull_request: p.pull_request.map(|pr| PullRequestView {
+                number: pr.number,
+                url: pr.html_url,
+                draft: pr.draft,
+            }),
+            suggestions: p.suggestions,
+            note: p.note,
+            would_open: p.would_open,
+        }
+    }
 }
 
 /// A page of runs, newest first.
@@ -614,7 +729,9 @@ pub(super) async fn run_detail(state: &ApiState, id: i64) -> ApiResult<RunDetail
         .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let attempts = state.store.attempts(id).await?;
     let timeline = state.store.run_events(id).await?;
+    let changes = state.store.run_change(id).await?.map(ChangesView::from);
     Ok(RunDetail {
+        changes,
         run: snap.run.into(),
         steps: snap.steps.into_iter().map(StepView::from).collect(),
         attempts: attempts.into_iter().map(AttemptView::from).collect(),

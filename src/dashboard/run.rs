@@ -49,6 +49,7 @@ struct RunData {
     snap: RunSnapshot,
     attempts: Vec<AttemptRow>,
     events: Vec<RunEvent>,
+    change: Option<crate::store::RunChange>,
 }
 
 async fn load(state: &DashboardState, id: &str) -> Result<RunData, Response> {
@@ -70,10 +71,12 @@ async fn load(state: &DashboardState, id: &str) -> Result<RunData, Response> {
         .ok_or_else(|| error_page(StatusCode::NOT_FOUND, &format!("There is no run {id}.")))?;
     let attempts = store.attempts(id).await.map_err(internal)?;
     let events = store.run_events(id).await.map_err(internal)?;
+    let change = store.run_change(id).await.map_err(internal)?;
     Ok(RunData {
         snap,
         attempts,
         events,
+        change,
     })
 }
 
@@ -203,6 +206,10 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
             p.meta { "No attempt has started yet." }
         } @else {
             div.graph { (gantt(data)) }
+        }
+        @if let Some(change) = &data.change {
+            h2 #changes-heading { "Changes" }
+            (changes(change))
         }
         h2 { "Outputs" }
         (outputs(run.id, &data.snap.steps, session.filter(|s| s.can_control())))
@@ -421,6 +428,47 @@ fn outputs(run_id: i64, steps: &[StepRecord], operator: Option<&Session>) -> Mar
                     } @else {
                         pre { (o) }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The run's change: where it went (or why not), the files, and the diff.
+fn changes(change: &crate::store::RunChange) -> Markup {
+    let redactor = Redactor::default();
+    let c = &change.change;
+    let p = &change.publication;
+    html! {
+        div #changes data-state=(change.state.as_str()) {
+            @if let Some(text) = crate::publish::describe(change) {
+                p { (redactor.redact(&text)) }
+            }
+            @if let Some(pr) = &p.pull_request {
+                p { a #change-pr href=(pr.html_url) rel="noopener noreferrer" {
+                    "Pull request #" (pr.number) @if pr.draft { " (draft)" } } }
+            }
+            @if let Some(note) = &p.note { p.meta { (note) } }
+            @if !c.files.is_empty() {
+                div.table-wrap {
+                    table aria-labelledby="changes-heading" {
+                        thead { tr { th { "File" } th { "Change" } th { "+" } th { "−" } } }
+                        tbody {
+                            @for f in &c.files {
+                                tr {
+                                    td { code { (f.path) } }
+                                    td { (serde_json::to_value(f.status).ok().and_then(|v| v.as_str().map(|s| s.replace('_', " "))).unwrap_or_default())
+                                         @if f.new_mode.as_deref() == Some("120000") { " (symlink)" } }
+                                    td { @if f.binary { "binary" } @else { (f.additions) } }
+                                    td { @if f.binary { "" } @else { (f.deletions) } }
+                                }
+                            }
+                        }
+                    }
+                }
+                details {
+                    summary { "Diff" @if c.diff_truncated { " (cut)" } }
+                    pre { (redactor.redact(&c.diff)) }
                 }
             }
         }

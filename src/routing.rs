@@ -23,7 +23,11 @@
 //! Task-type workflows (`on.task`) start when an *explicit* signal selects
 //! their type: a label (`hotfix`, `bug`, …), a head branch (`hotfix/*`), or a
 //! conventional-commit title prefix (`fix:`, `feat:`, `refactor:`). Keyword
-//! guesses classify the task but never start a workflow on their own.
+//! guesses classify the task but never start a workflow on their own. They
+//! start on issues unless `events` says otherwise, and a workflow that
+//! changes files (`changes: true`) starts on a pull request only from a
+//! label: a PR's title informs the review's classification, it never starts
+//! code generation on someone's pull request.
 
 use serde::Serialize;
 
@@ -346,6 +350,9 @@ fn route_pull_request(
         && t.events.iter().any(|e| e == "pull_request")
         && TASK_PR_ACTIONS.contains(&action)
         && task.task_type_signal.is_explicit()
+        // A workflow that writes code starts on someone's pull request only
+        // when a maintainer labels it, never from its title or branch name.
+        && (!wf.changes_files() || task.task_type_signal == crate::classify::Signal::Label)
         && t.types.contains(&task.task_type)
         && label_event_is_a_signal(action, added_label)
     {

@@ -126,25 +126,73 @@ fn an_opened_pull_request_starts_pr_processing() {
 }
 
 #[test]
-fn a_bug_label_also_starts_the_bugfix_workflow() {
-    // pull_request.opened.2 carries the `bug` label.
+fn a_bug_label_on_a_pull_request_classifies_the_review_but_writes_no_code() {
+    // pull_request.opened.2 carries the `bug` label: the review knows it is
+    // a bugfix, but the code-writing bugfix workflow starts from issues.
     let d = route_fixture("pull_request.opened.2", |_| {});
-    assert_eq!(outcome(&d), [("bugfix", true), ("pr_processing", true)]);
-    assert_eq!(
-        reason(&d, "bugfix"),
-        "pull request #2 (opened) is a bugfix task: label `bug` selects bugfix"
-    );
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
+    let task = d[0].classification.as_ref().unwrap();
+    assert_eq!(task.task_type, TaskType::Bugfix);
+    let d = route_fixture("pull_request.labeled", |_| {});
+    assert_eq!(outcome(&d), []);
 }
 
 #[test]
-fn adding_a_task_label_starts_the_task_workflow_once() {
-    let d = route_fixture("pull_request.labeled", |_| {});
-    assert_eq!(outcome(&d), [("bugfix", true)]);
+fn adding_a_task_label_to_an_issue_starts_the_task_workflow_once() {
+    let d = route_fixture("issues.labeled", |_| {});
+    assert_eq!(outcome(&d), [("bugfix", true), ("issue_triage", true)]);
     // Adding an unrelated label to a bug must not start it again.
-    let d = route_fixture("pull_request.labeled", |p| {
+    let d = route_fixture("issues.labeled", |p| {
         p["label"]["name"] = "documentation".into();
     });
-    assert_eq!(outcome(&d), []);
+    assert!(outcome(&d).iter().all(|(w, _)| *w != "bugfix"), "{d:#?}");
+}
+
+/// Point 10 of the bring-back issue: a repository may let labels start a
+/// code-writing task workflow on its pull requests, but a PR's title or
+/// branch never does.
+#[test]
+fn on_pull_requests_only_a_label_starts_a_workflow_that_writes_code() {
+    let set = WorkflowSet::from_sources(
+        vec![(
+            "fixer.yml".into(),
+            "name: fixer\non: { task: { types: [bugfix], events: [pull_request] } }\n\
+             steps:\n  code: { agent: claude-code, changes: true, prompt: fix }\n"
+                .into(),
+        )],
+        DEFAULT_AGENTS,
+    )
+    .unwrap();
+    let route_with = |name: &str, edit: &dyn Fn(&mut Value)| {
+        let mut payload = fixture(name);
+        edit(&mut payload);
+        let event = Event::parse("pull_request", &serde_json::to_vec(&payload).unwrap()).unwrap();
+        route(&event, &set)
+            .into_iter()
+            .map(|d| (d.workflow, d.start))
+            .collect::<Vec<_>>()
+    };
+    // The `bug` label, added by someone with triage rights: it starts.
+    assert_eq!(
+        route_with("pull_request.opened.2", &|_| {}),
+        [("fixer".to_owned(), true)]
+    );
+    // A `fix:` title or a `bugfix/` branch without the label: it does not.
+    let unlabeled = |p: &mut Value| p["pull_request"]["labels"] = serde_json::json!([]);
+    assert_eq!(
+        route_with("pull_request.opened.2", &|p| {
+            unlabeled(p);
+            p["pull_request"]["title"] = "fix: the README".into();
+        }),
+        []
+    );
+    assert_eq!(
+        route_with("pull_request.opened.2", &|p| {
+            unlabeled(p);
+            p["pull_request"]["head"]["ref"] = "hotfix/readme".into();
+        }),
+        []
+    );
 }
 
 #[test]
@@ -158,13 +206,13 @@ fn drafts_are_held_back_until_ready_for_review() {
     let d = route_fixture("pull_request.opened.2", |p| {
         p["pull_request"]["draft"] = true.into();
     });
-    assert_eq!(outcome(&d), [("bugfix", false), ("pr_processing", false)]);
+    assert_eq!(outcome(&d), [("pr_processing", false)]);
     assert_eq!(
         reason(&d, "pr_processing"),
         "pull request #2 is a draft; it starts when marked ready for review (or set `drafts: true`)"
     );
     let d = route_fixture("pull_request.ready_for_review", |_| {});
-    assert_eq!(outcome(&d), [("bugfix", true), ("pr_processing", true)]);
+    assert_eq!(outcome(&d), [("pr_processing", true)]);
     let d = route_fixture("pull_request.converted_to_draft", |_| {});
     assert_eq!(outcome(&d), []);
 }
@@ -228,18 +276,16 @@ fn a_hotfix_branch_selects_the_hotfix_workflows() {
     let d = route_fixture("pull_request.opened", |p| {
         p["pull_request"]["head"]["ref"] = "hotfix/login-500".into();
     });
+    // The branch classifies the PR as a hotfix (the review's priority) and
+    // starts the deployment workflow; the code-writing `hotfix` workflow
+    // starts from issues only.
     assert_eq!(
         outcome(&d),
-        [
-            ("hotfix", true),
-            ("hotfix_deployment", true),
-            ("pr_processing", true)
-        ]
+        [("hotfix_deployment", true), ("pr_processing", true)]
     );
     assert_eq!(
-        reason(&d, "hotfix"),
-        "pull request #2 (opened) is a hotfix task: branch `hotfix/login-500` starts with \
-`hotfix/`, which selects hotfix"
+        d[0].classification.as_ref().unwrap().task_type,
+        TaskType::Hotfix
     );
     assert_eq!(
         reason(&d, "hotfix_deployment"),
@@ -259,28 +305,34 @@ fn conventional_commit_titles_select_the_task_workflow() {
         ("feat(api): paginate repositories", "feature"),
         ("refactor: split the store module", "refactor"),
     ] {
+        // On a pull request the title classifies the review only.
         let d = route_fixture("pull_request.opened", |p| {
             p["pull_request"]["title"] = title.into();
         });
-        let mut want = vec![(workflow, true), ("pr_processing", true)];
-        want.sort();
-        assert_eq!(outcome(&d), want, "{title}");
+        assert_eq!(outcome(&d), [("pr_processing", true)], "{title}");
+        assert_eq!(
+            d[0].classification.as_ref().unwrap().task_type.to_string(),
+            workflow,
+            "{title}"
+        );
+        // On an issue it starts the task workflow.
+        let d = route_fixture("issues.opened", |p| {
+            p["issue"]["title"] = title.into();
+            p["issue"]["labels"] = serde_json::json!([]);
+        });
+        assert!(outcome(&d).contains(&(workflow, true)), "{title}: {d:#?}");
         assert!(
             reason(&d, workflow).contains("conventional commit"),
             "{title}"
         );
     }
-    // A feature branch also starts feature_integration.
+    // A feature branch starts feature_integration (a review), not feature.
     let d = route_fixture("pull_request.opened", |p| {
         p["pull_request"]["head"]["ref"] = "feature/dark-mode".into();
     });
     assert_eq!(
         outcome(&d),
-        [
-            ("feature", true),
-            ("feature_integration", true),
-            ("pr_processing", true)
-        ]
+        [("feature_integration", true), ("pr_processing", true)]
     );
 }
 

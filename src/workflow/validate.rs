@@ -595,11 +595,13 @@ issues, issue_comment (a `/run` command), task (a task type)",
                 "`task` needs `types`: the task types this workflow handles, e.g. `types: [bugfix]`",
             );
         }
+        // Issues only unless asked: code is written when someone asks for
+        // it, never because of how a pull request's title starts.
         let events = check_actions(
             check,
             t.events,
             &["pull_request", "issues"],
-            &["pull_request", "issues"],
+            &["issues"],
             "task",
         );
         triggers.task = Some(TaskTrigger {

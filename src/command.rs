@@ -29,6 +29,10 @@ use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 /// clear error rather than echoed back.
 pub const MAX_ARGUMENT_BYTES: usize = 200;
 
+/// Longest `/fix` instructions on the command's line, in bytes (the
+/// workflow reads the whole comment).
+pub const MAX_FIX_BYTES: usize = 4_000;
+
 /// One command a maintainer can give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -47,6 +51,9 @@ pub enum Command {
     Run { workflow: String },
     /// `/approve`: let a run waiting for approval (untrusted author) start.
     Approve,
+    /// `/fix [instructions]`: start the repository's fix workflow here, with
+    /// the comment as the request (untrusted data in prompts).
+    Fix { instructions: String },
     /// `/help`: reply with the commands and who may use them.
     Help,
 }
@@ -63,12 +70,13 @@ pub enum CommandKind {
     Status,
     Run,
     Approve,
+    Fix,
     Help,
 }
 
 impl CommandKind {
     /// Every command, in the order the help lists them.
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 9] = [
         CommandKind::Retry,
         CommandKind::Cancel,
         CommandKind::Pause,
@@ -76,6 +84,7 @@ impl CommandKind {
         CommandKind::Status,
         CommandKind::Run,
         CommandKind::Approve,
+        CommandKind::Fix,
         CommandKind::Help,
     ];
 
@@ -89,6 +98,7 @@ impl CommandKind {
             CommandKind::Status => "status",
             CommandKind::Run => "run",
             CommandKind::Approve => "approve",
+            CommandKind::Fix => "fix",
             CommandKind::Help => "help",
         }
     }
@@ -109,6 +119,11 @@ impl CommandKind {
                 "/approve",
                 "let a run waiting for approval (fork or untrusted author) start",
             ),
+            CommandKind::Fix => (
+                "/fix [what to change]",
+                "make the change asked for here and propose it (a commit, a pull request, or \
+                 suggestions on a fork's pull request)",
+            ),
             CommandKind::Help => ("/help", "show this help"),
         }
     }
@@ -122,7 +137,8 @@ impl CommandKind {
             | CommandKind::Pause
             | CommandKind::Resume
             | CommandKind::Run
-            | CommandKind::Approve => "write",
+            | CommandKind::Approve
+            | CommandKind::Fix => "write",
         }
     }
 
@@ -144,6 +160,7 @@ impl Command {
             Command::Status => CommandKind::Status,
             Command::Run { .. } => CommandKind::Run,
             Command::Approve => CommandKind::Approve,
+            Command::Fix { .. } => CommandKind::Fix,
             Command::Help => CommandKind::Help,
         }
     }
@@ -154,6 +171,9 @@ impl fmt::Display for Command {
         match self {
             Command::Retry { step: Some(step) } => write!(f, "/retry {step}"),
             Command::Run { workflow } => write!(f, "/run {workflow}"),
+            Command::Fix { instructions } if !instructions.is_empty() => {
+                write!(f, "/fix {instructions}")
+            }
             other => write!(f, "/{}", other.kind().name()),
         }
     }
@@ -284,6 +304,16 @@ fn strip_mention<'a>(text: &'a str, app_slug: &str) -> Option<&'a str> {
 }
 
 fn build(kind: CommandKind, args: &str) -> Result<Command, CommandError> {
+    if kind == CommandKind::Fix {
+        // Free text: what to change. The comment itself is the request the
+        // workflow sees; this is only echoed back.
+        if args.len() > MAX_FIX_BYTES {
+            return Err(CommandError::ArgumentsTooLong);
+        }
+        return Ok(Command::Fix {
+            instructions: args.to_owned(),
+        });
+    }
     if args.len() > MAX_ARGUMENT_BYTES {
         return Err(CommandError::ArgumentsTooLong);
     }
@@ -331,6 +361,7 @@ fn build(kind: CommandKind, args: &str) -> Result<Command, CommandError> {
         CommandKind::Status => no_args("status").map(|()| Command::Status)?,
         CommandKind::Approve => no_args("approve").map(|()| Command::Approve)?,
         CommandKind::Help => no_args("help").map(|()| Command::Help)?,
+        CommandKind::Fix => unreachable!("handled above"),
     })
 }
 

@@ -718,7 +718,65 @@ impl AppHandler {
                 }
             }
             Command::Run { workflow } => self.run_workflow(inv, event, workflow, config).await?,
+            Command::Fix { .. } => self.fix(inv, event, config).await?,
         })
+    }
+
+    /// `/fix [instructions]`: a run of the repository's fix workflow (the
+    /// one whose `on.issue_comment.command` is `fix`, else the one named
+    /// `fix`) on this PR or issue, started from this comment, so its prompts
+    /// read the comment as the request (`comment.body`, untrusted data).
+    /// Keyed by this delivery. Its change comes back as
+    /// [`crate::publish`] says: a commit on a same-repository PR, a review
+    /// of suggestions on a fork's, a draft pull request for an issue.
+    async fn fix(
+        &self,
+        inv: &Invocation<'_>,
+        event: &Event,
+        config: &Loaded,
+    ) -> Result<Outcome, HandlerError> {
+        let overridden = config.config.apply(self.engine.workflows());
+        let workflows = overridden.as_ref().unwrap_or(self.engine.workflows());
+        let wf = workflows
+            .iter()
+            .find(|w| {
+                w.triggers
+                    .issue_comment
+                    .as_ref()
+                    .is_some_and(|t| t.command == "fix")
+            })
+            .or_else(|| workflows.get("fix"))
+            .filter(|w| config.config.workflow_enabled(&w.name, w.enabled));
+        let Some(wf) = wf else {
+            return Ok(Outcome::Refused(
+                "this repository has no fix workflow turned on: taskmaster ships \
+                 `workflows/fix.yml` (a workflow with `on: { issue_comment: { command: fix } }` \
+                 and a step with `changes: true`)."
+                    .into(),
+            ));
+        };
+        if !wf.changes_files() {
+            return Ok(Outcome::Refused(format!(
+                "the fix workflow `{}` changes no files: give its coding step `changes: true`.",
+                wf.name
+            )));
+        }
+        let estimates = self.store.step_estimates(&wf.name).await?;
+        let classification = route(event, workflows)
+            .into_iter()
+            .find_map(|d| d.classification);
+        let run = new_run(
+            workflows,
+            wf,
+            event,
+            &inv.delivery.delivery_id,
+            &format!("@{} asked for a fix (`/fix`)", inv.actor.login),
+            classification,
+            None,
+            &estimates,
+            crate::engine::EngineConfig::default().default_estimate_ms,
+        );
+        Ok(Outcome::Start(vec![run]))
     }
 
     /// `/run <workflow>` (and the Re-run button): a new run of `workflow`

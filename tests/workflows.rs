@@ -23,6 +23,7 @@ fn every_shipped_workflow_validates() {
             "experimental",
             "feature",
             "feature_integration",
+            "fix",
             "hotfix",
             "hotfix_deployment",
             "issue_triage",
@@ -56,7 +57,7 @@ fn broken_files_report_file_line_column_and_what_is_expected() {
             "unknown_key.yml",
             &[&*format!(
                 "broken/unknown_key.yml:6:5: unknown field `agnet`, expected one of name, agent, \
-fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation, changes {SCHEMA}"
+fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation, changes, pull_request {SCHEMA}"
             )],
         ),
         (
@@ -217,6 +218,60 @@ must be unique"
     assert!(
         err.to_string()
             .ends_with("2 errors in the workflow definitions")
+    );
+}
+
+#[test]
+fn the_pull_request_step_is_one_and_needs_a_change_to_propose() {
+    let two = "name: two\non: {issues: {}}\nsteps:\n  a: {agent: claude-code, changes: true, pull_request: true, prompt: x}\n  b: {agent: claude-code, pull_request: true, prompt: y}\n";
+    let none = "name: none\non: {issues: {}}\nsteps:\n  a: {agent: claude-code, pull_request: true, prompt: x}\n";
+    let err = WorkflowSet::from_sources(
+        vec![
+            ("two.yml".into(), two.into()),
+            ("none.yml".into(), none.into()),
+        ],
+        DEFAULT_AGENTS,
+    )
+    .unwrap_err();
+    let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("none.yml:4:3: `pull_request: true` needs a change to propose"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("two.yml:5:3: `pull_request: true` is also set on step `a`"),
+        "{lines:#?}"
+    );
+    // The shipped code-writing workflows name their pull request step, and
+    // start from issues or commands, never from a pull request's title.
+    let set = shipped();
+    for name in [
+        "default",
+        "hotfix",
+        "feature",
+        "bugfix",
+        "refactor",
+        "experimental",
+        "fix",
+    ] {
+        let wf = set.get(name).unwrap();
+        assert!(wf.changes_files(), "{name}");
+        assert!(wf.pull_request_step().is_some(), "{name}");
+        assert!(wf.triggers.pull_request.is_none(), "{name}");
+        if let Some(task) = &wf.triggers.task {
+            assert_eq!(task.events, ["issues"], "{name}");
+        }
+    }
+    assert_eq!(
+        set.get("fix")
+            .unwrap()
+            .triggers
+            .issue_comment
+            .as_ref()
+            .unwrap()
+            .command,
+        "fix"
     );
 }
 

@@ -682,6 +682,32 @@ unique id",
         .map(|(k, _)| k.value.as_str())
         .collect();
 
+    // `pull_request: true`: one step at most, in a workflow that changes files.
+    let pr_steps: Vec<&Spanned<String>> = raw_steps
+        .entries
+        .iter()
+        .filter(|(_, s)| s.pull_request)
+        .map(|(k, _)| k)
+        .collect();
+    if let [_, second, ..] = pr_steps.as_slice() {
+        check.err(
+            second,
+            format!(
+                "`pull_request: true` is also set on step `{}`: one step's output is the pull \
+request's text; keep it on one",
+                pr_steps[0].value
+            ),
+        );
+    }
+    let any_changes = workflow_changes || raw_steps.entries.iter().any(|(_, s)| s.changes);
+    if let (Some(first), false) = (pr_steps.first(), any_changes) {
+        check.err(
+            first,
+            "`pull_request: true` needs a change to propose: give the step that edits files \
+`changes: true`",
+        );
+    }
+
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..raw_steps.entries.len())
         .map(|i| graph.add_node(i))

@@ -294,7 +294,7 @@ async fn run(
         store.clone(),
         workflows,
         agents,
-        engine_config(&settings, github)?,
+        engine_config(&settings, github.clone())?,
     );
     let mut transitions = engine.subscribe();
     let stop = CancellationToken::new();
@@ -374,11 +374,67 @@ async fn run(
             s.agent
         );
     }
+    print_change(&settings, &store, &github, run_id).await?;
     if outcome.run.state == RunState::Succeeded {
         Ok(())
     } else {
         anyhow::bail!("run {run_id} ended {}", outcome.run.state)
     }
+}
+
+/// `taskmaster run`'s account of the run's change: where it went (in dry
+/// run, the commit and pull request it would have made are recorded now),
+/// the files, and the diff.
+async fn print_change(
+    settings: &Settings,
+    store: &Arc<dyn taskmaster::store::RunStore>,
+    github: &Arc<dyn github::GitHub>,
+    run_id: i64,
+) -> anyhow::Result<()> {
+    use taskmaster::store::ChangeState;
+    let Some(mut change) = store.run_change(run_id).await? else {
+        return Ok(());
+    };
+    if change.state == ChangeState::Pending && github.is_dry_run() {
+        let publisher = taskmaster::publish::Publisher::new(
+            store.clone(),
+            github.clone(),
+            settings.public_url.clone(),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        publisher.pass().await?;
+        if let Some(again) = store.run_change(run_id).await? {
+            change = again;
+        }
+    }
+    println!();
+    if let Some(text) = taskmaster::publish::describe(&change) {
+        println!("change: {text}");
+    }
+    if change.state == ChangeState::Pending {
+        println!("  (stored with the run: `taskmaster serve` on this database sends it to GitHub)");
+    }
+    for f in &change.change.files {
+        println!(
+            "  {:<12} {:>5} {:>5}  {}",
+            serde_json::to_value(f.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            format!("+{}", f.additions),
+            format!("-{}", f.deletions),
+            f.path
+        );
+    }
+    if !change.change.diff.is_empty() {
+        println!();
+        print!("{}", change.change.diff);
+        if change.change.diff_truncated {
+            println!("[diff cut; the whole change is in the run's record]");
+        }
+    }
+    Ok(())
 }
 
 /// `taskmaster token create|revoke|list`: API tokens, straight in the

@@ -292,3 +292,77 @@ async fn a_sigkill_at_each_write_then_a_restart_leaves_one_branch_one_commit_one
         drop(service);
     }
 }
+
+/// Without App credentials (dry run), `taskmaster run` records the commit
+/// and pull request it would have made, prints the change and its diff,
+/// and sends nothing.
+#[tokio::test]
+async fn taskmaster_run_in_dry_run_prints_the_diff_and_records_the_would_be_pr() {
+    let w = world().await;
+    let payload = w.dir.path().join("comment.json");
+    std::fs::write(
+        &payload,
+        fix_comment("maintainer", 30, "/fix add the notes file"),
+    )
+    .unwrap();
+    let db = w.dir.path().join("dry.db");
+    // Async: the git server answers on this test's runtime.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+        .args(["run", "fix", "--event-name", "issue_comment", "--event"])
+        .arg(&payload)
+        .arg("--workflows")
+        .arg(w.dir.path().join("workflows"))
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--data-dir")
+        .arg(w.dir.path().join("data"))
+        .args([
+            "--git-url",
+            &w.git.base_url,
+            "--min-free-disk-mb",
+            "0",
+            "--log",
+            "error",
+        ])
+        .env_remove("GITHUB_APP_ID")
+        .env_remove("GITHUB_PRIVATE_KEY")
+        .env_remove("GITHUB_PRIVATE_KEY_PATH")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("change: Dry run: a change of 1 file (+1 −0) was recorded, not sent."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("added           +1    -0  NOTES.md"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("+fixed as asked"), "{stdout}");
+    // Recorded with the run: the would-be pull request.
+    let store = taskmaster::store::SqliteStore::open(db.to_str().unwrap())
+        .await
+        .unwrap();
+    let change = taskmaster::store::ChangeStore::run_change(&store, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.state, taskmaster::store::ChangeState::DryRun);
+    let would = change.publication.would_open.unwrap();
+    assert_eq!(would["title"], json!("Add the notes file"));
+    assert!(
+        would["branch"]
+            .as_str()
+            .unwrap()
+            .starts_with("taskmaster/fix-7-")
+    );
+    assert!(would["body"].as_str().unwrap().contains("Closes #7"));
+    // Nothing reached GitHub.
+    assert!(w.fake.requests().is_empty(), "{:#?}", w.fake.requests());
+}

@@ -98,7 +98,11 @@ pub fn app_manifest(name: &str, public_url: &str) -> Value {
             "checks": "write",
             "pull_requests": "write",
             "issues": "write",
-            "contents": "read",
+            // Commits of agents' changes through the Git Data API. The
+            // `workflows` permission stays off: a change to
+            // `.github/workflows/` is refused unless a workflow allows it
+            // and the owner grants the App that permission by hand.
+            "contents": "write",
             "metadata": "read",
         },
         "default_events": APP_EVENTS,
@@ -257,7 +261,9 @@ mod tests {
         );
         assert_eq!(m["redirect_url"], "https://tm.example.com/setup/callback");
         assert_eq!(m["default_permissions"]["checks"], "write");
-        assert_eq!(m["default_permissions"]["contents"], "read");
+        assert_eq!(m["default_permissions"]["contents"], "write");
+        assert_eq!(m["default_permissions"]["pull_requests"], "write");
+        assert!(m["default_permissions"].get("workflows").is_none());
         let events: Vec<&str> = m["default_events"]
             .as_array()
             .unwrap()

@@ -267,7 +267,7 @@ async fn an_invalid_file_is_reported_with_its_line_and_the_defaults_apply() {
         .t
         .store
         .effects_for(
-            "config:Codertocat/Hello-World:.github/taskmaster.yml:3:3: `deploy` is not a command (commands: retry, cancel, pause, resume, status, run, approve, help)",
+            "config:Codertocat/Hello-World:.github/taskmaster.yml:3:3: `deploy` is not a command (commands: retry, cancel, pause, resume, status, run, approve, fix, help)",
         )
         .await
         .unwrap();

@@ -1528,7 +1528,162 @@ async fn a_recorded_result_hands_what_it_made_ready_to_the_same_claim(b: Backend
     );
 }
 
+async fn changes_wait_for_success_keep_progress_and_resend_reports(b: Backend) {
+    use taskmaster::store::{ChangeState, Publication, PublishTarget};
+    let store = &b.store;
+    let (engine, planner) = idle_engine(store, &[ONE]);
+    // A payload with its installation: the run is reported.
+    let mut payload: serde_json::Value = serde_json::from_slice(&pr_payload()).unwrap();
+    payload["installation"] = serde_json::json!({ "id": 42 });
+    let payload = serde_json::to_vec(&payload).unwrap();
+    let run = engine
+        .start_run("one", "pull_request", &payload, "change-1")
+        .await
+        .unwrap()
+        .run_id;
+    assert!(store.run_change(run).await.unwrap().is_none());
+    let change = taskmaster::workspace::Change {
+        base_sha: "a".repeat(40),
+        files: vec![taskmaster::workspace::ChangedFile {
+            path: "a.txt".into(),
+            status: taskmaster::workspace::FileStatus::Added,
+            old_mode: None,
+            new_mode: Some("100644".into()),
+            sha: Some("b".repeat(40)),
+            size: 3,
+            additions: 1,
+            deletions: 0,
+            binary: false,
+        }],
+        additions: 1,
+        blobs: [("b".repeat(40), "YWJj".to_owned())].into_iter().collect(),
+        ..Default::default()
+    };
+    store
+        .record_change(run, "work", &change, None)
+        .await
+        .unwrap();
+    let stored = store.run_change(run).await.unwrap().unwrap();
+    assert_eq!(stored.state, ChangeState::Pending);
+    assert_eq!(stored.change, change, "blobs and all, byte for byte");
+    // Not sent while the run is not done.
+    assert!(
+        store
+            .changes_to_publish(now_ms(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store
+        .claim_steps("worker", &limits(10, 5000))
+        .await
+        .unwrap();
+    store
+        .finish_step(
+            &claimed[0].lease,
+            Some(&attempt_ok()),
+            &success("done"),
+            ("step_succeeded", "ok"),
+            &planner,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.changes_to_publish(now_ms(), 10).await.unwrap(), [run]);
+    // Progress is kept; a transient failure backs off.
+    let mut p = Publication {
+        target: Some(PublishTarget::NewPullRequest),
+        tree: Some("c".repeat(40)),
+        ..Default::default()
+    };
+    store.save_publication(run, &p).await.unwrap();
+    store
+        .retry_publication(run, "502", now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .changes_to_publish(now_ms(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = store.run_change(run).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.attempts, stored.publication.clone()),
+        (1, p.clone())
+    );
+    // Published: not offered again, the report is due again, the timeline says so.
+    store
+        .record_report(
+            run,
+            &taskmaster::store::ReportOutcome::Reported {
+                fingerprint: "f".into(),
+                state: "succeeded".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .report_candidates(now_ms(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    p.commit = Some("d".repeat(40));
+    store
+        .finish_publication(run, ChangeState::Published, &p, None, "opened #9")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .changes_to_publish(now_ms() + 120_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.report_candidates(now_ms(), 10).await.unwrap().len(),
+        1
+    );
+    let events = store.run_events(run).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "changes" && e.detail == "1 file changed (+1 −0)")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "published" && e.detail == "opened #9")
+    );
+    // A later harvest never replaces a published change.
+    store
+        .record_change(run, "work", &taskmaster::workspace::Change::default(), None)
+        .await
+        .unwrap();
+    let stored = store.run_change(run).await.unwrap().unwrap();
+    assert_eq!(stored.state, ChangeState::Published);
+    assert_eq!(stored.publication.commit, p.commit);
+    // A refused change says why.
+    let run2 = engine
+        .start_run("one", "pull_request", &pr_payload(), "change-2")
+        .await
+        .unwrap()
+        .run_id;
+    store
+        .record_change(run2, "work", &change, Some("a secret"))
+        .await
+        .unwrap();
+    let refused = store.run_change(run2).await.unwrap().unwrap();
+    assert_eq!(
+        (refused.state, refused.refused.as_deref()),
+        (ChangeState::Refused, Some("a secret"))
+    );
+}
+
 both_backends!(
+    changes_wait_for_success_keep_progress_and_resend_reports,
     staged_deliveries_answer_like_inserted_ones_once_durable,
     a_recorded_result_hands_what_it_made_ready_to_the_same_claim,
     a_cancelled_run_still_hands_out_only_its_cleanup_steps,

@@ -69,6 +69,7 @@ impl Agent for Timed {
             usage: Usage::default(),
             retry_after: None,
             web_url: None,
+            pull_requests: Vec::new(),
         }
     }
     async fn health(&self) -> Health {

@@ -399,6 +399,11 @@ impl Publisher {
         };
         let repo = &subject.repo;
         let run_id = snap.run.id;
+        // The agent opened its own pull requests (Codegen): link them, and
+        // open none.
+        if !change.linked_pull_requests.is_empty() {
+            return self.link(snap, rc, subject, p).await;
+        }
         // Where it goes, decided once.
         let mut head = None;
         if p.target.is_none() {
@@ -670,6 +675,48 @@ impl Publisher {
         ))
     }
 
+    /// The agent's own pull requests, linked from a comment where the run
+    /// was asked for.
+    async fn link(
+        &self,
+        snap: &RunSnapshot,
+        rc: &RunChange,
+        subject: &Subject,
+        p: &mut Publication,
+    ) -> Result<String, Failure> {
+        let run_id = snap.run.id;
+        p.target = Some(PublishTarget::Linked);
+        p.linked = rc.change.linked_pull_requests.clone();
+        if subject.number > 0 {
+            let marker = format!("<!-- taskmaster:pull-request run={run_id} -->");
+            let mut body = format!(
+                "{marker}\nThe `{}` workflow's agent opened its pull request{} itself \
+                 ([run {run_id}]({})):\n",
+                snap.run.workflow,
+                if p.linked.len() == 1 { "" } else { "s" },
+                self.run_link(run_id),
+            );
+            for url in &p.linked {
+                body.push_str(&format!("- {url}\n"));
+            }
+            let id = upsert_sticky_comment(
+                self.github.as_ref(),
+                subject.installation,
+                &subject.repo,
+                subject.number,
+                p.comment_id.map(crate::github::CommentId),
+                &marker,
+                &body,
+            )
+            .await?;
+            p.comment_id = Some(id.0);
+        }
+        Ok(format!(
+            "linked the pull request(s) the agent opened: {}",
+            p.linked.join(", ")
+        ))
+    }
+
     /// A fork's pull request: one `COMMENT` review with suggestion blocks.
     async fn suggest(
         &self,
@@ -831,6 +878,10 @@ pub fn describe(change: &RunChange) -> Option<String> {
                 if pr.draft { "draft " } else { "" },
                 pr.number,
                 p.branch.as_deref().unwrap_or("")
+            ),
+            (Some(PublishTarget::Linked), _) => format!(
+                "The agent opened its own pull request(s): {}.",
+                p.linked.join(", ")
             ),
             _ => format!("Sent {files}."),
         },

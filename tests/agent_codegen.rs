@@ -111,6 +111,8 @@ async fn create_then_poll_through_pending_running_complete() {
         outcome.web_url.as_deref(),
         Some("https://codegen.com/agent/trace/1001")
     );
+    // The pull requests Codegen opened, for taskmaster to link (not open again).
+    assert_eq!(outcome.pull_requests, ["https://github.com/o/r/pull/12"]);
     let gets = server
         .received_requests()
         .await

@@ -76,6 +76,7 @@ impl Agent for Editor {
             usage: Usage::default(),
             retry_after: None,
             web_url: None,
+            pull_requests: Vec::new(),
         }
     }
     async fn health(&self) -> Health {
@@ -821,6 +822,81 @@ async fn refused_changes_say_why_and_write_nothing_to_github() {
         );
         t.stop().await;
     }
+}
+
+/// An agent that opened its own pull request (Codegen does): it is
+/// linked from the issue, and taskmaster opens none and writes no code.
+#[tokio::test]
+async fn pull_requests_the_agent_opened_itself_are_linked_not_opened_again() {
+    #[derive(Debug)]
+    struct OpensItsOwn;
+    #[async_trait]
+    impl Agent for OpensItsOwn {
+        fn name(&self) -> &str {
+            "editor"
+        }
+        fn kind(&self) -> AgentKind {
+            AgentKind::Codegen
+        }
+        async fn run(&self, _attempt: AttemptRequest) -> AttemptOutcome {
+            AttemptOutcome {
+                failure: None,
+                output: Output::from_text("Opened a PR.", &Default::default(), 1000),
+                duration: Duration::from_millis(1),
+                usage: Usage::default(),
+                retry_after: None,
+                web_url: None,
+                pull_requests: vec!["https://github.com/acme/widgets/pull/55".into()],
+            }
+        }
+        async fn health(&self) -> Health {
+            Health {
+                reachable: true,
+                latency: Duration::ZERO,
+                detail: String::new(),
+            }
+        }
+    }
+    let w = world().await;
+    let set = workflows(&[ISSUE_WORKFLOW], &["editor", "command"]);
+    let agents = AgentMap::new()
+        .with(Arc::new(OpensItsOwn))
+        .with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(&t, "fix", "issues", &issue_payload(7, "codegen")).await;
+    let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
+    assert_eq!(
+        snap.run.state,
+        RunState::Succeeded,
+        "{} / {}",
+        output_of(&snap, "code"),
+        output_of(&snap, "describe")
+    );
+    let outbox = w.outbox(store.clone());
+    assert_eq!(
+        publish(&outbox, &store, run_id).await,
+        ChangeState::Published
+    );
+    let change = store.run_change(run_id).await.unwrap().unwrap();
+    assert_eq!(change.publication.target, Some(PublishTarget::Linked));
+    assert!(w.fake.pulls(REPO).iter().all(|p| p["number"] != json!(100)));
+    let lines = w.write_lines();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("/git/") && !l.contains("/pulls")),
+        "{lines:#?}"
+    );
+    assert!(
+        w.fake.comments(REPO, 7).iter().any(|c| c["body"]
+            .as_str()
+            .unwrap()
+            .contains("- https://github.com/acme/widgets/pull/55")),
+        "{:#?}",
+        w.fake.comments(REPO, 7)
+    );
+    t.stop().await;
 }
 
 /// A kill at each write of the loop: the publisher is dropped while GitHub

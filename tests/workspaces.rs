@@ -162,6 +162,7 @@ fn answered(text: &str, took: Duration) -> AttemptOutcome {
         usage: Usage::default(),
         retry_after: None,
         web_url: None,
+        pull_requests: Vec::new(),
     }
 }
 

@@ -470,6 +470,14 @@ impl Agent for CodegenAgent {
                 RunState::Succeeded => {
                     let mut o = AttemptOutcome::success(out.output(&Self::render(&run)), started);
                     o.web_url = run.web_url.clone();
+                    // Only links on GitHub: the URLs are shown and stored.
+                    o.pull_requests = run
+                        .github_pull_requests
+                        .iter()
+                        .flatten()
+                        .filter_map(|pr| pr.url.clone())
+                        .filter(|u| u.starts_with("https://"))
+                        .collect();
                     return o;
                 }
                 RunState::Failed => {

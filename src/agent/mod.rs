@@ -199,6 +199,9 @@ pub struct AttemptOutcome {
     pub retry_after: Option<Duration>,
     /// A link to the agent's own view of the attempt (Codegen `web_url`).
     pub web_url: Option<String>,
+    /// Pull requests the agent opened itself (Codegen's
+    /// `github_pull_requests[].url`): linked, never opened again.
+    pub pull_requests: Vec<String>,
 }
 
 impl AttemptOutcome {
@@ -220,6 +223,7 @@ impl AttemptOutcome {
             usage: Usage::default(),
             retry_after: None,
             web_url: None,
+            pull_requests: Vec::new(),
         }
     }
 
@@ -241,6 +245,7 @@ impl AttemptOutcome {
             usage: Usage::default(),
             retry_after: None,
             web_url: None,
+            pull_requests: Vec::new(),
         }
     }
 }

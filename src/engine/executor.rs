@@ -407,6 +407,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             usage: Usage::default(),
             retry_after: None,
             web_url: None,
+            pull_requests: Vec::new(),
         },
     };
     inner
@@ -431,7 +432,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         && def.changes
         && let Some(ws) = workspace.as_ref()
     {
-        match super::workspaces::harvest(engine, &wf, &step.step, run_id, ws).await {
+        let opened = outcome.pull_requests.clone();
+        match super::workspaces::harvest(engine, &wf, &step.step, run_id, ws, opened).await {
             Some(f) if f.class == ErrorClass::Permanent => refusal = Some(f.message),
             Some(f) => outcome.failure = Some(f),
             None => {}

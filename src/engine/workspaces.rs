@@ -119,6 +119,7 @@ pub(super) async fn harvest(
     step: &str,
     run_id: i64,
     ws: &crate::workspace::Workspace,
+    opened_by_agent: Vec<String>,
 ) -> Option<crate::agent::Failure> {
     use crate::agent::{ErrorClass, Failure, FailureKind};
     use crate::workspace::{ChangePolicy, check_policy};
@@ -148,6 +149,7 @@ pub(super) async fn harvest(
         }
     };
     change.pull_request_step = workflow.pull_request_step().map(|s| s.id.clone());
+    change.linked_pull_requests = opened_by_agent;
     let policy = ChangePolicy {
         allow_workflow_changes: workflow.allow_workflow_changes,
     };

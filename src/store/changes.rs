@@ -209,7 +209,7 @@ pub fn change_event_detail(change: &Change, refused: Option<&str>) -> String {
 pub fn initial_state(change: &Change, refused: Option<&str>) -> ChangeState {
     if refused.is_some() {
         ChangeState::Refused
-    } else if change.is_empty() {
+    } else if change.is_empty() && change.linked_pull_requests.is_empty() {
         ChangeState::Empty
     } else {
         ChangeState::Pending

@@ -115,6 +115,10 @@ pub struct Change {
     /// the pull request's hunks (sent only as the patch).
     #[serde(default)]
     pub outside_hunks: u64,
+    /// Pull requests the agent opened itself (Codegen): linked instead of
+    /// opening another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked_pull_requests: Vec<String>,
     /// The step whose output is the pull request's text (`pull_request: true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request_step: Option<String>,
@@ -483,6 +487,7 @@ impl Workspaces {
             suggestions,
             outside_hunks,
             pull_request_step: None,
+            linked_pull_requests: Vec::new(),
             base_sha: base.to_owned(),
             additions: files.iter().map(|f| f.additions).sum(),
             deletions: files.iter().map(|f| f.deletions).sum(),

@@ -680,17 +680,27 @@ impl Workspaces {
                 else {
                     continue;
                 };
-                let unused = std::fs::metadata(path.join("taskmaster-last-used"))
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|at| now.duration_since(at).ok())
-                    .is_none_or(|age| age >= self.settings.mirror_ttl);
-                let pins = path.join("refs/taskmaster/runs");
-                let pinned = std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some());
-                if unused && !pinned {
+                let prunable = || {
+                    let unused = std::fs::metadata(path.join("taskmaster-last-used"))
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|at| now.duration_since(at).ok())
+                        .is_none_or(|age| age >= self.settings.mirror_ttl);
+                    let pins = path.join("refs/taskmaster/runs");
+                    let pinned = std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some());
+                    unused && !pinned
+                };
+                if prunable() {
                     let Ok(_guard) = self.lock_mirror(id).await else {
                         continue;
                     };
+                    // Looked at again under the lock: a run may have
+                    // fetched into it and pinned its commit while this
+                    // waited (seen as a flaky test: the sweep at start-up
+                    // removed the mirror a first run had just made).
+                    if !prunable() {
+                        continue;
+                    }
                     if tokio::fs::remove_dir_all(&path).await.is_ok() {
                         let _ = tokio::fs::remove_dir_all(self.pool_dir(id)).await;
                         mirrors += 1;

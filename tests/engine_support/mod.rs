@@ -96,6 +96,7 @@ fn failed(class: ErrorClass, kind: FailureKind, started: Instant) -> AttemptOutc
         usage: Usage::default(),
         retry_after: None,
         web_url: None,
+        pull_requests: Vec::new(),
     }
 }
 
@@ -127,6 +128,7 @@ impl Agent for Scripted {
                         usage: Usage::default(),
                         retry_after: None,
                         web_url: None,
+                        pull_requests: Vec::new(),
                     },
                     _ = attempt.cancel.cancelled() => {
                         cancelled = true;
@@ -171,6 +173,7 @@ impl Agent for Scripted {
                     usage: Usage::default(),
                     retry_after: None,
                     web_url: None,
+                    pull_requests: Vec::new(),
                 }
             }
         };

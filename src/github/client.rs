@@ -113,6 +113,9 @@ struct Installation {
     gate: ResetGate,
 }
 
+/// A narrowed token's key: installation, `owner/name`, with `workflows`.
+type ScopedKey = (InstallationId, String, bool);
+
 /// How long a narrowed token is reused (GitHub's live an hour).
 const SCOPED_TOKEN_REUSE: Duration = Duration::from_secs(45 * 60);
 
@@ -121,7 +124,7 @@ const SCOPED_TOKEN_REUSE: Duration = Duration::from_secs(45 * 60);
 pub struct GitHubClient {
     /// Clients with narrowed tokens, per (installation, repository,
     /// workflows), with when the token was minted.
-    scoped: Mutex<HashMap<(InstallationId, String, bool), (Octocrab, std::time::Instant)>>,
+    scoped: Mutex<HashMap<ScopedKey, (Octocrab, std::time::Instant)>>,
     app: Octocrab,
     installations: Mutex<HashMap<InstallationId, Arc<Installation>>>,
     /// Pacing for App-level requests (none create content today).

@@ -1148,7 +1148,7 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
         return not_found();
     };
     let bad = |s: &str| s.is_empty() || s == "." || s == "..";
-    if bad(*owner) || bad(*name) {
+    if bad(owner) || bad(name) {
         ctx.unhandled = true;
         return not_found();
     }

@@ -366,3 +366,53 @@ async fn taskmaster_run_in_dry_run_prints_the_diff_and_records_the_would_be_pr()
     // Nothing reached GitHub.
     assert!(w.fake.requests().is_empty(), "{:#?}", w.fake.requests());
 }
+
+/// `/fix` on a same-repository pull request: the change is committed onto
+/// the PR's head branch, no new pull request (forks and a moved head are in
+/// `tests/publish.rs`).
+#[tokio::test]
+async fn fix_on_a_same_repository_pr_commits_onto_its_head() {
+    let w = world().await;
+    // PR #8 from `feature` (this repository) and PR #9 from a fork.
+    let work = w.git.root().parent().unwrap().join("work").join(REPO);
+    support::git_server::git(&work, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.join("NOTES.md"), "first draft\n").unwrap();
+    support::git_server::git(&work, &["add", "-A"]);
+    support::git_server::git(&work, &["commit", "-q", "-m", "feature"]);
+    let head = support::git_server::git(&work, &["rev-parse", "HEAD"]);
+    let bare = w.git.root().join(format!("{REPO}.git"));
+    for refname in ["refs/heads/feature", "refs/pull/8/head"] {
+        support::git_server::git(
+            &work,
+            &[
+                "push",
+                "-q",
+                bare.to_str().unwrap(),
+                &format!("{head}:{refname}"),
+            ],
+        );
+    }
+    w.fake
+        .add_pull_request(REPO, 8, "feature", &head, "main", &w.base, REPO);
+    let service = w.start();
+    let mut comment: Value =
+        serde_json::from_slice(&fix_comment("maintainer", 40, "/fix add the notes file")).unwrap();
+    comment["issue"]["number"] = json!(8);
+    comment["issue"]["pull_request"] =
+        json!({ "url": format!("https://api.github.com/repos/{REPO}/pulls/8") });
+    deliver(&service, "fix-pr", &serde_json::to_vec(&comment).unwrap()).await;
+    wait_for("the commit on the head branch", &service, || {
+        w.fake.branch_sha(REPO, "feature").as_deref() != Some(head.as_str())
+    })
+    .await;
+    let new_head = w.fake.branch_sha(REPO, "feature").unwrap();
+    let commit = w.fake.commit_info(REPO, &new_head);
+    assert_eq!(commit["parents"], json!([head]), "{commit:#}");
+    assert_eq!(
+        w.fake.file_at(REPO, "feature", "NOTES.md").as_deref(),
+        Some("fixed as asked\n")
+    );
+    assert!(w.our_pulls().is_empty(), "no new pull request");
+    assert!(w.fake.unhandled().is_empty(), "{:#?}", w.fake.unhandled());
+    drop(service);
+}

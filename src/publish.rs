@@ -399,6 +399,24 @@ impl Publisher {
         };
         let repo = &subject.repo;
         let run_id = snap.run.id;
+        // A workflow file needs the App's `workflows` permission: without
+        // it, say so before writing anything.
+        if access.workflows
+            && let Err(e) = self
+                .github
+                .repository_token(subject.installation, repo, &access.permissions())
+                .await
+        {
+            if e.status() == Some(422) {
+                return Err(Failure::Permanent(format!(
+                    "the change edits .github/workflows/, which needs the App's `workflows` \
+                     permission, and the installation has not granted it ({e}): add \
+                     \"Workflows: read and write\" in the App's permissions, accept it on the \
+                     installation, then `/retry`"
+                )));
+            }
+            return Err(e.into());
+        }
         // The agent opened its own pull requests (Codegen): link them, and
         // open none.
         if !change.linked_pull_requests.is_empty() {

@@ -210,6 +210,48 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
     assert!(!live.body.contains("<html"), "the live part alone");
     assert_escaped(&live.body);
 
+    // No step changed files: no Changes section. A refused change shows
+    // why, its files and its diff, escaped.
+    assert!(!b.contains("id=\"changes\""));
+    let change = taskmaster::workspace::Change {
+        base_sha: "a".repeat(40),
+        files: vec![taskmaster::workspace::ChangedFile {
+            path: "src/<evil>.rs".into(),
+            status: taskmaster::workspace::FileStatus::Modified,
+            old_mode: Some("100644".into()),
+            new_mode: Some("100644".into()),
+            sha: Some("b".repeat(40)),
+            size: 10,
+            additions: 2,
+            deletions: 1,
+            binary: false,
+        }],
+        additions: 2,
+        deletions: 1,
+        diff: "+<script>alert(1)</script>\n".into(),
+        ..Default::default()
+    };
+    d.store
+        .record_change(
+            id,
+            "check",
+            &change,
+            Some("line 1 of `src/<evil>.rs` adds a secret"),
+        )
+        .await
+        .unwrap();
+    let page = d.get(&format!("/runs/{id}"), Some(&cookie)).await;
+    let b = &page.body;
+    assert_escaped(b);
+    assert!(
+        b.contains("<div id=\"changes\" data-state=\"refused\">"),
+        "{b}"
+    );
+    assert!(b.contains("Change refused, nothing was sent"), "{b}");
+    assert!(b.contains("src/&lt;evil&gt;.rs"), "{b}");
+    assert!(b.contains("+&lt;script&gt;alert(1)&lt;/script&gt;"), "{b}");
+    assert!(b.contains("data-kind=\"changes\""), "the timeline has it");
+
     // Filters, pages and bad input.
     let other = d
         .get("/runs?workflow=gated&state=&repository=", Some(&cookie))

@@ -824,6 +824,69 @@ async fn refused_changes_say_why_and_write_nothing_to_github() {
     }
 }
 
+/// A workflow that allows workflow changes still needs the App's
+/// `workflows` permission: without it the change is not sent and the run
+/// says why; with it, the commit is made with `workflows: write` too.
+#[tokio::test]
+async fn workflow_files_need_the_workflow_to_allow_them_and_the_app_to_hold_the_permission() {
+    let w = world().await;
+    let allowing =
+        ISSUE_WORKFLOW.replace("name: fix\n", "name: fix\nallow_workflow_changes: true\n");
+    let set = workflows(&[&allowing], &["editor", "command"]);
+    let agents = AgentMap::new()
+        .with(editor("ci", |d| {
+            write(d, ".github/workflows/ci.yml", "on: push\n")
+        }))
+        .with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let outbox = w.outbox(store.clone());
+    // Not granted: refused before any write, with what to do.
+    let run1 = start(&t, "fix", "issues", &issue_payload(7, "ci one")).await;
+    assert_eq!(
+        t.wait_run(run1, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(publish(&outbox, &store, run1).await, ChangeState::Failed);
+    let change = store.run_change(run1).await.unwrap().unwrap();
+    let why = change.last_error.unwrap_or_default();
+    assert!(why.contains("`workflows` permission"), "{why}");
+    assert!(
+        w.write_lines()
+            .iter()
+            .all(|l| !l.contains("/git/") && !l.contains("/pulls")),
+        "{:#?}",
+        w.write_lines()
+    );
+    assert!(
+        w.fake
+            .comments(REPO, 7)
+            .iter()
+            .any(|c| c["body"].as_str().unwrap().contains("could not be sent")),
+        "the report says so: {:#?}",
+        w.fake.comments(REPO, 7)
+    );
+    // Granted: committed with a token that carries workflows: write.
+    w.fake.grant("workflows", "write");
+    let run2 = start(&t, "fix", "issues", &issue_payload(7, "ci two")).await;
+    assert_eq!(
+        t.wait_run(run2, Duration::from_secs(60)).await.run.state,
+        RunState::Succeeded
+    );
+    assert_eq!(publish(&outbox, &store, run2).await, ChangeState::Published);
+    let refs: Vec<_> = w
+        .fake
+        .writes()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/git/refs"))
+        .collect();
+    assert_eq!(refs.len(), 1, "{:#?}", w.write_lines());
+    let p = refs[0].permissions.clone().unwrap();
+    assert_eq!(p.get("workflows").map(String::as_str), Some("write"));
+    assert_eq!(refs[0].status, 201);
+    t.stop().await;
+}
+
 /// An agent that opened its own pull request (Codegen does): it is
 /// linked from the issue, and taskmaster opens none and writes no code.
 #[tokio::test]

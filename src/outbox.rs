@@ -451,6 +451,12 @@ pub fn change_report(change: &RunChange) -> Option<ChangeReport> {
         patch: patch_wanted
             .then(|| change.change.diff.clone())
             .filter(|d| !d.is_empty()),
+        files: change
+            .change
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.additions, f.deletions))
+            .collect(),
     })
 }
 

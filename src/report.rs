@@ -166,13 +166,30 @@ pub struct ChangeReport {
     /// The change's patch, shown in the check run's text when the change
     /// could not be pushed (fork suggestions, dry run).
     pub patch: Option<String>,
+    /// The files changed: path, lines added, lines removed.
+    pub files: Vec<(String, u64, u64)>,
 }
+
+/// Files listed in a report at most (the rest are counted).
+const MAX_LISTED_FILES: usize = 30;
 
 impl ChangeReport {
     fn markdown(&self) -> String {
         let mut out = format!("**Change:** {}", escape_text(&self.text));
         if let Some(url) = &self.url {
             let _ = write!(out, " [Open the pull request]({})", escape_url(url));
+        }
+        if !self.files.is_empty() {
+            out.push_str("\n\n<details>\n<summary>Files changed</summary>\n\n");
+            out.push_str("| File | + | − |\n| --- | ---: | ---: |\n");
+            for (path, added, removed) in self.files.iter().take(MAX_LISTED_FILES) {
+                // `code_span` escapes `|`, which tables split cells on.
+                let _ = writeln!(out, "| {} | {added} | {removed} |", code_span(path));
+            }
+            if self.files.len() > MAX_LISTED_FILES {
+                let _ = writeln!(out, "\n… and {} more.", self.files.len() - MAX_LISTED_FILES);
+            }
+            out.push_str("\n</details>");
         }
         out
     }

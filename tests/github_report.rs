@@ -224,3 +224,36 @@ fn quoted_commands_never_fire() {
     assert_eq!(q, "> /retry\n> /cancel");
     assert!(parse_comment(&q, "taskmaster").is_empty());
 }
+
+#[test]
+fn a_change_shows_where_it_went_its_files_and_for_forks_its_patch() {
+    let mut r = report(RunState::Completed(RunOutcome::Succeeded));
+    r.change = Some(taskmaster::report::ChangeReport {
+        text: "Proposed 2 files (+3 −1) in draft pull request #12 from taskmaster/fix-7-1 <b>"
+            .into(),
+        url: Some("https://github.com/octo/widgets/pull/12".into()),
+        patch: Some("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new ```\n".into()),
+        files: vec![("src/a|b.rs".into(), 3, 1), ("README.md".into(), 0, 0)],
+    });
+    let out = render_check_output(&r);
+    let summary = out.summary();
+    assert!(
+        summary.contains("**Change:** Proposed 2 files (+3 −1) in draft pull request"),
+        "{summary}"
+    );
+    assert!(!summary.contains("<b>"), "escaped: {summary}");
+    assert!(
+        summary.contains("[Open the pull request](https://github.com/octo/widgets/pull/12)"),
+        "{summary}"
+    );
+    assert!(summary.contains("| `src/a\\|b.rs` | 3 | 1 |"), "{summary}");
+    let text = out.text().unwrap();
+    assert!(text.contains("### The change's patch"), "{text}");
+    assert!(text.contains("+new ```"), "{text}");
+    let comment = render_sticky_comment(&[r]);
+    assert!(comment.contains("**Change:**"), "{comment}");
+    assert!(
+        comment.contains("<summary>Files changed</summary>"),
+        "{comment}"
+    );
+}

@@ -369,8 +369,20 @@ impl Workspaces {
         // wrote) spares hashing every unchanged file; without it, the tree.
         let saved = self.index_path(ws.run_id);
         if saved.exists() {
-            std::fs::copy(&saved, trusted.join("index"))
+            let copy = trusted.join("index");
+            std::fs::copy(&saved, &copy)
                 .map_err(WorkspaceError::io("copy the checkout's index"))?;
+            // The copy keeps the original's time, so git's racy-entry check
+            // (an entry as new as its index is compared by content) works as
+            // it would have on the original. Entries are trusted only when
+            // size, mtime *and* ctime match; no tool can set a file's ctime
+            // back, so an edit is never mistaken for the checked-out file.
+            if let Ok(at) = std::fs::metadata(&saved).and_then(|m| m.modified()) {
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&copy)
+                    .and_then(|f| f.set_modified(at));
+            }
         } else {
             self.run_args(&ws.path, &g(&["read-tree", base])).await?;
         }

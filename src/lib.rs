@@ -28,6 +28,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod verdict;
 pub mod webhook;
 pub mod workflow;
 pub mod workspace;

@@ -1,0 +1,258 @@
+//! Verdicts: what a validation step found, in one schema for every agent.
+//!
+//! A validation step (`validation: code_review | tests | security_audit |
+//! other`) ends with a **verdict report** — `verdict` (`pass`, `fail`,
+//! `neutral`), a markdown `summary`, and `findings` on lines of the
+//! checked-out commit — that decides the run's check run instead of "the
+//! agent answered". The schema is `schemas/verdict.schema.json`
+//! ([`SCHEMA`]); agents are asked for it by [`instructions`] (taskmaster's
+//! text, not each workflow's), and their answer is read by [`parse`]: the
+//! **last** fenced ```` ```json ```` block of the output (or the whole output
+//! when it is bare JSON, as Claude Code's `structured_output` is), checked
+//! against the schema's bounds with unknown fields refused.
+//!
+//! An answer that does not parse is *malformed*: the step gets one repair
+//! turn quoting the error, then fails as `malformed` — never as the code's
+//! verdict. Source: `WORKSPACES.md` ("Verdicts and findings"), after
+//! pr-agent's YAML-against-a-schema and Claude Code's `--json-schema`.
+
+use serde::{Deserialize, Serialize};
+
+/// The verdict report's JSON Schema (draft 2020-12).
+pub const SCHEMA: &str = include_str!("../schemas/verdict.schema.json");
+
+/// Findings kept at most (the schema's `maxItems`).
+pub const MAX_FINDINGS: usize = 200;
+/// Characters of `summary` at most.
+pub const MAX_SUMMARY_CHARS: usize = 8000;
+/// Bytes of an answer looked at for a block at most (the tail is kept).
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
+
+/// The verdict itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Nothing stands in the way.
+    Pass,
+    /// The change must not go in as it is.
+    Fail,
+    /// Worth a look, not blocking.
+    Neutral,
+}
+
+impl Verdict {
+    /// `pass`, `fail` or `neutral`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Neutral => "neutral",
+        }
+    }
+}
+
+/// How serious a finding is; maps to a check-run annotation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Notice,
+    Warning,
+    Failure,
+}
+
+/// One finding on lines `start_line..=end_line` of `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    pub path: String,
+    pub start_line: u64,
+    pub end_line: u64,
+    pub severity: Severity,
+    pub title: String,
+    pub message: String,
+    /// Replacement text for those lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+/// A validation step's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictReport {
+    pub verdict: Verdict,
+    pub summary: String,
+    pub findings: Vec<Finding>,
+}
+
+/// The text appended to a validation step's prompt: what to end the answer
+/// with, and the schema.
+pub fn instructions() -> String {
+    format!(
+        "\n\n---\nEnd your answer with exactly one fenced ```json block holding your verdict, \
+         valid against this JSON Schema (no other fields; `fail` when the change must not go in \
+         as it is, `pass` when nothing stands in the way, `neutral` otherwise; findings name \
+         lines of the files as they are in your working tree):\n```json\n{}\n```\n",
+        SCHEMA.trim()
+    )
+}
+
+/// The text of a repair turn after `error`.
+pub fn repair_prompt(error: &str) -> String {
+    format!(
+        "Your last answer's verdict block could not be read: {error}\nAnswer again with only \
+         the fenced ```json block, valid against the schema given before."
+    )
+}
+
+/// The last fenced ```` ```json ```` block of `text` (a fence of three or
+/// more backticks, the info string `json`, closed by a fence at least as
+/// long), or the whole text when it is itself a JSON object. Looks at the
+/// last [`MAX_ANSWER_BYTES`] only; linear in that.
+pub fn last_json_block(text: &str) -> Option<&str> {
+    let mut start = text.len().saturating_sub(MAX_ANSWER_BYTES);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let text = &text[start..];
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') && trimmed.ends_with('}') {
+        return Some(trimmed);
+    }
+    let mut found = None;
+    let mut open: Option<(usize, usize)> = None; // (fence length, body start)
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let line_start = at;
+        at += line.len();
+        let content = line.trim_end_matches(['\n', '\r']);
+        let stripped = content.trim_start();
+        let ticks = stripped.chars().take_while(|c| *c == '`').count();
+        match open {
+            None if ticks >= 3 => {
+                let info = stripped[ticks..].trim();
+                if info.eq_ignore_ascii_case("json") {
+                    open = Some((ticks, at));
+                } else if !info.contains('`') {
+                    // Another language's block: skip to its end.
+                    open = Some((ticks, usize::MAX));
+                }
+            }
+            Some((len, body)) if ticks >= len && stripped[ticks..].trim().is_empty() => {
+                if body != usize::MAX {
+                    found = Some(&text[body..line_start]);
+                }
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Reads a verdict report from an agent's answer (see the module docs).
+///
+/// # Errors
+/// A sentence saying what is wrong (no block, JSON error with line and
+/// column, unknown field, a bound exceeded), for the repair turn.
+pub fn parse(text: &str) -> Result<VerdictReport, String> {
+    let block = last_json_block(text)
+        .ok_or_else(|| "the answer has no fenced ```json block with the verdict".to_owned())?;
+    let report: VerdictReport =
+        serde_json::from_str(block).map_err(|e| format!("the verdict block is not valid: {e}"))?;
+    validate(&report)?;
+    Ok(report)
+}
+
+/// The schema's bounds, beyond what serde checks.
+fn validate(r: &VerdictReport) -> Result<(), String> {
+    if r.summary.chars().count() > MAX_SUMMARY_CHARS {
+        return Err(format!(
+            "`summary` is longer than {MAX_SUMMARY_CHARS} characters"
+        ));
+    }
+    if r.findings.len() > MAX_FINDINGS {
+        return Err(format!(
+            "{} findings, more than {MAX_FINDINGS}",
+            r.findings.len()
+        ));
+    }
+    for (i, f) in r.findings.iter().enumerate() {
+        let bad = |what: &str| Err(format!("finding {i} (`{}`): {what}", f.title));
+        if f.path.is_empty()
+            || f.path.len() > 400
+            || f.path.starts_with('/')
+            || f.path.split('/').any(|s| s == ".." || s.is_empty())
+        {
+            return bad("`path` must be a relative file path inside the repository");
+        }
+        if f.start_line == 0 || f.end_line == 0 || f.start_line > f.end_line {
+            return bad("`start_line` and `end_line` must be at least 1, start before end");
+        }
+        if f.title.trim().is_empty() || f.title.chars().count() > 200 {
+            return bad("`title` must have 1 to 200 characters");
+        }
+        if f.message.trim().is_empty() || f.message.chars().count() > 4000 {
+            return bad("`message` must have 1 to 4000 characters");
+        }
+        if f.suggestion.as_ref().is_some_and(|s| s.chars().count() > 8000) {
+            return bad("`suggestion` is longer than 8000 characters");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"verdict":"fail","summary":"One bug.","findings":[{"path":"src/a.rs","start_line":3,"end_line":4,"severity":"failure","title":"Off by one","message":"The loop ends one early."}]}"#;
+
+    #[test]
+    fn the_schema_is_json_and_names_every_field() {
+        let v: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        let props = &v["properties"]["findings"]["items"]["properties"];
+        for field in [
+            "path",
+            "start_line",
+            "end_line",
+            "severity",
+            "title",
+            "message",
+            "suggestion",
+        ] {
+            assert!(props.get(field).is_some(), "{field}");
+        }
+    }
+
+    #[test]
+    fn the_last_json_block_wins_and_other_blocks_are_skipped() {
+        let text = format!(
+            "Looks fine.\n```json\n{{\"old\": 1}}\n```\n```rust\n```json\nnot this\n```\nVerdict:\n```json\n{GOOD}\n```\n"
+        );
+        let r = parse(&text).unwrap();
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(r.findings[0].start_line, 3);
+        // Bare JSON (Claude Code's structured_output) is taken whole.
+        assert_eq!(parse(GOOD).unwrap().verdict, Verdict::Fail);
+        // A longer fence may hold backticks.
+        let long = format!("````json\n{GOOD}\n````");
+        assert!(parse(&long).is_ok());
+    }
+
+    #[test]
+    fn malformed_answers_say_what_is_wrong() {
+        assert!(parse("no block").unwrap_err().contains("no fenced"));
+        let e = parse("```json\n{\"verdict\":\"maybe\",\"summary\":\"\",\"findings\":[]}\n```")
+            .unwrap_err();
+        assert!(e.contains("unknown variant `maybe`"), "{e}");
+        let e = parse(
+            "```json\n{\"verdict\":\"pass\",\"summary\":\"\",\"findings\":[],\"extra\":1}\n```",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        let e = parse(&GOOD.replace("\"start_line\":3", "\"start_line\":9")).unwrap_err();
+        assert!(e.contains("start before end"), "{e}");
+        let e = parse(&GOOD.replace("src/a.rs", "../etc/passwd")).unwrap_err();
+        assert!(e.contains("relative file path"), "{e}");
+    }
+}

@@ -376,6 +376,15 @@ impl Outbox {
     ) -> Result<(), SendError> {
         let mut report = build_report(snapshot, self.config.public_url.as_deref());
         report.change = change.and_then(change_report);
+        // Annotations are appended by GitHub on every update: send them with
+        // the first report of the finished run only.
+        let reported_terminal = candidate
+            .reported_fingerprint
+            .as_deref()
+            .and_then(|f| f.split(['|', '+']).next())
+            .and_then(RunState::parse)
+            .is_some_and(|s| s.is_terminal());
+        report.annotate = snapshot.run.state.is_terminal() && !reported_terminal;
         let repo = RepoName::parse(&report.repository)?;
         let installation = InstallationId(candidate.installation_id as u64);
         if report.subject == Subject::PullRequest && report.head_sha.is_some() {
@@ -510,11 +519,20 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         .collect();
     let all_skipped =
         !steps.is_empty() && steps.iter().all(|s| s.state == ReportStepState::Skipped);
+    // What the steps' verdict reports say (`crate::verdict`): a `fail`
+    // verdict fails the run's check run although every step succeeded.
+    let crate::verdict::RunVerdicts {
+        findings,
+        failed: failed_verdicts,
+    } = crate::verdict::run_verdicts(&snapshot.steps);
     let state = match run.state {
         RunState::Queued if run.waiting_approval => ReportRunState::WaitingForApproval,
         RunState::Queued => ReportRunState::Queued,
         RunState::Running => ReportRunState::Running,
         RunState::Paused => ReportRunState::Paused,
+        RunState::Succeeded if !failed_verdicts.is_empty() => {
+            ReportRunState::Completed(RunOutcome::Failed)
+        }
         RunState::Succeeded if all_skipped => ReportRunState::Completed(RunOutcome::Skipped),
         RunState::Succeeded => ReportRunState::Completed(RunOutcome::Succeeded),
         RunState::Failed => ReportRunState::Completed(RunOutcome::Failed),
@@ -541,9 +559,13 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         completed_at: time(run.finished_at),
         reason: if run.state.is_terminal() && run.state != RunState::Succeeded {
             run.conclusion.clone()
+        } else if !failed_verdicts.is_empty() {
+            Some(failed_verdicts.join("; "))
         } else {
             None
         },
         change: None,
+        findings,
+        annotate: false,
     }
 }

@@ -154,6 +154,20 @@ impl Publisher {
             return;
         }
         let mut publication = rc.publication.clone();
+        // A `fail` verdict (a review, tests) gates the change: it is kept
+        // with the run, not proposed.
+        let verdicts = crate::verdict::run_verdicts(&snap.steps);
+        if !verdicts.failed.is_empty() {
+            let why = format!("not proposed: {}", verdicts.failed.join("; "));
+            if let Err(e) = self
+                .store
+                .finish_publication(run_id, ChangeState::Failed, &publication, Some(&why), &why)
+                .await
+            {
+                tracing::warn!(run_id, error = %e, "publish: cannot record the outcome");
+            }
+            return;
+        }
         let result = match self.subject(&snap).await {
             Ok(subject) if self.github.is_dry_run() => {
                 self.dry_run(&snap, &rc, &subject, &mut publication)

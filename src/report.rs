@@ -154,7 +154,27 @@ pub struct RunReport {
     /// Where the run's change went, or why it did not (see
     /// [`crate::publish::describe`]); `None` for runs that change nothing.
     pub change: Option<ChangeReport>,
+    /// Findings of the run's verdict reports, with the step that made each.
+    pub findings: Vec<(String, crate::verdict::Finding)>,
+    /// Send the findings as check-run annotations with this report (GitHub
+    /// appends annotations on every update, so they go once: with the
+    /// first report of the finished run).
+    pub annotate: bool,
 }
+
+/// A finding's annotation level.
+fn annotation_level(s: crate::verdict::Severity) -> crate::github::AnnotationLevel {
+    use crate::github::AnnotationLevel as L;
+    use crate::verdict::Severity as S;
+    match s {
+        S::Failure => L::Failure,
+        S::Warning => L::Warning,
+        S::Notice => L::Notice,
+    }
+}
+
+/// Findings listed in the summary at most (all are annotations).
+const MAX_LISTED_FINDINGS: usize = 50;
 
 /// A run's change in its report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,7 +301,26 @@ impl RunReport {
         update.started_at = self.started_at;
         update.conclusion = conclusion;
         update.completed_at = conclusion.and(self.completed_at);
-        update.output = Some(render_check_output(self));
+        let mut output = render_check_output(self);
+        if self.annotate && !self.findings.is_empty() {
+            output = output.with_annotations(
+                self.findings
+                    .iter()
+                    .map(|(step, f)| {
+                        let mut a = crate::github::Annotation::new(
+                            f.path.clone(),
+                            f.start_line.min(u32::MAX as u64) as u32,
+                            f.end_line.min(u32::MAX as u64) as u32,
+                            annotation_level(f.severity),
+                            &f.message,
+                        );
+                        a.title = Some(format!("{step}: {}", f.title));
+                        a
+                    })
+                    .collect(),
+            );
+        }
+        update.output = Some(output);
         update
             .set_actions(self.check_actions())
             .expect("at most three buttons");
@@ -321,7 +360,12 @@ impl RunReport {
             }
             RunState::Completed(RunOutcome::Failed) => {
                 let failed = count(StepState::Failed) + count(StepState::TimedOut);
-                format!("Failed: {failed} of {total} steps failed")
+                if failed == 0 {
+                    // Every step ran; a verdict said no.
+                    "Failed: a verdict is fail".to_owned()
+                } else {
+                    format!("Failed: {failed} of {total} steps failed")
+                }
             }
             RunState::Completed(RunOutcome::Cancelled) => "Cancelled".to_owned(),
             RunState::Completed(RunOutcome::TimedOut) => "Timed out".to_owned(),
@@ -374,6 +418,9 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
     }
     if let Some(change) = &run.change {
         let _ = writeln!(summary, "\n{}", change.markdown());
+    }
+    if !run.findings.is_empty() {
+        summary.push_str(&findings_markdown(&run.findings));
     }
     summary.push('\n');
     summary.push_str(&step_table(&run.steps));
@@ -431,6 +478,54 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
         &summary,
         text.as_deref(),
     )
+}
+
+/// The findings grouped by file, for the check run's summary.
+fn findings_markdown(findings: &[(String, crate::verdict::Finding)]) -> String {
+    let mut by_file: std::collections::BTreeMap<&str, Vec<&(String, crate::verdict::Finding)>> =
+        std::collections::BTreeMap::new();
+    for f in findings {
+        by_file.entry(f.1.path.as_str()).or_default().push(f);
+    }
+    let mut out = format!("\n**Findings:** {}\n", findings.len());
+    let mut listed = 0;
+    for (path, items) in by_file {
+        if listed >= MAX_LISTED_FINDINGS {
+            break;
+        }
+        let _ = writeln!(out, "\n{}", code_span(path));
+        for (step, f) in items {
+            if listed >= MAX_LISTED_FINDINGS {
+                break;
+            }
+            listed += 1;
+            let level = match f.severity {
+                crate::verdict::Severity::Failure => "failure",
+                crate::verdict::Severity::Warning => "warning",
+                crate::verdict::Severity::Notice => "notice",
+            };
+            let _ = writeln!(
+                out,
+                "- line {}{} · {level} · {}: {}",
+                f.start_line,
+                if f.end_line > f.start_line {
+                    format!("–{}", f.end_line)
+                } else {
+                    String::new()
+                },
+                code_span(step),
+                escape_text(&f.title)
+            );
+        }
+    }
+    if findings.len() > listed {
+        let _ = writeln!(
+            out,
+            "\n… and {} more (as annotations).",
+            findings.len() - listed
+        );
+    }
+    out
 }
 
 /// The sticky comment for one PR or issue, showing each run given (the

@@ -84,6 +84,59 @@ pub struct VerdictReport {
     pub findings: Vec<Finding>,
 }
 
+/// A finished step's verdict for conditions (`steps.<id>.verdict`): the
+/// verdict its answer ends with when it has one, else `pass` when it
+/// succeeded and `fail` when it failed (a test command's exit status);
+/// `None` (null) while it has not ended, or was skipped or cancelled.
+pub fn step_verdict(outcome: &str, output: Option<&str>) -> Option<&'static str> {
+    if let Some(report) = output.and_then(|o| parse(o).ok()) {
+        return Some(report.verdict.as_str());
+    }
+    match outcome {
+        "success" => Some("pass"),
+        "failure" => Some("fail"),
+        _ => None,
+    }
+}
+
+/// What the verdict reports of a run's succeeded steps say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunVerdicts {
+    /// Every finding, with the step that made it.
+    pub findings: Vec<(String, Finding)>,
+    /// One sentence per `fail` verdict: which step, and its summary's first line.
+    pub failed: Vec<String>,
+}
+
+/// Reads the verdict reports of `steps` that succeeded.
+pub fn run_verdicts(steps: &[crate::store::StepRecord]) -> RunVerdicts {
+    let mut out = RunVerdicts::default();
+    for s in steps
+        .iter()
+        .filter(|s| s.state == crate::store::StepState::Succeeded)
+    {
+        let Some(report) = s.output.as_deref().and_then(|o| parse(o).ok()) else {
+            continue;
+        };
+        if report.verdict == Verdict::Fail {
+            let first: String = report
+                .summary
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            out.failed
+                .push(format!("the verdict of `{}` is fail: {first}", s.step));
+        }
+        out.findings
+            .extend(report.findings.into_iter().map(|f| (s.step.clone(), f)));
+    }
+    out
+}
+
 /// The text appended to a validation step's prompt: what to end the answer
 /// with, and the schema.
 pub fn instructions() -> String {
@@ -194,7 +247,10 @@ fn validate(r: &VerdictReport) -> Result<(), String> {
         if f.message.trim().is_empty() || f.message.chars().count() > 4000 {
             return bad("`message` must have 1 to 4000 characters");
         }
-        if f.suggestion.as_ref().is_some_and(|s| s.chars().count() > 8000) {
+        if f.suggestion
+            .as_ref()
+            .is_some_and(|s| s.chars().count() > 8000)
+        {
             return bad("`suggestion` is longer than 8000 characters");
         }
     }

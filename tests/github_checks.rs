@@ -55,6 +55,8 @@ fn run(state: RunState, output: &str) -> RunReport {
         completed_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 9, 5).unwrap()),
         reason: None,
         change: None,
+        findings: Vec::new(),
+        annotate: false,
     }
 }
 

@@ -32,6 +32,8 @@ fn run(state: RunState) -> RunReport {
         completed_at: None,
         reason: None,
         change: None,
+        findings: Vec::new(),
+        annotate: false,
     }
 }
 

@@ -61,6 +61,8 @@ fn report(state: RunState) -> RunReport {
         completed_at: None,
         reason: None,
         change: None,
+        findings: Vec::new(),
+        annotate: false,
     }
 }
 

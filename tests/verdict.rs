@@ -46,7 +46,9 @@ proptest! {
 fn a_huge_answer_is_read_in_bounded_time() {
     // 20 MB of open fences and junk, then a valid block at the end.
     let mut text = "```json\n{\n".repeat(1_000_000);
-    text.push_str("\n```\n```json\n{\"verdict\":\"neutral\",\"summary\":\"s\",\"findings\":[]}\n```\n");
+    text.push_str(
+        "\n```\n```json\n{\"verdict\":\"neutral\",\"summary\":\"s\",\"findings\":[]}\n```\n",
+    );
     let started = std::time::Instant::now();
     let report = parse(&text).unwrap();
     assert_eq!(report.verdict.as_str(), "neutral");

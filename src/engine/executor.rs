@@ -364,6 +364,14 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             timeout = timeout.min(Duration::from_millis(left as u64));
         }
     }
+    // A validation step on an AI agent ends its answer with a verdict
+    // report (`crate::verdict`): taskmaster asks for it, not each workflow.
+    let asks_verdict = def.validation.is_some() && agent.kind() != crate::agent::AgentKind::Command;
+    let prompt = if asks_verdict {
+        format!("{prompt}{}", crate::verdict::instructions())
+    } else {
+        prompt
+    };
     // Steps that may change files hold the run's workspace alone.
     let _workspace_turn =
         super::workspaces::turn(engine, workspace.as_ref(), def.changes, &cancel).await;
@@ -391,6 +399,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
 
     let started = Instant::now();
     let grace = inner.config.timeout_grace;
+    let repair_base = asks_verdict.then(|| request.clone());
     let outcome = tokio::select! {
         outcome = agent.run(request) => outcome,
         _ = tokio::time::sleep(timeout + grace) => AttemptOutcome {
@@ -416,6 +425,57 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .expect("running lock")
         .remove(&lease.token);
     let stop = *running.reason.lock().expect("stop lock");
+    // The verdict must parse; one repair turn quoting the error, then the
+    // step is `malformed` (a failure of the answer, not the code's verdict).
+    let mut outcome = outcome;
+    let mut malformed = false;
+    if let (Some(base), None, None) = (repair_base, stop, &outcome.failure)
+        && let Err(error) = crate::verdict::parse(&outcome.output.text)
+    {
+        tracing::info!(run_id, step = %step.step, %error, "the verdict did not parse; one repair turn");
+        let answer = &outcome.output.text;
+        let mut cut = answer.len().saturating_sub(4000);
+        while !answer.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let mut repair = base;
+        repair.prompt = format!(
+            "{}\n\nYour previous answer ended with:\n{}\n\n{}",
+            repair.prompt,
+            &answer[cut..],
+            crate::verdict::repair_prompt(&error)
+        );
+        let deadline = repair.deadline + grace;
+        match tokio::time::timeout_at(deadline, agent.run(repair)).await {
+            Ok(second) if second.failure.is_none() => {
+                match crate::verdict::parse(&second.output.text) {
+                    Ok(_) => {
+                        outcome.output = second.output;
+                        outcome.duration += second.duration;
+                    }
+                    Err(again) => {
+                        malformed = true;
+                        outcome.failure = Some(Failure {
+                            class: ErrorClass::Permanent,
+                            kind: FailureKind::Protocol,
+                            message: format!(
+                                "malformed verdict: {again} (after one repair turn; first: {error})"
+                            ),
+                        });
+                    }
+                }
+            }
+            Ok(second) => outcome.failure = second.failure,
+            Err(_) => {
+                outcome.failure = Some(Failure {
+                    class: ErrorClass::Transient,
+                    kind: FailureKind::Timeout,
+                    message: "the verdict's repair turn did not return within the step's timeout"
+                        .into(),
+                });
+            }
+        }
+    }
     if stop.is_some() {
         // Stopped from outside: the outcome says nothing about the agent.
         inner.breakers.abandon(&agent_name);
@@ -425,7 +485,6 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     // still holds the workspace alone. A refusal fails the step for good
     // (another attempt would start from the refused tree); a harvest that
     // could not be read is retried like a transient failure.
-    let mut outcome = outcome;
     let mut refusal = None;
     if stop.is_none()
         && outcome.failure.is_none()
@@ -462,7 +521,13 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             }
             .into(),
         );
-        record.error_kind = Some(format!("{:?}", f.kind).to_lowercase());
+        // A verdict that did not parse after its repair turn: its own kind
+        // (counted apart in metrics), never the code's verdict.
+        record.error_kind = Some(if malformed {
+            "malformed".to_owned()
+        } else {
+            format!("{:?}", f.kind).to_lowercase()
+        });
         record.error = Some(f.message.clone());
     }
 
@@ -621,15 +686,22 @@ async fn record_validation(
     use crate::store::{NewValidation, Verdict};
     const EVIDENCE_CHARS: usize = 4000;
     let text = output.unwrap_or_default();
-    let verdict = if state == StepState::Succeeded {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
+    // The step's verdict report when its answer has one; else its outcome
+    // (a test command: pass when it exited 0).
+    let report = crate::verdict::parse(&text).ok();
+    let verdict = match (&report, state) {
+        (Some(r), _) => match r.verdict {
+            crate::verdict::Verdict::Pass => Verdict::Pass,
+            crate::verdict::Verdict::Fail => Verdict::Fail,
+            crate::verdict::Verdict::Neutral => Verdict::Warn,
+        },
+        (None, StepState::Succeeded) => Verdict::Pass,
+        (None, _) => Verdict::Fail,
     };
-    let first_line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
+    let first_line = report
+        .as_ref()
+        .and_then(|r| r.summary.lines().map(str::trim).find(|l| !l.is_empty()))
+        .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()))
         .or(error.as_deref())
         .unwrap_or("");
     let summary: String = first_line.chars().take(200).collect();
@@ -646,6 +718,14 @@ async fn record_validation(
     })];
     if let Some(e) = &error {
         evidence.push(serde_json::json!({ "source": "step_error", "error": e }));
+    }
+    if let Some(r) = &report {
+        evidence.push(serde_json::json!({
+            "source": "verdict",
+            "verdict": r.verdict,
+            "summary": r.summary,
+            "findings": r.findings,
+        }));
     }
     let validation = NewValidation {
         run_id: Some(run_id),

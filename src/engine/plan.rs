@@ -264,6 +264,7 @@ fn condition_context(
                 "outcome": outcome,
                 "conclusion": conclusion,
                 "output": rec.output.clone().unwrap_or_default(),
+                "verdict": crate::verdict::step_verdict(outcome, rec.output.as_deref()),
             }),
         );
     }

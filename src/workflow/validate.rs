@@ -1131,12 +1131,13 @@ step's `needs` (directly or indirectly), so its outcome is not known yet"
                 if let Some(field) = parts.get(2)
                     && field != "outcome"
                     && field != "output"
+                    && field != "verdict"
                 {
                     check.err_inside(
                         at,
                         offset,
                         format!(
-                            "`steps.{id}.{field}` does not exist; a step has `outcome` and `output`"
+                            "`steps.{id}.{field}` does not exist; a step has `outcome`, `output` and `verdict`"
                         ),
                     );
                 }

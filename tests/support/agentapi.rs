@@ -40,6 +40,10 @@ pub struct Behavior {
     pub updates: u32,
     /// The final answer; `{prompt}` is replaced by the prompt.
     pub answer: String,
+    /// Appended to the answer when the prompt asks for a verdict report
+    /// (taskmaster's validation steps), as a real agent following the
+    /// instructions would: the last fenced json block.
+    pub verdict: Option<String>,
     /// Keep working (and rewriting the message) until interrupted.
     pub never_stable: bool,
     /// While working, change nothing on screen (for idle timeouts).
@@ -59,6 +63,11 @@ impl Default for Behavior {
             work: Duration::from_millis(300),
             updates: 3,
             answer: "Done: {prompt}".into(),
+            verdict: Some(
+                "\n```json\n{\"verdict\":\"pass\",\"summary\":\"Stand-in review: nothing \
+                 found.\",\"findings\":[]}\n```\n"
+                    .into(),
+            ),
             never_stable: false,
             silent: false,
             busy_on_post: false,
@@ -318,7 +327,15 @@ async fn work(s: Shared, behavior: Behavior, id: i64, prompt: String) {
             upsert_agent_message(&s, id, format!("✻ Working… step {i}"));
         }
     }
-    upsert_agent_message(&s, id, behavior.answer.replace("{prompt}", &prompt));
+    let mut answer = behavior.answer.replace("{prompt}", &prompt);
+    if let Some(verdict) = behavior
+        .verdict
+        .as_deref()
+        .filter(|_| prompt.contains("holding your verdict"))
+    {
+        answer.push_str(verdict);
+    }
+    upsert_agent_message(&s, id, answer);
     set_status(&s, "stable");
 }
 

@@ -46,6 +46,9 @@ pub const DECISIONS: &str = "taskmaster_step_decisions_total";
 /// Failed attempts by `agent`, `class` (`transient`, `permanent`) and `kind`.
 /// Counter.
 pub const AGENT_ERRORS: &str = "taskmaster_agent_errors_total";
+/// Verdicts of validation steps by `workflow`, `step` and `verdict`
+/// (`pass`, `fail`, `warn` — a `neutral` report is stored as `warn`). Counter.
+pub const VERDICTS: &str = "taskmaster_verdicts_total";
 /// GitHub API answers by HTTP `status`. Counter.
 pub const GITHUB_REQUESTS: &str = "taskmaster_github_requests_total";
 /// `x-ratelimit-remaining` of the latest GitHub answer that carried it. Gauge.
@@ -128,6 +131,13 @@ pub fn attempt_finished(
             "kind" => kind.to_owned())
         .increment(1);
     }
+}
+
+/// A validation step's verdict was stored.
+pub fn verdict(workflow: &str, step: &str, verdict: &str) {
+    metrics::counter!(VERDICTS, "workflow" => workflow.to_owned(), "step" => step.to_owned(),
+        "verdict" => verdict.to_owned())
+    .increment(1);
 }
 
 /// The engine decided what follows a step (the timeline event kind).

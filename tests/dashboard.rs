@@ -203,6 +203,15 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
         b.contains("data-kind=\"run_finished\""),
         "the timeline is shown"
     );
+    // The `report` step's verdict report: its verdict, summary and findings, escaped.
+    assert!(
+        b.contains("data-step=\"report\" data-verdict=\"neutral\""),
+        "{b}"
+    );
+    assert!(b.contains("Looked &lt;i&gt;twice&lt;/i&gt;."), "{b}");
+    assert!(b.contains("<li data-severity=\"warning\">"), "{b}");
+    assert!(b.contains("&lt;i&gt;odd&lt;/i&gt;"), "{b}");
+    assert!(b.contains("src/a b.rs:2"), "{b}");
     assert!(!b.contains("btn-pause"), "a viewer has no controls");
 
     let live = d.get(&format!("/runs/{id}/live"), Some(&cookie)).await;

@@ -211,6 +211,11 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
             h2 #changes-heading { "Changes" }
             (changes(change))
         }
+        @let verdicts = verdict_reports(&data.snap.steps);
+        @if !verdicts.is_empty() {
+            h2 #findings-heading { "Verdicts and findings" }
+            (findings(run, &verdicts))
+        }
         h2 { "Outputs" }
         (outputs(run.id, &data.snap.steps, session.filter(|s| s.can_control())))
         h2 { "Timeline" }
@@ -427,6 +432,77 @@ fn outputs(run_id: i64, steps: &[StepRecord], operator: Option<&Session>) -> Mar
                         p.meta { "… cut at 64 KB of " (o.len()) " bytes." }
                     } @else {
                         pre { (o) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The verdict reports of the run's succeeded steps, by step.
+fn verdict_reports(steps: &[StepRecord]) -> Vec<(String, crate::verdict::VerdictReport)> {
+    steps
+        .iter()
+        .filter(|s| s.state == crate::store::StepState::Succeeded)
+        .filter_map(|s| {
+            let report = crate::verdict::parse(s.output.as_deref()?).ok()?;
+            Some((s.step.clone(), report))
+        })
+        .collect()
+}
+
+/// Each verdict and its findings, linked to the lines on GitHub (at the
+/// commit the run checked out) when the run names its repository.
+fn findings(
+    run: &crate::store::Run,
+    verdicts: &[(String, crate::verdict::VerdictReport)],
+) -> Markup {
+    let redactor = Redactor::default();
+    let sha = run.checkout_sha.as_deref().or(run.head_sha.as_deref());
+    let link = |f: &crate::verdict::Finding| -> Option<String> {
+        let repo = crate::github::RepoName::parse(run.repository.as_deref()?).ok()?;
+        let sha = sha.filter(|s| s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit()))?;
+        let path: String = f
+            .path
+            .split('/')
+            .map(|seg| {
+                seg.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        Some(format!(
+            "https://github.com/{repo}/blob/{sha}/{path}#L{}-L{}",
+            f.start_line, f.end_line
+        ))
+    };
+    html! {
+        div #findings {
+            @for (step, report) in verdicts {
+                h3 data-step=(step) data-verdict=(report.verdict.as_str()) {
+                    (step) " — " (badge(report.verdict.as_str()))
+                }
+                p { (redactor.redact(&report.summary)) }
+                @if !report.findings.is_empty() {
+                    ul {
+                        @for f in &report.findings {
+                            li data-severity=(serde_json::to_value(f.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()) {
+                                @match link(f) {
+                                    Some(url) => a href=(url) rel="noopener noreferrer" {
+                                        code { (f.path) ":" (f.start_line) }
+                                    },
+                                    None => code { (f.path) ":" (f.start_line) },
+                                }
+                                " " strong { (redactor.redact(&f.title)) } " — " (redactor.redact(&f.message))
+                            }
+                        }
                     }
                 }
             }

@@ -655,6 +655,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     if accepted && let Some((kind, state, output, error)) = verdict {
         record_validation(
             engine,
+            &workflow,
             run_id,
             &step.step,
             &agent_name,
@@ -675,6 +676,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
 #[allow(clippy::too_many_arguments)] // the parts of one finished step
 async fn record_validation(
     engine: &Engine,
+    workflow: &str,
     run_id: i64,
     step: &str,
     agent: &str,
@@ -737,6 +739,7 @@ async fn record_validation(
         created_by: "system".into(),
         created_at: now_ms(),
     };
+    crate::instrument::verdict(workflow, step, validation.verdict.as_str());
     if let Err(e) = engine.inner.store.create_validation(&validation).await {
         tracing::warn!(run_id, step, error = %e, "could not store the step's validation");
     }

@@ -33,7 +33,7 @@ name: review
 on: { pull_request: { actions: [opened] } }
 steps:
   check: { agent: command, with: { run: ["sh", "-c", "echo checked {{ pr.number }}"] } }
-  report: { agent: command, needs: check, with: { run: ["sh", "-c", "echo '<b>bold</b> reported'"] } }
+  report: { agent: command, needs: check, with: { run: ["sh", "-c", "echo '<b>bold</b> reported'; printf '%s\\n' '```json' '{\"verdict\":\"neutral\",\"summary\":\"Looked <i>twice</i>.\",\"findings\":[{\"path\":\"src/a b.rs\",\"start_line\":2,\"end_line\":3,\"severity\":\"warning\",\"title\":\"<i>odd</i>\",\"message\":\"Look here.\"}]}' '```'"] } }
 "#;
 
 const BROKEN: &str = r#"

@@ -21,6 +21,13 @@ use serde::{Deserialize, Serialize};
 /// The verdict report's JSON Schema (draft 2020-12).
 pub const SCHEMA: &str = include_str!("../schemas/verdict.schema.json");
 
+/// [`SCHEMA`] on one line (for a command-line argument).
+pub fn schema_compact() -> String {
+    serde_json::from_str::<serde_json::Value>(SCHEMA)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| SCHEMA.to_owned())
+}
+
 /// Findings kept at most (the schema's `maxItems`).
 pub const MAX_FINDINGS: usize = 200;
 /// Characters of `summary` at most.

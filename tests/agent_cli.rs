@@ -111,6 +111,36 @@ async fn claude_json_result_cost_and_turns() {
     );
 }
 
+/// A validation step: the engine passes the verdict schema as `json_schema`,
+/// the CLI gets `--json-schema`, and Claude Code's `structured_output`
+/// becomes the answer's last fenced json block, which the verdict reader takes.
+#[tokio::test]
+async fn claude_structured_output_is_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request("VERDICT please", dir.path(), Duration::from_secs(10));
+    req.with.insert(
+        "json_schema".into(),
+        json!(taskmaster::verdict::schema_compact()),
+    );
+    let outcome = agent(CliFlavor::Claude, |_| {}).run(req).await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    let args = argv(dir.path(), "claude");
+    let at = args.iter().position(|a| a == "--json-schema").unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&args[at + 1]).unwrap();
+    assert_eq!(
+        schema["required"],
+        json!(["verdict", "summary", "findings"])
+    );
+    assert!(
+        outcome.output.text.starts_with("Reviewed.\n\n```json\n"),
+        "{}",
+        outcome.output.text
+    );
+    let report = taskmaster::verdict::parse(&outcome.output.text).unwrap();
+    assert_eq!(report.verdict, taskmaster::verdict::Verdict::Fail);
+    assert_eq!(report.findings[0].start_line, 3);
+}
+
 #[tokio::test]
 async fn claude_is_error_true_is_a_failure_with_its_cost() {
     let dir = tempfile::tempdir().unwrap();

@@ -187,6 +187,9 @@ struct ClaudeResult {
     num_turns: Option<u32>,
     #[serde(default)]
     usage: Option<ClaudeUsage>,
+    /// With `--json-schema`: the answer as an object valid against it.
+    #[serde(default)]
+    structured_output: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,6 +366,11 @@ impl CliAgent {
                 }
                 if let Some(extra) = str_in("append_system_prompt") {
                     args.extend(["--append-system-prompt".into(), extra]);
+                }
+                // Set by the engine for validation steps (the verdict
+                // schema): Claude Code then returns `structured_output`.
+                if let Some(schema) = str_in("json_schema") {
+                    args.extend(["--json-schema".into(), schema]);
                 }
             }
             CliFlavor::Aider => {
@@ -657,7 +665,18 @@ impl CliAgent {
                 started,
             );
         };
-        let answer = result.result.clone().unwrap_or_default();
+        let mut answer = result.result.clone().unwrap_or_default();
+        // The structured answer becomes the last fenced json block, where
+        // the verdict reader looks (`crate::verdict`).
+        if let Some(structured) = &result.structured_output
+            && !result.is_error
+        {
+            answer = format!(
+                "{}\n\n```json\n{}\n```\n",
+                answer.trim_end(),
+                serde_json::to_string(structured).unwrap_or_default()
+            );
+        }
         let mut outcome = if !result.is_error && code == Some(0) {
             AttemptOutcome::success(out.output(&answer), started)
         } else {

@@ -372,6 +372,15 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     } else {
         prompt
     };
+    // A CLI that can validate against a schema (Claude Code's
+    // `--json-schema`) gets it too; the others ignore the key.
+    let mut with = with;
+    if asks_verdict && agent.kind() == crate::agent::AgentKind::Cli {
+        with.insert(
+            "json_schema".into(),
+            serde_json::Value::String(crate::verdict::schema_compact()),
+        );
+    }
     // Steps that may change files hold the run's workspace alone.
     let _workspace_turn =
         super::workspaces::turn(engine, workspace.as_ref(), def.changes, &cancel).await;

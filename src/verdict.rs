@@ -106,6 +106,53 @@ pub fn step_verdict(outcome: &str, output: Option<&str>) -> Option<&'static str>
     }
 }
 
+/// Checks `report`'s findings against the checkout at `root` (the commit
+/// the step saw): findings on paths that are not files there are dropped
+/// (GitHub refuses annotations on them) and said so in the summary; lines
+/// past a file's end are clamped to it. Returns whether anything changed.
+pub fn fit_to_tree(report: &mut VerdictReport, root: &std::path::Path) -> bool {
+    let mut dropped: Vec<String> = Vec::new();
+    let mut changed = false;
+    report.findings.retain_mut(|f| {
+        let file = root.join(&f.path);
+        let inside = file
+            .canonicalize()
+            .ok()
+            .zip(root.canonicalize().ok())
+            .is_some_and(|(f, r)| f.starts_with(r));
+        if !inside || !file.is_file() {
+            if !dropped.contains(&f.path) {
+                dropped.push(f.path.clone());
+            }
+            return false;
+        }
+        // Clamp to the file's lines (files over 10 MB are left as they are).
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.len() <= 10 * 1024 * 1024
+            && let Ok(bytes) = std::fs::read(&file)
+        {
+            let lines = (bytes.iter().filter(|b| **b == b'\n').count()
+                + usize::from(!bytes.is_empty() && !bytes.ends_with(b"\n")))
+            .max(1) as u64;
+            if f.end_line > lines {
+                f.end_line = lines;
+                f.start_line = f.start_line.min(lines);
+                changed = true;
+            }
+        }
+        true
+    });
+    if !dropped.is_empty() {
+        let names: Vec<String> = dropped.iter().map(|p| format!("`{p}`")).collect();
+        report.summary.push_str(&format!(
+            "\n\n(Findings on paths not in the checked-out commit were dropped: {}.)",
+            names.join(", ")
+        ));
+        changed = true;
+    }
+    changed
+}
+
 /// What the verdict reports of a run's succeeded steps say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunVerdicts {
@@ -300,6 +347,26 @@ mod tests {
         // A longer fence may hold backticks.
         let long = format!("````json\n{GOOD}\n````");
         assert!(parse(&long).is_ok());
+    }
+
+    #[test]
+    fn findings_are_fitted_to_the_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "one\ntwo\nthree").unwrap();
+        let mut r = parse(GOOD).unwrap();
+        r.findings[0].end_line = 40;
+        let mut gone = r.findings[0].clone();
+        gone.path = "src/gone.rs".into();
+        r.findings.push(gone);
+        assert!(fit_to_tree(&mut r, dir.path()));
+        assert_eq!(r.findings.len(), 1);
+        assert_eq!((r.findings[0].start_line, r.findings[0].end_line), (3, 3));
+        assert!(r.summary.contains("`src/gone.rs`"), "{}", r.summary);
+        // Nothing to fit: unchanged.
+        let mut out = r.clone();
+        assert!(!fit_to_tree(&mut out, dir.path()));
+        assert_eq!(out, r);
     }
 
     #[test]

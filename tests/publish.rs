@@ -1059,3 +1059,50 @@ async fn a_kill_at_any_write_leaves_one_branch_one_commit_and_one_pr() {
         t.stop().await;
     }
 }
+
+/// A review's findings are fitted to the checkout it read: a path that is
+/// not there is dropped (GitHub refuses annotations on it) and said so,
+/// lines past a file's end are clamped.
+#[tokio::test]
+async fn findings_are_fitted_to_the_checked_out_commit() {
+    let w = world().await;
+    let set = workflows(
+        &[r#"
+name: review
+on: { pull_request: {} }
+steps:
+  review: { agent: editor, validation: code_review, prompt: "Review." }
+"#],
+        &["editor"],
+    );
+    let answer = r#"Done.
+```json
+{"verdict":"fail","summary":"Two things.","findings":[
+ {"path":"src/lib.rs","start_line":2,"end_line":90,"severity":"failure","title":"Long","message":"Past the end."},
+ {"path":"src/imagined.rs","start_line":1,"end_line":1,"severity":"warning","title":"Ghost","message":"Not there."}]}
+```"#;
+    let agents = AgentMap::new().with(editor(answer, |_| {}));
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let run_id = start(
+        &t,
+        "review",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    let snap = t.wait_run(run_id, Duration::from_secs(60)).await;
+    let output = snap.step("review").unwrap().output.clone().unwrap();
+    let report = taskmaster::verdict::parse(&output).unwrap();
+    assert_eq!(report.findings.len(), 1, "{output}");
+    assert_eq!(
+        (report.findings[0].start_line, report.findings[0].end_line),
+        (2, 3),
+        "src/lib.rs has three lines"
+    );
+    assert!(
+        report.summary.contains("`src/imagined.rs`"),
+        "{}",
+        report.summary
+    );
+    t.stop().await;
+}

@@ -485,6 +485,21 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             }
         }
     }
+    // Findings refer to the checkout: paths not in it are dropped, lines
+    // past a file's end clamped; the corrected report is appended as the
+    // answer's last block (the one read from then on).
+    if asks_verdict
+        && stop.is_none()
+        && outcome.failure.is_none()
+        && let Some(ws) = workspace.as_ref().filter(|ws| ws.repo_id > 0)
+        && let Ok(mut report) = crate::verdict::parse(&outcome.output.text)
+        && crate::verdict::fit_to_tree(&mut report, &ws.path)
+    {
+        outcome.output.text.push_str(&format!(
+            "\n\n(taskmaster checked the findings against the checkout)\n```json\n{}\n```\n",
+            serde_json::to_string(&report).unwrap_or_default()
+        ));
+    }
     if stop.is_some() {
         // Stopped from outside: the outcome says nothing about the agent.
         inner.breakers.abandon(&agent_name);

@@ -41,6 +41,19 @@ if ! command -v git >/dev/null 2>&1; then
   fi
 fi
 
+# pytest: tests/publish.rs reads the JUnit XML of a real pytest run.
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing pytest (test-report tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null
+  elif python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install -q pytest
+  else
+    echo "warning: pytest missing and cannot be installed here; the JUnit test will fail" >&2
+  fi
+fi
+
 # The Claude Code CLI from npm: tests/workspaces.rs runs the real CLI against a
 # scripted stand-in of the Messages API. Pinned, so CI runs what was tested.
 CLAUDE_CODE_VERSION=2.1.332

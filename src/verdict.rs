@@ -153,6 +153,153 @@ pub fn fit_to_tree(report: &mut VerdictReport, root: &std::path::Path) -> bool {
     changed
 }
 
+/// Report files read per step at most, and bytes per file.
+const MAX_REPORT_FILES: usize = 50;
+const MAX_REPORT_BYTES: u64 = 20 * 1024 * 1024;
+
+/// The verdict of a step that wrote JUnit XML reports matching `glob`
+/// (relative to the workspace `root`): every failed or errored test case is
+/// a `failure` finding on the line its failure points at — the last
+/// `path:line:` of its message or trace naming a file of the workspace
+/// (pytest, cargo, Go and Node print those), else the test case's
+/// `file`/`line` attributes; the verdict is `fail` when `exit_ok` is false
+/// or any test failed. Read with `quick-junit`.
+pub fn from_junit(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictReport {
+    let matcher = globset::Glob::new(glob).map(|g| g.compile_matcher()).ok();
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && e.file_name() != ".git" {
+                stack.push(path);
+            } else if kind.is_file()
+                && let Ok(rel) = path.strip_prefix(root)
+                && matcher.as_ref().is_some_and(|m| m.is_match(rel))
+                && files.len() < MAX_REPORT_FILES
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let location = regex::Regex::new(r"([A-Za-z0-9_./-]+\.[A-Za-z0-9]+):(\d+)").expect("compiles");
+    let (mut tests, mut failed, mut unplaced, mut unreadable) =
+        (0usize, 0usize, 0usize, Vec::new());
+    let mut findings = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        let text = match std::fs::metadata(file) {
+            Ok(m) if m.len() <= MAX_REPORT_BYTES => std::fs::read_to_string(file).ok(),
+            _ => None,
+        };
+        let Some(report) = text.and_then(|t| quick_junit::Report::deserialize_from_str(&t).ok())
+        else {
+            unreadable.push(rel);
+            continue;
+        };
+        for case in report.test_suites.iter().flat_map(|s| s.test_cases.iter()) {
+            tests += 1;
+            let quick_junit::TestCaseStatus::NonSuccess {
+                message,
+                description,
+                ..
+            } = &case.status
+            else {
+                continue;
+            };
+            failed += 1;
+            let text = format!(
+                "{}\n{}",
+                message.as_ref().map(|m| m.as_str()).unwrap_or(""),
+                description.as_ref().map(|d| d.as_str()).unwrap_or("")
+            );
+            let in_tree = |p: &str| {
+                !p.starts_with('/') && !p.split('/').any(|s| s == "..") && root.join(p).is_file()
+            };
+            let from_trace = location
+                .captures_iter(&text)
+                .filter_map(|c| Some((c.get(1)?.as_str().to_owned(), c[2].parse::<u64>().ok()?)))
+                .filter(|(p, l)| *l > 0 && in_tree(p))
+                .last();
+            let attr = |k: &str| case.extra.get(k).map(|v| v.as_str().to_owned());
+            let from_attrs = attr("file").filter(|p| in_tree(p)).map(|p| {
+                (
+                    p,
+                    attr("line")
+                        .and_then(|l| l.parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .max(1),
+                )
+            });
+            let Some((path, line)) = from_trace.or(from_attrs) else {
+                unplaced += 1;
+                continue;
+            };
+            if findings.len() >= MAX_FINDINGS {
+                continue;
+            }
+            let name = match &case.classname {
+                Some(c) => format!("{}.{}", c.as_str(), case.name.as_str()),
+                None => case.name.as_str().to_owned(),
+            };
+            let message: String = text.trim().chars().take(3900).collect();
+            findings.push(Finding {
+                path,
+                start_line: line,
+                end_line: line,
+                severity: Severity::Failure,
+                title: format!("test {name} failed").chars().take(200).collect(),
+                message: if message.is_empty() {
+                    "failed".into()
+                } else {
+                    message
+                },
+                suggestion: None,
+            });
+        }
+    }
+    let mut summary = if files.is_empty() {
+        format!("No test report matched `{glob}`.")
+    } else {
+        format!(
+            "{tests} test{} in {} report{}, {failed} failed.",
+            if tests == 1 { "" } else { "s" },
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        )
+    };
+    if unplaced > 0 {
+        summary.push_str(&format!(
+            " {unplaced} failure{} named no line of the workspace.",
+            if unplaced == 1 { "" } else { "s" }
+        ));
+    }
+    if !unreadable.is_empty() {
+        summary.push_str(&format!(" Not JUnit XML: {}.", unreadable.join(", ")));
+    }
+    if !exit_ok {
+        summary.push_str(" The command exited non-zero.");
+    }
+    VerdictReport {
+        verdict: if exit_ok && failed == 0 {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        summary,
+        findings,
+    }
+}
+
 /// What the verdict reports of a run's succeeded steps say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunVerdicts {
@@ -162,17 +309,20 @@ pub struct RunVerdicts {
     pub failed: Vec<String>,
 }
 
-/// Reads the verdict reports of `steps` that succeeded.
+/// Reads the verdict reports of `steps` that ended: findings of succeeded
+/// and failed steps (a failing test command's failed tests), and a `fail`
+/// verdict of a succeeded step (a failed step already fails the run).
 pub fn run_verdicts(steps: &[crate::store::StepRecord]) -> RunVerdicts {
+    use crate::store::StepState;
     let mut out = RunVerdicts::default();
     for s in steps
         .iter()
-        .filter(|s| s.state == crate::store::StepState::Succeeded)
+        .filter(|s| matches!(s.state, StepState::Succeeded | StepState::Failed))
     {
         let Some(report) = s.output.as_deref().and_then(|o| parse(o).ok()) else {
             continue;
         };
-        if report.verdict == Verdict::Fail {
+        if report.verdict == Verdict::Fail && s.state == StepState::Succeeded {
             let first: String = report
                 .summary
                 .lines()

@@ -1106,3 +1106,68 @@ steps:
     );
     t.stop().await;
 }
+
+/// A real `pytest` run in the workspace writes JUnit XML; the step's
+/// `reports: [junit: …]` turns its one failing test into a `failure`
+/// finding on the failing assertion's line, and the step's verdict into
+/// `fail` (the command exited non-zero).
+#[tokio::test]
+async fn a_failing_pytest_run_becomes_a_finding_on_the_failing_line() {
+    let w = world().await;
+    w.repo.checkout(&w.base);
+    let with_tests = w.repo.commit(
+        &[
+            ("calc.py", "def add(a, b):\n    return a - b\n"),
+            (
+                "test_calc.py",
+                "from calc import add\n\n\ndef test_zero():\n    assert add(0, 0) == 0\n\n\ndef test_add():\n    assert add(2, 2) == 4\n",
+            ),
+        ],
+        "tests",
+    );
+    w.repo.push(&with_tests, "refs/heads/main");
+    let set = workflows(
+        &[r#"
+name: tests
+on: { issues: { actions: [opened] } }
+steps:
+  test:
+    agent: command
+    validation: tests
+    reports: [junit: "reports/*.xml"]
+    with: { run: [python3, -m, pytest, -q, -p, no:cacheprovider, --junitxml=reports/junit.xml] }
+"#],
+        &["command"],
+    );
+    let agents = AgentMap::new().with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let run_id = start(&t, "tests", "issues", &issue_payload(7, "tests")).await;
+    let snap = t.wait_run(run_id, Duration::from_secs(120)).await;
+    let step = snap.step("test").unwrap();
+    assert_eq!(step.state, StepState::Failed, "{:?}", step.error);
+    let output = step.output.clone().unwrap_or_default();
+    let report = taskmaster::verdict::parse(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(report.verdict, taskmaster::verdict::Verdict::Fail);
+    assert!(
+        report.summary.starts_with("2 tests in 1 report, 1 failed."),
+        "{}",
+        report.summary
+    );
+    assert_eq!(report.findings.len(), 1, "{report:#?}");
+    let f = &report.findings[0];
+    assert_eq!(
+        (f.path.as_str(), f.start_line),
+        ("test_calc.py", 9),
+        "{f:#?}"
+    );
+    assert!(f.title.contains("test_add"), "{f:#?}");
+    // The run's report carries it as an annotation.
+    let mut r = taskmaster::outbox::build_report(&snap, None);
+    r.annotate = true;
+    let update = r.check_run_update();
+    let annotations = update.output.as_ref().unwrap().annotations().to_vec();
+    assert_eq!(annotations.len(), 1);
+    assert_eq!(annotations[0].path, "test_calc.py");
+    assert_eq!(annotations[0].start_line, 9);
+    t.stop().await;
+}

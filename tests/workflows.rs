@@ -57,7 +57,7 @@ fn broken_files_report_file_line_column_and_what_is_expected() {
             "unknown_key.yml",
             &[&*format!(
                 "broken/unknown_key.yml:6:5: unknown field `agnet`, expected one of name, agent, \
-fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation, changes, pull_request {SCHEMA}"
+fallback, prompt, with, needs, if, continue_on_error, timeout, retry, validation, changes, pull_request, reports {SCHEMA}"
             )],
         ),
         (
@@ -272,6 +272,32 @@ fn the_pull_request_step_is_one_and_needs_a_change_to_propose() {
             .unwrap()
             .command,
         "fix"
+    );
+}
+
+#[test]
+fn test_reports_are_junit_globs_inside_the_workspace() {
+    let src = "name: r\non: {issues: {}}\nsteps:\n  t:\n    agent: command\n    with: {run: [make, test]}\n    reports: [junit: \"../x.xml\", sarif: \"a.sarif\"]\n";
+    let err =
+        WorkflowSet::from_sources(vec![("r.yml".into(), src.into())], DEFAULT_AGENTS).unwrap_err();
+    let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].contains("`../x.xml` is not a glob inside the workspace"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("`sarif` is not a report format"),
+        "{lines:#?}"
+    );
+    let ok = src.replace(
+        "junit: \"../x.xml\", sarif: \"a.sarif\"",
+        "junit: \"target/**/junit.xml\"",
+    );
+    let set = WorkflowSet::from_sources(vec![("r.yml".into(), ok)], DEFAULT_AGENTS).unwrap();
+    assert_eq!(
+        set.get("r").unwrap().steps[0].reports[0].glob,
+        "target/**/junit.xml"
     );
 }
 

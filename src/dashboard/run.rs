@@ -443,7 +443,12 @@ fn outputs(run_id: i64, steps: &[StepRecord], operator: Option<&Session>) -> Mar
 fn verdict_reports(steps: &[StepRecord]) -> Vec<(String, crate::verdict::VerdictReport)> {
     steps
         .iter()
-        .filter(|s| s.state == crate::store::StepState::Succeeded)
+        .filter(|s| {
+            matches!(
+                s.state,
+                crate::store::StepState::Succeeded | crate::store::StepState::Failed
+            )
+        })
         .filter_map(|s| {
             let report = crate::verdict::parse(s.output.as_deref()?).ok()?;
             Some((s.step.clone(), report))

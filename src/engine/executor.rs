@@ -485,6 +485,43 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             }
         }
     }
+    // Test reports the step wrote (`reports: [junit: …]`): failed tests
+    // become findings, and the verdict is the answer's last block.
+    if !def.reports.is_empty()
+        && stop.is_none()
+        && let Some(ws) = workspace.as_ref()
+    {
+        let exit_ok = outcome.failure.is_none();
+        let mut merged: Option<crate::verdict::VerdictReport> = None;
+        for r in &def.reports {
+            let (root, glob) = (ws.path.clone(), r.glob.clone());
+            let Ok(report) = tokio::task::spawn_blocking(move || {
+                crate::verdict::from_junit(&root, &glob, exit_ok)
+            })
+            .await
+            else {
+                continue;
+            };
+            merged = Some(match merged {
+                None => report,
+                Some(mut m) => {
+                    if report.verdict == crate::verdict::Verdict::Fail {
+                        m.verdict = crate::verdict::Verdict::Fail;
+                    }
+                    m.summary = format!("{} {}", m.summary, report.summary);
+                    m.findings.extend(report.findings);
+                    m.findings.truncate(crate::verdict::MAX_FINDINGS);
+                    m
+                }
+            });
+        }
+        if let Some(report) = merged {
+            outcome.output.text.push_str(&format!(
+                "\n\n(taskmaster read the step's test reports)\n```json\n{}\n```\n",
+                serde_json::to_string(&report).unwrap_or_default()
+            ));
+        }
+    }
     // Findings refer to the checkout: paths not in it are dropped, lines
     // past a file's end clamped; the corrected report is appended as the
     // answer's last block (the one read from then on).

@@ -290,6 +290,15 @@ pub struct TaskTrigger {
     pub bots: bool,
 }
 
+/// A test report a step writes (`reports:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestReport {
+    /// `junit` (JUnit XML).
+    pub format: String,
+    /// A glob relative to the workspace, e.g. `target/**/junit.xml`.
+    pub glob: String,
+}
+
 /// Everything that can start a workflow.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Triggers {
@@ -358,6 +367,10 @@ pub struct Step {
     /// `pull_request: true`: the step's output is the title (its first line)
     /// and description of the pull request the run's change is proposed in.
     pub pull_request: bool,
+    /// `reports: [junit: "<glob>"]`: test reports the step writes in the
+    /// workspace, read when it ends (failed tests become findings on lines,
+    /// and the step's verdict is `fail` on any failure or a non-zero exit).
+    pub reports: Vec<TestReport>,
     /// Time limit per attempt.
     pub timeout: Option<Duration>,
     /// Retry policy.

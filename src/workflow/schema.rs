@@ -335,6 +335,8 @@ pub(crate) struct RawStep {
     pub changes: bool,
     #[serde(default)]
     pub pull_request: bool,
+    #[serde(default)]
+    pub reports: Vec<std::collections::BTreeMap<String, Spanned<String>>>,
 }
 
 /// `retry:`.

@@ -977,6 +977,42 @@ including the first)",
             validation,
             changes: step.changes || workflow_changes,
             pull_request: step.pull_request,
+            reports: step
+                .reports
+                .iter()
+                .flat_map(|m| m.iter())
+                .filter_map(|(format, glob)| {
+                    if format != "junit" {
+                        check.err(
+                            glob,
+                            format!(
+                                "`reports` takes `junit: <glob>` (JUnit XML); `{format}` is not a \
+report format taskmaster reads"
+                            ),
+                        );
+                        return None;
+                    }
+                    let g = &glob.value;
+                    if g.is_empty()
+                        || g.starts_with('/')
+                        || g.split('/').any(|s| s == "..")
+                        || globset::Glob::new(g).is_err()
+                    {
+                        check.err(
+                            glob,
+                            format!(
+                                "`{g}` is not a glob inside the workspace (relative, no `..`), \
+e.g. `target/**/junit.xml`"
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(super::TestReport {
+                        format: format.clone(),
+                        glob: g.clone(),
+                    })
+                })
+                .collect(),
             timeout: step_timeout,
             retry,
             order: 0,

@@ -165,28 +165,7 @@ const MAX_REPORT_BYTES: u64 = 20 * 1024 * 1024;
 /// `file`/`line` attributes; the verdict is `fail` when `exit_ok` is false
 /// or any test failed. Read with `quick-junit`.
 pub fn from_junit(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictReport {
-    let matcher = globset::Glob::new(glob).map(|g| g.compile_matcher()).ok();
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() && e.file_name() != ".git" {
-                stack.push(path);
-            } else if kind.is_file()
-                && let Ok(rel) = path.strip_prefix(root)
-                && matcher.as_ref().is_some_and(|m| m.is_match(rel))
-                && files.len() < MAX_REPORT_FILES
-            {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let files = report_files(root, glob);
     let location = regex::Regex::new(r"([A-Za-z0-9_./-]+\.[A-Za-z0-9]+):(\d+)").expect("compiles");
     let (mut tests, mut failed, mut unplaced, mut unreadable) =
         (0usize, 0usize, 0usize, Vec::new());
@@ -291,6 +270,218 @@ pub fn from_junit(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictR
     }
     VerdictReport {
         verdict: if exit_ok && failed == 0 {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        summary,
+        findings,
+    }
+}
+
+/// The files under `root` (not in `.git`) matching `glob`, sorted, at most
+/// [`MAX_REPORT_FILES`].
+fn report_files(root: &std::path::Path, glob: &str) -> Vec<std::path::PathBuf> {
+    let matcher = globset::Glob::new(glob).map(|g| g.compile_matcher()).ok();
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && e.file_name() != ".git" {
+                stack.push(path);
+            } else if kind.is_file()
+                && let Ok(rel) = path.strip_prefix(root)
+                && matcher.as_ref().is_some_and(|m| m.is_match(rel))
+                && files.len() < MAX_REPORT_FILES
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The verdict of a step that wrote SARIF 2.1.0 logs matching `glob` (a
+/// linter or scanner: `clippy-sarif`, `semgrep --sarif`, `eslint -f
+/// @microsoft/eslint-formatter-sarif`): each result with a location in the
+/// workspace is a finding (`error` → failure, `warning` → warning, `note`
+/// and `none` → notice); the verdict is `fail` when `exit_ok` is false or
+/// any result is an error. Read with serde against the schema's fields.
+/// Source: <https://docs.oasis-open.org/sarif/sarif/v2.1.0/sarif-v2.1.0.html>.
+pub fn from_sarif(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictReport {
+    #[derive(Deserialize)]
+    struct Log {
+        #[serde(default)]
+        runs: Vec<Run>,
+    }
+    #[derive(Deserialize)]
+    struct Run {
+        #[serde(default)]
+        results: Vec<SarifResult>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SarifResult {
+        #[serde(default)]
+        rule_id: Option<String>,
+        #[serde(default)]
+        level: Option<String>,
+        #[serde(default)]
+        message: Message,
+        #[serde(default)]
+        locations: Vec<Location>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Message {
+        #[serde(default)]
+        text: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Location {
+        #[serde(default)]
+        physical_location: Option<Physical>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Physical {
+        #[serde(default)]
+        artifact_location: Option<Artifact>,
+        #[serde(default)]
+        region: Option<Region>,
+    }
+    #[derive(Deserialize)]
+    struct Artifact {
+        #[serde(default)]
+        uri: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Region {
+        #[serde(default)]
+        start_line: Option<u64>,
+        #[serde(default)]
+        end_line: Option<u64>,
+    }
+    let files = report_files(root, glob);
+    let (mut results, mut errors, mut unplaced, mut unreadable) =
+        (0usize, 0usize, 0usize, Vec::new());
+    let mut findings = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        let log: Option<Log> = match std::fs::metadata(file) {
+            Ok(m) if m.len() <= MAX_REPORT_BYTES => std::fs::read(file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+            _ => None,
+        };
+        let Some(log) = log else {
+            unreadable.push(rel);
+            continue;
+        };
+        for r in log.runs.into_iter().flat_map(|run| run.results) {
+            results += 1;
+            let level = r.level.as_deref().unwrap_or("warning");
+            let severity = match level {
+                "error" => Severity::Failure,
+                "warning" => Severity::Warning,
+                _ => Severity::Notice,
+            };
+            if severity == Severity::Failure {
+                errors += 1;
+            }
+            let place = r.locations.iter().find_map(|l| {
+                let p = l.physical_location.as_ref()?;
+                let uri = p.artifact_location.as_ref()?.uri.as_deref()?;
+                let path = uri.strip_prefix("file://").unwrap_or(uri);
+                let path = path
+                    .strip_prefix(&format!("{}/", root.display()))
+                    .unwrap_or(path)
+                    .trim_start_matches("./")
+                    .to_owned();
+                let start = p
+                    .region
+                    .as_ref()
+                    .and_then(|r| r.start_line)
+                    .unwrap_or(1)
+                    .max(1);
+                let end = p
+                    .region
+                    .as_ref()
+                    .and_then(|r| r.end_line)
+                    .unwrap_or(start)
+                    .max(start);
+                let inside = !path.starts_with('/')
+                    && !path.split('/').any(|s| s == "..")
+                    && root.join(&path).is_file();
+                inside.then_some((path, start, end))
+            });
+            let Some((path, start, end)) = place else {
+                unplaced += 1;
+                continue;
+            };
+            if findings.len() >= MAX_FINDINGS {
+                continue;
+            }
+            let message: String = r
+                .message
+                .text
+                .unwrap_or_else(|| "(no message)".into())
+                .chars()
+                .take(3900)
+                .collect();
+            findings.push(Finding {
+                path,
+                start_line: start,
+                end_line: end,
+                severity,
+                title: r
+                    .rule_id
+                    .unwrap_or_else(|| level.to_owned())
+                    .chars()
+                    .take(200)
+                    .collect(),
+                message: if message.trim().is_empty() {
+                    "(no message)".into()
+                } else {
+                    message
+                },
+                suggestion: None,
+            });
+        }
+    }
+    let mut summary = if files.is_empty() {
+        format!("No SARIF log matched `{glob}`.")
+    } else {
+        format!(
+            "{results} result{} in {} log{}, {errors} error{}.",
+            if results == 1 { "" } else { "s" },
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            if errors == 1 { "" } else { "s" }
+        )
+    };
+    if unplaced > 0 {
+        summary.push_str(&format!(" {unplaced} named no file of the workspace."));
+    }
+    if !unreadable.is_empty() {
+        summary.push_str(&format!(" Not SARIF: {}.", unreadable.join(", ")));
+    }
+    if !exit_ok {
+        summary.push_str(" The command exited non-zero.");
+    }
+    VerdictReport {
+        verdict: if exit_ok && errors == 0 {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -517,6 +708,48 @@ mod tests {
         let mut out = r.clone();
         assert!(!fit_to_tree(&mut out, dir.path()));
         assert_eq!(out, r);
+    }
+
+    #[test]
+    fn sarif_results_become_findings_and_errors_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+        // The shape clippy-sarif and semgrep write (SARIF 2.1.0).
+        let log = serde_json::json!({
+            "version": "2.1.0",
+            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+            "runs": [{
+                "tool": {"driver": {"name": "clippy", "rules": []}},
+                "results": [
+                    {"ruleId": "clippy::needless_return", "level": "warning",
+                     "message": {"text": "unneeded `return` statement"},
+                     "locations": [{"physicalLocation": {
+                         "artifactLocation": {"uri": "src/main.rs"},
+                         "region": {"startLine": 1, "startColumn": 13, "endLine": 1}}}]},
+                    {"ruleId": "E1", "level": "error",
+                     "message": {"text": "elsewhere"},
+                     "locations": [{"physicalLocation": {
+                         "artifactLocation": {"uri": "/usr/lib/x.rs"},
+                         "region": {"startLine": 3}}}]}
+                ]
+            }]
+        });
+        std::fs::write(dir.path().join("lint.sarif"), log.to_string()).unwrap();
+        std::fs::write(dir.path().join("bad.sarif"), "not json").unwrap();
+        let r = from_sarif(dir.path(), "*.sarif", true);
+        assert_eq!(r.verdict, Verdict::Fail, "an error-level result");
+        assert_eq!(r.findings.len(), 1, "{r:#?}");
+        assert_eq!(r.findings[0].path, "src/main.rs");
+        assert_eq!(r.findings[0].severity, Severity::Warning);
+        assert_eq!(r.findings[0].title, "clippy::needless_return");
+        assert!(
+            r.summary.contains("2 results in 2 logs, 1 error."),
+            "{}",
+            r.summary
+        );
+        assert!(r.summary.contains("Not SARIF: bad.sarif."), "{}", r.summary);
+        assert!(r.summary.contains("1 named no file"), "{}", r.summary);
     }
 
     #[test]

@@ -277,7 +277,7 @@ fn the_pull_request_step_is_one_and_needs_a_change_to_propose() {
 
 #[test]
 fn test_reports_are_junit_globs_inside_the_workspace() {
-    let src = "name: r\non: {issues: {}}\nsteps:\n  t:\n    agent: command\n    with: {run: [make, test]}\n    reports: [junit: \"../x.xml\", sarif: \"a.sarif\"]\n";
+    let src = "name: r\non: {issues: {}}\nsteps:\n  t:\n    agent: command\n    with: {run: [make, test]}\n    reports: [junit: \"../x.xml\", tap: \"a.tap\"]\n";
     let err =
         WorkflowSet::from_sources(vec![("r.yml".into(), src.into())], DEFAULT_AGENTS).unwrap_err();
     let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
@@ -287,11 +287,11 @@ fn test_reports_are_junit_globs_inside_the_workspace() {
         "{lines:#?}"
     );
     assert!(
-        lines[1].contains("`sarif` is not a report format"),
+        lines[1].contains("`tap` is not a report format"),
         "{lines:#?}"
     );
     let ok = src.replace(
-        "junit: \"../x.xml\", sarif: \"a.sarif\"",
+        "junit: \"../x.xml\", tap: \"a.tap\"",
         "junit: \"target/**/junit.xml\"",
     );
     let set = WorkflowSet::from_sources(vec![("r.yml".into(), ok)], DEFAULT_AGENTS).unwrap();

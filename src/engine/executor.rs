@@ -494,9 +494,13 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         let exit_ok = outcome.failure.is_none();
         let mut merged: Option<crate::verdict::VerdictReport> = None;
         for r in &def.reports {
-            let (root, glob) = (ws.path.clone(), r.glob.clone());
+            let (root, glob, sarif) = (ws.path.clone(), r.glob.clone(), r.format == "sarif");
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                crate::verdict::from_junit(&root, &glob, exit_ok)
+                if sarif {
+                    crate::verdict::from_sarif(&root, &glob, exit_ok)
+                } else {
+                    crate::verdict::from_junit(&root, &glob, exit_ok)
+                }
             })
             .await
             else {

@@ -293,7 +293,7 @@ pub struct TaskTrigger {
 /// A test report a step writes (`reports:`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TestReport {
-    /// `junit` (JUnit XML).
+    /// `junit` (JUnit XML) or `sarif` (SARIF 2.1.0).
     pub format: String,
     /// A glob relative to the workspace, e.g. `target/**/junit.xml`.
     pub glob: String,

@@ -982,12 +982,12 @@ including the first)",
                 .iter()
                 .flat_map(|m| m.iter())
                 .filter_map(|(format, glob)| {
-                    if format != "junit" {
+                    if format != "junit" && format != "sarif" {
                         check.err(
                             glob,
                             format!(
-                                "`reports` takes `junit: <glob>` (JUnit XML); `{format}` is not a \
-report format taskmaster reads"
+                                "`reports` takes `junit: <glob>` (JUnit XML) or `sarif: <glob>` \
+(SARIF 2.1.0); `{format}` is not a report format taskmaster reads"
                             ),
                         );
                         return None;

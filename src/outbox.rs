@@ -397,6 +397,16 @@ impl Outbox {
                     .record_check_run(candidate.run_id, id.0 as i64)
                     .await?;
             }
+            // Findings on lines inside the PR's hunks also go out as one
+            // review, once, with the first report of the finished run. A
+            // failure here is logged, never holds the report back.
+            if report.annotate
+                && !report.findings.is_empty()
+                && let Err(e) = self.review_findings(installation, &repo, &report).await
+            {
+                tracing::warn!(run_id = candidate.run_id, error = %e,
+                    "could not post the findings as a review; they are on the check run");
+            }
         }
         let number = report.number as i64;
         let mut reports = Vec::new();
@@ -442,6 +452,102 @@ impl Outbox {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Outbox {
+    /// One `COMMENT` review (never `APPROVE`) of the findings that sit on
+    /// lines of the pull request's diff hunks, with ```` ```suggestion ````
+    /// blocks where a finding has one; found again by its marker, so it is
+    /// posted once per run.
+    async fn review_findings(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        report: &RunReport,
+    ) -> Result<(), GitHubError> {
+        use crate::github::{NewReview, ReviewComment, WriteAccess};
+        let access = WriteAccess {
+            installation,
+            workflows: false,
+        };
+        let marker = format!("<!-- taskmaster:findings run={} -->", report.run_id);
+        if self
+            .github
+            .find_review(access, repo, report.number, &marker)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let files: std::collections::HashMap<String, Vec<(u64, u64)>> = self
+            .github
+            .pull_request_files(access, repo, report.number)
+            .await?
+            .into_iter()
+            .map(|(path, patch)| (path, crate::verdict::hunk_ranges(&patch)))
+            .collect();
+        let mut comments = Vec::new();
+        for (step, f) in &report.findings {
+            let inside = files.get(&f.path).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|(a, b)| *a <= f.start_line && f.end_line <= *b)
+            });
+            if !inside {
+                continue;
+            }
+            let level = match f.severity {
+                crate::verdict::Severity::Failure => "failure",
+                crate::verdict::Severity::Warning => "warning",
+                crate::verdict::Severity::Notice => "notice",
+            };
+            let mut body = format!(
+                "**{}** ({step}, {level}): {}",
+                f.title.replace(['\n', '\r'], " "),
+                f.message
+            );
+            if let Some(s) = &f.suggestion {
+                let s = if s.ends_with('\n') {
+                    s.clone()
+                } else {
+                    format!("{s}\n")
+                };
+                body.push_str(&format!("\n\n```suggestion\n{s}```"));
+            }
+            comments.push(ReviewComment {
+                path: f.path.clone(),
+                line: f.end_line,
+                start_line: (f.start_line < f.end_line).then_some(f.start_line),
+                body,
+            });
+        }
+        if comments.is_empty() {
+            return Ok(());
+        }
+        let head = report.head_sha.clone().unwrap_or_default();
+        let body = format!(
+            "{marker}\ntaskmaster's `{}` run found {} issue{} on lines of this pull request \
+             ({} finding{} in all; every one is an annotation on the check run).",
+            report.workflow,
+            comments.len(),
+            if comments.len() == 1 { "" } else { "s" },
+            report.findings.len(),
+            if report.findings.len() == 1 { "" } else { "s" },
+        );
+        self.github
+            .create_review(
+                access,
+                repo,
+                report.number,
+                &NewReview {
+                    commit_id: head,
+                    body,
+                    comments,
+                },
+            )
+            .await
+            .map(drop)
     }
 }
 

@@ -491,6 +491,22 @@ pub fn from_sarif(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictR
     }
 }
 
+/// The new-side line ranges (inclusive) of the hunks of one file's patch
+/// (`@@ -a,b +c,d @@` headers), where review comments may go.
+pub fn hunk_ranges(patch: &str) -> Vec<(u64, u64)> {
+    patch
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@ "))
+        .filter_map(|h| {
+            let plus = h.split_whitespace().find(|p| p.starts_with('+'))?;
+            let mut it = plus[1..].split(',');
+            let start: u64 = it.next()?.parse().ok()?;
+            let count: u64 = it.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+            (count > 0).then(|| (start, start + count - 1))
+        })
+        .collect()
+}
+
 /// What the verdict reports of a run's succeeded steps say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunVerdicts {

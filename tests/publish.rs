@@ -1171,3 +1171,65 @@ steps:
     assert_eq!(annotations[0].start_line, 9);
     t.stop().await;
 }
+
+/// A review's findings on lines inside the PR's hunks are posted once as
+/// a COMMENT review (with the suggestion); all of them are annotations.
+#[tokio::test]
+async fn findings_inside_the_prs_hunks_become_one_review_with_suggestions() {
+    let w = world().await;
+    let set = workflows(
+        &[r#"
+name: review
+on: { pull_request: {} }
+steps:
+  review: { agent: editor, validation: code_review, prompt: "Review." }
+"#],
+        &["editor"],
+    );
+    let answer = r#"```json
+{"verdict":"fail","summary":"A name.","findings":[
+ {"path":"src/lib.rs","start_line":2,"end_line":2,"severity":"failure","title":"Name","message":"Say what it does.","suggestion":"fn two_named() {}"},
+ {"path":"README.md","start_line":1,"end_line":1,"severity":"notice","title":"Old","message":"Not in this PR."}]}
+```"#;
+    let agents = AgentMap::new().with(editor(answer, |_| {}));
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(
+        &t,
+        "review",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    t.wait_run(run_id, Duration::from_secs(60)).await;
+    let outbox = w.outbox(store.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.fake.reviews(REPO, 1).is_empty() {
+        assert!(Instant::now() < deadline, "{:#?}", w.write_lines());
+        outbox.pass().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    outbox.pass().await.unwrap();
+    let reviews = w.fake.reviews(REPO, 1);
+    assert_eq!(reviews.len(), 1, "posted once");
+    assert_eq!(reviews[0]["event"], json!("COMMENT"));
+    let comments = reviews[0]["comments"].as_array().unwrap();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert_eq!(comments[0]["path"], json!("src/lib.rs"));
+    assert_eq!(comments[0]["line"], json!(2));
+    let body = comments[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("```suggestion\nfn two_named() {}\n```"),
+        "{body}"
+    );
+    // Both findings are annotations on the (red) check run.
+    let runs = w.fake.check_runs(REPO);
+    let run = runs.last().unwrap();
+    assert_eq!(run["conclusion"], json!("failure"), "{run:#}");
+    assert_eq!(
+        run["annotations"].as_array().map(Vec::len),
+        Some(2),
+        "{run:#}"
+    );
+    t.stop().await;
+}

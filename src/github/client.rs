@@ -1050,6 +1050,40 @@ impl GitHub for GitHubClient {
         })
     }
 
+    async fn pull_request_files(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<Vec<(String, String)>, GitHubError> {
+        #[derive(Deserialize)]
+        struct File {
+            filename: String,
+            #[serde(default)]
+            patch: Option<String>,
+        }
+        let scoped = self.scoped(access, repo).await?;
+        let mut out = Vec::new();
+        for page in 1..=30u32 {
+            let req = Request::new(
+                Method::GET,
+                format!("/repos/{repo}/pulls/{number}/files?per_page=100&page={page}"),
+                scoped.clone(),
+            );
+            let files: Vec<File> = self.send_json(req).await?;
+            let n = files.len();
+            out.extend(
+                files
+                    .into_iter()
+                    .map(|f| (f.filename, f.patch.unwrap_or_default())),
+            );
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn create_pull_request(
         &self,
         access: WriteAccess,

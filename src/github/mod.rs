@@ -547,6 +547,21 @@ pub trait GitHub: Send + Sync {
         Err(unsupported("read pull requests"))
     }
 
+    /// The files of pull request `number` with their unified `patch`
+    /// (hunks only, as GitHub sends it; absent for binary or huge files),
+    /// as `(path, patch)`, reading every page (GitHub lists at most 3,000).
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/pulls#list-pull-requests-files>
+    async fn pull_request_files(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<Vec<(String, String)>, GitHubError> {
+        let _ = (access, repo, number);
+        Err(unsupported("list pull request files"))
+    }
+
     /// Opens a pull request.
     ///
     /// # Errors

@@ -1204,6 +1204,7 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
             Ok(reply(200, pull_json(&r.base_url, &r.full, &p)))
         }
         ("GET", ["pulls", n, "reviews"]) => list_reviews(w, r, req, number(n)?),
+        ("GET", ["pulls", n, "files"]) => list_pull_files(w, r, number(n)?),
         ("POST", ["pulls", n, "reviews"]) => create_review(w, r, number(n)?, b),
         ("GET", ["issues", "comments", id]) => {
             let id = number(id)?;
@@ -2030,6 +2031,59 @@ fn list_reviews(w: &mut World, r: &RepoCtx, req: &Req, n: u64) -> Res {
         .map(|(_, v)| review_api_json(v))
         .collect();
     Ok(paginate(req, &r.base_url, found))
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/files`: each file of the PR's three-dot
+/// diff with its unified `patch` (one page; enough for tests).
+fn list_pull_files(w: &mut World, r: &RepoCtx, n: u64) -> Res {
+    let pull = w
+        .repo(&r.full)
+        .pulls
+        .get(&n)
+        .cloned()
+        .ok_or_else(not_found)?;
+    let base = try_git(
+        &r.bare,
+        &["merge-base", &pull.base_sha, &pull.head_sha],
+        None,
+        &[],
+    )
+    .ok()
+    .filter(|s| is_sha(s))
+    .unwrap_or_else(|| pull.base_sha.clone());
+    let names = try_git(
+        &r.bare,
+        &["diff", "--name-only", "--no-renames", &base, &pull.head_sha],
+        None,
+        &[],
+    )
+    .map_err(internal)?;
+    let mut files = Vec::new();
+    for name in names.lines().filter(|l| !l.is_empty()) {
+        let diff = try_git(
+            &r.bare,
+            &[
+                "diff",
+                "--no-color",
+                "-U3",
+                "--no-renames",
+                &base,
+                &pull.head_sha,
+                "--",
+                name,
+            ],
+            None,
+            &[],
+        )
+        .map_err(internal)?;
+        // GitHub's `patch` starts at the first hunk header.
+        let patch = diff
+            .find("@@")
+            .map(|at| diff[at..].to_owned())
+            .unwrap_or_default();
+        files.push(json!({ "filename": name, "status": "modified", "patch": patch }));
+    }
+    Ok(reply(200, Value::Array(files)))
 }
 
 fn create_review(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {

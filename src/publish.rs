@@ -686,17 +686,7 @@ impl Publisher {
                 change.deletions,
                 self.run_link(run_id),
             );
-            let id = upsert_sticky_comment(
-                self.github.as_ref(),
-                subject.installation,
-                repo,
-                subject.number,
-                p.comment_id.map(crate::github::CommentId),
-                &marker,
-                &body,
-            )
-            .await?;
-            p.comment_id = Some(id.0);
+            self.comment_once(subject, &marker, &body, p).await?;
             self.store.save_publication(run_id, p).await?;
         }
         Ok(format!(
@@ -705,6 +695,29 @@ impl Publisher {
             pr.number,
             short(&commit)
         ))
+    }
+
+    /// The comment on the issue or PR the run was asked on, found again by
+    /// `marker` (its first line) so it exists once; its id is kept in `p`.
+    async fn comment_once(
+        &self,
+        subject: &Subject,
+        marker: &str,
+        body: &str,
+        p: &mut Publication,
+    ) -> Result<(), GitHubError> {
+        let id = upsert_sticky_comment(
+            self.github.as_ref(),
+            subject.installation,
+            &subject.repo,
+            subject.number,
+            p.comment_id.map(crate::github::CommentId),
+            marker,
+            body,
+        )
+        .await?;
+        p.comment_id = Some(id.0);
+        Ok(())
     }
 
     /// The agent's own pull requests, linked from a comment where the run
@@ -731,17 +744,7 @@ impl Publisher {
             for url in &p.linked {
                 body.push_str(&format!("- {url}\n"));
             }
-            let id = upsert_sticky_comment(
-                self.github.as_ref(),
-                subject.installation,
-                &subject.repo,
-                subject.number,
-                p.comment_id.map(crate::github::CommentId),
-                &marker,
-                &body,
-            )
-            .await?;
-            p.comment_id = Some(id.0);
+            self.comment_once(subject, &marker, &body, p).await?;
         }
         Ok(format!(
             "linked the pull request(s) the agent opened: {}",

@@ -262,14 +262,34 @@ pub fn from_junit(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictR
             if unplaced == 1 { "" } else { "s" }
         ));
     }
+    report_verdict(
+        summary,
+        "JUnit XML",
+        &unreadable,
+        exit_ok,
+        failed > 0,
+        findings,
+    )
+}
+
+/// The end of a report read from files: what could not be read, a
+/// non-zero exit, and the verdict (`fail` on either or on `failed`).
+fn report_verdict(
+    mut summary: String,
+    format: &str,
+    unreadable: &[String],
+    exit_ok: bool,
+    failed: bool,
+    findings: Vec<Finding>,
+) -> VerdictReport {
     if !unreadable.is_empty() {
-        summary.push_str(&format!(" Not JUnit XML: {}.", unreadable.join(", ")));
+        summary.push_str(&format!(" Not {format}: {}.", unreadable.join(", ")));
     }
     if !exit_ok {
         summary.push_str(" The command exited non-zero.");
     }
     VerdictReport {
-        verdict: if exit_ok && failed == 0 {
+        verdict: if exit_ok && !failed {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -474,21 +494,7 @@ pub fn from_sarif(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictR
     if unplaced > 0 {
         summary.push_str(&format!(" {unplaced} named no file of the workspace."));
     }
-    if !unreadable.is_empty() {
-        summary.push_str(&format!(" Not SARIF: {}.", unreadable.join(", ")));
-    }
-    if !exit_ok {
-        summary.push_str(" The command exited non-zero.");
-    }
-    VerdictReport {
-        verdict: if exit_ok && errors == 0 {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
-        summary,
-        findings,
-    }
+    report_verdict(summary, "SARIF", &unreadable, exit_ok, errors > 0, findings)
 }
 
 /// The new-side line ranges (inclusive) of the hunks of one file's patch
@@ -496,14 +502,8 @@ pub fn from_sarif(root: &std::path::Path, glob: &str, exit_ok: bool) -> VerdictR
 pub fn hunk_ranges(patch: &str) -> Vec<(u64, u64)> {
     patch
         .lines()
-        .filter_map(|l| l.strip_prefix("@@ "))
-        .filter_map(|h| {
-            let plus = h.split_whitespace().find(|p| p.starts_with('+'))?;
-            let mut it = plus[1..].split(',');
-            let start: u64 = it.next()?.parse().ok()?;
-            let count: u64 = it.next().and_then(|c| c.parse().ok()).unwrap_or(1);
-            (count > 0).then(|| (start, start + count - 1))
-        })
+        .filter_map(crate::workspace::HunkHeader::parse)
+        .filter_map(|h| h.new_range())
         .collect()
 }
 

@@ -244,6 +244,36 @@ async fn fix_from_a_writer_becomes_a_draft_pr_and_from_a_reader_is_refused() {
         }
     }
     assert!(w.fake.unhandled().is_empty(), "{:#?}", w.fake.unhandled());
+    // No token — the narrowed write token, the read token, the
+    // installation token — is in the service's log or under its data
+    // directory (mirrors, workspaces, the harvest's trusted git directory).
+    let tokens = w.fake.token_values();
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    let logs = service.logs_text();
+    let mut files = Vec::new();
+    let mut stack = vec![service.data_dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    for token in &tokens {
+        assert!(!logs.contains(token.as_str()), "a token is in the log");
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "a token is in {}",
+                f.display()
+            );
+        }
+    }
     drop(service);
 }
 

@@ -434,112 +434,18 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .expect("running lock")
         .remove(&lease.token);
     let stop = *running.reason.lock().expect("stop lock");
-    // The verdict must parse; one repair turn quoting the error, then the
-    // step is `malformed` (a failure of the answer, not the code's verdict).
     let mut outcome = outcome;
     let mut malformed = false;
-    if let (Some(base), None, None) = (repair_base, stop, &outcome.failure)
-        && let Err(error) = crate::verdict::parse(&outcome.output.text)
-    {
-        tracing::info!(run_id, step = %step.step, %error, "the verdict did not parse; one repair turn");
-        let answer = &outcome.output.text;
-        let mut cut = answer.len().saturating_sub(4000);
-        while !answer.is_char_boundary(cut) {
-            cut += 1;
-        }
-        let mut repair = base;
-        repair.prompt = format!(
-            "{}\n\nYour previous answer ended with:\n{}\n\n{}",
-            repair.prompt,
-            &answer[cut..],
-            crate::verdict::repair_prompt(&error)
-        );
-        let deadline = repair.deadline + grace;
-        match tokio::time::timeout_at(deadline, agent.run(repair)).await {
-            Ok(second) if second.failure.is_none() => {
-                match crate::verdict::parse(&second.output.text) {
-                    Ok(_) => {
-                        outcome.output = second.output;
-                        outcome.duration += second.duration;
-                    }
-                    Err(again) => {
-                        malformed = true;
-                        outcome.failure = Some(Failure {
-                            class: ErrorClass::Permanent,
-                            kind: FailureKind::Protocol,
-                            message: format!(
-                                "malformed verdict: {again} (after one repair turn; first: {error})"
-                            ),
-                        });
-                    }
-                }
-            }
-            Ok(second) => outcome.failure = second.failure,
-            Err(_) => {
-                outcome.failure = Some(Failure {
-                    class: ErrorClass::Transient,
-                    kind: FailureKind::Timeout,
-                    message: "the verdict's repair turn did not return within the step's timeout"
-                        .into(),
-                });
-            }
-        }
-    }
-    // Test reports the step wrote (`reports: [junit: …]`): failed tests
-    // become findings, and the verdict is the answer's last block.
-    if !def.reports.is_empty()
-        && stop.is_none()
-        && let Some(ws) = workspace.as_ref()
-    {
-        let exit_ok = outcome.failure.is_none();
-        let mut merged: Option<crate::verdict::VerdictReport> = None;
-        for r in &def.reports {
-            let (root, glob, sarif) = (ws.path.clone(), r.glob.clone(), r.format == "sarif");
-            let Ok(report) = tokio::task::spawn_blocking(move || {
-                if sarif {
-                    crate::verdict::from_sarif(&root, &glob, exit_ok)
-                } else {
-                    crate::verdict::from_junit(&root, &glob, exit_ok)
-                }
-            })
-            .await
-            else {
-                continue;
-            };
-            merged = Some(match merged {
-                None => report,
-                Some(mut m) => {
-                    if report.verdict == crate::verdict::Verdict::Fail {
-                        m.verdict = crate::verdict::Verdict::Fail;
-                    }
-                    m.summary = format!("{} {}", m.summary, report.summary);
-                    m.findings.extend(report.findings);
-                    m.findings.truncate(crate::verdict::MAX_FINDINGS);
-                    m
-                }
-            });
-        }
-        if let Some(report) = merged {
-            outcome.output.text.push_str(&format!(
-                "\n\n(taskmaster read the step's test reports)\n```json\n{}\n```\n",
-                serde_json::to_string(&report).unwrap_or_default()
-            ));
-        }
-    }
-    // Findings refer to the checkout: paths not in it are dropped, lines
-    // past a file's end clamped; the corrected report is appended as the
-    // answer's last block (the one read from then on).
-    if asks_verdict
-        && stop.is_none()
-        && outcome.failure.is_none()
-        && let Some(ws) = workspace.as_ref().filter(|ws| ws.repo_id > 0)
-        && let Ok(mut report) = crate::verdict::parse(&outcome.output.text)
-        && crate::verdict::fit_to_tree(&mut report, &ws.path)
-    {
-        outcome.output.text.push_str(&format!(
-            "\n\n(taskmaster checked the findings against the checkout)\n```json\n{}\n```\n",
-            serde_json::to_string(&report).unwrap_or_default()
-        ));
+    if stop.is_none() {
+        malformed = super::verdicts::settle(
+            agent.as_ref(),
+            &def,
+            workspace.as_ref(),
+            repair_base,
+            grace,
+            &mut outcome,
+        )
+        .await;
     }
     if stop.is_some() {
         // Stopped from outside: the outcome says nothing about the agent.
@@ -718,7 +624,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     )
     .await;
     if accepted && let Some((kind, state, output, error)) = verdict {
-        record_validation(
+        super::verdicts::record_validation(
             engine,
             &workflow,
             run_id,
@@ -732,82 +638,6 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .await;
     }
     handed_off
-}
-
-/// Stores the verdict of a validation step (`validation:` in the workflow):
-/// pass when it succeeded, fail when it failed, with the first line of its
-/// output as the summary and the (already redacted) output's tail as
-/// evidence. A store error is logged; the run goes on.
-#[allow(clippy::too_many_arguments)] // the parts of one finished step
-async fn record_validation(
-    engine: &Engine,
-    workflow: &str,
-    run_id: i64,
-    step: &str,
-    agent: &str,
-    kind: crate::store::ValidationKind,
-    state: StepState,
-    output: Option<String>,
-    error: Option<String>,
-) {
-    use crate::store::{NewValidation, Verdict};
-    const EVIDENCE_CHARS: usize = 4000;
-    let text = output.unwrap_or_default();
-    // The step's verdict report when its answer has one; else its outcome
-    // (a test command: pass when it exited 0).
-    let report = crate::verdict::parse(&text).ok();
-    let verdict = match (&report, state) {
-        (Some(r), _) => match r.verdict {
-            crate::verdict::Verdict::Pass => Verdict::Pass,
-            crate::verdict::Verdict::Fail => Verdict::Fail,
-            crate::verdict::Verdict::Neutral => Verdict::Warn,
-        },
-        (None, StepState::Succeeded) => Verdict::Pass,
-        (None, _) => Verdict::Fail,
-    };
-    let first_line = report
-        .as_ref()
-        .and_then(|r| r.summary.lines().map(str::trim).find(|l| !l.is_empty()))
-        .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()))
-        .or(error.as_deref())
-        .unwrap_or("");
-    let summary: String = first_line.chars().take(200).collect();
-    let chars = text.chars().count();
-    let tail: String = text
-        .chars()
-        .skip(chars.saturating_sub(EVIDENCE_CHARS))
-        .collect();
-    let mut evidence = vec![serde_json::json!({
-        "source": "step_output",
-        "agent": agent,
-        "excerpt": tail,
-        "truncated": chars > EVIDENCE_CHARS,
-    })];
-    if let Some(e) = &error {
-        evidence.push(serde_json::json!({ "source": "step_error", "error": e }));
-    }
-    if let Some(r) = &report {
-        evidence.push(serde_json::json!({
-            "source": "verdict",
-            "verdict": r.verdict,
-            "summary": r.summary,
-            "findings": r.findings,
-        }));
-    }
-    let validation = NewValidation {
-        run_id: Some(run_id),
-        step: Some(step.to_owned()),
-        kind,
-        verdict,
-        summary,
-        evidence: serde_json::Value::Array(evidence),
-        created_by: "system".into(),
-        created_at: now_ms(),
-    };
-    crate::instrument::verdict(workflow, step, validation.verdict.as_str());
-    if let Err(e) = engine.inner.store.create_validation(&validation).await {
-        tracing::warn!(run_id, step, error = %e, "could not store the step's validation");
-    }
 }
 
 /// Retry, fall back or give up after `failure` on `agent`.

@@ -39,6 +39,7 @@ pub mod breaker;
 pub mod executor;
 pub mod intake;
 pub mod plan;
+mod verdicts;
 mod workspaces;
 
 use std::collections::HashMap;

@@ -203,7 +203,11 @@ fn decide_pending(
             format!("needed step `{skipped}` was skipped"),
         ));
     }
-    let ctx = condition_context(run, by_id, state, dependency_failed);
+    // Verdicts are read from step outputs only for a condition that asks.
+    let reads_verdicts = def.condition.paths().iter().any(|(p, _)| {
+        p.first().is_some_and(|s| s == "steps") && p.get(2).is_some_and(|f| f == "verdict")
+    });
+    let ctx = condition_context(run, by_id, state, dependency_failed, reads_verdicts);
     if def.condition.evaluate(&ctx) {
         let why = if s.needs.is_empty() {
             format!("a first step; if: `{}` is true", def.condition.source())
@@ -244,6 +248,7 @@ fn condition_context(
     by_id: &HashMap<&str, &StepRecord>,
     state: &HashMap<&str, StepState>,
     dependency_failed: bool,
+    reads_verdicts: bool,
 ) -> JsonContext {
     let mut vars = match &run.context {
         serde_json::Value::Object(m) => m.clone(),
@@ -264,7 +269,11 @@ fn condition_context(
                 "outcome": outcome,
                 "conclusion": conclusion,
                 "output": rec.output.clone().unwrap_or_default(),
-                "verdict": crate::verdict::step_verdict(outcome, rec.output.as_deref()),
+                "verdict": if reads_verdicts {
+                    crate::verdict::step_verdict(outcome, rec.output.as_deref())
+                } else {
+                    None
+                },
             }),
         );
     }

@@ -2267,7 +2267,7 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 // The operator API's queries live in their own file.
 mod api;
-mod changes;
+pub(super) mod changes;
 pub(super) mod deliveries;
 mod raw;
 mod walsync;

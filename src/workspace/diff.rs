@@ -74,6 +74,45 @@ pub(super) fn parse_files(status: &[u8], numstat: &[u8]) -> Vec<FileChange> {
     files
 }
 
+/// The ranges of a unified diff's hunk header, `@@ -a,b +c,d @@ …` (a
+/// missing count means 1). The one parser of hunk headers: line numbering
+/// of `pr.diff`, the harvest's suggestions and secret scan, and review
+/// comments placed inside a pull request's hunks all use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HunkHeader {
+    pub old_start: u64,
+    pub old_count: u64,
+    pub new_start: u64,
+    pub new_count: u64,
+}
+
+impl HunkHeader {
+    /// Parses a line starting with `@@ `; `None` for anything else.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("@@ ")?;
+        let side = |sign: char| -> Option<(u64, u64)> {
+            let part = rest.split_whitespace().find(|p| p.starts_with(sign))?;
+            let mut it = part[1..].split(',');
+            let start = it.next()?.parse().ok()?;
+            let count = it.next().map_or(Some(1), |c| c.parse().ok())?;
+            Some((start, count))
+        };
+        let (old_start, old_count) = side('-')?;
+        let (new_start, new_count) = side('+')?;
+        Some(Self {
+            old_start,
+            old_count,
+            new_start,
+            new_count,
+        })
+    }
+
+    /// The new side's lines, inclusive; `None` when the hunk only removes.
+    pub fn new_range(&self) -> Option<(u64, u64)> {
+        (self.new_count > 0).then(|| (self.new_start, self.new_start + self.new_count - 1))
+    }
+}
+
 /// A unified diff with each line's number in the new file in front (removed
 /// lines get none), so an agent can cite real lines; cut at `limit` bytes at
 /// a file boundary where possible, with a note naming the files left out.
@@ -93,13 +132,7 @@ pub fn number_diff(patch: &str, limit: usize) -> String {
             continue;
         }
         if line.starts_with("@@") {
-            // @@ -a,b +c,d @@
-            new_line = line
-                .split(' ')
-                .find_map(|p| p.strip_prefix('+'))
-                .and_then(|p| p.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            new_line = HunkHeader::parse(line).map_or(0, |h| h.new_start);
             out.push_str(line);
             out.push('\n');
             continue;

@@ -28,7 +28,7 @@ use std::path::{Component, Path};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{STEERING_PATHS, WorkspaceError, Workspaces, path_str};
+use super::{HunkHeader, STEERING_PATHS, WorkspaceError, Workspaces, path_str};
 use crate::redact::Redactor;
 
 /// Limits on one change, and on what of its diff is kept for display.
@@ -236,8 +236,8 @@ pub fn check_policy(
             current = path.to_owned();
             continue;
         }
-        if let Some(hunk) = line.strip_prefix("@@ ") {
-            line_no = hunk_new_start(hunk).unwrap_or(1);
+        if line.starts_with("@@ ") {
+            line_no = HunkHeader::parse(&line).map_or(1, |h| h.new_start);
             continue;
         }
         if line.starts_with("+++") || line.starts_with("---") {
@@ -276,12 +276,6 @@ fn full_diff_lines(change: &Change) -> Vec<String> {
         }
     }
     lines
-}
-
-/// The new side's first line from a hunk header's tail (`-a,b +c,d @@ …`).
-pub(crate) fn hunk_new_start(hunk: &str) -> Option<u64> {
-    let plus = hunk.split_whitespace().find(|p| p.starts_with('+'))?;
-    plus[1..].split(',').next()?.parse().ok()
 }
 
 /// Whether a symlink at `path` pointing to `target` resolves inside the
@@ -643,18 +637,11 @@ fn new_side_ranges(diff: &str) -> BTreeMap<String, Vec<(u64, u64)>> {
             current = Some(path.to_owned());
         } else if line.starts_with("+++ ") {
             current = None;
-        } else if let (Some(hunk), Some(path)) = (line.strip_prefix("@@ "), &current) {
-            let Some(plus) = hunk.split_whitespace().find(|p| p.starts_with('+')) else {
-                continue;
-            };
-            let mut it = plus[1..].split(',');
-            let start: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            let count: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(1);
-            if count > 0 {
-                map.entry(path.clone())
-                    .or_default()
-                    .push((start, start + count - 1));
-            }
+        } else if let (Some(range), Some(path)) = (
+            HunkHeader::parse(line).and_then(|h| h.new_range()),
+            &current,
+        ) {
+            map.entry(path.clone()).or_default().push(range);
         }
     }
     map
@@ -688,18 +675,12 @@ fn zero_context_hunks(diff: &str) -> Vec<ZeroHunk> {
             path = None;
         } else if line.starts_with("Binary files ") {
             continue;
-        } else if let Some(hunk) = line.strip_prefix("@@ ") {
+        } else if let Some(h) = HunkHeader::parse(line) {
             let Some(p) = &path else { continue };
-            let Some(minus) = hunk.split_whitespace().find(|p| p.starts_with('-')) else {
-                continue;
-            };
-            let mut it = minus[1..].split(',');
-            let old_start = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            let old_count = it.next().and_then(|v| v.parse().ok()).unwrap_or(1);
             out.push(ZeroHunk {
                 path: p.clone(),
-                old_start,
-                old_count,
+                old_start: h.old_start,
+                old_count: h.old_count,
                 added: Vec::new(),
                 binary: false,
             });

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub use diff::{FileChange, number_diff};
+pub use diff::{FileChange, HunkHeader, number_diff};
 pub use git::Git;
 pub use harvest::{
     Change, ChangeLimits, ChangePolicy, ChangedFile, FileStatus, Suggestion, WORKFLOWS_DIR,

@@ -320,6 +320,11 @@ impl FakeGitHub {
         self.inner.lock().issued.clone()
     }
 
+    /// The secret values of every token handed out (to prove none leaks).
+    pub fn token_values(&self) -> Vec<String> {
+        self.inner.lock().tokens.keys().cloned().collect()
+    }
+
     /// Grants the installation `permission` at `level`.
     pub fn grant(&self, permission: &str, level: &str) {
         self.inner

@@ -1,52 +1,15 @@
-//! PostgreSQL queries of runs' changes (see [`crate::store::changes`]).
+//! PostgreSQL queries of runs' changes (see [`crate::store::changes`]);
+//! the row type is SQLite's (`sqlite::changes::ChangeRow`).
 
 use async_trait::async_trait;
 
-use super::{PgStore, corrupt, insert_event};
+use super::{PgStore, insert_event};
 use crate::store::changes::{
     ChangeState, ChangeStore, Publication, RunChange, change_event_detail, initial_state,
 };
+use crate::store::sqlite::changes::{ChangeRow, json};
 use crate::store::{StoreError, now_ms};
 use crate::workspace::Change;
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct ChangeRow {
-    pub run_id: i64,
-    pub step: String,
-    pub change: String,
-    pub state: String,
-    pub refused: Option<String>,
-    pub publication: String,
-    pub attempts: i64,
-    pub next_attempt_at: i64,
-    pub last_error: Option<String>,
-    pub updated_at: i64,
-}
-
-impl TryFrom<ChangeRow> for RunChange {
-    type Error = StoreError;
-    fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
-        Ok(RunChange {
-            change: serde_json::from_str(&r.change)
-                .map_err(|e| corrupt("run_changes", format!("change: {e}")))?,
-            state: ChangeState::parse(&r.state)
-                .ok_or_else(|| corrupt("run_changes", format!("unknown state `{}`", r.state)))?,
-            publication: serde_json::from_str(&r.publication)
-                .map_err(|e| corrupt("run_changes", format!("publication: {e}")))?,
-            run_id: r.run_id,
-            step: r.step,
-            refused: r.refused,
-            attempts: r.attempts,
-            next_attempt_at: r.next_attempt_at,
-            last_error: r.last_error,
-            updated_at: r.updated_at,
-        })
-    }
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("a change serializes")
-}
 
 #[async_trait]
 impl ChangeStore for PgStore {

@@ -1,4 +1,5 @@
-//! SQLite queries of runs' changes (see [`crate::store::changes`]).
+//! SQLite queries of runs' changes (see [`crate::store::changes`]). The
+//! row type and its conversion are shared with the PostgreSQL store.
 
 use async_trait::async_trait;
 use sqlx::Connection as _;
@@ -45,7 +46,8 @@ impl TryFrom<ChangeRow> for RunChange {
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+/// `value` as stored JSON text.
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("a change serializes")
 }
 

@@ -398,10 +398,12 @@ impl Outbox {
                     .await?;
             }
             // Findings on lines inside the PR's hunks also go out as one
-            // review, once, with the first report of the finished run. A
-            // failure here is logged, never holds the report back.
+            // review, once, with the first report of the finished run (and
+            // the workflow's earlier reviews are superseded). A failure
+            // here is logged, never holds the report back.
             if report.annotate
-                && !report.findings.is_empty()
+                && report.verdict_rules.review_comments
+                && (report.has_verdicts || !report.findings.is_empty())
                 && let Err(e) = self.review_findings(installation, &repo, &report).await
             {
                 tracing::warn!(run_id = candidate.run_id, error = %e,
@@ -457,28 +459,115 @@ impl Outbox {
 
 impl Outbox {
     /// One `COMMENT` review (never `APPROVE`) of the findings that sit on
-    /// lines of the pull request's diff hunks, with ```` ```suggestion ````
-    /// blocks where a finding has one; found again by its marker, so it is
-    /// posted once per run.
+    /// lines of the pull request's diff hunks and are at least the run's
+    /// `verdicts.min_severity`, with ```` ```suggestion ```` blocks where a
+    /// finding has one; found again by its marker, so it is posted once per
+    /// run. Reviews of the same workflow's earlier runs on this pull request
+    /// are superseded: their inline comments deleted and their text replaced
+    /// by a pointer to this run (a new push replaces findings, never piles
+    /// them up; GitHub cannot delete a submitted review).
     async fn review_findings(
         &self,
         installation: InstallationId,
         repo: &RepoName,
         report: &RunReport,
     ) -> Result<(), GitHubError> {
-        use crate::github::{NewReview, ReviewComment, WriteAccess};
+        use crate::github::{NewReview, WriteAccess};
         let access = WriteAccess {
             installation,
             workflows: false,
         };
-        let marker = format!("<!-- taskmaster:findings run={} -->", report.run_id);
-        if self
+        let run_id: u64 = report.run_id.parse().unwrap_or(0);
+        let prefix = format!("<!-- taskmaster:findings workflow={} run=", report.workflow);
+        let marker = format!("{prefix}{run_id} -->");
+        let ours = self
             .github
-            .find_review(access, repo, report.number, &marker)
-            .await?
-            .is_some()
-        {
-            return Ok(());
+            .our_reviews(access, repo, report.number, &prefix)
+            .await?;
+        let posted = ours.iter().any(|(_, body)| body.starts_with(&marker));
+        if !posted {
+            let comments = self.review_comments(access, repo, report).await?;
+            if !comments.is_empty() {
+                let head = report.head_sha.clone().unwrap_or_default();
+                let body = format!(
+                    "{marker}\ntaskmaster's `{}` run found {} issue{} on lines of this pull \
+                     request ({} finding{} in all; every one is an annotation on the check run).",
+                    report.workflow,
+                    comments.len(),
+                    if comments.len() == 1 { "" } else { "s" },
+                    report.findings.len(),
+                    if report.findings.len() == 1 { "" } else { "s" },
+                );
+                self.github
+                    .create_review(
+                        access,
+                        repo,
+                        report.number,
+                        &NewReview {
+                            commit_id: head,
+                            body,
+                            comments,
+                        },
+                    )
+                    .await?;
+            }
+        }
+        // Earlier runs' reviews: replaced by this one.
+        for (id, body) in &ours {
+            let earlier = body
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once(" -->"))
+                .and_then(|(n, _)| n.parse::<u64>().ok())
+                .is_some_and(|n| n < run_id);
+            if !earlier {
+                continue;
+            }
+            for comment in self
+                .github
+                .review_comment_ids(access, repo, report.number, *id)
+                .await?
+            {
+                self.github
+                    .delete_review_comment(access, repo, comment)
+                    .await?;
+            }
+            let sha: String = report
+                .head_sha
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect();
+            let text = format!(
+                "<!-- taskmaster:superseded workflow={} -->\n_Superseded: taskmaster's `{}` \
+                 run {} on {} replaces these findings (see its check run)._",
+                report.workflow,
+                report.workflow,
+                run_id,
+                crate::report::code_span(&sha),
+            );
+            self.github
+                .update_review(access, repo, report.number, *id, &text)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The review comments of `report`'s findings: those on lines inside
+    /// the pull request's hunks, at least the run's least severity.
+    async fn review_comments(
+        &self,
+        access: crate::github::WriteAccess,
+        repo: &RepoName,
+        report: &RunReport,
+    ) -> Result<Vec<crate::github::ReviewComment>, GitHubError> {
+        let wanted: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|(_, f)| f.severity >= report.verdict_rules.min_severity)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
         }
         let files: std::collections::HashMap<String, Vec<(u64, u64)>> = self
             .github
@@ -488,7 +577,7 @@ impl Outbox {
             .map(|(path, patch)| (path, crate::verdict::hunk_ranges(&patch)))
             .collect();
         let mut comments = Vec::new();
-        for (step, f) in &report.findings {
+        for (step, f) in wanted {
             let inside = files.get(&f.path).is_some_and(|ranges| {
                 ranges
                     .iter()
@@ -515,39 +604,14 @@ impl Outbox {
                 };
                 body.push_str(&format!("\n\n```suggestion\n{s}```"));
             }
-            comments.push(ReviewComment {
+            comments.push(crate::github::ReviewComment {
                 path: f.path.clone(),
                 line: f.end_line,
                 start_line: (f.start_line < f.end_line).then_some(f.start_line),
                 body,
             });
         }
-        if comments.is_empty() {
-            return Ok(());
-        }
-        let head = report.head_sha.clone().unwrap_or_default();
-        let body = format!(
-            "{marker}\ntaskmaster's `{}` run found {} issue{} on lines of this pull request \
-             ({} finding{} in all; every one is an annotation on the check run).",
-            report.workflow,
-            comments.len(),
-            if comments.len() == 1 { "" } else { "s" },
-            report.findings.len(),
-            if report.findings.len() == 1 { "" } else { "s" },
-        );
-        self.github
-            .create_review(
-                access,
-                repo,
-                report.number,
-                &NewReview {
-                    commit_id: head,
-                    body,
-                    comments,
-                },
-            )
-            .await
-            .map(drop)
+        Ok(comments)
     }
 }
 
@@ -630,6 +694,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
     let crate::verdict::RunVerdicts {
         findings,
         failed: failed_verdicts,
+        reports: verdict_reports,
     } = crate::verdict::run_verdicts(&snapshot.steps);
     let state = match run.state {
         RunState::Queued if run.waiting_approval => ReportRunState::WaitingForApproval,
@@ -673,5 +738,8 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         change: None,
         findings,
         annotate: false,
+        verdict_rules: crate::verdict::VerdictRules::of_run(&run.context),
+        failed_by_verdict: run.state == RunState::Succeeded && !failed_verdicts.is_empty(),
+        has_verdicts: verdict_reports > 0,
     }
 }

@@ -14,8 +14,12 @@
 //!       bots: false
 //!     agents: { claude-code: aider }    # use another configured agent
 //!     inputs: { test_command: "cargo test --all" }  # how this repository is tested
+//!     verdicts: { fail: neutral }       # a fail verdict gives a neutral check here
 //!   triage:
 //!     issues: { actions: [opened, labeled], bots: false }
+//! verdicts:                             # every workflow here (each key optional)
+//!   review_comments: true               # findings on changed lines as a PR review
+//!   min_severity: warning               # failure | warning | notice
 //! commands:                             # who may use each command
 //!   retry: triage                       # none | read | triage | write | maintain | admin
 //!   run: maintain
@@ -58,6 +62,39 @@ pub struct RepoConfig {
     /// `workflows.<name>.inputs`: values of the workflow's declared inputs
     /// for runs in this repository (e.g. `test_command: "cargo test"`).
     pub inputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// `verdicts:`: changes of every workflow's verdict rules here.
+    pub verdicts: VerdictOverride,
+    /// `workflows.<name>.verdicts`: changes of one workflow's verdict rules
+    /// (applied after the file's `verdicts:`).
+    pub workflow_verdicts: BTreeMap<String, VerdictOverride>,
+}
+
+/// Changes of a workflow's [`VerdictRules`](crate::verdict::VerdictRules);
+/// `None` keeps its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictOverride {
+    /// `fail`: the check run's conclusion for a `fail` verdict.
+    #[serde(default)]
+    pub fail: Option<crate::verdict::FailConclusion>,
+    /// `review_comments`: post findings on changed lines as a review.
+    #[serde(default)]
+    pub review_comments: Option<bool>,
+    /// `min_severity`: the least severity posted as a review comment.
+    #[serde(default)]
+    pub min_severity: Option<crate::verdict::Severity>,
+}
+
+impl VerdictOverride {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn apply(&self, rules: &mut crate::verdict::VerdictRules) {
+        rules.fail = self.fail.unwrap_or(rules.fail);
+        rules.review_comments = self.review_comments.unwrap_or(rules.review_comments);
+        rules.min_severity = self.min_severity.unwrap_or(rules.min_severity);
+    }
 }
 
 /// A repository's changes to one workflow's triggers; `None` keeps the
@@ -84,7 +121,12 @@ impl RepoConfig {
     /// `set` with this repository's trigger and agent overrides applied, or
     /// `None` when it has none (use `set` as it is).
     pub fn apply(&self, set: &WorkflowSet) -> Option<WorkflowSet> {
-        if self.triggers.is_empty() && self.agents.is_empty() && self.inputs.is_empty() {
+        if self.triggers.is_empty()
+            && self.agents.is_empty()
+            && self.inputs.is_empty()
+            && self.verdicts.is_empty()
+            && self.workflow_verdicts.is_empty()
+        {
             return None;
         }
         let mut changed = Vec::new();
@@ -92,10 +134,20 @@ impl RepoConfig {
             let trigger = self.triggers.get(&wf.name);
             let agents = self.agents.get(&wf.name);
             let inputs = self.inputs.get(&wf.name);
-            if trigger.is_none() && agents.is_none() && inputs.is_none() {
+            let verdicts = self.workflow_verdicts.get(&wf.name);
+            if trigger.is_none()
+                && agents.is_none()
+                && inputs.is_none()
+                && verdicts.is_none()
+                && self.verdicts.is_empty()
+            {
                 continue;
             }
             let mut wf = wf.clone();
+            self.verdicts.apply(&mut wf.verdicts);
+            if let Some(v) = verdicts {
+                v.apply(&mut wf.verdicts);
+            }
             if let Some(values) = inputs {
                 // Runs take an input's value from its default at creation
                 // (`Workflow::input_values`): here, the repository's value.
@@ -174,6 +226,8 @@ struct RawConfig {
     workflows: OrderedMap<RawWorkflow>,
     #[serde(default)]
     commands: OrderedMap<Spanned<String>>,
+    #[serde(default)]
+    verdicts: VerdictOverride,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +243,8 @@ struct RawWorkflow {
     agents: OrderedMap<Spanned<String>>,
     #[serde(default)]
     inputs: OrderedMap<Spanned<String>>,
+    #[serde(default)]
+    verdicts: Option<VerdictOverride>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +310,10 @@ pub fn parse(
         column: l.column(),
         message,
     };
-    let mut config = RepoConfig::default();
+    let mut config = RepoConfig {
+        verdicts: raw.verdicts,
+        ..RepoConfig::default()
+    };
     if let Some(dup) = raw
         .workflows
         .duplicates
@@ -377,6 +436,9 @@ pub fn parse(
         }
         if !values.is_empty() {
             config.inputs.insert(name.value.clone(), values);
+        }
+        if let Some(v) = wf.verdicts.filter(|v| !v.is_empty()) {
+            config.workflow_verdicts.insert(name.value.clone(), v);
         }
         if !swaps.is_empty() {
             config.agents.insert(name.value, swaps);

@@ -160,6 +160,15 @@ pub struct RunReport {
     /// appends annotations on every update, so they go once: with the
     /// first report of the finished run).
     pub annotate: bool,
+    /// The run's verdict rules (the workflow's `verdicts:` as the
+    /// repository had them when the run was made).
+    pub verdict_rules: crate::verdict::VerdictRules,
+    /// The run succeeded step by step but a verdict is `fail`: the check
+    /// run's conclusion is then `verdict_rules.fail`, not `failure`.
+    pub failed_by_verdict: bool,
+    /// Some step ended with a verdict report (so an earlier run's review
+    /// of findings is looked for, to be superseded).
+    pub has_verdicts: bool,
 }
 
 /// A finding's annotation level.
@@ -230,6 +239,7 @@ impl RunReport {
     /// | waiting for approval | `completed` | `action_required` |
     /// | succeeded | `completed` | `success` |
     /// | failed | `completed` | `failure` |
+    /// | failed by a `fail` verdict only | `completed` | the workflow's `verdicts.fail` (`failure`, `neutral` or `action_required`) |
     /// | cancelled | `completed` | `cancelled` |
     /// | timed out | `completed` | `timed_out` |
     /// | skipped | `completed` | `neutral` |
@@ -248,6 +258,9 @@ impl RunReport {
                 CheckStatus::Completed,
                 Some(match outcome {
                     RunOutcome::Succeeded => C::Success,
+                    RunOutcome::Failed if self.failed_by_verdict => {
+                        self.verdict_rules.fail.conclusion()
+                    }
                     RunOutcome::Failed => C::Failure,
                     RunOutcome::Cancelled => C::Cancelled,
                     RunOutcome::TimedOut => C::TimedOut,
@@ -360,9 +373,18 @@ impl RunReport {
             }
             RunState::Completed(RunOutcome::Failed) => {
                 let failed = count(StepState::Failed) + count(StepState::TimedOut);
-                if failed == 0 {
+                if self.failed_by_verdict || failed == 0 {
                     // Every step ran; a verdict said no.
-                    "Failed: a verdict is fail".to_owned()
+                    match self.verdict_rules.fail {
+                        crate::verdict::FailConclusion::Failure => "Failed: a verdict is fail",
+                        crate::verdict::FailConclusion::Neutral => {
+                            "Needs a look: a verdict is fail (reported as neutral)"
+                        }
+                        crate::verdict::FailConclusion::ActionRequired => {
+                            "Action required: a verdict is fail"
+                        }
+                    }
+                    .to_owned()
                 } else {
                     format!("Failed: {failed} of {total} steps failed")
                 }
@@ -380,6 +402,12 @@ impl RunReport {
             RunState::Paused => "⏸️",
             RunState::WaitingForApproval => "✋",
             RunState::Completed(RunOutcome::Succeeded) => "✅",
+            RunState::Completed(RunOutcome::Failed)
+                if self.failed_by_verdict
+                    && self.verdict_rules.fail != crate::verdict::FailConclusion::Failure =>
+            {
+                "⚠️"
+            }
             RunState::Completed(RunOutcome::Failed) => "❌",
             RunState::Completed(RunOutcome::Cancelled) => "🚫",
             RunState::Completed(RunOutcome::TimedOut) => "⌛",
@@ -651,7 +679,7 @@ pub fn format_duration(ms: u64) -> String {
 /// A code span holding one line of untrusted text: line breaks become
 /// spaces, backticks become `'`, and `|` is escaped (GitHub splits table
 /// cells on it even inside code).
-fn code_span(text: &str) -> String {
+pub(crate) fn code_span(text: &str) -> String {
     let clean: String = text
         .chars()
         .map(|c| match c {

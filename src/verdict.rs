@@ -67,6 +67,81 @@ pub enum Severity {
     Failure,
 }
 
+/// The check run's conclusion when a verdict is `fail` and every step
+/// succeeded (`verdicts.fail` in a workflow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailConclusion {
+    /// `failure` (the default): a red check, which branch protection can require.
+    #[default]
+    Failure,
+    /// `neutral`: advice only; the check does not block merging.
+    Neutral,
+    /// `action_required`: a maintainer should look (the check run's Details
+    /// page says what).
+    ActionRequired,
+}
+
+impl FailConclusion {
+    /// The conclusion sent to GitHub.
+    pub fn conclusion(self) -> crate::github::CheckConclusion {
+        use crate::github::CheckConclusion as C;
+        match self {
+            FailConclusion::Failure => C::Failure,
+            FailConclusion::Neutral => C::Neutral,
+            FailConclusion::ActionRequired => C::ActionRequired,
+        }
+    }
+}
+
+/// How a workflow's verdicts show on GitHub: `verdicts:` in the workflow
+/// file, changed per repository by `verdicts:` in its
+/// `.github/taskmaster.yml` (for every workflow, or under
+/// `workflows.<name>`). A run keeps the rules it was created with (in its
+/// context, [`VerdictRules::CONTEXT_KEY`]).
+///
+/// ```yaml
+/// verdicts:
+///   fail: neutral            # failure (default) | neutral | action_required
+///   review_comments: true    # findings on the PR's changed lines as a review (default true)
+///   min_severity: warning    # least severity posted as review comments (default notice)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictRules {
+    /// The check run's conclusion for a `fail` verdict.
+    pub fail: FailConclusion,
+    /// Whether findings on lines of the pull request's diff hunks are also
+    /// posted as one pull-request review (all are annotations either way).
+    pub review_comments: bool,
+    /// The least severity posted as a review comment.
+    pub min_severity: Severity,
+}
+
+impl Default for VerdictRules {
+    fn default() -> Self {
+        Self {
+            fail: FailConclusion::Failure,
+            review_comments: true,
+            min_severity: Severity::Notice,
+        }
+    }
+}
+
+impl VerdictRules {
+    /// The key of a run's context holding its rules.
+    pub const CONTEXT_KEY: &str = "verdict_rules";
+
+    /// The rules a run was created with (the defaults for runs made before
+    /// rules were kept, or when the stored value does not read).
+    pub fn of_run(context: &serde_json::Value) -> Self {
+        context
+            .get(Self::CONTEXT_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// One finding on lines `start_line..=end_line` of `path`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -514,6 +589,8 @@ pub struct RunVerdicts {
     pub findings: Vec<(String, Finding)>,
     /// One sentence per `fail` verdict: which step, and its summary's first line.
     pub failed: Vec<String>,
+    /// How many steps ended with a verdict report.
+    pub reports: usize,
 }
 
 /// Reads the verdict reports of `steps` that ended: findings of succeeded
@@ -529,6 +606,7 @@ pub fn run_verdicts(steps: &[crate::store::StepRecord]) -> RunVerdicts {
         let Some(report) = s.output.as_deref().and_then(|o| parse(o).ok()) else {
             continue;
         };
+        out.reports += 1;
         if report.verdict == Verdict::Fail && s.state == StepState::Succeeded {
             let first: String = report
                 .summary

@@ -1077,6 +1077,15 @@ async fn the_openapi_description_is_3_1_complete_and_served() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+    // The verdict report's JSON Schema, as validations carry it.
+    assert_eq!(
+        doc["components"]["schemas"]["VerdictReport"]["properties"]["verdict"]["enum"],
+        serde_json::json!(["pass", "fail", "neutral"])
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["ValidationView"]["properties"]["report"]["$ref"],
+        "#/components/schemas/VerdictReport"
+    );
     let mut op_ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         assert!(path.starts_with("/api/"), "{path}");

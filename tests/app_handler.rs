@@ -467,6 +467,10 @@ fn config_errors_name_the_line_and_column() {
         err("workflows:\n  review:\n    inputs: { test_comand: \"cargo test\" }\n"),
         ".github/taskmaster.yml:3:15: workflow `review` has no input `test_comand` (its inputs: none)"
     );
+    assert_eq!(
+        err("workflows:\n  review:\n    verdicts: { fail: red }\n"),
+        ".github/taskmaster.yml:3:23: unknown variant `red`, expected one of failure, neutral, action_required"
+    );
     let ok = repo_config::parse(
         "commands: { RETRY: Admin }\nworkflows: { review: { enabled: true } }",
         &set,
@@ -534,6 +538,36 @@ async fn a_repository_can_change_triggers_and_agents() {
         panic!("{h:?}")
     };
     assert_eq!(runs[0].steps[0].agent, "other", "the repository's agent");
+
+    // Verdict rules: the file's `verdicts:` for every workflow, then the
+    // workflow's own; the run keeps them.
+    w.t.store
+        .forget_repo_config("Codertocat/Hello-World")
+        .await
+        .unwrap();
+    w.github.set_file(
+        &repo(),
+        repo_config::PATH,
+        "verdicts: { review_comments: false, min_severity: warning }\n\
+         workflows:\n  review:\n    verdicts: { fail: neutral }\n",
+    );
+    let h = w
+        .handler
+        .handle(&delivery("pull_request", "pr-4", &pr_opened()))
+        .await
+        .unwrap();
+    let Handled::Start(runs) = h else {
+        panic!("{h:?}")
+    };
+    let rules = taskmaster::verdict::VerdictRules::of_run(&runs[0].context);
+    assert_eq!(
+        rules,
+        taskmaster::verdict::VerdictRules {
+            fail: taskmaster::verdict::FailConclusion::Neutral,
+            review_comments: false,
+            min_severity: taskmaster::verdict::Severity::Warning,
+        }
+    );
 }
 
 #[tokio::test]

@@ -57,6 +57,9 @@ fn run(state: RunState, output: &str) -> RunReport {
         change: None,
         findings: Vec::new(),
         annotate: false,
+        verdict_rules: Default::default(),
+        failed_by_verdict: false,
+        has_verdicts: false,
     }
 }
 

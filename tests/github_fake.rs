@@ -34,6 +34,9 @@ fn run(state: RunState) -> RunReport {
         change: None,
         findings: Vec::new(),
         annotate: false,
+        verdict_rules: Default::default(),
+        failed_by_verdict: false,
+        has_verdicts: false,
     }
 }
 

@@ -63,6 +63,9 @@ fn report(state: RunState) -> RunReport {
         change: None,
         findings: Vec::new(),
         annotate: false,
+        verdict_rules: Default::default(),
+        failed_by_verdict: false,
+        has_verdicts: false,
     }
 }
 

@@ -1231,5 +1231,103 @@ steps:
         Some(2),
         "{run:#}"
     );
+
+    // The next run of the workflow on this pull request (a re-run, or a
+    // new push) replaces the review: the earlier one keeps no comments and
+    // says what replaced it.
+    let second = start(
+        &t,
+        "review",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    t.wait_run(second, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.fake.reviews(REPO, 1).len() < 2
+        || w.fake.reviews(REPO, 1)[0]["comments"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    {
+        assert!(Instant::now() < deadline, "{:#?}", w.write_lines());
+        outbox.pass().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    outbox.pass().await.unwrap();
+    let reviews = w.fake.reviews(REPO, 1);
+    assert_eq!(reviews.len(), 2, "one review per run");
+    let old = reviews[0]["body"].as_str().unwrap();
+    assert!(
+        old.contains(&format!("Superseded: taskmaster's `review` run {second}")),
+        "{old}"
+    );
+    assert_eq!(reviews[1]["comments"].as_array().map(Vec::len), Some(1));
+    let writes = w.write_lines();
+    assert_eq!(
+        writes.iter().filter(|l| l.starts_with("DELETE ")).count(),
+        1,
+        "{writes:#?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_workflow_maps_a_fail_verdict_and_posts_only_findings_of_its_least_severity() {
+    let w = world().await;
+    let set = workflows(
+        &[r#"
+name: advice
+on: { pull_request: {} }
+verdicts: { fail: action_required, min_severity: warning }
+steps:
+  review: { agent: editor, validation: code_review, prompt: "Review." }
+"#],
+        &["editor"],
+    );
+    let answer = r#"```json
+{"verdict":"fail","summary":"Two things.","findings":[
+ {"path":"src/lib.rs","start_line":2,"end_line":2,"severity":"notice","title":"Style","message":"A nit."},
+ {"path":"src/lib.rs","start_line":2,"end_line":2,"severity":"warning","title":"Name","message":"Say what it does."}]}
+```"#;
+    let agents = AgentMap::new().with(editor(answer, |_| {}));
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(
+        &t,
+        "advice",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    t.wait_run(run_id, Duration::from_secs(60)).await;
+    let outbox = w.outbox(store.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.fake.reviews(REPO, 1).is_empty() {
+        assert!(Instant::now() < deadline, "{:#?}", w.write_lines());
+        outbox.pass().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reviews = w.fake.reviews(REPO, 1);
+    let comments = reviews[0]["comments"].as_array().unwrap();
+    assert_eq!(comments.len(), 1, "the notice is not posted: {comments:#?}");
+    assert!(
+        comments[0]["body"].as_str().unwrap().contains("**Name**"),
+        "{comments:#?}"
+    );
+    let runs = w.fake.check_runs(REPO);
+    let run = runs.last().unwrap();
+    assert_eq!(run["conclusion"], json!("action_required"), "{run:#}");
+    assert!(
+        run["output"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("Action required: a verdict is fail"),
+        "{run:#}"
+    );
+    assert_eq!(
+        run["annotations"].as_array().map(Vec::len),
+        Some(2),
+        "every finding is an annotation: {run:#}"
+    );
     t.stop().await;
 }

@@ -185,6 +185,11 @@ async fn a_fail_verdict_skips_the_gated_step_and_turns_the_check_run_red_with_an
     assert_eq!(validations[0].summary, "The loop is off by one.");
     let evidence = validations[0].evidence.to_string();
     assert!(evidence.contains("\"findings\""), "{evidence}");
+    // `/api/validations` carries the report itself.
+    let view = taskmaster::api::validations::ValidationView::from(validations[0].clone());
+    let report = view.report.expect("the verdict report");
+    assert_eq!(report.verdict, taskmaster::verdict::Verdict::Fail);
+    assert_eq!(report.findings.len(), 2);
     t.stop().await;
 }
 

@@ -142,9 +142,26 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tokens::audit_log))
 }
 
-/// The OpenAPI 3.1 document of the API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// The OpenAPI 3.1 document of the API, as served: the routes' document
+/// with the verdict report's JSON Schema (`schemas/verdict.schema.json`,
+/// [`crate::verdict::SCHEMA`]) as `components.schemas.VerdictReport`
+/// (OpenAPI 3.1 schemas are JSON Schema 2020-12, so it goes in as it is,
+/// without `$schema` and `$id`).
+pub fn openapi() -> serde_json::Value {
+    let mut doc = serde_json::to_value(routes().split_for_parts().1).unwrap_or_default();
+    let mut verdict: serde_json::Value =
+        serde_json::from_str(crate::verdict::SCHEMA).unwrap_or_default();
+    if let Some(v) = verdict.as_object_mut() {
+        v.remove("$schema");
+        v.remove("$id");
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        schemas.insert("VerdictReport".into(), verdict);
+    }
+    doc
 }
 
 #[derive(OpenApi)]
@@ -191,7 +208,7 @@ impl Modify for BearerScheme {
     security(()))]
 async fn openapi_json() -> Response {
     static SPEC: OnceLock<String> = OnceLock::new();
-    let body = SPEC.get_or_init(|| openapi().to_pretty_json().unwrap_or_default());
+    let body = SPEC.get_or_init(|| serde_json::to_string_pretty(&openapi()).unwrap_or_default());
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body.clone(),

@@ -52,15 +52,38 @@ pub struct ValidationView {
     pub summary: String,
     #[schema(value_type = Vec<Object>)]
     pub evidence: serde_json::Value,
+    /// The step's verdict report, when it ended with one
+    /// (`schemas/verdict.schema.json`): `verdict` (`pass`, `fail`,
+    /// `neutral`; `verdict` above stores `neutral` as `warn`), `summary`,
+    /// and `findings` on lines of the checked-out commit.
+    #[schema(schema_with = verdict_report_ref)]
+    pub report: Option<crate::verdict::VerdictReport>,
     /// The token that recorded it.
     pub created_by: String,
     /// Epoch milliseconds.
     pub created_at: i64,
 }
 
+/// `#/components/schemas/VerdictReport` (added by [`super::openapi`]).
+fn verdict_report_ref() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::Ref::from_schema_name("VerdictReport").into()
+}
+
 impl From<ValidationRecord> for ValidationView {
     fn from(v: ValidationRecord) -> Self {
+        // The engine keeps a step's verdict report as the evidence item
+        // `{"source": "verdict", "verdict", "summary", "findings"}`.
+        let report = v
+            .evidence
+            .as_array()
+            .and_then(|items| items.iter().find(|e| e["source"] == "verdict"))
+            .and_then(|e| {
+                let mut e = e.clone();
+                e.as_object_mut()?.remove("source");
+                serde_json::from_value(e).ok()
+            });
         ValidationView {
+            report,
             id: v.id,
             run_id: v.run_id,
             step: v.step,

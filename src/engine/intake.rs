@@ -58,6 +58,12 @@ pub fn new_run(
     let mut context = serde_json::to_value(&ctx).unwrap_or_default();
     if let Some(map) = context.as_object_mut() {
         map.remove("steps");
+        // The run keeps the rules it was made under (a repository's
+        // `.github/taskmaster.yml` may have changed them); reports read them.
+        map.insert(
+            crate::verdict::VerdictRules::CONTEXT_KEY.into(),
+            serde_json::to_value(workflow.verdicts).unwrap_or_default(),
+        );
     }
     let ranks = critical_path_ranks(workflow, |id| {
         estimates.get(id).copied().unwrap_or(default_estimate_ms)

@@ -299,6 +299,8 @@ impl GitHubClient {
                 }
                 Method::POST => crab._post(req.path.as_str(), req.body.as_ref()).await,
                 Method::PATCH => crab._patch(req.path.as_str(), req.body.as_ref()).await,
+                Method::PUT => crab._put(req.path.as_str(), req.body.as_ref()).await,
+                Method::DELETE => crab._delete(req.path.as_str(), req.body.as_ref()).await,
                 _ => {
                     return Err(GitHubError::InvalidInput(format!(
                         "method {method} is not used"
@@ -1107,20 +1109,23 @@ impl GitHub for GitHubClient {
         self.send_json(req).await
     }
 
-    async fn find_review(
+    async fn our_reviews(
         &self,
         access: WriteAccess,
         repo: &RepoName,
         number: u64,
         marker: &str,
-    ) -> Result<Option<u64>, GitHubError> {
+    ) -> Result<Vec<(u64, String)>, GitHubError> {
         #[derive(Deserialize)]
         struct Listed {
             id: u64,
             #[serde(default)]
             body: Option<String>,
+            #[serde(default)]
+            user: Option<ListedUser>,
         }
         let scoped = self.scoped(access, repo).await?;
+        let mut found = Vec::new();
         for page in 1..=MAX_LIST_PAGES {
             let req = Request::new(
                 Method::GET,
@@ -1128,17 +1133,83 @@ impl GitHub for GitHubClient {
                 scoped.clone(),
             );
             let listed: Vec<Listed> = self.send_json(req).await?;
-            if let Some(found) = listed
-                .iter()
-                .find(|r| r.body.as_deref().is_some_and(|b| b.starts_with(marker)))
-            {
-                return Ok(Some(found.id));
+            for r in &listed {
+                // Only this App's reviews: anyone can write a marker.
+                let by_us = r.user.as_ref().is_some_and(|u| match &self.bot_login {
+                    Some(login) => u.login.eq_ignore_ascii_case(login),
+                    None => u.kind == "Bot",
+                });
+                if let Some(body) = r.body.as_deref().filter(|b| by_us && b.starts_with(marker)) {
+                    found.push((r.id, body.to_owned()));
+                }
             }
             if listed.len() < 100 {
                 break;
             }
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    async fn review_comment_ids(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: u64,
+    ) -> Result<Vec<u64>, GitHubError> {
+        let scoped = self.scoped(access, repo).await?;
+        let mut ids = Vec::new();
+        for page in 1..=MAX_LIST_PAGES {
+            let req = Request::new(
+                Method::GET,
+                format!(
+                    "/repos/{repo}/pulls/{number}/reviews/{review}/comments?per_page=100&page={page}"
+                ),
+                scoped.clone(),
+            );
+            let listed: Vec<IdOnly> = self.send_json(req).await?;
+            ids.extend(listed.iter().map(|c| c.id));
+            if listed.len() < 100 {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn delete_review_comment(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        comment: u64,
+    ) -> Result<(), GitHubError> {
+        let req = Request::new(
+            Method::DELETE,
+            format!("/repos/{repo}/pulls/comments/{comment}"),
+            self.scoped(access, repo).await?,
+        );
+        match self.send(req).await {
+            Ok(_) => Ok(()),
+            // Already gone (a retry after a lost answer): done.
+            Err(GitHubError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: u64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let mut req = Request::new(
+            Method::PUT,
+            format!("/repos/{repo}/pulls/{number}/reviews/{review}"),
+            self.scoped(access, repo).await?,
+        );
+        req.body = Some(json!({ "body": truncate_chars(body, MAX_COMMENT_CHARS) }));
+        self.send(req).await.map(drop)
     }
 
     async fn create_review(

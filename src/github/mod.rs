@@ -580,10 +580,24 @@ pub trait GitHub: Send + Sync {
         Err(unsupported("open pull requests"))
     }
 
-    /// The id of this App's review on pull request `number` whose body
-    /// starts with `marker`, if any (so a retry never submits two).
+    /// This App's reviews on pull request `number` whose body starts with
+    /// `marker`, oldest first, as `(id, body)`. Reviews by anyone else are
+    /// left out, whatever their text.
     ///
     /// Source: <https://docs.github.com/en/rest/pulls/reviews#list-reviews-for-a-pull-request>
+    async fn our_reviews(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        marker: &str,
+    ) -> Result<Vec<(u64, String)>, GitHubError> {
+        let _ = (access, repo, number, marker);
+        Err(unsupported("list reviews"))
+    }
+
+    /// The id of this App's review on pull request `number` whose body
+    /// starts with `marker`, if any (so a retry never submits two).
     async fn find_review(
         &self,
         access: WriteAccess,
@@ -591,8 +605,53 @@ pub trait GitHub: Send + Sync {
         number: u64,
         marker: &str,
     ) -> Result<Option<u64>, GitHubError> {
-        let _ = (access, repo, number, marker);
-        Err(unsupported("list reviews"))
+        Ok(self
+            .our_reviews(access, repo, number, marker)
+            .await?
+            .first()
+            .map(|(id, _)| *id))
+    }
+
+    /// The ids of review `review`'s inline comments.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review>
+    async fn review_comment_ids(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: u64,
+    ) -> Result<Vec<u64>, GitHubError> {
+        let _ = (access, repo, number, review);
+        Err(unsupported("list review comments"))
+    }
+
+    /// Deletes one inline review comment; one already gone (404) is done.
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/comments#delete-a-review-comment-for-a-pull-request>
+    async fn delete_review_comment(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        comment: u64,
+    ) -> Result<(), GitHubError> {
+        let _ = (access, repo, comment);
+        Err(unsupported("delete review comments"))
+    }
+
+    /// Replaces the body of submitted review `review` (its state stays).
+    ///
+    /// Source: <https://docs.github.com/en/rest/pulls/reviews#update-a-review-for-a-pull-request>
+    async fn update_review(
+        &self,
+        access: WriteAccess,
+        repo: &RepoName,
+        number: u64,
+        review: u64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let _ = (access, repo, number, review, body);
+        Err(unsupported("update reviews"))
     }
 
     /// Submits a `COMMENT` review with inline comments; returns its id.

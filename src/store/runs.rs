@@ -177,7 +177,8 @@ pub struct NewRun {
     pub classification: Option<String>,
     /// Why routing started it.
     pub reason: String,
-    /// JSON object the steps' `if:` conditions read (event, pr, issue, task, inputs).
+    /// JSON object the steps' `if:` conditions read (event, pr, issue, task, inputs),
+    /// and the run's `verdict_rules` ([`crate::verdict::VerdictRules`]) that reports read.
     pub context: serde_json::Value,
     /// 0 (low) to 3 (critical); runs of higher priority are served first.
     pub priority: i64,

@@ -416,6 +416,9 @@ pub struct Workflow {
     /// `.github/workflows/` (the App must also hold the `workflows`
     /// permission; it is asked for only then).
     pub allow_workflow_changes: bool,
+    /// `verdicts:`: how its verdicts show on GitHub (the check run's
+    /// conclusion for `fail`, review comments and their least severity).
+    pub verdicts: crate::verdict::VerdictRules,
 }
 
 impl Workflow {

@@ -645,6 +645,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
     // ---- steps ----
     let workflow_changes = raw.changes;
     let allow_workflow_changes = raw.allow_workflow_changes;
+    let verdicts = raw.verdicts;
     let steps_at = raw.steps;
     let raw_steps: OrderedMap<RawStep> = steps_at.value;
     if raw_steps.entries.is_empty() && raw_steps.duplicates.is_empty() {
@@ -1050,6 +1051,7 @@ e.g. `target/**/junit.xml`"
         inputs,
         steps: ordered,
         allow_workflow_changes,
+        verdicts,
     })
 }
 

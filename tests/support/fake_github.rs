@@ -1211,6 +1211,11 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
         ("GET", ["pulls", n, "reviews"]) => list_reviews(w, r, req, number(n)?),
         ("GET", ["pulls", n, "files"]) => list_pull_files(w, r, number(n)?),
         ("POST", ["pulls", n, "reviews"]) => create_review(w, r, number(n)?, b),
+        ("PUT", ["pulls", n, "reviews", id]) => update_review(w, r, number(n)?, number(id)?, b),
+        ("GET", ["pulls", n, "reviews", id, "comments"]) => {
+            list_review_comments(w, r, req, number(n)?, number(id)?)
+        }
+        ("DELETE", ["pulls", "comments", id]) => delete_review_comment(w, r, number(id)?),
         ("GET", ["issues", "comments", id]) => {
             let id = number(id)?;
             Ok(reply(200, find_comment(w, r, id)?.clone()))
@@ -2022,6 +2027,62 @@ fn review_api_json(v: &Value) -> Value {
         o.remove("event");
     }
     v
+}
+
+/// `PUT /repos/{o}/{r}/pulls/{n}/reviews/{id}`: a new `body` (required);
+/// the review's state and comments stay.
+fn update_review(w: &mut World, r: &RepoCtx, n: u64, id: u64, b: &Value) -> Res {
+    let body = b
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unprocessable("`body` is required"))?
+        .to_owned();
+    let review = w
+        .repo(&r.full)
+        .reviews
+        .iter_mut()
+        .find(|(num, v)| *num == n && v["id"] == json!(id))
+        .map(|(_, v)| v)
+        .ok_or_else(not_found)?;
+    review["body"] = json!(body);
+    Ok(reply(200, review_api_json(review)))
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/reviews/{id}/comments`.
+fn list_review_comments(w: &mut World, r: &RepoCtx, req: &Req, n: u64, id: u64) -> Res {
+    let comments = w
+        .repo(&r.full)
+        .reviews
+        .iter()
+        .find(|(num, v)| *num == n && v["id"] == json!(id))
+        .map(|(_, v)| v["comments"].as_array().cloned().unwrap_or_default())
+        .ok_or_else(not_found)?;
+    let listed = comments
+        .into_iter()
+        .map(|mut c| {
+            c["pull_request_review_id"] = json!(id);
+            c
+        })
+        .collect();
+    Ok(paginate(req, &r.base_url, listed))
+}
+
+/// `DELETE /repos/{o}/{r}/pulls/comments/{id}`: 204, or 404 when no
+/// review holds it.
+fn delete_review_comment(w: &mut World, r: &RepoCtx, id: u64) -> Res {
+    for (_, review) in w.repo(&r.full).reviews.iter_mut() {
+        if let Some(list) = review["comments"].as_array_mut()
+            && let Some(pos) = list.iter().position(|c| c["id"] == json!(id))
+        {
+            list.remove(pos);
+            return Ok(Reply {
+                status: 204,
+                payload: Payload::Raw(Vec::new()),
+                link: None,
+            });
+        }
+    }
+    Err(not_found())
 }
 
 fn list_reviews(w: &mut World, r: &RepoCtx, req: &Req, n: u64) -> Res {

@@ -300,6 +300,52 @@ async fn goose_runs_headless_in_auto_mode() {
 }
 
 #[tokio::test]
+async fn goose_validates_through_a_recipe_with_the_verdict_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(
+        "Review {{ not a template }} {% raw %}",
+        dir.path(),
+        Duration::from_secs(10),
+    );
+    req.with.insert(
+        "json_schema".into(),
+        json!(taskmaster::verdict::schema_compact()),
+    );
+    let outcome = agent(CliFlavor::Goose, |_| {}).run(req).await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    let argv = argv(dir.path(), "goose");
+    assert_eq!(argv[0], "run");
+    assert_eq!(argv[1], "--recipe");
+    assert_eq!(argv[3], "--params");
+    assert!(argv[4].starts_with("task="), "{argv:?}");
+    assert_eq!(argv[5], "--no-session");
+    // The recipe: the prompt comes from a file parameter (never rendered
+    // as a template), the verdict schema is its response schema.
+    let recipe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("goose-recipe.json")).unwrap())
+            .unwrap();
+    assert_eq!(recipe["prompt"], "{{ task }}");
+    assert_eq!(recipe["parameters"][0]["input_type"], "file");
+    assert_eq!(
+        recipe["response"]["json_schema"]["required"],
+        json!(["verdict", "summary", "findings"])
+    );
+    assert!(recipe["response"]["json_schema"].get("$schema").is_none());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("goose-task.txt")).unwrap(),
+        "Review {{ not a template }} {% raw %}"
+    );
+    // The final output line is the verdict report the engine reads.
+    let report = taskmaster::verdict::parse(&outcome.output.text).unwrap();
+    assert_eq!(report.verdict, taskmaster::verdict::Verdict::Fail);
+    assert_eq!(report.findings[0].start_line, 2);
+    // Both temporary files are gone.
+    for a in [&argv[2], &argv[4]["task=".len()..].to_owned()] {
+        assert!(!Path::new(a).exists(), "{a} was left behind");
+    }
+}
+
+#[tokio::test]
 async fn codex_exec() {
     let dir = tempfile::tempdir().unwrap();
     let outcome = agent(CliFlavor::Codex, |_| {})

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `claude` | `claude -p <prompt> --output-format json [--max-turns N] [--model M] [--allowedTools …] [--permission-mode …] [--append-system-prompt …]` | the final JSON object: `result`, `is_error`, `subtype`, `total_cost_usd`, `num_turns`, `usage` |
 //! | `aider` | `aider --message <prompt> --yes-always --no-auto-commits --no-pretty --no-stream --no-check-update [--model M] [files…]` | exit code; cost and tokens from its `Tokens: … Cost: …` line |
-//! | `goose` | `goose run -t <prompt> --no-session [--max-turns N]`, with `GOOSE_MODE=auto` | exit code |
+//! | `goose` | `goose run -t <prompt> --no-session [--max-turns N]`, with `GOOSE_MODE=auto`; a validation step: `goose run --recipe <recipe.json> --params task=<prompt file> --no-session`, the recipe's `response.json_schema` being the verdict schema | exit code; a validation step's final output (its last line of JSON) becomes its verdict block |
 //! | `codex` | `codex exec <prompt>` | exit code |
 //!
 //! Prompts longer than [`ARGV_PROMPT_LIMIT`] bytes do not fit one argv entry
@@ -21,6 +21,11 @@
 //! Failures are permanent unless the agent's output names a condition that
 //! passes (rate limits, overload, HTTP 429/5xx, timeouts): the CLIs do not
 //! classify their errors, so this is a documented heuristic.
+//!
+//! Validation steps get the verdict schema as `with.json_schema` from the
+//! engine: Claude Code's `--json-schema` (read back from
+//! `structured_output`) and Goose's recipe `response` validate against it in
+//! the agent; the others are asked for a fenced block.
 //!
 //! Step inputs (`with:`), all optional, override the agent's settings:
 //! `model` (string), `max_turns` (integer), `allowed_tools` (list of
@@ -207,9 +212,9 @@ pub struct CliAgent {
     lookup: fn(&str) -> Option<String>,
 }
 
-/// Arguments after the binary, bytes for stdin, and the prompt file to
-/// keep alive while the process runs.
-type CommandLine = (Vec<OsString>, Option<Vec<u8>>, Option<PromptFile>);
+/// Arguments after the binary, bytes for stdin, and the temporary files
+/// (prompt, Goose recipe) to keep alive while the process runs.
+type CommandLine = (Vec<OsString>, Option<Vec<u8>>, Vec<PromptFile>);
 
 /// A temporary prompt file, removed on drop.
 struct PromptFile(PathBuf);
@@ -221,15 +226,22 @@ impl Drop for PromptFile {
 }
 
 fn write_prompt_file(prompt: &str) -> std::io::Result<PromptFile> {
+    write_temp_file("prompt", "txt", prompt)
+}
+
+/// A new file `taskmaster-<what>-<uuid>.<ext>` in the temporary directory,
+/// readable by this user only.
+fn write_temp_file(what: &str, ext: &str, text: &str) -> std::io::Result<PromptFile> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = std::env::temp_dir().join(format!("taskmaster-prompt-{}.txt", uuid::Uuid::new_v4()));
+    let path =
+        std::env::temp_dir().join(format!("taskmaster-{what}-{}.{ext}", uuid::Uuid::new_v4()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)?;
-    file.write_all(prompt.as_bytes())?;
+    file.write_all(text.as_bytes())?;
     Ok(PromptFile(path))
 }
 
@@ -340,7 +352,7 @@ impl CliAgent {
         let long = prompt.len() > ARGV_PROMPT_LIMIT;
         let mut args: Vec<String> = Vec::new();
         let mut stdin = None;
-        let mut file = None;
+        let mut files = Vec::new();
         match s.flavor {
             CliFlavor::Claude => {
                 args.push("-p".into());
@@ -377,7 +389,7 @@ impl CliAgent {
                 if long {
                     let f = write_prompt_file(prompt)?;
                     args.extend(["--message-file".into(), f.0.to_string_lossy().into_owned()]);
-                    file = Some(f);
+                    files.push(f);
                 } else {
                     args.extend(["--message".into(), prompt.into()]);
                 }
@@ -398,10 +410,28 @@ impl CliAgent {
             }
             CliFlavor::Goose => {
                 args.push("run".into());
-                if long {
+                if let Some(schema) = str_in("json_schema")
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                {
+                    // A validation step: a recipe whose `response.json_schema`
+                    // makes Goose end with its `final_output` tool, checked
+                    // against the schema (one line of JSON, printed last).
+                    // The prompt is a `file` parameter: Goose renders recipes
+                    // as templates, and a prompt must never be one.
+                    let p = write_prompt_file(prompt)?;
+                    let recipe = goose_recipe(schema);
+                    let r = write_temp_file("recipe", "json", &recipe.to_string())?;
+                    args.extend([
+                        "--recipe".into(),
+                        r.0.to_string_lossy().into_owned(),
+                        "--params".into(),
+                        format!("task={}", p.0.to_string_lossy()),
+                    ]);
+                    files.extend([p, r]);
+                } else if long {
                     let f = write_prompt_file(prompt)?;
                     args.extend(["-i".into(), f.0.to_string_lossy().into_owned()]);
-                    file = Some(f);
+                    files.push(f);
                 } else {
                     args.extend(["-t".into(), prompt.into()]);
                 }
@@ -425,8 +455,45 @@ impl CliAgent {
         }
         let mut all: Vec<OsString> = s.extra_args.iter().map(OsString::from).collect();
         all.extend(args.into_iter().map(OsString::from));
-        Ok((all, stdin, file))
+        Ok((all, stdin, files))
     }
+}
+
+/// The Goose recipe of a validation step: the prompt from the `task` file
+/// parameter, and `schema` as the `response.json_schema` its final output
+/// must satisfy. Source: Goose's recipe reference ("Response",
+/// "Parameters": a `file` parameter is replaced by the file's content).
+fn goose_recipe(schema: serde_json::Value) -> serde_json::Value {
+    let mut schema = schema;
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("$schema");
+        o.remove("$id");
+    }
+    serde_json::json!({
+        "version": "1.0.0",
+        "title": "taskmaster validation step",
+        "description": "A taskmaster workflow step that ends with a verdict report.",
+        "prompt": "{{ task }}",
+        "parameters": [{
+            "key": "task",
+            "input_type": "file",
+            "requirement": "required",
+            "description": "The step's prompt"
+        }],
+        "response": { "json_schema": schema }
+    })
+}
+
+/// Goose's structured final output: the last line of `stdout` that is a
+/// JSON object (Goose prints it on one line, last).
+fn goose_final_output(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{') && l.ends_with('}'))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(serde_json::Value::is_object)
 }
 
 #[async_trait]
@@ -483,9 +550,7 @@ impl Agent for CliAgent {
                     if let Some(parent) = s.binary.parent().filter(|p| p.is_absolute()) {
                         read_only.push(parent.to_owned());
                     }
-                    if let Some(f) = &_prompt_file {
-                        read_only.push(f.0.clone());
-                    }
+                    read_only.extend(_prompt_file.iter().map(|f| f.0.clone()));
                     let spec = super::sandbox::SandboxSpec {
                         workdir: dir,
                         read_only,
@@ -580,8 +645,17 @@ impl Agent for CliAgent {
             return self.claude_outcome(exit.code(), &stdout, &stderr, started);
         }
         let text = join(&stdout, &stderr);
+        let mut answer = stdout.clone();
+        // Goose's final output (a recipe with a response schema) becomes
+        // the last fenced json block, where the verdict reader looks.
+        if s.flavor == CliFlavor::Goose
+            && attempt.with.contains_key("json_schema")
+            && let Some(v) = goose_final_output(&stdout)
+        {
+            answer = format!("{}\n\n```json\n{v}\n```\n", stdout.trim_end());
+        }
         let mut outcome = if exit.success() {
-            AttemptOutcome::success(out.output(&stdout), started)
+            AttemptOutcome::success(out.output(&answer), started)
         } else {
             let how = match exit.code() {
                 Some(code) => format!("exited with status {code}"),

@@ -21,10 +21,19 @@ use serde::{Deserialize, Serialize};
 /// The verdict report's JSON Schema (draft 2020-12).
 pub const SCHEMA: &str = include_str!("../schemas/verdict.schema.json");
 
-/// [`SCHEMA`] on one line (for a command-line argument).
+/// [`SCHEMA`] on one line (for a command-line argument), without `$schema`
+/// and `$id`: the agents' validators (Claude Code's `--json-schema` reads
+/// draft-07 by default) refuse a 2020-12 meta-schema they do not bundle,
+/// and the keywords used here mean the same in both drafts.
 pub fn schema_compact() -> String {
     serde_json::from_str::<serde_json::Value>(SCHEMA)
-        .map(|v| v.to_string())
+        .map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("$schema");
+                o.remove("$id");
+            }
+            v.to_string()
+        })
         .unwrap_or_else(|_| SCHEMA.to_owned())
 }
 

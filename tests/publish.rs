@@ -318,6 +318,7 @@ async fn an_issue_run_of_the_real_claude_cli_becomes_one_commit_one_draft_pr_and
         file_path: "agent-note.txt".into(),
         content: "written by the agent\n".into(),
         answer: "I wrote agent-note.txt.".into(),
+        structured: None,
     })
     .await;
     let w = world().await;
@@ -1268,6 +1269,105 @@ steps:
         1,
         "{writes:#?}"
     );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_real_claude_clis_structured_verdict_decides_the_check_run() {
+    use support::messages_api::{MessagesApi, Script};
+    use taskmaster::agent::cli::{CliAgent, CliFlavor, CliSettings};
+    let claude = find_claude().expect(
+        "the Claude Code CLI is not installed: `npm install -g @anthropic-ai/claude-code` \
+         (scripts/test.sh installs it)",
+    );
+    // The model answers through Claude Code's StructuredOutput tool, which
+    // the CLI offers only with `--json-schema`.
+    let api = MessagesApi::start(Script {
+        file_path: String::new(),
+        content: String::new(),
+        answer: "Reviewed.".into(),
+        structured: Some(json!({
+            "verdict": "fail",
+            "summary": "The renamed function breaks its callers.",
+            "findings": [{"path": "src/lib.rs", "start_line": 2, "end_line": 2,
+                "severity": "failure", "title": "Broken callers",
+                "message": "`two` is still called elsewhere."}]
+        })),
+    })
+    .await;
+    let w = world().await;
+    let mut s = CliSettings::new("reviewer", CliFlavor::Claude);
+    s.binary = claude;
+    s.sandbox = true;
+    for (k, v) in [
+        ("ANTHROPIC_BASE_URL", api.base_url.as_str()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-standin"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ] {
+        s.env.insert(k.into(), v.into());
+    }
+    let set = workflows(
+        &[r#"
+name: review
+on: { pull_request: {} }
+steps:
+  review: { agent: reviewer, validation: code_review, prompt: "Review the change." }
+  deploy:
+    agent: command
+    needs: review
+    if: steps.review.verdict == 'pass'
+    with: { run: [echo, deployed] }
+"#],
+        &["reviewer", "command"],
+    );
+    let agents = AgentMap::new()
+        .with(Arc::new(CliAgent::new(s)))
+        .with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let store: Arc<dyn RunStore> = t.store.clone();
+    let run_id = start(
+        &t,
+        "review",
+        "pull_request",
+        &pr_payload(1, "feature", &w.pr1, &w.base, REPO),
+    )
+    .await;
+    let snap = t.wait_run(run_id, Duration::from_secs(120)).await;
+    let review = snap.step("review").unwrap();
+    assert_eq!(
+        review.state,
+        StepState::Succeeded,
+        "{}",
+        output_of(&snap, "review")
+    );
+    assert_eq!(snap.step("deploy").unwrap().state, StepState::Skipped);
+    assert!(
+        api.requests().iter().any(|r| r["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "StructuredOutput"))),
+        "the CLI was given --json-schema"
+    );
+    let outbox = w.outbox(store.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w
+        .fake
+        .check_runs(REPO)
+        .last()
+        .is_none_or(|r| r["conclusion"].is_null())
+    {
+        assert!(Instant::now() < deadline, "{:#?}", w.write_lines());
+        outbox.pass().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs = w.fake.check_runs(REPO);
+    let run = runs.last().unwrap();
+    assert_eq!(run["conclusion"], json!("failure"), "{run:#}");
+    let annotations = run["annotations"].as_array().unwrap();
+    assert_eq!(annotations.len(), 1, "{run:#}");
+    assert_eq!(annotations[0]["path"], json!("src/lib.rs"));
+    assert_eq!(annotations[0]["start_line"], json!(2));
+    assert_eq!(annotations[0]["annotation_level"], json!("failure"));
     t.stop().await;
 }
 

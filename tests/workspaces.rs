@@ -916,6 +916,7 @@ async fn the_real_claude_cli_writes_into_its_runs_workspace_only() {
         file_path: "agent-note.txt".into(),
         content: "written by the agent\n".into(),
         answer: "I wrote agent-note.txt.".into(),
+        structured: None,
     })
     .await;
     let server = GitServer::start(Some(TOKEN)).await;

@@ -4,8 +4,10 @@
 //!
 //! The script: a request that offers tools and does not yet carry a tool
 //! result is answered with one `tool_use` of `Write` (`file_path`,
-//! `content` as configured); every other request is answered with the
-//! configured text and `end_turn`. Streaming answers follow the documented
+//! `content` as configured; skipped when `file_path` is empty); when the
+//! CLI offers its `StructuredOutput` tool (`claude --json-schema`) and the
+//! script has a `structured` answer, the next turn calls that tool with it;
+//! every other request is answered with the configured text and `end_turn`. Streaming answers follow the documented
 //! event order: `message_start`, per block `content_block_start` /
 //! `content_block_delta` (`text_delta` or `input_json_delta`) /
 //! `content_block_stop`, then `message_delta` and `message_stop`.
@@ -28,6 +30,9 @@ pub struct Script {
     pub content: String,
     /// The final answer's text.
     pub answer: String,
+    /// The object passed to Claude Code's `StructuredOutput` tool, offered
+    /// when it runs with `--json-schema`.
+    pub structured: Option<Value>,
 }
 
 struct Inner {
@@ -83,6 +88,24 @@ fn has_tool_result(req: &Value) -> bool {
         .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
 }
 
+/// Whether an earlier turn already called `StructuredOutput`.
+fn called_structured_output(req: &Value) -> bool {
+    req["messages"].as_array().is_some_and(|m| {
+        m.iter().any(|msg| {
+            msg["content"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|b| b["type"] == "tool_use" && b["name"] == "StructuredOutput")
+            })
+        })
+    })
+}
+
+fn offers_tool(req: &Value, name: &str) -> bool {
+    req["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["name"] == name))
+}
+
 async fn handle(
     State(inner): State<Arc<Inner>>,
     method: Method,
@@ -99,10 +122,20 @@ async fn handle(
     inner.requests.lock().unwrap().push(req.clone());
     let offers_tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
     let script = &inner.script;
-    let (block, stop) = if offers_tools && !has_tool_result(&req) {
+    let (block, stop) = if offers_tools && !has_tool_result(&req) && !script.file_path.is_empty() {
         (
             json!({"type": "tool_use", "id": "toolu_01", "name": "Write",
                    "input": {"file_path": script.file_path, "content": script.content}}),
+            "tool_use",
+        )
+    } else if let Some(structured) = script
+        .structured
+        .as_ref()
+        .filter(|_| offers_tool(&req, "StructuredOutput") && !called_structured_output(&req))
+    {
+        (
+            json!({"type": "tool_use", "id": "toolu_02", "name": "StructuredOutput",
+                   "input": structured}),
             "tool_use",
         )
     } else {

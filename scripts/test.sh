@@ -54,6 +54,22 @@ if ! python3 -m pytest --version >/dev/null 2>&1; then
   fi
 fi
 
+# ruff from PyPI: tests/publish.rs reads the SARIF of a real linter run. Pinned.
+RUFF_VERSION=0.17.6
+if ! python3 -m ruff --version 2>/dev/null | grep -q "$RUFF_VERSION"; then
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  if python3 -m pip --version >/dev/null 2>&1; then
+    echo "installing ruff $RUFF_VERSION (SARIF test)"
+    python3 -m pip install -q --root-user-action=ignore "ruff==$RUFF_VERSION" 2>/dev/null \
+      || python3 -m pip install -q --root-user-action=ignore --break-system-packages "ruff==$RUFF_VERSION"
+  else
+    echo "warning: pip missing; the SARIF test will fail" >&2
+  fi
+fi
+
 # The Claude Code CLI from npm: tests/workspaces.rs runs the real CLI against a
 # scripted stand-in of the Messages API. Pinned, so CI runs what was tested.
 CLAUDE_CODE_VERSION=2.1.332

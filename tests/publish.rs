@@ -1173,6 +1173,63 @@ steps:
     t.stop().await;
 }
 
+/// SARIF from a real linter: `ruff check --output-format sarif` on a tiny
+/// project in the workspace; its results land on their lines, its errors
+/// fail the verdict.
+#[tokio::test]
+async fn a_real_ruff_run_in_sarif_becomes_findings_on_its_lines() {
+    let w = world().await;
+    w.repo.checkout(&w.base);
+    let lint = w.repo.commit(
+        &[(
+            "app.py",
+            "import os\n\n\ndef total(xs):\n    return sum(xs) + missing\n",
+        )],
+        "lint me",
+    );
+    w.repo.push(&lint, "refs/heads/main");
+    let set = workflows(
+        &[r#"
+name: lint
+on: { issues: { actions: [opened] } }
+steps:
+  lint:
+    agent: command
+    validation: other
+    reports: [sarif: "reports/*.sarif"]
+    with: { run: [python3, -m, ruff, check, --no-cache, --select, F, --output-format, sarif, -o, reports/ruff.sarif, app.py] }
+"#],
+        &["command"],
+    );
+    let agents = AgentMap::new().with(command_agent());
+    let t = TestEngine::start(set, agents, w.config()).await;
+    let run_id = start(&t, "lint", "issues", &issue_payload(7, "lint")).await;
+    let snap = t.wait_run(run_id, Duration::from_secs(120)).await;
+    let step = snap.step("lint").unwrap();
+    // ruff exits 1 when it finds something.
+    assert_eq!(step.state, StepState::Failed, "{:?}", step.error);
+    let output = step.output.clone().unwrap_or_default();
+    let report = taskmaster::verdict::parse(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(report.verdict, taskmaster::verdict::Verdict::Fail);
+    let mut places: Vec<(String, u64)> = report
+        .findings
+        .iter()
+        .map(|f| (f.path.clone(), f.start_line))
+        .collect();
+    places.sort();
+    // F401 `os` imported but unused (line 1), F821 undefined `missing` (line 5).
+    assert_eq!(
+        places,
+        [("app.py".to_owned(), 1), ("app.py".to_owned(), 5)],
+        "{report:#?}"
+    );
+    assert!(
+        report.findings.iter().any(|f| f.message.contains("missing")),
+        "{report:#?}"
+    );
+    t.stop().await;
+}
+
 /// A review's findings on lines inside the PR's hunks are posted once as
 /// a COMMENT review (with the suggestion); all of them are annotations.
 #[tokio::test]

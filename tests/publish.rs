@@ -1224,7 +1224,10 @@ steps:
         "{report:#?}"
     );
     assert!(
-        report.findings.iter().any(|f| f.message.contains("missing")),
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("missing")),
         "{report:#?}"
     );
     t.stop().await;

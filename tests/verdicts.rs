@@ -248,7 +248,18 @@ async fn malformed_twice_fails_the_step_as_malformed_not_as_the_codes_verdict() 
         attempts[0]
     );
     assert_eq!(reviewer.prompts.lock().unwrap().len(), 2);
-    t.stop().await;
+    // No validation says `fail`: the code was never judged. (Stopping the
+    // engine first: it drains its step tasks, so nothing lands later.)
+    let (_dir, store) = t.stop().await;
+    let validations = store
+        .validations(&ValidationFilter {
+            run_id: Some(id),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(validations.is_empty(), "{validations:?}");
 }
 
 #[tokio::test]

@@ -610,7 +610,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 output,
                 error,
             },
-        ) => Some((kind, *state, output.clone(), error.clone())),
+        ) => Some((kind, *state, output.clone(), error.clone(), malformed)),
         _ => None,
     };
     let (accepted, handed_off) = finish(
@@ -623,19 +623,24 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         run_id,
     )
     .await;
-    if accepted && let Some((kind, state, output, error)) = verdict {
-        super::verdicts::record_validation(
-            engine,
-            &workflow,
-            run_id,
-            &step.step,
-            &agent_name,
-            kind,
-            state,
-            output,
-            error,
-        )
-        .await;
+    if accepted && let Some((kind, state, output, error, malformed)) = verdict {
+        if malformed {
+            // No verdict to store: the answer never said one.
+            crate::instrument::verdict(&workflow, &step.step, "malformed");
+        } else {
+            super::verdicts::record_validation(
+                engine,
+                &workflow,
+                run_id,
+                &step.step,
+                &agent_name,
+                kind,
+                state,
+                output,
+                error,
+            )
+            .await;
+        }
     }
     handed_off
 }

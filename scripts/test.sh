@@ -41,33 +41,25 @@ if ! command -v git >/dev/null 2>&1; then
   fi
 fi
 
-# pytest: tests/publish.rs reads the JUnit XML of a real pytest run.
-if ! python3 -m pytest --version >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing pytest (test-report tests)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null
-  elif python3 -m pip --version >/dev/null 2>&1; then
-    python3 -m pip install -q pytest
-  else
-    echo "warning: pytest missing and cannot be installed here; the JUnit test will fail" >&2
-  fi
+# pytest and ruff from PyPI: tests/publish.rs reads the JUnit XML of a real
+# pytest run and the SARIF of a real ruff run. Installed for the `python3` on
+# PATH (which need not be Debian's: pip first, Debian's pip when missing).
+python_pip() {
+  python3 -m pip install -q --root-user-action=ignore "$@" 2>/dev/null \
+    || python3 -m pip install -q --root-user-action=ignore --break-system-packages "$@"
+}
+if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
 fi
-
-# ruff from PyPI: tests/publish.rs reads the SARIF of a real linter run. Pinned.
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+  echo "installing pytest (test-report tests)"
+  python_pip pytest || echo "warning: pytest cannot be installed here; the JUnit test will fail" >&2
+fi
 RUFF_VERSION=0.17.6
 if ! python3 -m ruff --version 2>/dev/null | grep -q "$RUFF_VERSION"; then
-  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
-  fi
-  if python3 -m pip --version >/dev/null 2>&1; then
-    echo "installing ruff $RUFF_VERSION (SARIF test)"
-    python3 -m pip install -q --root-user-action=ignore "ruff==$RUFF_VERSION" 2>/dev/null \
-      || python3 -m pip install -q --root-user-action=ignore --break-system-packages "ruff==$RUFF_VERSION"
-  else
-    echo "warning: pip missing; the SARIF test will fail" >&2
-  fi
+  echo "installing ruff $RUFF_VERSION (SARIF test)"
+  python_pip "ruff==$RUFF_VERSION" || echo "warning: ruff cannot be installed here; the SARIF test will fail" >&2
 fi
 
 # The Claude Code CLI from npm: tests/workspaces.rs runs the real CLI against a

@@ -155,9 +155,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let github_settings = GitHubSettings::from_env().map_err(|e| {
+    let mut github_settings = GitHubSettings::from_env().map_err(|e| {
         anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}")
     })?;
+    github_settings.bot_login = Some(format!("{}[bot]", settings.app_slug));
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
     let engine = Engine::new(
@@ -286,8 +287,9 @@ async fn run(
         .with_context(|| format!("cannot read the event payload {}", event.display()))?;
     let (agents, workflows) = load_agents_and_workflows(&settings)?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let github_settings = GitHubSettings::from_env()
+    let mut github_settings = GitHubSettings::from_env()
         .map_err(|e| anyhow::anyhow!("the GitHub App settings are invalid: {e}"))?;
+    github_settings.bot_login = Some(format!("{}[bot]", settings.app_slug));
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("cannot build the GitHub client: {e}"))?;
     let engine = Engine::new(

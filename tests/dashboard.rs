@@ -78,6 +78,28 @@ async fn a_public_dashboard_is_readable_without_login_but_not_controllable() {
     d.stop().await;
 }
 
+#[test]
+fn after_login_only_a_same_site_path_is_followed() {
+    use taskmaster::dashboard::pages::safe_next;
+    for evil in [
+        "//evil.example/x",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\\evil.example",
+        "/ /evil.example",
+        "https://evil.example",
+        "evil.example",
+        "/\u{7f}/evil.example",
+        "/\u{2028}/evil.example",
+    ] {
+        assert_eq!(safe_next(Some(evil)), "/runs", "{evil:?}");
+    }
+    for ok in ["/agents", "/runs/7", "/runs?state=failed&cursor=9"] {
+        assert_eq!(safe_next(Some(ok)), ok);
+    }
+    assert_eq!(safe_next(None), "/runs");
+}
+
 #[tokio::test]
 async fn login_needs_its_csrf_token_and_a_valid_token_and_sets_a_strict_cookie() {
     let d = Dash::start(false).await;

@@ -72,7 +72,8 @@ impl World {
                 ("GITHUB_APP_ID", "12345"),
                 ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
                 ("GITHUB_API_URL", &self.fake.url),
-                ("GITHUB_APP_SLUG", "taskmaster"),
+                // The fake's App: its bot is `taskmaster-test[bot]`.
+                ("GITHUB_APP_SLUG", "taskmaster-test"),
                 ("PUBLIC_URL", "https://taskmaster.example"),
                 ("TASKMASTER_MIN_FREE_DISK_MB", "0"),
                 ("TASKMASTER_REPORT_INTERVAL_MS", "100"),

@@ -127,6 +127,38 @@ async fn token_is_fetched_once_with_the_app_jwt_and_reused() {
     }
 }
 
+/// GitHub's `permission` says `write` for maintainers and `read` for
+/// triagers; `role_name` tells them apart (so `retry: triage` and
+/// `run: maintain` in `.github/taskmaster.yml` work). A custom role falls
+/// back to `permission`, its base.
+#[tokio::test]
+async fn maintain_and_triage_are_read_from_role_name() {
+    let w = world().await;
+    for (user, permission, role, expected) in [
+        ("maria", "write", "maintain", Permission::Maintain),
+        ("tom", "read", "triage", Permission::Triage),
+        ("cara", "write", "security-reviewer", Permission::Write),
+        ("ada", "admin", "admin", Permission::Admin),
+    ] {
+        Mock::given(method("GET"))
+            .and(path(format!(
+                "/repos/octo/widgets/collaborators/{user}/permission"
+            )))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"permission": permission, "role_name": role})),
+            )
+            .mount(&w.server)
+            .await;
+        let got = w
+            .client
+            .collaborator_permission(INSTALLATION, &repo(), user)
+            .await
+            .unwrap();
+        assert_eq!(got, expected, "{user}");
+    }
+}
+
 #[tokio::test]
 async fn token_near_expiry_is_refreshed_before_use() {
     let w = bare_world().await;

@@ -366,12 +366,16 @@ async fn mount_comment_pages(w: &World, with_ours: bool) {
     let mut page1: Vec<Value> = (1..=99)
         .map(|i| comment(i, "alice", "User", "looks good"))
         .collect();
-    page1.push(comment(
+    page1[98] = comment(99, "mallory", "User", &format!("{STICKY_MARKER} fake"));
+    // Another App's bot with our marker: a bot, but not ours.
+    let mut other = comment(
         100,
-        "mallory",
-        "User",
-        &format!("{STICKY_MARKER} fake"),
-    ));
+        "other-app[bot]",
+        "Bot",
+        &format!("{STICKY_MARKER} lookalike"),
+    );
+    other["performed_via_github_app"] = json!({"id": 999});
+    page1.push(other);
     let link = format!(
         "<{}{p}?per_page=100&page=2>; rel=\"next\", <{}{p}?per_page=100&page=2>; rel=\"last\"",
         w.server.uri(),
@@ -389,12 +393,15 @@ async fn mount_comment_pages(w: &World, with_ours: bool) {
         .await;
     let mut page2 = vec![comment(101, "bob", "User", "/retry")];
     if with_ours {
-        page2.push(comment(
+        // GitHub marks what our App wrote with its id.
+        let mut ours = comment(
             4242,
             "taskmaster[bot]",
             "Bot",
             &format!("{STICKY_MARKER}\nold"),
-        ));
+        );
+        ours["performed_via_github_app"] = json!({"id": APP_ID});
+        page2.push(ours);
     }
     Mock::given(method("GET"))
         .and(path(p))
@@ -425,7 +432,11 @@ async fn sticky_comment_is_found_on_page_two_and_edited() {
     )
     .await
     .unwrap();
-    assert_eq!(id, CommentId(4242), "ours, not mallory's look-alike");
+    assert_eq!(
+        id,
+        CommentId(4242),
+        "ours, not mallory's or another App's look-alike"
+    );
     assert!(
         w.requests("POST", "/repos/octo/widgets/issues/7/comments")
             .await

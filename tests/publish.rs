@@ -156,8 +156,11 @@ async fn world() -> World {
         _ => None,
     })
     .unwrap();
-    let github: Arc<dyn GitHub> =
-        Arc::new(GitHubClient::new(&settings, RetryPolicy::scaled(0.001)).unwrap());
+    let github: Arc<dyn GitHub> = Arc::new(
+        GitHubClient::new(&settings, RetryPolicy::scaled(0.001))
+            .unwrap()
+            .with_bot_login(support::fake_github::BOT_LOGIN),
+    );
     let data = tempfile::tempdir().unwrap();
     let mut s = WorkspaceSettings::new(data.path());
     s.git_url = git.base_url.clone();

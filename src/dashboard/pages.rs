@@ -605,10 +605,21 @@ pub struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only same-site paths are followed after login (no open redirect).
-fn safe_next(next: Option<&str>) -> String {
+/// Only same-site paths are followed after login (no open redirect): a
+/// path-only relative reference (RFC 3986 `path-absolute`, with a query)
+/// of visible ASCII — starting with one `/`, never `//` or `/\\`, and no
+/// control characters or spaces anywhere (browsers drop tabs and newlines
+/// from URLs, so `/\t/evil.example` would become `//evil.example`).
+/// Anything else goes to `/runs`.
+pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
         _ => "/runs".into(),
     }
 }

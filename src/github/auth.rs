@@ -94,6 +94,10 @@ pub struct GitHubSettings {
     pub api_url: String,
     /// The App credentials; `None` means dry run (no effects are sent).
     pub credentials: Option<AppCredentials>,
+    /// The App's bot account, `<slug>[bot]` (`--app-slug`): with the App
+    /// id, how taskmaster tells its own comments and reviews from anyone
+    /// else's. `None` from [`GitHubSettings::from_lookup`]; the service sets it.
+    pub bot_login: Option<String>,
 }
 
 /// `GITHUB_API_URL` read through `lookup` (an environment): default
@@ -186,6 +190,7 @@ impl GitHubSettings {
         Ok(Self {
             api_url,
             credentials,
+            bot_login: None,
         })
     }
 }

@@ -181,17 +181,27 @@ impl GitHubClient {
             app_pacer: Pacer::new(),
             app_gate: ResetGate::default(),
             policy,
-            bot_login: None,
+            bot_login: settings.bot_login.clone(),
             app_id: credentials.app_id,
         })
     }
 
-    /// Restricts the sticky-comment search to comments by this login (the
-    /// App's bot, `<slug>[bot]`). Without it, any bot's comment starting with
-    /// the marker matches.
+    /// Also counts comments and reviews by this login (the App's bot,
+    /// `<slug>[bot]`) as the App's own, besides those GitHub marks
+    /// `performed_via_github_app` with the App's id. Without either, nothing
+    /// is ours: never another bot's.
     pub fn with_bot_login(mut self, login: impl Into<String>) -> Self {
         self.bot_login = Some(login.into());
         self
+    }
+
+    /// Whether a comment or review was written by this App: GitHub says so
+    /// (`performed_via_github_app.id` is the App's id), or its author is the
+    /// App's bot login. Any other account — another App's bot included — is
+    /// not us, whatever the text says.
+    fn is_ours(&self, user: Option<&ListedUser>, via_app: Option<&IdOnly>) -> bool {
+        via_app.is_some_and(|a| a.id == self.app_id)
+            || matches!((user, &self.bot_login), (Some(u), Some(login)) if u.login.eq_ignore_ascii_case(login))
     }
 
     /// The retry policy in use.
@@ -508,13 +518,13 @@ struct ListedComment {
     body: Option<String>,
     #[serde(default)]
     user: Option<ListedUser>,
+    #[serde(default)]
+    performed_via_github_app: Option<IdOnly>,
 }
 
 #[derive(Deserialize)]
 struct ListedUser {
     login: String,
-    #[serde(rename = "type", default)]
-    kind: String,
 }
 
 #[async_trait]
@@ -675,10 +685,7 @@ impl GitHub for GitHubClient {
                     message: e.to_string(),
                 })?;
             let ours = comments.iter().find(|c| {
-                let by_us = c.user.as_ref().is_some_and(|u| match &self.bot_login {
-                    Some(login) => u.login.eq_ignore_ascii_case(login),
-                    None => u.kind == "Bot",
-                });
+                let by_us = self.is_ours(c.user.as_ref(), c.performed_via_github_app.as_ref());
                 by_us && c.body.as_deref().is_some_and(|b| b.starts_with(marker))
             });
             if let Some(c) = ours {
@@ -718,6 +725,8 @@ impl GitHub for GitHubClient {
         #[derive(Deserialize)]
         struct Answer {
             permission: String,
+            #[serde(default)]
+            role_name: Option<String>,
         }
         let req = Request::new(
             Method::GET,
@@ -728,7 +737,15 @@ impl GitHub for GitHubClient {
             As::Installation(installation),
         );
         match self.send_json::<Answer>(req).await {
-            Ok(a) => Ok(Permission::parse(&a.permission)),
+            // `permission` folds maintain into write and triage into read;
+            // `role_name` keeps them. A custom role's name reads as none:
+            // then its base, `permission`, applies.
+            Ok(a) => Ok(a
+                .role_name
+                .as_deref()
+                .map(Permission::parse)
+                .filter(|p| *p != Permission::None)
+                .unwrap_or_else(|| Permission::parse(&a.permission))),
             // No such user: no permission.
             Err(e) if e.is_not_found() => Ok(Permission::None),
             Err(e) => Err(e),
@@ -1123,6 +1140,8 @@ impl GitHub for GitHubClient {
             body: Option<String>,
             #[serde(default)]
             user: Option<ListedUser>,
+            #[serde(default)]
+            performed_via_github_app: Option<IdOnly>,
         }
         let scoped = self.scoped(access, repo).await?;
         let mut found = Vec::new();
@@ -1135,10 +1154,7 @@ impl GitHub for GitHubClient {
             let listed: Vec<Listed> = self.send_json(req).await?;
             for r in &listed {
                 // Only this App's reviews: anyone can write a marker.
-                let by_us = r.user.as_ref().is_some_and(|u| match &self.bot_login {
-                    Some(login) => u.login.eq_ignore_ascii_case(login),
-                    None => u.kind == "Bot",
-                });
+                let by_us = self.is_ours(r.user.as_ref(), r.performed_via_github_app.as_ref());
                 if let Some(body) = r.body.as_deref().filter(|b| by_us && b.starts_with(marker)) {
                     found.push((r.id, body.to_owned()));
                 }

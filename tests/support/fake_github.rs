@@ -1245,9 +1245,16 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
                 .get(*user)
                 .cloned()
                 .unwrap_or_else(|| "read".into());
+            // As GitHub answers: `permission` is the legacy level (maintain
+            // reads as write, triage as read); `role_name` is the role.
+            let legacy = match p.as_str() {
+                "maintain" => "write",
+                "triage" => "read",
+                other => other,
+            };
             Ok(reply(
                 200,
-                json!({ "permission": p, "role_name": p, "user": { "login": user, "type": "User" } }),
+                json!({ "permission": legacy, "role_name": p, "user": { "login": user, "type": "User" } }),
             ))
         }
         ("GET", ["contents", path @ ..]) if !path.is_empty() => {
@@ -2303,7 +2310,10 @@ fn create_comment(w: &mut World, r: &RepoCtx, n: u64, body: &Value) -> Res {
     if !st.numbers.contains(&n) {
         return Err(not_found());
     }
-    let comment = comment_json(&r.base_url, &r.full, n, id, text, bot_user());
+    let mut comment = comment_json(&r.base_url, &r.full, n, id, text, bot_user());
+    // As GitHub marks what an App's installation token wrote.
+    comment["performed_via_github_app"] =
+        json!({ "id": APP_ID, "slug": "taskmaster-test", "name": "taskmaster-test" });
     st.comments.push((n, comment.clone()));
     Ok(reply(201, comment))
 }

@@ -92,7 +92,16 @@ fn load_agents_and_workflows(
         AgentsConfig::load(settings.config.as_deref(), &process_lookup).map_err(|e| {
             anyhow::anyhow!("refusing to start: the agent configuration is invalid: {e}")
         })?;
-    let registry = AgentRegistry::new(&agents_config, &process_lookup)
+    // Secrets the service may hold as flags, not variables: redacted too.
+    let mut secrets: Vec<String> = settings
+        .webhook_secret
+        .iter()
+        .flat_map(|s| s.values().map(str::to_owned))
+        .collect();
+    if let Some(p) = taskmaster::redact::url_password(&settings.database_url) {
+        secrets.push(p.to_owned());
+    }
+    let registry = AgentRegistry::with_secrets(&agents_config, &process_lookup, &secrets)
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the agents: {e}"))?;
     let names = registry_names(&registry);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -52,8 +52,13 @@ static SHAPES: LazyLock<Vec<Shape>> = LazyLock::new(|| {
         // Fine-grained personal access tokens: github_pat_<22>_<59>.
         shape(r"github_pat_[A-Za-z0-9_]{20,}", "[REDACTED:github-token]"),
         // Classic tokens: a three-letter prefix, `_`, 36 base62 characters
-        // (older ghs_ tokens were longer; accept 20 or more).
-        shape(r"gh[pousr]_[A-Za-z0-9]{20,}", "[REDACTED:github-token]"),
+        // (older ghs_ tokens were longer; accept 20 or more). GitHub's new
+        // installation tokens are `ghs_` and a ~520-character JWT-like
+        // string with dots, dashes and underscores: taken whole.
+        shape(
+            r"gh[pousr]_[A-Za-z0-9][A-Za-z0-9_.\-]{19,}",
+            "[REDACTED:github-token]",
+        ),
         // `Authorization: <anything>` header lines, in any case, as curl -v
         // and HTTP debug logs print them. Keep the header name.
         shape(
@@ -67,6 +72,16 @@ static SHAPES: LazyLock<Vec<Shape>> = LazyLock::new(|| {
         ),
     ]
 });
+
+/// The password of a URL with credentials (`scheme://user:password@host/…`,
+/// as `DATABASE_URL` holds one), if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
 
 /// Replaces secrets in text; cheap to clone behind an `Arc` and shared by all
 /// agents.
@@ -176,6 +191,30 @@ mod tests {
         }
         let pat = "github_pat_11ABCDEFG0123456789abc_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456";
         assert_eq!(r.redact(pat), "[REDACTED:github-token]");
+    }
+
+    #[test]
+    fn new_installation_tokens_with_dots_and_dashes_are_taken_whole() {
+        let r = Redactor::default();
+        let jwtish = format!(
+            "ghs_{}.{}.{}",
+            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9",
+            "a".repeat(300) + "-_b",
+            "c-d_e".repeat(30)
+        );
+        let text = format!("token={jwtish} done");
+        assert_eq!(r.redact(&text), "token=[REDACTED:github-token] done");
+        assert!(!r.redact(&text).contains("eyJ"));
+    }
+
+    #[test]
+    fn a_urls_password() {
+        assert_eq!(
+            url_password("postgres://app:s3cret-pw@db:5432/tm?sslmode=require"),
+            Some("s3cret-pw")
+        );
+        assert_eq!(url_password("postgres://app@db/tm"), None);
+        assert_eq!(url_password("sqlite://taskmaster.db"), None);
     }
 
     #[test]

@@ -152,6 +152,29 @@ fn environment_variables_override_the_file() {
     assert!(err.to_string().contains("CODEGEN_ORG_ID"), "{err}");
 }
 
+/// Each rotated webhook secret alone, the database password, the session
+/// key and secrets given as flags are redacted; the session key is never
+/// an agent's, whatever `env_allow` says.
+#[test]
+fn the_services_own_secrets_are_redacted_one_by_one() {
+    let lookup = env(&[
+        ("GITHUB_WEBHOOK_SECRET", "old-hook-secret, new-hook-secret"),
+        (
+            "DATABASE_URL",
+            "postgres://tm:db-pass-9f3@db.internal:5432/tm",
+        ),
+        ("TASKMASTER_SESSION_KEY", "session-key-0123456789abcdef"),
+    ]);
+    let config = AgentsConfig::parse("", None, &lookup).unwrap();
+    let registry =
+        AgentRegistry::with_secrets(&config, &lookup, &["flag-hook-secret".into()]).unwrap();
+    let redacted = registry.redactor().redact(
+        "new-hook-secret old-hook-secret db-pass-9f3 session-key-0123456789abcdef flag-hook-secret",
+    );
+    assert_eq!(redacted, ["[REDACTED:secret]"; 5].join(" "));
+    assert!(taskmaster::agent::env::is_denied("TASKMASTER_SESSION_KEY"));
+}
+
 #[tokio::test]
 async fn the_registry_builds_agents_by_name_and_redacts_configured_secrets() {
     let lookup = env(&[

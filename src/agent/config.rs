@@ -581,7 +581,24 @@ impl AgentRegistry {
         config: &AgentsConfig,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        Self::with_secrets(config, lookup, &[])
+    }
+
+    /// [`AgentRegistry::new`], with more values the redactor must know:
+    /// the service's own secrets given as flags rather than variables
+    /// (each webhook secret, the database password).
+    ///
+    /// # Errors
+    /// As [`AgentRegistry::new`].
+    pub fn with_secrets(
+        config: &AgentsConfig,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        secrets: &[String],
+    ) -> Result<Self, ConfigError> {
         let mut redactor = Redactor::default();
+        for value in secrets {
+            redactor.add_secret(value.clone());
+        }
         let secretish = |name: &str| {
             let n = name.to_ascii_uppercase();
             ["KEY", "TOKEN", "SECRET", "PASSWORD"]
@@ -624,6 +641,13 @@ impl AgentRegistry {
         }
         for name in &secret_names {
             if let Some(value) = lookup(name) {
+                // Rotated webhook secrets are comma-separated: each alone too.
+                if name == "GITHUB_WEBHOOK_SECRET" {
+                    value.split(',').for_each(|v| redactor.add_secret(v));
+                }
+                if let Some(password) = crate::redact::url_password(&value) {
+                    redactor.add_secret(password);
+                }
                 redactor.add_secret(value);
             }
         }

@@ -39,6 +39,7 @@ pub const DENY: &[&str] = &[
     "DATABASE_URL",
     "CODEGEN_API_TOKEN",
     "TASKMASTER_API_TOKEN",
+    "TASKMASTER_SESSION_KEY",
 ];
 
 /// Whether `name` may never be given to an agent (see the module docs).

@@ -69,6 +69,12 @@ impl WebhookSecrets {
         })
     }
 
+    /// Each secret's value, for the redactor only (every rotated secret is
+    /// redacted on its own, not just the comma-joined setting).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(|s| s.expose_secret())
+    }
+
     /// How many secrets are configured.
     pub fn len(&self) -> usize {
         self.secrets.len()

@@ -16,7 +16,7 @@
 //!     inputs: { test_command: "cargo test --all" }  # how this repository is tested
 //!     verdicts: { fail: neutral }       # a fail verdict gives a neutral check here
 //!   triage:
-//!     issues: { actions: [opened, labeled], bots: false }
+//!     issues: { actions: [opened, labeled], bots: false, untrusted: true }  # anyone's issue runs unasked
 //! verdicts:                             # every workflow here (each key optional)
 //!   review_comments: true               # findings on changed lines as a PR review
 //!   min_severity: warning               # failure | warning | notice
@@ -115,6 +115,8 @@ pub struct TriggerOverride {
     pub issue_actions: Option<Vec<String>>,
     /// `issues.bots`.
     pub issue_bots: Option<bool>,
+    /// `issues.untrusted`: issues by anyone start at once (no `/approve`).
+    pub issue_untrusted: Option<bool>,
 }
 
 impl RepoConfig {
@@ -174,6 +176,7 @@ impl RepoConfig {
                         issues.actions = actions.clone();
                     }
                     issues.bots = t.issue_bots.unwrap_or(issues.bots);
+                    issues.untrusted = t.issue_untrusted.unwrap_or(issues.untrusted);
                 }
             }
             if let Some(map) = agents {
@@ -269,6 +272,8 @@ struct RawIssues {
     actions: Option<Vec<String>>,
     #[serde(default)]
     bots: Option<bool>,
+    #[serde(default)]
+    untrusted: Option<bool>,
 }
 
 const LEVELS: &[&str] = &["none", "read", "triage", "write", "maintain", "admin"];
@@ -390,6 +395,7 @@ pub fn parse(
             }
             trigger.issue_actions = issues.value.actions;
             trigger.issue_bots = issues.value.bots;
+            trigger.issue_untrusted = issues.value.untrusted;
             has_trigger = true;
         }
         if has_trigger {

@@ -20,9 +20,15 @@
 //!   only from the repository's owner, members and collaborators (a cheap
 //!   pre-filter; the command issue adds the permission API check).
 //!
+//! - issues by authors who are not the repository's owner, members or
+//!   collaborators start their runs waiting for approval too (any GitHub
+//!   user can open an issue); `untrusted: true` on the trigger lifts this.
+//!
 //! Task-type workflows (`on.task`) start when an *explicit* signal selects
 //! their type: a label (`hotfix`, `bug`, …), a head branch (`hotfix/*`), or a
-//! conventional-commit title prefix (`fix:`, `feat:`, `refactor:`). Keyword
+//! conventional-commit title prefix (`fix:`, `feat:`, `refactor:`). From an
+//! author who is not an owner, member or collaborator only a label counts
+//! (labels need triage rights; a title or branch is the author's choice). Keyword
 //! guesses classify the task but never start a workflow on their own. They
 //! start on issues unless `events` says otherwise, and a workflow that
 //! changes files (`changes: true`) starts on a pull request only from a
@@ -349,7 +355,7 @@ fn route_pull_request(
     if let Some(t) = &wf.triggers.task
         && t.events.iter().any(|e| e == "pull_request")
         && TASK_PR_ACTIONS.contains(&action)
-        && task.task_type_signal.is_explicit()
+        && explicit_from(task, TRUSTED_AUTHORS.contains(&pr.author_association.as_str()))
         // A workflow that writes code starts on someone's pull request only
         // when a maintainer labels it, never from its title or branch name.
         && (!wf.changes_files() || task.task_type_signal == crate::classify::Signal::Label)
@@ -375,6 +381,22 @@ fn route_issue(
     out: &mut Vec<RouteDecision>,
 ) {
     let bot = sender.filter(|s| s.is_bot());
+    let trusted = TRUSTED_AUTHORS.contains(&issue.author_association.as_str());
+    let wait = |untrusted_ok: bool| {
+        (!trusted && !untrusted_ok).then(|| {
+            format!(
+                "issue #{} is by @{} ({}), not an owner, member or collaborator: its run waits \
+                 until a maintainer comments `/approve` (or set `untrusted: true` on the trigger)",
+                issue.number,
+                issue.user.login,
+                if issue.author_association.is_empty() {
+                    "none".to_owned()
+                } else {
+                    issue.author_association.to_lowercase()
+                }
+            )
+        })
+    };
     if let Some(t) = &wf.triggers.issues
         && t.actions.iter().any(|a| a == action)
     {
@@ -400,14 +422,18 @@ fn route_issue(
             if let (Some(l), "labeled") = (added_label, action) {
                 why.push_str(&format!(" (label `{l}` added)"));
             }
-            push(out, started(wf, why), Some(task));
+            let decision = match wait(t.untrusted) {
+                Some(w) => needs_approval(wf, why, w),
+                None => started(wf, why),
+            };
+            push(out, decision, Some(task));
         }
     }
     if let Some(t) = &wf.triggers.task
         && t.events.iter().any(|e| e == "issues")
         && TASK_ISSUE_ACTIONS.contains(&action)
         && !issue.is_pull_request()
-        && task.task_type_signal.is_explicit()
+        && explicit_from(task, trusted)
         && t.types.contains(&task.task_type)
         && label_event_is_a_signal(action, added_label)
     {
@@ -424,12 +450,24 @@ fn route_issue(
                 Some(task),
             );
         } else {
-            push(
-                out,
-                started(wf, task_reason("issue", issue.number, action, task)),
-                Some(task),
-            );
+            let why = task_reason("issue", issue.number, action, task);
+            let decision = match wait(t.untrusted) {
+                Some(w) => needs_approval(wf, why, w),
+                None => started(wf, why),
+            };
+            push(out, decision, Some(task));
         }
+    }
+}
+
+/// Whether `task`'s type was chosen explicitly by someone who may choose
+/// it: any explicit signal from a trusted author; only a label (added by
+/// someone with triage rights) otherwise.
+fn explicit_from(task: &Classification, trusted: bool) -> bool {
+    if trusted {
+        task.task_type_signal.is_explicit()
+    } else {
+        task.task_type_signal == crate::classify::Signal::Label
     }
 }
 

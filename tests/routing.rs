@@ -336,6 +336,61 @@ fn conventional_commit_titles_select_the_task_workflow() {
     );
 }
 
+/// Any GitHub user can open an issue: a stranger's issue starts its runs
+/// waiting for `/approve`, and a `fix:`/`hotfix:` title (the author's
+/// choice) does not select a task workflow; a label (triage rights) does.
+#[test]
+fn a_strangers_issue_waits_for_approval_and_its_title_selects_nothing() {
+    let stranger = |p: &mut Value, title: &str| {
+        p["issue"]["title"] = title.into();
+        p["issue"]["labels"] = serde_json::json!([]);
+        p["issue"]["author_association"] = "NONE".into();
+        p["issue"]["user"]["login"] = "mallory".into();
+    };
+    let d = route_fixture("issues.opened", |p| stranger(p, "hotfix: rewrite auth"));
+    assert_eq!(outcome(&d), [("issue_triage", true)], "{d:#?}");
+    let approval = d[0].approval.as_deref().expect("waits for approval");
+    assert!(
+        approval.contains("issue #1 is by @mallory (none), not an owner, member or collaborator"),
+        "{approval}"
+    );
+    // The same title from a collaborator starts the hotfix at once.
+    let d = route_fixture("issues.opened", |p| {
+        stranger(p, "hotfix: rewrite auth");
+        p["issue"]["author_association"] = "COLLABORATOR".into();
+    });
+    assert!(outcome(&d).contains(&("hotfix", true)), "{d:#?}");
+    assert!(d.iter().all(|x| x.approval.is_none()), "{d:#?}");
+    // A maintainer's `bug` label on the stranger's issue selects bugfix,
+    // which still waits: the issue's text is the stranger's.
+    let d = route_fixture("issues.labeled", |p| {
+        stranger(p, "it crashes");
+        p["issue"]["labels"] = serde_json::json!([{"name": "bug", "id": 1, "node_id": "L", "url": "", "color": "d73a4a", "default": true, "description": ""}]);
+        p["label"] = serde_json::json!({"name": "bug", "id": 1, "node_id": "L", "url": "", "color": "d73a4a", "default": true, "description": ""});
+    });
+    let bugfix = d.iter().find(|x| x.workflow == "bugfix").expect("bugfix");
+    assert!(bugfix.start && bugfix.approval.is_some(), "{d:#?}");
+}
+
+#[test]
+fn a_trigger_may_let_anyones_issue_start_unasked() {
+    let text = r#"
+name: welcome
+on: { issues: { untrusted: true } }
+steps:
+  hello: { agent: claude-code, prompt: "Welcome the author." }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("welcome.yml"), text).unwrap();
+    let set = WorkflowSet::load_dir(dir.path(), DEFAULT_AGENTS).unwrap();
+    let mut payload = fixture("issues.opened");
+    payload["issue"]["author_association"] = "NONE".into();
+    let event = Event::parse("issues", &serde_json::to_vec(&payload).unwrap()).unwrap();
+    let d = route(&event, &set);
+    assert_eq!(outcome(&d), [("welcome", true)]);
+    assert!(d[0].approval.is_none(), "{d:#?}");
+}
+
 #[test]
 fn issues_start_triage_and_the_task_workflow() {
     let d = route_fixture("issues.opened", |_| {});

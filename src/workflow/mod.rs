@@ -252,6 +252,10 @@ pub struct IssuesTrigger {
     pub titles: Vec<String>,
     /// Also start when the sender is a bot.
     pub bots: bool,
+    /// `untrusted: true`: issues by authors who are not the repository's
+    /// owner, members or collaborators start at once instead of waiting for
+    /// a maintainer's `/approve`.
+    pub untrusted: bool,
     #[serde(skip)]
     pub(crate) title_regexes: Vec<regex::Regex>,
 }
@@ -288,6 +292,9 @@ pub struct TaskTrigger {
     pub forks: bool,
     /// Also when the sender is a bot.
     pub bots: bool,
+    /// Issues by authors who are not owners, members or collaborators start
+    /// at once instead of waiting for `/approve`.
+    pub untrusted: bool,
 }
 
 /// A test report a step writes (`reports:`).

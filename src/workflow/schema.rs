@@ -278,6 +278,8 @@ pub(crate) struct RawIssuesTrigger {
     pub titles: StringList,
     #[serde(default)]
     pub bots: bool,
+    #[serde(default)]
+    pub untrusted: bool,
 }
 
 /// `on.issue_comment`.
@@ -306,6 +308,8 @@ pub(crate) struct RawTaskTrigger {
     pub forks: bool,
     #[serde(default)]
     pub bots: bool,
+    #[serde(default)]
+    pub untrusted: bool,
 }
 
 /// One step.

@@ -569,6 +569,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
             },
             titles,
             bots: t.bots,
+            untrusted: t.untrusted,
             title_regexes,
         });
     }
@@ -610,6 +611,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
             drafts: t.drafts,
             forks: t.forks,
             bots: t.bots,
+            untrusted: t.untrusted,
         });
     }
     if !any_trigger && on.value.unsupported.is_empty() {

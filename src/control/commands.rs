@@ -1,0 +1,497 @@
+//! Comment commands: parsed, authorized, acted on, answered and audited
+//! (see the module docs of [`super`]).
+
+use super::*;
+
+/// Where a command came from and where its answers go.
+pub(super) struct Invocation<'a> {
+    pub(super) delivery: &'a Delivery,
+    pub(super) installation: Option<i64>,
+    pub(super) repository: String,
+    /// The PR or issue to reply on.
+    pub(super) number: Option<u64>,
+    /// The comment to react to (comments only).
+    pub(super) comment_id: Option<i64>,
+    pub(super) actor: &'a Actor,
+    /// The comment's `author_association` (`None` for buttons).
+    pub(super) association: Option<&'a str>,
+    /// The run a button was pressed on.
+    pub(super) run_id: Option<i64>,
+    /// What audit calls it: `command` or `button`.
+    pub(super) via: &'static str,
+}
+
+/// How one command ended.
+pub(super) enum Outcome {
+    /// Done; reply only when `Some`.
+    Done(Option<String>),
+    /// Nothing to do; say why.
+    Noop(String),
+    /// Refused (permission) or impossible (no such run or workflow); say why.
+    Refused(String),
+    /// Runs to create with the delivery.
+    Start(Vec<NewRun>),
+}
+
+/// Queued effects of one delivery, numbered in order.
+pub(super) struct Effects<'a> {
+    pub(super) inv: &'a Invocation<'a>,
+    pub(super) source: String,
+    pub(super) list: Vec<NewEffect>,
+    pub(super) next_seq: i64,
+}
+
+impl<'a> Effects<'a> {
+    /// Effects keyed by the delivery (and, for a button, its run: one
+    /// `check_suite` delivery acts on several runs).
+    pub(super) fn new(inv: &'a Invocation<'a>) -> Self {
+        let source = match (inv.via, inv.run_id) {
+            ("button", Some(run)) => format!("{}#{run}", inv.delivery.delivery_id),
+            _ => inv.delivery.delivery_id.clone(),
+        };
+        Self {
+            inv,
+            source,
+            list: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
+    pub(super) fn push(&mut self, kind: EffectKind, target: i64, body: String) {
+        self.list.push(NewEffect {
+            source: self.source.clone(),
+            seq: self.next_seq,
+            installation_id: self.inv.installation,
+            repository: self.inv.repository.clone(),
+            kind,
+            target,
+            body,
+        });
+        self.next_seq += 1;
+    }
+
+    pub(super) fn react(&mut self, content: &str) {
+        if let Some(id) = self.inv.comment_id {
+            self.push(EffectKind::Reaction, id, content.to_owned());
+        }
+    }
+
+    pub(super) fn reply(&mut self, command_text: &str, message: &str) {
+        if let Some(number) = self.inv.number {
+            let body = format!(
+                "{}\n\n@{} {message}",
+                quote(command_text.trim()),
+                self.inv.actor.login
+            );
+            self.push(EffectKind::Comment, number as i64, body);
+        }
+    }
+}
+
+impl AppHandler {
+    pub(super) async fn comment(
+        &self,
+        delivery: &Delivery,
+        event: &Event,
+        e: &IssueCommentEvent,
+    ) -> Result<Handled, HandlerError> {
+        let user = &e.comment.user;
+        if e.action != "created" {
+            return Ok(Handled::Ignored(format!(
+                "comment {}: only new comments run commands",
+                e.action
+            )));
+        }
+        let own = format!("{}[bot]", self.identity.slug);
+        if user.is_bot() || user.login.eq_ignore_ascii_case(&own) {
+            return Ok(Handled::Ignored(format!(
+                "comment by bot `{}`: bots cannot run commands",
+                user.login
+            )));
+        }
+        let lines = parse_comment(&e.comment.body, &self.identity.slug);
+        if lines.is_empty() {
+            return Ok(Handled::Ignored("no command in the comment".into()));
+        }
+        let Some(repository) = e.envelope.repository.as_ref().map(|r| r.full_name.clone()) else {
+            return Ok(Handled::Ignored("comment without a repository".into()));
+        };
+        let inv = Invocation {
+            delivery,
+            installation: e.envelope.installation.map(|i| i.id),
+            repository,
+            number: Some(e.issue.number),
+            comment_id: Some(e.comment.id),
+            actor: user,
+            association: Some(&e.comment.author_association),
+            run_id: None,
+            via: "command",
+        };
+        let config = self.configs.get(inv.installation, &inv.repository).await;
+        let mut effects = Effects::new(&inv);
+        let mut acknowledged = false;
+        let mut all_ok = true;
+        let mut runs = Vec::new();
+        for line in &lines {
+            let command = match &line.parsed {
+                Ok(c) => c.clone(),
+                Err(err) => {
+                    all_ok = false;
+                    let mut message = format!("{err}.");
+                    if matches!(err, CommandError::Unknown { .. }) {
+                        message.push_str("\n\n");
+                        message.push_str(&help_for(&self.identity.slug, &config));
+                    }
+                    effects.reply(&line.text, &message);
+                    self.audit(&inv, "command.invalid".into(), subject(&inv), "refused")
+                        .await;
+                    continue;
+                }
+            };
+            let kind = command.kind();
+            if let Err(why) = self.authorize(&inv, kind, &config).await? {
+                all_ok = false;
+                tracing::info!(user = %user.login, command = %command, "command refused: {why}");
+                effects.reply(&line.text, &why);
+                self.audit(
+                    &inv,
+                    format!("command.{}", kind.name()),
+                    subject(&inv),
+                    "refused",
+                )
+                .await;
+                continue;
+            }
+            if !acknowledged {
+                // 👀 at once: sent before the commands act.
+                let mut eyes = Effects::new(&inv);
+                eyes.react("eyes");
+                self.commit_effects(eyes).await?;
+                effects.next_seq = 1;
+                acknowledged = true;
+            }
+            let outcome = self.execute(&inv, event, &command, &config).await?;
+            let (result, reply) = match outcome {
+                Outcome::Done(reply) => ("ok", reply),
+                Outcome::Noop(reply) => ("noop", Some(reply)),
+                Outcome::Refused(reply) => {
+                    all_ok = false;
+                    ("refused", Some(reply))
+                }
+                Outcome::Start(mut new) => {
+                    runs.append(&mut new);
+                    ("ok", None)
+                }
+            };
+            tracing::info!(user = %user.login, command = %command, outcome = result, "command handled");
+            if let Some(reply) = reply {
+                effects.reply(&line.text, &reply);
+            }
+            self.audit(
+                &inv,
+                format!("command.{}", kind.name()),
+                subject(&inv),
+                result,
+            )
+            .await;
+        }
+        if acknowledged || !all_ok {
+            effects.react(if all_ok { "+1" } else { "-1" });
+        }
+        self.commit_effects(effects).await?;
+        Ok(if runs.is_empty() {
+            Handled::Done
+        } else {
+            Handled::Start(runs)
+        })
+    }
+
+    /// The button's run, else the ids of the subject's newest `limit` runs
+    /// (newest first).
+    pub(super) async fn run_ids(
+        &self,
+        inv: &Invocation<'_>,
+        limit: i64,
+    ) -> Result<Vec<i64>, HandlerError> {
+        Ok(match (inv.run_id, inv.number) {
+            (Some(id), _) => vec![id],
+            (None, Some(n)) => {
+                self.store
+                    .subject_runs(&inv.repository, n as i64, limit)
+                    .await?
+            }
+            (None, None) => Vec::new(),
+        })
+    }
+
+    /// The runs a command acts on: the button's run, else those of the
+    /// subject's newest `limit` runs that `keep` selects.
+    pub(super) async fn target_runs(
+        &self,
+        inv: &Invocation<'_>,
+        limit: i64,
+        keep: impl Fn(&Run) -> bool,
+    ) -> Result<Vec<Run>, HandlerError> {
+        let ids = self.run_ids(inv, limit).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(snap) = self.store.run(id).await?
+                && snap.run.repository.as_deref() == Some(inv.repository.as_str())
+                && keep(&snap.run)
+            {
+                out.push(snap.run);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn execute(
+        &self,
+        inv: &Invocation<'_>,
+        event: &Event,
+        command: &Command,
+        config: &Loaded,
+    ) -> Result<Outcome, HandlerError> {
+        let active = |r: &Run| !r.state.is_terminal();
+        Ok(match command {
+            Command::Help => Outcome::Done(Some(help_for(&self.identity.slug, config))),
+            Command::Status => Outcome::Done(Some(self.status(inv).await?)),
+            Command::Retry { step } => {
+                let Some(run) = self.target_runs(inv, 1, |_| true).await?.into_iter().next() else {
+                    return Ok(Outcome::Refused("there is no run here to retry.".into()));
+                };
+                match self.engine.retry(run.id, step.as_deref()).await? {
+                    ControlOutcome::Changed => Outcome::Done(None),
+                    ControlOutcome::Unchanged => Outcome::Noop(format!(
+                        "nothing to retry in run {} (`{}`): no step failed, was cancelled or timed out, or it is still running.",
+                        run.id, run.workflow
+                    )),
+                    ControlOutcome::NotFound => Outcome::Refused(match step {
+                        Some(s) => {
+                            format!("run {} (`{}`) has no step `{s}`.", run.id, run.workflow)
+                        }
+                        None => format!("run {} no longer exists.", run.id),
+                    }),
+                }
+            }
+            Command::Cancel | Command::Pause | Command::Resume | Command::Approve => {
+                let runs = self.target_runs(inv, 50, active).await?;
+                let mut changed = Vec::new();
+                for run in &runs {
+                    let outcome = match command {
+                        Command::Cancel => {
+                            self.engine
+                                .cancel(run.id, &format!("cancelled by @{}", inv.actor.login))
+                                .await?
+                        }
+                        Command::Pause => self.engine.pause(run.id).await?,
+                        Command::Resume => self.engine.resume(run.id).await?,
+                        _ => self.engine.approve(run.id, &inv.actor.login).await?,
+                    };
+                    if outcome == ControlOutcome::Changed {
+                        changed.push(run.id);
+                    }
+                }
+                if changed.is_empty() {
+                    let what = match command {
+                        Command::Cancel => "no active run to cancel",
+                        Command::Pause => "no running run to pause",
+                        Command::Resume => "no paused run to resume",
+                        _ => "no run waits for approval",
+                    };
+                    Outcome::Noop(format!("{what} here."))
+                } else {
+                    Outcome::Done(None)
+                }
+            }
+            Command::Run { workflow } => self.run_workflow(inv, event, workflow, config).await?,
+            Command::Fix { .. } => self.fix(inv, event, config).await?,
+        })
+    }
+
+    /// `/fix [instructions]`: a run of the repository's fix workflow (the
+    /// one whose `on.issue_comment.command` is `fix`, else the one named
+    /// `fix`) on this PR or issue, started from this comment, so its prompts
+    /// read the comment as the request (`comment.body`, untrusted data).
+    /// Keyed by this delivery. Its change comes back as
+    /// [`crate::publish`] says: a commit on a same-repository PR, a review
+    /// of suggestions on a fork's, a draft pull request for an issue.
+    pub(super) async fn fix(
+        &self,
+        inv: &Invocation<'_>,
+        event: &Event,
+        config: &Loaded,
+    ) -> Result<Outcome, HandlerError> {
+        let overridden = config.config.apply(self.engine.workflows());
+        let workflows = overridden.as_ref().unwrap_or(self.engine.workflows());
+        let wf = workflows
+            .iter()
+            .find(|w| {
+                w.triggers
+                    .issue_comment
+                    .as_ref()
+                    .is_some_and(|t| t.command == "fix")
+            })
+            .or_else(|| workflows.get("fix"))
+            .filter(|w| config.config.workflow_enabled(&w.name, w.enabled));
+        let Some(wf) = wf else {
+            return Ok(Outcome::Refused(
+                "this repository has no fix workflow turned on: taskmaster ships \
+                 `workflows/fix.yml` (a workflow with `on: { issue_comment: { command: fix } }` \
+                 and a step with `changes: true`)."
+                    .into(),
+            ));
+        };
+        if !wf.changes_files() {
+            return Ok(Outcome::Refused(format!(
+                "the fix workflow `{}` changes no files: give its coding step `changes: true`.",
+                wf.name
+            )));
+        }
+        let estimates = self.store.step_estimates(&wf.name).await?;
+        let classification = route(event, workflows)
+            .into_iter()
+            .find_map(|d| d.classification);
+        let run = new_run(
+            workflows,
+            wf,
+            event,
+            &inv.delivery.delivery_id,
+            &format!("@{} asked for a fix (`/fix`)", inv.actor.login),
+            classification,
+            None,
+            &estimates,
+            crate::engine::EngineConfig::default().default_estimate_ms,
+        );
+        Ok(Outcome::Start(vec![run]))
+    }
+
+    /// `/run <workflow>` (and the Re-run button): a new run of `workflow`
+    /// on this PR or issue, from the newest pull-request event of the
+    /// subject when there is one (so a PR run gets its head commit and check
+    /// run), else from this event. Keyed by this delivery.
+    pub(super) async fn run_workflow(
+        &self,
+        inv: &Invocation<'_>,
+        event: &Event,
+        name: &str,
+        config: &Loaded,
+    ) -> Result<Outcome, HandlerError> {
+        let overridden = config.config.apply(self.engine.workflows());
+        let workflows = overridden.as_ref().unwrap_or(self.engine.workflows());
+        let wf = workflows.get(name).or_else(|| {
+            workflows.iter().find(|w| {
+                w.triggers
+                    .issue_comment
+                    .as_ref()
+                    .is_some_and(|t| t.command == name)
+            })
+        });
+        let Some(wf) = wf else {
+            let known: Vec<&str> = workflows
+                .iter()
+                .filter(|w| config.config.workflow_enabled(&w.name, w.enabled))
+                .map(|w| w.name.as_str())
+                .collect();
+            return Ok(Outcome::Refused(format!(
+                "there is no workflow `{name}`; the workflows here are: {}.",
+                if known.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if !config.config.workflow_enabled(&wf.name, wf.enabled) {
+            return Ok(Outcome::Refused(format!(
+                "the workflow `{}` is turned off for this repository.",
+                wf.name
+            )));
+        }
+        // The subject's newest run from a pull_request event gives the PR context.
+        let mut source: Option<Event> = None;
+        for id in self.run_ids(inv, 20).await? {
+            let Some(snap) = self.store.run(id).await? else {
+                continue;
+            };
+            if snap.run.event != "pull_request" && inv.run_id.is_none() {
+                continue;
+            }
+            if let Some(d) = self.store.delivery(&snap.run.delivery_id).await?
+                && let Ok(ev) = Event::parse(&d.event, &d.payload)
+            {
+                source = Some(ev);
+                break;
+            }
+        }
+        let event = source.as_ref().unwrap_or(event);
+        let estimates = self.store.step_estimates(&wf.name).await?;
+        let classification = route(event, workflows)
+            .into_iter()
+            .find_map(|d| d.classification);
+        let run = new_run(
+            workflows,
+            wf,
+            event,
+            &inv.delivery.delivery_id,
+            &format!("@{} asked for it (`/run {}`)", inv.actor.login, wf.name),
+            classification,
+            None,
+            &estimates,
+            crate::engine::EngineConfig::default().default_estimate_ms,
+        );
+        Ok(Outcome::Start(vec![run]))
+    }
+
+    pub(super) async fn status(&self, inv: &Invocation<'_>) -> Result<String, HandlerError> {
+        let Some(number) = inv.number else {
+            return Ok("no pull request or issue here.".into());
+        };
+        let ids = self
+            .store
+            .subject_runs(&inv.repository, number as i64, STATUS_RUNS)
+            .await?;
+        if ids.is_empty() {
+            return Ok("taskmaster has no runs here yet.".into());
+        }
+        let mut out = String::from(
+            "here are the runs of taskmaster on this conversation, newest first:\n\n\
+             | run | workflow | state | steps |\n| --- | --- | --- | --- |\n",
+        );
+        for id in ids {
+            let Some(snap) = self.store.run(id).await? else {
+                continue;
+            };
+            let state = if snap.run.waiting_approval && snap.run.state == RunState::Queued {
+                "waiting_approval".to_owned()
+            } else {
+                snap.run.state.to_string()
+            };
+            let steps: Vec<String> = snap
+                .steps
+                .iter()
+                .map(|s| format!("`{}` {}", s.step, s.state.as_str()))
+                .collect();
+            out.push_str(&format!(
+                "| {} | `{}` | {} | {} |\n",
+                snap.run.id,
+                snap.run.workflow,
+                state,
+                steps.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn subject(inv: &Invocation<'_>) -> String {
+    match inv.number {
+        Some(n) => format!("{}#{n}", inv.repository),
+        None => inv.repository.clone(),
+    }
+}
+
+/// `/help` with this repository's permission levels.
+pub(super) fn help_for(slug: &str, config: &Loaded) -> String {
+    crate::command::help_markdown_with(slug, |kind| level_name(config.config.permission_for(kind)))
+}

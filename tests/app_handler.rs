@@ -366,6 +366,79 @@ async fn per_repository_command_levels_are_enforced() {
     );
 }
 
+/// A comment holding hundreds of command lines acts on the first ten and
+/// answers in one comment; one person cannot make the App flood a thread.
+#[tokio::test]
+async fn command_floods_are_capped_and_answered_once() {
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_permission("writer", Permission::Write);
+    let flood = "/status\n".repeat(300);
+    w.handler
+        .handle(&delivery(
+            "issue_comment",
+            "flood-1",
+            &command(&flood, "writer", "MEMBER"),
+        ))
+        .await
+        .unwrap();
+    let effects = w.t.store.effects_for("flood-1").await.unwrap();
+    let comments: Vec<&str> = effects
+        .iter()
+        .filter(|e| e.kind == EffectKind::Comment)
+        .map(|e| e.body.as_str())
+        .collect();
+    assert_eq!(comments.len(), 1, "one reply for the comment: {effects:?}");
+    assert_eq!(
+        comments[0].matches("> /status\n\n@writer").count(),
+        11,
+        "ten answers and one note"
+    );
+    assert!(
+        comments[0].contains(
+            "taskmaster reads at most 10 commands in one comment; this line and 289 more"
+        ),
+        "{}",
+        comments[0]
+    );
+    let audited = w.t.store.audit_entries(None, 100).await.unwrap();
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|a| a.action == "command.status")
+            .count(),
+        10
+    );
+
+    // Replies per user and conversation are rate-limited: the sixth
+    // comment in the window gets its reaction, not a reply.
+    for i in 0..7 {
+        w.handler
+            .handle(&delivery(
+                "issue_comment",
+                &format!("spam-{i}"),
+                &command("@taskmaster frobnicate", "writer", "MEMBER"),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut replies = 0;
+    for i in 0..7 {
+        let effects = w.t.store.effects_for(&format!("spam-{i}")).await.unwrap();
+        replies += effects
+            .iter()
+            .filter(|e| e.kind == EffectKind::Comment)
+            .count();
+        assert!(
+            effects
+                .iter()
+                .any(|e| e.kind == EffectKind::Reaction && e.body == "-1"),
+            "{effects:?}"
+        );
+    }
+    // The flood's reply counted as the first of five.
+    assert_eq!(replies, 4);
+}
+
 #[tokio::test]
 async fn status_lists_the_runs_and_dry_run_records_instead_of_sending() {
     let w = world(RecordingGitHub::dry_run()).await;

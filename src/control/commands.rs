@@ -33,12 +33,19 @@ pub(super) enum Outcome {
     Start(Vec<NewRun>),
 }
 
-/// Queued effects of one delivery, numbered in order.
+/// Commands read from one comment at most; the lines after them are
+/// answered once, together.
+pub const MAX_COMMANDS_PER_COMMENT: usize = 10;
+
+/// Queued effects of one delivery, numbered in order. Every answer to one
+/// comment (or button press) goes out as **one** reply comment.
 pub(super) struct Effects<'a> {
     pub(super) inv: &'a Invocation<'a>,
     pub(super) source: String,
     pub(super) list: Vec<NewEffect>,
     pub(super) next_seq: i64,
+    /// Answers gathered for the one reply.
+    pub(super) replies: Vec<String>,
 }
 
 impl<'a> Effects<'a> {
@@ -54,6 +61,7 @@ impl<'a> Effects<'a> {
             source,
             list: Vec::new(),
             next_seq: 0,
+            replies: Vec::new(),
         }
     }
 
@@ -76,15 +84,37 @@ impl<'a> Effects<'a> {
         }
     }
 
+    /// An answer to `command_text`, quoted first so it can never read as a
+    /// command itself; sent with the others by [`Effects::finish`].
     pub(super) fn reply(&mut self, command_text: &str, message: &str) {
-        if let Some(number) = self.inv.number {
-            let body = format!(
-                "{}\n\n@{} {message}",
-                quote(command_text.trim()),
-                self.inv.actor.login
-            );
-            self.push(EffectKind::Comment, number as i64, body);
+        self.replies.push(format!(
+            "{}\n\n@{} {message}",
+            quote(command_text.trim()),
+            self.inv.actor.login
+        ));
+    }
+
+    /// The effects to queue: the reactions, then one comment holding every
+    /// answer (when there is one and `may_reply`).
+    pub(super) fn finish(mut self, may_reply: bool) -> Vec<NewEffect> {
+        let start = self.list.first().map_or(self.next_seq, |e| e.seq);
+        let replies = std::mem::take(&mut self.replies);
+        if let (Some(number), false, true) = (self.inv.number, replies.is_empty(), may_reply) {
+            self.push(EffectKind::Comment, number as i64, replies.join("\n\n"));
+            // The reply goes before the closing reaction.
+            if let Some(reply) = self.list.pop() {
+                let at = self
+                    .list
+                    .iter()
+                    .position(|e| e.kind == EffectKind::Reaction)
+                    .unwrap_or(self.list.len());
+                self.list.insert(at, reply);
+            }
         }
+        for (i, e) in self.list.iter_mut().enumerate() {
+            e.seq = start + i as i64;
+        }
+        self.list
     }
 }
 
@@ -109,10 +139,12 @@ impl AppHandler {
                 user.login
             )));
         }
-        let lines = parse_comment(&e.comment.body, &self.identity.slug);
+        let mut lines = parse_comment(&e.comment.body, &self.identity.slug);
         if lines.is_empty() {
             return Ok(Handled::Ignored("no command in the comment".into()));
         }
+        // A flood of command lines acts on the first few only.
+        let extra = lines.split_off(lines.len().min(MAX_COMMANDS_PER_COMMENT));
         let Some(repository) = e.envelope.repository.as_ref().map(|r| r.full_name.clone()) else {
             return Ok(Handled::Ignored("comment without a repository".into()));
         };
@@ -194,6 +226,17 @@ impl AppHandler {
                 result,
             )
             .await;
+        }
+        if !extra.is_empty() {
+            all_ok = false;
+            effects.reply(
+                &extra[0].text,
+                &format!(
+                    "taskmaster reads at most {MAX_COMMANDS_PER_COMMENT} commands in one comment; \
+                     this line and {} more after the first {MAX_COMMANDS_PER_COMMENT} were not read.",
+                    extra.len() - 1
+                ),
+            );
         }
         if acknowledged || !all_ok {
             effects.react(if all_ok { "+1" } else { "-1" });

@@ -84,6 +84,44 @@ pub struct AppIdentity {
     pub slug: String,
 }
 
+/// Reply comments allowed per user per conversation (PR or issue) within
+/// [`REPLY_WINDOW`]; more are not posted (the reaction still says how the
+/// commands went).
+pub const REPLIES_PER_USER: usize = 5;
+/// Reply comments allowed per conversation, whoever asks, within the window.
+pub const REPLIES_PER_CONVERSATION: usize = 20;
+/// The reply rate limit's window.
+pub const REPLY_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// A sliding-window limit on reply comments, per user and conversation and
+/// per conversation, so one person (or many) cannot make the App flood a
+/// thread or the outbox. Kept per process.
+#[derive(Default)]
+pub struct ReplyLimiter {
+    sent: Mutex<HashMap<(String, u64), Vec<(i64, Instant)>>>,
+}
+
+impl ReplyLimiter {
+    /// Whether one more reply by `user` on `repository#number` may go out
+    /// now (and counts it when so).
+    pub fn allow(&self, repository: &str, number: Option<u64>, user: i64) -> bool {
+        let mut sent = self.sent.lock().expect("reply limiter lock");
+        if sent.len() > 10_000 {
+            sent.retain(|_, v| v.iter().any(|(_, at)| at.elapsed() < REPLY_WINDOW));
+        }
+        let list = sent
+            .entry((repository.to_owned(), number.unwrap_or(0)))
+            .or_default();
+        list.retain(|(_, at)| at.elapsed() < REPLY_WINDOW);
+        let by_user = list.iter().filter(|(u, _)| *u == user).count();
+        if by_user >= REPLIES_PER_USER || list.len() >= REPLIES_PER_CONVERSATION {
+            return false;
+        }
+        list.push((user, Instant::now()));
+        true
+    }
+}
+
 /// The dispatcher's handler in production; see the module docs.
 pub struct AppHandler {
     store: Arc<dyn RunStore>,
@@ -92,6 +130,7 @@ pub struct AppHandler {
     routing: RoutingHandler,
     configs: RepoConfigs,
     permissions: PermissionCache,
+    replies: ReplyLimiter,
     identity: AppIdentity,
     effects_wake: Option<Arc<Notify>>,
 }
@@ -127,6 +166,7 @@ impl AppHandler {
                 config.repo_config_ttl_ms,
             ),
             permissions: PermissionCache::new(config.permission_ttl),
+            replies: ReplyLimiter::default(),
             identity: config.identity,
             effects_wake: config.effects_wake,
             store,
@@ -157,8 +197,19 @@ impl AppHandler {
         }
     }
 
+    /// Queues a delivery's effects; its one reply only while the user is
+    /// within the reply rate limit for this conversation ([`ReplyLimiter`]).
     async fn commit_effects(&self, effects: Effects<'_>) -> Result<(), HandlerError> {
-        self.queue_effects(&effects.list).await
+        let inv = effects.inv;
+        let may_reply = effects.replies.is_empty()
+            || self
+                .replies
+                .allow(&inv.repository, inv.number, inv.actor.id);
+        if !may_reply {
+            tracing::warn!(user = %inv.actor.login, repository = %inv.repository,
+                number = ?inv.number, "reply rate limit reached; the answer is not posted");
+        }
+        self.queue_effects(&effects.finish(may_reply)).await
     }
 
     /// Queues GitHub effects and wakes the outbox to send them.

@@ -305,8 +305,34 @@ impl Outbox {
     /// Sends the queued command replies and reactions that are due, in the
     /// order they were queued. Without App credentials they are recorded as
     /// `dry_run` (and logged by the dry-run recorder) instead.
+    ///
+    /// Installations take turns ([`RunStore::due_effects`]) and are served
+    /// side by side, each in its own order: one installation's backlog (a
+    /// flood of replies, paced by GitHub's content limits) never holds up
+    /// another's replies, or the reports after them.
     async fn send_due_effects(&self) -> Result<(), StoreError> {
         let due = self.store.due_effects(now_ms(), self.config.batch).await?;
+        let mut by_installation: Vec<(Option<i64>, Vec<Effect>)> = Vec::new();
+        for effect in due {
+            match by_installation
+                .iter_mut()
+                .find(|(i, _)| *i == effect.installation_id)
+            {
+                Some((_, list)) => list.push(effect),
+                None => by_installation.push((effect.installation_id, vec![effect])),
+            }
+        }
+        let sent = futures_util::future::join_all(
+            by_installation
+                .into_iter()
+                .map(|(_, effects)| self.send_effects_in_order(effects)),
+        )
+        .await;
+        sent.into_iter().collect()
+    }
+
+    /// Sends one installation's due effects, oldest first.
+    async fn send_effects_in_order(&self, due: Vec<Effect>) -> Result<(), StoreError> {
         for effect in due {
             let outcome = match self.send_effect(&effect).await {
                 Ok(()) if self.github.is_dry_run() => EffectOutcome::DryRun,

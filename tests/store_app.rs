@@ -150,7 +150,45 @@ async fn audit_log_pages_newest_first(b: Backend) {
     assert_eq!(next[0].actor_kind, ActorKind::GithubUser);
 }
 
+/// One installation's backlog never fills a batch: installations take
+/// turns, each in its own order.
+async fn installations_take_turns_for_due_effects(b: Backend) {
+    let store = &b.store;
+    let flood: Vec<NewEffect> = (0..100)
+        .map(|i| NewEffect {
+            source: "flood".into(),
+            ..effect(i, EffectKind::Comment, &format!("flood {i}"))
+        })
+        .collect();
+    store.enqueue_effects(&flood).await.unwrap();
+    let other = NewEffect {
+        source: "other".into(),
+        installation_id: Some(4),
+        ..effect(0, EffectKind::Reaction, "eyes")
+    };
+    store.enqueue_effects(&[other]).await.unwrap();
+    let due = store.due_effects(i64::MAX, 10).await.unwrap();
+    assert_eq!(due.len(), 10);
+    // Turn 1: each installation's oldest; then installation 3 in order.
+    assert_eq!(due[0].body, "flood 0");
+    assert_eq!(due[1].installation_id, Some(4));
+    let flood_order: Vec<&str> = due[2..].iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(
+        flood_order,
+        (1..=8).map(|i| format!("flood {i}")).collect::<Vec<_>>()
+    );
+    // At most EFFECT_TURNS of one installation in a batch.
+    let due = store.due_effects(i64::MAX, 1000).await.unwrap();
+    assert_eq!(
+        due.len() as i64,
+        taskmaster::store::EFFECT_TURNS + 1,
+        "{} due",
+        due.len()
+    );
+}
+
 both_backends!(
+    installations_take_turns_for_due_effects,
     installations_keep_their_latest_state_and_repositories,
     repo_config_cache_is_replaced_and_forgotten,
     effects_are_queued_once_per_source_and_seq_and_finish,

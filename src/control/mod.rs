@@ -98,8 +98,12 @@ pub const REPLY_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// thread or the outbox. Kept per process.
 #[derive(Default)]
 pub struct ReplyLimiter {
-    sent: Mutex<HashMap<(String, u64), Vec<(i64, Instant)>>>,
+    /// Per `(repository, number)`: who was answered, when.
+    sent: Mutex<HashMap<Conversation, Vec<(i64, Instant)>>>,
 }
+
+/// A pull request or issue: `(repository, number)`.
+type Conversation = (String, u64);
 
 impl ReplyLimiter {
     /// Whether one more reply by `user` on `repository#number` may go out

@@ -327,6 +327,9 @@ pub enum StoreError {
     Durability(String),
 }
 
+/// Effects of one installation in one [`RunStore::due_effects`] batch at most.
+pub const EFFECT_TURNS: i64 = 20;
+
 /// The persistence interface. Implementations must be safe to share across tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -753,7 +756,10 @@ pub trait RunStore: Store + ChangeStore {
     /// queued is left alone. Returns how many were new.
     async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError>;
 
-    /// Pending effects due at `now` (epoch ms), oldest first, at most `limit`.
+    /// Pending effects due at `now` (epoch ms), at most `limit`, taking
+    /// turns between installations: each installation's oldest first, at
+    /// most [`EFFECT_TURNS`] of one installation, ordered by turn then age
+    /// (so one installation's backlog never fills a batch).
     async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError>;
 
     /// Records how an attempt to send effect `id` ended.

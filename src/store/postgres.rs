@@ -1971,11 +1971,15 @@ impl RunStore for PgStore {
     async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError> {
         let rows: Vec<EffectRow> = sqlx::query_as(
             "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
-             attempts, last_error, created_at FROM github_effects \
-             WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+             attempts, last_error, created_at FROM ( \
+               SELECT *, ROW_NUMBER() OVER ( \
+                 PARTITION BY COALESCE(installation_id, 0) ORDER BY id) AS turn \
+               FROM github_effects WHERE state = 'pending' AND next_attempt_at <= $1) e \
+             WHERE turn <= $3 ORDER BY turn, id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
+        .bind(super::EFFECT_TURNS)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Effect::try_from).collect()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
 use taskmaster::engine::AgentMap;
-use taskmaster::store::{ControlOutcome, RunState, RunStore, StepState};
+use taskmaster::store::{ControlOutcome, RunState, RunStore, StepState, Store};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -387,5 +387,103 @@ async fn a_newer_run_in_the_concurrency_group_cancels_the_older_one() {
     assert_eq!(new_snap.run.state, RunState::Succeeded);
     // The newer run started only after the older one ended.
     assert!(new_snap.run.started_at.unwrap() >= old_snap.run.finished_at.unwrap());
+    t.stop().await;
+}
+
+const GATED: &str = r#"
+name: gated
+on: { pull_request: {} }
+concurrency: { group: "the-pr" }
+steps:
+  work: { agent: worker, prompt: "x" }
+  cleanup: { agent: worker, needs: work, if: "always()", prompt: "x" }
+"#;
+
+/// A run of `gated`, waiting for approval when `waiting`.
+async fn gated_run(t: &TestEngine, waiting: bool) -> i64 {
+    use taskmaster::store::{DeliveryState, EncodedPayload, NewDelivery};
+    let delivery = format!("gated-{}", uuid::Uuid::new_v4());
+    let payload = pr_payload();
+    t.store
+        .insert_deliveries(&[NewDelivery {
+            delivery_id: delivery.clone(),
+            event: "pull_request".into(),
+            action: Some("opened".into()),
+            hook_id: None,
+            installation_id: None,
+            repository: None,
+            sender_id: None,
+            sender_login: None,
+            payload: EncodedPayload::encode(bytes::Bytes::copy_from_slice(&payload)),
+            received_at: 0,
+            state: DeliveryState::Done,
+        }])
+        .await
+        .unwrap();
+    let event = taskmaster::event::Event::parse("pull_request", &payload).unwrap();
+    let set = t.engine.workflows();
+    let run = taskmaster::engine::intake::new_run(
+        set,
+        set.get("gated").unwrap(),
+        &event,
+        &delivery,
+        "test",
+        None,
+        waiting.then(|| "a stranger's pull request".to_owned()),
+        &std::collections::HashMap::new(),
+        1000,
+    );
+    let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
+    t.engine.settle(id).await.unwrap();
+    t.engine.wake();
+    id
+}
+
+/// A run waiting for approval never blocks its concurrency group, and
+/// cancelling it ends it at once (its `always()` clean-up included: it
+/// never started); retried, it waits again, and approved, it runs.
+#[tokio::test]
+async fn waiting_runs_end_at_once_when_cancelled_and_never_block_their_group() {
+    let agent = Scripted::new("worker", Act::Ok(MS(1), "ok"));
+    let t = TestEngine::start(
+        workflows(&[GATED], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let waiting = gated_run(&t, true).await;
+    let later = gated_run(&t, false).await;
+    let snap = t.wait_run(later, Duration::from_secs(10)).await;
+    assert_eq!(
+        snap.run.state,
+        RunState::Succeeded,
+        "not blocked by the waiting run"
+    );
+    assert_eq!(
+        t.engine.cancel(waiting, "superseded").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let snap = t.wait_run(waiting, Duration::from_secs(5)).await;
+    assert_eq!(snap.run.state, RunState::Cancelled);
+    assert_eq!(snap.step("cleanup").unwrap().state, StepState::Cancelled);
+    assert_eq!(agent.attempts_of("work").len(), 1, "only the later run's");
+    assert_eq!(
+        agent.attempts_of("cleanup").len(),
+        1,
+        "only the later run's"
+    );
+    // Retried, it waits for approval again; approved, it runs.
+    assert_eq!(
+        t.engine.retry(waiting, None).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let snap = t.store.run(waiting).await.unwrap().unwrap();
+    assert!(snap.run.waiting_approval, "{:?}", snap.run);
+    assert_eq!(
+        t.engine.approve(waiting, "maintainer").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    let snap = t.wait_run(waiting, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded, "{:?}", snap.steps);
     t.stop().await;
 }

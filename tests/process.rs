@@ -217,3 +217,45 @@ fn validate_checks_with_keys_against_the_agents_kinds() {
         String::from_utf8_lossy(&cli.stderr)
     );
 }
+
+/// One process per SQLite file: `taskmaster run` against a live service's
+/// database refuses with a clear message instead of taking over its steps;
+/// once the service is gone (even by SIGKILL), the file is free again.
+#[tokio::test]
+async fn a_second_process_on_a_live_sqlite_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("taskmaster.db");
+    let mut service = ChildService::start(&db_path, &[]);
+    let payload = dir.path().join("issue.json");
+    std::fs::write(&payload, fixture("issues.opened.json")).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_taskmaster"))
+            .args(["run", "issue_triage", "--event-name", "issues", "--event"])
+            .arg(&payload)
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", db_path.display()))
+            .args(["--workspaces", "off", "--log", "error"])
+            .env_remove("GITHUB_APP_ID")
+            .env_remove("GITHUB_PRIVATE_KEY")
+            .env_remove("GITHUB_PRIVATE_KEY_PATH")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is in use by another taskmaster process (pid {})",
+            service.child.id()
+        )),
+        "{stderr}"
+    );
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    // The lock died with the process: the database opens again (this run
+    // may then fail for want of an agent; it must not be refused).
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("is in use"), "{stderr}");
+}

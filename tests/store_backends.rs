@@ -1136,6 +1136,44 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
     );
 }
 
+/// A waiting run cancelled, then retried, waits for approval again (it was
+/// left `running` yet gated: never approvable, never claimed).
+async fn a_retried_waiting_run_waits_for_approval_again(b: Backend) {
+    let store = &b.store;
+    let (_engine, planner) = idle_engine(store, &[TWO]);
+    let mut gated = new_run("ap-retry", "two", &[("a", &[]), ("b", &["a"])]);
+    gated.needs_approval = Some("a stranger's pull request".into());
+    let run = store.create_runs(&[gated]).await.unwrap()[0].run_id;
+    store.settle_run(run, &planner).await.unwrap();
+    assert_eq!(
+        store.cancel_run(run, "superseded").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    store.settle_run(run, &planner).await.unwrap();
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert_eq!(snap.run.state, RunState::Cancelled, "ended at once");
+    assert_eq!(
+        store.retry_run(run, None).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    store.settle_run(run, &planner).await.unwrap();
+    let snap = store.run(run).await.unwrap().unwrap();
+    assert_eq!(snap.run.state, RunState::Queued);
+    assert!(snap.run.waiting_approval);
+    assert_eq!(
+        store.approve_run(run, "maintainer").await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        store
+            .claim_steps("w", &limits(10, 60_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
     use taskmaster::store::{
         NewApiToken, NewTask, NewValidation, Role, RunFilter, TaskFilter, TaskSource, TaskState,
@@ -1689,6 +1727,7 @@ both_backends!(
     a_cancelled_run_still_hands_out_only_its_cleanup_steps,
     the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day,
     approval_gates_claims_and_runs_are_found_by_commit,
+    a_retried_waiting_run_waits_for_approval_again,
     operator_api_records_tokens_tasks_validations_and_counts,
     deliveries_are_stored_once_and_read_back_byte_for_byte,
     deliveries_are_claimed_in_order_and_finished_only_by_their_owner,

@@ -78,8 +78,11 @@ pub fn plan_run(snapshot: &RunSnapshot, workflow: Option<&Workflow>) -> Plan {
     for s in &snapshot.steps {
         let current = state[s.step.as_str()];
         let decision = match current {
+            // A run still waiting for approval never started: nothing of it
+            // runs when it stops, not even `always()` clean-up.
             StepState::Pending | StepState::Ready
-                if stopping && !survives_stop(s, workflow, run.desired_state) =>
+                if stopping
+                    && (run.waiting_approval || !survives_stop(s, workflow, run.desired_state)) =>
             {
                 Some((
                     StepState::Cancelled,

@@ -317,6 +317,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL `{url}`: {hint}")]
     UnsupportedUrl { url: String, hint: &'static str },
+    /// Another process holds this SQLite database ([`connect_runs_with`]).
+    #[error("{0}")]
+    InUse(String),
     #[error("corrupt row in `{table}`: {detail}")]
     Corrupt { table: &'static str, detail: String },
     /// The database's write-ahead log could not be synced to disk, so what
@@ -916,6 +919,11 @@ pub async fn connect_runs(database_url: &str) -> Result<Arc<dyn RunStore>, Store
 }
 
 /// As [`connect_runs`], with PostgreSQL pool settings.
+///
+/// A SQLite database is used by one process at a time: this takes an
+/// exclusive lock on `<file>.lock` for the store's lifetime and fails with
+/// [`StoreError::InUse`] (naming the holder's pid) when another process
+/// holds it. Several replicas need PostgreSQL.
 pub async fn connect_runs_with(
     database_url: &str,
     pool: &PoolSettings,
@@ -925,7 +933,11 @@ pub async fn connect_runs_with(
         store.migrate().await?;
         return Ok(Arc::new(store));
     }
-    let store = SqliteStore::open(database_url).await?;
+    // One process per SQLite file: a second service, or `taskmaster run`
+    // against a live database, would take over the running steps.
+    let lock = sqlite::ProcessLock::acquire(database_url)?;
+    let mut store = SqliteStore::open(database_url).await?;
+    store.hold(lock);
     store.migrate().await?;
     Ok(Arc::new(store))
 }

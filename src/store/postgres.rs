@@ -1030,7 +1030,8 @@ impl RunStore for PgStore {
                AND NOT r.waiting_approval \
                AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
-                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
+                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused') \
+                      AND NOT o.waiting_approval)) \
              ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT $2 \
              FOR NO KEY UPDATE OF s, r SKIP LOCKED",
         )
@@ -1726,7 +1727,8 @@ impl RunStore for PgStore {
         }
         sqlx::query(
             "UPDATE runs SET \
-               state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               state = CASE WHEN state = 'paused' THEN 'paused' \
+                            WHEN waiting_approval THEN 'queued' ELSE 'running' END, \
                desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
                conclusion = NULL, finished_at = NULL WHERE id = $1",
         )

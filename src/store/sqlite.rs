@@ -68,6 +68,70 @@ pub struct SqliteStore {
     /// Read-only rusqlite connections for the dispatcher's per-delivery
     /// lookups; `None` for an in-memory database.
     raw_reader: Option<std::sync::Arc<RawReader>>,
+    /// This process's claim on the database file (see [`ProcessLock`]).
+    process_lock: Option<std::sync::Arc<ProcessLock>>,
+}
+
+/// An exclusive lock on `<database>.lock` (`flock`, released when the
+/// process ends however it ends), holding the holder's pid for messages.
+#[derive(Debug)]
+pub struct ProcessLock {
+    _file: std::fs::File,
+}
+
+impl ProcessLock {
+    /// Locks the database of `url` (a path, `sqlite:path` or
+    /// `sqlite://path`) for this process; in-memory databases need none.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] when another process holds it, with what to do.
+    pub fn acquire(url: &str) -> Result<Option<Self>, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+            return Ok(None);
+        }
+        let lock_path = format!("{path}.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::InUse(format!("cannot open the lock file {lock_path}: {e}"))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.set_len(0);
+                let _ = file.rewind();
+                let _ = write!(file, "{}", std::process::id());
+                Ok(Some(Self { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Err(StoreError::InUse(format!(
+                    "the SQLite database {path} is in use by another taskmaster process \
+                     (pid {}): one process per SQLite file. Stop it first, or give this \
+                     one another DATABASE_URL (`taskmaster run` cannot share a live \
+                     service's database); several replicas need PostgreSQL",
+                    if pid.trim().is_empty() {
+                        "unknown"
+                    } else {
+                        pid.trim()
+                    }
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StoreError::InUse(format!("cannot lock {lock_path}: {e}")))
+            }
+        }
+    }
 }
 
 /// Read-only rusqlite connections of the store's own, used inline on the
@@ -341,7 +405,13 @@ impl SqliteStore {
             wal,
             checkpointer,
             raw_reader,
+            process_lock: None,
         })
+    }
+
+    /// Keeps `lock` (from [`ProcessLock::acquire`]) for the store's lifetime.
+    pub fn hold(&mut self, lock: Option<ProcessLock>) {
+        self.process_lock = lock.map(std::sync::Arc::new);
     }
 
     /// One idempotent control transition of a run: `update` (binding the run
@@ -1741,7 +1811,8 @@ impl RunStore for SqliteStore {
         }
         sqlx::query(
             "UPDATE runs SET \
-               state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               state = CASE WHEN state = 'paused' THEN 'paused' \
+                            WHEN waiting_approval = 1 THEN 'queued' ELSE 'running' END, \
                desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
                conclusion = NULL, finished_at = NULL WHERE id = ?1",
         )

@@ -285,7 +285,8 @@ pub(super) fn claim_steps(
                AND r.waiting_approval = 0 \
                AND (r.concurrency_group IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
-                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused'))) \
+                      AND o.id < r.id AND o.state IN ('queued', 'running', 'paused') \
+                      AND o.waiting_approval = 0)) \
              ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
         )?
         .query_map(params![now, (limits.max * 4 + 64) as i64], |r| {

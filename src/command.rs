@@ -49,8 +49,10 @@ pub enum Command {
     Status,
     /// `/run <workflow>`: start a workflow by name on this PR or issue.
     Run { workflow: String },
-    /// `/approve`: let a run waiting for approval (untrusted author) start.
-    Approve,
+    /// `/approve [sha]`: let the runs waiting for approval (untrusted work)
+    /// start — those on `sha` (a prefix of 7 to 40 hex digits) when given,
+    /// else those that were waiting when the comment was written.
+    Approve { sha: Option<String> },
     /// `/fix [instructions]`: start the repository's fix workflow here, with
     /// the comment as the request (untrusted data in prompts).
     Fix { instructions: String },
@@ -116,8 +118,9 @@ impl CommandKind {
             CommandKind::Status => ("/status", "show the runs and their steps"),
             CommandKind::Run => ("/run <workflow>", "start a workflow by name here"),
             CommandKind::Approve => (
-                "/approve",
-                "let a run waiting for approval (fork or untrusted author) start",
+                "/approve [sha]",
+                "let the runs waiting for approval (fork or untrusted author) start: those \
+                 waiting when you wrote it, or those on commit `sha`",
             ),
             CommandKind::Fix => (
                 "/fix [what to change]",
@@ -159,7 +162,7 @@ impl Command {
             Command::Resume => CommandKind::Resume,
             Command::Status => CommandKind::Status,
             Command::Run { .. } => CommandKind::Run,
-            Command::Approve => CommandKind::Approve,
+            Command::Approve { .. } => CommandKind::Approve,
             Command::Fix { .. } => CommandKind::Fix,
             Command::Help => CommandKind::Help,
         }
@@ -171,6 +174,7 @@ impl fmt::Display for Command {
         match self {
             Command::Retry { step: Some(step) } => write!(f, "/retry {step}"),
             Command::Run { workflow } => write!(f, "/run {workflow}"),
+            Command::Approve { sha: Some(sha) } => write!(f, "/approve {sha}"),
             Command::Fix { instructions } if !instructions.is_empty() => {
                 write!(f, "/fix {instructions}")
             }
@@ -359,7 +363,28 @@ fn build(kind: CommandKind, args: &str) -> Result<Command, CommandError> {
         CommandKind::Pause => no_args("pause").map(|()| Command::Pause)?,
         CommandKind::Resume => no_args("resume").map(|()| Command::Resume)?,
         CommandKind::Status => no_args("status").map(|()| Command::Status)?,
-        CommandKind::Approve => no_args("approve").map(|()| Command::Approve)?,
+        CommandKind::Approve => match words.as_slice() {
+            [] => Command::Approve { sha: None },
+            [sha]
+                if (7..=40).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Command::Approve {
+                    sha: Some(sha.to_ascii_lowercase()),
+                }
+            }
+            [other] => {
+                return Err(CommandError::InvalidName {
+                    value: truncate(other, 50),
+                    what: "commit SHA (7 to 40 hex digits)",
+                });
+            }
+            _ => {
+                return Err(CommandError::TooManyArguments {
+                    command: "approve",
+                    what: "commit SHA",
+                });
+            }
+        },
         CommandKind::Help => no_args("help").map(|()| Command::Help)?,
         CommandKind::Fix => unreachable!("handled above"),
     })
@@ -479,7 +504,10 @@ mod tests {
             Command::Run {
                 workflow: "pr_processing".into(),
             },
-            Command::Approve,
+            Command::Approve { sha: None },
+            Command::Approve {
+                sha: Some("abc1234".into()),
+            },
         ] {
             let parsed = parse_comment(&command.to_string(), "tm");
             assert_eq!(parsed[0].parsed, Ok(command));

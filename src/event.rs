@@ -232,6 +232,9 @@ pub struct Comment {
     /// See [`PullRequest::author_association`].
     #[serde(default)]
     pub author_association: String,
+    /// When it was written (RFC 3339, GitHub's clock).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// An `issue_comment` event (PR conversation comments are issue comments).

@@ -421,7 +421,7 @@ impl RunReport {
 /// `None` for an identifier taskmaster never sent.
 pub fn command_for_action(identifier: &str, workflow: &str) -> Option<Command> {
     match identifier {
-        ACTION_APPROVE => Some(Command::Approve),
+        ACTION_APPROVE => Some(Command::Approve { sha: None }),
         ACTION_RETRY_FAILED => Some(Command::Retry { step: None }),
         ACTION_RERUN => Some(Command::Run {
             workflow: workflow.to_owned(),

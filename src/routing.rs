@@ -209,6 +209,41 @@ fn started(wf: &Workflow, reason: String) -> RouteDecision {
 }
 
 /// A start that waits for a maintainer's `/approve`.
+/// Why a run of `wf` about `event`'s pull request or issue must wait for
+/// a maintainer's `/approve` (a fork's pull request, or an author who is not
+/// an owner, member or collaborator), as routing would gate it; `None` when
+/// it need not (trusted work, or the workflow's trigger lifts the gate with
+/// `forks: true` / `untrusted: true`). For runs started by hand (`/run`,
+/// Re-run), whose own command level may be lower than `/approve`'s.
+pub fn approval_needed(event: &Event, wf: &Workflow) -> Option<String> {
+    let issue_gate = |issue: &Issue| {
+        let lifted = wf.triggers.issues.as_ref().is_some_and(|t| t.untrusted);
+        (!lifted && !TRUSTED_AUTHORS.contains(&issue.author_association.as_str())).then(|| {
+            format!(
+                "#{} is by @{}, not an owner, member or collaborator: the run waits until a \
+                 maintainer comments `/approve`",
+                issue.number, issue.user.login
+            )
+        })
+    };
+    match event {
+        Event::PullRequest(e) => {
+            let forks = wf.triggers.pull_request.as_ref().is_some_and(|t| t.forks);
+            match pr_safety(&e.pull_request, None, true, forks, true) {
+                Safety::Approve(why) => Some(why),
+                _ => None,
+            }
+        }
+        Event::Issues(e) => issue_gate(&e.issue),
+        Event::IssueComment(e) if e.issue.is_pull_request() => {
+            let forks = wf.triggers.pull_request.as_ref().is_some_and(|t| t.forks);
+            (!forks).then(|| issue_gate(&e.issue)).flatten()
+        }
+        Event::IssueComment(e) => issue_gate(&e.issue),
+        _ => None,
+    }
+}
+
 fn needs_approval(wf: &Workflow, reason: String, why: String) -> RouteDecision {
     RouteDecision {
         approval: Some(why),

@@ -691,3 +691,140 @@ async fn issues_and_pull_requests_become_classified_tasks_once() {
     );
     assert_eq!(issue_task.created_by, "github");
 }
+
+/// A stranger's pull request: its runs wait. `/approve` approves what the
+/// approver saw (runs made before the comment, or those on the named
+/// commit); `/run` by someone who may not approve makes a waiting run too.
+#[tokio::test]
+async fn approve_approves_what_was_seen_and_run_keeps_the_gate() {
+    use taskmaster::store::{DeliveryState, EncodedPayload, NewDelivery, Store};
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_permission("maintainer", Permission::Write);
+    w.github.set_permission("helper", Permission::Triage);
+    w.github
+        .set_file(&repo(), repo_config::PATH, "commands:\n  run: triage\n");
+    let mut pr = pr_opened();
+    pr["pull_request"]["author_association"] = "NONE".into();
+    pr["pull_request"]["user"]["login"] = "stranger".into();
+    let d = delivery("pull_request", "pr-stranger", &pr);
+    w.t.store
+        .insert_deliveries(&[NewDelivery {
+            delivery_id: d.delivery_id.clone(),
+            event: d.event.clone(),
+            action: d.action.clone(),
+            hook_id: None,
+            installation_id: d.installation_id,
+            repository: d.repository.clone(),
+            sender_id: None,
+            sender_login: None,
+            payload: EncodedPayload::encode(d.payload.clone()),
+            received_at: now_ms(),
+            state: DeliveryState::Done,
+        }])
+        .await
+        .unwrap();
+    let Handled::Start(runs) = w.handler.handle(&d).await.unwrap() else {
+        panic!("a run")
+    };
+    assert!(runs[0].needs_approval.is_some());
+    let run = w.t.store.create_runs(&runs).await.unwrap()[0].run_id;
+    let head: String = pr["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A comment on the PR, written an hour before the run was made.
+    let on_pr = |body: &str, login: &str, written: chrono::DateTime<chrono::Utc>| {
+        let mut c = command(body, login, "MEMBER");
+        // Distinct users (permissions are cached by user id).
+        c["comment"]["user"]["id"] = json!(login.len() as i64 * 1000);
+        c["issue"]["number"] = pr["number"].clone();
+        c["issue"]["pull_request"] = json!({ "url": "https://api.github.com/repos/x/y/pulls/2" });
+        c["comment"]["created_at"] = written.to_rfc3339().into();
+        c
+    };
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    w.handler
+        .handle(&delivery(
+            "issue_comment",
+            "ap-old",
+            &on_pr("/approve", "maintainer", an_hour_ago),
+        ))
+        .await
+        .unwrap();
+    let snap = w.t.store.run(run).await.unwrap().unwrap();
+    assert!(
+        snap.run.waiting_approval,
+        "made after the comment: not approved"
+    );
+    let effects = w.t.store.effects_for("ap-old").await.unwrap();
+    let reply = effects
+        .iter()
+        .find(|e| e.kind == EffectKind::Comment)
+        .expect("a reply");
+    assert!(
+        reply
+            .body
+            .contains(&format!("comment `/approve {}`", &head[..12])),
+        "{}",
+        reply.body
+    );
+
+    // `/run` from someone who may run but not approve: the run waits too.
+    let Handled::Start(started) = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "run-helper",
+            &on_pr("/run review", "helper", chrono::Utc::now()),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("a run")
+    };
+    assert!(
+        started[0]
+            .needs_approval
+            .as_deref()
+            .is_some_and(|w| w.contains("@helper started it with `/run` and cannot approve it")),
+        "{:?}",
+        started[0].needs_approval
+    );
+    // From a maintainer: it starts.
+    let Handled::Start(started) = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "run-maint",
+            &on_pr("/run review", "maintainer", chrono::Utc::now()),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("a run")
+    };
+    assert!(started[0].needs_approval.is_none());
+    assert_eq!(
+        started[0].head_sha.as_deref(),
+        Some(head.as_str()),
+        "the PR's head"
+    );
+
+    // Naming the commit approves it.
+    w.handler
+        .handle(&delivery(
+            "issue_comment",
+            "ap-sha",
+            &on_pr(
+                &format!("/approve {}", &head[..10]),
+                "maintainer",
+                an_hour_ago,
+            ),
+        ))
+        .await
+        .unwrap();
+    let snap = w.t.store.run(run).await.unwrap().unwrap();
+    assert!(!snap.run.waiting_approval);
+    assert_eq!(snap.run.approved_by.as_deref(), Some("maintainer"));
+}

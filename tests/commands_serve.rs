@@ -148,6 +148,8 @@ fn comment(
         json!({ "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2" });
     let user = json!({ "login": login, "id": 9000 + id, "type": kind });
     v["comment"]["id"] = id.into();
+    // Written now, as GitHub stamps it (`/approve` approves what was seen then).
+    v["comment"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
     v["comment"]["body"] = body.into();
     v["comment"]["user"] = user.clone();
     v["comment"]["author_association"] = association.into();

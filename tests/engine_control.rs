@@ -487,3 +487,51 @@ async fn waiting_runs_end_at_once_when_cancelled_and_never_block_their_group() {
     assert_eq!(snap.run.state, RunState::Succeeded, "{:?}", snap.steps);
     t.stop().await;
 }
+
+const TITLED: &str = r#"
+name: titled
+on: { pull_request: {} }
+steps:
+  say: { agent: worker, prompt: "Review {{ pr.title }} at {{ pr.head_sha }}" }
+"#;
+
+/// A run renders its prompts from what was stored with it, not from its
+/// delivery: a Re-run's delivery is `<check_run delivery>#<run>`, a
+/// `/run`'s is a comment, and neither carries the pull request.
+#[tokio::test]
+async fn prompts_render_from_the_runs_stored_context() {
+    let agent = Scripted::new("worker", Act::Ok(MS(1), "ok"));
+    let t = TestEngine::start(
+        workflows(&[TITLED], &["worker"]),
+        AgentMap::new().with(agent.clone()),
+        fast_config(),
+    )
+    .await;
+    let payload = pr_payload();
+    let event = taskmaster::event::Event::parse("pull_request", &payload).unwrap();
+    let taskmaster::event::Event::PullRequest(pr) = &event else {
+        panic!("not a pull request")
+    };
+    let set = t.engine.workflows();
+    let run = taskmaster::engine::intake::new_run(
+        set,
+        set.get("titled").unwrap(),
+        &event,
+        "no-such-delivery#7",
+        "re-run",
+        None,
+        None,
+        &std::collections::HashMap::new(),
+        1000,
+    );
+    let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
+    t.engine.settle(id).await.unwrap();
+    t.engine.wake();
+    let snap = t.wait_run(id, Duration::from_secs(10)).await;
+    let output = snap.step("say").unwrap().output.clone().unwrap_or_default();
+    assert!(
+        output.contains(&pr.pull_request.title) && output.contains(&pr.pull_request.head.sha),
+        "{output}"
+    );
+    t.stop().await;
+}

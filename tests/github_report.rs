@@ -217,7 +217,7 @@ fn buttons_map_back_to_commands() {
     );
     assert_eq!(
         command_for_action("approve", "review"),
-        Some(Command::Approve)
+        Some(Command::Approve { sha: None })
     );
     assert_eq!(command_for_action("rm -rf", "review"), None);
     assert!(report(RunState::Running).check_actions().is_empty());

@@ -95,7 +95,7 @@ fn requested_action_maps_the_button_to_its_command() {
                 workflow: "review".into(),
             },
         ),
-        ("approve", Command::Approve),
+        ("approve", Command::Approve { sha: None }),
     ] {
         payload["requested_action"]["identifier"] = json!(identifier);
         assert_eq!(

@@ -19,6 +19,9 @@ pub(super) struct Invocation<'a> {
     pub(super) run_id: Option<i64>,
     /// What audit calls it: `command` or `button`.
     pub(super) via: &'static str,
+    /// When the comment was written (epoch ms, GitHub's clock); `None` for
+    /// buttons.
+    pub(super) written_at: Option<i64>,
 }
 
 /// How one command ended.
@@ -158,6 +161,12 @@ impl AppHandler {
             association: Some(&e.comment.author_association),
             run_id: None,
             via: "command",
+            written_at: e
+                .comment
+                .created_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis()),
         };
         let config = self.configs.get(inv.installation, &inv.repository).await;
         let mut effects = Effects::new(&inv);
@@ -317,7 +326,8 @@ impl AppHandler {
                     }),
                 }
             }
-            Command::Cancel | Command::Pause | Command::Resume | Command::Approve => {
+            Command::Approve { sha } => self.approve(inv, sha.as_deref()).await?,
+            Command::Cancel | Command::Pause | Command::Resume => {
                 let runs = self.target_runs(inv, 50, active).await?;
                 let mut changed = Vec::new();
                 for run in &runs {
@@ -328,8 +338,7 @@ impl AppHandler {
                                 .await?
                         }
                         Command::Pause => self.engine.pause(run.id).await?,
-                        Command::Resume => self.engine.resume(run.id).await?,
-                        _ => self.engine.approve(run.id, &inv.actor.login).await?,
+                        _ => self.engine.resume(run.id).await?,
                     };
                     if outcome == ControlOutcome::Changed {
                         changed.push(run.id);
@@ -339,8 +348,7 @@ impl AppHandler {
                     let what = match command {
                         Command::Cancel => "no active run to cancel",
                         Command::Pause => "no running run to pause",
-                        Command::Resume => "no paused run to resume",
-                        _ => "no run waits for approval",
+                        _ => "no paused run to resume",
                     };
                     Outcome::Noop(format!("{what} here."))
                 } else {
@@ -468,6 +476,25 @@ impl AppHandler {
             }
         }
         let event = source.as_ref().unwrap_or(event);
+        // Untrusted work waits for approval whoever starts it, unless they
+        // may approve it themselves (`/run`'s level may be lower).
+        let needs_approval = match crate::routing::approval_needed(event, wf) {
+            Some(why) => {
+                let needed = config.config.permission_for(CommandKind::Approve);
+                let has = match self.permission(inv).await {
+                    Ok(p) => p,
+                    Err(HandlerError::Permanent(_)) => Permission::None,
+                    Err(e) => return Err(e),
+                };
+                (has < needed).then(|| {
+                    format!(
+                        "{why} (@{} started it with `/run` and cannot approve it)",
+                        inv.actor.login
+                    )
+                })
+            }
+            None => None,
+        };
         let estimates = self.store.step_estimates(&wf.name).await?;
         let classification = route(event, workflows)
             .into_iter()
@@ -479,11 +506,76 @@ impl AppHandler {
             &inv.delivery.delivery_id,
             &format!("@{} asked for it (`/run {}`)", inv.actor.login, wf.name),
             classification,
-            None,
+            needs_approval,
             &estimates,
             crate::engine::EngineConfig::default().default_estimate_ms,
         );
         Ok(Outcome::Start(vec![run]))
+    }
+
+    /// `/approve [sha]`: approves what the approver saw — the waiting runs
+    /// on commit `sha` when given, else those that were created before the
+    /// comment was written (a push just before the comment is not approved
+    /// by it; the reply says how to approve it). A button approves its run.
+    pub(super) async fn approve(
+        &self,
+        inv: &Invocation<'_>,
+        sha: Option<&str>,
+    ) -> Result<Outcome, HandlerError> {
+        let runs = self
+            .target_runs(inv, 50, |r| !r.state.is_terminal() && r.waiting_approval)
+            .await?;
+        let mut approved = Vec::new();
+        let mut later = Vec::new();
+        for run in &runs {
+            let head = run.head_sha.as_deref().unwrap_or("").to_ascii_lowercase();
+            let seen = match (sha, inv.written_at) {
+                (Some(prefix), _) => head.starts_with(prefix),
+                (None, Some(at)) => run.created_at <= at,
+                (None, None) => true,
+            };
+            if !seen {
+                if sha.is_none() {
+                    later.push(run);
+                }
+                continue;
+            }
+            if self.engine.approve(run.id, &inv.actor.login).await? == ControlOutcome::Changed {
+                approved.push(run.id);
+            }
+        }
+        let note: Vec<String> = later
+            .iter()
+            .map(|r| {
+                let short: String = r
+                    .head_sha
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect();
+                format!(
+                    "run {} (`{}`{}) started after your comment was written, so it was not \
+                     approved: check it, then comment `/approve {short}`.",
+                    r.id,
+                    r.workflow,
+                    if short.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on {short}")
+                    }
+                )
+            })
+            .collect();
+        Ok(match (approved.is_empty(), note.is_empty()) {
+            (false, true) => Outcome::Done(None),
+            (false, false) => Outcome::Done(Some(note.join("\n"))),
+            (true, false) => Outcome::Noop(note.join("\n")),
+            (true, true) => Outcome::Noop(match sha {
+                Some(s) => format!("no run on commit `{s}` waits for approval here."),
+                None => "no run waits for approval here.".into(),
+            }),
+        })
     }
 
     pub(super) async fn status(&self, inv: &Invocation<'_>) -> Result<String, HandlerError> {

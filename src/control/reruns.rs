@@ -91,6 +91,7 @@ impl AppHandler {
                 association: None,
                 run_id: Some(run_id),
                 via: "button",
+                written_at: None,
             };
             let kind = command.kind();
             let mut effects = Effects::new(&inv);

@@ -836,12 +836,27 @@ async fn render(
         .classification
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
-    let mut ctx = match event(engine, delivery_id).await {
-        Some(event) => PromptContext::from_event(&event, &wf.name, classification),
-        None => PromptContext {
-            workflow: wf.name.clone(),
-            task: classification,
-            ..PromptContext::default()
+    // What the run was made from, as stored with it (`NewRun::context`):
+    // a `/run`, a Re-run or a button run carries the pull request it is
+    // about although its own delivery is a comment or a check run (or has
+    // no row at all). Runs stored before the context held it: the event.
+    let stored = serde_json::from_value::<PromptContext>(snapshot.run.context.clone())
+        .ok()
+        .filter(|c| !c.repository.is_empty() || c.pr.is_some() || c.issue.is_some());
+    let mut ctx = match stored {
+        Some(mut c) => {
+            c.workflow = wf.name.clone();
+            c.task = classification;
+            c.steps.clear();
+            c
+        }
+        None => match event(engine, delivery_id).await {
+            Some(event) => PromptContext::from_event(&event, &wf.name, classification),
+            None => PromptContext {
+                workflow: wf.name.clone(),
+                task: classification,
+                ..PromptContext::default()
+            },
         },
     };
     // The values the run was created with (a repository's
@@ -900,6 +915,9 @@ async fn render(
 /// The delivery's parsed event, from the engine's cache or the store
 /// (`None`: the delivery is gone or its payload does not parse).
 pub(super) async fn event(engine: &Engine, delivery_id: &str) -> Option<Arc<Event>> {
+    // Runs started by a button on a check suite are keyed `<delivery>#<run>`
+    // (one delivery, several runs): their event is the delivery's.
+    let delivery_id = delivery_id.split('#').next().unwrap_or(delivery_id);
     let cache = &engine.inner.events_cache;
     if let Some(event) = cache.lock().expect("event cache lock").get(delivery_id) {
         return Some(event);

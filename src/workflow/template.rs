@@ -81,7 +81,8 @@ pub enum RenderError {
 }
 
 /// The pull request as templates see it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PullRequestInfo {
     /// PR number.
     pub number: u64,
@@ -112,7 +113,8 @@ pub struct PullRequestInfo {
 }
 
 /// The run's workspace as templates see it (`workspace.path`, `workspace.sha`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct WorkspaceInfo {
     /// The checkout's absolute path (the agents' working directory).
     pub path: String,
@@ -121,7 +123,8 @@ pub struct WorkspaceInfo {
 }
 
 /// The issue as templates see it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct IssueInfo {
     /// Issue number.
     pub number: u64,
@@ -136,7 +139,8 @@ pub struct IssueInfo {
 }
 
 /// The triggering comment, for `/run` starts.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CommentInfo {
     /// Comment id.
     pub id: i64,
@@ -147,7 +151,8 @@ pub struct CommentInfo {
 }
 
 /// A finished step, for later steps' templates.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StepResult {
     /// `success`, `failure`, `skipped` or `cancelled`.
     pub outcome: String,
@@ -157,7 +162,8 @@ pub struct StepResult {
 
 /// Everything a template can read. Build it with [`PromptContext::from_event`]
 /// and fill `steps` and `inputs` as the run goes.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PromptContext {
     /// `owner/name`.
     pub repository: String,

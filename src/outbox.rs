@@ -167,6 +167,14 @@ impl Outbox {
         // it stops (or dies: its connection closes).
         let mut leader: Option<crate::store::ExclusiveGuard> = None;
         loop {
+            // Still ours? A session that died lost the lock, and another
+            // replica may be sending now: step down, then try again.
+            if let Some(guard) = leader.as_mut()
+                && !guard.still_held().await
+            {
+                tracing::warn!("outbox: the outbox lock was lost; stepping down");
+                leader = None;
+            }
             if leader.is_none() {
                 match self.store.try_exclusive("outbox").await {
                     Ok(guard) => leader = guard,

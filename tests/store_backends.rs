@@ -1034,6 +1034,29 @@ async fn exclusive_jobs_are_held_by_one_store_at_a_time(b: Backend) {
             tokio::time::sleep(MS(20)).await;
         }
         assert!(got.is_some(), "the job is free again once released");
+        // A holder whose session dies (terminated, failed over) learns it
+        // has lost the job before its next unit of work.
+        let mut held = got.unwrap();
+        assert!(held.still_held().await);
+        let admin = sqlx::PgPool::connect(&b.url).await.unwrap();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+        )
+        .execute(&admin)
+        .await
+        .unwrap();
+        assert!(!held.still_held().await, "the lock died with its session");
+        let mut taken = None;
+        for _ in 0..100 {
+            taken = b.store.try_exclusive("redelivery").await.unwrap();
+            if taken.is_some() {
+                break;
+            }
+            tokio::time::sleep(MS(20)).await;
+        }
+        assert!(taken.is_some(), "another replica takes it over");
+        drop(held);
         // Wake-up hints cross stores: queued deliveries and ready steps.
         let mut hints = other
             .remote_wakeups(taskmaster::store::WakeTopic::Deliveries)

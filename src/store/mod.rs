@@ -437,7 +437,17 @@ pub enum WakeTopic {
 
 /// Proof of holding a [`Store::try_exclusive`] job; dropping it releases the job.
 pub struct ExclusiveGuard {
-    _held: Option<Box<dyn Send>>,
+    _held: Option<Box<dyn HeldJob>>,
+}
+
+/// What keeps a shared job held (PostgreSQL: the session holding its
+/// advisory lock), and can tell whether it still is.
+#[async_trait]
+pub trait HeldJob: Send {
+    /// Whether the job is still held: a session that died (a dropped
+    /// connection, `pg_terminate_backend`, a failover) has lost it, and
+    /// another replica may hold it now.
+    async fn still_held(&mut self) -> bool;
 }
 
 impl ExclusiveGuard {
@@ -447,8 +457,19 @@ impl ExclusiveGuard {
     }
 
     /// A guard that releases the job when `held` is dropped.
-    pub fn holding(held: Box<dyn Send>) -> Self {
+    pub fn holding(held: Box<dyn HeldJob>) -> Self {
         ExclusiveGuard { _held: Some(held) }
+    }
+
+    /// Whether the job is still this process's: checked before each unit
+    /// of work it guards (an outbox pass), so a holder whose session died
+    /// steps down instead of working beside the new holder. Always true for
+    /// single-process stores.
+    pub async fn still_held(&mut self) -> bool {
+        match self._held.as_mut() {
+            Some(held) => held.still_held().await,
+            None => true,
+        }
     }
 }
 

@@ -552,7 +552,36 @@ impl Store for PgStore {
         // Dropping the guard closes this connection instead of returning it
         // to the pool: the session ends and PostgreSQL releases the lock.
         conn.close_on_drop();
-        Ok(Some(ExclusiveGuard::holding(Box::new(conn))))
+        Ok(Some(ExclusiveGuard::holding(Box::new(AdvisoryLock {
+            conn,
+            job: job.to_owned(),
+        }))))
+    }
+}
+
+/// A session-level advisory lock and the session (connection) holding it.
+struct AdvisoryLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    job: String,
+}
+
+#[async_trait]
+impl super::HeldJob for AdvisoryLock {
+    /// Asks PostgreSQL, on the holding session, whether that session holds
+    /// the lock (`pg_locks`); an error or no answer within 5 s means the
+    /// session is gone, and so is the lock.
+    async fn still_held(&mut self) -> bool {
+        let check = sqlx::query_as::<_, (bool,)>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND pid = pg_backend_pid() AND objsubid = 2 \
+               AND classid = hashtext(current_schema())::oid AND objid = hashtext($1)::oid)",
+        )
+        .bind(self.job.clone())
+        .fetch_one(&mut *self.conn);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), check).await,
+            Ok(Ok((true,)))
+        )
     }
 }
 

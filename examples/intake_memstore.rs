@@ -69,6 +69,7 @@ async fn main() {
         secrets: WebhookSecrets::parse(&secret).unwrap(),
         store: Arc::new(NullStore),
         handler: Arc::new(AcceptAll),
+        limits: Default::default(),
     })
     .await
     .unwrap();

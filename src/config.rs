@@ -246,6 +246,43 @@ pub struct Settings {
     #[arg(long = "public-url", env = "PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
+    /// A request's headers must arrive within this many milliseconds, or its
+    /// connection is closed (slow clients cannot hold connections).
+    #[arg(
+        long,
+        env = "TASKMASTER_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub header_timeout_ms: u64,
+
+    /// A request's body must arrive within this many milliseconds (else 408).
+    #[arg(
+        long,
+        env = "TASKMASTER_BODY_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub body_timeout_ms: u64,
+
+    /// Open connections at most (more wait in the kernel's backlog).
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Webhook requests handled at once at most; more are answered 503.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_WEBHOOKS_IN_FLIGHT",
+        default_value_t = 512,
+        global = true
+    )]
+    pub max_webhooks_in_flight: usize,
+
     /// At most one GitHub update of a run per this many milliseconds (the
     /// outbox coalesces changes in between; a finished run is sent at once).
     #[arg(

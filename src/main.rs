@@ -232,6 +232,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             secrets,
             store: store.clone(),
             handler: Arc::new(handler),
+            limits: taskmaster::server::IntakeLimits {
+                header_timeout: std::time::Duration::from_millis(settings.header_timeout_ms.max(1)),
+                body_timeout: std::time::Duration::from_millis(settings.body_timeout_ms.max(1)),
+                max_connections: settings.max_connections.max(1),
+                max_webhooks_in_flight: settings.max_webhooks_in_flight.max(1),
+            },
         },
         api,
     )

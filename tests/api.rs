@@ -99,6 +99,7 @@ impl Api {
                     workflows,
                     Some(engine.clone()),
                 )),
+                limits: Default::default(),
             },
             api::service(ApiState::new(engine, false)),
         )

@@ -411,6 +411,7 @@ async fn health_is_503_and_intake_is_503_when_the_database_is_unreachable() {
         secrets: taskmaster::webhook::WebhookSecrets::parse(SECRET).unwrap(),
         store,
         handler: Arc::new(AcceptAll),
+        limits: Default::default(),
     })
     .await
     .unwrap();
@@ -448,5 +449,102 @@ async fn health_is_503_and_intake_is_503_when_the_database_is_unreachable() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(receipt.error.unwrap().contains("redeliver"));
+    running.stop().await.unwrap();
+}
+
+/// Slow and flooding clients cannot hold intake: a connection whose headers
+/// do not arrive in time is closed, a body that does not arrive in time is
+/// answered 408, webhook requests beyond the limit are answered 503 at once,
+/// and a real delivery is answered meanwhile.
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        taskmaster::store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+    let running = taskmaster::server::start(taskmaster::server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        secrets: taskmaster::webhook::WebhookSecrets::parse(SECRET).unwrap(),
+        store,
+        handler: Arc::new(AcceptAll),
+        limits: taskmaster::server::IntakeLimits {
+            header_timeout: Duration::from_millis(400),
+            body_timeout: Duration::from_millis(800),
+            max_connections: 1000,
+            max_webhooks_in_flight: 20,
+        },
+    })
+    .await
+    .unwrap();
+    let addr = running.local_addr;
+    // 300 connections trickling headers, 20 trickling bodies (the webhook
+    // limit), one more body over the limit.
+    let mut slow_headers = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /api/github/webhooks HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow_headers.push(s);
+    }
+    let body_head = "POST /api/github/webhooks HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: ping\r\n\
+                     X-GitHub-Delivery: slow\r\nContent-Type: application/json\r\n\
+                     Content-Length: 100000\r\n\r\n{";
+    let mut slow_bodies = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(body_head.as_bytes()).await.unwrap();
+        slow_bodies.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    over.write_all(body_head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), over.read(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+
+    // Slow headers: closed by the server (EOF), not left open.
+    let started = Instant::now();
+    for s in &mut slow_headers[..10] {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Slow bodies: 408 once their time is up; their permits come back.
+    for s in &mut slow_bodies {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    // A real delivery is answered.
+    let body = fixture("issues.opened.json");
+    let client = taskmaster::agent::http_client_builder().build().unwrap();
+    let response = client
+        .post(format!("http://{addr}/api/github/webhooks"))
+        .header("X-GitHub-Event", "issues")
+        .header("X-GitHub-Delivery", "real-1")
+        .header("X-Hub-Signature-256", sign(SECRET, &body))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
     running.stop().await.unwrap();
 }

@@ -31,11 +31,18 @@ use crate::store::RunFilter;
 /// How often the list stream looks for new runs.
 const NEW_RUN_POLL: Duration = Duration::from_secs(1);
 
+/// How long one event stream lives; the browser's `EventSource` then
+/// reconnects (and the page resyncs), so an abandoned or hostile stream
+/// never holds a connection for ever.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
 fn sse<S>(state: &DashboardState, stream: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let stream = stream.take_until(state.streams.clone().cancelled_owned());
+    let stream = stream
+        .take_until(state.streams.clone().cancelled_owned())
+        .take_until(tokio::time::sleep(STREAM_LIFETIME));
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

@@ -150,8 +150,43 @@ fn header_token<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Strin
     Ok(value)
 }
 
-async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(state): State<WebhookState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     let started = std::time::Instant::now();
+    // Read here (not by an extractor) to say why a body did not arrive:
+    // too slow (the server's body timeout) is 408, too big is 413.
+    let body = match axum::body::to_bytes(body, MAX_PAYLOAD_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut slow = false;
+            while let Some(s) = source {
+                slow |= s.is::<tower_http::timeout::TimeoutError>();
+                source = s.source();
+            }
+            let (status, why) = if slow {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )
+            } else if format!("{e:?}").contains("LengthLimit") {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is too large",
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
+            };
+            crate::instrument::delivery_rejected(started.elapsed());
+            return reject(status, None, why);
+        }
+    };
     let (response, event, outcome) = receive_inner(state, &headers, body).await;
     match event {
         Some(event) => crate::instrument::delivery(event, outcome, started.elapsed()),

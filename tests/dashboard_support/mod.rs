@@ -159,6 +159,7 @@ impl Dash {
                     workflows,
                     Some(engine.clone()),
                 )),
+                limits: Default::default(),
             },
             api::service(api_state).merge(dash),
         )

@@ -58,6 +58,7 @@ impl TestService {
             secrets: WebhookSecrets::parse(secrets).unwrap(),
             store: store.clone(),
             handler,
+            limits: Default::default(),
         })
         .await
         .expect("start server");

@@ -192,7 +192,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let outbox = Outbox::new(store.clone(), github.clone(), settings.outbox_config());
     let handler = AppHandler::new(
         store.clone(),
-        github,
+        github.clone(),
         engine.clone(),
         AppHandlerConfig {
             identity: AppIdentity {
@@ -210,7 +210,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
     // The Prometheus recorder, before the first delivery is counted.
     taskmaster::instrument::handle();
-    let api_state = taskmaster::api::ApiState::new(engine.clone(), settings.metrics_public);
+    let api_state = taskmaster::api::ApiState::new(engine.clone(), settings.metrics_public)
+        .with_github(github.clone());
     let dashboard_state = taskmaster::dashboard::DashboardState::new(
         api_state.clone(),
         taskmaster::dashboard::DashboardSettings {

@@ -775,5 +775,9 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         verdict_rules: crate::verdict::VerdictRules::of_run(&run.context),
         failed_by_verdict: run.state == RunState::Succeeded && !failed_verdicts.is_empty(),
         has_verdicts: verdict_reports > 0,
+        started_by_api: run
+            .delivery_id
+            .starts_with("api:")
+            .then(|| run.reason.split('`').nth(1).unwrap_or("unknown").to_owned()),
     }
 }

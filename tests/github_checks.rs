@@ -60,6 +60,7 @@ fn run(state: RunState, output: &str) -> RunReport {
         verdict_rules: Default::default(),
         failed_by_verdict: false,
         has_verdicts: false,
+        started_by_api: None,
     }
 }
 

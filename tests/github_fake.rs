@@ -37,6 +37,7 @@ fn run(state: RunState) -> RunReport {
         verdict_rules: Default::default(),
         failed_by_verdict: false,
         has_verdicts: false,
+        started_by_api: None,
     }
 }
 

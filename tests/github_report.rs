@@ -66,6 +66,7 @@ fn report(state: RunState) -> RunReport {
         verdict_rules: Default::default(),
         failed_by_verdict: false,
         has_verdicts: false,
+        started_by_api: None,
     }
 }
 

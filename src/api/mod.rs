@@ -94,6 +94,10 @@ pub struct ApiState {
     pub engine: Engine,
     /// When false, `GET /api/metrics` needs a token (any role).
     pub metrics_public: bool,
+    /// GitHub, to check what callers say about pull requests (their head
+    /// commit); `None` or dry run: not checked (nothing is sent to GitHub
+    /// then either).
+    pub github: Option<Arc<dyn crate::github::GitHub>>,
     usage: Arc<UsageClock>,
 }
 
@@ -104,8 +108,15 @@ impl ApiState {
             store: engine.store().clone(),
             engine,
             metrics_public,
+            github: None,
             usage: Arc::new(UsageClock::default()),
         }
+    }
+
+    /// Checks pull requests' head commits with `github`.
+    pub fn with_github(mut self, github: Arc<dyn crate::github::GitHub>) -> Self {
+        self.github = Some(github);
+        self
     }
 }
 

@@ -31,6 +31,7 @@ use super::{ApiState, Cursor, audit};
 use crate::engine::intake::new_run;
 use crate::event::Event;
 use crate::routing::route;
+use crate::store::Role;
 use crate::store::{
     AttemptRow, ControlOutcome, DeliveryState, EncodedPayload, NewDelivery, Run, RunEvent,
     RunFilter, RunState, StepRecord, now_ms,
@@ -419,7 +420,10 @@ pub struct ControlResult {
         (status = 201, description = "The run was created", body = RunView),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The role may not execute workflows", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The role may not execute workflows, or set an input that reaches a command (admin only)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "GitHub has no such pull request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`context.head_sha` is not the pull request's head", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "GitHub could not be asked about the pull request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn execute(
@@ -502,10 +506,62 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
             "`context.head_sha` must be 40 hex digits",
         ));
     }
+    // An input that reaches a command step's program or arguments runs as
+    // a command on the service's machine: an admin's decision.
+    if caller.role != Role::Admin
+        && let Some(name) = ctx.inputs.keys().find(|n| wf.input_reaches_a_command(n))
+    {
+        return Err(Problem::forbidden(format!(
+            "the input `{name}` reaches a command step's program or arguments: only an admin \
+             token may set it"
+        )));
+    }
     let installation = state
         .store
         .installation_for_repository(&req.repository)
         .await?;
+    // A pull request's check run is created on its head commit: the caller
+    // cannot pick another one (a green check on a commit nobody reviewed).
+    let checked: Option<ExecuteContext> = match (req.pr_number, &state.github, installation) {
+        (Some(n), Some(github), Some(inst)) if !github.is_dry_run() => {
+            let repo = crate::github::RepoName::parse(&req.repository)
+                .map_err(|e| Problem::bad_request(e.to_string()))?;
+            let access = crate::github::WriteAccess {
+                installation: crate::github::InstallationId(inst as u64),
+                workflows: false,
+            };
+            let head = github.pull_request(access, &repo, n).await.map_err(|e| {
+                if e.is_not_found() {
+                    Problem::not_found(format!("{} has no pull request #{n}", req.repository))
+                } else {
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("GitHub could not be asked for pull request #{n}: {e}"),
+                    )
+                }
+            })?;
+            if let Some(sha) = &ctx.head_sha
+                && !sha.eq_ignore_ascii_case(&head.head_sha)
+            {
+                return Err(Problem::conflict(format!(
+                    "`context.head_sha` is not the head of pull request #{n} (it is {}): \
+                     runs are reported on the pull request's head",
+                    head.head_sha
+                )));
+            }
+            Some(ExecuteContext {
+                head_sha: Some(head.head_sha.clone()),
+                head_branch: ctx.head_branch.clone().or(Some(head.head_ref.clone())),
+                base_branch: ctx.base_branch.clone().or(Some(head.base_ref.clone())),
+                title: ctx.title.clone(),
+                body: ctx.body.clone(),
+                labels: ctx.labels.clone(),
+                inputs: ctx.inputs.clone(),
+            })
+        }
+        _ => None,
+    };
+    let ctx = checked.as_ref().unwrap_or(ctx);
     let (event_name, payload) = match (req.pr_number, req.issue_number) {
         (Some(n), None) if n > 0 => (
             "pull_request",

@@ -434,6 +434,20 @@ impl Workflow {
         self.steps.iter().any(|s| s.changes)
     }
 
+    /// Whether input `name` is used in a command step's `with:` (its
+    /// program, arguments or environment): then it runs as a command on the
+    /// service's machine, and setting it is an admin's decision.
+    pub fn input_reaches_a_command(&self, name: &str) -> bool {
+        let needle = regex::Regex::new(&format!(r"inputs\s*\.\s*{}\b", regex::escape(name)))
+            .expect("a valid pattern");
+        // A command step is the one whose `with:` names a program (`run:`
+        // or `command:`, keys only command agents accept).
+        self.steps
+            .iter()
+            .filter(|s| s.with.contains_key("run") || s.with.contains_key("command"))
+            .any(|s| s.with.values().any(|v| needle.is_match(&v.to_string())))
+    }
+
     /// The step whose output is the pull request's text, if one says so.
     pub fn pull_request_step(&self) -> Option<&Step> {
         self.steps.iter().find(|s| s.pull_request)

@@ -73,6 +73,37 @@ static SHAPES: LazyLock<Vec<Shape>> = LazyLock::new(|| {
     ]
 });
 
+/// Tokens this process minted (GitHub installation tokens), with when:
+/// every [`Redactor`] hides them whatever their shape, for
+/// [`MINTED_KEPT`] (they live an hour).
+static MINTED: LazyLock<std::sync::Mutex<Vec<(String, std::time::Instant)>>> =
+    LazyLock::new(Default::default);
+
+/// How long a minted token stays registered.
+pub const MINTED_KEPT: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
+
+/// Registers a token this process just minted (see [`MINTED`]): from now
+/// on no output, log line or comment shows it.
+pub fn register_minted(token: &str) {
+    if token.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut minted = MINTED.lock().unwrap_or_else(|e| e.into_inner());
+    minted.retain(|(_, at)| at.elapsed() < MINTED_KEPT);
+    if !minted.iter().any(|(t, _)| t == token) {
+        minted.push((token.to_owned(), std::time::Instant::now()));
+    }
+}
+
+fn minted_tokens() -> Vec<String> {
+    let minted = MINTED.lock().unwrap_or_else(|e| e.into_inner());
+    minted
+        .iter()
+        .filter(|(_, at)| at.elapsed() < MINTED_KEPT)
+        .map(|(t, _)| t.clone())
+        .collect()
+}
+
 /// The password of a URL with credentials (`scheme://user:password@host/…`,
 /// as `DATABASE_URL` holds one), if it has one.
 pub fn url_password(url: &str) -> Option<&str> {
@@ -143,6 +174,11 @@ impl Redactor {
                 out = out.replace(value.as_str(), "[REDACTED:secret]");
             }
         }
+        for token in minted_tokens() {
+            if out.contains(token.as_str()) {
+                out = out.replace(token.as_str(), "[REDACTED:github-token]");
+            }
+        }
         for shape in SHAPES.iter() {
             if let std::borrow::Cow::Owned(replaced) =
                 shape.pattern.replace_all(&out, shape.replacement)
@@ -205,6 +241,17 @@ mod tests {
         let text = format!("token={jwtish} done");
         assert_eq!(r.redact(&text), "token=[REDACTED:github-token] done");
         assert!(!r.redact(&text).contains("eyJ"));
+    }
+
+    #[test]
+    fn minted_tokens_are_redacted_whatever_their_shape() {
+        let odd = "v2.installation-token.Zq81_odd";
+        assert_eq!(Redactor::default().redact(odd), odd, "unknown so far");
+        register_minted(odd);
+        assert_eq!(
+            Redactor::default().redact(&format!("got {odd}!")),
+            "got [REDACTED:github-token]!"
+        );
     }
 
     #[test]

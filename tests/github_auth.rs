@@ -287,3 +287,24 @@ async fn an_unreadable_token_answer_is_a_permanent_error_not_retried() {
     assert!(!err.is_transient());
     assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 1, "not retried");
 }
+
+/// Every token the App mints is registered with the redactor as it is
+/// minted: whatever shape GitHub gives it, no output shows it.
+#[tokio::test]
+async fn minted_tokens_are_registered_with_the_redactor() {
+    let w = bare_world().await;
+    let odd = "v3$installation.token-Qx7_not_a_known_shape";
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response(odd, chrono::Duration::hours(1)))
+        .mount(&w.server)
+        .await;
+    let token = w
+        .client
+        .repository_token(INSTALLATION, &repo(), &[("contents", "read")])
+        .await
+        .unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&token), odd);
+    let redacted = taskmaster::redact::Redactor::default().redact(&format!("agent printed {odd}"));
+    assert_eq!(redacted, "agent printed [REDACTED:github-token]");
+}

@@ -839,6 +839,8 @@ impl GitHub for GitHubClient {
             path,
             message: e.to_string(),
         })?;
+        // Whatever GitHub's token format becomes, no output shows it.
+        crate::redact::register_minted(&token.token);
         Ok(secrecy::SecretString::from(token.token))
     }
 

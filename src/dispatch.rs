@@ -31,8 +31,14 @@ use crate::store::{Delivery, DeliveryResult, Store, StoreError, WakeTopic, now_m
 
 /// Deliveries claimed per round.
 const CLAIM_BATCH: usize = 64;
-/// Lease on a claimed delivery; a dispatcher that dies is replaced after this.
+/// Lease on a claimed delivery; a dispatcher that dies is replaced after
+/// this (one that lives renews it every third of it while it handles).
 const LEASE: Duration = Duration::from_secs(120);
+/// A batch handled within this is recorded in one transaction.
+const COALESCE: Duration = Duration::from_millis(500);
+/// One delivery's handling at most (its GitHub calls included: a handler
+/// never waits minutes for a rate limit's reset); then it is retried later.
+pub const HANDLE_DEADLINE: Duration = Duration::from_secs(60);
 /// Poll interval when no wake-up arrives.
 const POLL: Duration = Duration::from_secs(1);
 /// A transient failure is retried this many times (claims) before `failed`.
@@ -100,6 +106,8 @@ pub struct Dispatcher {
     handler: Arc<dyn DeliveryHandler>,
     wake: Arc<Notify>,
     owner: String,
+    lease: Duration,
+    deadline: Duration,
 }
 
 impl Dispatcher {
@@ -115,7 +123,16 @@ impl Dispatcher {
             handler,
             wake,
             owner,
+            lease: LEASE,
+            deadline: HANDLE_DEADLINE,
         }
+    }
+
+    /// With another delivery lease and handling deadline (tests).
+    pub fn with_timings(mut self, lease: Duration, deadline: Duration) -> Self {
+        self.lease = lease;
+        self.deadline = deadline;
+        self
     }
 
     /// Runs until `cancel` fires, then releases unfinished claims and returns.
@@ -162,18 +179,94 @@ impl Dispatcher {
     }
 
     /// Claims one batch and handles it; returns how many were claimed.
+    ///
+    /// Installations are handled side by side, each installation's
+    /// deliveries in order (so one installation's slow GitHub never holds up
+    /// another's); the batch's leases are renewed while it is handled.
     async fn round(&self, cancel: &CancellationToken) -> Result<usize, StoreError> {
         let claimed = self
             .store
-            .claim_deliveries(&self.owner, CLAIM_BATCH, LEASE)
+            .claim_deliveries(&self.owner, CLAIM_BATCH, self.lease)
             .await?;
         let count = claimed.len();
-        let mut results = Vec::with_capacity(count);
-        for delivery in &claimed {
+        let mut groups: Vec<(Option<i64>, Vec<&Delivery>)> = Vec::new();
+        for d in &claimed {
+            match groups.iter_mut().find(|(i, _)| *i == d.installation_id) {
+                Some((_, list)) => list.push(d),
+                None => groups.push((d.installation_id, vec![d])),
+            }
+        }
+        // Installations side by side; the batch is recorded in one
+        // transaction when it is handled within `COALESCE` (the usual
+        // case: one fsync on SQLite), else what is done is recorded then
+        // and each slower installation's when it ends.
+        let mut handling: futures_util::stream::FuturesUnordered<_> = groups
+            .into_iter()
+            .map(|(_, deliveries)| self.handle_in_order(deliveries, cancel))
+            .collect();
+        let coalesce = tokio::time::sleep(COALESCE);
+        tokio::pin!(coalesce);
+        let mut coalescing = true;
+        let mut done: Vec<(i64, DeliveryResult)> = Vec::new();
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.lease / 3, self.lease / 3);
+        loop {
+            tokio::select! {
+                next = futures_util::StreamExt::next(&mut handling) => match next {
+                    Some(results) => {
+                        done.extend(results);
+                        if !coalescing {
+                            self.record(&mut done).await?;
+                        }
+                    }
+                    None => break,
+                },
+                _ = &mut coalesce, if coalescing => {
+                    coalescing = false;
+                    self.record(&mut done).await?;
+                }
+                _ = renew.tick() => {
+                    if let Err(e) = self.store.renew_delivery_leases(&self.owner, self.lease).await {
+                        tracing::warn!(error = %e, "could not renew the deliveries' leases");
+                    }
+                }
+            }
+        }
+        self.record(&mut done).await?;
+        Ok(count)
+    }
+
+    /// Records how `done` deliveries ended (and empties it).
+    async fn record(&self, done: &mut Vec<(i64, DeliveryResult)>) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let results = std::mem::take(done);
+        self.store.finish_deliveries(&self.owner, &results).await?;
+        self.handler.committed().await;
+        Ok(())
+    }
+
+    /// Handles one installation's deliveries, oldest first.
+    async fn handle_in_order(
+        &self,
+        deliveries: Vec<&Delivery>,
+        cancel: &CancellationToken,
+    ) -> Vec<(i64, DeliveryResult)> {
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
             if cancel.is_cancelled() {
                 break; // the rest are released on the way out
             }
-            let result = match self.handler.handle(delivery).await {
+            let handled =
+                match tokio::time::timeout(self.deadline, self.handler.handle(delivery)).await {
+                    Ok(handled) => handled,
+                    Err(_) => Err(HandlerError::Transient(format!(
+                        "handling took longer than {} s",
+                        self.deadline.as_secs_f64()
+                    ))),
+                };
+            let result = match handled {
                 Ok(Handled::Done) => DeliveryResult::Done,
                 Ok(Handled::Start(runs)) => DeliveryResult::Started(runs),
                 Ok(Handled::Ignored(why)) => DeliveryResult::Ignored(why),
@@ -196,11 +289,7 @@ impl Dispatcher {
             // them for milliseconds.
             tokio::task::yield_now().await;
         }
-        self.store.finish_deliveries(&self.owner, &results).await?;
-        if !results.is_empty() {
-            self.handler.committed().await;
-        }
-        Ok(count)
+        results
     }
 }
 

@@ -206,3 +206,93 @@ async fn a_finish_without_the_lease_changes_nothing() {
             .is_empty()
     );
 }
+
+/// Holds installation 1's deliveries until released; records the order.
+struct Gate {
+    open: tokio::sync::Notify,
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl DeliveryHandler for Gate {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        self.seen.lock().unwrap().push(delivery.delivery_id.clone());
+        if delivery.installation_id == Some(1) {
+            self.open.notified().await;
+        }
+        Ok(Handled::Done)
+    }
+}
+
+fn queued(id: &str, installation: i64) -> NewDelivery {
+    NewDelivery {
+        delivery_id: id.into(),
+        event: "issues".into(),
+        action: Some("opened".into()),
+        hook_id: None,
+        installation_id: Some(installation),
+        repository: Some("o/r".into()),
+        sender_id: None,
+        sender_login: None,
+        payload: EncodedPayload::encode(bytes::Bytes::from_static(b"{}")),
+        received_at: 0,
+        state: DeliveryState::Queued,
+    }
+}
+
+/// One installation's slow delivery never holds up another's; while it is
+/// handled its lease is renewed, so a second dispatcher on the same
+/// database never takes it over.
+#[tokio::test]
+async fn installations_are_handled_side_by_side_and_leases_are_renewed() {
+    use taskmaster::dispatch::Dispatcher;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let store: Arc<dyn Store> = store::connect(&url).await.unwrap();
+    store
+        .insert_deliveries(&[queued("slow-1", 1), queued("fast-2", 2)])
+        .await
+        .unwrap();
+    let gate = Arc::new(Gate {
+        open: tokio::sync::Notify::new(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let lease = Duration::from_millis(300);
+    let first = Dispatcher::new(
+        store.clone(),
+        gate.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .with_timings(lease, Duration::from_secs(30));
+    let a = tokio::spawn(first.run(cancel.clone()));
+    // Installation 2 is done while installation 1 is still being handled.
+    let done = wait_for_state(&store, "fast-2", DeliveryState::Done).await;
+    assert_eq!(done.state, DeliveryState::Done);
+    assert_eq!(
+        store.delivery("slow-1").await.unwrap().unwrap().state,
+        DeliveryState::Processing
+    );
+    // A second dispatcher polls beside it for several leases' time.
+    let other = Arc::new(Recorder::default());
+    let second = Dispatcher::new(
+        store.clone(),
+        other.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .with_timings(lease, Duration::from_secs(30));
+    let b = tokio::spawn(second.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gate.open.notify_one();
+    wait_for_state(&store, "slow-1", DeliveryState::Done).await;
+    cancel.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+    assert!(
+        other.seen.lock().unwrap().is_empty(),
+        "the renewed lease kept the delivery: {:?}",
+        other.seen.lock().unwrap()
+    );
+    let slow = store.delivery("slow-1").await.unwrap().unwrap();
+    assert_eq!(slow.attempts, 1, "handled once");
+}

@@ -396,6 +396,15 @@ pub trait Store: Send + Sync + 'static {
     /// Returns `owner`'s claimed deliveries to `queued` (graceful shutdown).
     async fn release_deliveries(&self, owner: &str) -> Result<u64, StoreError>;
 
+    /// Extends the leases of the deliveries `owner` is handling to
+    /// `now + lease` (the dispatcher renews while a slow handler works, so
+    /// no other replica takes them over). Returns how many. The default
+    /// renews nothing (stores with one process need not).
+    async fn renew_delivery_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let _ = (owner, lease);
+        Ok(0)
+    }
+
     /// One delivery by its `X-GitHub-Delivery` id.
     async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError>;
 

@@ -502,6 +502,18 @@ impl Store for PgStore {
         Ok(result.rows_affected())
     }
 
+    async fn renew_delivery_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE deliveries SET lease_expires_at = $2 \
+             WHERE state = 'processing' AND claimed_by = $1",
+        )
+        .bind(owner)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
         let row: Option<DeliveryRow> = sqlx::query_as(concat!(
             "SELECT ",

@@ -961,6 +961,18 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn renew_delivery_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE deliveries SET lease_expires_at = ?2 \
+             WHERE state = 'processing' AND claimed_by = ?1",
+        )
+        .bind(owner)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .execute(&mut *self.writer().await?)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
         let row: Option<DeliveryRow> =
             sqlx::query_as(concat!(select_deliveries!(), "WHERE d.delivery_id = ?1"))

@@ -171,6 +171,15 @@ async fn login_needs_its_csrf_token_and_a_valid_token_and_sets_a_strict_cookie()
             .unwrap()
             .contains("Max-Age=0")
     );
+    // The session ended on the server: the old cookie, replayed, opens
+    // nothing (it is sent to the login page).
+    let replayed = d.get("/runs", Some(&cookie)).await;
+    assert_eq!(replayed.status, StatusCode::SEE_OTHER);
+    assert!(
+        replayed.location().starts_with("/login"),
+        "{}",
+        replayed.location()
+    );
 
     // Revoking the token ends its sessions at once.
     let cookie = d.login(Role::Viewer).await;

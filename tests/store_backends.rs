@@ -1198,6 +1198,12 @@ async fn a_retried_waiting_run_waits_for_approval_again(b: Backend) {
 }
 
 async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
+    // Dashboard sessions ended on the server stay ended, on every replica.
+    assert!(!b.store.session_ended("sig-1").await.unwrap());
+    b.store.end_session("sig-1", i64::MAX).await.unwrap();
+    b.store.end_session("sig-1", i64::MAX).await.unwrap();
+    assert!(b.store.session_ended("sig-1").await.unwrap());
+    assert!(b.reopen().await.session_ended("sig-1").await.unwrap());
     use taskmaster::store::{
         NewApiToken, NewTask, NewValidation, Role, RunFilter, TaskFilter, TaskSource, TaskState,
         TaskUpdate, ValidationFilter, ValidationKind, Verdict,

@@ -747,6 +747,19 @@ pub async fn logout(
             "The form's CSRF token is missing or stale: reload the page and try again.",
         );
     }
+    // Ended on the server too: the cookie, replayed, opens nothing.
+    if let Some(expires) = session::SessionKey::session_expiry(value)
+        && let Err(e) = state
+            .api
+            .store
+            .end_session(session::session_signature(value), expires)
+            .await
+    {
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Log out failed: {e}"),
+        );
+    }
     (
         AppendHeaders([(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0))]),
         Redirect::to("/login"),

@@ -93,6 +93,11 @@ impl SessionKey {
         format!("{token_hash}.{exp}.{sig}")
     }
 
+    /// When a session cookie value expires (epoch ms), if it reads.
+    pub fn session_expiry(value: &str) -> Option<i64> {
+        value.split('.').nth(1)?.parse().ok()
+    }
+
     /// The token hash of a valid, unexpired session cookie value.
     pub fn open_session(&self, value: &str, now: i64) -> Option<String> {
         let mut it = value.split('.');
@@ -125,6 +130,11 @@ impl SessionKey {
     pub fn check_login_csrf(&self, nonce: &str, token: &str) -> bool {
         !nonce.is_empty() && self.verify(&["login", nonce], token)
     }
+}
+
+/// A session cookie's signature: what an ended session is recorded by.
+pub fn session_signature(value: &str) -> &str {
+    value.rsplit('.').next().unwrap_or(value)
 }
 
 /// A logged-in person.
@@ -167,6 +177,21 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: i64) -> String {
 pub async fn session(parts: &Parts, state: &DashboardState) -> Option<Session> {
     let value = cookie(&parts.headers, SESSION_COOKIE)?;
     let hash = state.key.open_session(value, now_ms())?;
+    // Logged out on the server: the cookie no longer opens a session,
+    // even replayed.
+    match state
+        .api
+        .store
+        .session_ended(session_signature(value))
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the ended sessions");
+            return None;
+        }
+    }
     let token = match state.api.store.api_token_by_hash(&hash).await {
         Ok(t) => t?,
         Err(e) => {

@@ -831,6 +831,15 @@ pub trait RunStore: Store + ChangeStore {
     /// Records that token `id` was used at `at` (epoch ms).
     async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError>;
 
+    /// Ends the dashboard session whose cookie carries `signature` (it would
+    /// expire at `expires_at`, epoch ms): [`RunStore::session_ended`] says so
+    /// from now on, on every replica. Rows of sessions that expired anyway
+    /// are dropped on the way.
+    async fn end_session(&self, signature: &str, expires_at: i64) -> Result<(), StoreError>;
+
+    /// Whether the session with this cookie signature was ended.
+    async fn session_ended(&self, signature: &str) -> Result<bool, StoreError>;
+
     /// Runs matching `filter`, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
 

@@ -2180,6 +2180,32 @@ impl RunStore for SqliteStore {
         api::api_tokens(&self.reader).await
     }
 
+    async fn end_session(&self, signature: &str, expires_at: i64) -> Result<(), StoreError> {
+        let mut writer = self.writer().await?;
+        sqlx::query("DELETE FROM ended_sessions WHERE expires_at < ?1")
+            .bind(now_ms())
+            .execute(&mut *writer)
+            .await?;
+        sqlx::query(
+            "INSERT INTO ended_sessions (signature, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT (signature) DO NOTHING",
+        )
+        .bind(signature)
+        .bind(expires_at)
+        .execute(&mut *writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_ended(&self, signature: &str) -> Result<bool, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM ended_sessions WHERE signature = ?1")
+                .bind(signature)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.is_some())
+    }
+
     async fn revoke_api_token(
         &self,
         name: &str,

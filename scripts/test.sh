@@ -82,3 +82,9 @@ if [ -n "${TEST_DATABASE_URL:-}" ]; then
 else
   bash scripts/with-postgres.sh cargo test "$@"
 fi
+
+# The operator API against its own OpenAPI description (schemathesis, every
+# check; a fixed seed, so a failure reproduces). Only for a whole run.
+if [ "$#" -eq 0 ]; then
+  bash scripts/fuzz-api.sh
+fi

@@ -318,11 +318,23 @@ async fn execute_refuses_invalid_requests_with_problems() {
     let api = Api::start().await;
     let op = Some(Role::Operator);
     let path = "/api/workflows/execute";
+    // An unknown workflow is not found.
+    let (status, problem) = api
+        .call(
+            op,
+            Method::POST,
+            path,
+            Some(json!({"workflow": "nope", "repository": "o/r", "pr_number": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no workflow named `nope`")
+    );
     for (body, needle) in [
-        (
-            json!({"workflow": "nope", "repository": "o/r", "pr_number": 1}),
-            "no workflow named `nope`",
-        ),
         (
             json!({"workflow": "review", "repository": "o/r", "pr_number": 1, "issue_number": 2}),
             "not both",
@@ -669,7 +681,7 @@ async fn tasks_are_classified_updated_linked_and_paginated() {
             Method::PUT,
             format!("/api/tasks/{id}"),
             json!({"run_id": 999999}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
         ),
         (
             Method::PUT,
@@ -773,10 +785,6 @@ async fn validations_are_recorded_with_evidence_and_read_back() {
             "summary",
         ),
         (
-            json!({"kind": "tests", "verdict": "pass", "summary": "x", "run_id": 999999}),
-            "no run",
-        ),
-        (
             json!({"kind": "tests", "verdict": "pass", "summary": "x", "run_id": run["id"], "step": "zzz"}),
             "no step",
         ),
@@ -791,6 +799,16 @@ async fn validations_are_recorded_with_evidence_and_read_back() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{p}");
         assert!(p["detail"].as_str().unwrap().contains(needle), "{p}");
     }
+    // A run that does not exist is not found.
+    let (s, p) = api
+        .call(
+            dev,
+            Method::POST,
+            "/api/validations",
+            Some(json!({"kind": "tests", "verdict": "pass", "summary": "x", "run_id": 999999})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
     let (s, _) = api
         .call(dev, Method::GET, "/api/validations/999999", None)
         .await;
@@ -1104,7 +1122,7 @@ async fn the_openapi_description_is_3_1_complete_and_served() {
         serde_json::json!(["pass", "fail", "neutral"])
     );
     assert_eq!(
-        doc["components"]["schemas"]["ValidationView"]["properties"]["report"]["$ref"],
+        doc["components"]["schemas"]["ValidationView"]["properties"]["report"]["oneOf"][0]["$ref"],
         "#/components/schemas/VerdictReport"
     );
     let mut op_ids = BTreeSet::new();

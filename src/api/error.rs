@@ -114,10 +114,18 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(e) => Err(json_problem(e)),
+        // A JSON object, as every request body here is (serde would also
+        // read a struct from an array).
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(e) => return Err(json_problem(e)),
+        };
+        if !value.is_object() {
+            return Err(Problem::bad_request("the body must be a JSON object"));
         }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| Problem::bad_request(format!("Failed to deserialize the JSON body: {e}")))
     }
 }
 

@@ -153,6 +153,57 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tokens::audit_log))
 }
 
+/// Whole numbers in request bodies as JSON Schema reads `integer`: `334`
+/// and `334.0` alike (a number with no fraction), nothing else.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// An optional signed whole number.
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Some(i) = n.as_i64() {
+            return Ok(Some(i));
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+                Ok(Some(f as i64))
+            }
+            _ => Err(D::Error::custom(format!(
+                "{n} is not a whole number in range"
+            ))),
+        }
+    }
+
+    /// An optional unsigned whole number.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Some(u) = n.as_u64() {
+            return Ok(Some(u));
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+            _ => Err(D::Error::custom(format!(
+                "{n} is not a whole number in range"
+            ))),
+        }
+    }
+}
+
+/// A pull request's or issue's number as stored: 1 to `i64::MAX`.
+///
+/// # Errors
+/// 400 for 0 or a number past `i64::MAX` (it would wrap to a negative one).
+pub(crate) fn subject_number(n: u64) -> Result<i64, Problem> {
+    i64::try_from(n)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| Problem::bad_request(format!("numbers are 1 to {}, not {n}", i64::MAX)))
+}
+
 /// The OpenAPI 3.1 document of the API, as served: the routes' document
 /// with the verdict report's JSON Schema (`schemas/verdict.schema.json`,
 /// [`crate::verdict::SCHEMA`]) as `components.schemas.VerdictReport`
@@ -172,7 +223,213 @@ pub fn openapi() -> serde_json::Value {
     {
         schemas.insert("VerdictReport".into(), verdict);
     }
+    contract(&mut doc);
     doc
+}
+
+/// What the handlers enforce, written into the document so it describes
+/// the server exactly (a schema-driven fuzzer checks one against the
+/// other): every operation with parameters or a body may answer 400, one
+/// with a body 415; path ids are 64-bit; page sizes are 1-200; names of
+/// states, kinds, verdicts and roles are their enums; repositories are
+/// `owner/name`; texts that must say something are not blank.
+fn contract(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let problem = |what: &str| {
+        json!({ "description": what,
+                "content": { "application/problem+json": {
+                    "schema": { "$ref": "#/components/schemas/Problem" } } } })
+    };
+    let names = |all: Vec<&str>| json!(all);
+    let run_states = names(
+        crate::store::RunState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+    );
+    let task_states = names(
+        crate::store::TaskState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+    );
+    let kinds = names(
+        crate::store::ValidationKind::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+    );
+    let verdicts = names(
+        crate::store::Verdict::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+    );
+    let roles = names(crate::store::Role::ALL.iter().map(|s| s.as_str()).collect());
+    let repository = json!("^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$");
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (_, op) in item.iter_mut() {
+                let has_body = op.get("requestBody").is_some();
+                let mut has_params = false;
+                if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
+                    for param in params.iter_mut() {
+                        has_params = true;
+                        let name = param["name"].as_str().unwrap_or("").to_owned();
+                        let place = param["in"].as_str().unwrap_or("").to_owned();
+                        let schema = &mut param["schema"];
+                        match (place.as_str(), name.as_str()) {
+                            ("path", "id") => {
+                                schema["minimum"] = json!(i64::MIN);
+                                schema["maximum"] = json!(i64::MAX);
+                            }
+                            ("query", "limit") => {
+                                schema["minimum"] = json!(1);
+                                schema["maximum"] = json!(200);
+                            }
+                            ("query", "number" | "run_id") => {
+                                schema["minimum"] = json!(i64::MIN);
+                                schema["maximum"] = json!(i64::MAX);
+                            }
+                            ("query", "cursor") => {
+                                schema["pattern"] = json!("^([1-9][0-9]{0,17})?$");
+                            }
+                            ("query", "state") if path.starts_with("/api/tasks") => {
+                                schema["enum"] = task_states.clone();
+                            }
+                            ("query", "state") => schema["enum"] = run_states.clone(),
+                            ("query", "kind") => schema["enum"] = kinds.clone(),
+                            ("query", "verdict") => schema["enum"] = verdicts.clone(),
+                            _ => {}
+                        }
+                    }
+                }
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                if has_params || has_body {
+                    responses
+                        .entry("400")
+                        .or_insert_with(|| problem("A parameter or the body is invalid"));
+                }
+                if has_body {
+                    responses.entry("415").or_insert_with(|| {
+                        problem("The body is not JSON (`Content-Type: application/json`)")
+                    });
+                }
+            }
+        }
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        let mut set = |schema: &str, field: &str, key: &str, value: serde_json::Value| {
+            if let Some(prop) = schemas
+                .get_mut(schema)
+                .and_then(|s| s.get_mut("properties"))
+                .and_then(|p| p.get_mut(field))
+            {
+                prop[key] = value;
+            }
+        };
+        let said = json!(format!("[^{BLANK_CLASS}]"));
+        set("CreateTask", "text", "pattern", said.clone());
+        set("CreateTask", "repository", "pattern", repository.clone());
+        set("UpdateTask", "text", "pattern", said.clone());
+        set("UpdateTask", "state", "enum", task_states.clone());
+        set("CreateTokenRequest", "role", "enum", roles);
+        set(
+            "CreateTokenRequest",
+            "name",
+            "pattern",
+            json!("^[A-Za-z0-9._-]{1,64}$"),
+        );
+        set("CreateValidation", "kind", "enum", kinds);
+        set("CreateValidation", "verdict", "enum", verdicts);
+        set("CreateValidation", "summary", "pattern", said);
+        set("ExecuteRequest", "repository", "pattern", repository);
+        set("ExecuteRequest", "workflow", "minLength", json!(1));
+        // Rules across fields: a task names at most one of its numbers, and
+        // a number needs a repository; a run names exactly one.
+        let number = |field: &str| json!({ "properties": { field: { "type": "integer" } }, "required": [field] });
+        if let Some(task) = schemas
+            .get_mut("CreateTask")
+            .and_then(|s| s.as_object_mut())
+        {
+            task.insert(
+                "not".into(),
+                json!({ "properties": { "issue_number": { "type": "integer" },
+                                        "pr_number": { "type": "integer" } },
+                        "required": ["issue_number", "pr_number"] }),
+            );
+            let needs_repo = json!({ "properties": { "repository": { "type": "string" } },
+                                     "required": ["repository"] });
+            task.insert(
+                "allOf".into(),
+                json!([
+                    { "if": number("issue_number"), "then": needs_repo },
+                    { "if": number("pr_number"), "then": needs_repo },
+                ]),
+            );
+        }
+        if let Some(v) = schemas
+            .get_mut("CreateValidation")
+            .and_then(|s| s.as_object_mut())
+        {
+            // A step names a step of a run: it needs `run_id`.
+            v.insert(
+                "if".into(),
+                json!({ "properties": { "step": { "type": "string" } }, "required": ["step"] }),
+            );
+            v.insert("then".into(), number("run_id"));
+        }
+        if let Some(exec) = schemas
+            .get_mut("ExecuteRequest")
+            .and_then(|s| s.as_object_mut())
+        {
+            exec.insert(
+                "oneOf".into(),
+                json!([number("pr_number"), number("issue_number")]),
+            );
+        }
+        // A validation's report is absent (`null`) when its step gave none.
+        if let Some(report) = schemas
+            .get_mut("ValidationView")
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut("report"))
+        {
+            *report = json!({ "oneOf": [
+                { "$ref": "#/components/schemas/VerdictReport" }, { "type": "null" } ] });
+        }
+    }
+}
+
+/// The characters JSON Schema's `\s` means (ECMA-262 white space and line
+/// terminators): text made only of these is blank, here and in the
+/// published patterns alike.
+pub(crate) const BLANK_CLASS: &str =
+    "\\t\\n\\v\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff";
+
+/// Whether `text` is blank: only the characters of [`BLANK_CLASS`].
+pub(crate) fn blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(
+            c,
+            '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+                ..='\u{200a}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202f}'
+                    | '\u{205f}'
+                    | '\u{3000}'
+                    | '\u{feff}'
+        )
+    })
 }
 
 #[derive(OpenApi)]
@@ -260,6 +517,7 @@ impl Cursor {
             )));
         }
         let before_id = cursor
+            .filter(|c| !c.is_empty())
             .map(|c| {
                 c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                     Problem::bad_request(format!(

@@ -35,8 +35,12 @@ pub struct CreateTask {
     /// `owner/name` the task is about.
     pub repository: Option<String>,
     /// The issue it stands for.
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     pub issue_number: Option<u64>,
     /// The pull request it stands for.
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     pub pr_number: Option<u64>,
     /// Labels, as on GitHub (they steer the classification).
     #[serde(default)]
@@ -58,7 +62,7 @@ pub struct UpdateTask {
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Ok(Some(Option::deserialize(d)?))
+    Ok(Some(super::whole::opt_i64(d)?))
 }
 
 /// A task.
@@ -132,10 +136,10 @@ pub struct TaskQuery {
 }
 
 fn split_text(text: &str) -> Result<(String, String), Problem> {
-    let text = text.trim();
-    if text.is_empty() {
+    if super::blank(text) {
         return Err(Problem::bad_request("`text` must not be empty"));
     }
+    let text = text.trim();
     if text.len() > MAX_TEXT {
         return Err(Problem::bad_request(format!(
             "`text` is {} bytes; at most {MAX_TEXT} are accepted",
@@ -201,14 +205,17 @@ pub async fn create(
     Body(req): Body<CreateTask>,
 ) -> ApiResult<Response> {
     let (title, body) = split_text(&req.text)?;
+    if let Some(repo) = &req.repository {
+        super::workflows::check_repository(repo)?;
+    }
     let (source, number) = match (req.issue_number, req.pr_number) {
         (Some(_), Some(_)) => {
             return Err(Problem::bad_request(
                 "give `issue_number` or `pr_number`, not both",
             ));
         }
-        (Some(n), None) => (TaskSource::Issue, Some(n as i64)),
-        (None, Some(n)) => (TaskSource::PullRequest, Some(n as i64)),
+        (Some(n), None) => (TaskSource::Issue, Some(super::subject_number(n)?)),
+        (None, Some(n)) => (TaskSource::PullRequest, Some(super::subject_number(n)?)),
         (None, None) => (TaskSource::Api, None),
     };
     if number.is_some() && req.repository.is_none() {
@@ -257,7 +264,7 @@ pub async fn create(
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The role may not change tasks", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task, or no such run to link", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn update(
@@ -286,7 +293,7 @@ pub async fn update(
     if let Some(Some(run_id)) = req.run_id
         && state.store.run(run_id).await?.is_none()
     {
-        return Err(Problem::bad_request(format!("no run {run_id} to link")));
+        return Err(Problem::not_found(format!("no run {run_id} to link")));
     }
     update.run_id = req.run_id;
     let task = state.store.update_task(id, &update).await?;

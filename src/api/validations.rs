@@ -26,6 +26,7 @@ const MAX_EVIDENCE: usize = 256 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct CreateValidation {
     /// The run validated, if any.
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     pub run_id: Option<i64>,
     /// The step of that run that made the verdict.
     pub step: Option<String>,
@@ -172,6 +173,7 @@ pub async fn list(
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The role may not record validations", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -181,13 +183,18 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let kind: ValidationKind = parse("kind", &req.kind)?;
     let verdict: Verdict = parse("verdict", &req.verdict)?;
-    if req.summary.trim().is_empty() {
+    if super::blank(&req.summary) {
         return Err(Problem::bad_request("`summary` must not be empty"));
     }
     if req.summary.len() > MAX_SUMMARY {
         return Err(Problem::bad_request(format!(
             "`summary` is longer than {MAX_SUMMARY} bytes"
         )));
+    }
+    if req.evidence.iter().any(|e| !e.is_object()) {
+        return Err(Problem::bad_request(
+            "each item of `evidence` must be a JSON object",
+        ));
     }
     let evidence = serde_json::Value::Array(req.evidence.clone());
     if evidence.to_string().len() > MAX_EVIDENCE {
@@ -197,7 +204,7 @@ pub async fn create(
     }
     if let Some(run_id) = req.run_id {
         let Some(run) = state.store.run(run_id).await? else {
-            return Err(Problem::bad_request(format!("no run {run_id}")));
+            return Err(Problem::not_found(format!("no run {run_id}")));
         };
         if let Some(step) = &req.step
             && run.step(step).is_none()

@@ -46,8 +46,12 @@ pub struct ExecuteRequest {
     /// `owner/name`.
     pub repository: String,
     /// The pull request to run on (give this or `issue_number`).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     pub pr_number: Option<u64>,
     /// The issue to run on (give this or `pr_number`).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     pub issue_number: Option<u64>,
     /// What the run's prompts and conditions see of the subject.
     pub context: Option<ExecuteContext>,
@@ -421,8 +425,8 @@ pub struct ControlResult {
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The role may not execute workflows, or set an input that reaches a command (admin only)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "GitHub has no such pull request", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`context.head_sha` is not the pull request's head", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow, or GitHub has no such pull request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workflow is disabled, or `context.head_sha` is not the pull request's head", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "GitHub could not be asked about the pull request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -452,7 +456,7 @@ pub async fn execute(
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
-fn check_repository(repo: &str) -> Result<(), Problem> {
+pub(crate) fn check_repository(repo: &str) -> Result<(), Problem> {
     let ok = repo.split_once('/').is_some_and(|(owner, name)| {
         let part = |s: &str| {
             !s.is_empty()
@@ -475,20 +479,23 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
     let workflows = state.engine.workflows();
     let Some(wf) = workflows.get(&req.workflow) else {
         let names: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
-        return Err(Problem::bad_request(format!(
+        return Err(Problem::not_found(format!(
             "no workflow named `{}` is loaded; the workflows are: {}",
             req.workflow,
             names.join(", ")
         )));
     };
     if !wf.enabled {
-        return Err(Problem::bad_request(format!(
+        return Err(Problem::conflict(format!(
             "the workflow `{}` is disabled (`enabled: false` in {})",
             wf.name,
             wf.file.display()
         )));
     }
     check_repository(&req.repository)?;
+    for n in [req.pr_number, req.issue_number].into_iter().flatten() {
+        super::subject_number(n)?;
+    }
     let default_ctx = ExecuteContext::default();
     let ctx = req.context.as_ref().unwrap_or(&default_ctx);
     for name in ctx.inputs.keys() {
@@ -943,9 +950,12 @@ pub async fn retry(
     let req: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RetryRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::bad_request(format!("the body is not a valid retry request: {e}"))
-        })?
+        // `null` is no request: retry what failed.
+        serde_json::from_slice::<Option<RetryRequest>>(&body)
+            .map_err(|e| {
+                Problem::bad_request(format!("the body is not a valid retry request: {e}"))
+            })?
+            .unwrap_or_default()
     };
     control(&state, &caller, id, Control::Retry, req.step.as_deref()).await
 }

@@ -27,6 +27,9 @@ macro_rules! state_enum {
         pub enum $name { $($(#[$vm])* $variant),* }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
             /// The name as stored and shown.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),* }

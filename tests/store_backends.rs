@@ -1039,9 +1039,13 @@ async fn exclusive_jobs_are_held_by_one_store_at_a_time(b: Backend) {
         let mut held = got.unwrap();
         assert!(held.still_held().await);
         let admin = sqlx::PgPool::connect(&b.url).await.unwrap();
+        // Only the session holding this schema's `redelivery` job (other
+        // tests share the server: their locks, migrations included, stay).
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+               AND objsubid = 2 AND classid = hashtext(current_schema())::oid \
+               AND objid = hashtext('redelivery')::oid",
         )
         .execute(&admin)
         .await

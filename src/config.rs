@@ -103,6 +103,9 @@ pub enum TokenCommand {
         /// A unique name, shown in the audit log (default: generated).
         #[arg(long)]
         name: Option<String>,
+        /// Refuse the token after this many days (default: never).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        expires_in_days: Option<i64>,
     },
     /// Revoke a token by name: it is refused from then on.
     Revoke {

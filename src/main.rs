@@ -464,10 +464,19 @@ async fn token(settings: Settings, action: TokenCommand) -> anyhow::Result<()> {
     use taskmaster::store::ActorKind;
     let store = store::connect_runs(&settings.database_url).await?;
     match action {
-        TokenCommand::Create { role, name } => {
-            let (generated, stored) =
-                auth::create_token(&*store, role, name.as_deref(), (ActorKind::System, "cli"))
-                    .await?;
+        TokenCommand::Create {
+            role,
+            name,
+            expires_in_days,
+        } => {
+            let (generated, stored) = auth::create_token_expiring(
+                &*store,
+                role,
+                name.as_deref(),
+                (ActorKind::System, "cli"),
+                expires_in_days.map(|d| taskmaster::store::now_ms() + d * 86_400_000),
+            )
+            .await?;
             eprintln!(
                 "created the {} token `{}`; it is shown once, store it now:",
                 stored.role, stored.name

@@ -1604,3 +1604,53 @@ async fn api_runs_are_on_the_prs_real_head_and_command_inputs_need_an_admin() {
     assert_eq!(s, StatusCode::CREATED, "{body}");
     api.stop().await;
 }
+
+/// Tokens may carry an expiry: refused from then on, by the API and the
+/// dashboard alike; `expires_in_days` is 1-3650.
+#[tokio::test]
+async fn expired_tokens_are_refused() {
+    let api = Api::start().await;
+    let admin = Some(Role::Admin);
+    let (s, body) = api
+        .call(
+            admin,
+            Method::POST,
+            "/api/tokens",
+            Some(json!({"role": "viewer", "name": "short", "expires_in_days": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let expires = body["expires_at"].as_i64().expect("an expiry");
+    let day = taskmaster::store::now_ms() + 86_400_000;
+    assert!((day - expires).abs() < 60_000, "{body}");
+    let (s, body) = api
+        .call(
+            admin,
+            Method::POST,
+            "/api/tokens",
+            Some(json!({"role": "viewer", "name": "never", "expires_in_days": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // One that expired a moment ago.
+    let (generated, _) = auth::create_token_expiring(
+        &*api.store,
+        Role::Viewer,
+        Some("gone"),
+        (ActorKind::System, "test"),
+        Some(taskmaster::store::now_ms() - 1),
+    )
+    .await
+    .unwrap();
+    let response = api
+        .client
+        .get(format!("{}/api/workflows", api.base))
+        .bearer_auth(generated.secret.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["detail"], "the API token expired");
+    api.stop().await;
+}

@@ -1220,8 +1220,10 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
         prefix: "tm_ab".into(),
         created_by: "cli".into(),
         created_at: 10,
+        expires_at: Some(86_400_010),
     };
     let created = store.create_api_token(&token).await.unwrap().unwrap();
+    assert_eq!(created.expires_at, Some(86_400_010), "the expiry is kept");
     assert_eq!(
         (created.name.as_str(), created.role),
         ("ci", Role::Operator)

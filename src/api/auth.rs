@@ -160,6 +160,20 @@ pub async fn create_token(
     name: Option<&str>,
     actor: (ActorKind, &str),
 ) -> Result<(GeneratedToken, ApiToken), CreateTokenError> {
+    create_token_expiring(store, role, name, actor, None).await
+}
+
+/// [`create_token`] for a token refused from `expires_at` (epoch ms) on.
+///
+/// # Errors
+/// As [`create_token`].
+pub async fn create_token_expiring(
+    store: &dyn RunStore,
+    role: Role,
+    name: Option<&str>,
+    actor: (ActorKind, &str),
+    expires_at: Option<i64>,
+) -> Result<(GeneratedToken, ApiToken), CreateTokenError> {
     let generated = generate_token().map_err(|e| CreateTokenError::Random(e.to_string()))?;
     let name = match name {
         Some(n) => n.to_owned(),
@@ -175,6 +189,7 @@ pub async fn create_token(
             prefix: generated.prefix.clone(),
             created_by: actor.1.to_owned(),
             created_at: now,
+            expires_at,
         })
         .await?
         .ok_or_else(|| CreateTokenError::NameTaken(name.clone()))?;
@@ -187,7 +202,7 @@ pub async fn create_token(
             action: "token.create".into(),
             target: Some(format!("token:{name}")),
             outcome: "ok".into(),
-            detail: Some(serde_json::json!({ "role": role.as_str() })),
+            detail: Some(serde_json::json!({ "role": role.as_str(), "expires_at": expires_at })),
         })
         .await?;
     Ok((generated, stored))
@@ -292,6 +307,9 @@ pub async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, Pro
         return Err(unauthorized("the API token was revoked"));
     }
     let now = now_ms();
+    if stored.expires_at.is_some_and(|at| at <= now) {
+        return Err(unauthorized("the API token expired"));
+    }
     if state.usage.due(stored.id, now)
         && let Err(e) = state.store.touch_api_token(stored.id, now).await
     {

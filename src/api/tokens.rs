@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::{Authorized, CanAdmin, CreateTokenError, create_token, revoke_token};
+use super::auth::{Authorized, CanAdmin, CreateTokenError, create_token_expiring, revoke_token};
 use super::error::{ApiResult, Body, Id, Params, Problem};
 use crate::store::{ApiToken, AuditEntry, Role};
 
@@ -31,6 +31,8 @@ pub struct TokenView {
     pub last_used_at: Option<i64>,
     /// Epoch milliseconds; a revoked token is refused.
     pub revoked_at: Option<i64>,
+    /// Epoch milliseconds from which the token is refused; absent: never.
+    pub expires_at: Option<i64>,
 }
 
 impl From<ApiToken> for TokenView {
@@ -43,6 +45,7 @@ impl From<ApiToken> for TokenView {
             created_at: t.created_at,
             last_used_at: t.last_used_at,
             revoked_at: t.revoked_at,
+            expires_at: t.expires_at,
         }
     }
 }
@@ -55,6 +58,10 @@ pub struct CreateTokenRequest {
     pub role: String,
     /// 1-64 letters, digits, `.`, `_`, `-`; generated when absent.
     pub name: Option<String>,
+    /// Days until the token is refused (1-3650); without it, never.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
+    pub expires_in_days: Option<i64>,
 }
 
 /// A new token: the only time its secret is shown.
@@ -155,7 +162,24 @@ pub async fn create(
         .role
         .parse()
         .map_err(|e: String| Problem::bad_request(format!("`role`: {e}")))?;
-    match create_token(&*state.store, role, req.name.as_deref(), caller.actor()).await {
+    let expires_at = match req.expires_in_days {
+        None => None,
+        Some(days @ 1..=3650) => Some(crate::store::now_ms() + days * 86_400_000),
+        Some(days) => {
+            return Err(Problem::bad_request(format!(
+                "`expires_in_days` is 1 to 3650, not {days}"
+            )));
+        }
+    };
+    match create_token_expiring(
+        &*state.store,
+        role,
+        req.name.as_deref(),
+        caller.actor(),
+        expires_at,
+    )
+    .await
+    {
         Ok((generated, stored)) => Ok((
             StatusCode::CREATED,
             Json(CreatedToken {

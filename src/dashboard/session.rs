@@ -199,7 +199,7 @@ pub async fn session(parts: &Parts, state: &DashboardState) -> Option<Session> {
             return None;
         }
     };
-    if token.revoked_at.is_some() {
+    if token.revoked_at.is_some() || token.expires_at.is_some_and(|at| at <= now_ms()) {
         return None;
     }
     Some(Session {

@@ -134,6 +134,8 @@ pub struct NewApiToken {
     pub created_by: String,
     /// Epoch ms.
     pub created_at: i64,
+    /// Epoch ms from which the token is refused; `None`: never.
+    pub expires_at: Option<i64>,
 }
 
 /// A stored API token (without its hash).
@@ -150,6 +152,8 @@ pub struct ApiToken {
     pub last_used_at: Option<i64>,
     /// Epoch ms; a revoked token is refused.
     pub revoked_at: Option<i64>,
+    /// Epoch ms from which the token is refused; `None`: never.
+    pub expires_at: Option<i64>,
 }
 
 /// Which runs to list, newest first.

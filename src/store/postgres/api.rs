@@ -14,7 +14,7 @@ use crate::store::api::{
 use crate::store::{Run, StoreError};
 
 const TOKEN_COLUMNS: &str =
-    "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at";
+    "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at";
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {
@@ -26,6 +26,7 @@ struct TokenRow {
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    expires_at: Option<i64>,
 }
 
 impl TryFrom<TokenRow> for ApiToken {
@@ -41,6 +42,7 @@ impl TryFrom<TokenRow> for ApiToken {
             created_at: r.created_at,
             last_used_at: r.last_used_at,
             revoked_at: r.revoked_at,
+            expires_at: r.expires_at,
         })
     }
 }
@@ -50,9 +52,10 @@ pub(super) async fn create_api_token(
     t: &NewApiToken,
 ) -> Result<Option<ApiToken>, StoreError> {
     let row: Option<TokenRow> = sqlx::query_as(
-        "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING \
-         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at",
+        "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at, \
+         expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING \
+         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
+         expires_at",
     )
     .bind(&t.name)
     .bind(t.role.as_str())
@@ -60,6 +63,7 @@ pub(super) async fn create_api_token(
     .bind(&t.prefix)
     .bind(&t.created_by)
     .bind(t.created_at)
+    .bind(t.expires_at)
     .fetch_optional(pool)
     .await?;
     row.map(ApiToken::try_from).transpose()
@@ -90,7 +94,8 @@ pub(super) async fn revoke_api_token(
 ) -> Result<Option<ApiToken>, StoreError> {
     let row: Option<TokenRow> = sqlx::query_as(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1 \
-         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at",
+         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
+         expires_at",
     )
     .bind(name)
     .bind(at)

@@ -1163,6 +1163,62 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
     );
 }
 
+/// Leases are timed on the database's clock: a replica whose clock runs
+/// ten minutes ahead does not take over another's live lease (PostgreSQL;
+/// SQLite has one process).
+async fn leases_follow_the_databases_clock_not_a_replicas(b: Backend) {
+    if !b.shared() {
+        return;
+    }
+    let honest = &b.store;
+    let ahead: Arc<dyn RunStore> = Arc::new(
+        taskmaster::store::postgres::PgStore::open(
+            &b.url,
+            &taskmaster::store::PoolSettings::default(),
+        )
+        .await
+        .unwrap()
+        .with_clock_skew(10 * 60 * 1000),
+    );
+    honest
+        .insert_deliveries(&[delivery("clock-1", b"{}", DeliveryState::Queued)])
+        .await
+        .unwrap();
+    let mine = honest
+        .claim_deliveries("honest", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 1);
+    let stolen = ahead
+        .claim_deliveries("ahead", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "a live lease was taken: {stolen:?}");
+    // Steps alike: its reaper leaves the honest replica's live lease.
+    let run = honest
+        .create_runs(&[new_run("clock-1", "one", &[("work", &[])])])
+        .await
+        .unwrap()[0]
+        .run_id;
+    honest.settle_run(run, &ReadyAll).await.unwrap();
+    assert_eq!(
+        honest
+            .claim_steps("honest", &limits(10, 60_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(ahead.reap_leases(None).await.unwrap().is_empty());
+    assert!(
+        ahead
+            .reap_leases(Some(taskmaster::store::now_ms()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// A waiting run cancelled, then retried, waits for approval again (it was
 /// left `running` yet gated: never approvable, never claimed).
 async fn a_retried_waiting_run_waits_for_approval_again(b: Backend) {
@@ -1763,6 +1819,7 @@ both_backends!(
     the_dashboard_lists_deliveries_requeues_them_and_filters_runs_by_day,
     approval_gates_claims_and_runs_are_found_by_commit,
     a_retried_waiting_run_waits_for_approval_again,
+    leases_follow_the_databases_clock_not_a_replicas,
     operator_api_records_tokens_tasks_validations_and_counts,
     deliveries_are_stored_once_and_read_back_byte_for_byte,
     deliveries_are_claimed_in_order_and_finished_only_by_their_owner,

@@ -83,7 +83,27 @@ pub struct PgStore {
     pool: PgPool,
     options: PgConnectOptions,
     wakeups: Arc<OnceLock<Wakeups>>,
+    clock: Arc<DbClock>,
 }
+
+/// Leases are timed on the database's clock, not each replica's: a replica
+/// whose clock runs ahead would otherwise take over live leases, and one
+/// that runs behind would hold its own past their time. The offset between
+/// this process's clock and the database's is measured (at most every
+/// [`CLOCK_CHECK_MS`], half the round trip taken off) and added to local
+/// times in every lease decision.
+#[derive(Debug, Default)]
+struct DbClock {
+    /// Added to this process's clock (tests: a clock that runs wrong).
+    skew_ms: std::sync::atomic::AtomicI64,
+    /// Database minus local, ms.
+    offset_ms: std::sync::atomic::AtomicI64,
+    /// Local time of the last measurement (0: never).
+    checked_at_ms: std::sync::atomic::AtomicI64,
+}
+
+/// How often the database's clock is read again, ms.
+const CLOCK_CHECK_MS: i64 = 10_000;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +153,51 @@ impl PgStore {
             pool,
             options,
             wakeups: Arc::new(OnceLock::new()),
+            clock: Arc::new(DbClock::default()),
         })
+    }
+
+    /// Makes this store's process clock run `skew_ms` off (tests of the
+    /// database-clock leases).
+    #[doc(hidden)]
+    pub fn with_clock_skew(self, skew_ms: i64) -> Self {
+        self.clock
+            .skew_ms
+            .store(skew_ms, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    fn local_now(&self) -> i64 {
+        now_ms()
+            + self
+                .clock
+                .skew_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Now on the database's clock, for lease decisions (see [`DbClock`]).
+    async fn lease_now(&self) -> Result<i64, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.local_now();
+        let checked = self.clock.checked_at_ms.load(Relaxed);
+        if checked == 0 || before - checked > CLOCK_CHECK_MS || before < checked {
+            let (db,): (i64,) =
+                sqlx::query_as("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+                    .fetch_one(&self.pool)
+                    .await?;
+            let after = self.local_now();
+            self.clock
+                .offset_ms
+                .store(db - (before + after) / 2, Relaxed);
+            self.clock.checked_at_ms.store(after, Relaxed);
+        }
+        Ok(self.local_now() + self.clock.offset_ms.load(Relaxed))
+    }
+
+    /// A time of this process's clock on the database's.
+    fn to_db_time(&self, local: i64) -> i64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        local + self.clock.skew_ms.load(Relaxed) + self.clock.offset_ms.load(Relaxed)
     }
 
     /// The pool, for tests and tools that need raw SQL.
@@ -394,7 +458,7 @@ impl Store for PgStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let now = now_ms();
+        let now = self.lease_now().await?;
         let expires = now + lease.as_millis() as i64;
         let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
             "WITH picked AS ( \
@@ -478,7 +542,7 @@ impl Store for PgStore {
             "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL \
              WHERE state = 'processing' AND lease_expires_at < $1",
         )
-        .bind(now_ms())
+        .bind(self.lease_now().await?)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())
@@ -508,7 +572,7 @@ impl Store for PgStore {
              WHERE state = 'processing' AND claimed_by = $1",
         )
         .bind(owner)
-        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(self.lease_now().await? + lease.as_millis() as i64)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())
@@ -1046,6 +1110,7 @@ impl RunStore for PgStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
+        let lease_now = self.lease_now().await?;
         let mut tx = self.pool.begin().await?;
         if !limits.per_agent.is_empty() {
             // An agent's concurrency is database-wide (an AgentAPI server
@@ -1136,7 +1201,7 @@ impl RunStore for PgStore {
             ))
             .bind(owner)
             .bind(&token)
-            .bind(now + limits.lease_ms)
+            .bind(lease_now + limits.lease_ms)
             .bind(now)
             .bind(step_row)
             .bind(if refused { 0i64 } else { 1 })
@@ -1223,7 +1288,7 @@ impl RunStore for PgStore {
                AND runs.id = steps.run_id \
              RETURNING runs.desired_state",
         )
-        .bind(now_ms() + lease_ms)
+        .bind(self.lease_now().await? + lease_ms)
         .bind(lease.step_row)
         .bind(&lease.token)
         .fetch_optional(&self.pool)
@@ -1250,7 +1315,7 @@ impl RunStore for PgStore {
              WHERE steps.id = held.id AND runs.id = steps.run_id \
              RETURNING steps.id, steps.lease_token, runs.desired_state",
         )
-        .bind(now_ms() + lease_ms)
+        .bind(self.lease_now().await? + lease_ms)
         .bind(owner)
         .bind(tokens)
         .fetch_all(&self.pool)
@@ -1294,8 +1359,10 @@ impl RunStore for PgStore {
     async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
         let now = now_ms();
         // Shared by several replicas: `None` (start-up recovery) must not
-        // take back the live leases of the others, only expired ones.
-        let before = before.unwrap_or(now);
+        // take back the live leases of the others, only expired ones. Lease
+        // times are the database's: the caller's `before` is moved onto it.
+        let lease_now = self.lease_now().await?;
+        let before = before.map_or(lease_now, |b| self.to_db_time(b));
         let mut tx = self.pool.begin().await?;
         if !try_xact_lock(&mut tx, LOCK_REAPER).await? {
             // Another replica is reaping right now.

@@ -20,6 +20,7 @@
 //! verdicts:                             # every workflow here (each key optional)
 //!   review_comments: true               # findings on changed lines as a PR review
 //!   min_severity: warning               # failure | warning | notice
+//! approve_label: ok-to-run              # adding it (by someone who may /approve) approves
 //! commands:                             # who may use each command
 //!   retry: triage                       # none | read | triage | write | maintain | admin
 //!   run: maintain
@@ -64,6 +65,10 @@ pub struct RepoConfig {
     pub inputs: BTreeMap<String, BTreeMap<String, String>>,
     /// `verdicts:`: changes of every workflow's verdict rules here.
     pub verdicts: VerdictOverride,
+    /// `approve_label:`: adding this label to a pull request or issue, by
+    /// someone who may `/approve`, approves its waiting runs (and the runs
+    /// the labeling itself starts).
+    pub approve_label: Option<String>,
     /// `workflows.<name>.verdicts`: changes of one workflow's verdict rules
     /// (applied after the file's `verdicts:`).
     pub workflow_verdicts: BTreeMap<String, VerdictOverride>,
@@ -231,6 +236,8 @@ struct RawConfig {
     commands: OrderedMap<Spanned<String>>,
     #[serde(default)]
     verdicts: VerdictOverride,
+    #[serde(default)]
+    approve_label: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -315,8 +322,17 @@ pub fn parse(
         column: l.column(),
         message,
     };
+    if let Some(label) = &raw.approve_label
+        && (label.value.trim().is_empty() || label.value.chars().count() > 50)
+    {
+        return Err(at(
+            label,
+            "`approve_label` must name a label (1 to 50 characters)".into(),
+        ));
+    }
     let mut config = RepoConfig {
         verdicts: raw.verdicts,
+        approve_label: raw.approve_label.map(|l| l.value.trim().to_owned()),
         ..RepoConfig::default()
     };
     if let Some(dup) = raw

@@ -828,3 +828,66 @@ async fn approve_approves_what_was_seen_and_run_keeps_the_gate() {
     assert!(!snap.run.waiting_approval);
     assert_eq!(snap.run.approved_by.as_deref(), Some("maintainer"));
 }
+
+/// `approve_label` in `.github/taskmaster.yml`: the label, added by someone
+/// who may `/approve`, approves the waiting runs; anyone else's approves
+/// nothing.
+#[tokio::test]
+async fn a_repository_named_label_approves_waiting_runs() {
+    let w = world(RecordingGitHub::new()).await;
+    w.github.set_permission("maintainer", Permission::Write);
+    w.github.set_permission("helper", Permission::Triage);
+    w.github
+        .set_file(&repo(), repo_config::PATH, "approve_label: ok-to-run\n");
+    let mut pr = pr_opened();
+    pr["pull_request"]["author_association"] = "NONE".into();
+    let Handled::Start(runs) = w
+        .handler
+        .handle(&delivery("pull_request", "pr-label", &pr))
+        .await
+        .unwrap()
+    else {
+        panic!("a run")
+    };
+    assert!(runs[0].needs_approval.is_some());
+    let run = w.t.store.create_runs(&runs).await.unwrap()[0].run_id;
+    let labeled = |login: &str, id: i64| {
+        let mut v = pr.clone();
+        v["action"] = "labeled".into();
+        v["label"] = json!({"id": 1, "node_id": "L", "url": "", "name": "ok-to-run",
+                            "color": "0e8a16", "default": false, "description": ""});
+        v["sender"] = json!({"login": login, "id": id, "type": "User"});
+        v
+    };
+    w.handler
+        .handle(&delivery(
+            "pull_request",
+            "label-helper",
+            &labeled("helper", 71),
+        ))
+        .await
+        .unwrap();
+    let snap = w.t.store.run(run).await.unwrap().unwrap();
+    assert!(
+        snap.run.waiting_approval,
+        "a triager's label approves nothing"
+    );
+    w.handler
+        .handle(&delivery(
+            "pull_request",
+            "label-maint",
+            &labeled("maintainer", 72),
+        ))
+        .await
+        .unwrap();
+    let snap = w.t.store.run(run).await.unwrap().unwrap();
+    assert!(!snap.run.waiting_approval);
+    assert_eq!(snap.run.approved_by.as_deref(), Some("maintainer"));
+    let audit = w.t.store.audit_entries(None, 50).await.unwrap();
+    let outcomes: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.action == "label.approve")
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["ok", "refused"], "newest first");
+}

@@ -578,6 +578,74 @@ impl AppHandler {
         })
     }
 
+    /// A pull request or issue labeled with the repository's
+    /// `approve_label` by someone who may `/approve`: its waiting runs are
+    /// approved (those made before the label), and `true` says the runs
+    /// this event starts need no approval either. Anyone else's label
+    /// approves nothing (audited as refused).
+    pub(super) async fn approve_by_label(
+        &self,
+        delivery: &Delivery,
+        event: &Event,
+        config: &Loaded,
+    ) -> Result<bool, HandlerError> {
+        let Some(wanted) = config.config.approve_label.as_deref() else {
+            return Ok(false);
+        };
+        let (action, label, number, envelope) = match event {
+            Event::PullRequest(e) => (
+                e.action.as_str(),
+                e.label.as_ref(),
+                e.pull_request.number,
+                &e.envelope,
+            ),
+            Event::Issues(e) => (
+                e.action.as_str(),
+                e.label.as_ref(),
+                e.issue.number,
+                &e.envelope,
+            ),
+            _ => return Ok(false),
+        };
+        if action != "labeled" || !label.is_some_and(|l| l.name.eq_ignore_ascii_case(wanted)) {
+            return Ok(false);
+        }
+        let (Some(sender), Some(repo)) = (envelope.sender.as_ref(), envelope.repository.as_ref())
+        else {
+            return Ok(false);
+        };
+        if sender.is_bot() {
+            return Ok(false);
+        }
+        let inv = Invocation {
+            delivery,
+            installation: delivery.installation_id,
+            repository: repo.full_name.clone(),
+            number: Some(number),
+            comment_id: None,
+            actor: sender,
+            association: None,
+            run_id: None,
+            via: "label",
+            written_at: Some(delivery.received_at),
+        };
+        if let Err(why) = self.authorize(&inv, CommandKind::Approve, config).await? {
+            tracing::info!(user = %sender.login, "the approve label approves nothing: {why}");
+            self.audit(&inv, "label.approve".into(), subject(&inv), "refused")
+                .await;
+            return Ok(false);
+        }
+        let outcome = self.approve(&inv, None).await?;
+        let result = if matches!(outcome, Outcome::Done(_)) {
+            "ok"
+        } else {
+            "noop"
+        };
+        self.audit(&inv, "label.approve".into(), subject(&inv), result)
+            .await;
+        Ok(true)
+    }
+
     pub(super) async fn status(&self, inv: &Invocation<'_>) -> Result<String, HandlerError> {
         let Some(number) = inv.number else {
             return Ok("no pull request or issue here.".into());

@@ -287,12 +287,18 @@ impl DeliveryHandler for AppHandler {
             .configs
             .get(delivery.installation_id, &repository)
             .await;
+        let approved_by_label = self.approve_by_label(delivery, &event, &config).await?;
         let overridden = config.config.apply(self.engine.workflows());
         let set = overridden.as_ref().unwrap_or(self.routing.workflows());
         let handled = self.routing.route_parsed(delivery, &event, set).await?;
-        let Handled::Start(runs) = handled else {
+        let Handled::Start(mut runs) = handled else {
             return Ok(handled);
         };
+        if approved_by_label {
+            for run in &mut runs {
+                run.needs_approval = None;
+            }
+        }
         if let (Some(error), Some(number)) = (&config.error, runs[0].subject_number) {
             // Reported once per distinct broken file (keyed by its text).
             self.queue_effects(&[NewEffect {

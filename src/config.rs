@@ -106,6 +106,10 @@ pub enum TokenCommand {
         /// Refuse the token after this many days (default: never).
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=3650))]
         expires_in_days: Option<i64>,
+        /// Let the token act on this repository (`owner/name`) only; repeat
+        /// for several (default: every repository; not for admin tokens).
+        #[arg(long = "repository")]
+        repositories: Vec<String>,
     },
     /// Revoke a token by name: it is refused from then on.
     Revoke {

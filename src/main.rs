@@ -468,13 +468,15 @@ async fn token(settings: Settings, action: TokenCommand) -> anyhow::Result<()> {
             role,
             name,
             expires_in_days,
+            repositories,
         } => {
-            let (generated, stored) = auth::create_token_expiring(
+            let (generated, stored) = auth::create_token_scoped(
                 &*store,
                 role,
                 name.as_deref(),
                 (ActorKind::System, "cli"),
                 expires_in_days.map(|d| taskmaster::store::now_ms() + d * 86_400_000),
+                (!repositories.is_empty()).then_some(repositories),
             )
             .await?;
             eprintln!(

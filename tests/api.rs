@@ -1654,3 +1654,125 @@ async fn expired_tokens_are_refused() {
     assert_eq!(problem["detail"], "the API token expired");
     api.stop().await;
 }
+
+/// A token scoped to repositories acts on those only: elsewhere it is
+/// refused (403) or sees nothing (404); list requests name a repository.
+#[tokio::test]
+async fn scoped_tokens_act_on_their_repositories_only() {
+    let api = Api::start().await;
+    let admin = Some(Role::Admin);
+    let (s, body) = api
+        .call(
+            admin,
+            Method::POST,
+            "/api/tokens",
+            Some(json!({"role": "admin", "name": "root2", "repositories": ["o/r"]})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "admins are never scoped: {body}"
+    );
+    let (s, body) = api
+        .call(
+            admin,
+            Method::POST,
+            "/api/tokens",
+            Some(json!({"role": "operator", "name": "ci-o-r", "repositories": ["o/r"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["repositories"], json!(["o/r"]));
+    let token = body["token"].as_str().unwrap().to_owned();
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let mut req = api
+            .client
+            .request(method, format!("{}{path}", api.base))
+            .bearer_auth(&token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let issue = |repo: &str| json!({"workflow": "slow", "repository": repo, "issue_number": 1});
+    let (s, mine) = call(
+        Method::POST,
+        "/api/workflows/execute".into(),
+        Some(issue("o/r")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{mine}");
+    let (s, body) = call(
+        Method::POST,
+        "/api/workflows/execute".into(),
+        Some(issue("x/y")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    // Another repository's run, started by an unscoped token.
+    let (s, theirs) = api
+        .call(
+            Some(Role::Operator),
+            Method::POST,
+            "/api/workflows/execute",
+            Some(issue("x/y")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{theirs}");
+    let theirs = theirs["id"].as_i64().unwrap();
+    let mine = mine["id"].as_i64().unwrap();
+    assert_eq!(
+        call(Method::GET, format!("/api/workflows/{mine}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Method::GET, format!("/api/workflows/{theirs}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(Method::DELETE, format!("/api/workflows/{theirs}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(Method::GET, "/api/workflows".into(), None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call(Method::GET, "/api/workflows?repository=x/y".into(), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, page) = call(Method::GET, "/api/workflows?repository=o/r".into(), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["repository"] == "o/r")
+    );
+    assert_eq!(
+        call(Method::GET, "/api/validations".into(), None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Its own run, cancelled: allowed.
+    assert_eq!(
+        call(Method::DELETE, format!("/api/workflows/{mine}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    api.stop().await;
+}

@@ -654,3 +654,36 @@ async fn an_open_event_stream_does_not_hold_up_shutdown() {
     .await;
     assert!(ended.is_ok(), "the stream did not end");
 }
+
+/// A token scoped to repositories works with the API only: the dashboard
+/// (which shows every repository) refuses it at the login.
+#[tokio::test]
+async fn a_scoped_token_cannot_log_in_to_the_dashboard() {
+    let d = Dash::start(false).await;
+    let (scoped, _) = taskmaster::api::auth::create_token_scoped(
+        &*d.store,
+        Role::Operator,
+        Some("scoped"),
+        (taskmaster::store::ActorKind::System, "test"),
+        None,
+        Some(vec!["octo/repo".into()]),
+    )
+    .await
+    .unwrap();
+    let form = d.get("/login", None).await;
+    let login_cookie = set_cookie(&form.headers, "tm_login").unwrap();
+    let login_cookie = login_cookie.split(';').next().unwrap().to_owned();
+    let csrf = csrf_of(&form.body);
+    let token = secrecy::ExposeSecret::expose_secret(&scoped.secret).to_owned();
+    let p = d
+        .post(
+            "/login",
+            Some(&login_cookie),
+            &[("token", &token), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    assert!(p.body.contains("scoped to repositories"), "{}", p.body);
+    assert!(set_cookie(&p.headers, "tm_session").is_none());
+    d.stop().await;
+}

@@ -1277,9 +1277,11 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
         created_by: "cli".into(),
         created_at: 10,
         expires_at: Some(86_400_010),
+        repositories: Some(vec!["octo/repo".into()]),
     };
     let created = store.create_api_token(&token).await.unwrap().unwrap();
     assert_eq!(created.expires_at, Some(86_400_010), "the expiry is kept");
+    assert_eq!(created.repositories, Some(vec!["octo/repo".to_owned()]));
     assert_eq!(
         (created.name.as_str(), created.role),
         ("ci", Role::Operator)

@@ -174,6 +174,40 @@ pub async fn create_token_expiring(
     actor: (ActorKind, &str),
     expires_at: Option<i64>,
 ) -> Result<(GeneratedToken, ApiToken), CreateTokenError> {
+    create_token_scoped(store, role, name, actor, expires_at, None).await
+}
+
+/// [`create_token_expiring`] for a token that may act on `repositories`
+/// only (`owner/name` each; `None`: every repository). Admin tokens are
+/// never scoped.
+///
+/// # Errors
+/// As [`create_token`]; [`CreateTokenError::BadName`] for a malformed
+/// repository or a scoped admin token.
+pub async fn create_token_scoped(
+    store: &dyn RunStore,
+    role: Role,
+    name: Option<&str>,
+    actor: (ActorKind, &str),
+    expires_at: Option<i64>,
+    repositories: Option<Vec<String>>,
+) -> Result<(GeneratedToken, ApiToken), CreateTokenError> {
+    if let Some(repos) = &repositories {
+        if role == Role::Admin {
+            return Err(CreateTokenError::BadName(
+                "an admin token manages everything and cannot be scoped to repositories".into(),
+            ));
+        }
+        if repos.is_empty() {
+            return Err(CreateTokenError::BadName(
+                "`repositories` names at least one `owner/name`".into(),
+            ));
+        }
+        for r in repos {
+            super::workflows::check_repository(r)
+                .map_err(|p| CreateTokenError::BadName(p.detail))?;
+        }
+    }
     let generated = generate_token().map_err(|e| CreateTokenError::Random(e.to_string()))?;
     let name = match name {
         Some(n) => n.to_owned(),
@@ -190,6 +224,7 @@ pub async fn create_token_expiring(
             created_by: actor.1.to_owned(),
             created_at: now,
             expires_at,
+            repositories: repositories.clone(),
         })
         .await?
         .ok_or_else(|| CreateTokenError::NameTaken(name.clone()))?;
@@ -202,7 +237,9 @@ pub async fn create_token_expiring(
             action: "token.create".into(),
             target: Some(format!("token:{name}")),
             outcome: "ok".into(),
-            detail: Some(serde_json::json!({ "role": role.as_str(), "expires_at": expires_at })),
+            detail: Some(serde_json::json!({
+                "role": role.as_str(), "expires_at": expires_at, "repositories": repositories,
+            })),
         })
         .await?;
     Ok((generated, stored))
@@ -244,9 +281,38 @@ pub struct Caller {
     pub name: String,
     /// The token's role.
     pub role: Role,
+    /// The repositories (`owner/name`) the token may act on; `None`: all.
+    pub repositories: Option<Vec<String>>,
 }
 
 impl Caller {
+    /// Whether the token may act on `repository` (`None`: a record with no
+    /// repository, which only unscoped tokens see).
+    pub fn may_act_on(&self, repository: Option<&str>) -> bool {
+        match (&self.repositories, repository) {
+            (None, _) => true,
+            (Some(allowed), Some(r)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(r)),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// For list endpoints: a scoped token names one of its repositories.
+    ///
+    /// # Errors
+    /// 400 when a scoped token gives none; 403 when it is not one of its own.
+    pub fn repository_filter(&self, asked: Option<&str>) -> Result<(), super::error::Problem> {
+        match (&self.repositories, asked) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(super::error::Problem::bad_request(
+                "this token is scoped to repositories: give `repository`",
+            )),
+            (Some(_), Some(r)) if self.may_act_on(Some(r)) => Ok(()),
+            (Some(_), Some(r)) => Err(super::error::Problem::forbidden(format!(
+                "this token may not act on `{r}`"
+            ))),
+        }
+    }
+
     /// The audit log's actor for this caller.
     pub fn actor(&self) -> (ActorKind, &str) {
         (ActorKind::ApiToken, &self.name)
@@ -318,6 +384,7 @@ pub async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, Pro
     Ok(Caller {
         name: stored.name,
         role: stored.role,
+        repositories: stored.repositories,
     })
 }
 

@@ -311,6 +311,12 @@ fn contract(doc: &mut serde_json::Value) {
                 else {
                     continue;
                 };
+                // Any token may lack the role or the repository.
+                if responses.contains_key("401") {
+                    responses.entry("403").or_insert_with(|| {
+                        problem("The token's role or repositories do not allow this")
+                    });
+                }
                 if has_params || has_body {
                     responses
                         .entry("400")
@@ -352,8 +358,33 @@ fn contract(doc: &mut serde_json::Value) {
         set("CreateValidation", "kind", "enum", kinds);
         set("CreateValidation", "verdict", "enum", verdicts);
         set("CreateValidation", "summary", "pattern", said);
-        set("ExecuteRequest", "repository", "pattern", repository);
+        set(
+            "ExecuteRequest",
+            "repository",
+            "pattern",
+            repository.clone(),
+        );
         set("ExecuteRequest", "workflow", "minLength", json!(1));
+        if let Some(repos) = schemas
+            .get_mut("CreateTokenRequest")
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut("repositories"))
+        {
+            *repos = json!({ "type": ["array", "null"], "minItems": 1,
+                             "items": { "type": "string", "pattern": repository.clone() } });
+        }
+        if let Some(t) = schemas
+            .get_mut("CreateTokenRequest")
+            .and_then(|s| s.as_object_mut())
+        {
+            // Admin tokens are never scoped.
+            t.insert(
+                "not".into(),
+                json!({ "properties": { "role": { "const": "admin" },
+                                        "repositories": { "type": "array" } },
+                        "required": ["role", "repositories"] }),
+            );
+        }
         // Rules across fields: a task names at most one of its numbers, and
         // a number needs a repository; a run names exactly one.
         let number = |field: &str| json!({ "properties": { field: { "type": "integer" } }, "required": [field] });

@@ -168,9 +168,10 @@ fn parse_state(s: &str) -> Result<TaskState, Problem> {
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Params(q): Params<TaskQuery>,
 ) -> ApiResult<Json<TaskPage>> {
+    caller.repository_filter(q.repository.as_deref())?;
     let page = Cursor::parse(q.limit, q.cursor.as_deref())?;
     let task_state = q.state.as_deref().map(parse_state).transpose()?;
     let tasks = state
@@ -207,6 +208,12 @@ pub async fn create(
     let (title, body) = split_text(&req.text)?;
     if let Some(repo) = &req.repository {
         super::workflows::check_repository(repo)?;
+    }
+    if !caller.may_act_on(req.repository.as_deref()) {
+        return Err(Problem::forbidden(match &req.repository {
+            Some(r) => format!("this token may not act on `{r}`"),
+            None => "this token is scoped to repositories: give `repository`".to_owned(),
+        }));
     }
     let (source, number) = match (req.issue_number, req.pr_number) {
         (Some(_), Some(_)) => {
@@ -273,6 +280,7 @@ pub async fn update(
     Id(id): Id<i64>,
     Body(req): Body<UpdateTask>,
 ) -> ApiResult<Json<TaskView>> {
+    visible_task(&state, &caller, id).await?;
     let mut update = TaskUpdate {
         updated_at: now_ms(),
         ..TaskUpdate::default()
@@ -291,7 +299,9 @@ pub async fn update(
     }
     update.state = req.state.as_deref().map(parse_state).transpose()?;
     if let Some(Some(run_id)) = req.run_id
-        && state.store.run(run_id).await?.is_none()
+        && super::workflows::visible_run(&state, &caller, run_id)
+            .await
+            .is_err()
     {
         return Err(Problem::not_found(format!("no run {run_id} to link")));
     }
@@ -323,9 +333,10 @@ pub async fn update(
     security(("bearer" = [])))]
 pub async fn workflow(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Id(id): Id<i64>,
 ) -> ApiResult<Json<RunDetail>> {
+    visible_task(&state, &caller, id).await?;
     let task = state
         .store
         .task(id)
@@ -347,5 +358,14 @@ pub async fn workflow(
             "task {id} has no run; link one with PUT /api/tasks/{id} {{\"run_id\": …}}"
         ))
     })?;
+    super::workflows::visible_run(&state, &caller, run_id).await?;
     Ok(Json(super::workflows::run_detail(&state, run_id).await?))
+}
+
+/// 404 unless task `id` exists and `caller` may act on its repository.
+async fn visible_task(state: &ApiState, caller: &super::auth::Caller, id: i64) -> ApiResult<()> {
+    match state.store.task(id).await? {
+        Some(t) if caller.may_act_on(t.repository.as_deref()) => Ok(()),
+        _ => Err(Problem::not_found(format!("no task {id}"))),
+    }
 }

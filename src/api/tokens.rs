@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::{Authorized, CanAdmin, CreateTokenError, create_token_expiring, revoke_token};
+use super::auth::{Authorized, CanAdmin, CreateTokenError, create_token_scoped, revoke_token};
 use super::error::{ApiResult, Body, Id, Params, Problem};
 use crate::store::{ApiToken, AuditEntry, Role};
 
@@ -33,6 +33,8 @@ pub struct TokenView {
     pub revoked_at: Option<i64>,
     /// Epoch milliseconds from which the token is refused; absent: never.
     pub expires_at: Option<i64>,
+    /// The repositories it may act on; absent: every one.
+    pub repositories: Option<Vec<String>>,
 }
 
 impl From<ApiToken> for TokenView {
@@ -46,6 +48,7 @@ impl From<ApiToken> for TokenView {
             last_used_at: t.last_used_at,
             revoked_at: t.revoked_at,
             expires_at: t.expires_at,
+            repositories: t.repositories,
         }
     }
 }
@@ -62,6 +65,10 @@ pub struct CreateTokenRequest {
     #[schema(minimum = 1, maximum = 3650)]
     #[serde(default, deserialize_with = "super::whole::opt_i64")]
     pub expires_in_days: Option<i64>,
+    /// The repositories (`owner/name`) the token may act on; without it,
+    /// every one. Not for admin tokens. A scoped token works with the API
+    /// only (not the dashboard), and its list requests name a repository.
+    pub repositories: Option<Vec<String>>,
 }
 
 /// A new token: the only time its secret is shown.
@@ -171,12 +178,13 @@ pub async fn create(
             )));
         }
     };
-    match create_token_expiring(
+    match create_token_scoped(
         &*state.store,
         role,
         req.name.as_deref(),
         caller.actor(),
         expires_at,
+        req.repositories.clone(),
     )
     .await
     {

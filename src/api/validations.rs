@@ -138,9 +138,18 @@ fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: &str) -> Result<T, 
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Params(q): Params<ValidationQuery>,
 ) -> ApiResult<Json<ValidationPage>> {
+    // A scoped token lists the validations of one of its runs.
+    if caller.repositories.is_some() {
+        let Some(run_id) = q.run_id else {
+            return Err(Problem::bad_request(
+                "this token is scoped to repositories: give `run_id`",
+            ));
+        };
+        super::workflows::visible_run(&state, &caller, run_id).await?;
+    }
     let page = Cursor::parse(q.limit, q.cursor.as_deref())?;
     let filter = ValidationFilter {
         run_id: q.run_id,
@@ -202,8 +211,18 @@ pub async fn create(
             "`evidence` is larger than {MAX_EVIDENCE} bytes of JSON"
         )));
     }
+    if req.run_id.is_none() && caller.repositories.is_some() {
+        return Err(Problem::forbidden(
+            "this token is scoped to repositories: give `run_id`",
+        ));
+    }
     if let Some(run_id) = req.run_id {
-        let Some(run) = state.store.run(run_id).await? else {
+        let Some(run) = state
+            .store
+            .run(run_id)
+            .await?
+            .filter(|r| caller.may_act_on(r.run.repository.as_deref()))
+        else {
             return Err(Problem::not_found(format!("no run {run_id}")));
         };
         if let Some(step) = &req.step
@@ -252,7 +271,7 @@ pub async fn create(
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Id(id): Id<i64>,
 ) -> ApiResult<Json<ValidationView>> {
     let v = state
@@ -260,5 +279,13 @@ pub async fn get(
         .validation(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no validation {id}")))?;
+    if caller.repositories.is_some() {
+        match v.run_id {
+            Some(run_id) => super::workflows::visible_run(&state, &caller, run_id)
+                .await
+                .map_err(|_| Problem::not_found(format!("no validation {id}")))?,
+            None => return Err(Problem::not_found(format!("no validation {id}"))),
+        }
+    }
     Ok(Json(v.into()))
 }

@@ -493,6 +493,12 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
         )));
     }
     check_repository(&req.repository)?;
+    if !caller.may_act_on(Some(&req.repository)) {
+        return Err(Problem::forbidden(format!(
+            "this token may not act on `{}`",
+            req.repository
+        )));
+    }
     for n in [req.pr_number, req.issue_number].into_iter().flatten() {
         super::subject_number(n)?;
     }
@@ -732,9 +738,10 @@ fn issue_payload(
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Params(q): Params<RunQuery>,
 ) -> ApiResult<Json<RunPage>> {
+    caller.repository_filter(q.repository.as_deref())?;
     let page = Cursor::parse(q.limit, q.cursor.as_deref())?;
     let run_state = q
         .state
@@ -778,10 +785,20 @@ pub async fn list(
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
-    _: Authorized<CanRead>,
+    Authorized(caller, _): Authorized<CanRead>,
     Id(id): Id<i64>,
 ) -> ApiResult<Json<RunDetail>> {
+    visible_run(&state, &caller, id).await?;
     Ok(Json(run_detail(&state, id).await?))
+}
+
+/// 404 unless run `id` exists and `caller` may act on its repository (a
+/// scoped token learns nothing of other repositories' runs).
+pub(crate) async fn visible_run(state: &ApiState, caller: &Caller, id: i64) -> ApiResult<()> {
+    match state.store.run(id).await? {
+        Some(snap) if caller.may_act_on(snap.run.repository.as_deref()) => Ok(()),
+        _ => Err(Problem::not_found(format!("no run {id}"))),
+    }
 }
 
 pub(super) async fn run_detail(state: &ApiState, id: i64) -> ApiResult<RunDetail> {
@@ -820,6 +837,7 @@ pub(crate) async fn control(
     op: Control,
     step: Option<&str>,
 ) -> ApiResult<Json<ControlResult>> {
+    visible_run(state, caller, id).await?;
     let engine = &state.engine;
     let result = match op {
         Control::Pause => engine.pause(id).await,

@@ -696,17 +696,30 @@ pub async fn login(
         Ok(t) => t,
         Err(e) => return internal(e),
     };
-    let Some(token) = token.filter(|t| t.revoked_at.is_none()) else {
+    let Some(token) =
+        token.filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|at| at > now_ms()))
+    else {
         return login_page(
             &state,
             StatusCode::UNAUTHORIZED,
             &next,
-            Some("That token is not valid (or was revoked)."),
+            Some("That token is not valid (or was revoked, or expired)."),
         );
     };
+    // The dashboard shows every repository's runs: a token scoped to some
+    // repositories works with the API only.
+    if token.repositories.is_some() {
+        return login_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            &next,
+            Some("That token is scoped to repositories; it works with the API, not the dashboard."),
+        );
+    }
     let caller = Caller {
         name: token.name.clone(),
         role: token.role,
+        repositories: None,
     };
     if let Err(p) = crate::api::audit(
         &state.api,

@@ -199,13 +199,17 @@ pub async fn session(parts: &Parts, state: &DashboardState) -> Option<Session> {
             return None;
         }
     };
-    if token.revoked_at.is_some() || token.expires_at.is_some_and(|at| at <= now_ms()) {
+    if token.revoked_at.is_some()
+        || token.expires_at.is_some_and(|at| at <= now_ms())
+        || token.repositories.is_some()
+    {
         return None;
     }
     Some(Session {
         caller: Caller {
             name: token.name,
             role: token.role,
+            repositories: None,
         },
         csrf: state.key.csrf_for(value),
         cookie: value.to_owned(),

@@ -136,6 +136,8 @@ pub struct NewApiToken {
     pub created_at: i64,
     /// Epoch ms from which the token is refused; `None`: never.
     pub expires_at: Option<i64>,
+    /// The repositories (`owner/name`) the token may act on; `None`: all.
+    pub repositories: Option<Vec<String>>,
 }
 
 /// A stored API token (without its hash).
@@ -154,6 +156,8 @@ pub struct ApiToken {
     pub revoked_at: Option<i64>,
     /// Epoch ms from which the token is refused; `None`: never.
     pub expires_at: Option<i64>,
+    /// The repositories (`owner/name`) the token may act on; `None`: all.
+    pub repositories: Option<Vec<String>>,
 }
 
 /// Which runs to list, newest first.

@@ -15,8 +15,7 @@ use crate::store::api::{
 };
 use crate::store::{Run, StoreError};
 
-const TOKEN_COLUMNS: &str =
-    "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at";
+const TOKEN_COLUMNS: &str = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at, repositories";
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {
@@ -29,6 +28,7 @@ struct TokenRow {
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
     expires_at: Option<i64>,
+    repositories: Option<String>,
 }
 
 impl TryFrom<TokenRow> for ApiToken {
@@ -45,6 +45,14 @@ impl TryFrom<TokenRow> for ApiToken {
             last_used_at: r.last_used_at,
             revoked_at: r.revoked_at,
             expires_at: r.expires_at,
+            repositories: match r.repositories {
+                None => None,
+                Some(text) => {
+                    Some(serde_json::from_str(&text).map_err(|e| {
+                        corrupt("api_tokens", format!("repositories `{text}`: {e}"))
+                    })?)
+                }
+            },
         })
     }
 }
@@ -55,9 +63,10 @@ pub(super) async fn create_api_token(
 ) -> Result<Option<ApiToken>, StoreError> {
     let row: Option<TokenRow> = sqlx::query_as(
         "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at, \
-         expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING \
+         expires_at, repositories) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (name) DO NOTHING \
          RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
-         expires_at",
+         expires_at, repositories",
     )
     .bind(&t.name)
     .bind(t.role.as_str())
@@ -66,6 +75,11 @@ pub(super) async fn create_api_token(
     .bind(&t.created_by)
     .bind(t.created_at)
     .bind(t.expires_at)
+    .bind(
+        t.repositories
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default()),
+    )
     .fetch_optional(conn)
     .await?;
     row.map(ApiToken::try_from).transpose()
@@ -97,7 +111,7 @@ pub(super) async fn revoke_api_token(
     let row: Option<TokenRow> = sqlx::query_as(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1 \
          RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
-         expires_at",
+         expires_at, repositories",
     )
     .bind(name)
     .bind(at)

@@ -95,13 +95,15 @@ pub fn register_minted(token: &str) {
     }
 }
 
-fn minted_tokens() -> Vec<String> {
+/// Replaces every registered minted token in `out` (read under the lock,
+/// nothing copied).
+fn redact_minted(out: &mut String) {
     let minted = MINTED.lock().unwrap_or_else(|e| e.into_inner());
-    minted
-        .iter()
-        .filter(|(_, at)| at.elapsed() < MINTED_KEPT)
-        .map(|(t, _)| t.clone())
-        .collect()
+    for (token, at) in minted.iter() {
+        if at.elapsed() < MINTED_KEPT && out.contains(token.as_str()) {
+            *out = out.replace(token.as_str(), "[REDACTED:github-token]");
+        }
+    }
 }
 
 /// The password of a URL with credentials (`scheme://user:password@host/…`,
@@ -174,11 +176,7 @@ impl Redactor {
                 out = out.replace(value.as_str(), "[REDACTED:secret]");
             }
         }
-        for token in minted_tokens() {
-            if out.contains(token.as_str()) {
-                out = out.replace(token.as_str(), "[REDACTED:github-token]");
-            }
-        }
+        redact_minted(&mut out);
         for shape in SHAPES.iter() {
             if let std::borrow::Cow::Owned(replaced) =
                 shape.pattern.replace_all(&out, shape.replacement)

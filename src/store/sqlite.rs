@@ -2379,7 +2379,7 @@ impl TryFrom<AuditRow> for AuditEntry {
 }
 
 // The operator API's queries live in their own file.
-mod api;
+pub(super) mod api;
 pub(super) mod changes;
 pub(super) mod deliveries;
 mod raw;

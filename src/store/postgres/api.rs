@@ -6,54 +6,14 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::{RunRow, corrupt};
+// One token row type for both backends (the columns are the same).
 use crate::store::api::{
-    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
+    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, RunFilter, StoreCounts,
     TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
     ValidationRecord, Verdict,
 };
+use crate::store::sqlite::api::{TOKEN_COLUMNS, TokenRow};
 use crate::store::{Run, StoreError};
-
-const TOKEN_COLUMNS: &str = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at, repositories";
-
-#[derive(sqlx::FromRow)]
-struct TokenRow {
-    id: i64,
-    name: String,
-    role: String,
-    prefix: String,
-    created_by: String,
-    created_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    expires_at: Option<i64>,
-    repositories: Option<String>,
-}
-
-impl TryFrom<TokenRow> for ApiToken {
-    type Error = StoreError;
-    fn try_from(r: TokenRow) -> Result<Self, StoreError> {
-        Ok(ApiToken {
-            role: Role::parse(&r.role)
-                .ok_or_else(|| corrupt("api_tokens", format!("unknown role `{}`", r.role)))?,
-            id: r.id,
-            name: r.name,
-            prefix: r.prefix,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            last_used_at: r.last_used_at,
-            revoked_at: r.revoked_at,
-            expires_at: r.expires_at,
-            repositories: match r.repositories {
-                None => None,
-                Some(text) => {
-                    Some(serde_json::from_str(&text).map_err(|e| {
-                        corrupt("api_tokens", format!("repositories `{text}`: {e}"))
-                    })?)
-                }
-            },
-        })
-    }
-}
 
 pub(super) async fn create_api_token(
     pool: &PgPool,

@@ -15,10 +15,11 @@ use crate::store::api::{
 };
 use crate::store::{Run, StoreError};
 
-const TOKEN_COLUMNS: &str = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at, repositories";
+/// The token columns both backends read (PostgreSQL reuses this row type).
+pub(crate) const TOKEN_COLUMNS: &str = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at, repositories";
 
 #[derive(sqlx::FromRow)]
-struct TokenRow {
+pub(crate) struct TokenRow {
     id: i64,
     name: String,
     role: String,

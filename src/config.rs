@@ -272,7 +272,9 @@ pub struct Settings {
     )]
     pub body_timeout_ms: u64,
 
-    /// Open connections at most (more wait in the kernel's backlog).
+    /// Open connections at most: when all are taken, the oldest one still
+    /// reading its request is closed; when all are busy, more wait in the
+    /// kernel's backlog.
     #[arg(
         long,
         env = "TASKMASTER_MAX_CONNECTIONS",
@@ -289,6 +291,16 @@ pub struct Settings {
         global = true
     )]
     pub max_webhooks_in_flight: usize,
+
+    /// Bytes of request bodies held at once at most (at least 25 MiB, one
+    /// largest payload); when they run out, the oldest slow reader is closed.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_BODY_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        global = true
+    )]
+    pub max_body_bytes: usize,
 
     /// At most one GitHub update of a run per this many milliseconds (the
     /// outbox coalesces changes in between; a finished run is sent at once).

@@ -54,6 +54,11 @@ pub const GITHUB_REQUESTS: &str = "taskmaster_github_requests_total";
 /// `x-ratelimit-remaining` of the latest GitHub answer that carried it. Gauge.
 pub const GITHUB_RATE_REMAINING: &str = "taskmaster_github_rate_limit_remaining";
 
+/// Connections closed to make room for newer ones, by `reason`
+/// (`connection`: every slot was taken; `body_bytes`: the request-body
+/// budget was spent). Counter.
+pub const CONNECTIONS_CLOSED_FOR_ROOM: &str = "taskmaster_connections_closed_for_room_total";
+
 /// Time to make a run's workspace (fetch into the mirror, check out).
 /// Histogram, seconds.
 pub const WORKSPACE_SECONDS: &str = "taskmaster_workspace_create_duration_seconds";
@@ -90,6 +95,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// A run's workspace was made in `duration_ms`.
 pub fn workspace_created(duration_ms: u64) {
     metrics::histogram!(WORKSPACE_SECONDS).record(duration_ms as f64 / 1000.0);
+}
+
+/// The server closed its oldest slow reader(s) to make room (`reason`:
+/// `connection` or `body_bytes`).
+pub fn connection_closed_for_room(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED_FOR_ROOM, "reason" => reason).increment(1);
 }
 
 /// A webhook delivery was answered (signature valid).

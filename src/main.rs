@@ -238,6 +238,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 body_timeout: std::time::Duration::from_millis(settings.body_timeout_ms.max(1)),
                 max_connections: settings.max_connections.max(1),
                 max_webhooks_in_flight: settings.max_webhooks_in_flight.max(1),
+                max_body_bytes: settings
+                    .max_body_bytes
+                    .max(taskmaster::webhook::MAX_PAYLOAD_BYTES),
             },
         },
         api,

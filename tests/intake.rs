@@ -452,10 +452,12 @@ async fn health_is_503_and_intake_is_503_when_the_database_is_unreachable() {
     running.stop().await.unwrap();
 }
 
-/// Slow and flooding clients cannot hold intake: a connection whose headers
-/// do not arrive in time is closed, a body that does not arrive in time is
-/// answered 408, webhook requests beyond the limit are answered 503 at once,
-/// and a real delivery is answered meanwhile.
+/// Slow and flooding clients cannot hold intake: more trickling connections
+/// than the connection cap, and trickling bodies holding more than the body
+/// budget, while a real delivery is answered at once; the oldest slow
+/// readers are closed to make room, a connection whose headers do not
+/// arrive in time is closed, a body that does not arrive in time is
+/// answered 408.
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
     use std::time::{Duration, Instant};
@@ -471,19 +473,39 @@ async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
         store,
         handler: Arc::new(AcceptAll),
         limits: taskmaster::server::IntakeLimits {
-            header_timeout: Duration::from_millis(400),
-            body_timeout: Duration::from_millis(800),
-            max_connections: 1000,
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(4),
+            max_connections: 200,
             max_webhooks_in_flight: 20,
+            max_body_bytes: 1_000_000,
         },
     })
     .await
     .unwrap();
     let addr = running.local_addr;
-    // 300 connections trickling headers, 20 trickling bodies (the webhook
-    // limit), one more body over the limit.
+    let post = |delivery: &'static str| {
+        let body = fixture("issues.opened.json");
+        let client = taskmaster::agent::http_client_builder().build().unwrap();
+        async move {
+            let started = Instant::now();
+            let response = client
+                .post(format!("http://{addr}/api/github/webhooks"))
+                .header("X-GitHub-Event", "issues")
+                .header("X-GitHub-Delivery", delivery)
+                .header("X-Hub-Signature-256", sign(SECRET, &body))
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), started.elapsed())
+        }
+    };
+    // 150 connections trickling headers, then 40 trickling bodies of which
+    // 30 KB each arrived (1.2 MB: more than the budget), then 100 more
+    // trickling headers (290 in all: more than the connection cap).
     let mut slow_headers = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..150 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /api/github/webhooks HTTP/1.1\r\nHost: x\r\n")
             .await
@@ -494,26 +516,35 @@ async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
                      X-GitHub-Delivery: slow\r\nContent-Type: application/json\r\n\
                      Content-Length: 100000\r\n\r\n{";
     let mut slow_bodies = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..40 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(body_head.as_bytes()).await.unwrap();
+        s.write_all(&[b' '; 30_000]).await.unwrap();
         slow_bodies.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    over.write_all(body_head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(2), over.read(&mut answer))
-        .await
-        .expect("answered at once")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
-    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /api/github/webhooks HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow_headers.push(s);
+    }
+    // A real delivery is answered at once, though every slot is taken.
+    let (status, took) = post("real-1").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(took < Duration::from_secs(2), "{took:?}");
 
-    // Slow headers: closed by the server (EOF), not left open.
+    // The oldest slow readers were closed to make room (EOF, no answer).
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), slow_headers[0].read(&mut buf))
+        .await
+        .expect("the oldest reader was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+
+    // The newest slow headers: closed by the server at their timeout.
     let started = Instant::now();
-    for s in &mut slow_headers[..10] {
-        let mut buf = [0u8; 64];
+    for s in slow_headers.iter_mut().rev().take(10) {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
             .expect("closed in time")
@@ -522,29 +553,55 @@ async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
         assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
     }
     assert!(started.elapsed() < Duration::from_secs(5));
-    // Slow bodies: 408 once their time is up; their permits come back.
-    for s in &mut slow_bodies {
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+    // Slow bodies: the newest are answered 408 once their time is up (the
+    // oldest may have been closed for room).
+    for s in slow_bodies.iter_mut().rev().take(5) {
+        let n = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf))
             .await
             .expect("answered in time")
             .unwrap_or(0);
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     }
-    // A real delivery is answered.
+    let (status, _) = post("real-2").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    running.stop().await.unwrap();
+}
+
+/// Webhook requests beyond the in-flight cap are answered 503 at once, once
+/// their bodies are read (a slow sender never holds a place).
+#[tokio::test]
+async fn webhook_requests_beyond_the_in_flight_cap_are_answered_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        taskmaster::store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+    let running = taskmaster::server::start(taskmaster::server::ServerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        secrets: taskmaster::webhook::WebhookSecrets::parse(SECRET).unwrap(),
+        store,
+        handler: Arc::new(AcceptAll),
+        limits: taskmaster::server::IntakeLimits {
+            max_webhooks_in_flight: 0,
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
     let body = fixture("issues.opened.json");
     let client = taskmaster::agent::http_client_builder().build().unwrap();
     let response = client
-        .post(format!("http://{addr}/api/github/webhooks"))
+        .post(format!("http://{}/api/github/webhooks", running.local_addr))
         .header("X-GitHub-Event", "issues")
-        .header("X-GitHub-Delivery", "real-1")
+        .header("X-GitHub-Delivery", "over-1")
         .header("X-Hub-Signature-256", sign(SECRET, &body))
-        .header("Content-Type", "application/json")
         .body(body)
         .send()
         .await
         .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "5");
     running.stop().await.unwrap();
+    assert_eq!(harness::count_rows(&dir.path().join("t.db")).await, 0);
 }

@@ -28,6 +28,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::server::connections::{BodyCharge, ConnectionHandle};
 use crate::store::{DeliveryState, EncodedPayload, InsertOutcome, NewDelivery, now_ms};
 
 pub mod inbox;
@@ -66,6 +67,9 @@ pub const ACTED_ON_EVENTS: &[&str] = &[
 pub struct WebhookState {
     pub secrets: Arc<WebhookSecrets>,
     pub inbox: Inbox,
+    /// Webhook requests verified and stored at once, their bodies read; a
+    /// request that finds none free is answered 503 at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The intake router: `POST /api/github/webhooks` with the raised body limit.
@@ -152,40 +156,32 @@ fn header_token<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Strin
 
 async fn receive(
     State(state): State<WebhookState>,
+    connection: Option<axum::Extension<ConnectionHandle>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     let started = std::time::Instant::now();
     // Read here (not by an extractor) to say why a body did not arrive:
-    // too slow (the server's body timeout) is 408, too big is 413.
-    let body = match axum::body::to_bytes(body, MAX_PAYLOAD_BYTES).await {
-        Ok(body) => body,
-        Err(e) => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            let mut slow = false;
-            while let Some(s) = source {
-                slow |= s.is::<tower_http::timeout::TimeoutError>();
-                source = s.source();
-            }
-            let (status, why) = if slow {
-                (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time",
-                )
-            } else if format!("{e:?}").contains("LengthLimit") {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is too large",
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                )
-            };
+    // too slow (the server's body timeout) is 408, too big is 413, no room
+    // in the body budget is 503. The bytes stay charged to the budget until
+    // the answer.
+    let (body, _charge) = match read_body(&headers, body, connection.as_deref()).await {
+        Ok(read) => read,
+        Err((status, why)) => {
             crate::instrument::delivery_rejected(started.elapsed());
             return reject(status, None, why);
         }
+    };
+    // Taken once the body is here: slow senders never hold one.
+    let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
+        tracing::warn!("webhook requests at their limit: answered 503");
+        crate::instrument::delivery_rejected(started.elapsed());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            "too many webhook requests in flight; try again",
+        )
+            .into_response();
     };
     let (response, event, outcome) = receive_inner(state, &headers, body).await;
     match event {
@@ -193,6 +189,98 @@ async fn receive(
         None => crate::instrument::delivery_rejected(started.elapsed()),
     }
     response
+}
+
+/// Reads a request body of at most [`MAX_PAYLOAD_BYTES`], charged to the
+/// connection's body budget (when served by [`crate::server`]; a router used
+/// alone has no budget): a body of declared length is charged that length
+/// before it is read, and its buffer grows as bytes arrive, never past that
+/// length; a chunked one is charged piece by piece as it arrives.
+///
+/// Errors: the status and one-line reason to answer — 408 (too slow),
+/// 413 (too big or longer than declared), 503 (no room in the budget),
+/// 400 (broken).
+async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    connection: Option<&ConnectionHandle>,
+) -> Result<(Bytes, Option<BodyCharge>), (StatusCode, &'static str)> {
+    let too_large = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is too large",
+    );
+    let no_room = |_| {
+        tracing::warn!("request-body budget spent: answered 503");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies are being read at once; try again",
+        )
+    };
+    // hyper has checked `Content-Length` (one valid value) unless the body
+    // is chunked; the body's own size hint is lost in the timeout layer.
+    let declared = if headers.contains_key(axum::http::header::TRANSFER_ENCODING) {
+        None
+    } else {
+        headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    };
+    let declared = match declared {
+        Some(n) if n > MAX_PAYLOAD_BYTES as u64 => return Err(too_large),
+        Some(n) => Some(n as usize),
+        None => None,
+    };
+    let mut charge: Option<BodyCharge> = match (connection, declared) {
+        (Some(connection), Some(n)) if n > 0 => Some(connection.charge(n).await.map_err(no_room)?),
+        _ => None,
+    };
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = futures_util::StreamExt::next(&mut stream).await {
+        let piece = piece.map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<tower_http::timeout::TimeoutError>() {
+                    return (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                    );
+                }
+                source = s.source();
+            }
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        })?;
+        let limit = declared.unwrap_or(MAX_PAYLOAD_BYTES);
+        if buffer.len() + piece.len() > limit {
+            return Err(too_large);
+        }
+        if declared.is_none()
+            && let Some(connection) = connection
+            && !piece.is_empty()
+        {
+            let more = connection.charge(piece.len()).await.map_err(no_room)?;
+            match charge.as_mut() {
+                Some(charge) => charge.merge(more),
+                None => charge = Some(more),
+            }
+        }
+        if buffer.is_empty() && declared == Some(piece.len()) {
+            // The whole body in one piece: no copy.
+            return Ok((piece, charge));
+        }
+        // Grow by doubling, but never past the declared length: what a
+        // trickling body holds stays close to what it sent.
+        let needed = buffer.len() + piece.len();
+        if needed > buffer.capacity() {
+            let target = (buffer.capacity() * 2).max(needed).min(limit);
+            buffer.reserve_exact(target - buffer.len());
+        }
+        buffer.extend_from_slice(&piece);
+    }
+    Ok((Bytes::from(buffer), charge))
 }
 
 /// [`receive`], returning with the answer the event (once the signature

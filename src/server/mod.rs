@@ -7,6 +7,8 @@
 //! claimed but did not finish. Nothing answered is lost; nothing claimed stays
 //! stuck behind a lease.
 
+pub mod connections;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::dispatch::{DeliveryHandler, Dispatcher};
 use crate::store::Store;
 use crate::webhook::{self, Inbox, WebhookSecrets, WebhookState};
+use connections::{AnsweredBody, Connections, TrackedBody};
 
 /// What [`start`] needs.
 pub struct ServerConfig {
@@ -37,30 +40,41 @@ pub struct ServerConfig {
 /// Limits that keep intake answering while slow or flooding clients try
 /// to hold it: every connection gets its request's headers within
 /// `header_timeout` (else it is closed) and its body within `body_timeout`
-/// (else 408); at most `max_connections` are open (more wait in the
-/// kernel's backlog); at most `max_webhooks_in_flight` webhook requests are
-/// handled at once, more are answered `503` at once (GitHub's redelivery,
-/// and taskmaster's own redelivery pass, bring them back).
+/// (else 408); at most `max_connections` are open and at most
+/// `max_body_bytes` of request bodies are held at once — when either runs
+/// out, the oldest connection still reading its request is closed to make
+/// room (see [`connections`]); at most `max_webhooks_in_flight` webhook
+/// requests, their bodies read, are verified and stored at once, more are
+/// answered `503` at once (GitHub's redelivery, and taskmaster's own
+/// redelivery pass, bring them back).
 #[derive(Debug, Clone, Copy)]
 pub struct IntakeLimits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_webhooks_in_flight: usize,
+    /// Bytes of request bodies held in memory at once, at least one
+    /// largest payload (25 MiB).
+    pub max_body_bytes: usize,
 }
 
 impl Default for IntakeLimits {
     /// 10 s for headers, 30 s for a body (GitHub sends at most 25 MB, fast),
-    /// 4,096 connections, 512 webhook requests in flight.
+    /// 4,096 connections, 512 webhook requests in flight, 64 MiB of bodies.
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_webhooks_in_flight: 512,
+            max_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
+
+/// The most one connection's read buffer holds (hyper's minimum is 8 KiB):
+/// request headers up to this size, and this much of a body at a time.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// A started service.
 pub struct RunningServer {
@@ -137,30 +151,11 @@ pub async fn start_with(config: ServerConfig, api: Router) -> anyhow::Result<Run
     let dispatcher =
         tokio::spawn(Dispatcher::new(store.clone(), handler, wake).run(dispatcher_cancel.clone()));
 
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_webhooks_in_flight));
     let app: Router = webhook::router(WebhookState {
         secrets: Arc::new(secrets),
         inbox,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_webhooks_in_flight)),
     })
-    .layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let in_flight = in_flight.clone();
-            async move {
-                // Held while the body is read and the delivery committed.
-                match in_flight.try_acquire_owned() {
-                    Ok(_permit) => next.run(req).await,
-                    Err(_) => {
-                        tracing::warn!("webhook requests at their limit: answered 503");
-                        axum::response::IntoResponse::into_response((
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            [(axum::http::header::RETRY_AFTER, "5")],
-                            "too many webhook requests in flight; try again",
-                        ))
-                    }
-                }
-            }
-        },
-    ))
     .merge(api)
     .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_timeout,
@@ -192,8 +187,9 @@ pub async fn start_with(config: ServerConfig, api: Router) -> anyhow::Result<Run
 /// flight finish (each connection closes after its current request).
 ///
 /// taskmaster's own accept loop rather than `axum::serve`, for what that
-/// does not offer: a header read timeout (hyper's, which needs a timer) and
-/// a cap on open connections.
+/// does not offer: a header read timeout (hyper's, which needs a timer), a
+/// cap on open connections and on request-body bytes, and closing the
+/// oldest slow reader to make room ([`connections`]).
 async fn serve(
     listener: TcpListener,
     app: Router,
@@ -201,16 +197,10 @@ async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let table = Connections::new(limits.max_connections, limits.max_body_bytes);
     loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.cancelled() => break,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -223,18 +213,48 @@ async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        let Some((handle, permit, close)) = table.admit(&stop).await else {
+            break;
+        };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let conn = handle.clone();
+        let service = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            let conn = conn.clone();
+            async move {
+                let (mut parts, body) = req.into_parts();
+                parts.extensions.insert(conn.clone());
+                let body = axum::body::Body::new(TrackedBody::new(body, conn.clone()));
+                let response = app
+                    .oneshot(axum::http::Request::from_parts(parts, body))
+                    .await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|b| axum::body::Body::new(AnsweredBody::new(b, conn))),
+                )
+            }
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            // hyper's read buffer, per connection: bounds what a connection
+            // holds besides its charged body (the default grows to ~400 KB)
+            // and the size of a request's headers (431 above it).
+            .max_buf_size(READ_BUFFER_BYTES);
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                _ = close.cancelled() => {
+                    tracing::debug!("a slow reader was closed to make room");
+                }
             }
+            handle.closed();
         });
     }
     drop(listener);

@@ -77,8 +77,14 @@ fn repo() -> RepoName {
     RepoName::parse("Codertocat/Hello-World").unwrap()
 }
 
+const FIX: &str = "name: fix\non: { issue_comment: { command: fix } }\nsteps:\n  a: { agent: worker, prompt: hi, changes: true }\n";
+
 async fn world(github: RecordingGitHub) -> World {
-    let set = workflows(&[REVIEW, TRIAGE], &["worker", "other"]);
+    world_with(github, &[REVIEW, TRIAGE]).await
+}
+
+async fn world_with(github: RecordingGitHub, files: &[&str]) -> World {
+    let set = workflows(files, &["worker", "other"]);
     let agent = Scripted::new("worker", Act::Ok(Duration::from_millis(1), "ok"));
     let other = Scripted::new("other", Act::Ok(Duration::from_millis(1), "ok"));
     let t = TestEngine::start(set, AgentMap::new().with(agent).with(other), fast_config()).await;
@@ -890,4 +896,61 @@ async fn a_repository_named_label_approves_waiting_runs() {
         .map(|a| a.outcome.as_str())
         .collect();
     assert_eq!(outcomes, ["ok", "refused"], "newest first");
+}
+
+/// `/fix` keeps the approval gate as `/run` does: on a stranger's issue, a
+/// helper whose level lets them `/fix` but not `/approve` starts a run that
+/// waits; a maintainer's starts at once.
+#[tokio::test]
+async fn fix_on_a_strangers_issue_waits_unless_the_asker_may_approve() {
+    let w = world_with(RecordingGitHub::new(), &[REVIEW, TRIAGE, FIX]).await;
+    w.github.set_permission("maintainer", Permission::Write);
+    w.github.set_permission("helper", Permission::Triage);
+    w.github
+        .set_file(&repo(), repo_config::PATH, "commands:\n  fix: triage\n");
+    let on_strangers_issue = |login: &str| {
+        let mut c = command("/fix please", login, "MEMBER");
+        c["comment"]["user"]["id"] = json!(login.len() as i64 * 1000);
+        c["issue"]["author_association"] = "NONE".into();
+        c["issue"]["user"]["login"] = "stranger".into();
+        c
+    };
+    let Handled::Start(runs) = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "fix-helper",
+            &on_strangers_issue("helper"),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("a run")
+    };
+    assert_eq!(runs[0].workflow, "fix");
+    assert!(
+        runs[0]
+            .needs_approval
+            .as_deref()
+            .is_some_and(|w| w.contains("@helper started it with `/fix` and cannot approve it")),
+        "{:?}",
+        runs[0].needs_approval
+    );
+    let Handled::Start(runs) = w
+        .handler
+        .handle(&delivery(
+            "issue_comment",
+            "fix-maint",
+            &on_strangers_issue("maintainer"),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("a run")
+    };
+    assert!(
+        runs[0].needs_approval.is_none(),
+        "{:?}",
+        runs[0].needs_approval
+    );
 }

@@ -399,6 +399,12 @@ impl AppHandler {
                 wf.name
             )));
         }
+        // Gated as a `/run` is: judged on the pull request itself when the
+        // subject has one (a fork's head), else on the issue.
+        let source = self.subject_event(inv).await?;
+        let needs_approval = self
+            .approval_for_hand_started(inv, source.as_ref().unwrap_or(event), wf, config, "/fix")
+            .await?;
         let estimates = self.store.step_estimates(&wf.name).await?;
         let classification = route(event, workflows)
             .into_iter()
@@ -410,11 +416,65 @@ impl AppHandler {
             &inv.delivery.delivery_id,
             &format!("@{} asked for a fix (`/fix`)", inv.actor.login),
             classification,
-            None,
+            needs_approval,
             &estimates,
             crate::engine::EngineConfig::default().default_estimate_ms,
         );
         Ok(Outcome::Start(vec![run]))
+    }
+
+    /// The event of the subject's newest run from a `pull_request` event
+    /// (any run, for a button naming its run), so a run started by hand
+    /// gets the PR's head commit and is judged on the PR itself; `None`
+    /// when the subject has none.
+    async fn subject_event(&self, inv: &Invocation<'_>) -> Result<Option<Event>, HandlerError> {
+        for id in self.run_ids(inv, 20).await? {
+            let Some(snap) = self.store.run(id).await? else {
+                continue;
+            };
+            if snap.run.event != "pull_request" && inv.run_id.is_none() {
+                continue;
+            }
+            if let Some(d) = self.store.delivery(&snap.run.delivery_id).await?
+                && let Ok(ev) = Event::parse(&d.event, &d.payload)
+            {
+                return Ok(Some(ev));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Why a run of `wf` about `event`, started by hand with `command`
+    /// (`/run`, `/fix`, a Re-run button), must wait for `/approve`: the gate
+    /// routing would apply ([`crate::routing::approval_needed`]), unless the
+    /// asker may approve it themselves (the command's own level may be
+    /// lower than `/approve`'s). `None`: it starts at once.
+    ///
+    /// Errors: GitHub could not tell the asker's permission for a
+    /// transient reason (retried); a permanent failure counts as none.
+    async fn approval_for_hand_started(
+        &self,
+        inv: &Invocation<'_>,
+        event: &Event,
+        wf: &crate::workflow::Workflow,
+        config: &Loaded,
+        command: &str,
+    ) -> Result<Option<String>, HandlerError> {
+        let Some(why) = crate::routing::approval_needed(event, wf) else {
+            return Ok(None);
+        };
+        let needed = config.config.permission_for(CommandKind::Approve);
+        let has = match self.permission(inv).await {
+            Ok(p) => p,
+            Err(HandlerError::Permanent(_)) => Permission::None,
+            Err(e) => return Err(e),
+        };
+        Ok((has < needed).then(|| {
+            format!(
+                "{why} (@{} started it with `{command}` and cannot approve it)",
+                inv.actor.login
+            )
+        }))
     }
 
     /// `/run <workflow>` (and the Re-run button): a new run of `workflow`
@@ -459,42 +519,11 @@ impl AppHandler {
                 wf.name
             )));
         }
-        // The subject's newest run from a pull_request event gives the PR context.
-        let mut source: Option<Event> = None;
-        for id in self.run_ids(inv, 20).await? {
-            let Some(snap) = self.store.run(id).await? else {
-                continue;
-            };
-            if snap.run.event != "pull_request" && inv.run_id.is_none() {
-                continue;
-            }
-            if let Some(d) = self.store.delivery(&snap.run.delivery_id).await?
-                && let Ok(ev) = Event::parse(&d.event, &d.payload)
-            {
-                source = Some(ev);
-                break;
-            }
-        }
+        let source = self.subject_event(inv).await?;
         let event = source.as_ref().unwrap_or(event);
-        // Untrusted work waits for approval whoever starts it, unless they
-        // may approve it themselves (`/run`'s level may be lower).
-        let needs_approval = match crate::routing::approval_needed(event, wf) {
-            Some(why) => {
-                let needed = config.config.permission_for(CommandKind::Approve);
-                let has = match self.permission(inv).await {
-                    Ok(p) => p,
-                    Err(HandlerError::Permanent(_)) => Permission::None,
-                    Err(e) => return Err(e),
-                };
-                (has < needed).then(|| {
-                    format!(
-                        "{why} (@{} started it with `/run` and cannot approve it)",
-                        inv.actor.login
-                    )
-                })
-            }
-            None => None,
-        };
+        let needs_approval = self
+            .approval_for_hand_started(inv, event, wf, config, "/run")
+            .await?;
         let estimates = self.store.step_estimates(&wf.name).await?;
         let classification = route(event, workflows)
             .into_iter()

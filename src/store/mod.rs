@@ -18,6 +18,7 @@ pub mod api;
 pub mod app;
 pub mod changes;
 pub mod deliveries;
+pub mod policy;
 pub mod postgres;
 pub mod reports;
 pub mod runs;

@@ -51,6 +51,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
+use super::policy;
 use super::runs::{
     AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
     Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish, StepNext, StepRecord, StepState,
@@ -1159,34 +1160,43 @@ impl RunStore for PgStore {
             .await?;
             per_agent.extend(rows);
         }
-        let mut per_run: HashMap<i64, i64> = HashMap::new();
+        let as_candidates: Vec<policy::ClaimCandidate> = candidates
+            .iter()
+            .map(
+                |(step_row, run_id, agent, max_parallel, _, _)| policy::ClaimCandidate {
+                    step_row: *step_row,
+                    run_id: *run_id,
+                    agent: agent.clone(),
+                    max_parallel: *max_parallel,
+                },
+            )
+            .collect();
+        // Running steps of the runs with a `max_parallel` (locked above), in
+        // one query.
+        let runs = policy::Admission::runs_to_count(&as_candidates);
+        let per_run: HashMap<i64, i64> = if runs.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT run_id, COUNT(*) FROM steps WHERE state = 'running' \
+                 AND run_id = ANY($1) GROUP BY run_id",
+            )
+            .bind(&runs)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let mut admission = policy::Admission::new(limits, per_agent, per_run);
         let mut claimed = Vec::new();
-        for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
-            if claimed.len() >= limits.max {
+        for ((step_row, run_id, agent, _, workflow, delivery_id), candidate) in
+            candidates.into_iter().zip(&as_candidates)
+        {
+            if admission.full() {
                 break;
             }
-            if let Some(limit) = limits.per_agent.get(&agent)
-                && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
-            {
+            if !admission.admits(candidate) {
                 continue;
-            }
-            if let Some(max) = max_parallel {
-                let running = match per_run.get(&run_id) {
-                    Some(n) => *n,
-                    None => {
-                        let (n,): (i64,) = sqlx::query_as(
-                            "SELECT COUNT(*) FROM steps WHERE run_id = $1 AND state = 'running'",
-                        )
-                        .bind(run_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        per_run.insert(run_id, n);
-                        n
-                    }
-                };
-                if running >= max {
-                    continue;
-                }
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
             let refused = limits.refused_agents.contains(&agent);
@@ -1208,8 +1218,7 @@ impl RunStore for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else { continue };
-            *per_agent.entry(agent.clone()).or_insert(0) += 1;
-            *per_run.entry(run_id).or_insert(0) += 1;
+            admission.claimed(candidate);
             let started = sqlx::query(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, $1) \
                  WHERE id = $2 AND state = 'queued'",
@@ -1784,50 +1793,26 @@ impl RunStore for PgStore {
         let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
             return Ok(ControlOutcome::NotFound);
         };
-        let mut reset: HashSet<String> = HashSet::new();
-        match step {
-            Some(id) => {
-                let Some(s) = snapshot.step(id) else {
-                    return Ok(ControlOutcome::NotFound);
-                };
-                if s.state.is_terminal() {
-                    reset.insert(id.to_owned());
-                }
+        let chosen = match policy::retry_plan(&snapshot.steps, step) {
+            policy::RetryPlan::NotFound => return Ok(ControlOutcome::NotFound),
+            policy::RetryPlan::Unchanged => {
+                tx.commit().await?;
+                return Ok(ControlOutcome::Unchanged);
             }
-            None => reset.extend(
-                snapshot
-                    .steps
-                    .iter()
-                    .filter(|s| s.state.is_failure())
-                    .map(|s| s.step.clone()),
-            ),
-        }
-        if reset.is_empty() {
-            tx.commit().await?;
-            return Ok(ControlOutcome::Unchanged);
-        }
-        for s in &snapshot.steps {
-            if s.needs.iter().any(|n| reset.contains(n)) {
-                reset.insert(s.step.clone());
-            }
-        }
+            policy::RetryPlan::Reset(chosen) => chosen,
+        };
         let mut names: Vec<&str> = Vec::new();
-        for s in &snapshot.steps {
-            if !reset.contains(&s.step)
-                || matches!(s.state, StepState::Running | StepState::Pending)
-            {
-                continue;
-            }
+        for i in chosen {
             sqlx::query(
                 "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
                  agent_attempts = 0, run_at = $1, output = NULL, error = NULL, finished_at = NULL \
                  WHERE id = $2 AND state NOT IN ('running', 'pending')",
             )
             .bind(now)
-            .bind(s.id)
+            .bind(snapshot.steps[i].id)
             .execute(&mut *tx)
             .await?;
-            names.push(&s.step);
+            names.push(&snapshot.steps[i].step);
         }
         if names.is_empty() {
             tx.commit().await?;

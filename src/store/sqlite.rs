@@ -28,7 +28,7 @@
 //! recovery returns every `processing` delivery to the queue. Several replicas
 //! need the PostgreSQL store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::policy;
 use super::{
     ActorKind, AuditEntry, Effect, EffectKind, EffectOutcome, EffectState, InstallationState,
     NewEffect, RepoConfigRecord,
@@ -1770,52 +1771,26 @@ impl RunStore for SqliteStore {
         let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
             return Ok(ControlOutcome::NotFound);
         };
-        let mut reset: HashSet<String> = HashSet::new();
-        match step {
-            Some(id) => {
-                let Some(s) = snapshot.step(id) else {
-                    return Ok(ControlOutcome::NotFound);
-                };
-                if s.state.is_terminal() {
-                    reset.insert(id.to_owned());
-                }
+        let chosen = match policy::retry_plan(&snapshot.steps, step) {
+            policy::RetryPlan::NotFound => return Ok(ControlOutcome::NotFound),
+            policy::RetryPlan::Unchanged => {
+                tx.commit().await?;
+                return Ok(ControlOutcome::Unchanged);
             }
-            None => reset.extend(
-                snapshot
-                    .steps
-                    .iter()
-                    .filter(|s| s.state.is_failure())
-                    .map(|s| s.step.clone()),
-            ),
-        }
-        if reset.is_empty() {
-            tx.commit().await?;
-            return Ok(ControlOutcome::Unchanged);
-        }
-        // Dependents, transitively (steps are in topological order).
-        for s in &snapshot.steps {
-            if s.needs.iter().any(|n| reset.contains(n)) {
-                reset.insert(s.step.clone());
-            }
-        }
+            policy::RetryPlan::Reset(chosen) => chosen,
+        };
         let mut names: Vec<&str> = Vec::new();
-        for s in &snapshot.steps {
-            if !reset.contains(&s.step) || matches!(s.state, StepState::Running) {
-                continue;
-            }
-            if s.state == StepState::Pending {
-                continue;
-            }
+        for i in chosen {
             sqlx::query(
                 "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
                  agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, finished_at = NULL \
                  WHERE id = ?2 AND state NOT IN ('running', 'pending')",
             )
             .bind(now)
-            .bind(s.id)
+            .bind(snapshot.steps[i].id)
             .execute(&mut *tx)
             .await?;
-            names.push(&s.step);
+            names.push(&snapshot.steps[i].step);
         }
         if names.is_empty() {
             tx.commit().await?;

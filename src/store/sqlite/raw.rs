@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{RunRow, StepRow};
 use crate::store::StoreError;
+use crate::store::policy::{Admission, ClaimCandidate};
 use crate::store::runs::{
     ClaimLimits, ClaimedStep, CreatedRun, Lease, NewRun, Plan, Planner, RunSnapshot, StepFinish,
     StepNext, StepRecord, StepState,
@@ -314,33 +315,42 @@ pub(super) fn claim_steps(
             per_agent.insert(agent, n);
         }
     }
+    let as_candidates: Vec<ClaimCandidate> = candidates
+        .iter()
+        .map(
+            |(step_row, run_id, agent, max_parallel, _, _)| ClaimCandidate {
+                step_row: *step_row,
+                run_id: *run_id,
+                agent: agent.clone(),
+                max_parallel: *max_parallel,
+            },
+        )
+        .collect();
+    // Running steps of the runs with a `max_parallel`, in one query.
     let mut per_run: HashMap<i64, i64> = HashMap::new();
+    let runs = Admission::runs_to_count(&as_candidates);
+    if !runs.is_empty() {
+        let runs = serde_json::to_string(&runs).expect("numbers serialize");
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, COUNT(*) FROM steps WHERE state = 'running' \
+             AND run_id IN (SELECT value FROM json_each(?1)) GROUP BY run_id",
+        )?;
+        let rows = stmt.query_map([runs], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (run, n) = row?;
+            per_run.insert(run, n);
+        }
+    }
+    let mut admission = Admission::new(limits, per_agent, per_run);
     let mut claimed = Vec::new();
-    for (step_row, run_id, agent, max_parallel, workflow, delivery_id) in candidates {
-        if claimed.len() >= limits.max {
+    for ((step_row, run_id, agent, _, workflow, delivery_id), candidate) in
+        candidates.into_iter().zip(&as_candidates)
+    {
+        if admission.full() {
             break;
         }
-        if let Some(limit) = limits.per_agent.get(&agent)
-            && per_agent.get(&agent).copied().unwrap_or(0) >= i64::from(*limit)
-        {
+        if !admission.admits(candidate) {
             continue;
-        }
-        if let Some(max) = max_parallel {
-            let running = match per_run.get(&run_id) {
-                Some(n) => *n,
-                None => {
-                    let n: i64 = conn
-                        .prepare_cached(
-                            "SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND state = 'running'",
-                        )?
-                        .query_row([run_id], |r| r.get(0))?;
-                    per_run.insert(run_id, n);
-                    n
-                }
-            };
-            if running >= max {
-                continue;
-            }
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let row: Option<StepRow> = conn
@@ -356,8 +366,7 @@ pub(super) fn claim_steps(
             )
             .optional()?;
         let Some(row) = row else { continue };
-        *per_agent.entry(agent.clone()).or_insert(0) += 1;
-        *per_run.entry(run_id).or_insert(0) += 1;
+        admission.claimed(candidate);
         let started = conn
             .prepare_cached(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \

@@ -219,7 +219,9 @@ impl Outbox {
         }
     }
 
-    /// One reconciliation pass: sends every stale report that is due.
+    /// One reconciliation pass: sends every stale report that is due,
+    /// installations side by side, and within one installation a new run's
+    /// first report (its check run) ahead of updates.
     /// Returns how long until the earliest coalesced update falls due, if any.
     ///
     /// # Errors
@@ -234,6 +236,7 @@ impl Outbox {
         let candidates = self.store.report_candidates(now, self.config.batch).await?;
         let mut next_due: Option<i64> = None;
         let interval = self.config.min_interval.as_millis() as i64;
+        let mut by_installation: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
         for candidate in candidates {
             let Some(snapshot) = self.store.run(candidate.run_id).await? else {
                 continue;
@@ -260,9 +263,24 @@ impl Outbox {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 continue;
             }
-            self.send(&candidate, &snapshot, change.as_ref(), fingerprint)
-                .await;
+            by_installation
+                .entry(candidate.installation_id)
+                .or_default()
+                .push((candidate, snapshot, change, fingerprint));
         }
+        // Installations side by side (GitHub paces each on its own), each in
+        // turn: a run never reported yet (its check run to create) before
+        // updates of runs already shown.
+        futures_util::future::join_all(by_installation.into_values().map(|mut reports| {
+            reports.sort_by_key(|(candidate, ..)| candidate.reported_at.is_some());
+            async move {
+                for (candidate, snapshot, change, fingerprint) in reports {
+                    self.send(&candidate, &snapshot, change.as_ref(), fingerprint)
+                        .await;
+                }
+            }
+        }))
+        .await;
         Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
     }
 

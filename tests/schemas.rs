@@ -71,7 +71,11 @@ async fn sqlite_and_postgresql_schemas_have_the_same_tables_and_columns() {
     let sqlite = backends::sqlite().await;
     let lite = sqlite_columns(&sqlite.url).await;
     let pg = postgres_columns(&pg.url).await;
-    assert!(lite.len() > 50, "the SQLite catalog read {} columns", lite.len());
+    assert!(
+        lite.len() > 50,
+        "the SQLite catalog read {} columns",
+        lite.len()
+    );
     let mut differences = Vec::new();
     for (key, l) in &lite {
         match pg.get(key) {

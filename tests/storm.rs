@@ -1,10 +1,13 @@
 //! A PR storm through the real binary: 1,000 signed `pull_request.opened`
 //! deliveries, each a different pull request (number, head commit, title)
-//! across 50 repositories (each its own installation), sent 16 at a time. Afterwards every delivery is
-//! stored once, every one has exactly one run, every run finished, and GitHub
-//! saw exactly one check run created per head commit, completed.
+//! across 50 repositories (each its own installation), sent 16 at a time,
+//! reported to the shared stateful fake GitHub. Afterwards every delivery is
+//! stored once, every one has exactly one run, every run finished, GitHub
+//! holds exactly one check run per head commit, completed, and refused no
+//! write.
 
 mod harness;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,20 +15,18 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use harness::{ChildService, SECRET, fixture, post, sign};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path_regex};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use support::fake_github::FakeGitHub;
 
 const PRIVATE_KEY: &str = include_str!("fixtures/github/app-key.pem");
 const DELIVERIES: usize = 1_000;
 const REPOSITORIES: usize = 50;
 
-/// The `i`-th pull request: repository `storm/r{i % 50}`, number `i + 1`,
-/// head `{i:040x}`.
+/// The `i`-th pull request's payload: repository `storm/r{i % 50}`, number
+/// `i + 1`, head `{i + 1:040x}` (see [`subject`]).
 fn payload(template: &Value, i: usize) -> Vec<u8> {
     let mut v = template.clone();
-    let repo = format!("r{}", i % REPOSITORIES);
-    let full = format!("storm/{repo}");
-    let sha = format!("{:040x}", i + 1);
+    let (full, sha) = subject(i);
+    let repo = full["storm/".len()..].to_owned();
     // One installation per repository: GitHub allows an installation 80
     // content-creating requests a minute (taskmaster paces them), so 1,000
     // runs of one installation would take 25 minutes to report.
@@ -47,97 +48,32 @@ fn payload(template: &Value, i: usize) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-async fn github() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/app/installations/[0-9]+/access_tokens$"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
-            "token": "ghs_storm",
-            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
-            "permissions": { "checks": "write", "issues": "write", "pull_requests": "write" },
-            "repository_selection": "all",
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(
-            r"^/repos/storm/r[0-9]+/commits/[0-9a-f]+/check-runs$",
-        ))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"total_count": 0, "check_runs": []})),
-        )
-        .mount(&server)
-        .await;
-    // A check run's id is its pull request's number (one per head).
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/repos/storm/r[0-9]+/check-runs$"))
-        .respond_with(|r: &Request| {
-            let id = head_index(body(r)["head_sha"].as_str().unwrap_or("0")) + 1;
-            ResponseTemplate::new(201).set_body_json(json!({ "id": id }))
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path_regex(r"^/repos/storm/r[0-9]+/check-runs/[0-9]+$"))
-        .respond_with(|r: &Request| {
-            let id: u64 = r.url.path().rsplit('/').next().unwrap().parse().unwrap();
-            ResponseTemplate::new(200).set_body_json(json!({ "id": id }))
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/repos/storm/r[0-9]+/issues/[0-9]+/comments$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/repos/storm/r[0-9]+/issues/[0-9]+/comments$"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 777})))
-        .mount(&server)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path_regex(r"^/repos/storm/r[0-9]+/issues/comments/777$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": 777})))
-        .mount(&server)
-        .await;
-    server
-}
-
-fn body(r: &Request) -> Value {
-    serde_json::from_slice(&r.body).unwrap()
-}
-
-/// The storm index of head commit `sha` (see [`payload`]).
-fn head_index(sha: &str) -> usize {
-    usize::from_str_radix(sha, 16)
-        .unwrap_or(1)
-        .saturating_sub(1)
-}
-
-/// The storm indices whose check run GitHub has seen completed: created
-/// completed, or completed by a PATCH to its id.
-fn completed(requests: &[Request]) -> std::collections::HashSet<usize> {
-    let mut done = std::collections::HashSet::new();
-    for r in requests {
-        let path = r.url.path();
-        match r.method.as_str() {
-            "POST" if path.ends_with("/check-runs") && body(r)["status"] == "completed" => {
-                done.insert(head_index(body(r)["head_sha"].as_str().unwrap()));
-            }
-            "PATCH" if path.contains("/check-runs/") && body(r)["status"] == "completed" => {
-                let id: usize = path.rsplit('/').next().unwrap().parse().unwrap();
-                done.insert(id - 1);
-            }
-            _ => {}
-        }
-    }
-    done
+/// The `i`-th pull request's repository and head commit.
+fn subject(i: usize) -> (String, String) {
+    (
+        format!("storm/r{}", i % REPOSITORIES),
+        format!("{:040x}", i + 1),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each() {
-    let server = github().await;
     let dir = tempfile::tempdir().unwrap();
+    // The shared stateful fake (no bare repositories under its root: check
+    // runs are accepted for any head); every pull request is known to it.
+    let fake = FakeGitHub::start(dir.path().join("git")).await;
+    for i in 0..DELIVERIES {
+        let (repo, head) = subject(i);
+        fake.add_pull_request(
+            &repo,
+            i as u64 + 1,
+            &format!("change-{i}"),
+            &head,
+            "master",
+            "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+            &repo,
+        );
+    }
     let workflows = dir.path().join("workflows");
     std::fs::create_dir(&workflows).unwrap();
     std::fs::write(
@@ -153,7 +89,7 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
             ("TASKMASTER_WORKFLOWS", workflows.to_str().unwrap()),
             ("GITHUB_APP_ID", "12345"),
             ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
-            ("GITHUB_API_URL", &server.uri()),
+            ("GITHUB_API_URL", &fake.url),
             ("TASKMASTER_REPORT_INTERVAL_MS", "300"),
             ("TASKMASTER_OUTBOX_POLL_MS", "50"),
         ],
@@ -185,12 +121,17 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
     let refused: Vec<_> = statuses.iter().filter(|(_, s)| !s.is_success()).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
 
-    // Wait until every run finished and GitHub has seen its check run
+    // Wait until every run finished and GitHub shows its check run
     // completed.
+    let completed = || {
+        (0..REPOSITORIES)
+            .flat_map(|r| fake.check_runs(&format!("storm/r{r}")))
+            .filter(|c| c["status"] == "completed")
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let requests = server.received_requests().await.unwrap();
-        let done = completed(&requests).len();
+        let done = completed();
         let finished = finished_runs(&db).await;
         if finished == DELIVERIES as i64 && done == DELIVERIES {
             break;
@@ -217,27 +158,41 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
             .collect::<Vec<_>>()
     );
     assert_eq!(harness::count_rows(&db).await, DELIVERIES as i64);
-    // Exactly one check run created per head commit, in its repository.
-    let requests = server.received_requests().await.unwrap();
-    let mut created: HashMap<String, usize> = HashMap::new();
-    for r in requests
-        .iter()
-        .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/check-runs"))
-    {
-        let sha = body(r)["head_sha"].as_str().unwrap().to_owned();
-        let i = head_index(&sha);
+    // Exactly one check run per head commit, in its own repository.
+    for r in 0..REPOSITORIES {
+        let repo = format!("storm/r{r}");
+        let mut heads: HashMap<String, usize> = HashMap::new();
+        for c in fake.check_runs(&repo) {
+            *heads
+                .entry(c["head_sha"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        let expected: Vec<String> = (0..DELIVERIES)
+            .filter(|i| i % REPOSITORIES == r)
+            .map(|i| subject(i).1)
+            .collect();
         assert_eq!(
-            r.url.path(),
-            format!("/repos/storm/r{}/check-runs", i % REPOSITORIES),
-            "the check run is created in its own repository"
+            heads.len(),
+            expected.len(),
+            "{repo}: a check run for every head"
         );
-        *created.entry(sha).or_insert(0) += 1;
+        for head in &expected {
+            assert_eq!(
+                heads.get(head),
+                Some(&1),
+                "{repo}: one check run for {head}"
+            );
+        }
     }
-    assert_eq!(created.len(), DELIVERIES, "a check run for every head");
-    assert!(
-        created.values().all(|&n| n == 1),
-        "a head with more than one check run"
-    );
+    // Every write one GitHub accepts (a missing `.github/taskmaster.yml`
+    // is a 404 read, as on GitHub).
+    let refused: Vec<_> = fake
+        .writes()
+        .into_iter()
+        .filter(|r| r.status >= 400)
+        .collect();
+    assert!(refused.is_empty(), "GitHub refused: {refused:#?}");
+    assert!(fake.unhandled().is_empty(), "{:#?}", fake.unhandled());
 }
 
 async fn finished_runs(db: &std::path::Path) -> i64 {

@@ -452,16 +452,11 @@ async fn health_is_503_and_intake_is_503_when_the_database_is_unreachable() {
     running.stop().await.unwrap();
 }
 
-/// Slow and flooding clients cannot hold intake: more trickling connections
-/// than the connection cap, and trickling bodies holding more than the body
-/// budget, while a real delivery is answered at once; the oldest slow
-/// readers are closed to make room, a connection whose headers do not
-/// arrive in time is closed, a body that does not arrive in time is
-/// answered 408.
-#[tokio::test]
-async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
-    use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A server with `limits` on a fresh SQLite file in a temporary directory
+/// (kept with it), accepting every delivery.
+async fn serve_with_limits(
+    limits: taskmaster::server::IntakeLimits,
+) -> (tempfile::TempDir, taskmaster::server::RunningServer) {
     let dir = tempfile::tempdir().unwrap();
     let store =
         taskmaster::store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
@@ -472,16 +467,31 @@ async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
         secrets: taskmaster::webhook::WebhookSecrets::parse(SECRET).unwrap(),
         store,
         handler: Arc::new(AcceptAll),
-        limits: taskmaster::server::IntakeLimits {
-            header_timeout: Duration::from_secs(2),
-            body_timeout: Duration::from_secs(4),
-            max_connections: 200,
-            max_webhooks_in_flight: 20,
-            max_body_bytes: 1_000_000,
-        },
+        limits,
     })
     .await
     .unwrap();
+    (dir, running)
+}
+
+/// Slow and flooding clients cannot hold intake: more trickling connections
+/// than the connection cap, and trickling bodies holding more than the body
+/// budget, while a real delivery is answered at once; the oldest slow
+/// readers are closed to make room, a connection whose headers do not
+/// arrive in time is closed, a body that does not arrive in time is
+/// answered 408.
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, running) = serve_with_limits(taskmaster::server::IntakeLimits {
+        header_timeout: Duration::from_secs(2),
+        body_timeout: Duration::from_secs(4),
+        max_connections: 200,
+        max_webhooks_in_flight: 20,
+        max_body_bytes: 1_000_000,
+    })
+    .await;
     let addr = running.local_addr;
     let post = |delivery: &'static str| {
         let body = fixture("issues.opened.json");
@@ -572,23 +582,11 @@ async fn slow_clients_are_cut_off_and_real_deliveries_are_answered() {
 /// their bodies are read (a slow sender never holds a place).
 #[tokio::test]
 async fn webhook_requests_beyond_the_in_flight_cap_are_answered_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        taskmaster::store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-    let running = taskmaster::server::start(taskmaster::server::ServerConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        secrets: taskmaster::webhook::WebhookSecrets::parse(SECRET).unwrap(),
-        store,
-        handler: Arc::new(AcceptAll),
-        limits: taskmaster::server::IntakeLimits {
-            max_webhooks_in_flight: 0,
-            ..Default::default()
-        },
+    let (dir, running) = serve_with_limits(taskmaster::server::IntakeLimits {
+        max_webhooks_in_flight: 0,
+        ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let body = fixture("issues.opened.json");
     let client = taskmaster::agent::http_client_builder().build().unwrap();
     let response = client

@@ -14,21 +14,21 @@ use super::runs::{ClaimLimits, StepRecord, StepState};
 
 /// What [`retry_plan`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RetryPlan {
+pub enum RetryPlan<'a> {
     /// The named step is not in the run.
     NotFound,
     /// Nothing to reset: no failed step (or the named one has not ended).
     Unchanged,
-    /// Reset these steps to `pending` (indices into the steps given, in
-    /// their order); never a running or pending step.
-    Reset(Vec<usize>),
+    /// Reset these steps to `pending` (in the order given); never a running
+    /// or pending step.
+    Reset(Vec<&'a StepRecord>),
 }
 
 /// Which steps of a run a retry resets: the named `step` if it has ended,
 /// else every failed step; then, transitively, every step that needs one
 /// of those (whatever order `steps` is in). Running steps are left to
 /// finish and pending ones are already pending, so neither is reset.
-pub fn retry_plan(steps: &[StepRecord], step: Option<&str>) -> RetryPlan {
+pub fn retry_plan<'a>(steps: &'a [StepRecord], step: Option<&str>) -> RetryPlan<'a> {
     let mut reset: HashSet<&str> = HashSet::new();
     match step {
         Some(name) => {
@@ -63,14 +63,12 @@ pub fn retry_plan(steps: &[StepRecord], step: Option<&str>) -> RetryPlan {
             break;
         }
     }
-    let chosen: Vec<usize> = steps
+    let chosen: Vec<&StepRecord> = steps
         .iter()
-        .enumerate()
-        .filter(|(_, s)| {
+        .filter(|s| {
             reset.contains(s.step.as_str())
                 && !matches!(s.state, StepState::Running | StepState::Pending)
         })
-        .map(|(i, _)| i)
         .collect();
     if chosen.is_empty() {
         RetryPlan::Unchanged
@@ -79,7 +77,7 @@ pub fn retry_plan(steps: &[StepRecord], step: Option<&str>) -> RetryPlan {
     }
 }
 
-/// A ready step a claim may take, as the claim's query returns it (in
+/// A ready step a claim may take, one row of the claim's query (in
 /// service order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimCandidate {
@@ -88,6 +86,9 @@ pub struct ClaimCandidate {
     pub agent: String,
     /// The run's `max_parallel`, if it has one.
     pub max_parallel: Option<i64>,
+    /// The run's workflow and delivery (for the claimed step's record).
+    pub workflow: String,
+    pub delivery_id: String,
 }
 
 /// Claim admission: which candidates, taken in service order, fit the
@@ -204,12 +205,15 @@ mod tests {
             step("notify", Skipped, &["deploy"]),
             step("lint", Succeeded, &[]),
         ];
-        assert_eq!(retry_plan(&steps, None), RetryPlan::Reset(vec![0, 1, 3]));
+        let names = |plan: RetryPlan<'_>| match plan {
+            RetryPlan::Reset(chosen) => chosen.iter().map(|s| s.step.clone()).collect(),
+            other => panic!("{other:?}"),
+        };
+        let reset: Vec<String> = names(retry_plan(&steps, None));
+        assert_eq!(reset, ["deploy", "test", "notify"]);
         // A named step that ended: it and its dependents.
-        assert_eq!(
-            retry_plan(&steps, Some("build")),
-            RetryPlan::Reset(vec![0, 1, 2, 3])
-        );
+        let reset: Vec<String> = names(retry_plan(&steps, Some("build")));
+        assert_eq!(reset, ["deploy", "test", "build", "notify"]);
         assert_eq!(retry_plan(&steps, Some("nope")), RetryPlan::NotFound);
         let running = vec![step("a", Running, &[]), step("b", Pending, &["a"])];
         assert_eq!(retry_plan(&running, Some("a")), RetryPlan::Unchanged);
@@ -230,6 +234,8 @@ mod tests {
             run_id: run,
             agent: agent.into(),
             max_parallel,
+            workflow: "review".into(),
+            delivery_id: "d-1".into(),
         }
     }
 
@@ -328,7 +334,7 @@ mod tests {
             }
             steps.reverse();
             if let RetryPlan::Reset(chosen) = retry_plan(&steps, None) {
-                let chosen: HashSet<&str> = chosen.iter().map(|&i| steps[i].step.as_str()).collect();
+                let chosen: HashSet<&str> = chosen.iter().map(|s| s.step.as_str()).collect();
                 for s in &steps {
                     if chosen.contains(s.step.as_str()) {
                         prop_assert!(!matches!(s.state, Running | Pending));

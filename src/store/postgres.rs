@@ -1127,7 +1127,7 @@ impl RunStore for PgStore {
         // waiting: rows another claimer (or a finisher, holding the run)
         // has locked are skipped, so no step is handed out twice and
         // `max_parallel` is counted under the run's lock.
-        let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, String, Option<i64>, String, String)> = sqlx::query_as(
             "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
              FROM steps s JOIN runs r ON r.id = s.run_id \
              WHERE s.state = 'ready' AND s.run_at <= $1 \
@@ -1146,6 +1146,21 @@ impl RunStore for PgStore {
         .bind((limits.max * 4 + 64) as i64)
         .fetch_all(&mut *tx)
         .await?;
+        let candidates: Vec<policy::ClaimCandidate> = rows
+            .into_iter()
+            .map(
+                |(step_row, run_id, agent, max_parallel, workflow, delivery_id)| {
+                    policy::ClaimCandidate {
+                        step_row,
+                        run_id,
+                        agent,
+                        max_parallel,
+                        workflow,
+                        delivery_id,
+                    }
+                },
+            )
+            .collect();
         if candidates.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -1160,20 +1175,9 @@ impl RunStore for PgStore {
             .await?;
             per_agent.extend(rows);
         }
-        let as_candidates: Vec<policy::ClaimCandidate> = candidates
-            .iter()
-            .map(
-                |(step_row, run_id, agent, max_parallel, _, _)| policy::ClaimCandidate {
-                    step_row: *step_row,
-                    run_id: *run_id,
-                    agent: agent.clone(),
-                    max_parallel: *max_parallel,
-                },
-            )
-            .collect();
         // Running steps of the runs with a `max_parallel` (locked above), in
         // one query.
-        let runs = policy::Admission::runs_to_count(&as_candidates);
+        let runs = policy::Admission::runs_to_count(&candidates);
         let per_run: HashMap<i64, i64> = if runs.is_empty() {
             HashMap::new()
         } else {
@@ -1189,17 +1193,15 @@ impl RunStore for PgStore {
         };
         let mut admission = policy::Admission::new(limits, per_agent, per_run);
         let mut claimed = Vec::new();
-        for ((step_row, run_id, agent, _, workflow, delivery_id), candidate) in
-            candidates.into_iter().zip(&as_candidates)
-        {
+        for candidate in candidates {
             if admission.full() {
                 break;
             }
-            if !admission.admits(candidate) {
+            if !admission.admits(&candidate) {
                 continue;
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
-            let refused = limits.refused_agents.contains(&agent);
+            let refused = limits.refused_agents.contains(&candidate.agent);
             // Claim, and count the attempt unless the agent is refused, in
             // one statement.
             let row: Option<StepRow> = sqlx::query_as(concat!(
@@ -1213,12 +1215,20 @@ impl RunStore for PgStore {
             .bind(&token)
             .bind(lease_now + limits.lease_ms)
             .bind(now)
-            .bind(step_row)
+            .bind(candidate.step_row)
             .bind(if refused { 0i64 } else { 1 })
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else { continue };
-            admission.claimed(candidate);
+            admission.claimed(&candidate);
+            let policy::ClaimCandidate {
+                step_row,
+                run_id,
+                agent,
+                workflow,
+                delivery_id,
+                ..
+            } = candidate;
             let started = sqlx::query(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, $1) \
                  WHERE id = $2 AND state = 'queued'",
@@ -1802,17 +1812,17 @@ impl RunStore for PgStore {
             policy::RetryPlan::Reset(chosen) => chosen,
         };
         let mut names: Vec<&str> = Vec::new();
-        for i in chosen {
+        for s in chosen {
             sqlx::query(
                 "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
                  agent_attempts = 0, run_at = $1, output = NULL, error = NULL, finished_at = NULL \
                  WHERE id = $2 AND state NOT IN ('running', 'pending')",
             )
             .bind(now)
-            .bind(snapshot.steps[i].id)
+            .bind(s.id)
             .execute(&mut *tx)
             .await?;
-            names.push(&snapshot.steps[i].step);
+            names.push(&s.step);
         }
         if names.is_empty() {
             tx.commit().await?;

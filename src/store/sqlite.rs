@@ -1780,17 +1780,17 @@ impl RunStore for SqliteStore {
             policy::RetryPlan::Reset(chosen) => chosen,
         };
         let mut names: Vec<&str> = Vec::new();
-        for i in chosen {
+        for s in chosen {
             sqlx::query(
                 "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
                  agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, finished_at = NULL \
                  WHERE id = ?2 AND state NOT IN ('running', 'pending')",
             )
             .bind(now)
-            .bind(snapshot.steps[i].id)
+            .bind(s.id)
             .execute(&mut *tx)
             .await?;
-            names.push(&snapshot.steps[i].step);
+            names.push(&s.step);
         }
         if names.is_empty() {
             tx.commit().await?;

@@ -234,6 +234,7 @@ async fn read_body(
         (Some(connection), Some(n)) if n > 0 => Some(connection.charge(n).await.map_err(no_room)?),
         _ => None,
     };
+    let limit = declared.unwrap_or(MAX_PAYLOAD_BYTES);
     let mut buffer: Vec<u8> = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(piece) = futures_util::StreamExt::next(&mut stream).await {
@@ -253,7 +254,6 @@ async fn read_body(
                 "the request body could not be read",
             )
         })?;
-        let limit = declared.unwrap_or(MAX_PAYLOAD_BYTES);
         if buffer.len() + piece.len() > limit {
             return Err(too_large);
         }

@@ -274,8 +274,7 @@ pub(super) fn claim_steps(
 ) -> Result<Vec<ClaimedStep>, StoreError> {
     // Candidates in service order; more than `max` so that steps held back
     // by an agent's or a run's limit do not starve the others.
-    #[allow(clippy::type_complexity)]
-    let candidates: Vec<(i64, i64, String, Option<i64>, String, String)> = conn
+    let candidates: Vec<ClaimCandidate> = conn
         .prepare_cached(
             "SELECT s.id, s.run_id, s.agent, r.max_parallel, r.workflow, r.delivery_id \
              FROM steps s JOIN runs r ON r.id = s.run_id \
@@ -291,14 +290,14 @@ pub(super) fn claim_steps(
              ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
         )?
         .query_map(params![now, (limits.max * 4 + 64) as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
+            Ok(ClaimCandidate {
+                step_row: r.get(0)?,
+                run_id: r.get(1)?,
+                agent: r.get(2)?,
+                max_parallel: r.get(3)?,
+                workflow: r.get(4)?,
+                delivery_id: r.get(5)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
     if candidates.is_empty() {
@@ -315,20 +314,9 @@ pub(super) fn claim_steps(
             per_agent.insert(agent, n);
         }
     }
-    let as_candidates: Vec<ClaimCandidate> = candidates
-        .iter()
-        .map(
-            |(step_row, run_id, agent, max_parallel, _, _)| ClaimCandidate {
-                step_row: *step_row,
-                run_id: *run_id,
-                agent: agent.clone(),
-                max_parallel: *max_parallel,
-            },
-        )
-        .collect();
     // Running steps of the runs with a `max_parallel`, in one query.
     let mut per_run: HashMap<i64, i64> = HashMap::new();
-    let runs = Admission::runs_to_count(&as_candidates);
+    let runs = Admission::runs_to_count(&candidates);
     if !runs.is_empty() {
         let runs = serde_json::to_string(&runs).expect("numbers serialize");
         let mut stmt = conn.prepare_cached(
@@ -343,13 +331,11 @@ pub(super) fn claim_steps(
     }
     let mut admission = Admission::new(limits, per_agent, per_run);
     let mut claimed = Vec::new();
-    for ((step_row, run_id, agent, _, workflow, delivery_id), candidate) in
-        candidates.into_iter().zip(&as_candidates)
-    {
+    for candidate in candidates {
         if admission.full() {
             break;
         }
-        if !admission.admits(candidate) {
+        if !admission.admits(&candidate) {
             continue;
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -361,12 +347,20 @@ pub(super) fn claim_steps(
                 step_columns!()
             ))?
             .query_row(
-                params![owner, token, now + limits.lease_ms, now, step_row],
+                params![owner, token, now + limits.lease_ms, now, candidate.step_row],
                 StepRow::from_rusqlite,
             )
             .optional()?;
         let Some(row) = row else { continue };
-        admission.claimed(candidate);
+        admission.claimed(&candidate);
+        let ClaimCandidate {
+            step_row,
+            run_id,
+            agent,
+            workflow,
+            delivery_id,
+            ..
+        } = candidate;
         let started = conn
             .prepare_cached(
                 "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?1) \

@@ -193,6 +193,13 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
         .collect();
     assert!(refused.is_empty(), "GitHub refused: {refused:#?}");
     assert!(fake.unhandled().is_empty(), "{:#?}", fake.unhandled());
+    // The 50 installations' tokens never reach the service's log.
+    let tokens = fake.token_values();
+    assert!(!tokens.is_empty());
+    let log = service.logs_text();
+    for token in &tokens {
+        assert!(!log.contains(token.as_str()), "a token in the log");
+    }
 }
 
 async fn finished_runs(db: &std::path::Path) -> i64 {

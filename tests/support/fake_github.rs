@@ -75,6 +75,8 @@ pub struct Recorded {
     /// The permissions of the token used; `None` when the token had the
     /// installation's whole grant (or there was no valid token).
     pub permissions: Option<Permissions>,
+    /// When the fake answered it.
+    pub at: std::time::Instant,
 }
 
 /// The running fake. Stops when dropped.
@@ -96,6 +98,8 @@ struct Inner {
     root: PathBuf,
     world: Mutex<World>,
     holds: Mutex<Vec<Arc<HoldState>>>,
+    /// Added before every answer, in microseconds ([`FakeGitHub::set_latency`]).
+    latency_us: std::sync::atomic::AtomicU64,
 }
 
 struct HoldState {
@@ -260,6 +264,7 @@ impl FakeGitHub {
             root: repos_root,
             world: Mutex::new(World::new()),
             holds: Mutex::new(Vec::new()),
+            latency_us: std::sync::atomic::AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -268,6 +273,15 @@ impl FakeGitHub {
             axum::serve(listener, app).await.unwrap();
         });
         FakeGitHub { url, inner, task }
+    }
+
+    /// Answers every request `latency` late (GitHub's own is ~50 ms); the
+    /// wait is concurrent, outside the fake's lock. Default zero.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.inner.latency_us.store(
+            latency.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Holds the next request of `method` whose path ends with
@@ -292,6 +306,17 @@ impl FakeGitHub {
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().requests.clone()
+    }
+
+    /// The requests after the first `n`, in arrival order (a poller's
+    /// cheap way to see what is new).
+    pub fn requests_since(&self, n: usize) -> Vec<Recorded> {
+        self.inner
+            .lock()
+            .requests
+            .get(n..)
+            .unwrap_or_default()
+            .to_vec()
     }
 
     /// Every non-GET request except token requests (whatever its answer).
@@ -1091,6 +1116,10 @@ async fn handle(
         let mut rx = h.release.subscribe();
         let _ = rx.wait_for(|r| *r).await;
     }
+    let latency = inner.latency_us.load(std::sync::atomic::Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
+    }
     let req = Req::parse(method, &uri, &headers, &body);
     // git runs synchronously: off the async workers.
     tokio::task::spawn_blocking(move || dispatch(&inner, req))
@@ -1116,6 +1145,7 @@ fn dispatch(inner: &Inner, req: Req) -> Reply {
         body: req.body.clone(),
         status: answer.status,
         permissions: ctx.permissions.clone(),
+        at: std::time::Instant::now(),
     };
     if ctx.unhandled {
         w.unhandled.push(rec.clone());

@@ -94,7 +94,7 @@ impl Default for OutboxConfig {
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(5 * 60),
             public_url: None,
-            batch: 200,
+            batch: 1000,
         }
     }
 }
@@ -110,8 +110,11 @@ pub struct Outbox {
 }
 
 /// Why one run's report did not land.
+#[derive(Debug, thiserror::Error)]
 enum SendError {
+    #[error(transparent)]
     GitHub(GitHubError),
+    #[error(transparent)]
     Store(StoreError),
 }
 
@@ -269,14 +272,41 @@ impl Outbox {
                 .push((candidate, snapshot, change, fingerprint));
         }
         // Installations side by side (GitHub paces each on its own), each in
-        // turn: a run never reported yet (its check run to create) before
-        // updates of runs already shown.
+        // turn: first the check runs of runs that have none yet (a new run
+        // shows on its pull request before anything else of the installation
+        // is sent: GitHub allows it 80 content-creating requests a minute,
+        // and a sticky comment is one too), then the reports, runs never
+        // reported before updates of runs already shown.
         futures_util::future::join_all(by_installation.into_values().map(|mut reports| {
             reports.sort_by_key(|(candidate, ..)| candidate.reported_at.is_some());
             async move {
-                for (candidate, snapshot, change, fingerprint) in reports {
-                    self.send(&candidate, &snapshot, change.as_ref(), fingerprint)
-                        .await;
+                // Phase 1: what failed here is recorded as a report's failure
+                // would be, and the run waits for a later pass.
+                let mut ahead = Vec::with_capacity(reports.len());
+                for (candidate, snapshot, _, fingerprint) in reports.iter_mut() {
+                    if candidate.check_run_id.is_some() {
+                        ahead.push(Ok(false));
+                        continue;
+                    }
+                    let created = self.create_check_run(candidate, snapshot).await;
+                    if let Err(e) = &created {
+                        self.record_failure(candidate, fingerprint.clone(), e).await;
+                    }
+                    ahead.push(created);
+                }
+                for ((candidate, snapshot, change, fingerprint), ahead) in
+                    reports.into_iter().zip(ahead)
+                {
+                    let Ok(fresh) = ahead else { continue };
+                    self.send(
+                        &candidate,
+                        &snapshot,
+                        change.as_ref(),
+                        fingerprint,
+                        now,
+                        fresh,
+                    )
+                    .await;
                 }
             }
         }))
@@ -284,28 +314,52 @@ impl Outbox {
         Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
     }
 
-    /// Sends one run's report and records how it went.
+    /// Sends one run's report and records how it went; `observed_at` is a
+    /// time before `snapshot` was read (see [`ReportOutcome::Reported`]);
+    /// `fresh`: its check run was just created from this snapshot (phase 1
+    /// of [`Self::pass`]), so it is not updated with the same content.
     async fn send(
         &self,
         candidate: &ReportCandidate,
         snapshot: &RunSnapshot,
         change: Option<&RunChange>,
         fingerprint: String,
+        observed_at: i64,
+        fresh: bool,
     ) {
         let run_id = candidate.run_id;
-        let outcome = match self.send_effects(candidate, snapshot, change).await {
+        match self.send_effects(candidate, snapshot, change, fresh).await {
             Ok(()) => {
                 tracing::debug!(run_id, state = %snapshot.run.state, "report sent");
-                ReportOutcome::Reported {
+                let outcome = ReportOutcome::Reported {
                     fingerprint,
                     state: snapshot.run.state.as_str().to_owned(),
+                    observed_at,
+                };
+                if let Err(e) = self.store.record_report(run_id, &outcome).await {
+                    tracing::warn!(run_id, error = %e, "outbox: cannot record the report outcome");
                 }
             }
-            Err(SendError::Store(e)) => {
+            Err(e) => self.record_failure(candidate, fingerprint, &e).await,
+        }
+    }
+
+    /// Records why a run's report did not land: a transient GitHub error is
+    /// retried after a backoff, a permanent one is not retried for this
+    /// `fingerprint`, a store error is left for the next pass.
+    async fn record_failure(
+        &self,
+        candidate: &ReportCandidate,
+        fingerprint: String,
+        e: &SendError,
+    ) {
+        let run_id = candidate.run_id;
+        let outcome = match e {
+            SendError::Store(e) => {
                 tracing::warn!(run_id, error = %e, "outbox: store error; the next pass retries");
                 return;
             }
-            Err(SendError::GitHub(e)) if e.is_transient() => {
+            SendError::GitHub(e) if e.is_transient() => {
                 let backoff = self.backoff(candidate.attempts);
                 tracing::warn!(run_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "GitHub did not accept the report; retrying later");
@@ -314,7 +368,7 @@ impl Outbox {
                     next_attempt_at: now_ms() + backoff.as_millis() as i64,
                 }
             }
-            Err(SendError::GitHub(e)) => {
+            SendError::GitHub(e) => {
                 tracing::error!(run_id, error = %e,
                     "GitHub refused the report; not sent again until the run changes");
                 ReportOutcome::GaveUp {
@@ -420,11 +474,36 @@ impl Outbox {
             .min(self.config.retry_max)
     }
 
+    /// Creates the check run of a pull request's run that has none yet and
+    /// records its id in the store and in `candidate` (the full report then
+    /// updates it). Other runs are left alone.
+    /// Whether one was created: `Ok(false)` for a run that needs none.
+    async fn create_check_run(
+        &self,
+        candidate: &mut ReportCandidate,
+        snapshot: &RunSnapshot,
+    ) -> Result<bool, SendError> {
+        let report = build_report(snapshot, self.config.public_url.as_deref());
+        if report.subject != Subject::PullRequest || report.head_sha.is_none() {
+            return Ok(false);
+        }
+        let repo = RepoName::parse(&report.repository)?;
+        let installation = InstallationId(candidate.installation_id as u64);
+        let new = report.new_check_run()?;
+        let id = upsert_check_run(self.github.as_ref(), installation, &repo, None, &new).await?;
+        self.store
+            .record_check_run(candidate.run_id, id.0 as i64)
+            .await?;
+        candidate.check_run_id = Some(id.0 as i64);
+        Ok(true)
+    }
+
     async fn send_effects(
         &self,
         candidate: &ReportCandidate,
         snapshot: &RunSnapshot,
         change: Option<&RunChange>,
+        fresh: bool,
     ) -> Result<(), SendError> {
         let mut report = build_report(snapshot, self.config.public_url.as_deref());
         report.change = change.and_then(change_report);
@@ -439,7 +518,10 @@ impl Outbox {
         report.annotate = snapshot.run.state.is_terminal() && !reported_terminal;
         let repo = RepoName::parse(&report.repository)?;
         let installation = InstallationId(candidate.installation_id as u64);
-        if report.subject == Subject::PullRequest && report.head_sha.is_some() {
+        // A check run created from this very snapshot is up to date unless
+        // the report carries more (annotations, a published change).
+        let up_to_date = fresh && !report.annotate && report.change.is_none();
+        if report.subject == Subject::PullRequest && report.head_sha.is_some() && !up_to_date {
             let new = report.new_check_run()?;
             let known = candidate.check_run_id.map(|id| CheckRunId(id as u64));
             let id =

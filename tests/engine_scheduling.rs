@@ -337,6 +337,46 @@ steps:
 }
 
 #[tokio::test]
+async fn an_older_run_is_served_before_a_newer_one_of_the_same_priority() {
+    // Two runs of a three-step chain, one step at a time. The newer run's
+    // first step has the longer remaining path, but the older run came
+    // first: it finishes before the newer one starts (a storm of new runs
+    // must not hold every started run back).
+    let agent = Scripted::new("worker", Act::Ok(MS(20), "ok"));
+    let set = workflows(
+        &[r#"
+name: chain
+on: { pull_request: {} }
+steps:
+  one: { agent: worker, prompt: "x" }
+  two: { agent: worker, needs: one, prompt: "x" }
+  three: { agent: worker, needs: two, prompt: "x" }
+"#],
+        &["worker"],
+    );
+    let mut config = fast_config();
+    config.max_in_flight = 1;
+    let t = TestEngine::start(set, AgentMap::new().with(agent.clone()), config).await;
+    let older = t.start_run("chain").await;
+    let newer = t.start_run("chain").await;
+    t.wait_run(older, Duration::from_secs(10)).await;
+    t.wait_run(newer, Duration::from_secs(10)).await;
+    let order: Vec<String> = agent
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.key.rsplit_once(':').unwrap().0.to_owned())
+        .collect();
+    let expected: Vec<String> = [older, newer]
+        .iter()
+        .flat_map(|run| ["one", "two", "three"].map(|step| format!("{run}:{step}")))
+        .collect();
+    assert_eq!(order, expected);
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn validation_steps_store_their_verdicts_with_evidence() {
     use taskmaster::store::{ValidationFilter, ValidationKind, Verdict};
     let agent = Scripted::new(

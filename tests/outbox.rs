@@ -106,11 +106,15 @@ impl Fixture {
     }
 
     async fn start_step(&self, run_id: i64, step_attempts: i64) {
+        // A step (re)started now, as the engine would stamp it: the outbox
+        // looks again at runs with a step started since their last report.
         sqlx::query(
-            "UPDATE steps SET state = 'running', attempts = ?2, started_at = 1 WHERE run_id = ?1 AND step = 'check'",
+            "UPDATE steps SET state = 'running', attempts = ?2, started_at = ?3 \
+             WHERE run_id = ?1 AND step = 'check'",
         )
         .bind(run_id)
         .bind(step_attempts)
+        .bind(taskmaster::store::now_ms())
         .execute(self.store.writer_pool())
         .await
         .unwrap();
@@ -261,6 +265,35 @@ async fn runs_of_one_pull_request_share_one_sticky_comment() {
         comments[0]
     );
     assert!(comments[0].contains(&format!("run `{second}`")));
+}
+
+#[tokio::test]
+async fn new_runs_get_their_check_runs_before_any_comment_of_their_installation() {
+    // GitHub paces an installation's content-creating requests (80 a
+    // minute): a new run's check run must not wait behind other runs'
+    // sticky comments.
+    let f = Fixture::new().await;
+    f.pr_run("d-1", 7).await;
+    f.pr_run("d-2", 8).await;
+    f.pr_run("d-3", 9).await;
+    f.outbox(0).pass().await.unwrap();
+    let kinds: Vec<&str> = f
+        .github
+        .effects()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CreateCheckRun { .. } => Some("check run"),
+            Effect::UpdateCheckRun { .. } => Some("check run update"),
+            Effect::CreateComment { .. } => Some("comment"),
+            _ => None,
+        })
+        .collect();
+    // Each check run once, created from the snapshot the report then
+    // needs: no update with the same content.
+    assert_eq!(
+        kinds,
+        ["check run", "check run", "check run", "comment", "comment", "comment"]
+    );
 }
 
 #[tokio::test]

@@ -220,6 +220,8 @@ async fn deliveries_are_stored_once_and_read_back_byte_for_byte(b: Backend) {
     assert!(store.delivery("nope").await.unwrap().is_none());
     let depth = store.inbox_depth().await.unwrap();
     assert_eq!((depth.queued, depth.processing), (2, 0));
+    // The dispatcher's lag: when the oldest queued delivery came in.
+    assert_eq!(depth.oldest_queued_at, Some(d1.received_at));
     store.ping().await.unwrap();
     store.migrate().await.unwrap(); // idempotent
 }
@@ -255,6 +257,7 @@ async fn deliveries_are_claimed_in_order_and_finished_only_by_their_owner(b: Bac
     );
     let depth = store.inbox_depth().await.unwrap();
     assert_eq!((depth.queued, depth.processing), (0, 5));
+    assert_eq!(depth.oldest_queued_at, None, "nothing queued, no lag");
 
     // Fencing: "two" cannot finish "one"'s deliveries.
     let stolen = store
@@ -868,11 +871,23 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
             &ReportOutcome::Reported {
                 fingerprint: "f1".into(),
                 state: "queued".into(),
+                observed_at: now,
             },
         )
         .await
         .unwrap();
+    // Reported and unchanged since: not a candidate, however long it stays
+    // active (a storm of queued runs must not fill the window).
+    assert!(
+        store.report_candidates(now, 10).await.unwrap().is_empty(),
+        "an unchanged run is not a candidate"
+    );
+    // A step started since the report's snapshot makes it one again.
+    store.settle_run(run, &ReadyAll).await.unwrap();
+    let claimed = store.claim_steps("w", &limits(10, 60_000)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
     let c = store.report_candidates(now, 10).await.unwrap();
+    assert_eq!(c.len(), 1, "changed since the report");
     assert_eq!(c[0].reported_fingerprint.as_deref(), Some("f1"));
     assert_eq!(c[0].attempts, 0);
     store
@@ -897,6 +912,15 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
         .await
         .unwrap()[0]
         .run_id;
+    // A run never reported goes ahead of older ones with updates due.
+    let order: Vec<i64> = store
+        .report_candidates(now, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.run_id)
+        .collect();
+    assert_eq!(order, vec![second, run], "the new run's first report first");
     assert_eq!(
         store.subject_runs("octo/repo", 7, 10).await.unwrap(),
         vec![second, run]
@@ -1750,6 +1774,7 @@ async fn changes_wait_for_success_keep_progress_and_resend_reports(b: Backend) {
             &taskmaster::store::ReportOutcome::Reported {
                 fingerprint: "f".into(),
                 state: "succeeded".into(),
+                observed_at: now_ms(),
             },
         )
         .await

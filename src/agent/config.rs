@@ -205,8 +205,9 @@ pub struct AgentConfig {
     pub name: String,
     /// Its adapter.
     pub kind: AgentKind,
-    /// Attempts that may run on it at once (default 1 for AgentAPI, which
-    /// serves one conversation; 4 otherwise).
+    /// Attempts that may run on it at once (default 1 for an AgentAPI
+    /// `endpoint`, one server holding one conversation; 4 otherwise,
+    /// managed AgentAPI servers included, which are one per run).
     pub concurrency: u32,
     /// Circuit-breaker settings.
     pub circuit_breaker: CircuitBreakerConfig,
@@ -534,11 +535,15 @@ impl AgentsConfig {
                 let config = AgentConfig {
                     name: name.clone(),
                     kind,
-                    concurrency: entry.concurrency.unwrap_or(if kind == AgentKind::Agentapi {
-                        1
-                    } else {
-                        4
-                    }),
+                    // One long-lived AgentAPI server holds one conversation;
+                    // managed ones (`spawn`) are one server per run.
+                    concurrency: entry.concurrency.unwrap_or(
+                        if kind == AgentKind::Agentapi && entry.spawn.is_none() {
+                            1
+                        } else {
+                            4
+                        },
+                    ),
                     circuit_breaker: entry.circuit_breaker.unwrap_or_default(),
                     budget: entry.budget.unwrap_or_default(),
                     entry,

@@ -6,6 +6,7 @@
 //! | series | type | labels |
 //! | --- | --- | --- |
 //! | `taskmaster_inbox_depth` | gauge | `state` (`queued`, `processing`) |
+//! | `taskmaster_inbox_oldest_queued_seconds` | gauge | — |
 //! | `taskmaster_deliveries_stored` | gauge | `event`, `state` |
 //! | `taskmaster_runs` | gauge | `workflow`, `state` |
 //! | `taskmaster_run_duration_seconds_sum` / `_count` | gauge | `workflow` (finished runs) |
@@ -86,6 +87,18 @@ async fn append_levels(state: &ApiState, out: &mut String) -> Result<(), Problem
         out,
         "taskmaster_inbox_depth{{state=\"processing\"}} {}",
         depth.processing
+    );
+    family(
+        out,
+        "taskmaster_inbox_oldest_queued_seconds",
+        "Age of the oldest queued delivery (the dispatcher's lag); 0 when none is queued.",
+    );
+    let _ = writeln!(
+        out,
+        "taskmaster_inbox_oldest_queued_seconds {:.3}",
+        depth
+            .oldest_queued_at
+            .map_or(0.0, |at| (now_ms() - at).max(0) as f64 / 1000.0)
     );
 
     family(

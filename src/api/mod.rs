@@ -66,6 +66,10 @@ pub struct Health {
 pub struct InboxDepthBody {
     pub queued: i64,
     pub processing: i64,
+    /// Age of the oldest queued delivery in milliseconds (the dispatcher's
+    /// lag); 0 when nothing is queued.
+    #[serde(default)]
+    pub oldest_queued_ms: i64,
 }
 
 impl From<InboxDepth> for InboxDepthBody {
@@ -73,6 +77,7 @@ impl From<InboxDepth> for InboxDepthBody {
         InboxDepthBody {
             queued: d.queued,
             processing: d.processing,
+            oldest_queued_ms: d.oldest_queued_at.map_or(0, |at| (now_ms() - at).max(0)),
         }
     }
 }

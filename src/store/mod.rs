@@ -304,6 +304,9 @@ pub fn already_durable() -> Durable {
 pub struct InboxDepth {
     pub queued: i64,
     pub processing: i64,
+    /// When the oldest queued delivery was received (ms since the epoch);
+    /// `None` when nothing is queued. Its age is the dispatcher's lag.
+    pub oldest_queued_at: Option<i64>,
 }
 
 /// Errors from the database. The message says what failed; the source is kept.
@@ -518,7 +521,9 @@ pub trait RunStore: Store + ChangeStore {
     ) -> Result<Option<Plan>, StoreError>;
 
     /// Claims `ready` steps whose `run_at` has passed, of runs that are meant
-    /// to run, by run priority and critical-path rank, within `limits` and
+    /// to run, in service order — run priority, then the older run first
+    /// (runs of one priority finish in the order they came, not all started
+    /// before any finishes), then critical-path rank within a run — within `limits` and
     /// each run's `max_parallel`; an older active run of the same concurrency
     /// group holds newer ones back. Each claimed step is `running` under a
     /// fresh lease owned by `owner`, and — unless its agent is in
@@ -651,9 +656,16 @@ pub trait RunStore: Store + ChangeStore {
 
     /// Runs whose GitHub report may be stale (see [`reports`]): runs with a
     /// repository, a subject number and an installation (from their
-    /// delivery), that are active or whose finished state was never reported,
-    /// and whose retry backoff (`next_attempt_at`) has passed at `now` (ms).
-    /// The caller compares fingerprints to decide. At most `limit`, oldest first.
+    /// delivery) that were never reported, whose state is not the one
+    /// reported, or that are active with a step started or finished since
+    /// the report's `observed_at` (or last reported over a minute before
+    /// `now`: a safety net for changes no step time shows, such as a retried
+    /// attempt's start, and for replicas' clocks apart); and whose retry backoff
+    /// (`next_attempt_at`) has passed at `now` (ms). The caller compares
+    /// fingerprints to decide. At most `limit`: runs never reported first
+    /// (a new run's check run goes out ahead of updates), then oldest first.
+    /// Runs that are active but unchanged are not candidates, so a storm of
+    /// queued runs does not fill the window and starve new ones.
     async fn report_candidates(
         &self,
         now: i64,

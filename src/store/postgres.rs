@@ -592,16 +592,19 @@ impl Store for PgStore {
     }
 
     async fn inbox_depth(&self) -> Result<InboxDepth, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deliveries \
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT state, COUNT(*), MIN(received_at) FROM deliveries \
              WHERE state IN ('queued', 'processing') GROUP BY state",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut depth = InboxDepth::default();
-        for (state, n) in rows {
+        for (state, n, oldest) in rows {
             match state.as_str() {
-                "queued" => depth.queued = n,
+                "queued" => {
+                    depth.queued = n;
+                    depth.oldest_queued_at = oldest;
+                }
                 _ => depth.processing = n,
             }
         }
@@ -1139,7 +1142,7 @@ impl RunStore for PgStore {
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
                       AND o.id < r.id AND o.state IN ('queued', 'running', 'paused') \
                       AND NOT o.waiting_approval)) \
-             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT $2 \
+             ORDER BY r.priority DESC, r.id, s.priority DESC, s.id LIMIT $2 \
              FOR NO KEY UPDATE OF s, r SKIP LOCKED",
         )
         .bind(now)
@@ -1604,10 +1607,14 @@ impl RunStore for PgStore {
              LEFT JOIN run_reports rr ON rr.run_id = r.id \
              WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
              AND r.subject_number IS NOT NULL \
-             AND (rr.run_id IS NULL OR r.state IN ('queued', 'running', 'paused') \
-                  OR rr.reported_state IS NULL OR rr.reported_state <> r.state) \
+             AND (rr.run_id IS NULL OR rr.reported_state IS NULL \
+                  OR rr.reported_state <> r.state \
+                  OR (r.state IN ('queued', 'running', 'paused') \
+                      AND (rr.reported_at < $1 - 60000 OR EXISTS ( \
+                      SELECT 1 FROM steps s WHERE s.run_id = r.id \
+                      AND (s.started_at >= rr.reported_at OR s.finished_at >= rr.reported_at))))) \
              AND COALESCE(rr.next_attempt_at, 0) <= $1 \
-             ORDER BY r.id LIMIT $2",
+             ORDER BY (rr.reported_state IS NULL) DESC, r.id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
@@ -1641,7 +1648,11 @@ impl RunStore for PgStore {
 
     async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
         let query = match outcome {
-            ReportOutcome::Reported { fingerprint, state } => sqlx::query(
+            ReportOutcome::Reported {
+                fingerprint,
+                state,
+                observed_at,
+            } => sqlx::query(
                 "INSERT INTO run_reports (run_id, reported_fingerprint, reported_state, \
                  reported_at, attempts, next_attempt_at, last_error) \
                  VALUES ($1, $2, $3, $4, 0, 0, NULL) \
@@ -1653,7 +1664,7 @@ impl RunStore for PgStore {
             .bind(run_id)
             .bind(fingerprint.clone())
             .bind(state.clone())
-            .bind(now_ms()),
+            .bind(*observed_at),
             ReportOutcome::Retry {
                 error,
                 next_attempt_at,

@@ -38,6 +38,10 @@ pub enum ReportOutcome {
         fingerprint: String,
         /// `runs.state` at the time (finished runs drop out of the dirty list).
         state: String,
+        /// When the report's snapshot was read or earlier (epoch ms), stored
+        /// as `reported_at`: a step started or finished at or after it makes
+        /// the run a report candidate again (`report_candidates`).
+        observed_at: i64,
     },
     /// A transient error: try again at `next_attempt_at`.
     Retry {

@@ -225,6 +225,21 @@ impl RawReader {
 ///   while the connection is held; checked anyway) is leaked, never dropped.
 pub(super) struct RawWriter {
     held: tokio::sync::Mutex<Option<Held>>,
+    /// Where every writer but the inbox queues before it may queue for
+    /// `held`: so at most one of them waits at `held` at a time, and an
+    /// inbox batch (a webhook waiting for its answer) waits behind at most
+    /// one other transaction, however many the dispatcher, engine and
+    /// outbox have asked for (`Priority`).
+    others: tokio::sync::Mutex<()>,
+}
+
+/// Who is asking for the writer ([`SqliteStore::with_raw_writer_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// The inbox's batches: queue at the writer directly.
+    Intake,
+    /// Everything else: one at a time behind the inbox.
+    Other,
 }
 
 struct Held {
@@ -258,12 +273,16 @@ impl std::fmt::Debug for RawWriter {
 
 /// Exclusive use of the writer connection, for sqlx statements: derefs to
 /// the connection (`.execute(&mut *w)`, `w.begin_with(..)`).
-pub(super) struct WriterGuard<'a>(tokio::sync::MutexGuard<'a, Option<Held>>);
+pub(super) struct WriterGuard<'a> {
+    held: tokio::sync::MutexGuard<'a, Option<Held>>,
+    /// This writer's place behind the inbox (see [`RawWriter`]).
+    _others: tokio::sync::MutexGuard<'a, ()>,
+}
 
 impl std::ops::Deref for WriterGuard<'_> {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        let held = self.0.as_ref().expect("held while guarded");
+        let held = self.held.as_ref().expect("held while guarded");
         debug_assert!(held.locked.is_none(), "unlocked by `writer`");
         &held.conn
     }
@@ -271,7 +290,7 @@ impl std::ops::Deref for WriterGuard<'_> {
 
 impl std::ops::DerefMut for WriterGuard<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        let held = self.0.as_mut().expect("held while guarded");
+        let held = self.held.as_mut().expect("held while guarded");
         debug_assert!(held.locked.is_none(), "unlocked by `writer`");
         &mut held.conn
     }
@@ -373,6 +392,7 @@ impl SqliteStore {
             .connect_lazy_with(options.read_only(true));
         let raw = std::sync::Arc::new(RawWriter {
             held: tokio::sync::Mutex::new(None),
+            others: tokio::sync::Mutex::new(()),
         });
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let (wal, checkpointer, raw_reader) = if in_memory {
@@ -460,7 +480,20 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.with_raw_writer_as(Priority::Other, work).await
+    }
+
+    /// [`Self::with_raw_writer`] for a caller of the given [`Priority`].
+    async fn with_raw_writer_as<R>(
+        &self,
+        priority: Priority,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let asked = std::time::Instant::now();
+        let _others = match priority {
+            Priority::Intake => None,
+            Priority::Other => Some(self.raw.others.lock().await),
+        };
         let mut guard = self.held().await?;
         let acquired = asked.elapsed();
         let Held { locked, view, conn } = guard.as_mut().expect("held");
@@ -513,6 +546,29 @@ impl SqliteStore {
         result
     }
 
+    /// Runs `work` on the writer's raw handle committing unsynced, then
+    /// waits for the log syncer to sync the log past it (see `walsync`), so
+    /// the result is as durable as a `FULL` commit's when this returns but
+    /// the writer is not held through the fsync: concurrent writers (the
+    /// inbox's batches above all) share one sync instead of queueing behind
+    /// one each. Without a syncer (in-memory databases) it is a plain
+    /// [`Self::with_raw_writer`]. Only for writes that nothing outside the
+    /// process acts on before the caller has the answer: other connections
+    /// see the commit before it is synced.
+    ///
+    /// Errors: `work`'s, the writer's, or [`StoreError::Durability`].
+    async fn write_grouped<R>(
+        &self,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let Some(wal) = &self.wal else {
+            return self.with_raw_writer(work).await;
+        };
+        let result = self.with_raw_writer(|conn| unsynced(conn, work)).await?;
+        wal.durable().await?;
+        Ok(result)
+    }
+
     /// Runs `read` on a connection of the raw reader ([`RawReader`]), or,
     /// for an in-memory database (which other connections cannot open), on
     /// the writer's own handle.
@@ -556,9 +612,13 @@ impl SqliteStore {
     ///
     /// Errors: the pool cannot open the connection.
     pub(super) async fn writer(&self) -> Result<WriterGuard<'_>, StoreError> {
+        let others = self.raw.others.lock().await;
         let mut held = self.held().await?;
         held.as_mut().expect("held").unlock();
-        Ok(WriterGuard(held))
+        Ok(WriterGuard {
+            held,
+            _others: others,
+        })
     }
 
     /// The writer connection, waiting for the writes asked before; taken
@@ -817,7 +877,7 @@ impl Store for SqliteStore {
         // The whole batch runs on the writer's raw handle (`with_raw_writer`):
         // no hand-off to sqlx's worker thread per statement (BEGIN, the
         // INSERTs, COMMIT), which under load set the pace.
-        self.with_raw_writer(|conn| insert_delivery_batch(conn, batch))
+        self.with_raw_writer_as(Priority::Intake, |conn| insert_delivery_batch(conn, batch))
             .await
     }
 
@@ -835,7 +895,9 @@ impl Store for SqliteStore {
         // next batch at once; `WalSync` syncs the log for this commit and
         // the ones beside it (see `walsync`) before anyone is answered.
         let outcomes = self
-            .with_raw_writer(|conn| unsynced(conn, |conn| insert_delivery_batch(conn, batch)))
+            .with_raw_writer_as(Priority::Intake, |conn| {
+                unsynced(conn, |conn| insert_delivery_batch(conn, batch))
+            })
             .await?;
         Ok((outcomes, wal.durable()))
     }
@@ -910,7 +972,7 @@ impl Store for SqliteStore {
         // One transaction on the writer's handle. A `Started` delivery's
         // runs commit with its `done`, or not at all; a dispatcher that lost
         // its lease creates nothing.
-        self.with_raw_writer(|conn| {
+        let work = |conn: &rusqlite::Connection| {
             let tx = conn.unchecked_transaction()?;
             let mut changed = 0;
             for (id, result) in results {
@@ -936,8 +998,18 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(changed)
-        })
-        .await
+        };
+        // A round that starts runs commits with `FULL`: a run is visible to
+        // the outbox, which reports it to GitHub, only once it is on disk.
+        // A round that starts nothing is grouped (`write_grouped`).
+        if results
+            .iter()
+            .any(|(_, r)| matches!(r, DeliveryResult::Started(_)))
+        {
+            self.with_raw_writer(work).await
+        } else {
+            self.write_grouped(work).await
+        }
     }
 
     async fn recover_deliveries(&self) -> Result<u64, StoreError> {
@@ -984,16 +1056,19 @@ impl Store for SqliteStore {
     }
 
     async fn inbox_depth(&self) -> Result<InboxDepth, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deliveries \
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT state, COUNT(*), MIN(received_at) FROM deliveries \
              WHERE state IN ('queued', 'processing') GROUP BY state",
         )
         .fetch_all(&self.reader)
         .await?;
         let mut depth = InboxDepth::default();
-        for (state, n) in rows {
+        for (state, n, oldest) in rows {
             match state.as_str() {
-                "queued" => depth.queued = n,
+                "queued" => {
+                    depth.queued = n;
+                    depth.oldest_queued_at = oldest;
+                }
                 _ => depth.processing = n,
             }
         }
@@ -1530,10 +1605,14 @@ impl RunStore for SqliteStore {
              LEFT JOIN run_reports rr ON rr.run_id = r.id \
              WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
              AND r.subject_number IS NOT NULL \
-             AND (rr.run_id IS NULL OR r.state IN ('queued', 'running', 'paused') \
-                  OR rr.reported_state IS NULL OR rr.reported_state <> r.state) \
+             AND (rr.run_id IS NULL OR rr.reported_state IS NULL \
+                  OR rr.reported_state <> r.state \
+                  OR (r.state IN ('queued', 'running', 'paused') \
+                      AND (rr.reported_at < ?1 - 60000 OR EXISTS ( \
+                      SELECT 1 FROM steps s WHERE s.run_id = r.id \
+                      AND (s.started_at >= rr.reported_at OR s.finished_at >= rr.reported_at))))) \
              AND COALESCE(rr.next_attempt_at, 0) <= ?1 \
-             ORDER BY r.id LIMIT ?2",
+             ORDER BY (rr.reported_state IS NULL) DESC, r.id LIMIT ?2",
         )
         .bind(now)
         .bind(limit)
@@ -1567,7 +1646,11 @@ impl RunStore for SqliteStore {
 
     async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
         let query = match outcome {
-            ReportOutcome::Reported { fingerprint, state } => sqlx::query(
+            ReportOutcome::Reported {
+                fingerprint,
+                state,
+                observed_at,
+            } => sqlx::query(
                 "INSERT INTO run_reports (run_id, reported_fingerprint, reported_state, \
                  reported_at, attempts, next_attempt_at, last_error) \
                  VALUES (?1, ?2, ?3, ?4, 0, 0, NULL) \
@@ -1579,7 +1662,7 @@ impl RunStore for SqliteStore {
             .bind(run_id)
             .bind(fingerprint.clone())
             .bind(state.clone())
-            .bind(now_ms()),
+            .bind(*observed_at),
             ReportOutcome::Retry {
                 error,
                 next_attempt_at,
@@ -2198,11 +2281,14 @@ impl RunStore for SqliteStore {
     }
 
     async fn create_task(&self, task: &super::NewTask) -> Result<super::TaskRecord, StoreError> {
-        api::create_task(&mut *self.writer().await?, task).await
+        // Every new pull request or issue records one (the dispatcher), so
+        // the commit is grouped (see `write_grouped`).
+        self.write_grouped(|conn| api::create_task(conn, task))
+            .await
     }
 
     async fn task(&self, id: i64) -> Result<Option<super::TaskRecord>, StoreError> {
-        api::task(&self.reader, id).await
+        self.raw_read(|conn| api::task(conn, id)).await
     }
 
     async fn tasks(
@@ -2217,7 +2303,8 @@ impl RunStore for SqliteStore {
         id: i64,
         update: &super::TaskUpdate,
     ) -> Result<Option<super::TaskRecord>, StoreError> {
-        api::update_task(&mut *self.writer().await?, id, update).await
+        self.write_grouped(|conn| api::update_task(conn, id, update))
+            .await
     }
 
     async fn create_validation(

@@ -160,7 +160,9 @@ pub(super) async fn list_runs(pool: &SqlitePool, f: &RunFilter) -> Result<Vec<Ru
 const TASK_COLUMNS: &str = "id, source, repository, subject_number, title, body, \
      classification, state, run_id, created_by, created_at, updated_at";
 
-#[derive(sqlx::FromRow)]
+/// A row of `tasks` as stored; the only mapping of a task row (tasks are
+/// read and written on rusqlite connections: the writer's raw handle and
+/// the raw reader).
 struct TaskRow {
     id: i64,
     source: String,
@@ -174,6 +176,26 @@ struct TaskRow {
     created_by: String,
     created_at: i64,
     updated_at: i64,
+}
+
+impl TaskRow {
+    /// Maps a row selected with [`TASK_COLUMNS`].
+    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(TaskRow {
+            id: row.get(0)?,
+            source: row.get(1)?,
+            repository: row.get(2)?,
+            subject_number: row.get(3)?,
+            title: row.get(4)?,
+            body: row.get(5)?,
+            classification: row.get(6)?,
+            state: row.get(7)?,
+            run_id: row.get(8)?,
+            created_by: row.get(9)?,
+            created_at: row.get(10)?,
+            updated_at: row.get(11)?,
+        })
+    }
 }
 
 impl TryFrom<TaskRow> for TaskRecord {
@@ -199,34 +221,40 @@ impl TryFrom<TaskRow> for TaskRecord {
     }
 }
 
-pub(super) async fn create_task(
-    conn: &mut SqliteConnection,
+/// Inserts a task (on the writer's raw handle); the stored record.
+pub(super) fn create_task(
+    conn: &rusqlite::Connection,
     t: &NewTask,
 ) -> Result<TaskRecord, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO tasks (source, repository, subject_number, title, body, classification, \
-         created_by, created_at, updated_at) VALUES (",
-    );
-    let mut v = q.separated(", ");
-    v.push_bind(t.source.as_str())
-        .push_bind(t.repository.clone())
-        .push_bind(t.subject_number)
-        .push_bind(t.title.clone())
-        .push_bind(t.body.clone())
-        .push_bind(t.classification.to_string())
-        .push_bind(t.created_by.clone())
-        .push_bind(t.created_at)
-        .push_bind(t.created_at);
-    q.push(format!(") RETURNING {TASK_COLUMNS}"));
-    let row: TaskRow = q.build_query_as().fetch_one(conn).await?;
+    let row = conn
+        .prepare_cached(&format!(
+            "INSERT INTO tasks (source, repository, subject_number, title, body, \
+             classification, created_by, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING {TASK_COLUMNS}"
+        ))?
+        .query_row(
+            rusqlite::params![
+                t.source.as_str(),
+                t.repository,
+                t.subject_number,
+                t.title,
+                t.body,
+                t.classification.to_string(),
+                t.created_by,
+                t.created_at,
+            ],
+            TaskRow::from_rusqlite,
+        )?;
     row.try_into()
 }
 
-pub(super) async fn task(pool: &SqlitePool, id: i64) -> Result<Option<TaskRecord>, StoreError> {
-    let mut q =
-        QueryBuilder::<Sqlite>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = "));
-    q.push_bind(id);
-    let row: Option<TaskRow> = q.build_query_as().fetch_optional(pool).await?;
+/// The task `id`, if any (on a raw reader connection).
+pub(super) fn task(conn: &rusqlite::Connection, id: i64) -> Result<Option<TaskRecord>, StoreError> {
+    use rusqlite::OptionalExtension as _;
+    let row = conn
+        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+        .query_row([id], TaskRow::from_rusqlite)
+        .optional()?;
     row.map(TaskRecord::try_from).transpose()
 }
 
@@ -256,51 +284,49 @@ pub(super) fn tasks(
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement
-        .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok(TaskRow {
-                id: row.get(0)?,
-                source: row.get(1)?,
-                repository: row.get(2)?,
-                subject_number: row.get(3)?,
-                title: row.get(4)?,
-                body: row.get(5)?,
-                classification: row.get(6)?,
-                state: row.get(7)?,
-                run_id: row.get(8)?,
-                created_by: row.get(9)?,
-                created_at: row.get(10)?,
-                updated_at: row.get(11)?,
-            })
-        })?
+        .query_map(rusqlite::params_from_iter(params), TaskRow::from_rusqlite)?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter().map(TaskRecord::try_from).collect()
 }
 
-pub(super) async fn update_task(
-    conn: &mut SqliteConnection,
+/// Applies `u` to task `id` (on the writer's raw handle); the updated
+/// record, or `None` when there is no such task.
+pub(super) fn update_task(
+    conn: &rusqlite::Connection,
     id: i64,
     u: &TaskUpdate,
 ) -> Result<Option<TaskRecord>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("UPDATE tasks SET updated_at = ");
-    q.push_bind(u.updated_at);
+    use rusqlite::OptionalExtension as _;
+    let mut sql = String::from("UPDATE tasks SET updated_at = ?1");
+    let mut params: Vec<rusqlite::types::Value> = vec![u.updated_at.into()];
+    let mut set = |column: &str, value: rusqlite::types::Value| {
+        params.push(value);
+        sql.push_str(&format!(", {column} = ?{}", params.len()));
+    };
     if let Some(title) = &u.title {
-        q.push(", title = ").push_bind(title.clone());
+        set("title", title.clone().into());
     }
     if let Some(body) = &u.body {
-        q.push(", body = ").push_bind(body.clone());
+        set("body", body.clone().into());
     }
     if let Some(c) = &u.classification {
-        q.push(", classification = ").push_bind(c.to_string());
+        set("classification", c.to_string().into());
     }
     if let Some(state) = u.state {
-        q.push(", state = ").push_bind(state.as_str());
+        set("state", state.as_str().to_owned().into());
     }
     if let Some(run_id) = u.run_id {
-        q.push(", run_id = ").push_bind(run_id);
+        set("run_id", run_id.into());
     }
-    q.push(" WHERE id = ").push_bind(id);
-    q.push(format!(" RETURNING {TASK_COLUMNS}"));
-    let row: Option<TaskRow> = q.build_query_as().fetch_optional(conn).await?;
+    params.push(id.into());
+    sql.push_str(&format!(
+        " WHERE id = ?{} RETURNING {TASK_COLUMNS}",
+        params.len()
+    ));
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(params), TaskRow::from_rusqlite)
+        .optional()?;
     row.map(TaskRecord::try_from).transpose()
 }
 

@@ -287,7 +287,7 @@ pub(super) fn claim_steps(
                     SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group \
                       AND o.id < r.id AND o.state IN ('queued', 'running', 'paused') \
                       AND o.waiting_approval = 0)) \
-             ORDER BY r.priority DESC, s.priority DESC, s.id LIMIT ?2",
+             ORDER BY r.priority DESC, r.id, s.priority DESC, s.id LIMIT ?2",
         )?
         .query_map(params![now, (limits.max * 4 + 64) as i64], |r| {
             Ok(ClaimCandidate {

@@ -532,7 +532,16 @@ impl SqliteStore {
             conn.set_prepared_statement_cache_capacity(128);
             *view = Some(RawView { handle, conn });
         }
-        let result = work(&view.as_ref().expect("set above").conn);
+        // The batch is synchronous SQLite work: on a multi-threaded runtime
+        // the worker hands its other tasks (webhooks being answered) to
+        // another thread while it runs.
+        let conn = &view.as_ref().expect("set above").conn;
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| work(conn))
+            }
+            _ => work(conn),
+        };
         drop(guard);
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.poke();

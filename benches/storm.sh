@@ -34,7 +34,8 @@ if [ -n "${DATABASE_URL:-}" ]; then DB_ARGS=(--database-url "$DATABASE_URL"); fi
 
 reset_pg() { # an empty database for each taskmaster run on PostgreSQL
   if [ -n "${DATABASE_URL:-}" ]; then
-    psql "$DATABASE_URL" -q -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" >/dev/null
+    PGOPTIONS='-c client_min_messages=warning' \
+      psql "$DATABASE_URL" -q -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" >/dev/null
   fi
 }
 
@@ -44,7 +45,7 @@ import json, sys
 d = json.loads(sys.stdin.readline())
 keys = ["target", "mode", "rate", "installations", "database", "rps", "p50_ms", "p99_ms", "errors", "refused",
         "first_check_p50_ms", "first_check_p99_ms", "first_check_runs", "lag_max_during_ms", "lag_max_after_ms",
-        "steps_started_per_s", "runs", "runs_finished", "peak_rss_mb", "accounted"]
+        "steps_started_per_s", "runs", "runs_finished", "deliveries_not_yet_handled", "peak_rss_mb", "accounted"]
 print(json.dumps({k: (round(d[k], 1) if isinstance(d.get(k), float) else d.get(k)) for k in keys if k in d}))
 '
 }

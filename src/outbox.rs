@@ -43,6 +43,7 @@
 //! runs one after another, so two sends for one subject never race to create
 //! its sticky comment.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,12 @@ pub struct Outbox {
     config: OutboxConfig,
     wake: Arc<tokio::sync::Notify>,
 }
+
+/// How often a pass under way looks for new runs to give a check run.
+const NEW_RUN_POLL: Duration = Duration::from_millis(100);
+
+/// Most new runs given a check run per look during a pass.
+const NEW_RUN_BATCH: i64 = 200;
 
 /// Why one run's report did not land.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +247,8 @@ impl Outbox {
         let mut next_due: Option<i64> = None;
         let interval = self.config.min_interval.as_millis() as i64;
         let mut by_installation: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
+        let in_pass: HashSet<i64> = candidates.iter().map(|c| c.run_id).collect();
+        let mut after = candidates.iter().map(|c| c.run_id).max().unwrap_or(0);
         for candidate in candidates {
             let Some(snapshot) = self.store.run(candidate.run_id).await? else {
                 continue;
@@ -277,41 +286,104 @@ impl Outbox {
         // is sent: GitHub allows it 80 content-creating requests a minute,
         // and a sticky comment is one too), then the reports, runs never
         // reported before updates of runs already shown.
-        futures_util::future::join_all(by_installation.into_values().map(|mut reports| {
-            reports.sort_by_key(|(candidate, ..)| candidate.reported_at.is_some());
-            async move {
-                // Phase 1: what failed here is recorded as a report's failure
-                // would be, and the run waits for a later pass.
-                let mut ahead = Vec::with_capacity(reports.len());
-                for (candidate, snapshot, _, fingerprint) in reports.iter_mut() {
-                    if candidate.check_run_id.is_some() {
-                        ahead.push(Ok(false));
-                        continue;
+        //
+        // While they go out (a sticky comment waits out its installation's
+        // pacing), runs that appear meanwhile get their check runs at once
+        // rather than after the whole pass (`create_new_check_runs`).
+        let busy: HashSet<i64> = by_installation.keys().copied().collect();
+        let (done, mut finished) = tokio::sync::watch::channel(false);
+        let sends =
+            futures_util::future::join_all(by_installation.into_values().map(|mut reports| {
+                reports.sort_by_key(|(candidate, ..)| candidate.reported_at.is_some());
+                async move {
+                    // Phase 1: what failed here is recorded as a report's failure
+                    // would be, and the run waits for a later pass.
+                    let mut ahead = Vec::with_capacity(reports.len());
+                    for (candidate, snapshot, _, fingerprint) in reports.iter_mut() {
+                        if candidate.check_run_id.is_some() {
+                            ahead.push(Ok(false));
+                            continue;
+                        }
+                        let created = self.create_check_run(candidate, snapshot).await;
+                        if let Err(e) = &created {
+                            self.record_failure(candidate, fingerprint.clone(), e).await;
+                        }
+                        ahead.push(created);
                     }
-                    let created = self.create_check_run(candidate, snapshot).await;
-                    if let Err(e) = &created {
-                        self.record_failure(candidate, fingerprint.clone(), e).await;
+                    for ((candidate, snapshot, change, fingerprint), ahead) in
+                        reports.into_iter().zip(ahead)
+                    {
+                        let Ok(fresh) = ahead else { continue };
+                        self.send(
+                            &candidate,
+                            &snapshot,
+                            change.as_ref(),
+                            fingerprint,
+                            now,
+                            fresh,
+                        )
+                        .await;
                     }
-                    ahead.push(created);
                 }
-                for ((candidate, snapshot, change, fingerprint), ahead) in
-                    reports.into_iter().zip(ahead)
+            }));
+        let sends = async {
+            sends.await;
+            done.send_replace(true);
+        };
+        let newcomers = async {
+            loop {
+                tokio::select! {
+                    _ = finished.changed() => break,
+                    _ = tokio::time::sleep(NEW_RUN_POLL) => {}
+                }
+                if let Err(e) = self
+                    .create_new_check_runs(&mut after, &in_pass, &busy)
+                    .await
                 {
-                    let Ok(fresh) = ahead else { continue };
-                    self.send(
-                        &candidate,
-                        &snapshot,
-                        change.as_ref(),
-                        fingerprint,
-                        now,
-                        fresh,
-                    )
-                    .await;
+                    tracing::warn!(error = %e, "outbox: cannot look for new runs during a pass");
                 }
             }
-        }))
-        .await;
+        };
+        futures_util::future::join(sends, newcomers).await;
         Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
+    }
+
+    /// Creates the check runs of runs after `after` never reported that
+    /// are not part of the pass under way (`in_pass`), side by side, and
+    /// moves `after` past what it looked at; a failure is recorded as a
+    /// report's would be. Their full reports follow in the next pass. Runs
+    /// of installations the pass is sending for (`busy`) wait for the next
+    /// pass: they would only queue behind that installation's pacing, ahead
+    /// of the reports already waiting there.
+    async fn create_new_check_runs(
+        &self,
+        after: &mut i64,
+        in_pass: &HashSet<i64>,
+        busy: &HashSet<i64>,
+    ) -> Result<(), StoreError> {
+        let candidates = self.store.unreported_runs(*after, NEW_RUN_BATCH).await?;
+        if let Some(last) = candidates.last() {
+            *after = last.run_id;
+        }
+        let mut new = Vec::new();
+        for candidate in candidates {
+            if in_pass.contains(&candidate.run_id) || busy.contains(&candidate.installation_id) {
+                continue;
+            }
+            if let Some(snapshot) = self.store.run(candidate.run_id).await? {
+                new.push((candidate, snapshot));
+            }
+        }
+        futures_util::future::join_all(new.into_iter().map(
+            |(mut candidate, snapshot)| async move {
+                if let Err(e) = self.create_check_run(&mut candidate, &snapshot).await {
+                    self.record_failure(&candidate, fingerprint(&snapshot), &e)
+                        .await;
+                }
+            },
+        ))
+        .await;
+        Ok(())
     }
 
     /// Sends one run's report and records how it went; `observed_at` is a

@@ -350,7 +350,10 @@ async fn health_reports_version_database_and_inbox_depth() {
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["inbox"]["queued"].is_i64());
     assert!(health["inbox"]["processing"].is_i64());
-    assert!(health["inbox"]["oldest_queued_ms"].is_i64(), "the dispatcher's lag");
+    assert!(
+        health["inbox"]["oldest_queued_ms"].is_i64(),
+        "the dispatcher's lag"
+    );
 }
 
 /// A store whose database is gone: every call fails.

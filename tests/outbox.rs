@@ -292,7 +292,14 @@ async fn new_runs_get_their_check_runs_before_any_comment_of_their_installation(
     // needs: no update with the same content.
     assert_eq!(
         kinds,
-        ["check run", "check run", "check run", "comment", "comment", "comment"]
+        [
+            "check run",
+            "check run",
+            "check run",
+            "comment",
+            "comment",
+            "comment"
+        ]
     );
 }
 

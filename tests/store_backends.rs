@@ -848,7 +848,21 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
         (c[0].run_id, c[0].installation_id, c[0].check_run_id),
         (run, 42, None)
     );
+    // Never touched by the outbox: found by the cheap look, after an id.
+    let new: Vec<(i64, i64)> = store
+        .unreported_runs(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.run_id, c.installation_id))
+        .collect();
+    assert_eq!(new, vec![(run, 42)]);
+    assert!(store.unreported_runs(run, 10).await.unwrap().is_empty());
     store.record_check_run(run, 555).await.unwrap();
+    assert!(
+        store.unreported_runs(0, 10).await.unwrap().is_empty(),
+        "a check run made: no longer new"
+    );
     store
         .record_report(
             run,

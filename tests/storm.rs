@@ -228,3 +228,86 @@ async fn runs_per_delivery(db: &std::path::Path) -> HashMap<String, i64> {
     .into_iter()
     .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_gets_its_check_run_while_the_outbox_waits_on_another_installation() {
+    // The outbox's pass is held up by one installation (its sticky comment
+    // waits at GitHub); a run of another installation that arrives
+    // meanwhile is shown at once, not after the pass.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeGitHub::start(dir.path().join("git")).await;
+    for i in 0..2 {
+        let (repo, head) = subject(i);
+        fake.add_pull_request(
+            &repo,
+            i as u64 + 1,
+            &format!("change-{i}"),
+            &head,
+            "master",
+            "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+            &repo,
+        );
+    }
+    let comment = fake.hold("POST", "/comments");
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("review.yml"),
+        "name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n  \
+         check: { agent: command, with: { run: [\"true\"] } }\n",
+    )
+    .unwrap();
+    let service = ChildService::start(
+        &dir.path().join("held.db"),
+        &[
+            ("TASKMASTER_WORKFLOWS", workflows.to_str().unwrap()),
+            ("GITHUB_APP_ID", "12345"),
+            ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
+            ("GITHUB_API_URL", &fake.url),
+            ("TASKMASTER_OUTBOX_POLL_MS", "50"),
+        ],
+    );
+    let template: Value = serde_json::from_slice(&fixture("pull_request.opened.json")).unwrap();
+    let client = taskmaster::agent::http_client_builder().build().unwrap();
+    let deliver = |i: usize| {
+        let body = payload(&template, i);
+        let (client, url) = (client.clone(), service.webhook_url());
+        async move {
+            let (status, _) = post(
+                &client,
+                &url,
+                Some("pull_request"),
+                Some(&format!("held-{i}")),
+                &body,
+                Some(&sign(SECRET, &body)),
+            )
+            .await;
+            assert!(status.is_success(), "{status}");
+        }
+    };
+    deliver(0).await;
+    tokio::time::timeout(Duration::from_secs(30), comment.arrived())
+        .await
+        .expect("the first run's sticky comment reaches GitHub");
+    deliver(1).await;
+    let (second, _) = subject(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.check_runs(&second).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no check run for the second run while the first installation's comment is held\n{}",
+            service.logs_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    comment.release();
+    // Both runs then get their sticky comment, and no second check run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..2).any(|i| fake.comments(&subject(i).0, i as u64 + 1).is_empty()) {
+        assert!(Instant::now() < deadline, "{}", service.logs_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..2 {
+        assert_eq!(fake.check_runs(&subject(i).0).len(), 1);
+    }
+}

@@ -673,6 +673,18 @@ pub trait RunStore: Store + ChangeStore {
     ) -> Result<Vec<ReportCandidate>, StoreError>;
 
     /// Stores the check run GitHub created (or found) for a run.
+    /// Runs after `after_run_id` (any state) with a repository, a subject
+    /// number and an installation that the outbox has never touched (no
+    /// report, no check run, no failure recorded), oldest first, at most
+    /// `limit`: the cheap look a pass under way takes for runs created
+    /// since it began, to give them a check run. A range of the primary
+    /// key. The candidates' report fields are empty.
+    async fn unreported_runs(
+        &self,
+        after_run_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ReportCandidate>, StoreError>;
+
     async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError>;
 
     /// Records how a report attempt of a run ended.

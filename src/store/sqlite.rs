@@ -1641,6 +1641,38 @@ impl RunStore for SqliteStore {
             .collect())
     }
 
+    async fn unreported_runs(
+        &self,
+        after_run_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ReportCandidate>, StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT r.id, d.installation_id \
+             FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
+             WHERE r.id > ?1 \
+             AND d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
+             AND r.subject_number IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM run_reports rr WHERE rr.run_id = r.id) \
+             ORDER BY r.id LIMIT ?2",
+        )
+        .bind(after_run_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, installation_id)| ReportCandidate {
+                run_id,
+                installation_id,
+                check_run_id: None,
+                reported_fingerprint: None,
+                gave_up_fingerprint: None,
+                reported_at: None,
+                attempts: 0,
+            })
+            .collect())
+    }
+
     async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO run_reports (run_id, check_run_id) VALUES (?1, ?2) \

@@ -379,61 +379,74 @@ struct Seen {
     errors: u64,
 }
 
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    template: &Template,
+/// What every request of the load shares; cheap to clone.
+#[derive(Clone)]
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    template: Arc<Template>,
     installations: u64,
-    fake: Option<&fake_github::FakeGitHub>,
-    i: u64,
-    seen: &Mutex<Seen>,
-) {
-    let body = template.body(
-        if std::env::var("SAME").is_ok() { 0 } else { i },
-        installations,
-    );
-    let signature = sign(&body);
-    if let Some(fake) = fake {
-        let (repo, sha) = subject(i);
-        fake.add_pull_request(
-            &repo,
-            i + 1,
-            &format!("change-{i}"),
-            &sha,
-            "master",
-            "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
-            &repo,
-        );
-    }
-    let started = Instant::now();
-    let answer = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("user-agent", "GitHub-Hookshot/storm")
-        .header("x-github-event", "pull_request")
-        .header("x-github-delivery", format!("storm-{i}"))
-        .header("x-hub-signature-256", signature)
-        .body(body)
-        .send()
-        .await;
-    // The answer read to its end, so the connection is kept for the next.
-    let answer = match answer {
-        Ok(r) => {
-            let status = r.status();
-            r.bytes().await.map(|_| status)
+    /// The fake GitHub, told of each pull request before its delivery.
+    fake: Option<Arc<fake_github::FakeGitHub>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Sender {
+    /// Sends the `i`-th delivery and records its answer in `seen`.
+    async fn send(&self, i: u64) {
+        let Sender {
+            client,
+            url,
+            template,
+            installations,
+            fake,
+            seen,
+        } = self;
+        let installations = *installations;
+        let body = template.body(i, installations);
+        let signature = sign(&body);
+        if let Some(fake) = fake {
+            let (repo, sha) = subject(i);
+            fake.add_pull_request(
+                &repo,
+                i + 1,
+                &format!("change-{i}"),
+                &sha,
+                "master",
+                "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+                &repo,
+            );
         }
-        Err(e) => Err(e),
-    };
-    let done = Instant::now();
-    let mut seen = seen.lock().unwrap();
-    match answer {
-        Ok(status) if status.is_success() => {
-            seen.latencies_ms
-                .push(done.duration_since(started).as_secs_f64() * 1000.0);
-            seen.accepted.insert(subject(i).1, done);
+        let started = Instant::now();
+        let answer = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("user-agent", "GitHub-Hookshot/storm")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", format!("storm-{i}"))
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await;
+        // The answer read to its end, so the connection is kept for the next.
+        let answer = match answer {
+            Ok(r) => {
+                let status = r.status();
+                r.bytes().await.map(|_| status)
+            }
+            Err(e) => Err(e),
+        };
+        let done = Instant::now();
+        let mut seen = seen.lock().unwrap();
+        match answer {
+            Ok(status) if status.is_success() => {
+                seen.latencies_ms
+                    .push(done.duration_since(started).as_secs_f64() * 1000.0);
+                seen.accepted.insert(subject(i).1, done);
+            }
+            Ok(_) => seen.refused += 1,
+            Err(_) => seen.errors += 1,
         }
-        Ok(_) => seen.refused += 1,
-        Err(_) => seen.errors += 1,
     }
 }
 
@@ -521,32 +534,22 @@ async fn main() {
 
     let load_started = Instant::now();
     let deadline = load_started + Duration::from_secs_f64(a.seconds);
+    let sender = Sender {
+        client: client.clone(),
+        url: url.clone(),
+        template: template.clone(),
+        installations: a.installations,
+        fake: fake.clone(),
+        seen: seen.clone(),
+    };
     match a.rate {
         None => {
             let workers: Vec<_> = (0..a.connections)
                 .map(|_| {
-                    let (client, url, template, seen, sent, fake) = (
-                        client.clone(),
-                        url.clone(),
-                        template.clone(),
-                        seen.clone(),
-                        sent.clone(),
-                        fake.clone(),
-                    );
-                    let installations = a.installations;
+                    let (sender, sent) = (sender.clone(), sent.clone());
                     tokio::spawn(async move {
                         while Instant::now() < deadline {
-                            let i = sent.fetch_add(1, Ordering::Relaxed);
-                            send(
-                                &client,
-                                &url,
-                                &template,
-                                installations,
-                                fake.as_deref(),
-                                i,
-                                &seen,
-                            )
-                            .await;
+                            sender.send(sent.fetch_add(1, Ordering::Relaxed)).await;
                         }
                     })
                 })
@@ -561,27 +564,8 @@ async fn main() {
             let mut next = load_started;
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
-                let i = sent.fetch_add(1, Ordering::Relaxed);
-                let (client, url, template, seen, fake) = (
-                    client.clone(),
-                    url.clone(),
-                    template.clone(),
-                    seen.clone(),
-                    fake.clone(),
-                );
-                let installations = a.installations;
-                tasks.push(tokio::spawn(async move {
-                    send(
-                        &client,
-                        &url,
-                        &template,
-                        installations,
-                        fake.as_deref(),
-                        i,
-                        &seen,
-                    )
-                    .await;
-                }));
+                let (sender, i) = (sender.clone(), sent.fetch_add(1, Ordering::Relaxed));
+                tasks.push(tokio::spawn(async move { sender.send(i).await }));
                 next += interval;
             }
             for t in tasks {

@@ -56,13 +56,12 @@ fn subject(i: usize) -> (String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each() {
-    let dir = tempfile::tempdir().unwrap();
-    // The shared stateful fake (no bare repositories under its root: check
-    // runs are accepted for any head); every pull request is known to it.
-    let fake = FakeGitHub::start(dir.path().join("git")).await;
-    for i in 0..DELIVERIES {
+/// The shared stateful fake GitHub (no bare repositories under its root:
+/// check runs are accepted for any head), knowing the first `count` pull
+/// requests.
+async fn github_with_pull_requests(dir: &std::path::Path, count: usize) -> FakeGitHub {
+    let fake = FakeGitHub::start(dir.join("git")).await;
+    for i in 0..count {
         let (repo, head) = subject(i);
         fake.add_pull_request(
             &repo,
@@ -74,7 +73,18 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
             &repo,
         );
     }
-    let workflows = dir.path().join("workflows");
+    fake
+}
+
+/// The real binary on the database `db` under `dir`, reporting to `fake`,
+/// with a one-step workflow for `pull_request.opened`, plus `env`.
+fn service(
+    dir: &std::path::Path,
+    db: &std::path::Path,
+    fake: &FakeGitHub,
+    env: &[(&str, &str)],
+) -> ChildService {
+    let workflows = dir.join("workflows");
     std::fs::create_dir(&workflows).unwrap();
     std::fs::write(
         workflows.join("review.yml"),
@@ -82,17 +92,27 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
          check: { agent: command, with: { run: [\"true\"] } }\n",
     )
     .unwrap();
+    let mut all = vec![
+        ("TASKMASTER_WORKFLOWS", workflows.to_str().unwrap()),
+        ("GITHUB_APP_ID", "12345"),
+        ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
+        ("GITHUB_API_URL", fake.url.as_str()),
+        ("TASKMASTER_OUTBOX_POLL_MS", "50"),
+    ];
+    all.extend_from_slice(env);
+    ChildService::start(db, &all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = github_with_pull_requests(dir.path(), DELIVERIES).await;
     let db = dir.path().join("storm.db");
-    let service = ChildService::start(
+    let service = service(
+        dir.path(),
         &db,
-        &[
-            ("TASKMASTER_WORKFLOWS", workflows.to_str().unwrap()),
-            ("GITHUB_APP_ID", "12345"),
-            ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
-            ("GITHUB_API_URL", &fake.url),
-            ("TASKMASTER_REPORT_INTERVAL_MS", "300"),
-            ("TASKMASTER_OUTBOX_POLL_MS", "50"),
-        ],
+        &fake,
+        &[("TASKMASTER_REPORT_INTERVAL_MS", "300")],
     );
     let template: Value = serde_json::from_slice(&fixture("pull_request.opened.json")).unwrap();
     let client = taskmaster::agent::http_client_builder().build().unwrap();
@@ -235,38 +255,9 @@ async fn a_new_run_gets_its_check_run_while_the_outbox_waits_on_another_installa
     // waits at GitHub); a run of another installation that arrives
     // meanwhile is shown at once, not after the pass.
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeGitHub::start(dir.path().join("git")).await;
-    for i in 0..2 {
-        let (repo, head) = subject(i);
-        fake.add_pull_request(
-            &repo,
-            i as u64 + 1,
-            &format!("change-{i}"),
-            &head,
-            "master",
-            "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
-            &repo,
-        );
-    }
+    let fake = github_with_pull_requests(dir.path(), 2).await;
     let comment = fake.hold("POST", "/comments");
-    let workflows = dir.path().join("workflows");
-    std::fs::create_dir(&workflows).unwrap();
-    std::fs::write(
-        workflows.join("review.yml"),
-        "name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n  \
-         check: { agent: command, with: { run: [\"true\"] } }\n",
-    )
-    .unwrap();
-    let service = ChildService::start(
-        &dir.path().join("held.db"),
-        &[
-            ("TASKMASTER_WORKFLOWS", workflows.to_str().unwrap()),
-            ("GITHUB_APP_ID", "12345"),
-            ("GITHUB_PRIVATE_KEY", PRIVATE_KEY),
-            ("GITHUB_API_URL", &fake.url),
-            ("TASKMASTER_OUTBOX_POLL_MS", "50"),
-        ],
-    );
+    let service = service(dir.path(), &dir.path().join("held.db"), &fake, &[]);
     let template: Value = serde_json::from_slice(&fixture("pull_request.opened.json")).unwrap();
     let client = taskmaster::agent::http_client_builder().build().unwrap();
     let deliver = |i: usize| {

@@ -103,8 +103,12 @@ async fn replicas_share_the_work_and_survive_a_kill(replicas: usize) {
             }
         }
         let depth = store.inbox_depth().await.unwrap();
+        // Every replica is running steps now (so the victim holds some),
+        // and each has been seen running several at once: the spread
+        // asserted below, observed before the kill rather than raced by it.
         let busy = rows.iter().filter(|(o, _)| o.is_some()).count();
-        if !killed && busy >= replicas && depth.queued + depth.processing == 0 {
+        let spread = seen.len() >= replicas && seen.values().all(|&max| max >= 5);
+        if !killed && busy >= replicas && spread && depth.queued + depth.processing == 0 {
             services[0].child.kill().unwrap(); // SIGKILL, mid-step
             services[0].child.wait().unwrap();
             killed = true;
@@ -119,7 +123,12 @@ async fn replicas_share_the_work_and_survive_a_kill(replicas: usize) {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        if killed && active == 0 && total == RUNS as i64 {
+        if active == 0 && total == RUNS as i64 {
+            assert!(
+                killed,
+                "every run finished before each replica was seen running several steps \
+                 at once (no kill happened): {seen:?}"
+            );
             break;
         }
         assert!(

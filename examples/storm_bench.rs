@@ -43,9 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const SECRET: &str = "storm-secret";
 const REPOSITORIES: u64 = 50;
@@ -190,12 +188,6 @@ fn subject(i: u64) -> (String, String) {
         format!("storm/r{}", i % REPOSITORIES),
         format!("{:040x}", i + 1),
     )
-}
-
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 fn free_port() -> u16 {
@@ -404,7 +396,7 @@ impl Sender {
         } = self;
         let installations = *installations;
         let body = template.body(i, installations);
-        let signature = sign(&body);
+        let signature = taskmaster::webhook::signature::sign(SECRET, &body);
         if let Some(fake) = fake {
             let (repo, sha) = subject(i);
             fake.add_pull_request(

@@ -247,7 +247,7 @@ impl Outbox {
         let mut next_due: Option<i64> = None;
         let interval = self.config.min_interval.as_millis() as i64;
         let mut by_installation: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
-        let in_pass: HashSet<i64> = candidates.iter().map(|c| c.run_id).collect();
+        // Runs after the pass's last candidate are not part of it.
         let mut after = candidates.iter().map(|c| c.run_id).max().unwrap_or(0);
         for candidate in candidates {
             let Some(snapshot) = self.store.run(candidate.run_id).await? else {
@@ -336,10 +336,7 @@ impl Outbox {
                     _ = finished.changed() => break,
                     _ = tokio::time::sleep(NEW_RUN_POLL) => {}
                 }
-                if let Err(e) = self
-                    .create_new_check_runs(&mut after, &in_pass, &busy)
-                    .await
-                {
+                if let Err(e) = self.create_new_check_runs(&mut after, &busy).await {
                     tracing::warn!(error = %e, "outbox: cannot look for new runs during a pass");
                 }
             }
@@ -348,9 +345,9 @@ impl Outbox {
         Ok(next_due.map(|ms| Duration::from_millis(ms.max(1) as u64)))
     }
 
-    /// Creates the check runs of runs after `after` never reported that
-    /// are not part of the pass under way (`in_pass`), side by side, and
-    /// moves `after` past what it looked at; a failure is recorded as a
+    /// Creates the check runs of runs after `after` (past the pass under
+    /// way's candidates) never reported, side by side, and moves `after`
+    /// past what it looked at; a failure is recorded as a
     /// report's would be. Their full reports follow in the next pass. Runs
     /// of installations the pass is sending for (`busy`) wait for the next
     /// pass: they would only queue behind that installation's pacing, ahead
@@ -358,7 +355,6 @@ impl Outbox {
     async fn create_new_check_runs(
         &self,
         after: &mut i64,
-        in_pass: &HashSet<i64>,
         busy: &HashSet<i64>,
     ) -> Result<(), StoreError> {
         let candidates = self.store.unreported_runs(*after, NEW_RUN_BATCH).await?;
@@ -367,7 +363,7 @@ impl Outbox {
         }
         let mut new = Vec::new();
         for candidate in candidates {
-            if in_pass.contains(&candidate.run_id) || busy.contains(&candidate.installation_id) {
+            if busy.contains(&candidate.installation_id) {
                 continue;
             }
             if let Some(snapshot) = self.store.run(candidate.run_id).await? {
@@ -548,8 +544,8 @@ impl Outbox {
 
     /// Creates the check run of a pull request's run that has none yet and
     /// records its id in the store and in `candidate` (the full report then
-    /// updates it). Other runs are left alone.
-    /// Whether one was created: `Ok(false)` for a run that needs none.
+    /// updates it); `Ok(false)` for a run that needs none (not a pull
+    /// request's).
     async fn create_check_run(
         &self,
         candidate: &mut ReportCandidate,

@@ -1654,15 +1654,7 @@ impl RunStore for PgStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(run_id, installation_id)| ReportCandidate {
-                run_id,
-                installation_id,
-                check_run_id: None,
-                reported_fingerprint: None,
-                gave_up_fingerprint: None,
-                reported_at: None,
-                attempts: 0,
-            })
+            .map(|(run_id, installation_id)| ReportCandidate::unreported(run_id, installation_id))
             .collect())
     }
 

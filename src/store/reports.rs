@@ -29,6 +29,22 @@ pub struct ReportCandidate {
     pub attempts: i64,
 }
 
+impl ReportCandidate {
+    /// A run the outbox has never touched (`RunStore::unreported_runs`):
+    /// nothing reported, no check run, no failure.
+    pub fn unreported(run_id: i64, installation_id: i64) -> Self {
+        Self {
+            run_id,
+            installation_id,
+            check_run_id: None,
+            reported_fingerprint: None,
+            gave_up_fingerprint: None,
+            reported_at: None,
+            attempts: 0,
+        }
+    }
+}
+
 /// How one report attempt ended, for [`super::RunStore::record_report`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {

@@ -26,7 +26,8 @@ use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health
 use taskmaster::engine::intake::new_run;
 use taskmaster::engine::{AgentMap, BreakerConfig, Engine, EngineConfig};
 use taskmaster::event::Event;
-use taskmaster::store::{RunStore, SqliteStore, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{SqliteStore, Store};
 use taskmaster::workflow::WorkflowSet;
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //!
 //! The engine changes runs in the database; this worker makes GitHub follow.
 //! It **reconciles instead of replaying events**: for every run whose report
-//! may be stale ([`RunStore::report_candidates`]) it computes a cheap
+//! may be stale ([`Reports::report_candidates`]) it computes a cheap
 //! *fingerprint* of the run as it stands (run state, each step's state and
 //! attempts) and, when it differs from the fingerprint GitHub last accepted
 //! (stored in `run_reports`), renders the run ([`crate::report`]) and sends
@@ -454,7 +454,7 @@ impl Outbox {
     /// order they were queued. Without App credentials they are recorded as
     /// `dry_run` (and logged by the dry-run recorder) instead.
     ///
-    /// Installations take turns ([`RunStore::due_effects`]) and are served
+    /// Installations take turns ([`Effects::due_effects`]) and are served
     /// side by side, each in its own order: one installation's backlog (a
     /// flood of replies, paced by GitHub's content limits) never holds up
     /// another's replies, or the reports after them.

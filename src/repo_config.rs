@@ -40,7 +40,7 @@ use serde_saphyr::Spanned;
 
 use crate::command::CommandKind;
 use crate::github::{GitHub, InstallationId, Permission, RepoName};
-use crate::store::{RepoConfigRecord, RunStore, now_ms};
+use crate::store::{AppRecords, RepoConfigRecord, now_ms};
 use crate::workflow::WorkflowSet;
 use crate::workflow::schema::OrderedMap;
 
@@ -510,7 +510,7 @@ pub struct Loaded {
 
 /// Reads repository configurations through a store-backed cache.
 pub struct RepoConfigs {
-    store: Arc<dyn RunStore>,
+    store: Arc<dyn AppRecords>,
     github: Arc<dyn GitHub>,
     workflows: Arc<WorkflowSet>,
     agents: Vec<String>,
@@ -521,7 +521,7 @@ impl RepoConfigs {
     /// A cache whose entries are fetched again after `ttl_ms` milliseconds;
     /// files are checked against `workflows` and the agent names `agents`.
     pub fn new(
-        store: Arc<dyn RunStore>,
+        store: Arc<dyn AppRecords>,
         github: Arc<dyn GitHub>,
         workflows: Arc<WorkflowSet>,
         agents: Vec<String>,

@@ -16,8 +16,9 @@ use taskmaster::github::fake::RecordingGitHub;
 use taskmaster::github::{GitHub, Permission, RepoName};
 use taskmaster::outbox::{Outbox, OutboxConfig};
 use taskmaster::repo_config::{self, RepoConfig};
+use taskmaster::store::prelude::*;
 use taskmaster::store::{
-    Delivery, DeliveryState, EffectKind, EffectState, InstallationState, RunStore, now_ms,
+    Delivery, DeliveryState, EffectKind, EffectState, InstallationState, now_ms,
 };
 
 const REVIEW: &str = "name: review\non: { pull_request: { actions: [opened] } }\nsteps:\n  a: { agent: worker, prompt: hi }\n";

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use harness::{ChildService, SECRET, fixture, post, sign};
 use serde_json::{Value, json};
-use taskmaster::store::{RunStore, SqliteStore, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{SqliteStore, Store};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
 use taskmaster::engine::AgentMap;
-use taskmaster::store::{ControlOutcome, RunState, RunStore, StepState, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{ControlOutcome, RunState, StepState, Store};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 

@@ -12,9 +12,10 @@ use engine_support::*;
 use taskmaster::dispatch::{DeliveryHandler, Dispatcher};
 use taskmaster::engine::intake::RoutingHandler;
 use taskmaster::engine::{AgentMap, Engine, WorkflowPlanner};
+use taskmaster::store::prelude::*;
 use taskmaster::store::{
     AttemptRecord, ClaimLimits, DeliveryResult, DeliveryState, EncodedPayload, InsertOutcome,
-    NewDelivery, RunState, RunStore, SqliteStore, StepNext, StepState, Store, now_ms,
+    NewDelivery, RunState, SqliteStore, StepNext, StepState, Store, now_ms,
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
 use taskmaster::engine::{AgentMap, BreakerConfig, BreakerState};
-use taskmaster::store::{RunState, RunStore, StepState};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunState, StepState};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 

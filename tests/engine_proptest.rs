@@ -10,7 +10,8 @@ use engine_support::*;
 use proptest::prelude::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
 use taskmaster::engine::AgentMap;
-use taskmaster::store::{RunState, RunStore, StepState};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunState, StepState};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cond {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
 use taskmaster::engine::{AgentMap, Transition};
-use taskmaster::store::{RunState, RunStore, StepState};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunState, StepState};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 

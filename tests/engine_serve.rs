@@ -7,7 +7,8 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::{ChildService, SECRET, fixture, post, sign};
-use taskmaster::store::{RunState, RunStore, SqliteStore};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunState, SqliteStore};
 
 #[tokio::test]
 async fn a_webhook_starts_a_run_that_the_service_runs_to_the_end() {

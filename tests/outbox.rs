@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use taskmaster::github::{Effect, GitHubError, RecordingGitHub, RepoName};
 use taskmaster::outbox::{Outbox, OutboxConfig};
-use taskmaster::store::{NewRun, NewStep, RunStore, SqliteStore, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{NewRun, NewStep, SqliteStore, Store};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -23,7 +23,8 @@ use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health
 use taskmaster::engine::{AgentMap, EngineConfig};
 use taskmaster::github::{GitHub, GitHubClient, GitHubSettings, RetryPolicy};
 use taskmaster::outbox::{Outbox, OutboxConfig};
-use taskmaster::store::{ChangeState, PublishTarget, RunState, RunStore, StepState};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{ChangeState, PublishTarget, RunState, StepState};
 use taskmaster::workspace::{TokenSource, WorkspaceError, WorkspaceSettings, Workspaces};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/github/app-key.pem");

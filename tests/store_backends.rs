@@ -13,10 +13,11 @@ use backends::Backend;
 use bytes::Bytes;
 use engine_support::{fast_config, pr_payload, workflows};
 use taskmaster::engine::{AgentMap, Engine, WorkflowPlanner};
+use taskmaster::store::prelude::*;
 use taskmaster::store::{
     AttemptRecord, ClaimLimits, ControlOutcome, DeliveryResult, DeliveryState, DesiredState,
     EncodedPayload, InsertOutcome, Lease, NewDelivery, NewRun, NewStep, ReportOutcome, RunState,
-    RunStore, StepFinish, StepNext, StepState, now_ms,
+    StepFinish, StepNext, StepState, now_ms,
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;

@@ -17,7 +17,8 @@ use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health
 use taskmaster::engine::AgentMap;
 use taskmaster::github::{AnnotationLevel, CheckConclusion};
 use taskmaster::outbox::build_report;
-use taskmaster::store::{RunState, RunStore, StepState, ValidationFilter, Verdict};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunState, StepState, ValidationFilter, Verdict};
 
 /// Answers each attempt with the next scripted text, recording the prompts.
 #[derive(Debug)]

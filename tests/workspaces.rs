@@ -19,6 +19,7 @@ use support::git_server::{GitServer, RepoBuilder, git};
 use taskmaster::agent::command::{CommandAgent, CommandSettings};
 use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health, Output, Usage};
 use taskmaster::engine::{AgentMap, EngineConfig};
+use taskmaster::store::prelude::*;
 use taskmaster::store::{RunState, StepState};
 use taskmaster::workspace::{
     CheckoutRequest, Target, TokenSource, WorkspaceError, WorkspaceSettings, Workspaces,
@@ -1195,7 +1196,7 @@ steps:
     let store = taskmaster::store::SqliteStore::open(dir.path().join("t.db").to_str().unwrap())
         .await
         .unwrap();
-    use taskmaster::store::RunStore;
+
     let snap = store.run(1).await.unwrap().unwrap();
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert_eq!(output_of(&snap, "look"), "pr head of acme/killed\n");

@@ -32,9 +32,7 @@ use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use super::error::Problem;
-use crate::store::{
-    ActorKind, ApiToken, AuditEntry, NewApiToken, Role, RunStore, StoreError, now_ms,
-};
+use crate::store::{ActorKind, Admin, ApiToken, AuditEntry, NewApiToken, Role, StoreError, now_ms};
 
 /// What a request may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,7 +153,7 @@ pub enum CreateTokenError {
 /// records it in the audit log as done by `actor`, and returns the secret
 /// (to show once) with the stored record.
 pub async fn create_token(
-    store: &dyn RunStore,
+    store: &dyn Admin,
     role: Role,
     name: Option<&str>,
     actor: (ActorKind, &str),
@@ -168,7 +166,7 @@ pub async fn create_token(
 /// # Errors
 /// As [`create_token`].
 pub async fn create_token_expiring(
-    store: &dyn RunStore,
+    store: &dyn Admin,
     role: Role,
     name: Option<&str>,
     actor: (ActorKind, &str),
@@ -185,7 +183,7 @@ pub async fn create_token_expiring(
 /// As [`create_token`]; [`CreateTokenError::BadName`] for a malformed
 /// repository or a scoped admin token.
 pub async fn create_token_scoped(
-    store: &dyn RunStore,
+    store: &dyn Admin,
     role: Role,
     name: Option<&str>,
     actor: (ActorKind, &str),
@@ -248,7 +246,7 @@ pub async fn create_token_scoped(
 /// Revokes the token called `name`, recording it in the audit log as done by
 /// `actor`. `None`: no such token.
 pub async fn revoke_token(
-    store: &dyn RunStore,
+    store: &dyn Admin,
     name: &str,
     actor: (ActorKind, &str),
 ) -> Result<Option<ApiToken>, StoreError> {

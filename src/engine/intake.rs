@@ -31,7 +31,7 @@ use crate::workflow::{PromptContext, Workflow, WorkflowSet};
 /// Builds the run of `workflow` for `event`, delivered as `delivery_id`.
 ///
 /// `estimates` holds each step's expected duration in ms (from past attempts,
-/// [`RunStore::step_estimates`]); steps without one use `default_estimate_ms`.
+/// [`Runs::step_estimates`]); steps without one use `default_estimate_ms`.
 #[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub fn new_run(
     set: &WorkflowSet,

@@ -1,9 +1,27 @@
-//! The database behind taskmaster, as one small trait.
+//! The database behind taskmaster, as traits by role.
 //!
-//! Every arrow after intake goes through the database (see `DESIGN.md`), so the
-//! `Store` trait is where durability is decided. The trait speaks in the field's
-//! words (delivery, claim, lease); SQL dialects stay inside the implementations:
-//! `sqlite.rs` (one process, one file) and `postgres.rs` (several replicas
+//! Every arrow after intake goes through the database (see `DESIGN.md`), so
+//! the store is where durability is decided. Its interface is split by who
+//! uses it, each trait small enough that a test's fake is a few lines:
+//!
+//! | trait | used by | what |
+//! |---|---|---|
+//! | [`Store`] | the inbox, the dispatcher | deliveries, wake-ups, exclusive jobs |
+//! | [`Runs`] | the engine | create, plan, claim, lease and finish steps |
+//! | [`RunControl`] | commands, API, dashboard | pause, resume, cancel, retry, approve |
+//! | [`Reports`] | the outbox | which runs' check runs and comments are stale |
+//! | [`Effects`] | the outbox, handlers | queued comments, labels, reactions |
+//! | [`ChangeStore`] | the publisher | changes brought back from workspaces |
+//! | [`AppRecords`] | handlers, repository configuration | installations, cached configuration |
+//! | [`Admin`] | the API's auth | audit log, API tokens, ended sessions |
+//! | [`Tasks`] | the API | tasks and validations |
+//! | [`Queries`] | the API, dashboard, `/metrics` | lists, timelines, counts |
+//!
+//! [`RunStore`] is all of them at once (what `serve` opens). The decisions
+//! both backends must make alike are pure functions in [`policy`]; the rows
+//! both read, and their one mapping each, are in `rows`. The SQL stays in
+//! the backends, each split by the same roles: `sqlite.rs` + `sqlite/` (one
+//! process, one file) and `postgres.rs` + `postgres/` (several replicas
 //! sharing one database).
 //!
 //! Times crossing this interface are Unix epoch **milliseconds** (`i64`).
@@ -21,6 +39,7 @@ pub mod deliveries;
 pub mod policy;
 pub mod postgres;
 pub mod reports;
+mod rows;
 pub mod runs;
 pub mod sqlite;
 
@@ -334,7 +353,7 @@ pub enum StoreError {
     Durability(String),
 }
 
-/// Effects of one installation in one [`RunStore::due_effects`] batch at most.
+/// Effects of one installation in one [`Effects::due_effects`] batch at most.
 pub const EFFECT_TURNS: i64 = 20;
 
 /// The persistence interface. Implementations must be safe to share across tasks.
@@ -494,14 +513,14 @@ impl std::fmt::Debug for ExclusiveGuard {
     }
 }
 
-/// The engine's operations on runs, steps, attempts and the timeline.
+/// The engine's operations on runs, steps, attempts and leases.
 ///
 /// Every operation that changes a run takes the writer lock for its whole
 /// transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT … FOR UPDATE`
 /// on the run), and the ones taking a [`Planner`] decide what follows while
 /// holding it; see [`runs`].
 #[async_trait]
-pub trait RunStore: Store + ChangeStore {
+pub trait Runs: Send + Sync + 'static {
     /// Creates runs and their steps (all `pending`) in one transaction. A run
     /// whose (delivery, workflow) exists already is not created again
     /// (`created: false`). A run with `cancel_in_progress` asks every older
@@ -582,7 +601,7 @@ pub trait RunStore: Store + ChangeStore {
         Ok(self.finish_steps(&[finish], planner).await?.pop().flatten())
     }
 
-    /// [`RunStore::finish_step`] for a batch, in **one transaction** (group
+    /// [`Runs::finish_step`] for a batch, in **one transaction** (group
     /// commit: one fsync for many results). Each result is fenced on its own:
     /// a refused one is `None` and changes nothing; the others are recorded.
     async fn finish_steps(
@@ -591,7 +610,7 @@ pub trait RunStore: Store + ChangeStore {
         planner: &dyn Planner,
     ) -> Result<Vec<Option<Plan>>, StoreError>;
 
-    /// [`RunStore::finish_steps`], then [`RunStore::claim_steps`] for `owner`
+    /// [`Runs::finish_steps`], then [`Runs::claim_steps`] for `owner`
     /// within `limits`: the steps those results made ready are claimed (and
     /// their attempts started) at once, without waiting for a scheduler
     /// round — the engine's **direct hand-off**. Returns the plans (as
@@ -645,15 +664,60 @@ pub trait RunStore: Store + ChangeStore {
     /// A run and its steps.
     async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError>;
 
-    /// Runs started by one delivery.
-    async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError>;
+    /// Estimated duration (ms) of each step of `workflow`: the mean of its
+    /// last successful attempts. Steps without history are absent.
+    async fn step_estimates(
+        &self,
+        workflow: &str,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError>;
 
-    /// A run's timeline, oldest first.
-    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError>;
+    /// Records that run `run_id`'s workspace checked out `sha` (kept when the
+    /// run already has one: the first checkout's commit is the run's) and
+    /// adds a `workspace` event with `detail` to its timeline, for `step`.
+    async fn record_checkout(
+        &self,
+        run_id: i64,
+        step: &str,
+        sha: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+}
 
-    /// A run's attempts, in start order.
-    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+/// What maintainers ask of a run (`/pause`, `/resume`, `/cancel`, `/retry`,
+/// `/approve`, the API and the dashboard's buttons). Which steps a retry
+/// resets is [`policy::retry_plan`]'s decision.
+#[async_trait]
+pub trait RunControl: Send + Sync + 'static {
+    /// Pause: no new step of the run starts; running ones finish.
+    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
 
+    /// Resume a paused run where it stood.
+    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
+
+    /// Ask a run to cancel (`reason` goes to the timeline); the engine aborts
+    /// its running attempts and the planner cancels the rest.
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError>;
+
+    /// Retry: `step` and the steps that depend on it (transitively), or, with
+    /// `None`, every failed, cancelled or timed-out step and their dependents,
+    /// go back to `pending` with fresh attempt counts; the run is active
+    /// again. Running steps are left alone.
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError>;
+
+    /// Lets a run that waits for approval start its steps; `by` is the
+    /// approver's login (timeline). Its time limit restarts from now.
+    /// `Unchanged` when it was not waiting (already approved, or finished).
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
+}
+
+/// What the outbox needs to report runs on GitHub: which runs' check runs
+/// and sticky comments may be stale, and what was sent (see [`reports`]).
+#[async_trait]
+pub trait Reports: Send + Sync + 'static {
     /// Runs whose GitHub report may be stale (see [`reports`]): runs with a
     /// repository, a subject number and an installation (from their
     /// delivery) that were never reported, whose state is not the one
@@ -714,49 +778,6 @@ pub trait RunStore: Store + ChangeStore {
         limit: i64,
     ) -> Result<Vec<i64>, StoreError>;
 
-    /// Estimated duration (ms) of each step of `workflow`: the mean of its
-    /// last successful attempts. Steps without history are absent.
-    async fn step_estimates(
-        &self,
-        workflow: &str,
-    ) -> Result<std::collections::HashMap<String, i64>, StoreError>;
-
-    /// Pause: no new step of the run starts; running ones finish.
-    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
-
-    /// Resume a paused run where it stood.
-    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
-
-    /// Ask a run to cancel (`reason` goes to the timeline); the engine aborts
-    /// its running attempts and the planner cancels the rest.
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError>;
-
-    /// Retry: `step` and the steps that depend on it (transitively), or, with
-    /// `None`, every failed, cancelled or timed-out step and their dependents,
-    /// go back to `pending` with fresh attempt counts; the run is active
-    /// again. Running steps are left alone.
-    async fn retry_run(
-        &self,
-        run_id: i64,
-        step: Option<&str>,
-    ) -> Result<ControlOutcome, StoreError>;
-
-    /// Lets a run that waits for approval start its steps; `by` is the
-    /// approver's login (timeline). Its time limit restarts from now.
-    /// `Unchanged` when it was not waiting (already approved, or finished).
-    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
-
-    /// Records that run `run_id`'s workspace checked out `sha` (kept when the
-    /// run already has one: the first checkout's commit is the run's) and
-    /// adds a `workspace` event with `detail` to its timeline, for `step`.
-    async fn record_checkout(
-        &self,
-        run_id: i64,
-        step: &str,
-        sha: &str,
-        detail: &str,
-    ) -> Result<(), StoreError>;
-
     /// The ids of the runs on commit `head_sha` of `repository`, oldest first
     /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
     async fn runs_for_commit(
@@ -764,9 +785,33 @@ pub trait RunStore: Store + ChangeStore {
         repository: &str,
         head_sha: &str,
     ) -> Result<Vec<i64>, StoreError>;
+}
 
-    // --- The App's own records (see [`app`]) ---
+/// The queue of GitHub effects (comments, labels, reactions) handlers and
+/// steps ask for, sent by the outbox with retries (see [`app`]).
+#[async_trait]
+pub trait Effects: Send + Sync + 'static {
+    /// Queues GitHub effects; an effect whose `(source, seq)` is already
+    /// queued is left alone. Returns how many were new.
+    async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError>;
 
+    /// Pending effects due at `now` (epoch ms), at most `limit`, taking
+    /// turns between installations: each installation's oldest first, at
+    /// most [`EFFECT_TURNS`] of one installation, ordered by turn then age
+    /// (so one installation's backlog never fills a batch).
+    async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError>;
+
+    /// Records how an attempt to send effect `id` ended.
+    async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError>;
+
+    /// The effects caused by `source`, in order (for tests, the API and dry runs).
+    async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError>;
+}
+
+/// The GitHub App's own records: installations, their repositories, and
+/// the cached `.github/taskmaster.yml` of each repository (see [`app`]).
+#[async_trait]
+pub trait AppRecords: Send + Sync + 'static {
     /// Records an installation's state (`installation` webhook: created,
     /// suspend, unsuspend, deleted). `account_login` is kept when `None`.
     async fn set_installation(
@@ -810,22 +855,18 @@ pub trait RunStore: Store + ChangeStore {
     /// Drops the cached configuration of `repository` (a push touched it).
     async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError>;
 
-    /// Queues GitHub effects; an effect whose `(source, seq)` is already
-    /// queued is left alone. Returns how many were new.
-    async fn enqueue_effects(&self, effects: &[NewEffect]) -> Result<u64, StoreError>;
+    /// The installation that last delivered an event about `repository`
+    /// (`owner/name`), if any: runs started through the API report there.
+    async fn installation_for_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<i64>, StoreError>;
+}
 
-    /// Pending effects due at `now` (epoch ms), at most `limit`, taking
-    /// turns between installations: each installation's oldest first, at
-    /// most [`EFFECT_TURNS`] of one installation, ordered by turn then age
-    /// (so one installation's backlog never fills a batch).
-    async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError>;
-
-    /// Records how an attempt to send effect `id` ended.
-    async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError>;
-
-    /// The effects caused by `source`, in order (for tests, the API and dry runs).
-    async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError>;
-
+/// Who may do what, and what they did: the audit log, API tokens and
+/// ended dashboard sessions (see [`api`]).
+#[async_trait]
+pub trait Admin: Send + Sync + 'static {
     /// Appends an entry to the audit log; returns its id. `entry.id` is ignored.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
 
@@ -836,8 +877,6 @@ pub trait RunStore: Store + ChangeStore {
         before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, StoreError>;
-
-    // --- The operator API's records (see [`api`]) ---
 
     /// Stores an API token; `None` when a token of that name exists already
     /// (revoked or not: names are never reused, so the audit log stays clear).
@@ -857,17 +896,19 @@ pub trait RunStore: Store + ChangeStore {
     async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError>;
 
     /// Ends the dashboard session whose cookie carries `signature` (it would
-    /// expire at `expires_at`, epoch ms): [`RunStore::session_ended`] says so
+    /// expire at `expires_at`, epoch ms): [`Admin::session_ended`] says so
     /// from now on, on every replica. Rows of sessions that expired anyway
     /// are dropped on the way.
     async fn end_session(&self, signature: &str, expires_at: i64) -> Result<(), StoreError>;
 
     /// Whether the session with this cookie signature was ended.
     async fn session_ended(&self, signature: &str) -> Result<bool, StoreError>;
+}
 
-    /// Runs matching `filter`, newest first.
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
-
+/// Tasks and validations: work and checks the operator API records beside
+/// runs (see [`api`]).
+#[async_trait]
+pub trait Tasks: Send + Sync + 'static {
     /// Stores a task.
     async fn create_task(&self, task: &NewTask) -> Result<TaskRecord, StoreError>;
 
@@ -898,6 +939,23 @@ pub trait RunStore: Store + ChangeStore {
         &self,
         filter: &ValidationFilter,
     ) -> Result<Vec<ValidationRecord>, StoreError>;
+}
+
+/// Read-mostly views for the operator: the API, the dashboard and
+/// `/metrics` (run lists, timelines, attempts, deliveries, counts).
+#[async_trait]
+pub trait Queries: Send + Sync + 'static {
+    /// Runs started by one delivery.
+    async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError>;
+
+    /// A run's timeline, oldest first.
+    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError>;
+
+    /// A run's attempts, in start order.
+    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+
+    /// Runs matching `filter`, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
 
     /// Row counts for the metrics scrape.
     async fn store_counts(&self) -> Result<StoreCounts, StoreError>;
@@ -905,13 +963,6 @@ pub trait RunStore: Store + ChangeStore {
     /// Per agent: attempts in flight, and attempts finished since `since`
     /// (epoch ms) with their durations.
     async fn agent_attempt_stats(&self, since: i64) -> Result<Vec<AgentAttemptStats>, StoreError>;
-
-    /// The installation that last delivered an event about `repository`
-    /// (`owner/name`), if any: runs started through the API report there.
-    async fn installation_for_repository(
-        &self,
-        repository: &str,
-    ) -> Result<Option<i64>, StoreError>;
 
     /// Deliveries matching `filter`, newest first, without their payloads
     /// (the dashboard's deliveries page).
@@ -931,6 +982,38 @@ pub trait RunStore: Store + ChangeStore {
         delivery_id: &str,
         now: i64,
     ) -> Result<Option<DeliveryState>, StoreError>;
+}
+
+/// Every role of a database behind a whole service: what `serve` opens and
+/// hands to the engine, the outbox, the API and the dashboard. A part that
+/// needs one role takes that trait instead (a fake of it for a test is a
+/// few lines). Implemented for every type that implements all of them.
+pub trait RunStore:
+    Store + ChangeStore + Runs + RunControl + Reports + Effects + AppRecords + Admin + Tasks + Queries
+{
+}
+
+impl<T> RunStore for T where
+    T: Store
+        + ChangeStore
+        + Runs
+        + RunControl
+        + Reports
+        + Effects
+        + AppRecords
+        + Admin
+        + Tasks
+        + Queries
+{
+}
+
+/// Every store trait, to bring their methods into scope at once:
+/// `use taskmaster::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        Admin, AppRecords, ChangeStore, Effects, Queries, Reports, RunControl, RunStore, Runs,
+        Store, Tasks,
+    };
 }
 
 /// Connection pool settings of the PostgreSQL store (SQLite ignores them:

@@ -30,7 +30,7 @@ pub struct ReportCandidate {
 }
 
 impl ReportCandidate {
-    /// A run the outbox has never touched (`RunStore::unreported_runs`):
+    /// A run the outbox has never touched (`Reports::unreported_runs`):
     /// nothing reported, no check run, no failure.
     pub fn unreported(run_id: i64, installation_id: i64) -> Self {
         Self {
@@ -45,7 +45,7 @@ impl ReportCandidate {
     }
 }
 
-/// How one report attempt ended, for [`super::RunStore::record_report`].
+/// How one report attempt ended, for [`super::Reports::record_report`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {
     /// GitHub accepted the run as `fingerprint` (run state `state`).

@@ -472,7 +472,7 @@ pub enum StepNext {
     },
 }
 
-/// One step result to record, for [`RunStore::finish_steps`](super::RunStore::finish_steps).
+/// One step result to record, for [`Runs::finish_steps`](super::Runs::finish_steps).
 #[derive(Debug, Clone)]
 pub struct StepFinish {
     /// The lease the result was produced under (the fence).

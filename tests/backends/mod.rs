@@ -15,7 +15,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use sqlx::postgres::PgConnectOptions;
-use taskmaster::store::{PgStore, PoolSettings, RunStore, SqliteStore, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{PgStore, PoolSettings, SqliteStore, Store};
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

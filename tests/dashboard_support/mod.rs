@@ -20,7 +20,8 @@ use taskmaster::dashboard::{self, DashboardSettings, DashboardState, SessionKey}
 use taskmaster::engine::intake::RoutingHandler;
 use taskmaster::engine::{Engine, EngineConfig};
 use taskmaster::server::{self, RunningServer, ServerConfig};
-use taskmaster::store::{self, ActorKind, Role, RunStore};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{self, ActorKind, Role};
 use taskmaster::webhook::WebhookSecrets;
 use taskmaster::workflow::WorkflowSet;
 use tokio_util::sync::CancellationToken;

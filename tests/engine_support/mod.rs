@@ -13,7 +13,8 @@ use taskmaster::agent::{
     Output, Usage,
 };
 use taskmaster::engine::{AgentMap, BreakerConfig, Engine, EngineConfig, Transition};
-use taskmaster::store::{RunEvent, RunSnapshot, RunState, RunStore, SqliteStore, Store};
+use taskmaster::store::prelude::*;
+use taskmaster::store::{RunEvent, RunSnapshot, RunState, SqliteStore, Store};
 use taskmaster::workflow::WorkflowSet;
 use tokio_util::sync::CancellationToken;
 

@@ -5,14 +5,15 @@
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::{RunRow, corrupt};
+use super::RunRow;
 // One token row type for both backends (the columns are the same).
 use crate::store::api::{
     AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, RunFilter, StoreCounts,
-    TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
-    ValidationRecord, Verdict,
+    TaskFilter, TaskRecord, TaskUpdate, ValidationFilter, ValidationRecord,
 };
-use crate::store::sqlite::api::{TOKEN_COLUMNS, TokenRow};
+use crate::store::rows::{
+    TASK_COLUMNS, TOKEN_COLUMNS, TaskRow, TokenRow, VALIDATION_COLUMNS, ValidationRow,
+};
 use crate::store::{Run, StoreError};
 
 pub(super) async fn create_api_token(
@@ -110,48 +111,6 @@ pub(super) async fn list_runs(pool: &PgPool, f: &RunFilter) -> Result<Vec<Run>, 
     rows.into_iter().map(Run::try_from).collect()
 }
 
-const TASK_COLUMNS: &str = "id, source, repository, subject_number, title, body, \
-     classification, state, run_id, created_by, created_at, updated_at";
-
-#[derive(sqlx::FromRow)]
-struct TaskRow {
-    id: i64,
-    source: String,
-    repository: Option<String>,
-    subject_number: Option<i64>,
-    title: String,
-    body: String,
-    classification: String,
-    state: String,
-    run_id: Option<i64>,
-    created_by: String,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl TryFrom<TaskRow> for TaskRecord {
-    type Error = StoreError;
-    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
-        Ok(TaskRecord {
-            source: TaskSource::parse(&r.source)
-                .ok_or_else(|| corrupt("tasks", format!("unknown source `{}`", r.source)))?,
-            state: TaskState::parse(&r.state)
-                .ok_or_else(|| corrupt("tasks", format!("unknown state `{}`", r.state)))?,
-            classification: serde_json::from_str(&r.classification)
-                .map_err(|e| corrupt("tasks", format!("classification is not JSON: {e}")))?,
-            id: r.id,
-            repository: r.repository,
-            subject_number: r.subject_number,
-            title: r.title,
-            body: r.body,
-            run_id: r.run_id,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
-}
-
 pub(super) async fn create_task(pool: &PgPool, t: &NewTask) -> Result<TaskRecord, StoreError> {
     let mut q = QueryBuilder::<Postgres>::new(
         "INSERT INTO tasks (source, repository, subject_number, title, body, classification, \
@@ -224,43 +183,6 @@ pub(super) async fn update_task(
     q.push(format!(" RETURNING {TASK_COLUMNS}"));
     let row: Option<TaskRow> = q.build_query_as().fetch_optional(pool).await?;
     row.map(TaskRecord::try_from).transpose()
-}
-
-const VALIDATION_COLUMNS: &str =
-    "id, run_id, step, kind, verdict, summary, evidence, created_by, created_at";
-
-#[derive(sqlx::FromRow)]
-struct ValidationRow {
-    id: i64,
-    run_id: Option<i64>,
-    step: Option<String>,
-    kind: String,
-    verdict: String,
-    summary: String,
-    evidence: String,
-    created_by: String,
-    created_at: i64,
-}
-
-impl TryFrom<ValidationRow> for ValidationRecord {
-    type Error = StoreError;
-    fn try_from(r: ValidationRow) -> Result<Self, StoreError> {
-        Ok(ValidationRecord {
-            kind: ValidationKind::parse(&r.kind)
-                .ok_or_else(|| corrupt("validations", format!("unknown kind `{}`", r.kind)))?,
-            verdict: Verdict::parse(&r.verdict).ok_or_else(|| {
-                corrupt("validations", format!("unknown verdict `{}`", r.verdict))
-            })?,
-            evidence: serde_json::from_str(&r.evidence)
-                .map_err(|e| corrupt("validations", format!("evidence is not JSON: {e}")))?,
-            id: r.id,
-            run_id: r.run_id,
-            step: r.step,
-            summary: r.summary,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        })
-    }
 }
 
 pub(super) async fn create_validation(

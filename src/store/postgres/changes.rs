@@ -7,7 +7,8 @@ use super::{PgStore, insert_event};
 use crate::store::changes::{
     ChangeState, ChangeStore, Publication, RunChange, change_event_detail, initial_state,
 };
-use crate::store::sqlite::changes::{ChangeRow, json};
+use crate::store::rows::ChangeRow;
+use crate::store::sqlite::changes::json;
 use crate::store::{StoreError, now_ms};
 use crate::workspace::Change;
 

@@ -6,7 +6,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use super::{CHANNEL_DELIVERIES, corrupt, notify};
 use crate::store::deliveries::{DeliveryFilter, DeliverySummary};
-use crate::store::sqlite::deliveries::SummaryRow;
+use crate::store::rows::SummaryRow;
 use crate::store::{DeliveryState, StoreError};
 
 pub(super) async fn list_deliveries(

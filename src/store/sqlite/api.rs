@@ -7,56 +7,14 @@
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{RunRow, corrupt};
 use crate::store::api::{
-    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
-    TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
-    ValidationRecord, Verdict,
+    AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, RunFilter, StoreCounts,
+    TaskFilter, TaskRecord, TaskUpdate, ValidationFilter, ValidationRecord,
+};
+use crate::store::rows::{
+    RunRow, TASK_COLUMNS, TOKEN_COLUMNS, TaskRow, TokenRow, VALIDATION_COLUMNS, ValidationRow,
 };
 use crate::store::{Run, StoreError};
-
-/// The token columns both backends read (PostgreSQL reuses this row type).
-pub(crate) const TOKEN_COLUMNS: &str = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, expires_at, repositories";
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct TokenRow {
-    id: i64,
-    name: String,
-    role: String,
-    prefix: String,
-    created_by: String,
-    created_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    expires_at: Option<i64>,
-    repositories: Option<String>,
-}
-
-impl TryFrom<TokenRow> for ApiToken {
-    type Error = StoreError;
-    fn try_from(r: TokenRow) -> Result<Self, StoreError> {
-        Ok(ApiToken {
-            role: Role::parse(&r.role)
-                .ok_or_else(|| corrupt("api_tokens", format!("unknown role `{}`", r.role)))?,
-            id: r.id,
-            name: r.name,
-            prefix: r.prefix,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            last_used_at: r.last_used_at,
-            revoked_at: r.revoked_at,
-            expires_at: r.expires_at,
-            repositories: match r.repositories {
-                None => None,
-                Some(text) => {
-                    Some(serde_json::from_str(&text).map_err(|e| {
-                        corrupt("api_tokens", format!("repositories `{text}`: {e}"))
-                    })?)
-                }
-            },
-        })
-    }
-}
 
 pub(super) async fn create_api_token(
     conn: &mut SqliteConnection,
@@ -155,70 +113,6 @@ pub(super) async fn list_runs(pool: &SqlitePool, f: &RunFilter) -> Result<Vec<Ru
     q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
     let rows: Vec<RunRow> = q.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(Run::try_from).collect()
-}
-
-const TASK_COLUMNS: &str = "id, source, repository, subject_number, title, body, \
-     classification, state, run_id, created_by, created_at, updated_at";
-
-/// A row of `tasks` as stored; the only mapping of a task row (tasks are
-/// read and written on rusqlite connections: the writer's raw handle and
-/// the raw reader).
-struct TaskRow {
-    id: i64,
-    source: String,
-    repository: Option<String>,
-    subject_number: Option<i64>,
-    title: String,
-    body: String,
-    classification: String,
-    state: String,
-    run_id: Option<i64>,
-    created_by: String,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl TaskRow {
-    /// Maps a row selected with [`TASK_COLUMNS`].
-    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(TaskRow {
-            id: row.get(0)?,
-            source: row.get(1)?,
-            repository: row.get(2)?,
-            subject_number: row.get(3)?,
-            title: row.get(4)?,
-            body: row.get(5)?,
-            classification: row.get(6)?,
-            state: row.get(7)?,
-            run_id: row.get(8)?,
-            created_by: row.get(9)?,
-            created_at: row.get(10)?,
-            updated_at: row.get(11)?,
-        })
-    }
-}
-
-impl TryFrom<TaskRow> for TaskRecord {
-    type Error = StoreError;
-    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
-        Ok(TaskRecord {
-            source: TaskSource::parse(&r.source)
-                .ok_or_else(|| corrupt("tasks", format!("unknown source `{}`", r.source)))?,
-            state: TaskState::parse(&r.state)
-                .ok_or_else(|| corrupt("tasks", format!("unknown state `{}`", r.state)))?,
-            classification: serde_json::from_str(&r.classification)
-                .map_err(|e| corrupt("tasks", format!("classification is not JSON: {e}")))?,
-            id: r.id,
-            repository: r.repository,
-            subject_number: r.subject_number,
-            title: r.title,
-            body: r.body,
-            run_id: r.run_id,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
 }
 
 /// Inserts a task (on the writer's raw handle); the stored record.
@@ -328,43 +222,6 @@ pub(super) fn update_task(
         .query_row(rusqlite::params_from_iter(params), TaskRow::from_rusqlite)
         .optional()?;
     row.map(TaskRecord::try_from).transpose()
-}
-
-const VALIDATION_COLUMNS: &str =
-    "id, run_id, step, kind, verdict, summary, evidence, created_by, created_at";
-
-#[derive(sqlx::FromRow)]
-struct ValidationRow {
-    id: i64,
-    run_id: Option<i64>,
-    step: Option<String>,
-    kind: String,
-    verdict: String,
-    summary: String,
-    evidence: String,
-    created_by: String,
-    created_at: i64,
-}
-
-impl TryFrom<ValidationRow> for ValidationRecord {
-    type Error = StoreError;
-    fn try_from(r: ValidationRow) -> Result<Self, StoreError> {
-        Ok(ValidationRecord {
-            kind: ValidationKind::parse(&r.kind)
-                .ok_or_else(|| corrupt("validations", format!("unknown kind `{}`", r.kind)))?,
-            verdict: Verdict::parse(&r.verdict).ok_or_else(|| {
-                corrupt("validations", format!("unknown verdict `{}`", r.verdict))
-            })?,
-            evidence: serde_json::from_str(&r.evidence)
-                .map_err(|e| corrupt("validations", format!("evidence is not JSON: {e}")))?,
-            id: r.id,
-            run_id: r.run_id,
-            step: r.step,
-            summary: r.summary,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        })
-    }
 }
 
 pub(super) async fn create_validation(

@@ -4,47 +4,13 @@
 use async_trait::async_trait;
 use sqlx::Connection as _;
 
-use super::{SqliteStore, corrupt, insert_event};
+use super::{SqliteStore, insert_event};
 use crate::store::changes::{
     ChangeState, ChangeStore, Publication, RunChange, change_event_detail, initial_state,
 };
+use crate::store::rows::ChangeRow;
 use crate::store::{StoreError, now_ms};
 use crate::workspace::Change;
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct ChangeRow {
-    pub run_id: i64,
-    pub step: String,
-    pub change: String,
-    pub state: String,
-    pub refused: Option<String>,
-    pub publication: String,
-    pub attempts: i64,
-    pub next_attempt_at: i64,
-    pub last_error: Option<String>,
-    pub updated_at: i64,
-}
-
-impl TryFrom<ChangeRow> for RunChange {
-    type Error = StoreError;
-    fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
-        Ok(RunChange {
-            change: serde_json::from_str(&r.change)
-                .map_err(|e| corrupt("run_changes", format!("change: {e}")))?,
-            state: ChangeState::parse(&r.state)
-                .ok_or_else(|| corrupt("run_changes", format!("unknown state `{}`", r.state)))?,
-            publication: serde_json::from_str(&r.publication)
-                .map_err(|e| corrupt("run_changes", format!("publication: {e}")))?,
-            run_id: r.run_id,
-            step: r.step,
-            refused: r.refused,
-            attempts: r.attempts,
-            next_attempt_at: r.next_attempt_at,
-            last_error: r.last_error,
-            updated_at: r.updated_at,
-        })
-    }
-}
 
 /// `value` as stored JSON text.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {

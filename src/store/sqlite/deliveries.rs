@@ -6,24 +6,9 @@ use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::corrupt;
 use crate::store::deliveries::{DeliveryFilter, DeliverySummary};
+use crate::store::rows::{SummaryRow, corrupt};
 use crate::store::{DeliveryState, StoreError};
-
-/// A row of the deliveries page (both stores read it).
-#[derive(sqlx::FromRow)]
-pub(in crate::store) struct SummaryRow {
-    id: i64,
-    delivery_id: String,
-    event: String,
-    action: Option<String>,
-    repository: Option<String>,
-    sender_login: Option<String>,
-    received_at: i64,
-    state: String,
-    attempts: i64,
-    error: Option<String>,
-}
 
 pub(super) async fn list_deliveries(
     pool: &SqlitePool,
@@ -40,26 +25,6 @@ pub(super) async fn list_deliveries(
     q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
     let rows: Vec<SummaryRow> = q.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(DeliverySummary::try_from).collect()
-}
-
-impl TryFrom<SummaryRow> for DeliverySummary {
-    type Error = StoreError;
-
-    fn try_from(r: SummaryRow) -> Result<Self, StoreError> {
-        Ok(DeliverySummary {
-            state: DeliveryState::parse(&r.state)
-                .ok_or_else(|| corrupt("deliveries", format!("unknown state `{}`", r.state)))?,
-            id: r.id,
-            delivery_id: r.delivery_id,
-            event: r.event,
-            action: r.action,
-            repository: r.repository,
-            sender_login: r.sender_login,
-            received_at: r.received_at,
-            attempts: r.attempts,
-            error: r.error,
-        })
-    }
 }
 
 pub(super) async fn requeue_delivery(

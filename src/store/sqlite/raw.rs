@@ -12,72 +12,13 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{RunRow, StepRow};
 use crate::store::StoreError;
 use crate::store::policy::{Admission, ClaimCandidate};
+use crate::store::rows::{RunRow, StepRow};
 use crate::store::runs::{
     ClaimLimits, ClaimedStep, CreatedRun, Lease, NewRun, Plan, Planner, RunSnapshot, StepFinish,
     StepNext, StepRecord, StepState,
 };
-
-impl RunRow {
-    /// Maps a row of `select_runs!()` read through rusqlite.
-    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(RunRow {
-            id: row.get(0)?,
-            workflow: row.get(1)?,
-            delivery_id: row.get(2)?,
-            event: row.get(3)?,
-            repository: row.get(4)?,
-            subject_number: row.get(5)?,
-            head_sha: row.get(6)?,
-            classification: row.get(7)?,
-            reason: row.get(8)?,
-            context: row.get(9)?,
-            priority: row.get(10)?,
-            concurrency_group: row.get(11)?,
-            state: row.get(12)?,
-            desired_state: row.get(13)?,
-            max_parallel: row.get(14)?,
-            deadline_at: row.get(15)?,
-            cost_usd: row.get(16)?,
-            conclusion: row.get(17)?,
-            created_at: row.get(18)?,
-            started_at: row.get(19)?,
-            finished_at: row.get(20)?,
-            waiting_approval: row.get(21)?,
-            approved_by: row.get(22)?,
-            checkout_sha: row.get(23)?,
-        })
-    }
-}
-
-impl StepRow {
-    /// Maps a row of `step_columns!()` read through rusqlite.
-    fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(StepRow {
-            id: row.get(0)?,
-            run_id: row.get(1)?,
-            step: row.get(2)?,
-            position: row.get(3)?,
-            needs: row.get(4)?,
-            continue_on_error: row.get(5)?,
-            state: row.get(6)?,
-            agent: row.get(7)?,
-            agent_index: row.get(8)?,
-            attempts: row.get(9)?,
-            agent_attempts: row.get(10)?,
-            run_at: row.get(11)?,
-            priority: row.get(12)?,
-            lease_owner: row.get(13)?,
-            lease_expires_at: row.get(14)?,
-            output: row.get(15)?,
-            error: row.get(16)?,
-            started_at: row.get(17)?,
-            finished_at: row.get(18)?,
-        })
-    }
-}
 
 /// Appends one timeline event.
 pub(super) fn insert_event(
@@ -265,7 +206,7 @@ pub(super) fn finish(
 }
 
 /// Claims ready steps in service order within `limits`, starting an attempt
-/// for each (see `RunStore::claim_steps`).
+/// for each (see `Runs::claim_steps`).
 pub(super) fn claim_steps(
     conn: &Connection,
     owner: &str,
@@ -417,7 +358,7 @@ pub(super) fn claim_steps(
 }
 
 /// Creates `runs` with their steps and timeline events (see
-/// `RunStore::create_runs`): a run already made for its delivery and
+/// `Runs::create_runs`): a run already made for its delivery and
 /// workflow is returned with `created: false` and nothing is written for it;
 /// a new run with `cancel_in_progress` asks the older active runs of its
 /// concurrency group to cancel. Runs inside the caller's transaction.

@@ -1,0 +1,138 @@
+//! [`RunControl`]: pause, resume, cancel, retry and approve.
+
+use super::*;
+
+#[async_trait]
+impl RunControl for SqliteStore {
+    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        self.control_transition(
+            run_id,
+            "UPDATE runs SET desired_state = 'paused', state = 'paused' \
+             WHERE id = ?1 AND desired_state = 'running' AND state IN ('queued', 'running')",
+            "run_paused",
+            "paused: no new step starts; running ones finish",
+        )
+        .await
+    }
+
+    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+        self.control_transition(
+            run_id,
+            "UPDATE runs SET desired_state = 'running', \
+             state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END \
+             WHERE id = ?1 AND desired_state = 'paused' AND state = 'paused'",
+            "run_resumed",
+            "resumed where it stood",
+        )
+        .await
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2 \
+             WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
+               AND desired_state IN ('running', 'paused')",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome =
+            control_outcome(&mut tx, changed, run_id, now, "cancel_requested", reason).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        step: Option<&str>,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
+            return Ok(ControlOutcome::NotFound);
+        };
+        let chosen = match policy::retry_plan(&snapshot.steps, step) {
+            policy::RetryPlan::NotFound => return Ok(ControlOutcome::NotFound),
+            policy::RetryPlan::Unchanged => {
+                tx.commit().await?;
+                return Ok(ControlOutcome::Unchanged);
+            }
+            policy::RetryPlan::Reset(chosen) => chosen,
+        };
+        let mut names: Vec<&str> = Vec::new();
+        for s in chosen {
+            sqlx::query(
+                "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
+                 agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, finished_at = NULL \
+                 WHERE id = ?2 AND state NOT IN ('running', 'pending')",
+            )
+            .bind(now)
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
+            names.push(&s.step);
+        }
+        if names.is_empty() {
+            tx.commit().await?;
+            return Ok(ControlOutcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE runs SET \
+               state = CASE WHEN state = 'paused' THEN 'paused' \
+                            WHEN waiting_approval = 1 THEN 'queued' ELSE 'running' END, \
+               desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+               conclusion = NULL, finished_at = NULL WHERE id = ?1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            run_id,
+            None,
+            now,
+            "retry_requested",
+            &format!("steps reset to pending: {}", names.join(", ")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ControlOutcome::Changed)
+    }
+
+    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        // The run's time limit counts from its approval, not its creation.
+        let changed = sqlx::query(
+            "UPDATE runs SET waiting_approval = 0, approved_by = ?2, \
+               deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
+                                  ELSE deadline_at + (?3 - created_at) END \
+             WHERE id = ?1 AND waiting_approval = 1 AND state = 'queued'",
+        )
+        .bind(run_id)
+        .bind(by.to_owned())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = control_outcome(
+            &mut tx,
+            changed,
+            run_id,
+            now,
+            "run_approved",
+            &format!("approved by @{by}: its steps may start"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}

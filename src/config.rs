@@ -83,6 +83,14 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: std::path::PathBuf,
     },
+    /// Delete what is past retention (`--keep-*-days`) now, in small
+    /// batches, and give the space back to the file system; print what went
+    /// and the database's size before and after.
+    Prune {
+        /// Only count what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Manage API tokens of the operator API (`Authorization: Bearer …`).
     Token {
         #[command(subcommand)]
@@ -503,6 +511,67 @@ pub struct Settings {
     )]
     pub max_change_bytes: u64,
 
+    /// Delete deliveries' payloads (and the comments, labels and reactions
+    /// they caused, once sent) after this many days; 0 keeps them forever.
+    /// Every delivery that is queued, or whose run is still active, is kept.
+    #[arg(
+        long = "keep-payloads-days",
+        env = "TASKMASTER_KEEP_PAYLOADS_DAYS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub keep_payloads_days: u32,
+
+    /// Clear finished runs' step outputs and attempt excerpts after this
+    /// many days; 0 keeps them forever.
+    #[arg(
+        long = "keep-outputs-days",
+        env = "TASKMASTER_KEEP_OUTPUTS_DAYS",
+        default_value_t = 90,
+        global = true
+    )]
+    pub keep_outputs_days: u32,
+
+    /// Delete finished runs' timelines after this many days; 0 keeps them
+    /// forever.
+    #[arg(
+        long = "keep-events-days",
+        env = "TASKMASTER_KEEP_EVENTS_DAYS",
+        default_value_t = 365,
+        global = true
+    )]
+    pub keep_events_days: u32,
+
+    /// Delete finished runs (steps, attempts, reports) and deliveries'
+    /// rows after this many days; 0 keeps them forever.
+    #[arg(
+        long = "keep-runs-days",
+        env = "TASKMASTER_KEEP_RUNS_DAYS",
+        default_value_t = 365,
+        global = true
+    )]
+    pub keep_runs_days: u32,
+
+    /// Delete audit-log entries after this many days; 0 (the default)
+    /// keeps them forever.
+    #[arg(
+        long = "keep-audit-days",
+        env = "TASKMASTER_KEEP_AUDIT_DAYS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub keep_audit_days: u32,
+
+    /// Prune what is past retention every this many minutes while serving
+    /// (`taskmaster prune` does it by hand); 0 turns the pruner off.
+    #[arg(
+        long = "prune-interval-minutes",
+        env = "TASKMASTER_PRUNE_INTERVAL_MINUTES",
+        default_value_t = 60,
+        global = true
+    )]
+    pub prune_interval_minutes: u64,
+
     /// Log filter, in tracing's `RUST_LOG` syntax (e.g. `info,taskmaster=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
@@ -524,6 +593,18 @@ several secrets may be given, separated by commas, to rotate without losing deli
 
 impl Settings {
     /// The PostgreSQL pool settings from these flags.
+    /// How long records are kept (`--keep-*-days`; 0 is forever).
+    pub fn retention(&self) -> crate::store::RetentionSettings {
+        let days = |d: u32| (d > 0).then_some(d);
+        crate::store::RetentionSettings {
+            payloads_days: days(self.keep_payloads_days),
+            outputs_days: days(self.keep_outputs_days),
+            events_days: days(self.keep_events_days),
+            runs_days: days(self.keep_runs_days),
+            audit_days: days(self.keep_audit_days),
+        }
+    }
+
     pub fn pool_settings(&self) -> crate::store::PoolSettings {
         crate::store::PoolSettings {
             max_connections: self.pg_max_connections.max(2),

@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
             delivery,
         } => run(cli.settings, &workflow, &event, &event_name, delivery).await,
         Command::Token { action } => token(cli.settings, action).await,
+        Command::Prune { dry_run } => prune(cli.settings, dry_run).await,
         Command::Deliver {
             payload,
             event,
@@ -56,6 +57,61 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     println!(
         "database {} is up to date",
         store::redact_url(&settings.database_url)
+    );
+    Ok(())
+}
+
+/// `taskmaster prune [--dry-run]`: what is past retention, deleted (or
+/// counted), and the database's size before and after.
+async fn prune(settings: Settings, dry_run: bool) -> anyhow::Result<()> {
+    use taskmaster::store::retention;
+    let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
+    let retention_settings = settings.retention();
+    let cutoffs = retention::Cutoffs::at(&retention_settings, store::now_ms());
+    let before = store.database_size().await?;
+    let kept = |days: Option<u32>| {
+        days.map_or("kept forever".to_string(), |d| {
+            format!("older than {d} days")
+        })
+    };
+    let reasons = [
+        ("payloads", kept(retention_settings.payloads_days)),
+        ("effects", kept(retention_settings.payloads_days)),
+        ("outputs", kept(retention_settings.outputs_days)),
+        ("events", kept(retention_settings.events_days)),
+        ("runs", kept(retention_settings.runs_days)),
+        ("deliveries", kept(retention_settings.runs_days)),
+        ("audit", kept(retention_settings.audit_days)),
+    ];
+    let print = |counts: &retention::PruneCounts, verb: &str| {
+        for ((kind, n), (_, why)) in counts.kinds().iter().zip(&reasons) {
+            println!("{verb} {n:>8} {kind:<10} ({why})");
+        }
+    };
+    if dry_run {
+        let counts = store.prunable(&cutoffs).await?;
+        print(&counts, "would prune");
+        println!(
+            "database: {} bytes ({} free)",
+            before.bytes, before.free_bytes
+        );
+        return Ok(());
+    }
+    let Some(guard) = store.try_exclusive("pruner").await? else {
+        anyhow::bail!(
+            "another taskmaster process is pruning this database; try again once it is done"
+        );
+    };
+    let counts = retention::prune(&*store, &cutoffs, std::time::Duration::ZERO).await?;
+    if store.enable_reclaiming().await? {
+        println!("switched the database to incremental vacuum (VACUUM rewrote the file)");
+    }
+    drop(guard);
+    print(&counts, "pruned");
+    let after = store.database_size().await?;
+    println!(
+        "database: {} bytes before, {} bytes after ({} free)",
+        before.bytes, after.bytes, after.free_bytes
     );
     Ok(())
 }
@@ -206,6 +262,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
+    let pruner_stop = CancellationToken::new();
+    if settings.prune_interval_minutes > 0 {
+        tokio::spawn(store::retention::run_pruner(
+            store.clone(),
+            settings.retention(),
+            std::time::Duration::from_secs(settings.prune_interval_minutes * 60),
+            pruner_stop.clone(),
+        ));
+    }
     let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
     // The Prometheus recorder, before the first delivery is counted.
@@ -262,6 +327,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("engine panicked")?
         .context("engine start-up recovery failed")?;
     redelivery_stop.cancel();
+    pruner_stop.cancel();
     // Last, the outbox sends what the engine settled (one bounded pass).
     outbox_stop.cancel();
     outbox_task.await.context("outbox panicked")?;

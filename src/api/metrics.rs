@@ -101,6 +101,23 @@ async fn append_levels(state: &ApiState, out: &mut String) -> Result<(), Problem
             .map_or(0.0, |at| (now_ms() - at).max(0) as f64 / 1000.0)
     );
 
+    let size = store.database_size().await?;
+    family(
+        out,
+        "taskmaster_database_bytes",
+        "Bytes the database takes on disk; `free` of them in pages a vacuum can give back.",
+    );
+    let _ = writeln!(
+        out,
+        "taskmaster_database_bytes{{kind=\"total\"}} {}",
+        size.bytes
+    );
+    let _ = writeln!(
+        out,
+        "taskmaster_database_bytes{{kind=\"free\"}} {}",
+        size.free_bytes
+    );
+
     family(
         out,
         "taskmaster_deliveries_stored",

@@ -496,6 +496,13 @@ pub async fn redeliver(
                 &format!("There is no delivery {id}."),
             )),
         ),
+        Err(e @ crate::store::StoreError::Pruned { .. }) => (
+            "refused",
+            Err(error_page(
+                StatusCode::GONE,
+                &format!("Delivery {id} cannot be redelivered: {e}."),
+            )),
+        ),
         Err(e) => ("error", Err(internal(e))),
     };
     if let Err(p) = crate::api::audit(

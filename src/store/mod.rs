@@ -16,6 +16,7 @@
 //! | [`Admin`] | the API's auth | audit log, API tokens, ended sessions |
 //! | [`Tasks`] | the API | tasks and validations |
 //! | [`Queries`] | the API, dashboard, `/metrics` | lists, timelines, counts |
+//! | [`Retention`] | the pruner, `taskmaster prune` | what is past retention, database size |
 //!
 //! [`RunStore`] is all of them at once (what `serve` opens). The decisions
 //! both backends must make alike are pure functions in [`policy`]; the rows
@@ -39,6 +40,7 @@ pub mod deliveries;
 pub mod policy;
 pub mod postgres;
 pub mod reports;
+pub mod retention;
 mod rows;
 pub mod runs;
 pub mod sqlite;
@@ -56,6 +58,7 @@ pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChang
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
+pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
 pub use runs::{
     AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
@@ -351,6 +354,10 @@ pub enum StoreError {
     /// stops on a failed fsync): restart the process.
     #[error("the database's write-ahead log could not be synced to disk: {0}")]
     Durability(String),
+    /// What was asked for was deleted by retention (see [`retention`]):
+    /// `what` says what, and how to keep it longer.
+    #[error("{what} was deleted by retention; {hint}")]
+    Pruned { what: String, hint: &'static str },
 }
 
 /// Effects of one installation in one [`Effects::due_effects`] batch at most.
@@ -974,7 +981,8 @@ pub trait Queries: Send + Sync + 'static {
     /// Puts a `failed` or `ignored` delivery back in the queue (available at
     /// `now`, epoch ms) so the dispatcher handles it again; a delivery in
     /// another state is left as it is. Returns the state it had, `None` when
-    /// no delivery has this id. Safe to repeat: runs are keyed by (delivery,
+    /// no delivery has this id. Errors: [`StoreError::Pruned`] when its
+    /// payload is gone (past retention). Safe to repeat: runs are keyed by (delivery,
     /// workflow) and effects by delivery, so handling it again duplicates
     /// nothing that was done.
     async fn requeue_delivery(
@@ -989,7 +997,17 @@ pub trait Queries: Send + Sync + 'static {
 /// needs one role takes that trait instead (a fake of it for a test is a
 /// few lines). Implemented for every type that implements all of them.
 pub trait RunStore:
-    Store + ChangeStore + Runs + RunControl + Reports + Effects + AppRecords + Admin + Tasks + Queries
+    Store
+    + ChangeStore
+    + Runs
+    + RunControl
+    + Reports
+    + Effects
+    + AppRecords
+    + Admin
+    + Tasks
+    + Queries
+    + Retention
 {
 }
 
@@ -1004,6 +1022,7 @@ impl<T> RunStore for T where
         + Admin
         + Tasks
         + Queries
+        + Retention
 {
 }
 
@@ -1011,8 +1030,8 @@ impl<T> RunStore for T where
 /// `use taskmaster::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        Admin, AppRecords, ChangeStore, Effects, Queries, Reports, RunControl, RunStore, Runs,
-        Store, Tasks,
+        Admin, AppRecords, ChangeStore, Effects, Queries, Reports, Retention, RunControl, RunStore,
+        Runs, Store, Tasks,
     };
 }
 

@@ -1083,3 +1083,4 @@ mod engine;
 mod queries;
 mod records;
 mod reports;
+mod retention;

@@ -365,12 +365,19 @@ impl SqliteStore {
         } else {
             format!("sqlite://{url}")
         };
-        let options = SqliteConnectOptions::from_str(&url)?
+        let base = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Freed pages go back to the file system after pruning
+        // (`retention`). Takes effect on a new file only (an older one is
+        // converted by `taskmaster prune`), and only from a connection that
+        // may write: read-only ones refuse the pragma.
+        let options = base
+            .clone()
+            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental);
         let db_file = options.get_filename().to_path_buf();
         // The store takes this pool's one connection at its first write and
         // keeps it (`RawWriter`): every write of the service goes through it.
@@ -390,7 +397,7 @@ impl SqliteStore {
             .connect_lazy_with(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_lazy_with(options.read_only(true));
+            .connect_lazy_with(base.read_only(true));
         let raw = std::sync::Arc::new(RawWriter {
             held: tokio::sync::Mutex::new(None),
             others: tokio::sync::Mutex::new(()),
@@ -1125,4 +1132,5 @@ mod queries;
 mod raw;
 mod records;
 mod reports;
+mod retention;
 mod walsync;

@@ -33,17 +33,24 @@ pub(super) async fn requeue_delivery(
     now: i64,
 ) -> Result<Option<DeliveryState>, StoreError> {
     let mut tx = conn.begin().await?;
-    let state: Option<(String,)> =
-        sqlx::query_as("SELECT state FROM deliveries WHERE delivery_id = ?1")
+    let state: Option<(String, bool)> =
+        sqlx::query_as("SELECT state, EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.id = deliveries.id) FROM deliveries WHERE delivery_id = ?1")
             .bind(delivery_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let Some((state,)) = state else {
+    let Some((state, has_payload)) = state else {
         return Ok(None);
     };
     let state = DeliveryState::parse(&state)
         .ok_or_else(|| corrupt("deliveries", format!("unknown state `{state}`")))?;
     if matches!(state, DeliveryState::Failed | DeliveryState::Ignored) {
+        if !has_payload {
+            return Err(StoreError::Pruned {
+                what: format!("the payload of delivery {delivery_id}"),
+                hint: "GitHub's own Redeliver (the App's advanced settings) still sends it; \
+                       keep payloads longer with --keep-payloads-days",
+            });
+        }
         sqlx::query(
             "UPDATE deliveries SET state = 'queued', available_at = ?2, claimed_by = NULL, \
              lease_expires_at = NULL, finished_at = NULL, error = NULL WHERE delivery_id = ?1",

@@ -144,6 +144,24 @@ pub fn attempt_finished(
     }
 }
 
+/// An attempt cost `usd` (reported or estimated; see [`crate::budget`]):
+/// `taskmaster_agent_cost_usd_total{agent,repository,workflow}`, a float
+/// that only grows (exported as a gauge: the `metrics` crate's counters
+/// count whole numbers).
+pub fn attempt_cost(agent: &str, repository: &str, workflow: &str, usd: f64) {
+    if usd > 0.0 {
+        metrics::gauge!("taskmaster_agent_cost_usd_total", "agent" => agent.to_owned(),
+            "repository" => repository.to_owned(), "workflow" => workflow.to_owned())
+        .increment(usd);
+    }
+}
+
+/// A budget stopped a run (`scope`: its key under `budgets:`).
+pub fn budget_exhausted(scope: &str) {
+    metrics::counter!("taskmaster_budget_exhausted_total", "scope" => scope.to_owned())
+        .increment(1);
+}
+
 /// A validation step's verdict was stored.
 pub fn verdict(workflow: &str, step: &str, verdict: &str) {
     metrics::counter!(VERDICTS, "workflow" => workflow.to_owned(), "step" => step.to_owned(),

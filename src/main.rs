@@ -229,8 +229,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = Engine::new(
         store.clone(),
         workflows.clone(),
-        agents,
-        engine_config(&settings, github.clone())?,
+        agents.clone(),
+        taskmaster::engine::EngineConfig {
+            budgets: agents.budgets(),
+            ..engine_config(&settings, github.clone())?
+        },
     );
     let redelivery_stop = CancellationToken::new();
     if github_settings.credentials.is_some() {
@@ -380,8 +383,11 @@ async fn run(
     let engine = Engine::new(
         store.clone(),
         workflows,
-        agents,
-        engine_config(&settings, github.clone())?,
+        agents.clone(),
+        taskmaster::engine::EngineConfig {
+            budgets: agents.budgets(),
+            ..engine_config(&settings, github.clone())?
+        },
     );
     let mut transitions = engine.subscribe();
     let stop = CancellationToken::new();

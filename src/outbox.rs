@@ -943,6 +943,8 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         verdict_rules: crate::verdict::VerdictRules::of_run(&run.context),
         failed_by_verdict: run.state == RunState::Succeeded && !failed_verdicts.is_empty(),
         has_verdicts: verdict_reports > 0,
+        stopped_by_budget: run.stopped_by_budget.clone(),
+        cost_micro_usd: (run.cost_usd.max(0.0) * 1e6).round() as u64,
         started_by_api: run
             .delivery_id
             .starts_with("api:")

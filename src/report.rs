@@ -172,6 +172,14 @@ pub struct RunReport {
     /// The API token that started the run (`POST /api/workflows/execute`),
     /// said in the check run's title: a check a person did not cause says so.
     pub started_by_api: Option<String>,
+    /// A budget stopped the run (`budgets:`, see [`crate::budget`]): which,
+    /// what was spent and how to raise it. The check run is then `neutral`
+    /// ("stopped, not broken"), whatever the steps' states.
+    pub stopped_by_budget: Option<String>,
+    /// What the run's attempts cost so far, in millionths of a US dollar
+    /// (reported or estimated, see [`crate::budget`]); 0 when nothing
+    /// reported a cost.
+    pub cost_micro_usd: u64,
 }
 
 /// A finding's annotation level.
@@ -246,6 +254,7 @@ impl RunReport {
     /// | cancelled | `completed` | `cancelled` |
     /// | timed out | `completed` | `timed_out` |
     /// | skipped | `completed` | `neutral` |
+    /// | stopped by a budget | `completed` | `neutral` |
     ///
     /// Skipped work is `neutral`, not `skipped`: GitHub hides `skipped`
     /// checks in places, and the run did happen.
@@ -253,6 +262,12 @@ impl RunReport {
     /// Source: <https://docs.github.com/en/rest/checks/runs#create-a-check-run>
     pub fn check_status(&self) -> (CheckStatus, Option<CheckConclusion>) {
         use CheckConclusion as C;
+        if let RunState::Completed(outcome) = self.state
+            && outcome != RunOutcome::Succeeded
+            && self.stopped_by_budget.is_some()
+        {
+            return (CheckStatus::Completed, Some(C::Neutral));
+        }
         match self.state {
             RunState::Queued => (CheckStatus::Queued, None),
             RunState::Running | RunState::Paused => (CheckStatus::InProgress, None),
@@ -363,6 +378,11 @@ impl RunReport {
     }
 
     fn headline(&self) -> String {
+        if matches!(self.state, RunState::Completed(o) if o != RunOutcome::Succeeded)
+            && self.stopped_by_budget.is_some()
+        {
+            return "Stopped: a budget is spent".to_owned();
+        }
         let total = self.steps.len();
         let count = |s: StepState| self.steps.iter().filter(|x| x.state == s).count();
         let done = count(StepState::Succeeded);
@@ -399,6 +419,11 @@ impl RunReport {
     }
 
     fn icon(&self) -> &'static str {
+        if matches!(self.state, RunState::Completed(o) if o != RunOutcome::Succeeded)
+            && self.stopped_by_budget.is_some()
+        {
+            return "💸";
+        }
         match self.state {
             RunState::Queued => "⏳",
             RunState::Running => "🔄",
@@ -455,6 +480,13 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
     }
     summary.push('\n');
     summary.push_str(&step_table(&run.steps));
+    if run.cost_micro_usd > 0 {
+        let _ = writeln!(
+            summary,
+            "\nCost so far: ${:.2}",
+            run.cost_micro_usd as f64 / 1e6
+        );
+    }
 
     let with_output: Vec<&StepReport> = run
         .steps

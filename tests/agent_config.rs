@@ -47,6 +47,19 @@ fn the_example_file_is_valid() {
     );
     assert_eq!(config.agents["claude-cli"].budget.max_cost_usd, Some(5.0));
     assert_eq!(config.redact_env, ["SENTRY_DSN"]);
+    assert_eq!(config.budgets.run.usd, Some(10.0));
+    assert_eq!(config.budgets.global_month.usd, Some(2000.0));
+    assert_eq!(
+        config.agents["claude-managed"]
+            .price
+            .and_then(|p| p.per_minute),
+        Some(0.20)
+    );
+    assert_eq!(
+        registry_budgets(&config),
+        config.budgets,
+        "the registry hands the engine the file's budgets"
+    );
     assert_eq!(
         config.agents["claude-managed"].public_endpoint().as_deref(),
         Some("managed: one AgentAPI server per run on 127.0.0.1")
@@ -56,6 +69,24 @@ fn the_example_file_is_valid() {
         registry.get("claude-managed").unwrap().kind(),
         AgentKind::Agentapi
     );
+}
+
+fn registry_budgets(config: &AgentsConfig) -> taskmaster::budget::Budgets {
+    AgentRegistry::new(config, &env(&[])).unwrap().budgets()
+}
+
+/// A misspelt budget key is an error with its place, not a silent no-limit.
+#[test]
+fn budgets_and_prices_refuse_unknown_keys_with_their_place() {
+    let err = AgentsConfig::parse("budgets:\n  run: { dollars: 5 }\n", None, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dollars") && err.contains("line 2"), "{err}");
+    let text = "agents:\n  a:\n    kind: command\n    price: { per_hour: 1 }\n";
+    let err = AgentsConfig::parse(text, None, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("per_hour"), "{err}");
 }
 
 #[test]

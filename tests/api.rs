@@ -101,6 +101,16 @@ impl Api {
             EngineConfig {
                 poll: Duration::from_millis(50),
                 shutdown_grace: Duration::from_secs(1),
+                // A budget no test spends (command steps cost nothing):
+                // `/api/spend` and the budget metrics have one to show.
+                budgets: taskmaster::budget::Budgets {
+                    global_month: taskmaster::budget::Limits {
+                        usd: Some(100.0),
+                        attempts: Some(100_000),
+                        agent_minutes: None,
+                    },
+                    ..Default::default()
+                },
                 ..EngineConfig::default()
             },
         );
@@ -229,6 +239,63 @@ impl Api {
         self.stop.cancel();
         self.running.take().unwrap().stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn spend_is_shown_per_day_and_repository_with_what_is_left_of_the_budgets() {
+    let api = Api::start().await;
+    let run = api.execute("review", 9).await;
+    let detail = api
+        .wait_for_state(run["id"].as_i64().unwrap(), &["succeeded"])
+        .await;
+    assert_eq!(detail["attempts"][0]["cost_estimated"], false);
+    assert!(detail["run"]["stopped_by_budget"].is_null());
+    let (status, spend) = api
+        .call(Some(Role::Viewer), Method::GET, "/api/spend?days=7", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{spend}");
+    let rows = spend["rows"].as_array().unwrap();
+    let repo = rows
+        .iter()
+        .find(|r| r["repository"] == "octo/repo")
+        .unwrap_or_else(|| panic!("{spend}"));
+    assert!(repo["attempts"].as_i64().unwrap() >= 1, "{spend}");
+    let global = spend["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scope"] == "global_month")
+        .unwrap_or_else(|| panic!("{spend}"));
+    assert_eq!(global["limit_usd"], 100.0);
+    assert_eq!(global["spent_usd"], 0.0);
+    assert_eq!(global["used"], 0.0);
+    let (status, problem) = api
+        .call(Some(Role::Viewer), Method::GET, "/api/spend?days=0", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let (status, _) = api.call(None, Method::GET, "/api/spend", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let text = api
+        .client
+        .get(format!("{}/api/metrics", api.base))
+        .bearer_auth(api.token(Role::Viewer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("taskmaster_budget_used_ratio{scope=\"global_month\",key=\"\"} 0.000000"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "taskmaster_budget_remaining_usd{scope=\"global_month\",key=\"\"} 100.000000"
+        ),
+        "{text}"
+    );
+    api.stop().await;
 }
 
 #[tokio::test]
@@ -1009,6 +1076,7 @@ fn route_table(
             Some(Read),
         ),
         (Method::GET, "/api/agents".into(), None, Some(Read)),
+        (Method::GET, "/api/spend".into(), None, Some(Read)),
         (Method::GET, "/api/tokens".into(), None, Some(Admin)),
         (
             Method::POST,
@@ -1282,6 +1350,7 @@ async fn a_metrics_scrape_after_a_run_parses_and_holds_the_expected_series() {
         ),
         ("taskmaster_agent_in_flight", vec![("agent", "command")]),
         ("taskmaster_outbox_depth", vec![("kind", "effects")]),
+        ("taskmaster_database_bytes", vec![("kind", "total")]),
     ] {
         assert!(has(name, &labels), "missing {name}{labels:?} in:\n{text}");
     }
@@ -1398,6 +1467,8 @@ fn the_alert_rules_parse_and_use_exported_series() {
         "taskmaster_steps_active",
         "taskmaster_outbox_depth",
         "taskmaster_agent_circuit_state",
+        "taskmaster_budget_used_ratio",
+        "taskmaster_database_bytes",
     ];
     let mut alerts = BTreeSet::new();
     for g in &file.groups {
@@ -1435,6 +1506,8 @@ fn the_alert_rules_parse_and_use_exported_series() {
         "TaskmasterInboxBacklog",
         "TaskmasterStepQueueBacklog",
         "TaskmasterAgentUnavailable",
+        "TaskmasterBudgetNearlySpent",
+        "TaskmasterDatabaseGrowing",
     ] {
         assert!(alerts.contains(a), "{a} missing");
     }

@@ -67,6 +67,8 @@ fn report(state: RunState) -> RunReport {
         failed_by_verdict: false,
         has_verdicts: false,
         started_by_api: None,
+        stopped_by_budget: None,
+        cost_micro_usd: 0,
     }
 }
 

@@ -121,6 +121,7 @@ struct AgentEntry {
     concurrency: Option<u32>,
     circuit_breaker: Option<CircuitBreakerConfig>,
     budget: Option<BudgetConfig>,
+    price: Option<crate::budget::Price>,
     // agentapi, codegen
     endpoint: Option<String>,
     // agentapi: start a server per run instead of using `endpoint`
@@ -170,6 +171,9 @@ struct FileConfig {
     redact_env: Vec<String>,
     #[serde(default)]
     agents: BTreeMap<String, Spanned<AgentEntry>>,
+    /// Spend limits (see [`crate::budget`]).
+    #[serde(default)]
+    budgets: crate::budget::Budgets,
 }
 
 /// A configuration error, with the place it was found when known.
@@ -213,6 +217,9 @@ pub struct AgentConfig {
     pub circuit_breaker: CircuitBreakerConfig,
     /// Budget per step.
     pub budget: BudgetConfig,
+    /// Prices for attempts whose cost the agent does not report (see
+    /// [`crate::budget`]).
+    pub price: Option<crate::budget::Price>,
     entry: AgentEntry,
 }
 
@@ -262,6 +269,8 @@ pub struct AgentsConfig {
     pub output_limit: usize,
     /// Names of environment variables whose values are redacted.
     pub redact_env: Vec<String>,
+    /// Spend limits (`budgets:`).
+    pub budgets: crate::budget::Budgets,
 }
 
 /// The built-in agents (see the module docs), as `(name, kind, endpoint)`.
@@ -546,6 +555,7 @@ impl AgentsConfig {
                     ),
                     circuit_breaker: entry.circuit_breaker.unwrap_or_default(),
                     budget: entry.budget.unwrap_or_default(),
+                    price: entry.price,
                     entry,
                 };
                 (name, config)
@@ -557,6 +567,7 @@ impl AgentsConfig {
                 .output_limit_bytes
                 .unwrap_or(output::DEFAULT_OUTPUT_LIMIT),
             redact_env: file.redact_env,
+            budgets: file.budgets,
         })
     }
 }
@@ -568,6 +579,7 @@ pub struct AgentRegistry {
     agents: BTreeMap<String, Arc<dyn Agent>>,
     configs: BTreeMap<String, AgentConfig>,
     redactor: Arc<Redactor>,
+    budgets: crate::budget::Budgets,
 }
 
 impl AgentRegistry {
@@ -681,7 +693,14 @@ impl AgentRegistry {
             agents,
             configs: config.agents.clone(),
             redactor,
+            budgets: config.budgets,
         })
+    }
+
+    /// The service configuration's `budgets:` (spend limits the engine
+    /// enforces; see [`crate::budget`]).
+    pub fn budgets(&self) -> crate::budget::Budgets {
+        self.budgets
     }
 
     /// The agent called `name`.

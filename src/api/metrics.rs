@@ -101,6 +101,45 @@ async fn append_levels(state: &ApiState, out: &mut String) -> Result<(), Problem
             .map_or(0.0, |at| (now_ms() - at).max(0) as f64 / 1000.0)
     );
 
+    let budgets = state.engine.budgets();
+    if !budgets.is_empty() {
+        let now = state.engine.now();
+        let rows = store
+            .spend_rows(crate::budget::month_start_day(now))
+            .await?;
+        let views = super::spend::budget_views(budgets, &rows, now);
+        family(
+            out,
+            "taskmaster_budget_used_ratio",
+            "Share of a period budget's dollars spent (budgets:), by scope and repository or installation.",
+        );
+        for v in views.iter().filter(|v| v.used.is_some()) {
+            let _ = writeln!(
+                out,
+                "taskmaster_budget_used_ratio{{scope=\"{}\",key=\"{}\"}} {:.6}",
+                v.scope,
+                esc(&v.key),
+                v.used.unwrap_or(0.0)
+            );
+        }
+        family(
+            out,
+            "taskmaster_budget_remaining_usd",
+            "Dollars left of a period budget (budgets:), by scope and repository or installation.",
+        );
+        for v in &views {
+            if let Some(limit) = v.limit_usd {
+                let _ = writeln!(
+                    out,
+                    "taskmaster_budget_remaining_usd{{scope=\"{}\",key=\"{}\"}} {:.6}",
+                    v.scope,
+                    esc(&v.key),
+                    limit - v.spent_usd
+                );
+            }
+        }
+    }
+
     let size = store.database_size().await?;
     family(
         out,

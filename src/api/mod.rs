@@ -20,6 +20,7 @@ pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod spend;
 pub mod tasks;
 pub mod tokens;
 pub mod validations;
@@ -153,6 +154,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(validations::list, validations::create))
         .routes(routes!(validations::get))
         .routes(routes!(agents::list))
+        .routes(routes!(spend::get))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(tokens::audit_log))
@@ -483,6 +485,7 @@ Errors are RFC 9457 problems (`application/problem+json`). Times are epoch milli
         (name = "tasks", description = "Classified units of work"),
         (name = "validations", description = "Verdicts of code review, tests and security audits"),
         (name = "agents", description = "The agents runs use"),
+        (name = "spend", description = "What agents cost, and the budgets"),
         (name = "service", description = "Health, metrics and this description"),
         (name = "admin", description = "API tokens and the audit log (admin role)"),
     )

@@ -109,8 +109,12 @@ pub struct RunView {
     /// The task classification (`classify::Classification`), when routing made one.
     #[schema(value_type = Option<Object>)]
     pub classification: Option<serde_json::Value>,
-    /// US dollars, where agents report cost.
+    /// US dollars its attempts cost: reported by agents, or estimated from
+    /// their `price:` (each attempt says which).
     pub cost_usd: f64,
+    /// Why a budget stopped it (which budget, what was spent, how to raise
+    /// it); absent otherwise.
+    pub stopped_by_budget: Option<String>,
     /// Epoch milliseconds.
     pub created_at: i64,
     /// Epoch milliseconds.
@@ -138,6 +142,7 @@ impl From<Run> for RunView {
             concurrency_group: r.concurrency_group,
             classification: r.classification.and_then(|c| serde_json::from_str(&c).ok()),
             cost_usd: r.cost_usd,
+            stopped_by_budget: r.stopped_by_budget,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -199,6 +204,10 @@ pub struct AttemptView {
     pub error: Option<String>,
     /// Milliseconds.
     pub duration_ms: Option<i64>,
+    /// US dollars; absent when neither reported nor priced.
+    pub cost_usd: Option<f64>,
+    /// `cost_usd` is an estimate from the agent's `price:`.
+    pub cost_estimated: bool,
     /// Epoch milliseconds.
     pub started_at: i64,
     /// Epoch milliseconds.
@@ -215,6 +224,8 @@ impl From<AttemptRow> for AttemptView {
             error_class: a.error_class,
             error: a.error,
             duration_ms: a.duration_ms,
+            cost_usd: a.cost_usd,
+            cost_estimated: a.cost_estimated,
             started_at: a.started_at,
             finished_at: a.finished_at,
         }

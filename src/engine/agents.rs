@@ -33,6 +33,11 @@ pub trait AgentSource: Send + Sync + 'static {
     fn max_cost_usd(&self, _name: &str) -> Option<f64> {
         None
     }
+    /// The agent's prices, for attempts whose cost it does not report
+    /// (see [`crate::budget`]).
+    fn price(&self, _name: &str) -> Option<crate::budget::Price> {
+        None
+    }
     /// Every agent name.
     fn names(&self) -> Vec<String>;
     /// The agent's endpoint for display, without credentials (see
@@ -71,6 +76,9 @@ impl AgentSource for AgentRegistry {
     fn max_cost_usd(&self, name: &str) -> Option<f64> {
         self.config(name).and_then(|c| c.budget.max_cost_usd)
     }
+    fn price(&self, name: &str) -> Option<crate::budget::Price> {
+        self.config(name).and_then(|c| c.price)
+    }
     fn names(&self) -> Vec<String> {
         AgentRegistry::names(self).map(str::to_owned).collect()
     }
@@ -92,6 +100,8 @@ pub struct MappedAgent {
     pub max_wall: Option<Duration>,
     /// Cost budget per step in US dollars (all attempts on this agent together).
     pub max_cost_usd: Option<f64>,
+    /// Prices for attempts that report no cost.
+    pub price: Option<crate::budget::Price>,
 }
 
 /// A plain map of agents, for tests, benchmarks and embedding.
@@ -134,6 +144,7 @@ impl AgentMap {
                 breaker,
                 max_wall: None,
                 max_cost_usd: None,
+                price: None,
             },
         );
         self
@@ -143,6 +154,14 @@ impl AgentMap {
     pub fn with_max_cost(mut self, name: &str, max_cost_usd: f64) -> Self {
         if let Some(a) = self.agents.get_mut(name) {
             a.max_cost_usd = Some(max_cost_usd);
+        }
+        self
+    }
+
+    /// Sets the prices of agent `name` (added before).
+    pub fn with_price(mut self, name: &str, price: crate::budget::Price) -> Self {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.price = Some(price);
         }
         self
     }
@@ -180,6 +199,9 @@ impl AgentSource for AgentMap {
     }
     fn max_cost_usd(&self, name: &str) -> Option<f64> {
         self.agents.get(name).and_then(|a| a.max_cost_usd)
+    }
+    fn price(&self, name: &str) -> Option<crate::budget::Price> {
+        self.agents.get(name).and_then(|a| a.price)
     }
     fn names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()

@@ -195,6 +195,55 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .1;
     };
 
+    // Spend limits (`budgets:`): an attempt that would start over a budget
+    // does not start, and the run stops, saying which budget; one that
+    // starts runs no longer than the time-based budgets leave.
+    let price = inner.agents.price(&agent_name);
+    let subject = event(engine, &delivery_id).await;
+    let repository = subject
+        .as_deref()
+        .and_then(|e| e.repository().map(|r| r.full_name.clone()));
+    let installation = subject.as_deref().and_then(|e| e.installation_id());
+    let mut budget_time = None;
+    match super::budgets::check(
+        inner.store.as_ref(),
+        &inner.config.budgets,
+        run_id,
+        repository.as_deref(),
+        installation,
+        (inner.config.clock)(),
+    )
+    .await
+    {
+        Ok(Ok(headroom)) => budget_time = headroom.time_left(price.as_ref()),
+        Ok(Err(exhausted)) => {
+            crate::instrument::budget_exhausted(exhausted.scope.key());
+            let why = exhausted.message;
+            if let Err(e) = inner.store.stop_over_budget(run_id, &why).await {
+                tracing::warn!(run_id, error = %e, "cannot stop the run over its budget; the step fails alone");
+            }
+            let record = not_run("permanent", "budget", &why);
+            return finish(
+                engine,
+                &lease,
+                record.as_ref(),
+                StepNext::Finish {
+                    state: StepState::Failed,
+                    output: None,
+                    error: Some(why.clone()),
+                },
+                ("budget_exhausted", &why),
+                &step.step,
+                run_id,
+            )
+            .await
+            .1;
+        }
+        Err(e) => {
+            tracing::warn!(run_id, error = %e, "cannot read what was spent; the attempt starts unchecked");
+        }
+    }
+
     // From here on the attempt is in the engine's table of running
     // attempts, so the heartbeat renews its lease while the workspace is
     // made (a clone can outlast a lease) and a cancel reaches it; every
@@ -364,6 +413,9 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             timeout = timeout.min(Duration::from_millis(left as u64));
         }
     }
+    if let Some(left) = budget_time {
+        timeout = timeout.min(left.max(Duration::from_secs(1)));
+    }
     // A validation step on an AI agent ends its answer with a verdict
     // report (`crate::verdict`): taskmaster asks for it, not each workflow.
     let asks_verdict = def.validation.is_some() && agent.kind() != crate::agent::AgentKind::Command;
@@ -474,9 +526,19 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         outcome: "succeeded".into(),
         output_excerpt: Some(excerpt(&outcome.output.text)),
         duration_ms: outcome.duration.as_millis() as i64,
-        cost_usd: outcome.usage.cost_usd,
+        ran: true,
         ..AttemptRecord::default()
     };
+    (record.cost_usd, record.cost_estimated) =
+        crate::budget::attempt_cost(&outcome.usage, outcome.duration, price.as_ref());
+    if let Some(usd) = record.cost_usd {
+        crate::instrument::attempt_cost(
+            &agent_name,
+            repository.as_deref().unwrap_or(""),
+            &workflow,
+            usd,
+        );
+    }
     if let Some(f) = &outcome.failure {
         record.outcome = if matches!(f.kind, FailureKind::Timeout | FailureKind::IdleTimeout) {
             "timed_out".into()

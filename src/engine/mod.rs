@@ -36,6 +36,7 @@
 pub mod agents;
 pub mod backoff;
 pub mod breaker;
+pub mod budgets;
 pub mod executor;
 pub mod intake;
 pub mod plan;
@@ -137,6 +138,12 @@ pub struct EngineConfig {
     /// process's), as library users and some tests want; `serve` and `run`
     /// always set it.
     pub workspaces: Option<Arc<crate::workspace::Workspaces>>,
+    /// Spend limits checked before each attempt (see [`crate::budget`]);
+    /// the default sets none.
+    pub budgets: crate::budget::Budgets,
+    /// The clock budgets' days and months are counted by (epoch ms);
+    /// [`crate::store::now_ms`] but in tests.
+    pub clock: fn() -> i64,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +158,8 @@ impl Default for EngineConfig {
             default_estimate_ms: 60_000,
             shutdown_grace: Duration::from_secs(10),
             workspaces: None,
+            budgets: crate::budget::Budgets::default(),
+            clock: crate::store::now_ms,
         }
     }
 }
@@ -308,6 +317,16 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn RunStore> {
         &self.inner.store
+    }
+
+    /// The spend limits it enforces (`budgets:`).
+    pub fn budgets(&self) -> &crate::budget::Budgets {
+        &self.inner.config.budgets
+    }
+
+    /// Its clock (epoch ms), the one budgets count days and months by.
+    pub fn now(&self) -> i64 {
+        (self.inner.config.clock)()
     }
 
     /// The workflows.

@@ -17,6 +17,7 @@
 //! | [`Tasks`] | the API | tasks and validations |
 //! | [`Queries`] | the API, dashboard, `/metrics` | lists, timelines, counts |
 //! | [`Retention`] | the pruner, `taskmaster prune` | what is past retention, database size |
+//! | [`Spend`] | the engine's budgets, `/api/spend` | what agents cost per day, repository, installation |
 //!
 //! [`RunStore`] is all of them at once (what `serve` opens). The decisions
 //! both backends must make alike are pure functions in [`policy`]; the rows
@@ -43,6 +44,7 @@ pub mod reports;
 pub mod retention;
 mod rows;
 pub mod runs;
+pub mod spend;
 pub mod sqlite;
 
 pub use api::{
@@ -64,6 +66,7 @@ pub use runs::{
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
     StepFinish, StepNext, StepRecord, StepState,
 };
+pub use spend::{Spend, SpendRow};
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.
@@ -715,6 +718,16 @@ pub trait RunControl: Send + Sync + 'static {
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError>;
 
+    /// Stops a run because a budget is spent (see [`crate::budget`]): as
+    /// [`RunControl::cancel_run`] with `message` as the reason, and the run
+    /// remembers it (`Run::stopped_by_budget`) so its check run says so, as
+    /// `neutral`. `Unchanged` when the run was already stopping or ended.
+    async fn stop_over_budget(
+        &self,
+        run_id: i64,
+        message: &str,
+    ) -> Result<ControlOutcome, StoreError>;
+
     /// Lets a run that waits for approval start its steps; `by` is the
     /// approver's login (timeline). Its time limit restarts from now.
     /// `Unchanged` when it was not waiting (already approved, or finished).
@@ -1008,6 +1021,7 @@ pub trait RunStore:
     + Tasks
     + Queries
     + Retention
+    + Spend
 {
 }
 
@@ -1023,6 +1037,7 @@ impl<T> RunStore for T where
         + Tasks
         + Queries
         + Retention
+        + Spend
 {
 }
 
@@ -1031,7 +1046,7 @@ impl<T> RunStore for T where
 pub mod prelude {
     pub use super::{
         Admin, AppRecords, ChangeStore, Effects, Queries, Reports, Retention, RunControl, RunStore,
-        Runs, Store, Tasks,
+        Runs, Spend, Store, Tasks,
     };
 }
 

@@ -678,7 +678,7 @@ macro_rules! select_runs {
         "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
          classification, reason, context, priority, concurrency_group, state, desired_state, \
          max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
-         waiting_approval, approved_by, checkout_sha FROM runs "
+         waiting_approval, approved_by, checkout_sha, stopped_by_budget FROM runs "
     };
 }
 
@@ -993,7 +993,8 @@ async fn finish_in(
     if let Some(a) = attempt {
         sqlx::query(
             "UPDATE attempts SET finished_at = $1, outcome = $2, error_class = $3, \
-             error_kind = $4, error = $5, output_excerpt = $6, duration_ms = $7, cost_usd = $8 \
+             error_kind = $4, error = $5, output_excerpt = $6, duration_ms = $7, cost_usd = $8, \
+             cost_estimated = $12 \
              WHERE step_row = $9 AND number = $10 AND lease_token = $11 AND outcome IS NULL",
         )
         .bind(now)
@@ -1007,11 +1008,21 @@ async fn finish_in(
         .bind(lease.step_row)
         .bind(number)
         .bind(&lease.token)
+        .bind(a.cost_estimated)
         .execute(&mut *tx)
         .await?;
         if let Some(cost) = a.cost_usd {
             sqlx::query("UPDATE runs SET cost_usd = cost_usd + $1 WHERE id = $2")
                 .bind(cost)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if a.ran {
+            sqlx::query(crate::store::spend::ADD_SPEND_PG)
+                .bind(crate::budget::day_number(now))
+                .bind(a.cost_usd.unwrap_or(0.0))
+                .bind(a.duration_ms)
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
@@ -1084,3 +1095,4 @@ mod queries;
 mod records;
 mod reports;
 mod retention;
+mod spend;

@@ -127,6 +127,7 @@ pub(in crate::store) struct RunRow {
     waiting_approval: bool,
     approved_by: Option<String>,
     checkout_sha: Option<String>,
+    stopped_by_budget: Option<String>,
 }
 
 pub(in crate::store) fn corrupt(table: &'static str, detail: String) -> StoreError {
@@ -168,6 +169,7 @@ impl TryFrom<RunRow> for Run {
             waiting_approval: r.waiting_approval,
             approved_by: r.approved_by,
             checkout_sha: r.checkout_sha,
+            stopped_by_budget: r.stopped_by_budget,
         })
     }
 }
@@ -446,6 +448,7 @@ impl RunRow {
             waiting_approval: row.get(21)?,
             approved_by: row.get(22)?,
             checkout_sha: row.get(23)?,
+            stopped_by_budget: row.get(24)?,
         })
     }
 }

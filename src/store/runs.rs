@@ -283,6 +283,9 @@ pub struct Run {
     pub approved_by: Option<String>,
     /// The commit the run's workspace checked out, once it has one.
     pub checkout_sha: Option<String>,
+    /// Why a budget stopped the run (see [`crate::budget`]): which budget,
+    /// what was spent, how to raise it. The check run is then `neutral`.
+    pub stopped_by_budget: Option<String>,
     /// Epoch ms of the outcome.
     pub finished_at: Option<i64>,
 }
@@ -440,8 +443,15 @@ pub struct AttemptRecord {
     pub output_excerpt: Option<String>,
     /// How long it took, ms.
     pub duration_ms: i64,
-    /// Cost in US dollars, where reported.
+    /// Cost in US dollars: reported by the agent, or estimated from its
+    /// `price:` (see [`crate::budget`]).
     pub cost_usd: Option<f64>,
+    /// `cost_usd` is an estimate, not the agent's own figure.
+    pub cost_estimated: bool,
+    /// The agent was asked (false for an attempt the claim started but the
+    /// engine refused: an open circuit, a spent budget, no workspace). Only
+    /// attempts that ran count as spend.
+    pub ran: bool,
 }
 
 /// What happens to a step after an attempt (or after a decision not to make one).
@@ -533,8 +543,10 @@ pub struct AttemptRow {
     pub error: Option<String>,
     /// ms.
     pub duration_ms: Option<i64>,
-    /// US dollars, where the agent reports cost.
+    /// US dollars, reported or estimated.
     pub cost_usd: Option<f64>,
+    /// `cost_usd` is an estimate from the agent's `price:`.
+    pub cost_estimated: bool,
 }
 
 /// What a control operation changed.

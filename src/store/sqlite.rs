@@ -1032,7 +1032,7 @@ macro_rules! select_runs {
         "SELECT id, workflow, delivery_id, event, repository, subject_number, head_sha, \
          classification, reason, context, priority, concurrency_group, state, desired_state, \
          max_parallel, deadline_at, cost_usd, conclusion, created_at, started_at, finished_at, \
-         waiting_approval, approved_by, checkout_sha FROM runs "
+         waiting_approval, approved_by, checkout_sha, stopped_by_budget FROM runs "
     };
 }
 
@@ -1133,4 +1133,5 @@ mod raw;
 mod records;
 mod reports;
 mod retention;
+mod spend;
 mod walsync;

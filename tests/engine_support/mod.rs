@@ -30,6 +30,8 @@ pub enum Act {
     /// Fail transiently after `delay`, reporting that the attempt cost this
     /// many US dollars.
     FailCosting(Duration, f64),
+    /// Succeed after `delay` with `output`, reporting this many US dollars.
+    OkCosting(Duration, &'static str, f64),
     /// Run until cancelled or past the deadline (then report the cause).
     Hang,
     /// Ignore cancellation and the deadline; succeed after the duration.
@@ -141,6 +143,24 @@ impl Agent for Scripted {
                 tokio::time::sleep(delay).await;
                 failed(class, kind, started)
             }
+            Act::OkCosting(delay, output, cost) => {
+                tokio::time::sleep(delay).await;
+                AttemptOutcome {
+                    failure: None,
+                    output: Output {
+                        text: output.to_owned(),
+                        truncated_bytes: 0,
+                    },
+                    duration: started.elapsed(),
+                    usage: Usage {
+                        cost_usd: Some(cost),
+                        ..Usage::default()
+                    },
+                    retry_after: None,
+                    web_url: None,
+                    pull_requests: Vec::new(),
+                }
+            }
             Act::FailCosting(delay, cost) => {
                 tokio::time::sleep(delay).await;
                 let mut o = failed(ErrorClass::Transient, FailureKind::Agent, started);
@@ -208,6 +228,7 @@ pub fn fast_config() -> EngineConfig {
         default_estimate_ms: 1000,
         shutdown_grace: Duration::from_secs(2),
         workspaces: None,
+        ..EngineConfig::default()
     }
 }
 

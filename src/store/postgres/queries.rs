@@ -99,9 +99,11 @@ impl Queries for PgStore {
             Option<String>,
             Option<i64>,
             Option<f64>,
+            bool,
         )> = sqlx::query_as(
             "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, outcome, \
-             error_class, error, duration_ms, cost_usd FROM attempts WHERE run_id = $1 ORDER BY id",
+             error_class, error, duration_ms, cost_usd, cost_estimated FROM attempts \
+             WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -121,6 +123,7 @@ impl Queries for PgStore {
                 error: r.9,
                 duration_ms: r.10,
                 cost_usd: r.11,
+                cost_estimated: r.12,
             })
             .collect())
     }

@@ -47,6 +47,30 @@ impl RunControl for SqliteStore {
         Ok(outcome)
     }
 
+    async fn stop_over_budget(
+        &self,
+        run_id: i64,
+        reason: &str,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2, stopped_by_budget = ?2 \
+             WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
+               AND desired_state IN ('running', 'paused')",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome =
+            control_outcome(&mut tx, changed, run_id, now, "budget_exhausted", reason).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
     async fn retry_run(
         &self,
         run_id: i64,

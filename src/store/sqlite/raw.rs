@@ -147,7 +147,8 @@ pub(super) fn finish(
     if let Some(a) = &f.attempt {
         conn.prepare_cached(
             "UPDATE attempts SET finished_at = ?1, outcome = ?2, error_class = ?3, \
-             error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8 \
+             error_kind = ?4, error = ?5, output_excerpt = ?6, duration_ms = ?7, cost_usd = ?8, \
+             cost_estimated = ?12 \
              WHERE step_row = ?9 AND number = ?10 AND lease_token = ?11 AND outcome IS NULL",
         )?
         .execute(params![
@@ -161,11 +162,21 @@ pub(super) fn finish(
             a.cost_usd,
             lease.step_row,
             number,
-            lease.token
+            lease.token,
+            a.cost_estimated
         ])?;
         if let Some(cost) = a.cost_usd {
             conn.prepare_cached("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")?
                 .execute(params![cost, run_id])?;
+        }
+        if a.ran {
+            conn.prepare_cached(crate::store::spend::ADD_SPEND)?
+                .execute(params![
+                    crate::budget::day_number(now),
+                    a.cost_usd.unwrap_or(0.0),
+                    a.duration_ms,
+                    run_id
+                ])?;
         }
     }
     match &f.next {

@@ -562,6 +562,17 @@ pub struct Settings {
     )]
     pub keep_audit_days: u32,
 
+    /// Loop breaker: at most this many runs start on one pull request or
+    /// issue in any hour (further events on it start nothing, saying why);
+    /// 0 turns the limit off. The App's own account never starts runs.
+    #[arg(
+        long = "max-runs-per-subject-per-hour",
+        env = "TASKMASTER_MAX_RUNS_PER_SUBJECT_PER_HOUR",
+        default_value_t = 30,
+        global = true
+    )]
+    pub max_runs_per_subject_per_hour: u32,
+
     /// Prune what is past retention every this many minutes while serving
     /// (`taskmaster prune` does it by hand); 0 turns the pruner off.
     #[arg(

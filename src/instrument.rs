@@ -156,6 +156,11 @@ pub fn attempt_cost(agent: &str, repository: &str, workflow: &str, usd: f64) {
     }
 }
 
+/// The loop breaker refused a delivery's runs.
+pub fn loop_broken() {
+    metrics::counter!("taskmaster_loop_breaker_total").increment(1);
+}
+
 /// A budget stopped a run (`scope`: its key under `budgets:`).
 pub fn budget_exhausted(scope: &str) {
     metrics::counter!("taskmaster_budget_exhausted_total", "scope" => scope.to_owned())

@@ -261,6 +261,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             repo_config_ttl_ms: settings.repo_config_ttl_ms as i64,
             permission_ttl: std::time::Duration::from_millis(settings.permission_ttl_ms),
             effects_wake: Some(outbox.waker()),
+            max_runs_per_subject_per_hour: settings.max_runs_per_subject_per_hour,
         },
     );
     let outbox_stop = CancellationToken::new();

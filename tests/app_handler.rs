@@ -102,6 +102,7 @@ async fn world_with(github: RecordingGitHub, files: &[&str]) -> World {
             repo_config_ttl_ms: 60_000,
             permission_ttl: Duration::from_secs(60),
             effects_wake: None,
+            max_runs_per_subject_per_hour: 0,
         },
     );
     World { t, github, handler }

@@ -152,6 +152,25 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
         (rows[0].repository.as_str(), rows[0].installation_id),
         ("octo/a", 7)
     );
+    // The loop breaker's count of a subject's recent runs.
+    let number = serde_json::from_slice::<serde_json::Value>(&pr_payload()).unwrap()["number"]
+        .as_i64()
+        .unwrap();
+    let hour_ago = now_ms() - 3_600_000;
+    assert_eq!(
+        store
+            .subject_runs_since("octo/a", number, hour_ago)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .subject_runs_since("octo/a", number, now_ms() + 1)
+            .await
+            .unwrap(),
+        0
+    );
     // The attempts say which costs were estimated.
     let runs = store.runs_for_delivery("d2").await.unwrap();
     let attempts = store.attempts(runs[0].id).await.unwrap();

@@ -148,6 +148,10 @@ pub struct AppHandlerConfig {
     pub permission_ttl: Duration,
     /// Woken when replies or reactions are queued (the outbox's waker).
     pub effects_wake: Option<Arc<Notify>>,
+    /// Runs per pull request or issue in any hour at most (0: no limit);
+    /// the App's own account (from `identity`) never starts runs either
+    /// (see [`crate::engine::LoopBreaker`]).
+    pub max_runs_per_subject_per_hour: u32,
 }
 
 impl AppHandler {
@@ -161,7 +165,11 @@ impl AppHandler {
     ) -> Self {
         let workflows = engine.workflows().clone();
         Self {
-            routing: RoutingHandler::new(store.clone(), workflows.clone(), Some(engine.clone())),
+            routing: RoutingHandler::new(store.clone(), workflows.clone(), Some(engine.clone()))
+                .with_loop_breaker(crate::engine::LoopBreaker {
+                    own_login: Some(format!("{}[bot]", config.identity.slug)),
+                    max_runs_per_subject_per_hour: config.max_runs_per_subject_per_hour,
+                }),
             configs: RepoConfigs::new(
                 store.clone(),
                 github.clone(),

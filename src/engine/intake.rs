@@ -119,6 +119,65 @@ pub struct RoutingHandler {
     workflows: Arc<WorkflowSet>,
     engine: Option<Engine>,
     default_estimate_ms: i64,
+    loop_breaker: LoopBreaker,
+}
+
+/// What stops bots (taskmaster among them) from starting runs in a loop,
+/// beyond routing's refusal of bot senders (which a trigger's `bots: true`
+/// lifts): an event the App's own account caused never starts a run, and a
+/// pull request or issue gets at most so many runs an hour.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoopBreaker {
+    /// The App's own account (`<slug>[bot]`): its pushes, comments and
+    /// labels start nothing, whatever the trigger says.
+    pub own_login: Option<String>,
+    /// Runs per pull request or issue in any hour at most (`0`: no limit;
+    /// `--max-runs-per-subject-per-hour`).
+    pub max_runs_per_subject_per_hour: u32,
+}
+
+const HOUR_MS: i64 = 60 * 60 * 1000;
+
+impl LoopBreaker {
+    /// Why `runs` (from `event`) must not start, or `None`. Reads the
+    /// subject's runs of the last hour when limited.
+    async fn refuse(
+        &self,
+        event: &Event,
+        runs: &[NewRun],
+        store: &dyn RunStore,
+    ) -> Result<Option<String>, HandlerError> {
+        if let (Some(own), Some(sender)) = (&self.own_login, event.sender())
+            && sender.login.eq_ignore_ascii_case(own)
+        {
+            return Ok(Some(format!(
+                "loop breaker: taskmaster's own account `{}` caused this event; its own pushes, \
+                 comments and labels never start runs",
+                sender.login
+            )));
+        }
+        let max = i64::from(self.max_runs_per_subject_per_hour);
+        let Some(first) = runs.first() else {
+            return Ok(None);
+        };
+        let (Some(repository), Some(number)) = (&first.repository, first.subject_number) else {
+            return Ok(None);
+        };
+        if max == 0 {
+            return Ok(None);
+        }
+        let recent = store
+            .subject_runs_since(repository, number, now_ms() - HOUR_MS)
+            .await?;
+        if recent + runs.len() as i64 > max {
+            return Ok(Some(format!(
+                "loop breaker: {repository}#{number} had {recent} runs in the last hour, and at \
+                 most {max} may start in an hour (--max-runs-per-subject-per-hour); events on it \
+                 start nothing until older runs age out"
+            )));
+        }
+        Ok(None)
+    }
 }
 
 impl RoutingHandler {
@@ -133,7 +192,14 @@ impl RoutingHandler {
             workflows,
             engine,
             default_estimate_ms: super::EngineConfig::default().default_estimate_ms,
+            loop_breaker: LoopBreaker::default(),
         }
+    }
+
+    /// The same handler with `breaker` stopping bot loops.
+    pub fn with_loop_breaker(mut self, breaker: LoopBreaker) -> Self {
+        self.loop_breaker = breaker;
+        self
     }
 }
 
@@ -193,6 +259,16 @@ impl RoutingHandler {
                 &estimates,
                 self.default_estimate_ms,
             ));
+        }
+        if !runs.is_empty()
+            && let Some(why) = self
+                .loop_breaker
+                .refuse(event, &runs, self.store.as_ref())
+                .await?
+        {
+            crate::instrument::loop_broken();
+            tracing::warn!(delivery = %delivery.delivery_id, %why, "runs not started");
+            return Ok(Handled::Ignored(why));
         }
         if runs.is_empty() {
             let why = if held.is_empty() {

@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use agents::{AgentMap, AgentSource};
 pub use breaker::{BreakerConfig, BreakerState, Breakers};
+pub use intake::{LoopBreaker, RoutingHandler};
 pub use plan::WorkflowPlanner;
 
 use crate::store::{

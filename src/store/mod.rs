@@ -977,6 +977,16 @@ pub trait Queries: Send + Sync + 'static {
     /// Runs matching `filter`, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
 
+    /// How many runs about pull request or issue `number` of `repository`
+    /// were created at or after `since` (epoch ms): the dispatcher's loop
+    /// breaker.
+    async fn subject_runs_since(
+        &self,
+        repository: &str,
+        number: i64,
+        since: i64,
+    ) -> Result<i64, StoreError>;
+
     /// Row counts for the metrics scrape.
     async fn store_counts(&self) -> Result<StoreCounts, StoreError>;
 

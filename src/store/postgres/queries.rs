@@ -128,6 +128,24 @@ impl Queries for PgStore {
             .collect())
     }
 
+    async fn subject_runs_since(
+        &self,
+        repository: &str,
+        number: i64,
+        since: i64,
+    ) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM runs WHERE repository = $1 AND subject_number = $2 \
+             AND created_at >= $3",
+        )
+        .bind(repository)
+        .bind(number)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     async fn list_runs(&self, filter: &crate::store::RunFilter) -> Result<Vec<Run>, StoreError> {
         api::list_runs(&self.pool, filter).await
     }

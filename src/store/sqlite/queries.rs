@@ -132,6 +132,25 @@ impl Queries for SqliteStore {
             .collect())
     }
 
+    async fn subject_runs_since(
+        &self,
+        repository: &str,
+        number: i64,
+        since: i64,
+    ) -> Result<i64, StoreError> {
+        // The dispatcher asks for every delivery that starts runs: on the
+        // raw reader, like its other point lookups.
+        let n = self
+            .raw_read_row(
+                "SELECT COUNT(*) FROM runs WHERE repository = ?1 AND subject_number = ?2 \
+                 AND created_at >= ?3",
+                (repository.to_owned(), number, since),
+                |r| r.get::<_, i64>(0),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
     async fn list_runs(&self, filter: &crate::store::RunFilter) -> Result<Vec<Run>, StoreError> {
         api::list_runs(&self.reader, filter).await
     }

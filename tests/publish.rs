@@ -357,6 +357,12 @@ async fn an_issue_run_of_the_real_claude_cli_becomes_one_commit_one_draft_pr_and
         "{}",
         output_of(&snap, "code")
     );
+    // Claude Code reports its cost (from the stand-in's token counts): the
+    // attempt keeps the CLI's figure, not an estimate.
+    let attempts = store.attempts(run_id).await.unwrap();
+    let code = attempts.iter().find(|a| a.step == "code").unwrap();
+    assert!(code.cost_usd.is_some(), "{code:?}");
+    assert!(!code.cost_estimated, "{code:?}");
     let outbox = w.outbox(store.clone());
     assert_eq!(
         publish(&outbox, &store, run_id).await,

@@ -226,6 +226,10 @@ impl ChildService {
             .env_clear()
             .env("TASKMASTER_DATA_DIR", data_dir.path())
             .env("TASKMASTER_WORKSPACES", "off")
+            // These tests send hundreds of deliveries about the one fixture
+            // pull request (load, replicas, crashes); the loop breaker that
+            // would hold them back has its own test (`tests/loop_breaker.rs`).
+            .env("TASKMASTER_MAX_RUNS_PER_SUBJECT_PER_HOUR", "0")
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")

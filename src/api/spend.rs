@@ -3,20 +3,23 @@
 //! (see [`crate::budget`]).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::auth::{Authorized, CanRead};
-use super::error::{ApiResult, Problem};
+use super::error::{ApiResult, Params, Problem};
 use crate::budget::{Budgets, Scope, day_number, month_start_day};
 use crate::store::SpendRow;
 
 /// `?days=`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct SpendQuery {
     /// Days back from today (UTC), today included: 1–366, default 31.
+    #[param(minimum = 1, maximum = 366)]
     pub days: Option<i64>,
 }
 
@@ -104,7 +107,7 @@ pub fn budget_views(budgets: &Budgets, rows: &[SpendRow], now: i64) -> Vec<Budge
 pub async fn get(
     State(state): State<ApiState>,
     _: Authorized<CanRead>,
-    Query(q): Query<SpendQuery>,
+    Params(q): Params<SpendQuery>,
 ) -> ApiResult<Json<SpendView>> {
     let days = q.days.unwrap_or(31);
     if !(1..=366).contains(&days) {
@@ -121,7 +124,8 @@ pub async fn get(
     let rows: Vec<SpendRow> = rows.into_iter().filter(|r| r.day >= since_day).collect();
     Ok(Json(SpendView {
         since_day,
-        total_usd: rows.iter().map(|r| r.usd).sum(),
+        // `+ 0.0`: an empty sum is -0.0.
+        total_usd: rows.iter().map(|r| r.usd).sum::<f64>() + 0.0,
         rows,
         budgets,
     }))

@@ -32,6 +32,7 @@ async fn a_private_dashboard_sends_strangers_to_the_login() {
         "/agents",
         "/deliveries",
         "/tasks",
+        "/spend",
     ] {
         let p = d.get(path, None).await;
         assert_eq!(p.status, StatusCode::SEE_OTHER, "{path}");
@@ -426,6 +427,24 @@ async fn controls_need_the_operator_role_and_the_csrf_token() {
             .any(|e| e.action == "run.pause" && e.actor == "operator-token" && e.outcome == "ok"),
         "{audit:?}"
     );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_spend_page_shows_budgets_repositories_agents_and_days() {
+    let d = Dash::start(false).await;
+    let viewer = d.login(Role::Viewer).await;
+    let run = d.execute("review", 3).await;
+    d.wait_for(run, None, "succeeded").await;
+    let page = d.get("/spend", Some(&viewer)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let body = &page.body;
+    assert!(body.contains("aria-current=\"page\">Spend"), "{body}");
+    assert!(body.contains("data-scope=\"global_month\""), "{body}");
+    assert!(body.contains("$250.00"), "{body}");
+    assert!(body.contains("<td>octo/repo</td>"), "{body}");
+    assert!(body.contains("<td>review</td><td>command</td>"), "{body}");
+    assert!(body.contains("id=\"by-day\""), "{body}");
     d.stop().await;
 }
 

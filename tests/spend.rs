@@ -152,6 +152,17 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
         (rows[0].repository.as_str(), rows[0].installation_id),
         ("octo/a", 7)
     );
+    // By workflow and agent (the dashboard's view): every ended attempt,
+    // the refused one too, which cost nothing.
+    let by_agent = store.spend_by_workflow_agent(0).await.unwrap();
+    assert_eq!(by_agent.len(), 1, "{by_agent:?}");
+    let one = &by_agent[0];
+    assert_eq!(
+        (one.workflow.as_str(), one.agent.as_str()),
+        ("one", "worker")
+    );
+    assert!((one.usd - 3.75).abs() < 1e-9, "{one:?}");
+    assert_eq!((one.attempts, one.estimated, one.agent_ms), (4, 1, 91_000));
     // The loop breaker's count of a subject's recent runs.
     let number = serde_json::from_slice::<serde_json::Value>(&pr_payload()).unwrap()["number"]
         .as_i64()

@@ -45,6 +45,7 @@ pub enum Nav {
     Agents,
     Deliveries,
     Tasks,
+    Spend,
     None,
 }
 
@@ -76,6 +77,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, content: Markup) -
                         (item("/agents", "Agents", Nav::Agents))
                         (item("/deliveries", "Deliveries", Nav::Deliveries))
                         (item("/tasks", "Tasks", Nav::Tasks))
+                        (item("/spend", "Spend", Nav::Spend))
                     }
                     div.who {
                         @if let Some(s) = session {

@@ -25,6 +25,7 @@ pub mod live;
 pub mod pages;
 pub mod run;
 pub mod session;
+pub mod spend;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -90,6 +91,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/deliveries", get(pages::deliveries))
         .route("/deliveries/{id}/redeliver", post(pages::redeliver))
         .route("/tasks", get(pages::tasks))
+        .route("/spend", get(spend::page))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/static/dashboard.css", get(layout::css))

@@ -66,7 +66,7 @@ pub use runs::{
     Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
     StepFinish, StepNext, StepRecord, StepState,
 };
-pub use spend::{Spend, SpendRow};
+pub use spend::{AgentSpend, Spend, SpendRow};
 pub use sqlite::SqliteStore;
 
 /// The lifecycle of a delivery in the inbox.

@@ -46,6 +46,21 @@ pub struct SpendRow {
     pub agent_ms: i64,
 }
 
+/// What one workflow's attempts on one agent cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSpend {
+    pub workflow: String,
+    pub agent: String,
+    /// US dollars, reported and estimated.
+    pub usd: f64,
+    /// Attempts that ended.
+    pub attempts: i64,
+    /// Of those, attempts whose cost is an estimate.
+    pub estimated: i64,
+    /// Milliseconds they took.
+    pub agent_ms: i64,
+}
+
 /// The store's side of budgets.
 #[async_trait]
 pub trait Spend: Send + Sync + 'static {
@@ -61,4 +76,9 @@ pub trait Spend: Send + Sync + 'static {
     /// Every row from day `since_day` on, newest day first, then by
     /// repository.
     async fn spend_rows(&self, since_day: i64) -> Result<Vec<SpendRow>, StoreError>;
+
+    /// Attempts that started at or after `since` (epoch ms) and ended, by
+    /// workflow and agent, costliest first (the dashboard's spend page; it
+    /// reads the attempts themselves, so it is for people, not hot paths).
+    async fn spend_by_workflow_agent(&self, since: i64) -> Result<Vec<AgentSpend>, StoreError>;
 }

@@ -135,6 +135,14 @@ impl Dash {
             EngineConfig {
                 poll: Duration::from_millis(50),
                 shutdown_grace: Duration::from_secs(1),
+                // A budget no test spends: the spend page has one to show.
+                budgets: taskmaster::budget::Budgets {
+                    global_month: taskmaster::budget::Limits {
+                        usd: Some(250.0),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
                 ..EngineConfig::default()
             },
         );

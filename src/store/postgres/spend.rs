@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::budget::Spent;
-use crate::store::spend::{Spend, SpendRow};
+use crate::store::spend::{AgentSpend, Spend, SpendRow};
 
 #[async_trait]
 impl Spend for PgStore {
@@ -45,6 +45,26 @@ impl Spend for PgStore {
                 installation_id: r.2,
                 usd: r.3,
                 attempts: r.4,
+                agent_ms: r.5,
+            })
+            .collect())
+    }
+
+    async fn spend_by_workflow_agent(&self, since: i64) -> Result<Vec<AgentSpend>, StoreError> {
+        let rows: Vec<(String, String, f64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT workflow, agent, COALESCE(SUM(cost_usd), 0.0)::DOUBLE PRECISION, COUNT(*)::BIGINT, COALESCE(SUM(CASE WHEN cost_estimated THEN 1 ELSE 0 END), 0)::BIGINT, COALESCE(SUM(duration_ms), 0)::BIGINT FROM attempts WHERE started_at >= $1 AND finished_at IS NOT NULL GROUP BY workflow, agent ORDER BY 3 DESC, workflow, agent",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AgentSpend {
+                workflow: r.0,
+                agent: r.1,
+                usd: r.2,
+                attempts: r.3,
+                estimated: r.4,
                 agent_ms: r.5,
             })
             .collect())

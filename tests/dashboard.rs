@@ -445,6 +445,13 @@ async fn the_spend_page_shows_budgets_repositories_agents_and_days() {
     assert!(body.contains("<td>octo/repo</td>"), "{body}");
     assert!(body.contains("<td>review</td><td>command</td>"), "{body}");
     assert!(body.contains("id=\"by-day\""), "{body}");
+    // The run page has a cost per step: none reported or priced here.
+    let run_page = d.get(&format!("/runs/{run}"), Some(&viewer)).await;
+    assert!(
+        run_page.body.contains("<td class=\"cost\">—</td>"),
+        "{}",
+        run_page.body
+    );
     d.stop().await;
 }
 

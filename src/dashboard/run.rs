@@ -190,12 +190,13 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
         div.graph { (dag(&data.snap.steps)) }
         div.table-wrap {
             table #steps aria-labelledby="graph-heading" {
-                thead { tr { th { "Step" } th { "State" } th { "Agent" } th { "Attempts" } th.hide-narrow { "Needs" } } }
+                thead { tr { th { "Step" } th { "State" } th { "Agent" } th { "Attempts" } th { "Cost" } th.hide-narrow { "Needs" } } }
                 tbody {
                     @for s in &data.snap.steps {
                         tr data-step=(s.step) data-state=(s.state.as_str()) {
                             td { (s.step) } td { (badge(s.state.as_str())) } td { (s.agent) }
-                            td { (s.attempts) } td.hide-narrow { (s.needs.join(", ")) }
+                            td { (s.attempts) } td.cost { (step_cost(&data.attempts, &s.step)) }
+                            td.hide-narrow { (s.needs.join(", ")) }
                         }
                     }
                 }
@@ -348,6 +349,21 @@ const LABEL_W: i64 = 150;
 const CHART_W: i64 = 760;
 const BAR_H: i64 = 20;
 
+/// What a step's attempts cost: `$0.12`, `≈ $0.12` when any of it is an
+/// estimate (the agent reported no cost; see [`crate::budget`]), `—` when
+/// nothing reported or priced a cost.
+fn step_cost(attempts: &[AttemptRow], step: &str) -> String {
+    let mine: Vec<&AttemptRow> = attempts.iter().filter(|a| a.step == step).collect();
+    if mine.iter().all(|a| a.cost_usd.is_none()) {
+        return "—".into();
+    }
+    let usd: f64 = mine.iter().filter_map(|a| a.cost_usd).sum();
+    let estimated = mine
+        .iter()
+        .any(|a| a.cost_estimated && a.cost_usd.is_some());
+    format!("{}${usd:.2}", if estimated { "≈ " } else { "" })
+}
+
 /// Attempts on a time axis: one row per step, one bar per attempt.
 fn gantt(data: &RunData) -> Markup {
     let now = now_ms();
@@ -393,6 +409,9 @@ fn gantt(data: &RunData) -> Markup {
                         title {
                             (a.step) " attempt " (a.number) " on " (a.agent) ": " (outcome)
                             @if let Some(d) = a.duration_ms { " after " (duration(d)) }
+                            @if let Some(c) = a.cost_usd {
+                                ", " @if a.cost_estimated { "about " } "$" (format!("{c:.4}"))
+                            }
                             @if let Some(e) = &a.error { " — " (cut(e, 200)) }
                         }
                         rect class={ "bar o-" (outcome) } x=(x) y=(y) width=(w) height=(BAR_H) rx="3" {}

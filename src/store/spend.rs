@@ -30,7 +30,9 @@ pub(in crate::store) const ADD_SPEND_PG: &str = "INSERT INTO spend \
      agent_ms = spend.agent_ms + excluded.agent_ms";
 
 /// One row of the `spend` table.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema, sqlx::FromRow,
+)]
 pub struct SpendRow {
     /// Days since 1970-01-01 (UTC).
     pub day: i64,
@@ -47,7 +49,7 @@ pub struct SpendRow {
 }
 
 /// What one workflow's attempts on one agent cost.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AgentSpend {
     pub workflow: String,
     pub agent: String,

@@ -28,22 +28,7 @@ impl RunControl for PgStore {
     }
 
     async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE runs SET desired_state = 'cancelled', conclusion = $2 \
-             WHERE id = $1 AND state IN ('queued', 'running', 'paused') \
-               AND desired_state IN ('running', 'paused')",
-        )
-        .bind(run_id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let outcome =
-            control_outcome(&mut tx, changed, run_id, now, "cancel_requested", reason).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.cancel(run_id, reason, false).await
     }
 
     async fn stop_over_budget(
@@ -51,22 +36,7 @@ impl RunControl for PgStore {
         run_id: i64,
         reason: &str,
     ) -> Result<ControlOutcome, StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE runs SET desired_state = 'cancelled', conclusion = $2, stopped_by_budget = $2 \
-             WHERE id = $1 AND state IN ('queued', 'running', 'paused') \
-               AND desired_state IN ('running', 'paused')",
-        )
-        .bind(run_id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let outcome =
-            control_outcome(&mut tx, changed, run_id, now, "budget_exhausted", reason).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.cancel(run_id, reason, true).await
     }
 
     async fn retry_run(
@@ -157,6 +127,40 @@ impl RunControl for PgStore {
         if outcome == ControlOutcome::Changed {
             notify(&mut tx, CHANNEL_STEPS).await?;
         }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+impl PgStore {
+    /// Asks a run to cancel with `reason`; `by_budget`: a budget stopped it
+    /// (kept as `stopped_by_budget`, and the timeline says so).
+    async fn cancel(
+        &self,
+        run_id: i64,
+        reason: &str,
+        by_budget: bool,
+    ) -> Result<ControlOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE runs SET desired_state = 'cancelled', conclusion = $2, \
+             stopped_by_budget = CASE WHEN $3 THEN $2 ELSE stopped_by_budget END \
+             WHERE id = $1 AND state IN ('queued', 'running', 'paused') \
+               AND desired_state IN ('running', 'paused')",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .bind(by_budget)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let event = if by_budget {
+            "budget_exhausted"
+        } else {
+            "cancel_requested"
+        };
+        let outcome = control_outcome(&mut tx, changed, run_id, now, event, reason).await?;
         tx.commit().await?;
         Ok(outcome)
     }

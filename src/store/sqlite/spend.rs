@@ -30,43 +30,26 @@ impl Spend for SqliteStore {
     }
 
     async fn spend_rows(&self, since_day: i64) -> Result<Vec<SpendRow>, StoreError> {
-        let rows: Vec<(i64, String, i64, f64, i64, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as::<_, SpendRow>(
             "SELECT day, repository, installation_id, usd, attempts, agent_ms FROM spend \
              WHERE day >= ?1 ORDER BY day DESC, repository, installation_id",
         )
         .bind(since_day)
         .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SpendRow {
-                day: r.0,
-                repository: r.1,
-                installation_id: r.2,
-                usd: r.3,
-                attempts: r.4,
-                agent_ms: r.5,
-            })
-            .collect())
+        .await?)
     }
 
     async fn spend_by_workflow_agent(&self, since: i64) -> Result<Vec<AgentSpend>, StoreError> {
-        let rows: Vec<(String, String, f64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT workflow, agent, COALESCE(SUM(cost_usd), 0.0), COUNT(*), COALESCE(SUM(CASE WHEN cost_estimated THEN 1 ELSE 0 END), 0), COALESCE(SUM(duration_ms), 0) FROM attempts WHERE started_at >= ?1 AND finished_at IS NOT NULL GROUP BY workflow, agent ORDER BY 3 DESC, workflow, agent",
+        Ok(sqlx::query_as::<_, AgentSpend>(
+            "SELECT workflow, agent, COALESCE(SUM(cost_usd), 0.0) AS usd, \
+             COUNT(*) AS attempts, \
+             COALESCE(SUM(CASE WHEN cost_estimated THEN 1 ELSE 0 END), 0) AS estimated, \
+             COALESCE(SUM(duration_ms), 0) AS agent_ms FROM attempts \
+             WHERE started_at >= ?1 AND finished_at IS NOT NULL \
+             GROUP BY workflow, agent ORDER BY usd DESC, workflow, agent",
         )
         .bind(since)
         .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AgentSpend {
-                workflow: r.0,
-                agent: r.1,
-                usd: r.2,
-                attempts: r.3,
-                estimated: r.4,
-                agent_ms: r.5,
-            })
-            .collect())
+        .await?)
     }
 }

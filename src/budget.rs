@@ -83,7 +83,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn is_empty(&self) -> bool {
+    /// No limit of any kind.
+    pub fn is_empty(&self) -> bool {
         self.usd.is_none() && self.attempts.is_none() && self.agent_minutes.is_none()
     }
 
@@ -232,6 +233,19 @@ impl Headroom {
 }
 
 impl Budgets {
+    /// The key of a run's context holding the repository's budgets it was
+    /// created under (`.github/taskmaster.yml`).
+    pub const CONTEXT_KEY: &str = "budgets";
+
+    /// The repository's budgets a run was created under; empty (no limit
+    /// of its own) when it has none or they do not read.
+    pub fn of_run(context: &serde_json::Value) -> Budgets {
+        context
+            .get(Self::CONTEXT_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
     /// The limits of `scope`.
     pub fn limits(&self, scope: Scope) -> Limits {
         match scope {
@@ -283,7 +297,8 @@ impl Budgets {
                 .map(|(_, s)| *s)
                 .unwrap_or_default();
             let how = format!(
-                "Raise `budgets.{}` in the service configuration",
+                "Raise `budgets.{}` in the service configuration (or in the repository's \
+                 .github/taskmaster.yml, where it set a lower one)",
                 scope.key()
             );
             if let Some(max) = limits.usd {

@@ -21,6 +21,9 @@
 //!   review_comments: true               # findings on changed lines as a PR review
 //!   min_severity: warning               # failure | warning | notice
 //! approve_label: ok-to-run              # adding it (by someone who may /approve) approves
+//! budgets:                              # spend limits here; only tighter than the service's
+//!   run: { usd: 2 }
+//!   repository_day: { usd: 10, attempts: 100 }
 //! commands:                             # who may use each command
 //!   retry: triage                       # none | read | triage | write | maintain | admin
 //!   run: maintain
@@ -48,7 +51,7 @@ use crate::workflow::schema::OrderedMap;
 pub const PATH: &str = ".github/taskmaster.yml";
 
 /// A repository's overrides of the service-wide settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepoConfig {
     /// `workflows.<name>.enabled`: `false` turns a workflow off here, `true`
     /// turns on one that is disabled service-wide.
@@ -72,6 +75,10 @@ pub struct RepoConfig {
     /// `workflows.<name>.verdicts`: changes of one workflow's verdict rules
     /// (applied after the file's `verdicts:`).
     pub workflow_verdicts: BTreeMap<String, VerdictOverride>,
+    /// `budgets:`: this repository's spend limits, in the service's shape
+    /// ([`crate::budget::Budgets`]); they only tighten the service's (the
+    /// engine checks the tighter of each).
+    pub budgets: crate::budget::Budgets,
 }
 
 /// Changes of a workflow's [`VerdictRules`](crate::verdict::VerdictRules);
@@ -133,6 +140,7 @@ impl RepoConfig {
             && self.inputs.is_empty()
             && self.verdicts.is_empty()
             && self.workflow_verdicts.is_empty()
+            && self.budgets.is_empty()
         {
             return None;
         }
@@ -147,10 +155,12 @@ impl RepoConfig {
                 && inputs.is_none()
                 && verdicts.is_none()
                 && self.verdicts.is_empty()
+                && self.budgets.is_empty()
             {
                 continue;
             }
             let mut wf = wf.clone();
+            wf.budgets = self.budgets;
             self.verdicts.apply(&mut wf.verdicts);
             if let Some(v) = verdicts {
                 v.apply(&mut wf.verdicts);
@@ -238,6 +248,8 @@ struct RawConfig {
     verdicts: VerdictOverride,
     #[serde(default)]
     approve_label: Option<Spanned<String>>,
+    #[serde(default)]
+    budgets: crate::budget::Budgets,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +344,7 @@ pub fn parse(
     }
     let mut config = RepoConfig {
         verdicts: raw.verdicts,
+        budgets: raw.budgets,
         approve_label: raw.approve_label.map(|l| l.value.trim().to_owned()),
         ..RepoConfig::default()
     };
@@ -500,7 +513,7 @@ pub fn parse(
 }
 
 /// A repository's configuration as it applies now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
     /// The overrides in force (defaults when the file is absent or invalid).
     pub config: RepoConfig,

@@ -552,6 +552,18 @@ fn config_errors_name_the_line_and_column() {
         err("workflows:\n  review:\n    verdicts: { fail: red }\n"),
         ".github/taskmaster.yml:3:23: unknown variant `red`, expected one of failure, neutral, action_required"
     );
+    let typo = err("budgets:\n  run: { dollars: 2 }\n");
+    assert!(
+        typo.starts_with(".github/taskmaster.yml:2:") && typo.contains("dollars"),
+        "{typo}"
+    );
+    // A repository's budgets go to every workflow of its set (runs keep
+    // them in their context; the engine tightens the service's with them).
+    let tight =
+        repo_config::parse("budgets:\n  run: { usd: 2, attempts: 5 }\n", &set, &agents).unwrap();
+    assert_eq!(tight.budgets.run.usd, Some(2.0));
+    let applied = tight.apply(&set).expect("budgets change the set");
+    assert_eq!(applied.get("review").unwrap().budgets.run.attempts, Some(5));
     let ok = repo_config::parse(
         "commands: { RETRY: Admin }\nworkflows: { review: { enabled: true } }",
         &set,

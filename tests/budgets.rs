@@ -257,3 +257,38 @@ async fn an_agentapi_agents_cost_is_estimated_from_its_wall_time() {
     assert!((snap.run.cost_usd - cost).abs() < 1e-9);
     t.stop().await;
 }
+
+/// A repository's `.github/taskmaster.yml` budgets travel with its runs and
+/// tighten the service's: here the service allows $100 a run, the
+/// repository $3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repositorys_tighter_budget_stops_its_run() {
+    let worker = Scripted::new(
+        "worker",
+        Act::OkCosting(Duration::from_millis(10), "done", 2.0),
+    );
+    let service = Budgets {
+        run: usd(100.0),
+        ..Budgets::default()
+    };
+    // The set a repository's configuration makes (`RepoConfig::apply`).
+    let set = workflows(&[FOUR], &["worker"]);
+    let mut four = set.get("four").unwrap().clone();
+    four.budgets = Budgets {
+        run: usd(3.0),
+        ..Budgets::default()
+    };
+    let set = Arc::new(set.with_replaced(vec![four]));
+    let t = TestEngine::start(set, AgentMap::new().with(worker.clone()), config(service)).await;
+    let run_id = t.start_run("four").await;
+    let snap = t.wait_run(run_id, Duration::from_secs(20)).await;
+    // a ($0 before it) and b ($2) ran; c would start with $4 spent.
+    assert_eq!(worker.seen.lock().unwrap().len(), 2);
+    let why = snap.run.stopped_by_budget.clone().unwrap();
+    assert!(
+        why.contains("This run's budget of $3.00 is spent: $4.00 so far"),
+        "{why}"
+    );
+    assert!(why.contains(".github/taskmaster.yml"), "{why}");
+    t.stop().await;
+}

@@ -198,16 +198,37 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     // Spend limits (`budgets:`): an attempt that would start over a budget
     // does not start, and the run stops, saying which budget; one that
     // starts runs no longer than the time-based budgets leave.
+    // The run as stored, read once for this attempt: its context carries
+    // the repository's own budgets (and the prompt renders from it below).
+    let snapshot = match inner.store.run(run_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(run_id, error = %e, "cannot read the run before its attempt");
+            None
+        }
+    };
     let price = inner.agents.price(&agent_name);
     let subject = event(engine, &delivery_id).await;
-    let repository = subject
-        .as_deref()
-        .and_then(|e| e.repository().map(|r| r.full_name.clone()));
+    let repository = snapshot
+        .as_ref()
+        .and_then(|s| s.run.repository.clone())
+        .or_else(|| {
+            subject
+                .as_deref()
+                .and_then(|e| e.repository().map(|r| r.full_name.clone()))
+        });
     let installation = subject.as_deref().and_then(|e| e.installation_id());
+    let budgets = match &snapshot {
+        Some(s) => inner
+            .config
+            .budgets
+            .tighter(&crate::budget::Budgets::of_run(&s.run.context)),
+        None => inner.config.budgets,
+    };
     let mut budget_time = None;
     match super::budgets::check(
         inner.store.as_ref(),
-        &inner.config.budgets,
+        &budgets,
         run_id,
         repository.as_deref(),
         installation,
@@ -325,35 +346,44 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         }
     };
 
-    let (prompt, with) =
-        match render(engine, &wf, &def, run_id, &delivery_id, workspace.as_ref()).await {
-            Ok(r) => r,
-            Err(message) => {
-                let why = format!("the step's prompt or inputs cannot be rendered: {message}");
-                let record = AttemptRecord {
-                    outcome: "failed".into(),
-                    error_class: Some("permanent".into()),
-                    error_kind: Some("config".into()),
+    let (prompt, with) = match render(
+        engine,
+        &wf,
+        &def,
+        run_id,
+        &delivery_id,
+        workspace.as_ref(),
+        snapshot,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(message) => {
+            let why = format!("the step's prompt or inputs cannot be rendered: {message}");
+            let record = AttemptRecord {
+                outcome: "failed".into(),
+                error_class: Some("permanent".into()),
+                error_kind: Some("config".into()),
+                error: Some(why.clone()),
+                ..AttemptRecord::default()
+            };
+            return finish(
+                engine,
+                &lease,
+                Some(&record),
+                StepNext::Finish {
+                    state: StepState::Failed,
+                    output: None,
                     error: Some(why.clone()),
-                    ..AttemptRecord::default()
-                };
-                return finish(
-                    engine,
-                    &lease,
-                    Some(&record),
-                    StepNext::Finish {
-                        state: StepState::Failed,
-                        output: None,
-                        error: Some(why.clone()),
-                    },
-                    ("give_up", &why),
-                    &step.step,
-                    run_id,
-                )
-                .await
-                .1;
-            }
-        };
+                },
+                ("give_up", &why),
+                &step.step,
+                run_id,
+            )
+            .await
+            .1;
+        }
+    };
 
     let mut timeout = def.timeout.unwrap_or(inner.config.default_step_timeout);
     // The agent's budgets for this step, all its attempts on that agent
@@ -878,7 +908,8 @@ impl Drop for Unregister<'_> {
 }
 
 /// The prompt and `with:` inputs of a step, rendered against the run's
-/// event, its workspace and the outputs of the steps before it.
+/// event, its workspace and the outputs of the steps before it. `snapshot`:
+/// the run as read for this attempt (read here when `None`).
 async fn render(
     engine: &Engine,
     wf: &Workflow,
@@ -886,13 +917,17 @@ async fn render(
     run_id: i64,
     delivery_id: &str,
     workspace: Option<&crate::workspace::Workspace>,
+    snapshot: Option<crate::store::RunSnapshot>,
 ) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
     let store = &engine.inner.store;
-    let snapshot = store
-        .run(run_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the run is gone")?;
+    let snapshot = match snapshot {
+        Some(s) => s,
+        None => store
+            .run(run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the run is gone")?,
+    };
     let classification: Option<Classification> = snapshot
         .run
         .classification

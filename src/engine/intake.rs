@@ -64,6 +64,14 @@ pub fn new_run(
             crate::verdict::VerdictRules::CONTEXT_KEY.into(),
             serde_json::to_value(workflow.verdicts).unwrap_or_default(),
         );
+        // And the repository's own budgets, when it set some: the engine
+        // checks them (tightening the service's) before each attempt.
+        if !workflow.budgets.is_empty() {
+            map.insert(
+                crate::budget::Budgets::CONTEXT_KEY.into(),
+                serde_json::to_value(workflow.budgets).unwrap_or_default(),
+            );
+        }
     }
     let ranks = critical_path_ranks(workflow, |id| {
         estimates.get(id).copied().unwrap_or(default_estimate_ms)

@@ -426,6 +426,10 @@ pub struct Workflow {
     /// `verdicts:`: how its verdicts show on GitHub (the check run's
     /// conclusion for `fail`, review comments and their least severity).
     pub verdicts: crate::verdict::VerdictRules,
+    /// A repository's own spend limits (`budgets:` in its
+    /// `.github/taskmaster.yml`), which can only tighten the service's;
+    /// empty in the service's own set. Runs keep them in their context.
+    pub budgets: crate::budget::Budgets,
 }
 
 impl Workflow {

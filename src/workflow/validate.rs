@@ -1054,6 +1054,7 @@ e.g. `target/**/junit.xml`"
         steps: ordered,
         allow_workflow_changes,
         verdicts,
+        budgets: crate::budget::Budgets::default(),
     })
 }
 

@@ -13,9 +13,11 @@
 //! ([`Budgets`]). The engine checks them before an attempt starts (an
 //! attempt that would start over a budget does not start: the step fails
 //! without retry or fallback, and the run stops with a `neutral` check run
-//! saying which budget, how much was spent and how to raise it), and bounds
-//! a running attempt's time by what is left where time is what costs
-//! (agent-minutes, and per-minute prices). Spend per day is kept in the
+//! saying which budget, how much was spent and how to raise it), again when
+//! an attempt ends (a run whose budget that attempt spent stops at once,
+//! cancelling its attempts still running), and bounds a running attempt's
+//! time by what is left where time is what costs (agent-minutes, and
+//! per-minute prices). Spend per day is kept in the
 //! `spend` table, added to as each attempt ends.
 
 use std::time::Duration;

@@ -715,6 +715,36 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         run_id,
     )
     .await;
+    // What this attempt cost may have spent a budget: the run stops now, so
+    // its attempts still running are cancelled instead of spending on (the
+    // next attempt's check would only refuse new ones).
+    if accepted && !budgets.is_empty() {
+        let spent_now = super::budgets::check(
+            inner.store.as_ref(),
+            &budgets,
+            run_id,
+            repository.as_deref(),
+            installation,
+            (inner.config.clock)(),
+        )
+        .await;
+        if let Ok(Err(exhausted)) = spent_now {
+            match inner
+                .store
+                .stop_over_budget(run_id, &exhausted.message)
+                .await
+            {
+                Ok(crate::store::ControlOutcome::Changed) => {
+                    crate::instrument::budget_exhausted(exhausted.scope.key());
+                    engine.wake();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "cannot stop the run over its budget");
+                }
+            }
+        }
+    }
     if accepted && let Some((kind, state, output, error, malformed)) = verdict {
         if malformed {
             // No verdict to store: the answer never said one.

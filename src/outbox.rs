@@ -887,6 +887,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
                 _ => None,
             },
             output: s.output.clone().or_else(|| s.error.clone()),
+            cost_micro_usd: (s.cost_usd.max(0.0) * 1e6).round() as u64,
         })
         .collect();
     let all_skipped =

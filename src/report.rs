@@ -125,6 +125,10 @@ pub struct StepReport {
     pub duration_ms: Option<u64>,
     /// The step's output, **already redacted** ([`crate::redact`]); any size.
     pub output: Option<String>,
+    /// What its attempts cost, in millionths of a US dollar (reported or
+    /// estimated); 0 when nothing reported a cost. The table shows a Cost
+    /// column when any step has one.
+    pub cost_micro_usd: u64,
 }
 
 /// Everything a run shows on GitHub. The engine fills it from its tables.
@@ -679,11 +683,14 @@ fn step_table(steps: &[StepReport]) -> String {
     if steps.is_empty() {
         return "_No steps._\n".to_owned();
     }
-    let mut t = String::from(
-        "| Step | Agent | State | Attempts | Duration |\n| --- | --- | --- | ---: | ---: |\n",
-    );
+    let costs = steps.iter().any(|s| s.cost_micro_usd > 0);
+    let mut t = String::from(if costs {
+        "| Step | Agent | State | Attempts | Duration | Cost |\n| --- | --- | --- | ---: | ---: | ---: |\n"
+    } else {
+        "| Step | Agent | State | Attempts | Duration |\n| --- | --- | --- | ---: | ---: |\n"
+    });
     for s in steps {
-        let _ = writeln!(
+        let _ = write!(
             t,
             "| {} | {} | {} | {} | {} |",
             code_span(&s.id),
@@ -693,6 +700,10 @@ fn step_table(steps: &[StepReport]) -> String {
             s.duration_ms
                 .map_or_else(|| "—".to_owned(), format_duration)
         );
+        if costs {
+            let _ = write!(t, " ${:.2} |", s.cost_micro_usd as f64 / 1e6);
+        }
+        t.push('\n');
     }
     t
 }

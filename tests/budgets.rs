@@ -120,6 +120,20 @@ async fn a_run_stops_at_the_attempt_that_would_start_over_its_budget() {
         output.summary()
     );
     assert!(
+        output
+            .summary()
+            .contains("| Step | Agent | State | Attempts | Duration | Cost |"),
+        "{}",
+        output.summary()
+    );
+    assert!(
+        output.summary().contains("| $2.00 |"),
+        "{}",
+        output.summary()
+    );
+    let c = snap.steps.iter().find(|s| s.step == "c").unwrap();
+    assert!((c.cost_usd - 2.0).abs() < 1e-9, "{c:?}");
+    assert!(
         output.summary().contains("Cost so far: $6.00"),
         "{}",
         output.summary()

@@ -40,6 +40,7 @@ fn run(state: RunState, output: &str) -> RunReport {
                 attempts: 1,
                 duration_ms: Some(1_500),
                 output: Some("planned".into()),
+                cost_micro_usd: 0,
             },
             StepReport {
                 id: "test".into(),
@@ -48,6 +49,7 @@ fn run(state: RunState, output: &str) -> RunReport {
                 attempts: 3,
                 duration_ms: Some(65_000),
                 output: Some(output.into()),
+                cost_micro_usd: 0,
             },
         ],
         details_url: Some("https://taskmaster.example/runs/run-17".into()),

@@ -25,6 +25,7 @@ fn step(
         attempts,
         duration_ms: ms,
         output: out.map(str::to_owned),
+        cost_micro_usd: 0,
     }
 }
 

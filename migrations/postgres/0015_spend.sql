@@ -5,6 +5,9 @@
 -- says which.
 ALTER TABLE attempts ADD COLUMN cost_estimated BOOLEAN NOT NULL DEFAULT FALSE;
 
+-- What a step's attempts cost, US dollars (the check run's table shows it).
+ALTER TABLE steps ADD COLUMN cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+
 -- Why a budget stopped the run (the check run says so, as `neutral`).
 ALTER TABLE runs ADD COLUMN stopped_by_budget TEXT;
 

@@ -5,6 +5,9 @@
 -- says which.
 ALTER TABLE attempts ADD COLUMN cost_estimated INTEGER NOT NULL DEFAULT 0;
 
+-- What a step's attempts cost, US dollars (the check run's table shows it).
+ALTER TABLE steps ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+
 -- Why a budget stopped the run (the check run says so, as `neutral`).
 ALTER TABLE runs ADD COLUMN stopped_by_budget TEXT;
 

@@ -167,6 +167,9 @@ pub struct StepView {
     pub output: Option<String>,
     /// Why it failed or was skipped.
     pub error: Option<String>,
+    /// US dollars its attempts cost (reported or estimated; each attempt
+    /// says which).
+    pub cost_usd: f64,
     /// Epoch milliseconds.
     pub started_at: Option<i64>,
     /// Epoch milliseconds.
@@ -184,6 +187,7 @@ impl From<StepRecord> for StepView {
             continue_on_error: s.continue_on_error,
             output: s.output,
             error: s.error,
+            cost_usd: s.cost_usd,
             started_at: s.started_at,
             finished_at: s.finished_at,
         }

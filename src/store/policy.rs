@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use super::runs::{ClaimLimits, StepRecord, StepState};
 
 /// What [`retry_plan`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RetryPlan<'a> {
     /// The named step is not in the run.
     NotFound,
@@ -191,6 +191,7 @@ mod tests {
             error: None,
             started_at: None,
             finished_at: None,
+            cost_usd: 0.0,
         }
     }
 

@@ -686,7 +686,7 @@ macro_rules! step_columns {
     () => {
         "id, run_id, step, position, needs, continue_on_error, state, agent, agent_index, \
          attempts, agent_attempts, run_at, priority, lease_owner, lease_expires_at, output, \
-         error, started_at, finished_at"
+         error, started_at, finished_at, cost_usd"
     };
 }
 
@@ -1015,6 +1015,11 @@ async fn finish_in(
             sqlx::query("UPDATE runs SET cost_usd = cost_usd + $1 WHERE id = $2")
                 .bind(cost)
                 .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE steps SET cost_usd = cost_usd + $1 WHERE id = $2")
+                .bind(cost)
+                .bind(lease.step_row)
                 .execute(&mut *tx)
                 .await?;
         }

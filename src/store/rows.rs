@@ -195,6 +195,7 @@ pub(in crate::store) struct StepRow {
     error: Option<String>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    cost_usd: f64,
 }
 
 impl TryFrom<StepRow> for StepRecord {
@@ -222,6 +223,7 @@ impl TryFrom<StepRow> for StepRecord {
             error: r.error,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            cost_usd: r.cost_usd,
         })
     }
 }
@@ -476,6 +478,7 @@ impl StepRow {
             error: row.get(16)?,
             started_at: row.get(17)?,
             finished_at: row.get(18)?,
+            cost_usd: row.get(19)?,
         })
     }
 }

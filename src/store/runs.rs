@@ -291,7 +291,7 @@ pub struct Run {
 }
 
 /// A stored step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     /// Row id (unique over all runs).
     pub id: i64,
@@ -331,6 +331,8 @@ pub struct StepRecord {
     pub started_at: Option<i64>,
     /// Epoch ms of its end state.
     pub finished_at: Option<i64>,
+    /// What its attempts cost so far, US dollars (reported or estimated).
+    pub cost_usd: f64,
 }
 
 /// A run with its steps (in topological order), read in one transaction.

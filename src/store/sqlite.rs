@@ -1040,7 +1040,7 @@ macro_rules! step_columns {
     () => {
         "id, run_id, step, position, needs, continue_on_error, state, agent, agent_index, \
          attempts, agent_attempts, run_at, priority, lease_owner, lease_expires_at, output, \
-         error, started_at, finished_at"
+         error, started_at, finished_at, cost_usd"
     };
 }
 

@@ -168,6 +168,8 @@ pub(super) fn finish(
         if let Some(cost) = a.cost_usd {
             conn.prepare_cached("UPDATE runs SET cost_usd = cost_usd + ?1 WHERE id = ?2")?
                 .execute(params![cost, run_id])?;
+            conn.prepare_cached("UPDATE steps SET cost_usd = cost_usd + ?1 WHERE id = ?2")?
+                .execute(params![cost, lease.step_row])?;
         }
         if a.ran {
             conn.prepare_cached(crate::store::spend::ADD_SPEND)?

@@ -378,6 +378,28 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
     browser
         .screenshot(&target.join("dashboard-runs-phone.png"))
         .await;
+
+    // The spend page, on the same phone-sized window: its budget meter and
+    // tables render, and nothing overflows the page sideways (tables
+    // scroll in their own box).
+    browser.goto(&format!("{}/spend", d.base)).await;
+    browser
+        .wait_until(
+            "the spend page's budget meter and tables",
+            "return !!document.querySelector('#budgets meter') \
+             && !!document.querySelector('#by-repository') \
+             && !!document.querySelector('#by-day')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "no sideways scroll",
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+    browser
+        .screenshot(&target.join("dashboard-spend-phone.png"))
+        .await;
     browser.quit().await;
     d.stop().await;
 }

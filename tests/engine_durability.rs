@@ -65,10 +65,10 @@ async fn only_the_current_lease_token_can_record_a_result() {
         .await
         .unwrap()
         .run_id;
-    let limits = |lease_ms| ClaimLimits {
+    let limits = |lease_ms: u64| ClaimLimits {
         max: 10,
         per_agent: HashMap::new(),
-        lease_ms,
+        lease: Duration::from_millis(lease_ms),
         refused_agents: Default::default(),
     };
 
@@ -120,7 +120,13 @@ async fn only_the_current_lease_token_can_record_a_result() {
     );
     assert!(rb.unwrap().is_some());
     // A late renewal by A learns it lost the lease.
-    assert_eq!(store.renew_lease(&lease_a, 1000).await.unwrap(), None);
+    assert_eq!(
+        store
+            .renew_lease(&lease_a, Duration::from_millis(1000))
+            .await
+            .unwrap(),
+        None
+    );
     // And A cannot record afterwards either (B's token is gone too).
     assert!(
         store
@@ -217,7 +223,7 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
             &ClaimLimits {
                 max: 1,
                 per_agent: HashMap::new(),
-                lease_ms: 3_600_000,
+                lease: Duration::from_secs(3_600),
                 refused_agents: Default::default(),
             },
         )
@@ -651,7 +657,7 @@ async fn a_dropped_sqlite_store_closes_its_connections_after_keeping_statements(
         let limits = ClaimLimits {
             max: 4,
             per_agent: HashMap::new(),
-            lease_ms: 30_000,
+            lease: Duration::from_secs(30),
             refused_agents: Default::default(),
         };
         assert!(store.claim_steps("test", &limits).await.unwrap().is_empty());

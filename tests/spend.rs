@@ -34,7 +34,7 @@ fn limits() -> ClaimLimits {
     ClaimLimits {
         max: 10,
         per_agent: HashMap::new(),
-        lease_ms: 60_000,
+        lease: std::time::Duration::from_secs(60),
         refused_agents: HashSet::new(),
     }
 }

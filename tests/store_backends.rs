@@ -53,11 +53,11 @@ fn delivery(id: &str, body: &[u8], state: DeliveryState) -> NewDelivery {
     }
 }
 
-fn limits(max: usize, lease_ms: i64) -> ClaimLimits {
+fn limits(max: usize, lease_ms: u64) -> ClaimLimits {
     ClaimLimits {
         max,
         per_agent: HashMap::new(),
-        lease_ms,
+        lease: Duration::from_millis(lease_ms),
         refused_agents: HashSet::new(),
     }
 }
@@ -492,8 +492,8 @@ async fn only_the_current_lease_token_records_a_result(b: Backend) {
     assert!(ra.unwrap().is_none(), "the stale lease's result is refused");
     let plan = rb.unwrap().unwrap();
     assert_eq!(plan.outcome.map(|(s, _)| s), Some(RunState::Succeeded));
-    assert_eq!(store.renew_lease(&lease_a, 1000).await.unwrap(), None);
-    assert_eq!(store.renew_lease(&lease_b, 1000).await.unwrap(), None);
+    assert_eq!(store.renew_lease(&lease_a, MS(1000)).await.unwrap(), None);
+    assert_eq!(store.renew_lease(&lease_b, MS(1000)).await.unwrap(), None);
 
     let snap = store.run(run).await.unwrap().unwrap();
     assert_eq!(snap.run.state, RunState::Succeeded);
@@ -545,7 +545,7 @@ async fn heartbeats_renew_only_leases_held_with_their_token(b: Backend) {
     let tokens: Vec<String> = claimed[..2].iter().map(|c| c.lease.token.clone()).collect();
     // Renewed: the two whose tokens are given; not the third, nor another owner's.
     let renewed = store
-        .renew_leases("engine-1", &tokens, 60_000)
+        .renew_leases("engine-1", &tokens, MS(60_000))
         .await
         .unwrap();
     let mut renewed_rows: Vec<i64> = renewed.iter().map(|r| r.0).collect();
@@ -560,14 +560,14 @@ async fn heartbeats_renew_only_leases_held_with_their_token(b: Backend) {
     );
     assert!(
         store
-            .renew_leases("engine-2", &tokens, 60_000)
+            .renew_leases("engine-2", &tokens, MS(60_000))
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .renew_leases("engine-1", &[], 60_000)
+            .renew_leases("engine-1", &[], MS(60_000))
             .await
             .unwrap()
             .is_empty()
@@ -1692,7 +1692,10 @@ async fn a_recorded_result_hands_what_it_made_ready_to_the_same_claim(b: Backend
     let snap = store.run(run).await.unwrap().unwrap();
     assert_eq!(snap.step("b").unwrap().state, StepState::Running);
     assert_eq!(
-        store.renew_lease(&claimed[0].lease, 60_000).await.unwrap(),
+        store
+            .renew_lease(&claimed[0].lease, MS(60_000))
+            .await
+            .unwrap(),
         Some(DesiredState::Running),
         "the hand-off holds a real lease"
     );

@@ -496,7 +496,7 @@ impl Engine {
             let renewed = match self
                 .inner
                 .store
-                .renew_leases(&self.inner.owner, &tokens, ttl.as_millis() as i64)
+                .renew_leases(&self.inner.owner, &tokens, ttl)
                 .await
             {
                 Ok(rows) => rows,
@@ -694,7 +694,7 @@ impl Engine {
         ClaimLimits {
             max: free,
             per_agent,
-            lease_ms: self.inner.config.lease.as_millis() as i64,
+            lease: self.inner.config.lease,
             refused_agents: self.inner.breakers.refusing(),
         }
     }

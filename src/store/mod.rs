@@ -26,7 +26,8 @@
 //! process, one file) and `postgres.rs` + `postgres/` (several replicas
 //! sharing one database).
 //!
-//! Times crossing this interface are Unix epoch **milliseconds** (`i64`).
+//! Instants crossing this interface are Unix epoch **milliseconds** (`i64`);
+//! lengths of time are [`Duration`]s.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -565,18 +566,18 @@ pub trait Runs: Send + Sync + 'static {
         limits: &ClaimLimits,
     ) -> Result<Vec<ClaimedStep>, StoreError>;
 
-    /// Extends the lease to `now + lease_ms`; returns the run's desired state,
+    /// Extends the lease to `now + ttl`; returns the run's desired state,
     /// or `None` when the lease is no longer held (the step was reaped or
     /// reclaimed): the holder must stop and its result will be refused.
     async fn renew_lease(
         &self,
         lease: &Lease,
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Option<DesiredState>, StoreError>;
 
     /// The heartbeat of a whole engine: extends the leases `owner` holds
     /// **with one of `tokens`** (the lease tokens of its running attempts) to
-    /// `now + lease_ms` in one transaction, and returns each renewed step
+    /// `now + ttl` in one transaction, and returns each renewed step
     /// with its lease token and its run's desired state. A step that is not
     /// returned has lost its lease. Fencing by token matters: a lease whose
     /// token no running attempt holds must be left to expire and be reaped,
@@ -585,7 +586,7 @@ pub trait Runs: Send + Sync + 'static {
         &self,
         owner: &str,
         tokens: &[String],
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Vec<(i64, String, DesiredState)>, StoreError>;
 
     /// Records how an attempt ended (when one was made), moves the step on as

@@ -394,8 +394,8 @@ pub struct ClaimLimits {
     pub max: usize,
     /// Running steps allowed per agent; an agent not listed has no limit.
     pub per_agent: std::collections::HashMap<String, u32>,
-    /// Lease length, ms.
-    pub lease_ms: i64,
+    /// How long each claimed step's lease lasts before it must be renewed.
+    pub lease: std::time::Duration,
     /// Agents whose circuit is open: their steps are claimed without
     /// starting an attempt, so the executor can send them to a fallback.
     pub refused_agents: std::collections::HashSet<String>,

@@ -148,7 +148,7 @@ impl Runs for PgStore {
             ))
             .bind(owner)
             .bind(&token)
-            .bind(lease_now + limits.lease_ms)
+            .bind(lease_now + limits.lease.as_millis() as i64)
             .bind(now)
             .bind(candidate.step_row)
             .bind(if refused { 0i64 } else { 1 })
@@ -234,7 +234,7 @@ impl Runs for PgStore {
     async fn renew_lease(
         &self,
         lease: &Lease,
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Option<DesiredState>, StoreError> {
         let row: Option<(String,)> = sqlx::query_as(
             "UPDATE steps SET lease_expires_at = $1 FROM runs \
@@ -242,7 +242,7 @@ impl Runs for PgStore {
                AND runs.id = steps.run_id \
              RETURNING runs.desired_state",
         )
-        .bind(self.lease_now().await? + lease_ms)
+        .bind(self.lease_now().await? + ttl.as_millis() as i64)
         .bind(lease.step_row)
         .bind(&lease.token)
         .fetch_optional(&self.pool)
@@ -254,7 +254,7 @@ impl Runs for PgStore {
         &self,
         owner: &str,
         tokens: &[String],
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
@@ -269,7 +269,7 @@ impl Runs for PgStore {
              WHERE steps.id = held.id AND runs.id = steps.run_id \
              RETURNING steps.id, steps.lease_token, runs.desired_state",
         )
-        .bind(self.lease_now().await? + lease_ms)
+        .bind(self.lease_now().await? + ttl.as_millis() as i64)
         .bind(owner)
         .bind(tokens)
         .fetch_all(&self.pool)

@@ -62,14 +62,14 @@ impl Runs for SqliteStore {
     async fn renew_lease(
         &self,
         lease: &Lease,
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Option<DesiredState>, StoreError> {
         let row: Option<(String,)> = sqlx::query_as(
             "UPDATE steps SET lease_expires_at = ?1 \
              WHERE id = ?2 AND lease_token = ?3 AND state = 'running' \
              RETURNING (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
         )
-        .bind(now_ms() + lease_ms)
+        .bind(now_ms() + ttl.as_millis() as i64)
         .bind(lease.step_row)
         .bind(&lease.token)
         .fetch_optional(&mut *self.writer().await?)
@@ -85,7 +85,7 @@ impl Runs for SqliteStore {
         &self,
         owner: &str,
         tokens: &[String],
-        lease_ms: i64,
+        ttl: Duration,
     ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
@@ -98,7 +98,7 @@ impl Runs for SqliteStore {
              RETURNING id, lease_token, \
                  (SELECT desired_state FROM runs WHERE runs.id = steps.run_id)",
         )
-        .bind(now_ms() + lease_ms)
+        .bind(now_ms() + ttl.as_millis() as i64)
         .bind(owner)
         .bind(tokens)
         .fetch_all(&mut *self.writer().await?)

@@ -301,7 +301,13 @@ pub(super) fn claim_steps(
                 step_columns!()
             ))?
             .query_row(
-                params![owner, token, now + limits.lease_ms, now, candidate.step_row],
+                params![
+                    owner,
+                    token,
+                    now + limits.lease.as_millis() as i64,
+                    now,
+                    candidate.step_row
+                ],
                 StepRow::from_rusqlite,
             )
             .optional()?;

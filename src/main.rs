@@ -69,22 +69,13 @@ async fn prune(settings: Settings, dry_run: bool) -> anyhow::Result<()> {
     let retention_settings = settings.retention();
     let cutoffs = retention::Cutoffs::at(&retention_settings, store::now_ms());
     let before = store.database_size().await?;
-    let kept = |days: Option<u32>| {
-        days.map_or("kept forever".to_string(), |d| {
-            format!("older than {d} days")
-        })
-    };
-    let reasons = [
-        ("payloads", kept(retention_settings.payloads_days)),
-        ("effects", kept(retention_settings.payloads_days)),
-        ("outputs", kept(retention_settings.outputs_days)),
-        ("events", kept(retention_settings.events_days)),
-        ("runs", kept(retention_settings.runs_days)),
-        ("deliveries", kept(retention_settings.runs_days)),
-        ("audit", kept(retention_settings.audit_days)),
-    ];
     let print = |counts: &retention::PruneCounts, verb: &str| {
-        for ((kind, n), (_, why)) in counts.kinds().iter().zip(&reasons) {
+        for (kind, n) in counts.kinds() {
+            let why = retention_settings
+                .days_of(kind)
+                .map_or("kept forever".to_string(), |d| {
+                    format!("older than {d} days")
+                });
             println!("{verb} {n:>8} {kind:<10} ({why})");
         }
     };

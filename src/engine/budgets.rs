@@ -3,7 +3,7 @@
 //! have spent, checked against `budgets:`.
 
 use crate::budget::{Budgets, Exhausted, Headroom, Scope, Spent};
-use crate::store::{RunStore, StoreError};
+use crate::store::{ControlOutcome, RunSnapshot, RunStore, StoreError};
 
 /// The run's and its subject's spend in each scope `budgets` limits, at
 /// `now` (epoch ms): the run's from its attempts (the one about to start
@@ -76,4 +76,34 @@ pub async fn check(
     }
     let spent = spent(store, budgets, run_id, repository, installation_id, now).await?;
     Ok(budgets.check(&spent))
+}
+
+/// The budgets a run's attempts are held to: the service's `budgets`,
+/// tightened by the repository's own ones the run was created with (its
+/// context). Without the run (it could not be read): the service's.
+pub(super) fn of_run(service: &Budgets, run: Option<&RunSnapshot>) -> Budgets {
+    match run {
+        Some(s) => service.tighter(&Budgets::of_run(&s.run.context)),
+        None => *service,
+    }
+}
+
+/// Stops run `run_id` because `exhausted` is spent (its running attempts
+/// are cancelled through the run's desired state), counting it once: when
+/// the run was not already stopping. A store error is logged; the caller
+/// goes on (a refused step still fails on its own).
+pub(super) async fn stop_run(engine: &super::Engine, run_id: i64, exhausted: &Exhausted) {
+    match engine
+        .inner
+        .store
+        .stop_over_budget(run_id, &exhausted.message)
+        .await
+    {
+        Ok(ControlOutcome::Changed) => {
+            crate::instrument::budget_exhausted(exhausted.scope.key());
+            engine.wake();
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(run_id, error = %e, "cannot stop the run over its budget"),
+    }
 }

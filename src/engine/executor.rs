@@ -197,9 +197,9 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
 
     // Spend limits (`budgets:`): an attempt that would start over a budget
     // does not start, and the run stops, saying which budget; one that
-    // starts runs no longer than the time-based budgets leave.
-    // The run as stored, read once for this attempt: its context carries
-    // the repository's own budgets (and the prompt renders from it below).
+    // starts runs no longer than the time-based budgets leave. The run is
+    // read once for this attempt: its context carries the repository's own
+    // budgets, and the prompt renders from it below.
     let snapshot = match inner.store.run(run_id).await {
         Ok(s) => s,
         Err(e) => {
@@ -218,13 +218,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 .and_then(|e| e.repository().map(|r| r.full_name.clone()))
         });
     let installation = subject.as_deref().and_then(|e| e.installation_id());
-    let budgets = match &snapshot {
-        Some(s) => inner
-            .config
-            .budgets
-            .tighter(&crate::budget::Budgets::of_run(&s.run.context)),
-        None => inner.config.budgets,
-    };
+    let budgets = super::budgets::of_run(&inner.config.budgets, snapshot.as_ref());
     let mut budget_time = None;
     match super::budgets::check(
         inner.store.as_ref(),
@@ -238,11 +232,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     {
         Ok(Ok(headroom)) => budget_time = headroom.time_left(price.as_ref()),
         Ok(Err(exhausted)) => {
-            crate::instrument::budget_exhausted(exhausted.scope.key());
+            super::budgets::stop_run(engine, run_id, &exhausted).await;
             let why = exhausted.message;
-            if let Err(e) = inner.store.stop_over_budget(run_id, &why).await {
-                tracing::warn!(run_id, error = %e, "cannot stop the run over its budget; the step fails alone");
-            }
             let record = not_run("permanent", "budget", &why);
             return finish(
                 engine,
@@ -729,20 +720,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         )
         .await;
         if let Ok(Err(exhausted)) = spent_now {
-            match inner
-                .store
-                .stop_over_budget(run_id, &exhausted.message)
-                .await
-            {
-                Ok(crate::store::ControlOutcome::Changed) => {
-                    crate::instrument::budget_exhausted(exhausted.scope.key());
-                    engine.wake();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(run_id, error = %e, "cannot stop the run over its budget");
-                }
-            }
+            super::budgets::stop_run(engine, run_id, &exhausted).await;
         }
     }
     if accepted && let Some((kind, state, output, error, malformed)) = verdict {

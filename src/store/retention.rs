@@ -42,6 +42,21 @@ pub struct RetentionSettings {
     pub audit_days: Option<u32>,
 }
 
+impl RetentionSettings {
+    /// How long records of `kind` (a [`PruneCounts::kinds`] name) are
+    /// kept, in days; `None`: forever (or an unknown kind).
+    pub fn days_of(&self, kind: &str) -> Option<u32> {
+        match kind {
+            "payloads" | "effects" => self.payloads_days,
+            "outputs" => self.outputs_days,
+            "events" => self.events_days,
+            "runs" | "deliveries" => self.runs_days,
+            "audit" => self.audit_days,
+            _ => None,
+        }
+    }
+}
+
 impl Default for RetentionSettings {
     fn default() -> Self {
         RetentionSettings {
@@ -70,11 +85,11 @@ impl Cutoffs {
     pub fn at(settings: &RetentionSettings, now: i64) -> Self {
         let before = |days: Option<u32>| days.map(|d| now - i64::from(d) * DAY_MS);
         Cutoffs {
-            payloads_before: before(settings.payloads_days),
-            outputs_before: before(settings.outputs_days),
-            events_before: before(settings.events_days),
-            runs_before: before(settings.runs_days),
-            audit_before: before(settings.audit_days),
+            payloads_before: before(settings.days_of("payloads")),
+            outputs_before: before(settings.days_of("outputs")),
+            events_before: before(settings.days_of("events")),
+            runs_before: before(settings.days_of("runs")),
+            audit_before: before(settings.days_of("audit")),
         }
     }
 }

@@ -330,11 +330,16 @@ async fn memory(runs: usize) {
     // Hold them through two heartbeats (every 10 s with the default 30 s
     // lease): every lease must stay held.
     tokio::time::sleep(Duration::from_secs(21)).await;
-    let (expired,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM run_events WHERE kind = 'lease_expired'")
-            .fetch_one(b.store.writer_pool())
-            .await
-            .unwrap();
+    let expired: i64 = b
+        .store
+        .connection()
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM run_events WHERE kind = 'lease_expired'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     println!(
         "  21 s later: RSS {:.1} MB, {} attempts still running, {expired} leases expired",
         rss_mb(),

@@ -740,17 +740,13 @@ async fn database_counts(url: &str, started: Instant, load_seconds: f64) -> Vec<
             out.push((name.to_string(), json!(n)));
         }
     } else {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(url.trim_start_matches("sqlite://"))
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("open SQLite");
+        let conn = rusqlite::Connection::open_with_flags(
+            url.trim_start_matches("sqlite://"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open SQLite");
         for (name, q) in &queries {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.clone()))
-                .fetch_one(&pool)
-                .await
-                .expect(q);
+            let n: i64 = conn.query_row(q, [], |r| r.get(0)).expect(q);
             out.push((name.to_string(), json!(n)));
         }
     }

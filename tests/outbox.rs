@@ -57,14 +57,14 @@ impl Fixture {
 
     /// A pull-request run of two steps, started by a delivery of installation 42.
     async fn pr_run(&self, delivery: &str, number: i64) -> i64 {
-        sqlx::query(
-            "INSERT INTO deliveries (delivery_id, event, installation_id, repository, \
-             received_at, state, available_at) VALUES (?1, 'pull_request', 42, 'octo/widgets', 0, 'done', 0)",
-        )
-        .bind(delivery.to_owned())
-        .execute(self.store.writer_pool())
-        .await
-        .unwrap();
+        self.db()
+            .execute(
+                "INSERT INTO deliveries (delivery_id, event, installation_id, repository, \
+                 received_at, state, available_at) \
+                 VALUES (?1, 'pull_request', 42, 'octo/widgets', 0, 'done', 0)",
+                [delivery],
+            )
+            .unwrap();
         let step = |id: &str| NewStep {
             step: id.into(),
             needs: vec![],
@@ -98,27 +98,25 @@ impl Fixture {
         created[0].run_id
     }
 
+    /// A connection of its own to the store's database, for raw SQL.
+    fn db(&self) -> rusqlite::Connection {
+        self.store.connection().unwrap()
+    }
+
     async fn sql(&self, sql: &'static str, run_id: i64) {
-        sqlx::query(sql)
-            .bind(run_id)
-            .execute(self.store.writer_pool())
-            .await
-            .unwrap();
+        self.db().execute(sql, [run_id]).unwrap();
     }
 
     async fn start_step(&self, run_id: i64, step_attempts: i64) {
         // A step (re)started now, as the engine would stamp it: the outbox
         // looks again at runs with a step started since their last report.
-        sqlx::query(
-            "UPDATE steps SET state = 'running', attempts = ?2, started_at = ?3 \
-             WHERE run_id = ?1 AND step = 'check'",
-        )
-        .bind(run_id)
-        .bind(step_attempts)
-        .bind(taskmaster::store::now_ms())
-        .execute(self.store.writer_pool())
-        .await
-        .unwrap();
+        self.db()
+            .execute(
+                "UPDATE steps SET state = 'running', attempts = ?2, started_at = ?3 \
+                 WHERE run_id = ?1 AND step = 'check'",
+                [run_id, step_attempts, taskmaster::store::now_ms()],
+            )
+            .unwrap();
         self.sql(
             "UPDATE runs SET state = 'running', started_at = 1 WHERE id = ?1",
             run_id,
@@ -238,10 +236,7 @@ async fn a_restart_finds_the_check_run_and_comment_again_even_when_their_ids_wer
     // found by its external id, the comment by its marker.
     f.sql("DELETE FROM run_reports WHERE run_id = ?1", run)
         .await;
-    sqlx::query("DELETE FROM sticky_comments")
-        .execute(f.store.writer_pool())
-        .await
-        .unwrap();
+    f.db().execute("DELETE FROM sticky_comments", []).unwrap();
     f.finish(run).await;
     f.outbox(0).pass().await.unwrap();
     assert_eq!(f.check_creates().len(), 1, "{:#?}", f.github.effects());
@@ -344,12 +339,14 @@ async fn a_transient_failure_is_retried_after_a_backoff_until_github_accepts() {
     f.github.fail_next(bad_gateway());
     outbox.pass().await.unwrap();
     assert!(f.check_creates().is_empty());
-    let (attempts, error): (i64, Option<String>) =
-        sqlx::query_as("SELECT attempts, last_error FROM run_reports WHERE run_id = ?1")
-            .bind(run)
-            .fetch_one(f.store.writer_pool())
-            .await
-            .unwrap();
+    let (attempts, error): (i64, Option<String>) = f
+        .db()
+        .query_row(
+            "SELECT attempts, last_error FROM run_reports WHERE run_id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
     assert_eq!(attempts, 1);
     assert!(error.unwrap().contains("502"));
 
@@ -362,12 +359,14 @@ async fn a_transient_failure_is_retried_after_a_backoff_until_github_accepts() {
     outbox.pass().await.unwrap();
     assert_eq!(f.check_creates().len(), 1);
     assert_eq!(f.comment_creates(), 1);
-    let (attempts, error): (i64, Option<String>) =
-        sqlx::query_as("SELECT attempts, last_error FROM run_reports WHERE run_id = ?1")
-            .bind(run)
-            .fetch_one(f.store.writer_pool())
-            .await
-            .unwrap();
+    let (attempts, error): (i64, Option<String>) = f
+        .db()
+        .query_row(
+            "SELECT attempts, last_error FROM run_reports WHERE run_id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
     assert_eq!((attempts, error), (0, None));
 }
 
@@ -386,12 +385,14 @@ async fn a_permanent_failure_is_recorded_and_not_retried_until_the_run_changes()
     tokio::time::sleep(Duration::from_millis(80)).await;
     outbox.pass().await.unwrap();
     assert!(f.github.effects().is_empty(), "{:#?}", f.github.effects());
-    let (error,): (Option<String>,) =
-        sqlx::query_as("SELECT last_error FROM run_reports WHERE run_id = ?1")
-            .bind(run)
-            .fetch_one(f.store.writer_pool())
-            .await
-            .unwrap();
+    let error: Option<String> = f
+        .db()
+        .query_row(
+            "SELECT last_error FROM run_reports WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert!(error.unwrap().contains("422"));
 
     f.finish(run).await;

@@ -68,11 +68,10 @@ fn run_of(delivery: &str) -> NewRun {
 async fn exec(b: &Backend, sql: &str) {
     match b.kind {
         Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&b.url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            let path = b.url.strip_prefix("sqlite://").unwrap_or(&b.url);
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c.execute_batch(sql).unwrap();
         }
         Kind::Postgres => {
             let options = sqlx::postgres::PgConnectOptions::from_str(&b.url).unwrap();
@@ -317,17 +316,10 @@ async fn taskmaster_prune_converts_an_older_file_and_prints_what_went() {
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
     {
         // An older file: tables exist before auto_vacuum could be set.
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true);
-        let mut c = sqlx::SqliteConnection::connect_with(&options)
-            .await
+        let c = rusqlite::Connection::open(dir.path().join("old.db")).unwrap();
+        c.execute_batch("CREATE TABLE before_upgrade (x INTEGER)")
             .unwrap();
-        sqlx::query("CREATE TABLE before_upgrade (x INTEGER)")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        c.close().await.unwrap();
+        c.close().unwrap();
     }
     {
         let store = taskmaster::store::SqliteStore::open(&url).await.unwrap();

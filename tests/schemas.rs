@@ -25,17 +25,22 @@ fn kind(declared: &str) -> &'static str {
 }
 
 async fn sqlite_columns(url: &str) -> Columns {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    let rows: Vec<(String, String, String, bool, i64)> = sqlx::query_as(
-        "SELECT m.name, p.name, p.type, p.\"notnull\", p.pk \
-         FROM sqlite_master m, pragma_table_info(m.name) p \
-         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
-           AND m.name <> '_sqlx_migrations'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
+    let conn = rusqlite::Connection::open(url.trim_start_matches("sqlite://")).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT m.name, p.name, p.type, p.\"notnull\", p.pk \
+             FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+               AND m.name <> '_sqlx_migrations'",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, String, bool, i64)> = statement
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     rows.into_iter()
         .map(|(table, column, declared, not_null, pk)| {
             // SQLite's INTEGER PRIMARY KEY is the rowid: never NULL, though

@@ -223,30 +223,26 @@ async fn a_storm_of_distinct_pull_requests_gets_one_run_and_one_check_run_each()
 }
 
 async fn finished_runs(db: &std::path::Path) -> i64 {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM runs WHERE state = 'succeeded'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    n
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE state = 'succeeded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 async fn runs_per_delivery(db: &std::path::Path) -> HashMap<String, i64> {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn
+        .prepare("SELECT delivery_id, COUNT(*) FROM runs GROUP BY delivery_id")
         .unwrap();
-    sqlx::query_as::<_, (String, i64)>(
-        "SELECT delivery_id, COUNT(*) FROM runs GROUP BY delivery_id",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect()
+    statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

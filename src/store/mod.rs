@@ -345,6 +345,13 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A SQLite migration's SQL failed (its transaction rolled back).
+    #[error("database migration {version} ({description}) failed: {error}")]
+    MigrationStep {
+        version: i64,
+        description: String,
+        error: rusqlite::Error,
+    },
     #[error("unsupported database URL `{url}`: {hint}")]
     UnsupportedUrl { url: String, hint: &'static str },
     /// Another process holds this SQLite database ([`connect_runs_with`]).

@@ -3,8 +3,9 @@
 //! names and kinds are the same on both; `tests/schemas.rs` checks that),
 //! and converts to its record once, here, with the same checks of stored
 //! names (a state the code does not know is [`StoreError::Corrupt`]).
-//! The SQLite writer's own reads, through rusqlite, map by position with
-//! `from_rusqlite` into the same row types.
+//! The SQLite store reads through rusqlite: each row type implements
+//! [`FromSqliteRow`], by column name ([`sqlite_row!`]) or, for the rows the
+//! engine and inbox read thousands of times a second, by position.
 
 use bytes::Bytes;
 
@@ -18,6 +19,45 @@ use super::{
     ActorKind, AuditEntry, Delivery, DeliveryState, Effect, EffectKind, EffectState,
     EncodedPayload, PayloadEncoding, StoreError,
 };
+
+/// A row as SQLite returns it through rusqlite: the one mapping of each
+/// record on that backend (PostgreSQL's is `sqlx::FromRow`).
+pub(in crate::store) trait FromSqliteRow: Sized {
+    /// Decodes `row`. Errors: a column is missing or of another type.
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+/// Implements [`FromSqliteRow`] for a row struct by column name: every
+/// field is read from the column of the same name (the struct literal
+/// makes the compiler check that no field is left out).
+macro_rules! sqlite_row {
+    ($row:ident { $($field:ident),+ $(,)? }) => {
+        impl FromSqliteRow for $row {
+            fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok($row { $($field: row.get(stringify!($field))?),+ })
+            }
+        }
+    };
+}
+pub(in crate::store) use sqlite_row;
+
+/// Tuples of decodable columns decode by position.
+macro_rules! tuple_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: rusqlite::types::FromSql),+> FromSqliteRow for ($($t,)+) {
+            fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(($(row.get::<_, $t>($i)?,)+))
+            }
+        }
+    };
+}
+tuple_row!(A 0);
+tuple_row!(A 0, B 1);
+tuple_row!(A 0, B 1, C 2);
+tuple_row!(A 0, B 1, C 2, D 3);
+tuple_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 
 #[derive(sqlx::FromRow)]
 pub(in crate::store) struct DeliveryRow {
@@ -39,9 +79,9 @@ pub(in crate::store) struct DeliveryRow {
     error: Option<String>,
 }
 
-impl DeliveryRow {
-    /// Maps a row of `select_deliveries!()` read through rusqlite.
-    pub(in crate::store) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+/// Maps a row of `select_deliveries!()` read through rusqlite.
+impl FromSqliteRow for DeliveryRow {
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(DeliveryRow {
             id: row.get(0)?,
             delivery_id: row.get(1)?,
@@ -244,6 +284,21 @@ pub(in crate::store) struct EffectRow {
     created_at: i64,
 }
 
+sqlite_row!(EffectRow {
+    id,
+    source,
+    seq,
+    installation_id,
+    repository,
+    kind,
+    target,
+    body,
+    state,
+    attempts,
+    last_error,
+    created_at
+});
+
 impl TryFrom<EffectRow> for Effect {
     type Error = StoreError;
 
@@ -282,6 +337,17 @@ pub(in crate::store) struct AuditRow {
     outcome: String,
     detail: Option<String>,
 }
+
+sqlite_row!(AuditRow {
+    id,
+    at,
+    actor_kind,
+    actor,
+    action,
+    target,
+    outcome,
+    detail
+});
 
 impl TryFrom<AuditRow> for AuditEntry {
     type Error = StoreError;
@@ -326,6 +392,19 @@ pub(in crate::store) struct TokenRow {
     repositories: Option<String>,
 }
 
+sqlite_row!(TokenRow {
+    id,
+    name,
+    role,
+    prefix,
+    created_by,
+    created_at,
+    last_used_at,
+    revoked_at,
+    expires_at,
+    repositories
+});
+
 impl TryFrom<TokenRow> for ApiToken {
     type Error = StoreError;
     fn try_from(r: TokenRow) -> Result<Self, StoreError> {
@@ -366,6 +445,19 @@ pub(in crate::store) struct ChangeRow {
     pub updated_at: i64,
 }
 
+sqlite_row!(ChangeRow {
+    run_id,
+    step,
+    change,
+    state,
+    refused,
+    publication,
+    attempts,
+    next_attempt_at,
+    last_error,
+    updated_at
+});
+
 impl TryFrom<ChangeRow> for RunChange {
     type Error = StoreError;
     fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
@@ -402,6 +494,19 @@ pub(in crate::store) struct SummaryRow {
     error: Option<String>,
 }
 
+sqlite_row!(SummaryRow {
+    id,
+    delivery_id,
+    event,
+    action,
+    repository,
+    sender_login,
+    received_at,
+    state,
+    attempts,
+    error
+});
+
 impl TryFrom<SummaryRow> for DeliverySummary {
     type Error = StoreError;
 
@@ -422,9 +527,9 @@ impl TryFrom<SummaryRow> for DeliverySummary {
     }
 }
 
-impl RunRow {
-    /// Maps a row of `select_runs!()` read through rusqlite.
-    pub(in crate::store) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+/// Maps a row of `select_runs!()` read through rusqlite.
+impl FromSqliteRow for RunRow {
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(RunRow {
             id: row.get(0)?,
             workflow: row.get(1)?,
@@ -455,9 +560,9 @@ impl RunRow {
     }
 }
 
-impl StepRow {
-    /// Maps a row of `step_columns!()` read through rusqlite.
-    pub(in crate::store) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+/// Maps a row of `step_columns!()` read through rusqlite.
+impl FromSqliteRow for StepRow {
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(StepRow {
             id: row.get(0)?,
             run_id: row.get(1)?,
@@ -486,9 +591,8 @@ impl StepRow {
 pub(in crate::store) const TASK_COLUMNS: &str = "id, source, repository, subject_number, title, body, \
      classification, state, run_id, created_by, created_at, updated_at";
 
-/// A row of `tasks` as stored. SQLite reads and writes tasks on rusqlite
-/// connections only (the writer's raw handle and the raw reader), through
-/// [`TaskRow::from_rusqlite`]; PostgreSQL through `sqlx::FromRow`.
+/// A row of `tasks` as stored. SQLite reads tasks through
+/// [`FromSqliteRow`]; PostgreSQL through `sqlx::FromRow`.
 #[derive(sqlx::FromRow)]
 pub(in crate::store) struct TaskRow {
     id: i64,
@@ -505,9 +609,9 @@ pub(in crate::store) struct TaskRow {
     updated_at: i64,
 }
 
-impl TaskRow {
-    /// Maps a row selected with [`TASK_COLUMNS`].
-    pub(in crate::store) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+/// Maps a row selected with [`TASK_COLUMNS`].
+impl FromSqliteRow for TaskRow {
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(TaskRow {
             id: row.get(0)?,
             source: row.get(1)?,
@@ -563,6 +667,18 @@ pub(in crate::store) struct ValidationRow {
     created_by: String,
     created_at: i64,
 }
+
+sqlite_row!(ValidationRow {
+    id,
+    run_id,
+    step,
+    kind,
+    verdict,
+    summary,
+    evidence,
+    created_by,
+    created_at
+});
 
 impl TryFrom<ValidationRow> for ValidationRecord {
     type Error = StoreError;

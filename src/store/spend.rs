@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::StoreError;
+use super::rows::{FromSqliteRow, sqlite_row};
 use crate::budget::Spent;
 
 /// Adds an ended attempt to its day's row: `?1` the day number, `?2`
@@ -48,6 +49,15 @@ pub struct SpendRow {
     pub agent_ms: i64,
 }
 
+sqlite_row!(SpendRow {
+    day,
+    repository,
+    installation_id,
+    usd,
+    attempts,
+    agent_ms
+});
+
 /// What one workflow's attempts on one agent cost.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AgentSpend {
@@ -62,6 +72,15 @@ pub struct AgentSpend {
     /// Milliseconds they took.
     pub agent_ms: i64,
 }
+
+sqlite_row!(AgentSpend {
+    workflow,
+    agent,
+    usd,
+    attempts,
+    estimated,
+    agent_ms
+});
 
 /// The store's side of budgets.
 #[async_trait]

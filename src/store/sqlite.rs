@@ -2,6 +2,16 @@
 //! `engine`, `control`, `reports`, `records`, `queries`, `changes`): the
 //! default, one file on one machine.
 //!
+//! **One driver.** Every statement runs through rusqlite, on connections the
+//! store opens and owns: one writer, a few read-only readers. sqlx (which the
+//! PostgreSQL store uses) is not involved; its migration files are embedded
+//! with `sqlx::migrate!` only so that a database migrated by an earlier
+//! version (which ran them through sqlx) continues from the same bookkeeping
+//! table. Why rusqlite: through sqlx's SQLite driver every statement is a
+//! hand-off to a worker thread and back, and under a webhook flood those
+//! hand-offs, not SQLite, set the pace (`benches/README.md`, "One SQLite
+//! driver").
+//!
 //! Durability settings: WAL journal, `synchronous=FULL` (every commit is
 //! fsynced, so what a commit promised survives power loss, not just a
 //! crash), a busy timeout, foreign keys on. The inbox's batches are the one
@@ -12,35 +22,28 @@
 //! file a few milliseconds behind the writer, so that commits do not stop
 //! to do it.
 //!
-//! All writes go through a **single writer connection**, which the store
-//! takes out of its pool once and keeps ([`RawWriter`]): SQLite allows one
-//! writer at a time anyway, and funnelling writes through one connection
-//! turns lock contention (`SQLITE_BUSY`, retries) into an orderly queue.
-//! Readers use their own pool, which WAL lets run beside the writer. Write
+//! All writes go through a **single writer connection** ([`Writer`]):
+//! SQLite allows one writer at a time anyway, and funnelling writes through
+//! one connection turns lock contention (`SQLITE_BUSY`, retries) into an
+//! orderly queue, in which the inbox goes first ([`Priority`]). Readers use
+//! their own connections, which WAL lets run beside the writer. Write
 //! transactions start with `BEGIN IMMEDIATE` so that even another process
 //! (say `taskmaster migrate`) cannot make a read transaction fail on upgrade.
-//!
-//! The hot batches — storing deliveries, claiming them, finishing them — run
-//! on the writer connection's own SQLite handle through rusqlite
-//! (`with_raw_writer`): sqlx sends every statement to its worker thread and
-//! waits for the answer, and under a webhook flood those hand-offs, not
-//! SQLite, set the pace (`benches/README.md`).
 //!
 //! This store assumes **one taskmaster process per database file**: start-up
 //! recovery returns every `processing` delivery to the queue. Several replicas
 //! need the PostgreSQL store.
 
 use std::collections::HashMap;
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use rusqlite::params;
 
 use super::policy;
-use super::rows::{AuditRow, DeliveryRow, EffectRow, RunRow, StepRow, corrupt};
+use super::rows::{AuditRow, DeliveryRow, EffectRow, FromSqliteRow, RunRow, corrupt};
 use super::{
     AuditEntry, Effect, EffectOutcome, EffectState, InstallationState, NewEffect, RepoConfigRecord,
 };
@@ -48,32 +51,33 @@ use super::{
     Delivery, DeliveryResult, DeliveryState, Durable, InboxDepth, InsertOutcome, NewDelivery,
     Store, StoreError, now_ms,
 };
+use sql::Sql;
 
+/// The migrations, embedded (see the module's documentation for why
+/// through sqlx's macro); applied by [`migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a writer waits for SQLite's lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The SQLite store. Cheap to clone (pools are reference counted).
+/// The SQLite store. Cheap to clone (connections are shared).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    tools: SqlitePool,
-    reader: SqlitePool,
-    raw: std::sync::Arc<RawWriter>,
+    writer: Arc<Writer>,
+    /// Read-only connections; `None` for an in-memory database, which other
+    /// connections cannot open (reads go through the writer then).
+    reader: Option<Arc<Reader>>,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
     /// Syncs the `-wal` file for the inbox's batches (`stage_deliveries`);
     /// `None` for an in-memory database.
-    wal: Option<std::sync::Arc<walsync::WalSync>>,
+    wal: Option<Arc<walsync::WalSync>>,
     /// Copies the log into the database file off the writer's path; `None`
     /// for an in-memory database.
-    checkpointer: Option<std::sync::Arc<walsync::Checkpointer>>,
-    /// Read-only rusqlite connections for the dispatcher's per-delivery
-    /// lookups; `None` for an in-memory database.
-    raw_reader: Option<std::sync::Arc<RawReader>>,
+    checkpointer: Option<Arc<walsync::Checkpointer>>,
     /// This process's claim on the database file (see [`ProcessLock`]).
-    process_lock: Option<std::sync::Arc<ProcessLock>>,
+    process_lock: Option<Arc<ProcessLock>>,
 }
-
 /// An exclusive lock on `<database>.lock` (`flock`, released when the
 /// process ends however it ends), holding the holder's pid for messages.
 #[derive(Debug)]
@@ -136,29 +140,28 @@ impl ProcessLock {
     }
 }
 
-/// Read-only rusqlite connections of the store's own, used inline on the
-/// caller's thread for point lookups that run once per delivery: through
-/// sqlx's reader pool each is a round trip to a worker thread and back
-/// (measured: the dispatcher alone drained 3,000 – 3,400 deliveries/s with
-/// its lookups through sqlx, 4,600 – 5,000/s with the installation and task
-/// lookups here, and 7,800 – 9,300/s once the repository configuration's
-/// came here too; `benches/README.md`). A lookup here takes microseconds
-/// and never waits for the writer (WAL readers do not), so blocking the
-/// runtime thread for it is cheaper than the two thread wake-ups.
-pub(super) struct RawReader {
-    path: std::path::PathBuf,
+/// Read-only connections, used on the caller's thread: a lookup takes
+/// microseconds and never waits for the writer (WAL readers do not), so
+/// blocking the runtime thread for it is cheaper than handing it to another
+/// thread (measured through sqlx, which does: the dispatcher drained 3,000 –
+/// 3,400 deliveries/s with its lookups there, 7,800 – 9,300/s with them
+/// here; `benches/README.md`). Longer reads (lists, aggregates) go through
+/// [`SqliteStore::scan`], which lets the runtime move its other tasks away
+/// first.
+pub(super) struct Reader {
+    path: PathBuf,
     idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
 }
 
-impl std::fmt::Debug for RawReader {
+impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawReader")
+        f.debug_struct("Reader")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-impl RawReader {
+impl Reader {
     /// The most idle connections kept.
     const KEEP: usize = 4;
 
@@ -184,7 +187,7 @@ impl RawReader {
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 conn.busy_timeout(BUSY_TIMEOUT)?;
-                conn.set_prepared_statement_cache_capacity(16);
+                conn.set_prepared_statement_cache_capacity(32);
                 conn
             }
         };
@@ -200,41 +203,29 @@ impl RawReader {
     }
 }
 
-/// The writer connection, checked out of its pool once and kept, and the
-/// rusqlite view of its handle.
+/// The one writer connection, and the queues in front of it.
 ///
-/// **Why kept.** Returning a connection to a sqlx pool spawns a task that
-/// pings it through sqlx's worker thread before the next `acquire` can have
-/// it; under a webhook flood that round trip (p50 ~0.36 ms) cost nearly as
-/// much as the transaction it followed (`benches/README.md`). So every write
-/// — sqlx statements through [`SqliteStore::writer`] and rusqlite batches
-/// through [`SqliteStore::with_raw_writer`] — takes this one connection
-/// through an async mutex instead, in the order asked.
-///
-/// **Why a view.** The rusqlite view keeps its prepared statements from one
-/// batch to the next: preparing the claim's and the results' dozen
-/// statements again in every transaction cost about as much as the
-/// transaction's fsync.
-///
-/// Safety rules, because the statements live on a handle sqlx owns:
-/// * the connection is never returned to the pool while the store lives, so
-///   the handle outlives the statements;
-/// * the view is used only while sqlx's worker thread is kept off the handle
-///   (`lock_handle`), and finalized (dropped) the same way, on a thread of
-///   its own when the store is dropped, before the connection is closed;
-/// * a view whose handle is not the held connection's (which cannot happen
-///   while the connection is held; checked anyway) is leaked, never dropped.
-pub(super) struct RawWriter {
-    held: tokio::sync::Mutex<Option<Held>>,
+/// The connection keeps its prepared statements from one transaction to the
+/// next (rusqlite's statement cache): preparing the claim's and the
+/// results' dozen statements again in every transaction cost about as much
+/// as the transaction's fsync.
+pub(super) struct Writer {
+    conn: tokio::sync::Mutex<rusqlite::Connection>,
     /// Where every writer but the inbox queues before it may queue for
-    /// `held`: so at most one of them waits at `held` at a time, and an
+    /// `conn`: so at most one of them waits at `conn` at a time, and an
     /// inbox batch (a webhook waiting for its answer) waits behind at most
     /// one other transaction, however many the dispatcher, engine and
     /// outbox have asked for (`Priority`).
     others: tokio::sync::Mutex<()>,
 }
 
-/// Who is asking for the writer ([`SqliteStore::with_raw_writer_as`]).
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+/// Who is asking for the writer ([`SqliteStore::write_as`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
     /// The inbox's batches: queue at the writer directly.
@@ -243,204 +234,118 @@ enum Priority {
     Other,
 }
 
-struct Held {
-    /// sqlx's worker thread kept off the handle from one rusqlite batch to
-    /// the next (`lock_handle` costs two thread wake-ups each way); given
-    /// back before any sqlx statement ([`SqliteStore::writer`]). It borrows
-    /// `conn`, which is boxed so that it does not move: never touch `conn`
-    /// while this is `Some`, and drop this first.
-    locked: Option<sqlx::sqlite::LockedSqliteHandle<'static>>,
-    view: Option<RawView>,
-    conn: Box<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+/// Where a database lives, from the URL forms the store accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    Memory,
+    File(PathBuf),
 }
 
-impl Held {
-    /// Gives the handle back to sqlx's worker thread, if it was kept.
-    fn unlock(&mut self) {
-        self.locked = None;
-    }
-}
-
-struct RawView {
-    handle: usize,
-    conn: rusqlite::Connection,
-}
-
-impl std::fmt::Debug for RawWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawWriter").finish_non_exhaustive()
-    }
-}
-
-/// Exclusive use of the writer connection, for sqlx statements: derefs to
-/// the connection (`.execute(&mut *w)`, `w.begin_with(..)`).
-pub(super) struct WriterGuard<'a> {
-    held: tokio::sync::MutexGuard<'a, Option<Held>>,
-    /// This writer's place behind the inbox (see [`RawWriter`]).
-    _others: tokio::sync::MutexGuard<'a, ()>,
-}
-
-impl std::ops::Deref for WriterGuard<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        let held = self.held.as_ref().expect("held while guarded");
-        debug_assert!(held.locked.is_none(), "unlocked by `writer`");
-        &held.conn
-    }
-}
-
-impl std::ops::DerefMut for WriterGuard<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        let held = self.held.as_mut().expect("held while guarded");
-        debug_assert!(held.locked.is_none(), "unlocked by `writer`");
-        &mut held.conn
-    }
-}
-
-impl Drop for RawWriter {
-    /// Finalizes the kept statements and closes the connection, on a thread
-    /// of its own: both need sqlx's worker thread, which drop cannot await,
-    /// and `sqlite3_close` refuses while statements are open.
-    fn drop(&mut self) {
-        let Some(Held { locked, view, conn }) = self.held.get_mut().take() else {
-            return;
-        };
-        // Still keeping sqlx's worker off the handle: finalize right here.
-        let view = match locked {
-            Some(locked) => {
-                drop(view);
-                drop(locked);
-                None
-            }
-            None => view,
-        };
-        let spawned = std::thread::Builder::new()
-            .name("sqlite-writer-close".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                else {
-                    std::mem::forget(view);
-                    std::mem::forget(conn);
-                    return;
-                };
-                rt.block_on(async move {
-                    let mut conn = conn;
-                    let finalized = match view {
-                        None => true,
-                        Some(view) => match conn.lock_handle().await {
-                            Ok(locked) => {
-                                drop(view);
-                                drop(locked);
-                                true
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e,
-                                "could not finalize the writer's kept statements");
-                                std::mem::forget(view);
-                                false
-                            }
-                        },
-                    };
-                    if finalized {
-                        let _ = conn.close().await;
-                    } else {
-                        std::mem::forget(conn);
-                    }
-                });
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not close the SQLite writer connection");
+impl Location {
+    /// `sqlite://path`, `sqlite:path` or a bare path (a query string such as
+    /// `?mode=rwc` is ignored: the file is always created when missing);
+    /// `:memory:` and `mode=memory` are an in-memory database.
+    fn of(url: &str) -> Location {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+            Location::Memory
+        } else {
+            Location::File(PathBuf::from(path))
         }
     }
 }
 
+/// Opens the writer connection with the store's settings (see the module's
+/// documentation). `auto_vacuum` comes first: it takes effect on a new file
+/// only, before its first table (an older file is converted by `taskmaster
+/// prune`), and before `journal_mode`, whose change marks even an empty
+/// file as begun.
+fn open_writer(location: &Location) -> Result<rusqlite::Connection, StoreError> {
+    let mut conn = match location {
+        Location::Memory => rusqlite::Connection::open_in_memory()?,
+        Location::File(path) => rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?,
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+    if matches!(location, Location::File(_)) {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Durability(format!(
+                "the database refused the WAL journal (it is in `{mode}` mode)"
+            )));
+        }
+    }
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating if absent) the database at `url`: `sqlite://path`,
-    /// `sqlite:path`, or a bare file path. Does not migrate; see [`Store::migrate`].
+    /// `sqlite:path`, or a bare file path; `sqlite::memory:` for a database
+    /// that lives as long as the store. Does not migrate; see
+    /// [`Store::migrate`].
+    ///
+    /// Errors: the file cannot be opened or created, or refuses the WAL
+    /// journal; the log syncer or checkpointer cannot start.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let url = if url.starts_with("sqlite:") {
-            url.to_string()
-        } else {
-            format!("sqlite://{url}")
-        };
-        let base = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // Freed pages go back to the file system after pruning
-        // (`retention`). Takes effect on a new file only (an older one is
-        // converted by `taskmaster prune`), and only from a connection that
-        // may write: read-only ones refuse the pragma.
-        let options = base
-            .clone()
-            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental);
-        let db_file = options.get_filename().to_path_buf();
-        // The store takes this pool's one connection at its first write and
-        // keeps it (`RawWriter`): every write of the service goes through it.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        // For `writer_pool()` (tests and tools): a connection of its own,
-        // opened when first used, which waits at SQLite's lock like another
-        // process would.
-        let tools = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options.clone());
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_lazy_with(base.read_only(true));
-        let raw = std::sync::Arc::new(RawWriter {
-            held: tokio::sync::Mutex::new(None),
+        let location = Location::of(url);
+        let conn = tokio::task::spawn_blocking({
+            let location = location.clone();
+            move || open_writer(&location)
+        })
+        .await
+        .map_err(|e| StoreError::Durability(format!("opening the database panicked: {e}")))??;
+        let writer = Arc::new(Writer {
+            conn: tokio::sync::Mutex::new(conn),
             others: tokio::sync::Mutex::new(()),
         });
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let (wal, checkpointer, raw_reader) = if in_memory {
-            (None, None, None)
-        } else {
-            // The file exists now (the pool opened it): SQLite names its log
-            // after the database's path with `-wal` appended.
-            let db = std::fs::canonicalize(&db_file).map_err(|e| {
-                StoreError::Durability(format!("cannot resolve the database path: {e}"))
-            })?;
-            let mut wal = db.clone().into_os_string();
-            wal.push("-wal");
-            let syncer = walsync::WalSync::start(wal.into())
-                .map_err(|e| StoreError::Durability(format!("cannot start the log syncer: {e}")))?;
-            let checkpointer = walsync::Checkpointer::start(&db)?;
-            let raw_reader = RawReader {
-                path: db,
-                idle: std::sync::Mutex::new(Vec::new()),
-            };
-            (
-                Some(std::sync::Arc::new(syncer)),
-                Some(std::sync::Arc::new(checkpointer)),
-                Some(std::sync::Arc::new(raw_reader)),
-            )
+        let Location::File(file) = location else {
+            return Ok(SqliteStore {
+                writer,
+                reader: None,
+                path: None,
+                wal: None,
+                checkpointer: None,
+                process_lock: None,
+            });
         };
+        // The file exists now (the writer created it): SQLite names its log
+        // after the database's path with `-wal` appended.
+        let db = std::fs::canonicalize(&file).map_err(|e| {
+            StoreError::Durability(format!("cannot resolve the database path: {e}"))
+        })?;
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let syncer = walsync::WalSync::start(wal.into())
+            .map_err(|e| StoreError::Durability(format!("cannot start the log syncer: {e}")))?;
+        let checkpointer = walsync::Checkpointer::start(&db)?;
         Ok(SqliteStore {
             writer,
-            tools,
-            reader,
-            raw,
-            wal,
-            checkpointer,
-            raw_reader,
+            reader: Some(Arc::new(Reader {
+                path: db.clone(),
+                idle: std::sync::Mutex::new(Vec::new()),
+            })),
+            path: Some(db),
+            wal: Some(Arc::new(syncer)),
+            checkpointer: Some(Arc::new(checkpointer)),
             process_lock: None,
         })
     }
 
     /// Keeps `lock` (from [`ProcessLock::acquire`]) for the store's lifetime.
     pub fn hold(&mut self, lock: Option<ProcessLock>) {
-        self.process_lock = lock.map(std::sync::Arc::new);
+        self.process_lock = lock.map(Arc::new);
     }
 
     /// One idempotent control transition of a run: `update` (binding the run
@@ -455,44 +360,38 @@ impl SqliteStore {
         message: &'static str,
     ) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(update)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let outcome = control_outcome(&mut tx, changed, run_id, now, event, message).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let changed = tx.exec(update, [run_id])?;
+            let outcome = control_outcome(&tx, changed, run_id, now, event, message)?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
     }
 
-    /// Runs `work` on the writer connection's own SQLite handle, through
-    /// rusqlite, holding the writer for the duration.
+    /// Runs `work` on the writer connection, after the writes asked before
+    /// it (see [`Writer`]).
     ///
-    /// Every sqlx statement is a round trip to sqlx's worker thread; a batch of
-    /// statements run here costs none while the handle's lock is kept from
-    /// the previous batch, and one when a sqlx statement took it back. `work` runs
-    /// inline on this task's runtime thread, blocking it for the transaction
-    /// (typically under a millisecond, fsync included): there is one writer
-    /// connection, so at most one runtime thread is ever blocked here, and
-    /// the others steal its queued tasks meanwhile. `block_in_place` was
-    /// measured slower (`benches/ENGINE.md`): handing the thread's core to
-    /// another thread on every transaction cost more wake-ups than the
-    /// transaction itself. `work` must leave no transaction open: use
+    /// `work` runs on this task's runtime thread, blocking it for the
+    /// transaction (typically under a millisecond, fsync included): there is
+    /// one writer, so at most one runtime thread is ever blocked here. On a
+    /// multi-threaded runtime the thread first hands its other tasks
+    /// (webhooks being answered) to another (`block_in_place`). `work` must
+    /// leave no transaction open: use
     /// [`rusqlite::Connection::unchecked_transaction`], which the connection
     /// is set to begin `IMMEDIATE`, and whose drop rolls back.
     ///
-    /// Errors: the pool's or the lock's errors, and whatever `work` returns.
-    async fn with_raw_writer<R>(
+    /// Errors: whatever `work` returns.
+    async fn write<R>(
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.with_raw_writer_as(Priority::Other, work).await
+        self.write_as(Priority::Other, work).await
     }
 
-    /// [`Self::with_raw_writer`] for a caller of the given [`Priority`].
-    async fn with_raw_writer_as<R>(
+    /// [`Self::write`] for a caller of the given [`Priority`].
+    async fn write_as<R>(
         &self,
         priority: Priority,
         work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
@@ -500,120 +399,89 @@ impl SqliteStore {
         let asked = std::time::Instant::now();
         let _others = match priority {
             Priority::Intake => None,
-            Priority::Other => Some(self.raw.others.lock().await),
+            Priority::Other => Some(self.writer.others.lock().await),
         };
-        let mut guard = self.held().await?;
+        let conn = self.writer.conn.lock().await;
         let acquired = asked.elapsed();
-        let Held { locked, view, conn } = guard.as_mut().expect("held");
-        if locked.is_none() {
-            let handle = conn.lock_handle().await?;
-            // SAFETY: the handle borrows the boxed connection, which stays at
-            // its address and is not touched while `locked` is `Some` (see
-            // `Held`); `locked` is dropped before it (`Held::unlock`, and
-            // `RawWriter`'s drop).
-            *locked = Some(unsafe {
-                std::mem::transmute::<
-                    sqlx::sqlite::LockedSqliteHandle<'_>,
-                    sqlx::sqlite::LockedSqliteHandle<'static>,
-                >(handle)
-            });
-        }
-        let raw = locked.as_mut().expect("set above").as_raw_handle();
-        let locked_at = std::time::Instant::now();
-        let handle = raw.as_ptr() as usize;
-        if view.as_ref().map(|v| v.handle) != Some(handle) {
-            if let Some(stale) = view.take() {
-                // See `RawWriter`: never finalize on a handle that is not ours.
-                tracing::warn!(
-                    "the SQLite writer connection was replaced; its kept statements are leaked"
-                );
-                std::mem::forget(stale);
-            }
-            // SAFETY: `locked` keeps sqlx's worker thread off this handle
-            // while `work` runs (it is given back only by `writer`, which
-            // waits for this batch, or on drop); a connection made
-            // `from_handle` never closes the handle it borrows, and
-            // `RawWriter` finalizes its statements only while it holds the
-            // handle's lock, before the connection is closed.
-            let mut conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-            conn.set_prepared_statement_cache_capacity(128);
-            *view = Some(RawView { handle, conn });
-        }
-        // The batch is synchronous SQLite work: on a multi-threaded runtime
-        // the worker hands its other tasks (webhooks being answered) to
-        // another thread while it runs.
-        let conn = &view.as_ref().expect("set above").conn;
-        let result = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| work(conn))
-            }
-            _ => work(conn),
-        };
-        drop(guard);
+        let result = blocking(|| work(&conn));
+        drop(conn);
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.poke();
         }
         tracing::trace!(
             acquire_us = acquired.as_micros() as u64,
-            lock_us = (locked_at - asked - acquired).as_micros() as u64,
-            work_us = locked_at.elapsed().as_micros() as u64,
-            "raw writer batch"
+            work_us = (asked.elapsed() - acquired).as_micros() as u64,
+            "writer transaction"
         );
         result
     }
 
-    /// Runs `work` on the writer's raw handle committing unsynced, then
-    /// waits for the log syncer to sync the log past it (see `walsync`), so
-    /// the result is as durable as a `FULL` commit's when this returns but
-    /// the writer is not held through the fsync: concurrent writers (the
-    /// inbox's batches above all) share one sync instead of queueing behind
-    /// one each. Without a syncer (in-memory databases) it is a plain
-    /// [`Self::with_raw_writer`]. Only for writes that nothing outside the
-    /// process acts on before the caller has the answer: other connections
-    /// see the commit before it is synced.
+    /// Runs `work` on the writer committing unsynced, then waits for the
+    /// log syncer to sync the log past it (see `walsync`), so the result is
+    /// as durable as a `FULL` commit's when this returns but the writer is
+    /// not held through the fsync: concurrent writers (the inbox's batches
+    /// above all) share one sync instead of queueing behind one each.
+    /// Without a syncer (in-memory databases) it is a plain
+    /// [`Self::write`]. Only for writes that nothing outside the process
+    /// acts on before the caller has the answer: other connections see the
+    /// commit before it is synced.
     ///
-    /// Errors: `work`'s, the writer's, or [`StoreError::Durability`].
+    /// Errors: `work`'s, or [`StoreError::Durability`].
     async fn write_grouped<R>(
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let Some(wal) = &self.wal else {
-            return self.with_raw_writer(work).await;
+            return self.write(work).await;
         };
-        let result = self.with_raw_writer(|conn| unsynced(conn, work)).await?;
+        let result = self.write(|conn| unsynced(conn, work)).await?;
         wal.durable().await?;
         Ok(result)
     }
 
-    /// Runs `read` on a connection of the raw reader ([`RawReader`]), or,
-    /// for an in-memory database (which other connections cannot open), on
-    /// the writer's own handle.
+    /// Runs `read` on a reader connection ([`Reader`]) on this thread: for
+    /// point lookups. In memory, on the writer (no other connection can see
+    /// the database).
     ///
     /// Errors: whatever opening a connection or `read` returns.
-    async fn raw_read<R>(
+    async fn read<R>(
         &self,
         read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        match &self.raw_reader {
+        match &self.reader {
             Some(reader) => reader.read(read),
-            None => self.with_raw_writer(read).await,
+            None => self.write(read).await,
         }
     }
 
-    /// The one row `sql` returns for `params`, mapped by `map`, or `None`,
-    /// read through [`Self::raw_read`]: for the point lookups the dispatcher
+    /// [`Self::read`] for reads that may take a while (lists, aggregates,
+    /// anything whose size grows with the data): on a multi-threaded
+    /// runtime the thread hands its other tasks away first.
+    ///
+    /// Errors: as [`Self::read`].
+    async fn scan<R>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        match &self.reader {
+            Some(reader) => blocking(|| reader.read(read)),
+            None => self.write(read).await,
+        }
+    }
+
+    /// The one row `sql` returns for `params`, decoded by `map`, or `None`,
+    /// read through [`Self::read`]: for the point lookups the dispatcher
     /// makes for every delivery.
     ///
-    /// Errors: as `raw_read`; more than one row is not an error (the first
+    /// Errors: as `read`; more than one row is not an error (the first
     /// is taken).
-    async fn raw_read_row<T>(
+    async fn read_row<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Option<T>, StoreError> {
-        self.raw_read(|conn| {
+        self.read(|conn| {
             use rusqlite::OptionalExtension as _;
             Ok(conn
                 .prepare_cached(sql)?
@@ -623,42 +491,23 @@ impl SqliteStore {
         .await
     }
 
-    /// The writer connection, for sqlx statements: waits for the writes
-    /// asked before this one (see [`RawWriter`]), takes the connection out of
-    /// its pool at the first call and keeps it.
+    /// A new read-write connection to the database file, for tests and
+    /// tools that need raw SQL: it is not the store's writer, so its writes
+    /// wait at SQLite's lock like another process's would.
     ///
-    /// Errors: the pool cannot open the connection.
-    pub(super) async fn writer(&self) -> Result<WriterGuard<'_>, StoreError> {
-        let others = self.raw.others.lock().await;
-        let mut held = self.held().await?;
-        held.as_mut().expect("held").unlock();
-        Ok(WriterGuard {
-            held,
-            _others: others,
-        })
-    }
-
-    /// The writer connection, waiting for the writes asked before; taken
-    /// out of its pool at the first call and kept.
-    async fn held(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Held>>, StoreError> {
-        let mut held = self.raw.held.lock().await;
-        if held.is_none() {
-            let conn = Box::new(self.writer.acquire().await?);
-            *held = Some(Held {
-                locked: None,
-                view: None,
-                conn,
+    /// Errors: an in-memory database (no other connection can open it), or
+    /// the file cannot be opened.
+    pub fn connection(&self) -> Result<rusqlite::Connection, StoreError> {
+        let Some(path) = &self.path else {
+            return Err(StoreError::UnsupportedUrl {
+                url: ":memory:".into(),
+                hint: "an in-memory database has no other connections",
             });
-        }
-        Ok(held)
-    }
-
-    /// A read-write pool for tests and tools that need raw SQL. The store
-    /// keeps its own writer connection (see [`RawWriter`]); a statement here
-    /// runs on another one and waits at SQLite's lock like another process
-    /// would.
-    pub fn writer_pool(&self) -> &SqlitePool {
-        &self.tools
+        };
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON")?;
+        Ok(conn)
     }
 
     /// How many times the log syncer has synced the `-wal` file for staged
@@ -678,15 +527,93 @@ impl SqliteStore {
     /// `FULL`), which every transaction but a staged inbox batch commits
     /// with. For tests.
     pub async fn writer_synchronous(&self) -> Result<i64, StoreError> {
-        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(&mut *self.writer().await?)
-            .await?;
-        Ok(level)
+        self.write(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+            .await
     }
 }
 
-/// Selects [`DeliveryRow`]s: the delivery joined with its payload. A literal,
-/// so queries stay `&'static str` (sqlx 0.9 refuses dynamic SQL strings).
+/// Runs `work`, on a multi-threaded runtime after handing this thread's
+/// other tasks to another thread (`block_in_place`): SQLite work is
+/// synchronous, and a webhook waiting on this thread should not wait for it.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// Applies the embedded migrations not yet applied, each in its own
+/// transaction, keeping the bookkeeping sqlx's migrator kept (the
+/// `_sqlx_migrations` table: version, description, success, checksum,
+/// execution time in nanoseconds) so that databases migrated by earlier
+/// versions, through sqlx, continue where they stood.
+///
+/// Errors: a migration failed part-way before (`Dirty`), an applied
+/// migration's file changed (`VersionMismatch`) or is gone
+/// (`VersionMissing`), or a migration's SQL fails
+/// ([`StoreError::MigrationStep`], naming it).
+fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateError;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations ( \
+             version BIGINT PRIMARY KEY, \
+             description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+             success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, \
+             execution_time BIGINT NOT NULL)",
+    )?;
+    if let Some((version,)) = conn.opt::<(i64,)>(
+        "SELECT version FROM _sqlx_migrations WHERE success = false ORDER BY version LIMIT 1",
+        [],
+    )? {
+        return Err(MigrateError::Dirty(version).into());
+    }
+    let applied: HashMap<i64, Vec<u8>> = conn
+        .all::<(i64, Vec<u8>)>(
+            "SELECT version, checksum FROM _sqlx_migrations ORDER BY version",
+            [],
+        )?
+        .into_iter()
+        .collect();
+    let known: std::collections::HashSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    if let Some(missing) = applied.keys().find(|v| !known.contains(v)) {
+        return Err(MigrateError::VersionMissing(*missing).into());
+    }
+    for m in MIGRATOR.iter() {
+        if m.migration_type.is_down_migration() {
+            continue;
+        }
+        if let Some(checksum) = applied.get(&m.version) {
+            if checksum[..] != m.checksum[..] {
+                return Err(MigrateError::VersionMismatch(m.version).into());
+            }
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let step = |e: rusqlite::Error| StoreError::MigrationStep {
+            version: m.version,
+            description: m.description.to_string(),
+            error: e,
+        };
+        let tx = conn.unchecked_transaction().map_err(step)?;
+        tx.execute_batch(m.sql.as_str()).map_err(step)?;
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
+            params![
+                m.version,
+                &*m.description,
+                &m.checksum[..],
+                started.elapsed().as_nanos() as i64
+            ],
+        )
+        .map_err(step)?;
+        tx.commit().map_err(step)?;
+    }
+    Ok(())
+}
+
 /// A finished delivery's new `(state, error, available_at, finished_at)`.
 fn finish_columns(
     result: &DeliveryResult,
@@ -702,6 +629,7 @@ fn finish_columns(
     }
 }
 
+/// Selects [`DeliveryRow`]s: the delivery joined with its payload.
 macro_rules! select_deliveries {
     () => {
         "SELECT d.id, d.delivery_id, d.event, d.action, d.hook_id, d.installation_id, \
@@ -794,25 +722,20 @@ fn insert_delivery_batch(
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        // On a connection of its own: the store's writer connection may be
-        // kept already (see `RawWriter`); SQLite's lock orders the two.
-        MIGRATOR.run(&self.tools).await?;
-        Ok(())
+        self.write(migrate).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        self.read(|conn| conn.one::<(i64,)>("SELECT 1", []))
+            .await
+            .map(drop)
     }
 
     async fn insert_deliveries(
         &self,
         batch: &[NewDelivery],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        // The whole batch runs on the writer's raw handle (`with_raw_writer`):
-        // no hand-off to sqlx's worker thread per statement (BEGIN, the
-        // INSERTs, COMMIT), which under load set the pace.
-        self.with_raw_writer_as(Priority::Intake, |conn| insert_delivery_batch(conn, batch))
+        self.write_as(Priority::Intake, |conn| insert_delivery_batch(conn, batch))
             .await
     }
 
@@ -830,7 +753,7 @@ impl Store for SqliteStore {
         // next batch at once; `WalSync` syncs the log for this commit and
         // the ones beside it (see `walsync`) before anyone is answered.
         let outcomes = self
-            .with_raw_writer_as(Priority::Intake, |conn| {
+            .write_as(Priority::Intake, |conn| {
                 unsynced(conn, |conn| insert_delivery_batch(conn, batch))
             })
             .await?;
@@ -845,8 +768,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = now_ms();
         let expires = now + lease.as_millis() as i64;
-        // One batch on the writer's own handle (see `with_raw_writer`); the
-        // payloads are decompressed after the writer is released.
+        // One transaction; the payloads are decompressed after the writer is released.
         //
         // Committed unsynced (see `unsynced`): a claim lost with the power
         // changes nothing, since start-up puts every `processing` delivery
@@ -854,7 +776,7 @@ impl Store for SqliteStore {
         // commits with `FULL`, which syncs the log up to and including the
         // claim. So no round holds the writer through an fsync for its claim.
         let rows = self
-            .with_raw_writer(|conn| {
+            .write(|conn| {
                 unsynced(conn, |conn| {
                     let tx = conn.unchecked_transaction()?;
                     let ids: Vec<i64> = tx
@@ -885,7 +807,7 @@ impl Store for SqliteStore {
                             select_deliveries!(),
                             "WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
                         ))?
-                        .query_map([id_list], DeliveryRow::from_rusqlite)?
+                        .query_map([id_list], DeliveryRow::from_sqlite_row)?
                         .collect::<Result<_, _>>()?;
                     tx.commit()?;
                     Ok(rows)
@@ -941,62 +863,69 @@ impl Store for SqliteStore {
             .iter()
             .any(|(_, r)| matches!(r, DeliveryResult::Started(_)))
         {
-            self.with_raw_writer(work).await
+            self.write(work).await
         } else {
             self.write_grouped(work).await
         }
     }
 
     async fn recover_deliveries(&self) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL \
-             WHERE state = 'processing'",
-        )
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(result.rows_affected())
+        self.write(|conn| {
+            conn.exec(
+                "UPDATE deliveries SET state = 'queued', claimed_by = NULL, \
+                 lease_expires_at = NULL WHERE state = 'processing'",
+                [],
+            )
+        })
+        .await
     }
 
     async fn release_deliveries(&self, owner: &str) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL, \
-             attempts = MAX(attempts - 1, 0) \
-             WHERE state = 'processing' AND claimed_by = ?1",
-        )
-        .bind(owner)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(result.rows_affected())
+        self.write(|conn| {
+            conn.exec(
+                "UPDATE deliveries SET state = 'queued', claimed_by = NULL, \
+                 lease_expires_at = NULL, attempts = MAX(attempts - 1, 0) \
+                 WHERE state = 'processing' AND claimed_by = ?1",
+                [owner],
+            )
+        })
+        .await
     }
 
     async fn renew_delivery_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET lease_expires_at = ?2 \
-             WHERE state = 'processing' AND claimed_by = ?1",
-        )
-        .bind(owner)
-        .bind(now_ms() + lease.as_millis() as i64)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(result.rows_affected())
+        let expires = now_ms() + lease.as_millis() as i64;
+        self.write(|conn| {
+            conn.exec(
+                "UPDATE deliveries SET lease_expires_at = ?2 \
+                 WHERE state = 'processing' AND claimed_by = ?1",
+                params![owner, expires],
+            )
+        })
+        .await
     }
 
     async fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
-        let row: Option<DeliveryRow> =
-            sqlx::query_as(concat!(select_deliveries!(), "WHERE d.delivery_id = ?1"))
-                .bind(delivery_id)
-                .fetch_optional(&self.reader)
-                .await?;
+        let row: Option<DeliveryRow> = self
+            .read(|conn| {
+                conn.opt(
+                    concat!(select_deliveries!(), "WHERE d.delivery_id = ?1"),
+                    [delivery_id],
+                )
+            })
+            .await?;
         row.map(Delivery::try_from).transpose()
     }
 
     async fn inbox_depth(&self) -> Result<InboxDepth, StoreError> {
-        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT state, COUNT(*), MIN(received_at) FROM deliveries \
-             WHERE state IN ('queued', 'processing') GROUP BY state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(String, i64, Option<i64>)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT state, COUNT(*), MIN(received_at) FROM deliveries \
+                     WHERE state IN ('queued', 'processing') GROUP BY state",
+                    [],
+                )
+            })
+            .await?;
         let mut depth = InboxDepth::default();
         for (state, n, oldest) in rows {
             match state.as_str() {
@@ -1012,15 +941,13 @@ impl Store for SqliteStore {
 }
 
 // ---------------------------------------------------------------------------
+// ---------------------------------------------------------------------------
 // Runs, steps, attempts and the timeline (the engine's `RunStore`).
 // ---------------------------------------------------------------------------
 
-use sqlx::Connection as _;
-use sqlx::SqliteConnection;
-
 use super::runs::{
     AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState, Lease, NewRun,
-    Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish, StepRecord,
+    Plan, Planner, Run, RunEvent, RunSnapshot, StepFinish,
 };
 use super::{
     Admin, AppRecords, Effects, Queries, ReportCandidate, ReportOutcome, Reports, RunControl, Runs,
@@ -1044,58 +971,11 @@ macro_rules! step_columns {
     };
 }
 
-async fn insert_event(
-    conn: &mut SqliteConnection,
-    run_id: i64,
-    step: Option<&str>,
-    at: i64,
-    kind: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO run_events (run_id, step, at, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(run_id)
-    .bind(step)
-    .bind(at)
-    .bind(kind)
-    .bind(detail)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn load_snapshot(
-    conn: &mut SqliteConnection,
-    run_id: i64,
-) -> Result<Option<RunSnapshot>, StoreError> {
-    let run: Option<RunRow> = sqlx::query_as(concat!(select_runs!(), "WHERE id = ?1"))
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(run) = run else { return Ok(None) };
-    let steps: Vec<StepRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        step_columns!(),
-        " FROM steps WHERE run_id = ?1 ORDER BY position"
-    ))
-    .bind(run_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Some(RunSnapshot {
-        run: run.try_into()?,
-        steps: steps
-            .into_iter()
-            .map(StepRecord::try_from)
-            .collect::<Result<_, _>>()?,
-    }))
-}
-
 /// The outcome of a control UPDATE that changed `changed` rows, inside the
 /// caller's transaction: `Changed` (with its timeline event written),
 /// `Unchanged` when the run exists in another state, `NotFound` otherwise.
-async fn control_outcome(
-    tx: &mut SqliteConnection,
+fn control_outcome(
+    tx: &rusqlite::Connection,
     changed: u64,
     run_id: i64,
     now: i64,
@@ -1103,25 +983,18 @@ async fn control_outcome(
     message: &str,
 ) -> Result<ControlOutcome, StoreError> {
     Ok(if changed == 1 {
-        insert_event(tx, run_id, None, now, event, message).await?;
+        raw::insert_event(tx, run_id, None, now, event, message)?;
         ControlOutcome::Changed
-    } else if run_exists(tx, run_id).await? {
+    } else if tx
+        .opt::<(i64,)>("SELECT id FROM runs WHERE id = ?1", [run_id])?
+        .is_some()
+    {
         ControlOutcome::Unchanged
     } else {
         ControlOutcome::NotFound
     })
 }
 
-async fn run_exists(conn: &mut SqliteConnection, run_id: i64) -> Result<bool, StoreError> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE id = ?1")
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.is_some())
-}
-
-/// Records one result inside the caller's transaction; `None` when fenced out
-/// (nothing written).
 // The operator API's queries live in their own file.
 pub(super) mod api;
 pub(super) mod changes;
@@ -1134,4 +1007,139 @@ mod records;
 mod reports;
 mod retention;
 mod spend;
+mod sql;
 mod walsync;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> rusqlite::Connection {
+        open_writer(&Location::Memory).unwrap()
+    }
+
+    fn versions(conn: &rusqlite::Connection) -> Vec<i64> {
+        conn.all::<(i64,)>("SELECT version FROM _sqlx_migrations ORDER BY version", [])
+            .unwrap()
+            .into_iter()
+            .map(|(v,)| v)
+            .collect()
+    }
+
+    #[test]
+    fn migrations_apply_once_with_the_bookkeeping_sqlx_kept() {
+        let conn = fresh();
+        migrate(&conn).unwrap();
+        let all: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert_eq!(versions(&conn), all);
+        // The checksums are sqlx's (SHA-384 of the file), as an earlier
+        // version, migrating through sqlx, wrote them.
+        let (checksum,): (Vec<u8>,) = conn
+            .one(
+                "SELECT checksum FROM _sqlx_migrations WHERE version = 1",
+                [],
+            )
+            .unwrap();
+        assert_eq!(checksum.len(), 48);
+        assert_eq!(&checksum[..], &MIGRATOR.iter().next().unwrap().checksum[..]);
+        // Again: nothing to do.
+        migrate(&conn).unwrap();
+        assert_eq!(versions(&conn), all);
+    }
+
+    #[test]
+    fn a_database_part_way_continues_from_where_it_stood() {
+        let conn = fresh();
+        migrate(&conn).unwrap();
+        // As if the last migrations had not been written yet: drop what
+        // they made by starting over with only the first three applied.
+        let conn2 = fresh();
+        conn2
+            .execute_batch(
+                "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, \
+                 description TEXT NOT NULL, installed_on TIMESTAMP NOT NULL \
+                 DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+                 checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+            )
+            .unwrap();
+        for m in MIGRATOR.iter().take(3) {
+            conn2.execute_batch(m.sql.as_str()).unwrap();
+            conn2
+                .execute(
+                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+                     execution_time) VALUES (?1, ?2, TRUE, ?3, -1)",
+                    params![m.version, &*m.description, &m.checksum[..]],
+                )
+                .unwrap();
+        }
+        migrate(&conn2).unwrap();
+        assert_eq!(versions(&conn2), versions(&conn));
+    }
+
+    #[test]
+    fn a_changed_a_missing_or_a_dirty_migration_is_refused() {
+        let conn = fresh();
+        migrate(&conn).unwrap();
+        conn.execute(
+            "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
+            [],
+        )
+        .unwrap();
+        let e = migrate(&conn).unwrap_err().to_string();
+        assert!(e.contains("2") && e.contains("modified"), "{e}");
+
+        let conn = fresh();
+        migrate(&conn).unwrap();
+        conn.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (999999, 'from the future', TRUE, x'00', 0)",
+            [],
+        )
+        .unwrap();
+        let e = migrate(&conn).unwrap_err().to_string();
+        assert!(e.contains("999999"), "{e}");
+
+        let conn = fresh();
+        migrate(&conn).unwrap();
+        conn.execute(
+            "UPDATE _sqlx_migrations SET success = false WHERE version = 3",
+            [],
+        )
+        .unwrap();
+        let e = migrate(&conn).unwrap_err().to_string();
+        assert!(e.contains("3") && e.contains("partially applied"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_migration_names_itself_and_leaves_nothing_half_done() {
+        let conn = fresh();
+        // A table in the way of the first migration's.
+        let first = MIGRATOR.iter().next().unwrap();
+        conn.execute_batch("CREATE TABLE deliveries (x INTEGER)")
+            .unwrap();
+        let e = migrate(&conn).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::MigrationStep { version, .. } if *version == first.version),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&*first.description), "{e}");
+        assert!(versions(&conn).is_empty(), "rolled back");
+    }
+
+    #[test]
+    fn urls_name_a_file_or_memory() {
+        for (url, want) in [
+            (
+                "sqlite://taskmaster.db",
+                Location::File("taskmaster.db".into()),
+            ),
+            ("sqlite:data/t.db", Location::File("data/t.db".into())),
+            ("/var/lib/t.db", Location::File("/var/lib/t.db".into())),
+            ("sqlite://t.db?mode=rwc", Location::File("t.db".into())),
+            ("sqlite::memory:", Location::Memory),
+            ("sqlite://x?mode=memory", Location::Memory),
+        ] {
+            assert_eq!(Location::of(url), want, "{url}");
+        }
+    }
+}

@@ -153,15 +153,10 @@ pub async fn post(
 
 /// Counts inbox rows through a fresh connection of its own.
 pub async fn count_rows(db_path: &Path) -> i64 {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .expect("open db");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deliveries")
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
-    n
+    rusqlite::Connection::open(db_path)
+        .expect("open db")
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .expect("count")
 }
 
 /// A fixture payload from `tests/fixtures/webhooks/`.

@@ -1,125 +1,111 @@
 //! SQLite queries of the operator API (see [`crate::store::api`]): tokens,
 //! run lists, tasks, validations, and the aggregates read at a metrics scrape.
 //!
-//! Writes go through the single writer pool like every other write; lists
-//! and aggregates read from the reader pool, beside the writer (WAL).
+//! Each function runs on the connection it is given: the writer for
+//! writes, a reader for the rest (the callers in `records.rs` and
+//! `queries.rs` choose).
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use sqlx::{QueryBuilder, Sqlite};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::sql::{Query, Sql};
 
 use crate::store::api::{
     AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, RunFilter, StoreCounts,
     TaskFilter, TaskRecord, TaskUpdate, ValidationFilter, ValidationRecord,
 };
 use crate::store::rows::{
-    RunRow, TASK_COLUMNS, TOKEN_COLUMNS, TaskRow, TokenRow, VALIDATION_COLUMNS, ValidationRow,
+    FromSqliteRow, RunRow, TASK_COLUMNS, TOKEN_COLUMNS, TaskRow, TokenRow, VALIDATION_COLUMNS,
+    ValidationRow,
 };
 use crate::store::{Run, StoreError};
 
-pub(super) async fn create_api_token(
-    conn: &mut SqliteConnection,
+pub(super) fn create_api_token(
+    conn: &Connection,
     t: &NewApiToken,
 ) -> Result<Option<ApiToken>, StoreError> {
-    let row: Option<TokenRow> = sqlx::query_as(
-        "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at, \
-         expires_at, repositories) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-         ON CONFLICT (name) DO NOTHING \
-         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
-         expires_at, repositories",
-    )
-    .bind(&t.name)
-    .bind(t.role.as_str())
-    .bind(&t.token_hash)
-    .bind(&t.prefix)
-    .bind(&t.created_by)
-    .bind(t.created_at)
-    .bind(t.expires_at)
-    .bind(
-        t.repositories
-            .as_ref()
-            .map(|r| serde_json::to_string(r).unwrap_or_default()),
-    )
-    .fetch_optional(conn)
-    .await?;
+    let repositories = t
+        .repositories
+        .as_ref()
+        .map(|r| serde_json::to_string(r).unwrap_or_default());
+    let row: Option<TokenRow> = conn.opt(
+        &format!(
+            "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at, \
+             expires_at, repositories) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (name) DO NOTHING RETURNING {TOKEN_COLUMNS}"
+        ),
+        params![
+            t.name,
+            t.role.as_str(),
+            t.token_hash,
+            t.prefix,
+            t.created_by,
+            t.created_at,
+            t.expires_at,
+            repositories
+        ],
+    )?;
     row.map(ApiToken::try_from).transpose()
 }
 
-pub(super) async fn api_token_by_hash(
-    pool: &SqlitePool,
+pub(super) fn api_token_by_hash(
+    conn: &Connection,
     hash: &str,
 ) -> Result<Option<ApiToken>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {TOKEN_COLUMNS} FROM api_tokens "));
-    q.push("WHERE token_hash = ").push_bind(hash);
-    let row: Option<TokenRow> = q.build_query_as().fetch_optional(pool).await?;
+    let row: Option<TokenRow> = conn.opt(
+        &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1"),
+        [hash],
+    )?;
     row.map(ApiToken::try_from).transpose()
 }
 
-pub(super) async fn api_tokens(pool: &SqlitePool) -> Result<Vec<ApiToken>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"
-    ));
-    let rows: Vec<TokenRow> = q.build_query_as().fetch_all(pool).await?;
+pub(super) fn api_tokens(conn: &Connection) -> Result<Vec<ApiToken>, StoreError> {
+    let rows: Vec<TokenRow> = conn.all(
+        &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"),
+        [],
+    )?;
     rows.into_iter().map(ApiToken::try_from).collect()
 }
 
-pub(super) async fn revoke_api_token(
-    conn: &mut SqliteConnection,
+pub(super) fn revoke_api_token(
+    conn: &Connection,
     name: &str,
     at: i64,
 ) -> Result<Option<ApiToken>, StoreError> {
-    let row: Option<TokenRow> = sqlx::query_as(
-        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1 \
-         RETURNING id, name, role, prefix, created_by, created_at, last_used_at, revoked_at, \
-         expires_at, repositories",
-    )
-    .bind(name)
-    .bind(at)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<TokenRow> = conn.opt(
+        &format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1 \
+             RETURNING {TOKEN_COLUMNS}"
+        ),
+        params![name, at],
+    )?;
     row.map(ApiToken::try_from).transpose()
 }
 
-pub(super) async fn touch_api_token(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1")
-        .bind(id)
-        .bind(at)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn list_runs(pool: &SqlitePool, f: &RunFilter) -> Result<Vec<Run>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(concat!(select_runs!(), "WHERE id < "));
-    q.push_bind(f.before_id.unwrap_or(i64::MAX));
+pub(super) fn list_runs(conn: &Connection, f: &RunFilter) -> Result<Vec<Run>, StoreError> {
+    let mut q = Query::new(concat!(select_runs!(), "WHERE id < "));
+    q.bind(f.before_id.unwrap_or(i64::MAX));
     if let Some(repo) = &f.repository {
-        q.push(" AND repository = ").push_bind(repo.clone());
+        q.push(" AND repository = ").bind(repo.clone());
     }
     if let Some(wf) = &f.workflow {
-        q.push(" AND workflow = ").push_bind(wf.clone());
+        q.push(" AND workflow = ").bind(wf.clone());
     }
     if let Some(state) = f.state {
-        q.push(" AND state = ").push_bind(state.as_str());
+        q.push(" AND state = ").bind(state.as_str().to_owned());
     }
     if let Some(from) = f.created_from {
-        q.push(" AND created_at >= ").push_bind(from);
+        q.push(" AND created_at >= ").bind(from);
     }
     if let Some(before) = f.created_before {
-        q.push(" AND created_at < ").push_bind(before);
+        q.push(" AND created_at < ").bind(before);
     }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-    let rows: Vec<RunRow> = q.build_query_as().fetch_all(pool).await?;
+    q.push(" ORDER BY id DESC LIMIT ").bind(f.limit);
+    let rows: Vec<RunRow> = q.all(conn)?;
     rows.into_iter().map(Run::try_from).collect()
 }
 
-/// Inserts a task (on the writer's raw handle); the stored record.
-pub(super) fn create_task(
-    conn: &rusqlite::Connection,
-    t: &NewTask,
-) -> Result<TaskRecord, StoreError> {
+/// Inserts a task (on the writer); the stored record.
+pub(super) fn create_task(conn: &Connection, t: &NewTask) -> Result<TaskRecord, StoreError> {
     let row = conn
         .prepare_cached(&format!(
             "INSERT INTO tasks (source, repository, subject_number, title, body, \
@@ -137,29 +123,23 @@ pub(super) fn create_task(
                 t.created_by,
                 t.created_at,
             ],
-            TaskRow::from_rusqlite,
+            TaskRow::from_sqlite_row,
         )?;
     row.try_into()
 }
 
-/// The task `id`, if any (on a raw reader connection).
-pub(super) fn task(conn: &rusqlite::Connection, id: i64) -> Result<Option<TaskRecord>, StoreError> {
-    use rusqlite::OptionalExtension as _;
+/// The task `id`, if any.
+pub(super) fn task(conn: &Connection, id: i64) -> Result<Option<TaskRecord>, StoreError> {
     let row = conn
         .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
-        .query_row([id], TaskRow::from_rusqlite)
+        .query_row([id], TaskRow::from_sqlite_row)
         .optional()?;
     row.map(TaskRecord::try_from).transpose()
 }
 
-/// Tasks matching `f`, newest first, on a rusqlite connection (the store's
-/// raw reader): the dispatcher looks up the task of every issue and
-/// pull-request event, and through sqlx each lookup was two thread
-/// hand-offs (half the dispatcher's time, `benches/README.md`).
-pub(super) fn tasks(
-    conn: &rusqlite::Connection,
-    f: &TaskFilter,
-) -> Result<Vec<TaskRecord>, StoreError> {
+/// Tasks matching `f`, newest first (the dispatcher looks up the task of
+/// every issue and pull-request event).
+pub(super) fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
     let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < ?1");
     let mut params: Vec<rusqlite::types::Value> = vec![f.before_id.unwrap_or(i64::MAX).into()];
     if let Some(repo) = &f.repository {
@@ -178,19 +158,18 @@ pub(super) fn tasks(
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement
-        .query_map(rusqlite::params_from_iter(params), TaskRow::from_rusqlite)?
+        .query_map(rusqlite::params_from_iter(params), TaskRow::from_sqlite_row)?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter().map(TaskRecord::try_from).collect()
 }
 
-/// Applies `u` to task `id` (on the writer's raw handle); the updated
+/// Applies `u` to task `id` (on the writer); the updated
 /// record, or `None` when there is no such task.
 pub(super) fn update_task(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     id: i64,
     u: &TaskUpdate,
 ) -> Result<Option<TaskRecord>, StoreError> {
-    use rusqlite::OptionalExtension as _;
     let mut sql = String::from("UPDATE tasks SET updated_at = ?1");
     let mut params: Vec<rusqlite::types::Value> = vec![u.updated_at.into()];
     let mut set = |column: &str, value: rusqlite::types::Value| {
@@ -219,104 +198,104 @@ pub(super) fn update_task(
     ));
     let row = conn
         .prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(params), TaskRow::from_rusqlite)
+        .query_row(rusqlite::params_from_iter(params), TaskRow::from_sqlite_row)
         .optional()?;
     row.map(TaskRecord::try_from).transpose()
 }
 
-pub(super) async fn create_validation(
-    conn: &mut SqliteConnection,
+pub(super) fn create_validation(
+    conn: &Connection,
     v: &NewValidation,
 ) -> Result<ValidationRecord, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO validations (run_id, step, kind, verdict, summary, evidence, created_by, \
-         created_at) VALUES (",
-    );
-    let mut s = q.separated(", ");
-    s.push_bind(v.run_id)
-        .push_bind(v.step.clone())
-        .push_bind(v.kind.as_str())
-        .push_bind(v.verdict.as_str())
-        .push_bind(v.summary.clone())
-        .push_bind(v.evidence.to_string())
-        .push_bind(v.created_by.clone())
-        .push_bind(v.created_at);
-    q.push(format!(") RETURNING {VALIDATION_COLUMNS}"));
-    let row: ValidationRow = q.build_query_as().fetch_one(conn).await?;
+    let row: ValidationRow = conn.one(
+        &format!(
+            "INSERT INTO validations (run_id, step, kind, verdict, summary, evidence, \
+             created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             RETURNING {VALIDATION_COLUMNS}"
+        ),
+        params![
+            v.run_id,
+            v.step,
+            v.kind.as_str(),
+            v.verdict.as_str(),
+            v.summary,
+            v.evidence.to_string(),
+            v.created_by,
+            v.created_at
+        ],
+    )?;
     row.try_into()
 }
 
-pub(super) async fn validation(
-    pool: &SqlitePool,
+pub(super) fn validation(
+    conn: &Connection,
     id: i64,
 ) -> Result<Option<ValidationRecord>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {VALIDATION_COLUMNS} FROM validations WHERE id = "
-    ));
-    q.push_bind(id);
-    let row: Option<ValidationRow> = q.build_query_as().fetch_optional(pool).await?;
+    let row: Option<ValidationRow> = conn.opt(
+        &format!("SELECT {VALIDATION_COLUMNS} FROM validations WHERE id = ?1"),
+        [id],
+    )?;
     row.map(ValidationRecord::try_from).transpose()
 }
 
-pub(super) async fn validations(
-    pool: &SqlitePool,
+pub(super) fn validations(
+    conn: &Connection,
     f: &ValidationFilter,
 ) -> Result<Vec<ValidationRecord>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
+    let mut q = Query::new(format!(
         "SELECT {VALIDATION_COLUMNS} FROM validations WHERE id < "
     ));
-    q.push_bind(f.before_id.unwrap_or(i64::MAX));
+    q.bind(f.before_id.unwrap_or(i64::MAX));
     if let Some(run_id) = f.run_id {
-        q.push(" AND run_id = ").push_bind(run_id);
+        q.push(" AND run_id = ").bind(run_id);
     }
     if let Some(kind) = f.kind {
-        q.push(" AND kind = ").push_bind(kind.as_str());
+        q.push(" AND kind = ").bind(kind.as_str().to_owned());
     }
     if let Some(verdict) = f.verdict {
-        q.push(" AND verdict = ").push_bind(verdict.as_str());
+        q.push(" AND verdict = ").bind(verdict.as_str().to_owned());
     }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-    let rows: Vec<ValidationRow> = q.build_query_as().fetch_all(pool).await?;
+    q.push(" ORDER BY id DESC LIMIT ").bind(f.limit);
+    let rows: Vec<ValidationRow> = q.all(conn)?;
     rows.into_iter().map(ValidationRecord::try_from).collect()
 }
 
-pub(super) async fn store_counts(pool: &SqlitePool) -> Result<StoreCounts, StoreError> {
-    let mut tx = pool.begin().await?;
-    let deliveries: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT event, state, COUNT(*) FROM deliveries GROUP BY event, state")
-            .fetch_all(&mut *tx)
-            .await?;
-    let runs: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT workflow, state, COUNT(*) FROM runs GROUP BY workflow, state")
-            .fetch_all(&mut *tx)
-            .await?;
-    let steps: Vec<(String, String, i64)> = sqlx::query_as(
+/// The aggregates a metrics scrape reads, in one read transaction (so they
+/// agree with each other).
+pub(super) fn store_counts(conn: &Connection) -> Result<StoreCounts, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let deliveries: Vec<(String, String, i64)> = tx.all(
+        "SELECT event, state, COUNT(*) FROM deliveries GROUP BY event, state",
+        [],
+    )?;
+    let runs: Vec<(String, String, i64)> = tx.all(
+        "SELECT workflow, state, COUNT(*) FROM runs GROUP BY workflow, state",
+        [],
+    )?;
+    let steps: Vec<(String, String, i64)> = tx.all(
         "SELECT r.workflow, s.state, COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id \
          WHERE r.state IN ('queued', 'running', 'paused') GROUP BY r.workflow, s.state",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let (effects_pending,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM github_effects WHERE state = 'pending'")
-            .fetch_one(&mut *tx)
-            .await?;
-    let (reports_pending,): (i64,) = sqlx::query_as(
+        [],
+    )?;
+    let (effects_pending,): (i64,) = tx.one(
+        "SELECT COUNT(*) FROM github_effects WHERE state = 'pending'",
+        [],
+    )?;
+    let (reports_pending,): (i64,) = tx.one(
         "SELECT COUNT(*) FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
          LEFT JOIN run_reports rr ON rr.run_id = r.id \
          WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
          AND r.subject_number IS NOT NULL \
          AND (rr.run_id IS NULL OR rr.reported_state IS NULL OR rr.reported_state <> r.state) \
          AND (rr.gave_up_fingerprint IS NULL)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let finished_runs: Vec<(String, i64, i64)> = sqlx::query_as(
+        [],
+    )?;
+    let finished_runs: Vec<(String, i64, i64)> = tx.all(
         "SELECT workflow, COUNT(*), COALESCE(SUM(finished_at - created_at), 0) FROM runs \
          WHERE finished_at IS NOT NULL GROUP BY workflow",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+        [],
+    )?;
+    tx.commit()?;
     Ok(StoreCounts {
         finished_runs,
         deliveries,
@@ -327,22 +306,20 @@ pub(super) async fn store_counts(pool: &SqlitePool) -> Result<StoreCounts, Store
     })
 }
 
-pub(super) async fn agent_attempt_stats(
-    pool: &SqlitePool,
+pub(super) fn agent_attempt_stats(
+    conn: &Connection,
     since: i64,
 ) -> Result<Vec<AgentAttemptStats>, StoreError> {
-    let in_flight: Vec<(String, i64)> =
-        sqlx::query_as("SELECT agent, COUNT(*) FROM attempts WHERE outcome IS NULL GROUP BY agent")
-            .fetch_all(pool)
-            .await?;
-    let finished: Vec<(String, String, i64)> = sqlx::query_as(
+    let in_flight: Vec<(String, i64)> = conn.all(
+        "SELECT agent, COUNT(*) FROM attempts WHERE outcome IS NULL GROUP BY agent",
+        [],
+    )?;
+    let finished: Vec<(String, String, i64)> = conn.all(
         "SELECT agent, outcome, COALESCE(duration_ms, finished_at - started_at, 0) \
          FROM attempts WHERE outcome IS NOT NULL AND finished_at >= ?1 \
          ORDER BY agent, 3",
-    )
-    .bind(since)
-    .fetch_all(pool)
-    .await?;
+        [since],
+    )?;
     let mut out: std::collections::BTreeMap<String, AgentAttemptStats> = Default::default();
     for (agent, n) in in_flight {
         out.entry(agent.clone())
@@ -368,16 +345,14 @@ pub(super) async fn agent_attempt_stats(
     Ok(out.into_values().collect())
 }
 
-pub(super) async fn installation_for_repository(
-    pool: &SqlitePool,
+pub(super) fn installation_for_repository(
+    conn: &Connection,
     repository: &str,
 ) -> Result<Option<i64>, StoreError> {
-    let row: Option<(i64,)> = sqlx::query_as(
+    let row: Option<(i64,)> = conn.opt(
         "SELECT installation_id FROM deliveries \
          WHERE repository = ?1 AND installation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-    )
-    .bind(repository)
-    .fetch_optional(pool)
-    .await?;
+        [repository],
+    )?;
     Ok(row.map(|r| r.0))
 }

@@ -45,87 +45,76 @@ impl RunControl for SqliteStore {
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(snapshot) = load_snapshot(&mut tx, run_id).await? else {
-            return Ok(ControlOutcome::NotFound);
-        };
-        let chosen = match policy::retry_plan(&snapshot.steps, step) {
-            policy::RetryPlan::NotFound => return Ok(ControlOutcome::NotFound),
-            policy::RetryPlan::Unchanged => {
-                tx.commit().await?;
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let Some(snapshot) = raw::load_snapshot(&tx, run_id)? else {
+                return Ok(ControlOutcome::NotFound);
+            };
+            let chosen = match policy::retry_plan(&snapshot.steps, step) {
+                policy::RetryPlan::NotFound => return Ok(ControlOutcome::NotFound),
+                policy::RetryPlan::Unchanged => return Ok(ControlOutcome::Unchanged),
+                policy::RetryPlan::Reset(chosen) => chosen,
+            };
+            let mut names: Vec<&str> = Vec::new();
+            for s in chosen {
+                tx.exec(
+                    "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
+                     agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, \
+                     finished_at = NULL \
+                     WHERE id = ?2 AND state NOT IN ('running', 'pending')",
+                    params![now, s.id],
+                )?;
+                names.push(&s.step);
+            }
+            if names.is_empty() {
                 return Ok(ControlOutcome::Unchanged);
             }
-            policy::RetryPlan::Reset(chosen) => chosen,
-        };
-        let mut names: Vec<&str> = Vec::new();
-        for s in chosen {
-            sqlx::query(
-                "UPDATE steps SET state = 'pending', agent = primary_agent, agent_index = 0, \
-                 agent_attempts = 0, run_at = ?1, output = NULL, error = NULL, finished_at = NULL \
-                 WHERE id = ?2 AND state NOT IN ('running', 'pending')",
-            )
-            .bind(now)
-            .bind(s.id)
-            .execute(&mut *tx)
-            .await?;
-            names.push(&s.step);
-        }
-        if names.is_empty() {
-            tx.commit().await?;
-            return Ok(ControlOutcome::Unchanged);
-        }
-        sqlx::query(
-            "UPDATE runs SET \
-               state = CASE WHEN state = 'paused' THEN 'paused' \
-                            WHEN waiting_approval = 1 THEN 'queued' ELSE 'running' END, \
-               desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
-               conclusion = NULL, finished_at = NULL WHERE id = ?1",
-        )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            run_id,
-            None,
-            now,
-            "retry_requested",
-            &format!("steps reset to pending: {}", names.join(", ")),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ControlOutcome::Changed)
+            tx.exec(
+                "UPDATE runs SET \
+                   state = CASE WHEN state = 'paused' THEN 'paused' \
+                                WHEN waiting_approval = 1 THEN 'queued' ELSE 'running' END, \
+                   desired_state = CASE WHEN state = 'paused' THEN 'paused' ELSE 'running' END, \
+                   conclusion = NULL, finished_at = NULL WHERE id = ?1",
+                [run_id],
+            )?;
+            raw::insert_event(
+                &tx,
+                run_id,
+                None,
+                now,
+                "retry_requested",
+                &format!("steps reset to pending: {}", names.join(", ")),
+            )?;
+            tx.commit()?;
+            Ok(ControlOutcome::Changed)
+        })
+        .await
     }
 
     async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        // The run's time limit counts from its approval, not its creation.
-        let changed = sqlx::query(
-            "UPDATE runs SET waiting_approval = 0, approved_by = ?2, \
-               deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
-                                  ELSE deadline_at + (?3 - created_at) END \
-             WHERE id = ?1 AND waiting_approval = 1 AND state = 'queued'",
-        )
-        .bind(run_id)
-        .bind(by.to_owned())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let outcome = control_outcome(
-            &mut tx,
-            changed,
-            run_id,
-            now,
-            "run_approved",
-            &format!("approved by @{by}: its steps may start"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            // The run's time limit counts from its approval, not its creation.
+            let changed = tx.exec(
+                "UPDATE runs SET waiting_approval = 0, approved_by = ?2, \
+                   deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
+                                      ELSE deadline_at + (?3 - created_at) END \
+                 WHERE id = ?1 AND waiting_approval = 1 AND state = 'queued'",
+                params![run_id, by, now],
+            )?;
+            let outcome = control_outcome(
+                &tx,
+                changed,
+                run_id,
+                now,
+                "run_approved",
+                &format!("approved by @{by}: its steps may start"),
+            )?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
     }
 }
 
@@ -139,27 +128,24 @@ impl SqliteStore {
         by_budget: bool,
     ) -> Result<ControlOutcome, StoreError> {
         let now = now_ms();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(
-            "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2, \
-             stopped_by_budget = CASE WHEN ?3 THEN ?2 ELSE stopped_by_budget END \
-             WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
-               AND desired_state IN ('running', 'paused')",
-        )
-        .bind(run_id)
-        .bind(reason)
-        .bind(by_budget)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
         let event = if by_budget {
             "budget_exhausted"
         } else {
             "cancel_requested"
         };
-        let outcome = control_outcome(&mut tx, changed, run_id, now, event, reason).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let changed = tx.exec(
+                "UPDATE runs SET desired_state = 'cancelled', conclusion = ?2, \
+                 stopped_by_budget = CASE WHEN ?3 THEN ?2 ELSE stopped_by_budget END \
+                 WHERE id = ?1 AND state IN ('queued', 'running', 'paused') \
+                   AND desired_state IN ('running', 'paused')",
+                params![run_id, reason, by_budget],
+            )?;
+            let outcome = control_outcome(&tx, changed, run_id, now, event, reason)?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
     }
 }

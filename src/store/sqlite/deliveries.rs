@@ -2,42 +2,42 @@
 //! [`crate::store::deliveries`]): a page of the inbox, and putting one
 //! delivery back in the queue.
 
-use sqlx::Connection;
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use sqlx::{QueryBuilder, Sqlite};
+use rusqlite::{Connection, params};
 
+use super::sql::{Query, Sql};
 use crate::store::deliveries::{DeliveryFilter, DeliverySummary};
 use crate::store::rows::{SummaryRow, corrupt};
 use crate::store::{DeliveryState, StoreError};
 
-pub(super) async fn list_deliveries(
-    pool: &SqlitePool,
+pub(super) fn list_deliveries(
+    conn: &Connection,
     f: &DeliveryFilter,
 ) -> Result<Vec<DeliverySummary>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(
+    let mut q = Query::new(
         "SELECT id, delivery_id, event, action, repository, sender_login, received_at, state, \
          attempts, error FROM deliveries WHERE id < ",
     );
-    q.push_bind(f.before_id.unwrap_or(i64::MAX));
+    q.bind(f.before_id.unwrap_or(i64::MAX));
     if let Some(state) = f.state {
-        q.push(" AND state = ").push_bind(state.as_str());
+        q.push(" AND state = ").bind(state.as_str().to_owned());
     }
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-    let rows: Vec<SummaryRow> = q.build_query_as().fetch_all(pool).await?;
+    q.push(" ORDER BY id DESC LIMIT ").bind(f.limit);
+    let rows: Vec<SummaryRow> = q.all(conn)?;
     rows.into_iter().map(DeliverySummary::try_from).collect()
 }
 
-pub(super) async fn requeue_delivery(
-    conn: &mut SqliteConnection,
+/// Puts a failed or ignored delivery back in the queue (on the writer).
+pub(super) fn requeue_delivery(
+    conn: &Connection,
     delivery_id: &str,
     now: i64,
 ) -> Result<Option<DeliveryState>, StoreError> {
-    let mut tx = conn.begin().await?;
-    let state: Option<(String, bool)> =
-        sqlx::query_as("SELECT state, EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.id = deliveries.id) FROM deliveries WHERE delivery_id = ?1")
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let tx = conn.unchecked_transaction()?;
+    let state: Option<(String, bool)> = tx.opt(
+        "SELECT state, EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.id = deliveries.id) \
+         FROM deliveries WHERE delivery_id = ?1",
+        [delivery_id],
+    )?;
     let Some((state, has_payload)) = state else {
         return Ok(None);
     };
@@ -51,15 +51,12 @@ pub(super) async fn requeue_delivery(
                        keep payloads longer with --keep-payloads-days",
             });
         }
-        sqlx::query(
+        tx.exec(
             "UPDATE deliveries SET state = 'queued', available_at = ?2, claimed_by = NULL, \
              lease_expires_at = NULL, finished_at = NULL, error = NULL WHERE delivery_id = ?1",
-        )
-        .bind(delivery_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            params![delivery_id, now],
+        )?;
+        tx.commit()?;
     }
     Ok(Some(state))
 }

@@ -15,14 +15,14 @@ impl Tasks for SqliteStore {
     }
 
     async fn task(&self, id: i64) -> Result<Option<crate::store::TaskRecord>, StoreError> {
-        self.raw_read(|conn| api::task(conn, id)).await
+        self.read(|conn| api::task(conn, id)).await
     }
 
     async fn tasks(
         &self,
         filter: &crate::store::TaskFilter,
     ) -> Result<Vec<crate::store::TaskRecord>, StoreError> {
-        self.raw_read(|conn| api::tasks(conn, filter)).await
+        self.read(|conn| api::tasks(conn, filter)).await
     }
 
     async fn update_task(
@@ -38,44 +38,49 @@ impl Tasks for SqliteStore {
         &self,
         validation: &crate::store::NewValidation,
     ) -> Result<crate::store::ValidationRecord, StoreError> {
-        api::create_validation(&mut *self.writer().await?, validation).await
+        self.write(|conn| api::create_validation(conn, validation))
+            .await
     }
 
     async fn validation(
         &self,
         id: i64,
     ) -> Result<Option<crate::store::ValidationRecord>, StoreError> {
-        api::validation(&self.reader, id).await
+        self.read(|conn| api::validation(conn, id)).await
     }
 
     async fn validations(
         &self,
         filter: &crate::store::ValidationFilter,
     ) -> Result<Vec<crate::store::ValidationRecord>, StoreError> {
-        api::validations(&self.reader, filter).await
+        self.scan(|conn| api::validations(conn, filter)).await
     }
 }
 
 #[async_trait]
 impl Queries for SqliteStore {
     async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError> {
-        let rows: Vec<RunRow> = sqlx::query_as(concat!(
-            select_runs!(),
-            "WHERE delivery_id = ?1 ORDER BY id"
-        ))
-        .bind(delivery_id)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<RunRow> = self
+            .scan(|conn| {
+                conn.all(
+                    concat!(select_runs!(), "WHERE delivery_id = ?1 ORDER BY id"),
+                    [delivery_id],
+                )
+            })
+            .await?;
         rows.into_iter().map(Run::try_from).collect()
     }
 
     async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError> {
-        let rows: Vec<(i64, Option<String>, i64, String, String)> = sqlx::query_as(
-            "SELECT run_id, step, at, kind, detail FROM run_events WHERE run_id = ?1 ORDER BY id",
-        )
-        .bind(run_id)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(i64, Option<String>, i64, String, String)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT run_id, step, at, kind, detail FROM run_events \
+                     WHERE run_id = ?1 ORDER BY id",
+                    [run_id],
+                )
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(run_id, step, at, kind, detail)| RunEvent {
@@ -89,47 +94,33 @@ impl Queries for SqliteStore {
     }
 
     async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(
-            i64,
-            String,
-            i64,
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<f64>,
-            bool,
-        )> = sqlx::query_as(
-            "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, outcome, \
-             error_class, error, duration_ms, cost_usd, cost_estimated FROM attempts \
-             WHERE run_id = ?1 ORDER BY id",
-        )
-        .bind(run_id)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AttemptRow {
-                run_id: r.0,
-                step: r.1,
-                number: r.2,
-                agent: r.3,
-                lease_token: r.4,
-                started_at: r.5,
-                finished_at: r.6,
-                outcome: r.7,
-                error_class: r.8,
-                error: r.9,
-                duration_ms: r.10,
-                cost_usd: r.11,
-                cost_estimated: r.12,
-            })
-            .collect())
+        self.scan(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT run_id, step, number, agent, lease_token, started_at, finished_at, \
+                     outcome, error_class, error, duration_ms, cost_usd, cost_estimated \
+                     FROM attempts WHERE run_id = ?1 ORDER BY id",
+                )?
+                .query_map([run_id], |r| {
+                    Ok(AttemptRow {
+                        run_id: r.get(0)?,
+                        step: r.get(1)?,
+                        number: r.get(2)?,
+                        agent: r.get(3)?,
+                        lease_token: r.get(4)?,
+                        started_at: r.get(5)?,
+                        finished_at: r.get(6)?,
+                        outcome: r.get(7)?,
+                        error_class: r.get(8)?,
+                        error: r.get(9)?,
+                        duration_ms: r.get(10)?,
+                        cost_usd: r.get(11)?,
+                        cost_estimated: r.get(12)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn subject_runs_since(
@@ -139,9 +130,9 @@ impl Queries for SqliteStore {
         since: i64,
     ) -> Result<i64, StoreError> {
         // The dispatcher asks for every delivery that starts runs: on the
-        // raw reader, like its other point lookups.
+        // reader, like its other point lookups.
         let n = self
-            .raw_read_row(
+            .read_row(
                 "SELECT COUNT(*) FROM runs WHERE repository = ?1 AND subject_number = ?2 \
                  AND created_at >= ?3",
                 (repository.to_owned(), number, since),
@@ -152,25 +143,27 @@ impl Queries for SqliteStore {
     }
 
     async fn list_runs(&self, filter: &crate::store::RunFilter) -> Result<Vec<Run>, StoreError> {
-        api::list_runs(&self.reader, filter).await
+        self.scan(|conn| api::list_runs(conn, filter)).await
     }
 
     async fn store_counts(&self) -> Result<crate::store::StoreCounts, StoreError> {
-        api::store_counts(&self.reader).await
+        self.scan(api::store_counts).await
     }
 
     async fn agent_attempt_stats(
         &self,
         since: i64,
     ) -> Result<Vec<crate::store::AgentAttemptStats>, StoreError> {
-        api::agent_attempt_stats(&self.reader, since).await
+        self.scan(|conn| api::agent_attempt_stats(conn, since))
+            .await
     }
 
     async fn list_deliveries(
         &self,
         filter: &crate::store::DeliveryFilter,
     ) -> Result<Vec<crate::store::DeliverySummary>, StoreError> {
-        deliveries::list_deliveries(&self.reader, filter).await
+        self.scan(|conn| deliveries::list_deliveries(conn, filter))
+            .await
     }
 
     async fn requeue_delivery(
@@ -178,6 +171,7 @@ impl Queries for SqliteStore {
         delivery_id: &str,
         now: i64,
     ) -> Result<Option<DeliveryState>, StoreError> {
-        deliveries::requeue_delivery(&mut *self.writer().await?, delivery_id, now).await
+        self.write(|conn| deliveries::requeue_delivery(conn, delivery_id, now))
+            .await
     }
 }

@@ -1,12 +1,8 @@
 //! The engine's hot transactions — creating runs, claiming steps, recording
-//! results and settling runs — as plain rusqlite code, run on the writer
-//! connection's own handle (`SqliteStore::with_raw_writer`).
-//!
-//! Through sqlx each statement is a round trip to its worker thread; a claim
-//! or a result is 6–15 statements, and under load those hand-offs (each
-//! needs both threads scheduled) were most of the dispatch latency
-//! (`benches/ENGINE.md`). The SQL and the rules are those of the sqlx
-//! versions they replace; the PostgreSQL store keeps its own.
+//! results and settling runs — run on the writer inside the caller's
+//! transaction (`SqliteStore::write`). A claim or a result is 6–15
+//! statements, each prepared once per connection (the statement cache).
+//! The PostgreSQL store keeps its own.
 
 use std::collections::HashMap;
 
@@ -14,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::StoreError;
 use crate::store::policy::{Admission, ClaimCandidate};
-use crate::store::rows::{RunRow, StepRow};
+use crate::store::rows::{FromSqliteRow, RunRow, StepRow};
 use crate::store::runs::{
     ClaimLimits, ClaimedStep, CreatedRun, Lease, NewRun, Plan, Planner, RunSnapshot, StepFinish,
     StepNext, StepRecord, StepState,
@@ -43,7 +39,7 @@ pub(super) fn load_snapshot(
 ) -> Result<Option<RunSnapshot>, StoreError> {
     let run = conn
         .prepare_cached(concat!(select_runs!(), "WHERE id = ?1"))?
-        .query_row([run_id], RunRow::from_rusqlite)
+        .query_row([run_id], RunRow::from_sqlite_row)
         .optional()?;
     let Some(run) = run else { return Ok(None) };
     let steps: Vec<StepRow> = conn
@@ -52,7 +48,7 @@ pub(super) fn load_snapshot(
             step_columns!(),
             " FROM steps WHERE run_id = ?1 ORDER BY position"
         ))?
-        .query_map([run_id], StepRow::from_rusqlite)?
+        .query_map([run_id], StepRow::from_sqlite_row)?
         .collect::<Result<_, _>>()?;
     Ok(Some(RunSnapshot {
         run: run.try_into()?,
@@ -308,7 +304,7 @@ pub(super) fn claim_steps(
                     now,
                     candidate.step_row
                 ],
-                StepRow::from_rusqlite,
+                StepRow::from_sqlite_row,
             )
             .optional()?;
         let Some(row) = row else { continue };

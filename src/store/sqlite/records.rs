@@ -10,32 +10,33 @@ impl AppRecords for SqliteStore {
         account_login: Option<&str>,
         state: InstallationState,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO installations (id, account_login, state, updated_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (id) DO UPDATE SET \
-             account_login = COALESCE(excluded.account_login, installations.account_login), \
-             state = excluded.state, updated_at = excluded.updated_at",
-        )
-        .bind(installation_id)
-        .bind(account_login.map(str::to_owned))
-        .bind(state.as_str())
-        .bind(crate::store::now_ms())
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(())
+        let now = now_ms();
+        self.write(|conn| {
+            conn.exec(
+                "INSERT INTO installations (id, account_login, state, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET \
+                 account_login = COALESCE(excluded.account_login, installations.account_login), \
+                 state = excluded.state, updated_at = excluded.updated_at",
+                params![installation_id, account_login, state.as_str(), now],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn installation_state(
         &self,
         installation_id: i64,
     ) -> Result<Option<InstallationState>, StoreError> {
-        // Asked for every delivery the dispatcher handles: on the raw reader.
+        // Asked for every delivery the dispatcher handles: a point lookup.
         let row: Option<(String,)> = self
-            .raw_read_row(
-                "SELECT state FROM installations WHERE id = ?1",
-                [installation_id],
-                |row| Ok((row.get(0)?,)),
-            )
+            .read(|conn| {
+                conn.opt(
+                    "SELECT state FROM installations WHERE id = ?1",
+                    [installation_id],
+                )
+            })
             .await?;
         row.map(|(s,)| {
             InstallationState::parse(&s).ok_or_else(|| StoreError::Corrupt {
@@ -52,53 +53,53 @@ impl AppRecords for SqliteStore {
         added: &[String],
         removed: &[String],
     ) -> Result<(), StoreError> {
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        for repository in added {
-            sqlx::query(
-                "INSERT INTO installation_repositories (installation_id, repository) \
-                 VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )
-            .bind(installation_id)
-            .bind(repository.clone())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for repository in removed {
-            sqlx::query(
-                "DELETE FROM installation_repositories WHERE installation_id = ?1 AND repository = ?2",
-            )
-            .bind(installation_id)
-            .bind(repository.clone())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            for repository in added {
+                tx.exec(
+                    "INSERT INTO installation_repositories (installation_id, repository) \
+                     VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![installation_id, repository],
+                )?;
+            }
+            for repository in removed {
+                tx.exec(
+                    "DELETE FROM installation_repositories \
+                     WHERE installation_id = ?1 AND repository = ?2",
+                    params![installation_id, repository],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn installation_repositories(
         &self,
         installation_id: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT repository FROM installation_repositories WHERE installation_id = ?1 \
-             ORDER BY repository",
-        )
-        .bind(installation_id)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(String,)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT repository FROM installation_repositories \
+                     WHERE installation_id = ?1 ORDER BY repository",
+                    [installation_id],
+                )
+            })
+            .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
-        // Asked for every delivery the dispatcher routes: on the raw reader.
+        // Asked for every delivery the dispatcher routes: a point lookup.
         let row: Option<(Option<String>, Option<String>, i64)> = self
-            .raw_read_row(
-                "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
-                [repository],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
+            .read(|conn| {
+                conn.opt(
+                    "SELECT body, error, fetched_at FROM repo_configs WHERE repository = ?1",
+                    [repository],
+                )
+            })
             .await?;
         Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
             body,
@@ -112,53 +113,61 @@ impl AppRecords for SqliteStore {
         repository: &str,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO repo_configs (repository, body, error, fetched_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (repository) DO UPDATE SET body = excluded.body, \
-             error = excluded.error, fetched_at = excluded.fetched_at",
-        )
-        .bind(repository.to_owned())
-        .bind(record.body.clone())
-        .bind(record.error.clone())
-        .bind(record.fetched_at)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(())
+        self.write(|conn| {
+            conn.exec(
+                "INSERT INTO repo_configs (repository, body, error, fetched_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (repository) DO UPDATE SET body = excluded.body, \
+                 error = excluded.error, fetched_at = excluded.fetched_at",
+                params![repository, record.body, record.error, record.fetched_at],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM repo_configs WHERE repository = ?1")
-            .bind(repository.to_owned())
-            .execute(&mut *self.writer().await?)
-            .await?;
-        Ok(())
+        self.write(|conn| {
+            conn.exec(
+                "DELETE FROM repo_configs WHERE repository = ?1",
+                [repository],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn installation_for_repository(
         &self,
         repository: &str,
     ) -> Result<Option<i64>, StoreError> {
-        api::installation_for_repository(&self.reader, repository).await
+        self.read(|conn| api::installation_for_repository(conn, repository))
+            .await
     }
 }
 
 #[async_trait]
 impl Admin for SqliteStore {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
-        let row: (i64,) = sqlx::query_as(
-            "INSERT INTO audit_log (at, actor_kind, actor, action, target, outcome, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-        )
-        .bind(entry.at)
-        .bind(entry.actor_kind.as_str())
-        .bind(entry.actor.clone())
-        .bind(entry.action.clone())
-        .bind(entry.target.clone())
-        .bind(entry.outcome.clone())
-        .bind(entry.detail.as_ref().map(|d| d.to_string()))
-        .fetch_one(&mut *self.writer().await?)
-        .await?;
-        Ok(row.0)
+        let detail = entry.detail.as_ref().map(|d| d.to_string());
+        let (id,): (i64,) = self
+            .write(|conn| {
+                conn.one(
+                    "INSERT INTO audit_log (at, actor_kind, actor, action, target, outcome, \
+                     detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    params![
+                        entry.at,
+                        entry.actor_kind.as_str(),
+                        entry.actor,
+                        entry.action,
+                        entry.target,
+                        entry.outcome,
+                        detail
+                    ],
+                )
+            })
+            .await?;
+        Ok(id)
     }
 
     async fn audit_entries(
@@ -166,14 +175,15 @@ impl Admin for SqliteStore {
         before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT id, at, actor_kind, actor, action, target, outcome, detail FROM audit_log \
-             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(before_id.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<AuditRow> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT id, at, actor_kind, actor, action, target, outcome, detail \
+                     FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                    [before_id.unwrap_or(i64::MAX), limit],
+                )
+            })
+            .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
@@ -181,18 +191,19 @@ impl Admin for SqliteStore {
         &self,
         token: &crate::store::NewApiToken,
     ) -> Result<Option<crate::store::ApiToken>, StoreError> {
-        api::create_api_token(&mut *self.writer().await?, token).await
+        self.write(|conn| api::create_api_token(conn, token)).await
     }
 
     async fn api_token_by_hash(
         &self,
         token_hash: &str,
     ) -> Result<Option<crate::store::ApiToken>, StoreError> {
-        api::api_token_by_hash(&self.reader, token_hash).await
+        self.read(|conn| api::api_token_by_hash(conn, token_hash))
+            .await
     }
 
     async fn api_tokens(&self) -> Result<Vec<crate::store::ApiToken>, StoreError> {
-        api::api_tokens(&self.reader).await
+        self.scan(api::api_tokens).await
     }
 
     async fn revoke_api_token(
@@ -200,36 +211,46 @@ impl Admin for SqliteStore {
         name: &str,
         at: i64,
     ) -> Result<Option<crate::store::ApiToken>, StoreError> {
-        api::revoke_api_token(&mut *self.writer().await?, name, at).await
+        self.write(|conn| api::revoke_api_token(conn, name, at))
+            .await
     }
 
     async fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        api::touch_api_token(&mut *self.writer().await?, id, at).await
+        self.write(|conn| {
+            conn.exec(
+                "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+                [id, at],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn end_session(&self, signature: &str, expires_at: i64) -> Result<(), StoreError> {
-        let mut writer = self.writer().await?;
-        sqlx::query("DELETE FROM ended_sessions WHERE expires_at < ?1")
-            .bind(now_ms())
-            .execute(&mut *writer)
-            .await?;
-        sqlx::query(
-            "INSERT INTO ended_sessions (signature, expires_at) VALUES (?1, ?2) \
-             ON CONFLICT (signature) DO NOTHING",
-        )
-        .bind(signature)
-        .bind(expires_at)
-        .execute(&mut *writer)
-        .await?;
-        Ok(())
+        let now = now_ms();
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            tx.exec("DELETE FROM ended_sessions WHERE expires_at < ?1", [now])?;
+            tx.exec(
+                "INSERT INTO ended_sessions (signature, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (signature) DO NOTHING",
+                params![signature, expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn session_ended(&self, signature: &str) -> Result<bool, StoreError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM ended_sessions WHERE signature = ?1")
-                .bind(signature)
-                .fetch_optional(&self.reader)
-                .await?;
+        let row: Option<(i64,)> = self
+            .read(|conn| {
+                conn.opt(
+                    "SELECT 1 FROM ended_sessions WHERE signature = ?1",
+                    [signature],
+                )
+            })
+            .await?;
         Ok(row.is_some())
     }
 }

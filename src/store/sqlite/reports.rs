@@ -9,47 +9,39 @@ impl Reports for SqliteStore {
         now: i64,
         limit: i64,
     ) -> Result<Vec<ReportCandidate>, StoreError> {
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(
-            i64,
-            i64,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-        )> = sqlx::query_as(
-            "SELECT r.id, d.installation_id, rr.check_run_id, rr.reported_fingerprint, \
-             rr.gave_up_fingerprint, rr.reported_at, rr.attempts \
-             FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
-             LEFT JOIN run_reports rr ON rr.run_id = r.id \
-             WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
-             AND r.subject_number IS NOT NULL \
-             AND (rr.run_id IS NULL OR rr.reported_state IS NULL \
-                  OR rr.reported_state <> r.state \
-                  OR (r.state IN ('queued', 'running', 'paused') \
-                      AND (rr.reported_at < ?1 - 60000 OR EXISTS ( \
-                      SELECT 1 FROM steps s WHERE s.run_id = r.id \
-                      AND (s.started_at >= rr.reported_at OR s.finished_at >= rr.reported_at))))) \
-             AND COALESCE(rr.next_attempt_at, 0) <= ?1 \
-             ORDER BY (rr.reported_state IS NULL) DESC, r.id LIMIT ?2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ReportCandidate {
-                run_id: r.0,
-                installation_id: r.1,
-                check_run_id: r.2,
-                reported_fingerprint: r.3,
-                gave_up_fingerprint: r.4,
-                reported_at: r.5,
-                attempts: r.6.unwrap_or(0),
-            })
-            .collect())
+        self.scan(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT r.id, d.installation_id, rr.check_run_id, rr.reported_fingerprint, \
+                     rr.gave_up_fingerprint, rr.reported_at, rr.attempts \
+                     FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
+                     LEFT JOIN run_reports rr ON rr.run_id = r.id \
+                     WHERE d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
+                     AND r.subject_number IS NOT NULL \
+                     AND (rr.run_id IS NULL OR rr.reported_state IS NULL \
+                          OR rr.reported_state <> r.state \
+                          OR (r.state IN ('queued', 'running', 'paused') \
+                              AND (rr.reported_at < ?1 - 60000 OR EXISTS ( \
+                              SELECT 1 FROM steps s WHERE s.run_id = r.id \
+                              AND (s.started_at >= rr.reported_at \
+                                   OR s.finished_at >= rr.reported_at))))) \
+                     AND COALESCE(rr.next_attempt_at, 0) <= ?1 \
+                     ORDER BY (rr.reported_state IS NULL) DESC, r.id LIMIT ?2",
+                )?
+                .query_map([now, limit], |r| {
+                    Ok(ReportCandidate {
+                        run_id: r.get(0)?,
+                        installation_id: r.get(1)?,
+                        check_run_id: r.get(2)?,
+                        reported_fingerprint: r.get(3)?,
+                        gave_up_fingerprint: r.get(4)?,
+                        reported_at: r.get(5)?,
+                        attempts: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn unreported_runs(
@@ -57,19 +49,20 @@ impl Reports for SqliteStore {
         after_run_id: i64,
         limit: i64,
     ) -> Result<Vec<ReportCandidate>, StoreError> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT r.id, d.installation_id \
-             FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
-             WHERE r.id > ?1 \
-             AND d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
-             AND r.subject_number IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM run_reports rr WHERE rr.run_id = r.id) \
-             ORDER BY r.id LIMIT ?2",
-        )
-        .bind(after_run_id)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(i64, i64)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT r.id, d.installation_id \
+                     FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
+                     WHERE r.id > ?1 \
+                     AND d.installation_id IS NOT NULL AND r.repository IS NOT NULL \
+                     AND r.subject_number IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM run_reports rr WHERE rr.run_id = r.id) \
+                     ORDER BY r.id LIMIT ?2",
+                    [after_run_id, limit],
+                )
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(run_id, installation_id)| ReportCandidate::unreported(run_id, installation_id))
@@ -77,62 +70,57 @@ impl Reports for SqliteStore {
     }
 
     async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO run_reports (run_id, check_run_id) VALUES (?1, ?2) \
-             ON CONFLICT (run_id) DO UPDATE SET check_run_id = excluded.check_run_id",
-        )
-        .bind(run_id)
-        .bind(check_run_id)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(())
+        self.write(|conn| {
+            conn.exec(
+                "INSERT INTO run_reports (run_id, check_run_id) VALUES (?1, ?2) \
+                 ON CONFLICT (run_id) DO UPDATE SET check_run_id = excluded.check_run_id",
+                [run_id, check_run_id],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
-        let query = match outcome {
+        self.write(|conn| match outcome {
             ReportOutcome::Reported {
                 fingerprint,
                 state,
                 observed_at,
-            } => sqlx::query(
+            } => conn.exec(
                 "INSERT INTO run_reports (run_id, reported_fingerprint, reported_state, \
-                 reported_at, attempts, next_attempt_at, last_error) \
-                 VALUES (?1, ?2, ?3, ?4, 0, 0, NULL) \
-                 ON CONFLICT (run_id) DO UPDATE SET \
-                 reported_fingerprint = excluded.reported_fingerprint, \
-                 reported_state = excluded.reported_state, reported_at = excluded.reported_at, \
-                 attempts = 0, next_attempt_at = 0, last_error = NULL",
-            )
-            .bind(run_id)
-            .bind(fingerprint.clone())
-            .bind(state.clone())
-            .bind(*observed_at),
+                     reported_at, attempts, next_attempt_at, last_error) \
+                     VALUES (?1, ?2, ?3, ?4, 0, 0, NULL) \
+                     ON CONFLICT (run_id) DO UPDATE SET \
+                     reported_fingerprint = excluded.reported_fingerprint, \
+                     reported_state = excluded.reported_state, \
+                     reported_at = excluded.reported_at, \
+                     attempts = 0, next_attempt_at = 0, last_error = NULL",
+                params![run_id, fingerprint, state, observed_at],
+            ),
             ReportOutcome::Retry {
                 error,
                 next_attempt_at,
-            } => sqlx::query(
+            } => conn.exec(
                 "INSERT INTO run_reports (run_id, attempts, next_attempt_at, last_error) \
-                 VALUES (?1, 1, ?2, ?3) \
-                 ON CONFLICT (run_id) DO UPDATE SET attempts = run_reports.attempts + 1, \
-                 next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error",
-            )
-            .bind(run_id)
-            .bind(*next_attempt_at)
-            .bind(error.clone()),
-            ReportOutcome::GaveUp { fingerprint, error } => sqlx::query(
+                     VALUES (?1, 1, ?2, ?3) \
+                     ON CONFLICT (run_id) DO UPDATE SET attempts = run_reports.attempts + 1, \
+                     next_attempt_at = excluded.next_attempt_at, \
+                     last_error = excluded.last_error",
+                params![run_id, next_attempt_at, error],
+            ),
+            ReportOutcome::GaveUp { fingerprint, error } => conn.exec(
                 "INSERT INTO run_reports (run_id, gave_up_fingerprint, attempts, last_error) \
-                 VALUES (?1, ?2, 1, ?3) \
-                 ON CONFLICT (run_id) DO UPDATE SET \
-                 gave_up_fingerprint = excluded.gave_up_fingerprint, \
-                 attempts = run_reports.attempts + 1, next_attempt_at = 0, \
-                 last_error = excluded.last_error",
-            )
-            .bind(run_id)
-            .bind(fingerprint.clone())
-            .bind(error.clone()),
-        };
-        query.execute(&mut *self.writer().await?).await?;
-        Ok(())
+                     VALUES (?1, ?2, 1, ?3) \
+                     ON CONFLICT (run_id) DO UPDATE SET \
+                     gave_up_fingerprint = excluded.gave_up_fingerprint, \
+                     attempts = run_reports.attempts + 1, next_attempt_at = 0, \
+                     last_error = excluded.last_error",
+                params![run_id, fingerprint, error],
+            ),
+        })
+        .await
+        .map(drop)
     }
 
     async fn sticky_comment(
@@ -140,13 +128,15 @@ impl Reports for SqliteStore {
         repository: &str,
         number: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT comment_id FROM sticky_comments WHERE repository = ?1 AND subject_number = ?2",
-        )
-        .bind(repository.to_owned())
-        .bind(number)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row: Option<(i64,)> = self
+            .read(|conn| {
+                conn.opt(
+                    "SELECT comment_id FROM sticky_comments \
+                     WHERE repository = ?1 AND subject_number = ?2",
+                    params![repository, number],
+                )
+            })
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -156,17 +146,16 @@ impl Reports for SqliteStore {
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
-             VALUES (?1, ?2, ?3) ON CONFLICT (repository, subject_number) \
-             DO UPDATE SET comment_id = excluded.comment_id",
-        )
-        .bind(repository.to_owned())
-        .bind(number)
-        .bind(comment_id)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(())
+        self.write(|conn| {
+            conn.exec(
+                "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (repository, subject_number) \
+                 DO UPDATE SET comment_id = excluded.comment_id",
+                params![repository, number, comment_id],
+            )
+        })
+        .await
+        .map(drop)
     }
 
     async fn subject_runs(
@@ -175,15 +164,15 @@ impl Reports for SqliteStore {
         number: i64,
         limit: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM runs WHERE repository = ?1 AND subject_number = ?2 \
-             ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(repository.to_owned())
-        .bind(number)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(i64,)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT id FROM runs WHERE repository = ?1 AND subject_number = ?2 \
+                     ORDER BY id DESC LIMIT ?3",
+                    params![repository, number, limit],
+                )
+            })
+            .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -192,15 +181,24 @@ impl Reports for SqliteStore {
         repository: &str,
         head_sha: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM runs WHERE repository = ?1 AND head_sha = ?2 ORDER BY id",
-        )
-        .bind(repository.to_owned())
-        .bind(head_sha.to_owned())
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(i64,)> = self
+            .scan(|conn| {
+                conn.all(
+                    "SELECT id FROM runs WHERE repository = ?1 AND head_sha = ?2 ORDER BY id",
+                    [repository, head_sha],
+                )
+            })
+            .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
+}
+
+/// The columns of [`EffectRow`].
+macro_rules! effect_columns {
+    () => {
+        "id, source, seq, installation_id, repository, kind, target, body, state, attempts, \
+         last_error, created_at"
+    };
 }
 
 #[async_trait]
@@ -209,88 +207,98 @@ impl Effects for SqliteStore {
         if effects.is_empty() {
             return Ok(0);
         }
-        let now = crate::store::now_ms();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut added = 0;
-        for effect in effects {
-            added += sqlx::query(
-                "INSERT INTO github_effects (source, seq, installation_id, repository, kind, \
-                 target, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (source, seq) DO NOTHING",
-            )
-            .bind(effect.source.clone())
-            .bind(effect.seq)
-            .bind(effect.installation_id)
-            .bind(effect.repository.clone())
-            .bind(effect.kind.as_str())
-            .bind(effect.target)
-            .bind(effect.body.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(added)
+        let now = now_ms();
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut added = 0;
+            for effect in effects {
+                added += tx.exec(
+                    "INSERT INTO github_effects (source, seq, installation_id, repository, \
+                     kind, target, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (source, seq) DO NOTHING",
+                    params![
+                        effect.source,
+                        effect.seq,
+                        effect.installation_id,
+                        effect.repository,
+                        effect.kind.as_str(),
+                        effect.target,
+                        effect.body,
+                        now
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
     }
 
     async fn due_effects(&self, now: i64, limit: i64) -> Result<Vec<Effect>, StoreError> {
-        let rows: Vec<EffectRow> = sqlx::query_as(
-            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
-             attempts, last_error, created_at FROM ( \
-               SELECT *, ROW_NUMBER() OVER ( \
-                 PARTITION BY COALESCE(installation_id, 0) ORDER BY id) AS turn \
-               FROM github_effects WHERE state = 'pending' AND next_attempt_at <= ?1) \
-             WHERE turn <= ?3 ORDER BY turn, id LIMIT ?2",
-        )
-        .bind(now)
-        .bind(limit)
-        .bind(crate::store::EFFECT_TURNS)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<EffectRow> = self
+            .scan(|conn| {
+                conn.all(
+                    concat!(
+                        "SELECT ",
+                        effect_columns!(),
+                        " FROM ( \
+                           SELECT *, ROW_NUMBER() OVER ( \
+                             PARTITION BY COALESCE(installation_id, 0) ORDER BY id) AS turn \
+                           FROM github_effects \
+                           WHERE state = 'pending' AND next_attempt_at <= ?1) \
+                         WHERE turn <= ?3 ORDER BY turn, id LIMIT ?2"
+                    ),
+                    [now, limit, crate::store::EFFECT_TURNS],
+                )
+            })
+            .await?;
         rows.into_iter().map(Effect::try_from).collect()
     }
 
     async fn finish_effect(&self, id: i64, outcome: &EffectOutcome) -> Result<(), StoreError> {
-        let now = crate::store::now_ms();
-        let query = match outcome {
-            EffectOutcome::Sent | EffectOutcome::DryRun => sqlx::query(
-                "UPDATE github_effects SET state = ?2, sent_at = ?3, last_error = NULL WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(if *outcome == EffectOutcome::Sent {
-                EffectState::Sent.as_str()
-            } else {
-                EffectState::DryRun.as_str()
-            })
-            .bind(now),
-            EffectOutcome::Retry { error, retry_at } => sqlx::query(
+        let now = now_ms();
+        self.write(|conn| match outcome {
+            EffectOutcome::Sent | EffectOutcome::DryRun => conn.exec(
+                "UPDATE github_effects SET state = ?2, sent_at = ?3, last_error = NULL \
+                 WHERE id = ?1",
+                params![
+                    id,
+                    if *outcome == EffectOutcome::Sent {
+                        EffectState::Sent.as_str()
+                    } else {
+                        EffectState::DryRun.as_str()
+                    },
+                    now
+                ],
+            ),
+            EffectOutcome::Retry { error, retry_at } => conn.exec(
                 "UPDATE github_effects SET attempts = attempts + 1, last_error = ?2, \
                  next_attempt_at = ?3 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(error.clone())
-            .bind(*retry_at),
-            EffectOutcome::Failed(error) => sqlx::query(
+                params![id, error, retry_at],
+            ),
+            EffectOutcome::Failed(error) => conn.exec(
                 "UPDATE github_effects SET state = 'failed', attempts = attempts + 1, \
                  last_error = ?2 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(error.clone()),
-        };
-        query.execute(&mut *self.writer().await?).await?;
-        Ok(())
+                params![id, error],
+            ),
+        })
+        .await
+        .map(drop)
     }
 
     async fn effects_for(&self, source: &str) -> Result<Vec<Effect>, StoreError> {
-        let rows: Vec<EffectRow> = sqlx::query_as(
-            "SELECT id, source, seq, installation_id, repository, kind, target, body, state, \
-             attempts, last_error, created_at FROM github_effects WHERE source = ?1 ORDER BY seq",
-        )
-        .bind(source.to_owned())
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<EffectRow> = self
+            .scan(|conn| {
+                conn.all(
+                    concat!(
+                        "SELECT ",
+                        effect_columns!(),
+                        " FROM github_effects WHERE source = ?1 ORDER BY seq"
+                    ),
+                    [source],
+                )
+            })
+            .await?;
         rows.into_iter().map(Effect::try_from).collect()
     }
 }

@@ -1,5 +1,5 @@
-//! [`Retention`] on SQLite: batches on the writer's own handle (rusqlite),
-//! bounds and counts on the raw reader, and `PRAGMA incremental_vacuum` to
+//! [`Retention`] on SQLite: batches on the writer, bounds and counts on a
+//! reader, and `PRAGMA incremental_vacuum` to
 //! give the freed pages back (databases are created with `auto_vacuum =
 //! INCREMENTAL`; an older file is converted by `taskmaster prune`).
 
@@ -68,7 +68,7 @@ impl Retention for SqliteStore {
 
     async fn prune_bounds(&self, cutoffs: &Cutoffs) -> Result<PruneBounds, StoreError> {
         let cutoffs = *cutoffs;
-        self.raw_read(move |conn| {
+        self.read(move |conn| {
             let mut bounds = PruneBounds::default();
             for kind in sql::kinds() {
                 let (Some(cutoff), Some(bound)) = ((kind.cutoff)(&cutoffs), &kind.bound) else {
@@ -91,7 +91,7 @@ impl Retention for SqliteStore {
     async fn prunable(&self, cutoffs: &Cutoffs) -> Result<PruneCounts, StoreError> {
         let bounds = self.prune_bounds(cutoffs).await?;
         let cutoffs = *cutoffs;
-        self.raw_read(move |conn| {
+        self.read(move |conn| {
             let mut counts = PruneCounts::default();
             for kind in sql::kinds() {
                 let Some(cutoff) = (kind.cutoff)(&cutoffs) else {
@@ -112,7 +112,7 @@ impl Retention for SqliteStore {
     }
 
     async fn reclaim_space(&self, max_pages: i64) -> Result<u64, StoreError> {
-        self.with_raw_writer(move |conn| {
+        self.write(move |conn| {
             let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
             if mode != 2 {
                 return Ok(0);
@@ -138,7 +138,7 @@ impl Retention for SqliteStore {
     }
 
     async fn database_size(&self) -> Result<DatabaseSize, StoreError> {
-        self.raw_read(|conn| {
+        self.read(|conn| {
             let pragma = |name: &str| -> Result<i64, StoreError> {
                 Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
             };
@@ -152,7 +152,7 @@ impl Retention for SqliteStore {
     }
 
     async fn enable_reclaiming(&self) -> Result<bool, StoreError> {
-        self.with_raw_writer(|conn| {
+        self.write(|conn| {
             let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
             if mode == 2 {
                 return Ok(false);

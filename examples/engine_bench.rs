@@ -185,8 +185,7 @@ async fn create_from(b: &Bench, from: usize, n: usize) -> Vec<i64> {
                     "bench",
                     None,
                     None,
-                    &HashMap::new(),
-                    1000,
+                    &taskmaster::engine::forecast::Forecast::default(),
                 )
             })
             .collect();

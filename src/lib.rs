@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod github;
+pub mod insights;
 pub mod instrument;
 pub mod outbox;
 pub mod publish;

@@ -945,6 +945,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
         failed_by_verdict: run.state == RunState::Succeeded && !failed_verdicts.is_empty(),
         has_verdicts: verdict_reports > 0,
         stopped_by_budget: run.stopped_by_budget.clone(),
+        expected: crate::engine::forecast::expected(snapshot),
         cost_micro_usd: (run.cost_usd.max(0.0) * 1e6).round() as u64,
         started_by_api: run
             .delivery_id

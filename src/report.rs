@@ -180,6 +180,9 @@ pub struct RunReport {
     /// what was spent and how to raise it. The check run is then `neutral`
     /// ("stopped, not broken"), whatever the steps' states.
     pub stopped_by_budget: Option<String>,
+    /// What an unfinished run is expected to take, in a sentence
+    /// ([`crate::engine::forecast::expected`]); shown under the step table.
+    pub expected: Option<String>,
     /// What the run's attempts cost so far, in millionths of a US dollar
     /// (reported or estimated, see [`crate::budget`]); 0 when nothing
     /// reported a cost.
@@ -484,6 +487,9 @@ pub fn render_check_output(run: &RunReport) -> CheckOutput {
     }
     summary.push('\n');
     summary.push_str(&step_table(&run.steps));
+    if let Some(expected) = &run.expected {
+        let _ = writeln!(summary, "\n⏱️ {}", escape_text(expected));
+    }
     if run.cost_micro_usd > 0 {
         let _ = writeln!(
             summary,

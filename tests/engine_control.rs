@@ -431,8 +431,7 @@ async fn gated_run(t: &TestEngine, waiting: bool) -> i64 {
         "test",
         None,
         waiting.then(|| "a stranger's pull request".to_owned()),
-        &std::collections::HashMap::new(),
-        1000,
+        &taskmaster::engine::forecast::Forecast::default(),
     );
     let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
     t.engine.settle(id).await.unwrap();
@@ -522,8 +521,7 @@ async fn prompts_render_from_the_runs_stored_context() {
         "re-run",
         None,
         None,
-        &std::collections::HashMap::new(),
-        1000,
+        &taskmaster::engine::forecast::Forecast::default(),
     );
     let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
     t.engine.settle(id).await.unwrap();

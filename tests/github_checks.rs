@@ -64,6 +64,7 @@ fn run(state: RunState, output: &str) -> RunReport {
         has_verdicts: false,
         started_by_api: None,
         stopped_by_budget: None,
+        expected: None,
         cost_micro_usd: 0,
     }
 }

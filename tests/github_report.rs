@@ -69,6 +69,7 @@ fn report(state: RunState) -> RunReport {
         has_verdicts: false,
         started_by_api: None,
         stopped_by_budget: None,
+        expected: None,
         cost_micro_usd: 0,
     }
 }

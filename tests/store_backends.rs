@@ -520,8 +520,10 @@ async fn only_the_current_lease_token_records_a_result(b: Backend) {
         1
     );
     assert!(store.active_runs().await.unwrap().is_empty());
-    let estimates = store.step_estimates("one").await.unwrap();
-    assert!(estimates.contains_key("work"), "{estimates:?}");
+    // The succeeded attempt is history a prediction draws on; the lost one is not.
+    let durations = store.step_durations("one", 100).await.unwrap();
+    assert_eq!(durations.len(), 1, "{durations:?}");
+    assert_eq!(durations[0].0, "work");
 }
 
 async fn heartbeats_renew_only_leases_held_with_their_token(b: Backend) {

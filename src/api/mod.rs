@@ -19,6 +19,7 @@
 pub mod agents;
 pub mod auth;
 pub mod error;
+pub mod insights;
 pub mod metrics;
 pub mod spend;
 pub mod tasks;
@@ -155,6 +156,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(validations::get))
         .routes(routes!(agents::list))
         .routes(routes!(spend::get))
+        .routes(routes!(insights::get))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(tokens::audit_log))
@@ -486,6 +488,7 @@ Errors are RFC 9457 problems (`application/problem+json`). Times are epoch milli
         (name = "validations", description = "Verdicts of code review, tests and security audits"),
         (name = "agents", description = "The agents runs use"),
         (name = "spend", description = "What agents cost, and the budgets"),
+        (name = "insights", description = "Analytics, advice and predicted run times"),
         (name = "service", description = "Health, metrics and this description"),
         (name = "admin", description = "API tokens and the audit log (admin role)"),
     )

@@ -28,6 +28,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authorized, Caller, CanControl, CanExecute, CanRead};
 use super::error::{ApiResult, Body, Id, Params, Problem};
 use super::{ApiState, Cursor, audit};
+use crate::engine::forecast::Forecast;
 use crate::engine::intake::new_run;
 use crate::event::Event;
 use crate::routing::route;
@@ -273,6 +274,14 @@ pub struct RunDetail {
     /// What the run changed in its checkout and where that went; absent
     /// when no step with `changes: true` has ended yet.
     pub changes: Option<ChangesView>,
+    /// What was predicted when the run was created: its expected time
+    /// (p50, p90, of which queue), each step's estimate and what it rests
+    /// on (`crate::insights::predict`); absent for runs created before
+    /// predictions.
+    pub prediction: Option<crate::insights::predict::Prediction>,
+    /// For an unfinished run, what it still needs, in a sentence (as its
+    /// check run says).
+    pub expected: Option<String>,
 }
 
 /// A run's change: the latest harvest of its workspace and its way to GitHub.
@@ -627,7 +636,13 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
             state: DeliveryState::Done,
         }])
         .await?;
-    let estimates = state.store.step_estimates(&wf.name).await?;
+    let forecast = Forecast::read(
+        &*state.store,
+        &wf.name,
+        state.engine.agent_queues().await?,
+        crate::engine::EngineConfig::default().default_estimate_ms,
+    )
+    .await?;
     let classification = route(&event, workflows)
         .into_iter()
         .find_map(|d| d.classification);
@@ -640,8 +655,7 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
         classification,
         // An operator with a token is trusted: no `/approve` is awaited.
         None,
-        &estimates,
-        crate::engine::EngineConfig::default().default_estimate_ms,
+        &forecast,
     );
     if let Some(map) = run.context.as_object_mut() {
         map.insert(
@@ -825,8 +839,12 @@ pub(super) async fn run_detail(state: &ApiState, id: i64) -> ApiResult<RunDetail
     let attempts = state.store.attempts(id).await?;
     let timeline = state.store.run_events(id).await?;
     let changes = state.store.run_change(id).await?.map(ChangesView::from);
+    let prediction = crate::insights::predict::Prediction::of_context(&snap.run.context);
+    let expected = crate::engine::forecast::expected(&snap);
     Ok(RunDetail {
         changes,
+        prediction,
+        expected,
         run: snap.run.into(),
         steps: snap.steps.into_iter().map(StepView::from).collect(),
         attempts: attempts.into_iter().map(AttemptView::from).collect(),

@@ -2,6 +2,7 @@
 //! (see the module docs of [`super`]).
 
 use super::*;
+use crate::engine::forecast::Forecast;
 
 /// Where a command came from and where its answers go.
 pub(super) struct Invocation<'a> {
@@ -405,7 +406,13 @@ impl AppHandler {
         let needs_approval = self
             .approval_for_hand_started(inv, source.as_ref().unwrap_or(event), wf, config, "/fix")
             .await?;
-        let estimates = self.store.step_estimates(&wf.name).await?;
+        let forecast = Forecast::read(
+            &*self.store,
+            &wf.name,
+            Default::default(),
+            crate::engine::EngineConfig::default().default_estimate_ms,
+        )
+        .await?;
         let classification = route(event, workflows)
             .into_iter()
             .find_map(|d| d.classification);
@@ -417,8 +424,7 @@ impl AppHandler {
             &format!("@{} asked for a fix (`/fix`)", inv.actor.login),
             classification,
             needs_approval,
-            &estimates,
-            crate::engine::EngineConfig::default().default_estimate_ms,
+            &forecast,
         );
         Ok(Outcome::Start(vec![run]))
     }
@@ -524,7 +530,13 @@ impl AppHandler {
         let needs_approval = self
             .approval_for_hand_started(inv, event, wf, config, "/run")
             .await?;
-        let estimates = self.store.step_estimates(&wf.name).await?;
+        let forecast = Forecast::read(
+            &*self.store,
+            &wf.name,
+            Default::default(),
+            crate::engine::EngineConfig::default().default_estimate_ms,
+        )
+        .await?;
         let classification = route(event, workflows)
             .into_iter()
             .find_map(|d| d.classification);
@@ -536,8 +548,7 @@ impl AppHandler {
             &format!("@{} asked for it (`/run {}`)", inv.actor.login, wf.name),
             classification,
             needs_approval,
-            &estimates,
-            crate::engine::EngineConfig::default().default_estimate_ms,
+            &forecast,
         );
         Ok(Outcome::Start(vec![run]))
     }

@@ -46,6 +46,7 @@ pub enum Nav {
     Deliveries,
     Tasks,
     Spend,
+    Insights,
     None,
 }
 
@@ -78,6 +79,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, content: Markup) -
                         (item("/deliveries", "Deliveries", Nav::Deliveries))
                         (item("/tasks", "Tasks", Nav::Tasks))
                         (item("/spend", "Spend", Nav::Spend))
+                        (item("/insights", "Insights", Nav::Insights))
                     }
                     div.who {
                         @if let Some(s) = session {

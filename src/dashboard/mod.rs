@@ -20,6 +20,7 @@
 //! Access rules are in [`session`]; controls go through the same functions
 //! as the API's (`api::workflows::control`), so they are audited the same way.
 
+pub mod insights;
 pub mod layout;
 pub mod live;
 pub mod pages;
@@ -92,6 +93,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/deliveries/{id}/redeliver", post(pages::redeliver))
         .route("/tasks", get(pages::tasks))
         .route("/spend", get(spend::page))
+        .route("/insights", get(insights::page))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/static/dashboard.css", get(layout::css))

@@ -181,6 +181,12 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
                 dt { "Took" } dd { (duration(t - run.started_at.unwrap_or(run.created_at))) }
             }
             @if run.cost_usd > 0.0 { dt { "Cost" } dd { "$" (format!("{:.2}", run.cost_usd)) } }
+            @if let Some(p) = crate::insights::predict::Prediction::of_context(&run.context) {
+                dt { "Predicted" } dd #predicted title=(p.basis.describe()) { (p.describe()) }
+            }
+        }
+        @if let Some(expected) = crate::engine::forecast::expected(&data.snap) {
+            p.meta #expected { (expected) }
         }
         p.meta { "Why: " (run.reason) }
         @if let Some(c) = &run.conclusion { p.meta { "Conclusion: " (c) } }

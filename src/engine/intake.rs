@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::Engine;
+use super::forecast::Forecast;
 use super::plan::critical_path_ranks;
 use crate::classify::{Classification, Priority};
 use crate::dispatch::{DeliveryHandler, Handled, HandlerError};
@@ -30,8 +31,11 @@ use crate::workflow::{PromptContext, Workflow, WorkflowSet};
 
 /// Builds the run of `workflow` for `event`, delivered as `delivery_id`.
 ///
-/// `estimates` holds each step's expected duration in ms (from past attempts,
-/// [`Runs::step_estimates`]); steps without one use `default_estimate_ms`.
+/// `forecast` gives each step's expected duration (from past attempts),
+/// which orders the scheduler's critical path, and the run's predicted
+/// time, kept in its context ([`Prediction::CONTEXT_KEY`]).
+///
+/// [`Prediction::CONTEXT_KEY`]: crate::insights::predict::Prediction::CONTEXT_KEY
 #[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub fn new_run(
     set: &WorkflowSet,
@@ -41,8 +45,7 @@ pub fn new_run(
     reason: &str,
     classification: Option<Classification>,
     needs_approval: Option<String>,
-    estimates: &HashMap<String, i64>,
-    default_estimate_ms: i64,
+    forecast: &Forecast,
 ) -> NewRun {
     let mut ctx = PromptContext::from_event(event, &workflow.name, classification.clone());
     ctx.inputs = workflow.input_values(&BTreeMap::new());
@@ -55,8 +58,13 @@ pub fn new_run(
         }
         None => None,
     };
+    let repository = (!ctx.repository.is_empty()).then_some(ctx.repository.as_str());
     let mut context = serde_json::to_value(&ctx).unwrap_or_default();
     if let Some(map) = context.as_object_mut() {
+        map.insert(
+            crate::insights::predict::Prediction::CONTEXT_KEY.into(),
+            serde_json::to_value(forecast.predict(repository, workflow)).unwrap_or_default(),
+        );
         map.remove("steps");
         // The run keeps the rules it was made under (a repository's
         // `.github/taskmaster.yml` may have changed them); reports read them.
@@ -73,9 +81,8 @@ pub fn new_run(
             );
         }
     }
-    let ranks = critical_path_ranks(workflow, |id| {
-        estimates.get(id).copied().unwrap_or(default_estimate_ms)
-    });
+    let estimates = forecast.rank_estimates(repository, workflow);
+    let ranks = critical_path_ranks(workflow, |id| estimates.get(id).copied().unwrap_or(0));
     let (number, head_sha) = match (&ctx.pr, &ctx.issue) {
         (Some(pr), _) => (Some(pr.number as i64), Some(pr.head_sha.clone())),
         (None, Some(issue)) => (Some(issue.number as i64), None),
@@ -255,7 +262,12 @@ impl RoutingHandler {
             let Some(wf) = set.get(&d.workflow) else {
                 continue;
             };
-            let estimates = self.store.step_estimates(&wf.name).await?;
+            let queues = match &self.engine {
+                Some(engine) => engine.agent_queues().await?,
+                None => HashMap::new(),
+            };
+            let forecast =
+                Forecast::read(&*self.store, &wf.name, queues, self.default_estimate_ms).await?;
             runs.push(new_run(
                 set,
                 wf,
@@ -264,8 +276,7 @@ impl RoutingHandler {
                 &d.reason,
                 d.classification,
                 d.approval,
-                &estimates,
-                self.default_estimate_ms,
+                &forecast,
             ));
         }
         if !runs.is_empty()
@@ -343,7 +354,13 @@ impl Engine {
                 state: DeliveryState::Done,
             }])
             .await?;
-        let estimates = store.step_estimates(workflow).await?;
+        let forecast = Forecast::read(
+            &**store,
+            workflow,
+            self.agent_queues().await?,
+            self.inner.config.default_estimate_ms,
+        )
+        .await?;
         // The same classification routing would have stored with the run.
         let classification = route(&event, &self.inner.workflows)
             .into_iter()
@@ -356,8 +373,7 @@ impl Engine {
             "started directly (taskmaster run)",
             classification,
             None,
-            &estimates,
-            self.inner.config.default_estimate_ms,
+            &forecast,
         );
         let created = store
             .create_runs(&[run])

@@ -38,6 +38,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod budgets;
 pub mod executor;
+pub mod forecast;
 pub mod intake;
 pub mod plan;
 mod verdicts;
@@ -263,6 +264,13 @@ pub(crate) struct Inner {
     pub handoff: mpsc::UnboundedSender<Vec<ClaimedStep>>,
     pub handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedStep>>>>,
     pub events_cache: Mutex<EventCache>,
+    /// [`Engine::agent_queues`]'s last count, and when it was taken.
+    pub queues_cache: Mutex<
+        Option<(
+            std::time::Instant,
+            HashMap<String, crate::insights::predict::AgentQueue>,
+        )>,
+    >,
 }
 
 /// The engine. Cheap to clone; every clone drives the same engine.
@@ -311,6 +319,7 @@ impl Engine {
                 handoff,
                 handoff_rx: Mutex::new(Some(handoff_rx)),
                 events_cache: Mutex::new(EventCache::default()),
+                queues_cache: Mutex::new(None),
             }),
         }
     }

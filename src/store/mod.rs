@@ -18,6 +18,7 @@
 //! | [`Queries`] | the API, dashboard, `/metrics` | lists, timelines, counts |
 //! | [`Retention`] | the pruner, `taskmaster prune` | what is past retention, database size |
 //! | [`Spend`] | the engine's budgets, `/api/spend` | what agents cost per day, repository, installation |
+//! | [`Histories`] | insights, predictions | runs and attempts of a window, step durations |
 //!
 //! [`RunStore`] is all of them at once (what `serve` opens). The decisions
 //! both backends must make alike are pure functions in [`policy`]; the rows
@@ -39,6 +40,7 @@ pub mod api;
 pub mod app;
 pub mod changes;
 pub mod deliveries;
+pub mod history;
 pub mod policy;
 pub mod postgres;
 pub mod reports;
@@ -59,6 +61,7 @@ pub use app::{
 };
 pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
+pub use history::Histories;
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
@@ -682,13 +685,6 @@ pub trait Runs: Send + Sync + 'static {
     /// A run and its steps.
     async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError>;
 
-    /// Estimated duration (ms) of each step of `workflow`: the mean of its
-    /// last successful attempts. Steps without history are absent.
-    async fn step_estimates(
-        &self,
-        workflow: &str,
-    ) -> Result<std::collections::HashMap<String, i64>, StoreError>;
-
     /// Records that run `run_id`'s workspace checked out `sha` (kept when the
     /// run already has one: the first checkout's commit is the run's) and
     /// adds a `workspace` event with `detail` to its timeline, for `step`.
@@ -1040,6 +1036,7 @@ pub trait RunStore:
     + Queries
     + Retention
     + Spend
+    + Histories
 {
 }
 
@@ -1056,15 +1053,25 @@ impl<T> RunStore for T where
         + Queries
         + Retention
         + Spend
+        + Histories
 {
+}
+
+/// `sql`, written once with SQLite's numbered placeholders (`?1`), with
+/// PostgreSQL's (`$1`) for the SQL both backends share. Placeholders only:
+/// a `?` not followed by digits (in a string literal, say) stays.
+pub(in crate::store) fn postgres_sql(sql: &str) -> String {
+    static PLACEHOLDER: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\?(\d+)").expect("a valid pattern"));
+    PLACEHOLDER.replace_all(sql, "$$$1").into_owned()
 }
 
 /// Every store trait, to bring their methods into scope at once:
 /// `use taskmaster::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        Admin, AppRecords, ChangeStore, Effects, Queries, Reports, Retention, RunControl, RunStore,
-        Runs, Spend, Store, Tasks,
+        Admin, AppRecords, ChangeStore, Effects, Histories, Queries, Reports, Retention,
+        RunControl, RunStore, Runs, Spend, Store, Tasks,
     };
 }
 
@@ -1170,6 +1177,14 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_sql_gets_postgres_placeholders() {
+        assert_eq!(
+            super::postgres_sql("WHERE a >= ?1 AND b = ?12 AND c = '?'"),
+            "WHERE a >= $1 AND b = $12 AND c = '?'"
+        );
+    }
+
     use super::*;
 
     #[test]

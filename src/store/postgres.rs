@@ -1096,6 +1096,7 @@ mod changes;
 mod control;
 mod deliveries;
 mod engine;
+mod history;
 mod queries;
 mod records;
 mod reports;

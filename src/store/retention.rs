@@ -319,7 +319,7 @@ pub(in crate::store) mod sql {
 
         /// The statement with PostgreSQL's `$N` placeholders.
         pub fn postgres(&self) -> String {
-            self.sql.replace('?', "$")
+            crate::store::postgres_sql(&self.sql)
         }
 
         /// The values to bind, in placeholder order.

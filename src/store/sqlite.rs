@@ -1001,6 +1001,7 @@ pub(super) mod changes;
 mod control;
 pub(super) mod deliveries;
 mod engine;
+mod history;
 mod queries;
 mod raw;
 mod records;

@@ -447,22 +447,6 @@ impl Runs for PgStore {
         Ok(snapshot)
     }
 
-    async fn step_estimates(&self, workflow: &str) -> Result<HashMap<String, i64>, StoreError> {
-        let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT step, AVG(duration_ms)::float8 FROM ( \
-                 SELECT step, duration_ms FROM attempts \
-                 WHERE workflow = $1 AND outcome = 'succeeded' AND duration_ms IS NOT NULL \
-                 ORDER BY id DESC LIMIT 500) AS recent GROUP BY step",
-        )
-        .bind(workflow)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(step, ms)| (step, ms.round() as i64))
-            .collect())
-    }
-
     async fn record_checkout(
         &self,
         run_id: i64,

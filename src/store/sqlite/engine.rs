@@ -253,25 +253,6 @@ impl Runs for SqliteStore {
         self.read(|conn| raw::load_snapshot(conn, run_id)).await
     }
 
-    async fn step_estimates(&self, workflow: &str) -> Result<HashMap<String, i64>, StoreError> {
-        let rows: Vec<(String, f64)> = self
-            .scan(|conn| {
-                conn.all(
-                    "SELECT step, AVG(duration_ms) FROM ( \
-                         SELECT step, duration_ms FROM attempts \
-                         WHERE workflow = ?1 AND outcome = 'succeeded' \
-                           AND duration_ms IS NOT NULL \
-                         ORDER BY id DESC LIMIT 500) GROUP BY step",
-                    [workflow],
-                )
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(step, ms)| (step, ms.round() as i64))
-            .collect())
-    }
-
     async fn record_checkout(
         &self,
         run_id: i64,

@@ -242,6 +242,75 @@ impl Api {
 }
 
 #[tokio::test]
+async fn insights_analyse_the_window_and_runs_keep_their_prediction() {
+    let api = Api::start().await;
+    let run = api.execute("review", 11).await;
+    let id = run["id"].as_i64().unwrap();
+    let detail = api.wait_for_state(id, &["succeeded"]).await;
+    // Predicted at creation: no history yet, so from the steps' timeouts
+    // (or a default); a finished run needs nothing more.
+    let basis = detail["prediction"]["basis"].as_str().unwrap();
+    assert!(["timeout", "default"].contains(&basis), "{detail}");
+    assert!(
+        detail["prediction"]["p50_ms"].as_i64().unwrap() > 0,
+        "{detail}"
+    );
+    assert!(detail["expected"].is_null(), "{detail}");
+    let (status, insights) = api
+        .call(
+            Some(Role::Viewer),
+            Method::GET,
+            "/api/insights?days=7",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{insights}");
+    assert_eq!(insights["days"], 7);
+    let review = insights["analytics"]["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "review")
+        .unwrap_or_else(|| panic!("{insights}"));
+    assert_eq!(review["runs"], 1);
+    assert_eq!(review["success_rate"], 1.0);
+    assert!(
+        review["duration"]["p50_ms"].as_i64().is_some(),
+        "{insights}"
+    );
+    assert!(
+        insights["analytics"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["workflow"] == "review" && s["success_rate"] == 1.0),
+        "{insights}"
+    );
+    assert_eq!(insights["accuracy"][0]["workflow"], "review", "{insights}");
+    // One run is no evidence: no advice.
+    assert_eq!(insights["advice"], json!([]), "{insights}");
+    let (status, filtered) = api
+        .call(
+            Some(Role::Viewer),
+            Method::GET,
+            "/api/insights?workflow=deploy",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(filtered["analytics"]["workflows"], json!([]), "{filtered}");
+    for bad in [
+        "/api/insights?days=0",
+        "/api/insights?days=91",
+        "/api/insights?nope=1",
+    ] {
+        let (status, problem) = api.call(Some(Role::Viewer), Method::GET, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn spend_is_shown_per_day_and_repository_with_what_is_left_of_the_budgets() {
     let api = Api::start().await;
     let run = api.execute("review", 9).await;
@@ -1077,6 +1146,7 @@ fn route_table(
         ),
         (Method::GET, "/api/agents".into(), None, Some(Read)),
         (Method::GET, "/api/spend".into(), None, Some(Read)),
+        (Method::GET, "/api/insights".into(), None, Some(Read)),
         (Method::GET, "/api/tokens".into(), None, Some(Admin)),
         (
             Method::POST,

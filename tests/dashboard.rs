@@ -33,6 +33,7 @@ async fn a_private_dashboard_sends_strangers_to_the_login() {
         "/deliveries",
         "/tasks",
         "/spend",
+        "/insights",
     ] {
         let p = d.get(path, None).await;
         assert_eq!(p.status, StatusCode::SEE_OTHER, "{path}");
@@ -449,6 +450,44 @@ async fn the_spend_page_shows_budgets_repositories_agents_and_days() {
     let run_page = d.get(&format!("/runs/{run}"), Some(&viewer)).await;
     assert!(
         run_page.body.contains("<td class=\"cost\">—</td>"),
+        "{}",
+        run_page.body
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_insights_page_shows_workflows_steps_agents_predictions_and_charts() {
+    let d = Dash::start(false).await;
+    let viewer = d.login(Role::Viewer).await;
+    let run = d.execute("review", 4).await;
+    d.wait_for(run, None, "succeeded").await;
+    let page = d.get("/insights", Some(&viewer)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let body = &page.body;
+    assert!(body.contains("aria-current=\"page\">Insights"), "{body}");
+    assert!(body.contains("<section class=\"charts\""), "{body}");
+    assert_eq!(body.matches("<svg class=\"chart\"").count(), 4, "{body}");
+    assert!(
+        body.contains("<td>review</td><td>1</td><td>100 %</td>"),
+        "{body}"
+    );
+    assert!(body.contains("id=\"steps\""), "{body}");
+    assert!(body.contains("<td>command</td>"), "{body}");
+    assert!(body.contains("id=\"accuracy\""), "{body}");
+    // Filters: another repository has nothing.
+    let other = d
+        .get("/insights?days=7&repository=octo%2Fnone", Some(&viewer))
+        .await;
+    assert!(
+        other.body.contains("No runs in this window yet"),
+        "{}",
+        other.body
+    );
+    // The run page says what was predicted when it was created.
+    let run_page = d.get(&format!("/runs/{run}"), Some(&viewer)).await;
+    assert!(
+        run_page.body.contains("id=\"predicted\""),
         "{}",
         run_page.body
     );

@@ -89,6 +89,7 @@ impl Browser {
         let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {
                 "binary": binary,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -123,6 +124,24 @@ impl Browser {
             panic!("WebDriver {path}: {}", v["value"]);
         }
         v["value"].clone()
+    }
+
+    /// The browser console's errors since the last call (chromedriver's
+    /// log endpoint; `goog:loggingPrefs` asks it to keep them).
+    async fn console_errors(&self) -> Vec<String> {
+        self.call(
+            reqwest::Method::POST,
+            "/se/log",
+            Some(json!({ "type": "browser" })),
+        )
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
     }
 
     async fn goto(&self, url: &str) {
@@ -399,6 +418,31 @@ async fn a_run_page_in_chromium_shows_the_graph_pauses_and_updates_live() {
         .await;
     browser
         .screenshot(&target.join("dashboard-spend-phone.png"))
+        .await;
+
+    // The insights page: its four trend charts and its tables render, on
+    // the phone-sized window too, with nothing in the console.
+    browser.console_errors().await;
+    browser.goto(&format!("{}/insights", d.base)).await;
+    browser
+        .wait_until(
+            "the insights page's charts and tables",
+            "return document.querySelectorAll('section.charts svg.chart').length === 4 \
+             && document.querySelectorAll('svg.chart rect').length > 0 \
+             && !!document.querySelector('#workflows') && !!document.querySelector('#steps') \
+             && !!document.querySelector('#accuracy')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "no sideways scroll on insights",
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors on /insights: {errors:?}");
+    browser
+        .screenshot(&target.join("dashboard-insights-phone.png"))
         .await;
     browser.quit().await;
     d.stop().await;

@@ -186,17 +186,46 @@ async fn history_predictions_and_the_report(b: Backend) {
     // The unfinished run's lint is ready: one step on `worker`.
     let queues = f.store.active_steps_by_agent().await.unwrap();
     assert_eq!(queues, [("worker".to_string(), 1)]);
+    // Its check run says what it is expected to take; once lint has run,
+    // what is left (test's estimate alone).
+    let snap = f.store.run(id).await.unwrap().unwrap();
+    let report = taskmaster::outbox::build_report(&snap, None);
+    let summary = taskmaster::report::render_check_output(&report)
+        .summary()
+        .to_owned();
+    assert!(
+        summary.contains("⏱️ Expected to take about 3 min, 90 % within"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("from this repository's history"),
+        "{summary}"
+    );
+    f.step("lint", &[("succeeded", 46_000)]).await;
+    let snap = f.store.run(id).await.unwrap().unwrap();
+    let expected = taskmaster::engine::forecast::expected(&snap).unwrap();
+    assert!(
+        expected.starts_with("Expected to need about 2 min more"),
+        "test's p50 is 106 s: {expected}"
+    );
+    f.step("test", &[("succeeded", 100_000)]).await;
+    let snap = f.store.run(id).await.unwrap().unwrap();
+    assert_eq!(
+        taskmaster::engine::forecast::expected(&snap),
+        None,
+        "finished"
+    );
 
     // What the store hands back.
     let history = f.store.history(0, 1_000).await.unwrap();
     assert_eq!(history.runs.len(), 13);
     assert_eq!(history.runs[0].id, id, "newest first");
-    assert_eq!(history.attempts.len(), 12 * 2 + 3);
+    assert_eq!(history.attempts.len(), 13 * 2 + 3);
     assert!(history.attempts.iter().all(|a| a.primary_agent == "worker"));
     let durations = f.store.step_durations("checks", 5).await.unwrap();
     assert_eq!(durations.len(), 5);
     assert_eq!(durations[0].0, "test", "newest first");
-    assert_eq!(durations[0].2, 112_000);
+    assert_eq!(durations[0].2, 100_000);
 
     // The report.
     let set = f.engine.workflows().clone();
@@ -208,13 +237,12 @@ async fn history_predictions_and_the_report(b: Backend) {
     let checks = &a.workflows[0];
     assert_eq!(
         (checks.name.as_str(), checks.runs, checks.succeeded),
-        ("checks", 13, 12)
+        ("checks", 13, 13)
     );
     let test = a.steps.iter().find(|s| s.step == "test").unwrap();
-    assert_eq!((test.runs, test.attempts, test.flaky_runs), (12, 15, 3));
-    assert_eq!(test.retry_rate, Some(0.25));
+    assert_eq!((test.runs, test.attempts, test.flaky_runs), (13, 16, 3));
     assert_eq!(test.success_rate, Some(1.0));
-    assert!((test.cost_usd - 1.5).abs() < 1e-9, "{test:?}");
+    assert!((test.cost_usd - 1.6).abs() < 1e-9, "{test:?}");
     let error = &a.errors[0];
     assert_eq!(
         (error.pattern.as_str(), error.count),
@@ -243,10 +271,10 @@ async fn history_predictions_and_the_report(b: Backend) {
         .iter()
         .find(|a| a.rule == "flaky_step")
         .unwrap();
-    assert!(flaky.finding.contains("3 of 12 runs"), "{}", flaky.finding);
+    assert!(flaky.finding.contains("3 of 13 runs"), "{}", flaky.finding);
     // Accuracy: every succeeded run predicted from the others.
     let accuracy = &report.accuracy[0];
-    assert_eq!((accuracy.workflow.as_str(), accuracy.runs), ("checks", 12));
+    assert_eq!((accuracy.workflow.as_str(), accuracy.runs), ("checks", 13));
     assert!(accuracy.median_error.is_some() && accuracy.p90_coverage.is_some());
     // Filters.
     let other = taskmaster::insights::report(

@@ -156,6 +156,14 @@ pub fn attempt_cost(agent: &str, repository: &str, workflow: &str, usd: f64) {
     }
 }
 
+/// `adaptive_agents` started a step on its fallback `to` instead of its
+/// failing agent `from`.
+pub fn adaptive_fallback(from: &str, to: &str) {
+    metrics::counter!("taskmaster_adaptive_fallback_total",
+        "agent" => from.to_owned(), "fallback" => to.to_owned())
+    .increment(1);
+}
+
 /// The loop breaker refused a delivery's runs.
 pub fn loop_broken() {
     metrics::counter!("taskmaster_loop_breaker_total").increment(1);

@@ -389,3 +389,73 @@ async fn an_agents_cost_budget_stops_its_retries_then_falls_back() {
         snap.run.cost_usd
     );
 }
+
+/// `adaptive_agents: true`: once a step's agent has failed most of its
+/// recent attempts at it and its fallback has done better, the step starts
+/// on the fallback without asking the agent, and the timeline says why
+/// with the numbers; a workflow without the switch keeps its order.
+#[tokio::test]
+async fn an_adaptive_workflow_starts_a_failing_agents_step_on_its_fallback() {
+    let primary = Scripted::new(
+        "primary",
+        Act::Fail(MS(1), ErrorClass::Permanent, FailureKind::Agent),
+    );
+    let backup = Scripted::new("backup", Act::Ok(MS(1), "from backup"));
+    let adaptive = |on: bool| {
+        let source = one_step("primary", "backup", "{ max_attempts: 1 }", "")
+            + if on { "adaptive_agents: true\n" } else { "" };
+        workflows(&[&source], &["primary", "backup"])
+    };
+    let set = adaptive(true);
+    let agents = AgentMap::new()
+        .with_limits(primary.clone(), None, no_breaker())
+        .with_limits(backup.clone(), None, no_breaker());
+    let t = TestEngine::start(set, agents, fast_config()).await;
+    // Too little history at first: the agents run in order, ten times.
+    for _ in 0..10 {
+        let run = t.start_run("one").await;
+        let snap = t.wait_run(run, Duration::from_secs(10)).await;
+        assert_eq!(snap.run.state, RunState::Succeeded);
+        assert!(
+            t.decisions(run, "work", "fallback_by_history")
+                .await
+                .is_empty()
+        );
+    }
+    assert_eq!(primary.attempts_of("work").len(), 10);
+    // Now `primary` has failed 10 of 10 and `backup` passed 10 of 10.
+    let run = t.start_run("one").await;
+    let snap = t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(snap.run.state, RunState::Succeeded);
+    assert_eq!(primary.attempts_of("work").len(), 10, "not asked");
+    assert_eq!(backup.attempts_of("work").len(), 11);
+    let why = t.decisions(run, "work", "fallback_by_history").await;
+    assert_eq!(
+        why,
+        [
+            "agent `primary` succeeded in 0 of its last 10 attempts at this step and `backup` in \
+          10 of 10: starting on `backup` (adaptive_agents)"
+        ]
+    );
+    // The skipped attempt counts for nothing: the next decision reads the
+    // same 10 attempts of `primary`.
+    let run = t.start_run("one").await;
+    t.wait_run(run, Duration::from_secs(10)).await;
+    let why = t.decisions(run, "work", "fallback_by_history").await;
+    assert!(why[0].contains("0 of its last 10 attempts"), "{why:?}");
+    // The same history, the switch off: the order stands.
+    let (dir, store) = t.stop().await;
+    let agents = AgentMap::new()
+        .with_limits(primary.clone(), None, no_breaker())
+        .with_limits(backup.clone(), None, no_breaker());
+    let t = TestEngine::start_on(dir, store.clone(), adaptive(false), agents, fast_config());
+    let run = t.start_run("one").await;
+    t.wait_run(run, Duration::from_secs(10)).await;
+    assert_eq!(primary.attempts_of("work").len(), 11, "asked first");
+    assert!(
+        t.decisions(run, "work", "fallback_by_history")
+            .await
+            .is_empty()
+    );
+    t.stop().await;
+}

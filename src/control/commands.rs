@@ -406,13 +406,7 @@ impl AppHandler {
         let needs_approval = self
             .approval_for_hand_started(inv, source.as_ref().unwrap_or(event), wf, config, "/fix")
             .await?;
-        let forecast = Forecast::read(
-            &*self.store,
-            &wf.name,
-            Default::default(),
-            crate::engine::EngineConfig::default().default_estimate_ms,
-        )
-        .await?;
+        let forecast = Forecast::unqueued(&*self.store, &wf.name).await?;
         let classification = route(event, workflows)
             .into_iter()
             .find_map(|d| d.classification);
@@ -530,13 +524,7 @@ impl AppHandler {
         let needs_approval = self
             .approval_for_hand_started(inv, event, wf, config, "/run")
             .await?;
-        let forecast = Forecast::read(
-            &*self.store,
-            &wf.name,
-            Default::default(),
-            crate::engine::EngineConfig::default().default_estimate_ms,
-        )
-        .await?;
+        let forecast = Forecast::unqueued(&*self.store, &wf.name).await?;
         let classification = route(event, workflows)
             .into_iter()
             .find_map(|d| d.classification);

@@ -119,6 +119,32 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     let index = step.agent_index as usize;
     let next_agent = chain.get(index + 1).map(|s| (*s).to_owned());
 
+    // `adaptive_agents`: a step whose agent has been failing it starts on
+    // its first fallback, without an attempt on the agent.
+    if attempt.is_some()
+        && let Some((fallback, why)) =
+            super::adaptive::fallback_first(engine, &wf, &step, next_agent.as_deref()).await
+    {
+        crate::instrument::adaptive_fallback(&agent_name, &fallback);
+        let record = not_run("transient", "history", &why);
+        let next = StepNext::Fallback {
+            agent: fallback,
+            agent_index: index as i64 + 1,
+            run_at: now_ms(),
+        };
+        return finish(
+            engine,
+            &lease,
+            record.as_ref(),
+            next,
+            ("fallback_by_history", &why),
+            &step.step,
+            run_id,
+        )
+        .await
+        .1;
+    }
+
     // An open circuit sends the step to its fallback without an attempt.
     // The scheduler claimed it without one when the circuit was already
     // open; a circuit that opened since (or a half-open one whose single

@@ -47,6 +47,20 @@ impl Forecast {
         })
     }
 
+    /// [`Forecast::read`] without queues and with the default estimate of
+    /// an [`EngineConfig`](super::EngineConfig): for runs started by hand.
+    ///
+    /// Errors: the store's.
+    pub async fn unqueued(store: &dyn RunStore, workflow: &str) -> Result<Self, StoreError> {
+        Self::read(
+            store,
+            workflow,
+            HashMap::new(),
+            super::EngineConfig::default().default_estimate_ms,
+        )
+        .await
+    }
+
     /// Each step's expected duration (ms) for the scheduler's ranks: its
     /// p50 when history backs it, else the default estimate.
     pub fn rank_estimates(

@@ -33,6 +33,7 @@
 //! and step transitions are published on an in-process broadcast channel
 //! ([`Engine::subscribe`]) for reports and metrics.
 
+mod adaptive;
 pub mod agents;
 pub mod backoff;
 pub mod breaker;

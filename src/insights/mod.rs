@@ -12,6 +12,7 @@
 
 pub mod advice;
 pub mod chart;
+pub mod decide;
 pub mod predict;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -90,6 +91,14 @@ impl AttemptFact {
     fn timed_out(&self) -> bool {
         self.outcome.as_deref() == Some("timed_out")
             || matches!(self.error_kind.as_deref(), Some("timeout" | "idle_timeout"))
+    }
+
+    /// Whether the attempt reached its agent (see [`decide::NOT_RUN_KINDS`]).
+    pub fn ran(&self) -> bool {
+        !self
+            .error_kind
+            .as_deref()
+            .is_some_and(|k| decide::NOT_RUN_KINDS.contains(&k))
     }
 
     fn fallback(&self) -> bool {
@@ -329,6 +338,9 @@ pub fn analyze(history: &History) -> Analytics {
             .entry(a.run_id)
             .or_default()
             .push(a);
+        if !a.ran() {
+            continue;
+        }
         by_agent.entry(&a.agent).or_default().push(a);
         if let (true, Some(message)) = (a.failed(), a.error.as_deref()) {
             let pattern = normalise(message);
@@ -448,6 +460,7 @@ fn step_insight(
         }
         let flaky = attempts.iter().enumerate().any(|(i, failed)| {
             failed.failed()
+                && failed.ran()
                 && attempts[i + 1..]
                     .iter()
                     .any(|later| later.succeeded() && later.agent == failed.agent)

@@ -45,10 +45,41 @@ pub trait Histories: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<(String, Option<String>, i64)>, StoreError>;
 
+    /// `(agent, attempts, succeeded)` of the newest `limit` ended attempts
+    /// of `step` of `workflow` that reached their agent: what
+    /// `adaptive_agents` decides by ([`crate::insights::decide`]).
+    async fn recent_outcomes(
+        &self,
+        workflow: &str,
+        step: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError>;
+
     /// Steps ready or running, per agent: the queue a new run's steps join
     /// (read through the partial indexes of ready and running steps).
     async fn active_steps_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
+
+/// [`Histories::recent_outcomes`]' SQL: `?1` workflow, `?2` step, `?3`
+/// limit; attempts of [`NOT_RUN_KINDS`] left out.
+///
+/// [`NOT_RUN_KINDS`]: crate::insights::decide::NOT_RUN_KINDS
+pub(in crate::store) static RECENT_OUTCOMES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        let kinds: Vec<String> = crate::insights::decide::NOT_RUN_KINDS
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect();
+        format!(
+            "SELECT agent, COUNT(*), SUM(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END) \
+             FROM (SELECT agent, outcome FROM attempts \
+                   WHERE workflow = ?1 AND step = ?2 AND outcome IS NOT NULL \
+                     AND COALESCE(error_kind, '') NOT IN ({}) \
+                   ORDER BY id DESC LIMIT ?3) AS recent \
+             GROUP BY agent ORDER BY agent",
+            kinds.join(", ")
+        )
+    });
 
 /// [`Histories::active_steps_by_agent`]'s SQL: each half matches one
 /// partial index's condition.
@@ -100,22 +131,22 @@ pub(in crate::store) fn attempt_fact(t: AttemptTuple) -> AttemptFact {
     }
 }
 
-/// A run row `(id, workflow, repository, state, conclusion, created_at,
-/// started_at, finished_at, cost_usd)` as a fact.
-#[allow(clippy::type_complexity)]
-pub(in crate::store) fn run_fact(
-    t: (
-        i64,
-        String,
-        Option<String>,
-        String,
-        Option<String>,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        f64,
-    ),
-) -> RunFact {
+/// A row of [`HISTORY_RUNS`]: `(id, workflow, repository, state,
+/// conclusion, created_at, started_at, finished_at, cost_usd)`.
+pub(in crate::store) type RunTuple = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    f64,
+);
+
+/// A run row as a fact.
+pub(in crate::store) fn run_fact(t: RunTuple) -> RunFact {
     RunFact {
         id: t.0,
         workflow: t.1,

@@ -423,6 +423,11 @@ pub struct Workflow {
     /// `.github/workflows/` (the App must also hold the `workflows`
     /// permission; it is asked for only then).
     pub allow_workflow_changes: bool,
+    /// `adaptive_agents: true`: a step whose agent has been failing it
+    /// (recent history, [`crate::insights::decide`]) starts on its first
+    /// fallback instead, with the reason in the run's timeline. Off by
+    /// default: the agents run in the order written.
+    pub adaptive_agents: bool,
     /// `verdicts:`: how its verdicts show on GitHub (the check run's
     /// conclusion for `fail`, review comments and their least severity).
     pub verdicts: crate::verdict::VerdictRules,

@@ -133,6 +133,8 @@ pub(crate) struct RawWorkflow {
     #[serde(default)]
     pub allow_workflow_changes: bool,
     #[serde(default)]
+    pub adaptive_agents: bool,
+    #[serde(default)]
     pub verdicts: crate::verdict::VerdictRules,
     #[serde(default)]
     pub concurrency: Option<RawConcurrency>,

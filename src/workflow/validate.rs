@@ -647,6 +647,7 @@ issues, issue_comment (a `/run` command), task (a task type)",
     // ---- steps ----
     let workflow_changes = raw.changes;
     let allow_workflow_changes = raw.allow_workflow_changes;
+    let adaptive_agents = raw.adaptive_agents;
     let verdicts = raw.verdicts;
     let steps_at = raw.steps;
     let raw_steps: OrderedMap<RawStep> = steps_at.value;
@@ -1053,6 +1054,7 @@ e.g. `target/**/junit.xml`"
         inputs,
         steps: ordered,
         allow_workflow_changes,
+        adaptive_agents,
         verdicts,
         budgets: crate::budget::Budgets::default(),
     })

@@ -4,8 +4,8 @@
 use super::*;
 use crate::insights::History;
 use crate::store::history::{
-    ACTIVE_STEPS_BY_AGENT, AttemptTuple, HISTORY_ATTEMPTS, HISTORY_RUNS, Histories, STEP_DURATIONS,
-    attempt_fact, run_bounds, run_fact,
+    ACTIVE_STEPS_BY_AGENT, AttemptTuple, HISTORY_ATTEMPTS, HISTORY_RUNS, Histories,
+    RECENT_OUTCOMES, RunTuple, STEP_DURATIONS, attempt_fact, run_bounds, run_fact,
 };
 use crate::store::postgres_sql;
 
@@ -20,18 +20,7 @@ impl Histories for PgStore {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        #[allow(clippy::type_complexity)]
-        let runs: Vec<(
-            i64,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            f64,
-        )> = sqlx::query_as(sqlx::AssertSqlSafe(RUNS.as_str()))
+        let runs: Vec<RunTuple> = sqlx::query_as(sqlx::AssertSqlSafe(RUNS.as_str()))
             .bind(since)
             .bind(limit)
             .fetch_all(&mut *tx)
@@ -65,6 +54,26 @@ impl Histories for PgStore {
             std::sync::LazyLock::new(|| postgres_sql(STEP_DURATIONS));
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(workflow)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn recent_outcomes(
+        &self,
+        workflow: &str,
+        step: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            postgres_sql(&RECENT_OUTCOMES).replace(
+                "SUM(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END)",
+                "SUM(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END)::BIGINT",
+            )
+        });
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(workflow)
+            .bind(step)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)

@@ -3,7 +3,8 @@
 use super::*;
 use crate::insights::{AttemptFact, History, RunFact};
 use crate::store::history::{
-    ACTIVE_STEPS_BY_AGENT, HISTORY_ATTEMPTS, HISTORY_RUNS, Histories, STEP_DURATIONS, run_bounds,
+    ACTIVE_STEPS_BY_AGENT, HISTORY_ATTEMPTS, HISTORY_RUNS, Histories, RECENT_OUTCOMES,
+    STEP_DURATIONS, run_bounds,
 };
 
 #[async_trait]
@@ -67,6 +68,16 @@ impl Histories for SqliteStore {
         limit: i64,
     ) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
         self.read(|conn| conn.all(STEP_DURATIONS, params![workflow, limit]))
+            .await
+    }
+
+    async fn recent_outcomes(
+        &self,
+        workflow: &str,
+        step: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.read(|conn| conn.all(&RECENT_OUTCOMES, params![workflow, step, limit]))
             .await
     }
 

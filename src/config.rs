@@ -57,6 +57,11 @@ pub enum Command {
     /// Send a payload file to a running service as GitHub would: signed
     /// with the configured webhook secret, under a fresh delivery id. Prints
     /// the answer; exit status 1 unless it was accepted (2xx).
+    /// Check the set-up end to end — webhook secret, configuration and
+    /// workflows, database, GitHub App and its webhook URL, `PUBLIC_URL`,
+    /// each agent, git, bubblewrap, disk — and say what is wrong and how to
+    /// fix it. Changes nothing; exit status 1 when a check fails.
+    Doctor,
     Deliver {
         /// The payload, a JSON file as GitHub sends it (e.g. a fixture).
         payload: std::path::PathBuf,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod dispatch;
+pub mod doctor;
 pub mod engine;
 pub mod event;
 pub mod github;

@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
         } => run(cli.settings, &workflow, &event, &event_name, delivery).await,
         Command::Token { action } => token(cli.settings, action).await,
         Command::Prune { dry_run } => prune(cli.settings, dry_run).await,
+        Command::Doctor => doctor(&cli.settings).await,
         Command::Deliver {
             payload,
             event,
@@ -50,6 +51,15 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn doctor(settings: &Settings) -> anyhow::Result<()> {
+    let report = taskmaster::doctor::diagnose(settings).await;
+    print!("{}", report.render());
+    if report.failed() {
+        anyhow::bail!("some checks failed (see above)");
+    }
+    Ok(())
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {

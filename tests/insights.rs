@@ -78,7 +78,11 @@ impl Fixture {
                 b.store.clone(),
                 set,
                 Arc::new(AgentMap::new()),
-                fast_config(),
+                // Every run's prediction from the history as it stands.
+                taskmaster::engine::EngineConfig {
+                    history_ttl: std::time::Duration::ZERO,
+                    ..fast_config()
+                },
             ),
         }
     }

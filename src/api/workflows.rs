@@ -28,7 +28,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authorized, Caller, CanControl, CanExecute, CanRead};
 use super::error::{ApiResult, Body, Id, Params, Problem};
 use super::{ApiState, Cursor, audit};
-use crate::engine::forecast::Forecast;
 use crate::engine::intake::new_run;
 use crate::event::Event;
 use crate::routing::route;
@@ -636,13 +635,7 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
             state: DeliveryState::Done,
         }])
         .await?;
-    let forecast = Forecast::read(
-        &*state.store,
-        &wf.name,
-        state.engine.agent_queues().await?,
-        crate::engine::EngineConfig::default().default_estimate_ms,
-    )
-    .await?;
+    let forecast = state.engine.forecast(&wf.name).await?;
     let classification = route(&event, workflows)
         .into_iter()
         .find_map(|d| d.classification);

@@ -5,6 +5,7 @@
 //! scheduler's critical path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Engine;
@@ -19,11 +20,17 @@ pub const SAMPLES: i64 = 1_000;
 /// many runs a second; one count serves them all).
 pub const QUEUES_TTL: Duration = Duration::from_secs(1);
 
+/// How long the engine reuses a workflow's step history: reading 1,000
+/// attempts for each run a storm creates cost the dispatcher 15 % of its
+/// throughput (benches/README.md), and a prediction a few seconds stale is
+/// as good.
+pub const HISTORY_TTL: Duration = Duration::from_secs(10);
+
 /// A workflow's step history and the agents' queues, for the runs one
 /// delivery creates.
 #[derive(Debug, Clone, Default)]
 pub struct Forecast {
-    predictor: Predictor,
+    predictor: Arc<Predictor>,
     queues: HashMap<String, AgentQueue>,
     default_estimate_ms: i64,
 }
@@ -41,7 +48,9 @@ impl Forecast {
         default_estimate_ms: i64,
     ) -> Result<Self, StoreError> {
         Ok(Forecast {
-            predictor: Predictor::new(&store.step_durations(workflow, SAMPLES).await?),
+            predictor: Arc::new(Predictor::new(
+                &store.step_durations(workflow, SAMPLES).await?,
+            )),
             queues,
             default_estimate_ms,
         })
@@ -147,6 +156,41 @@ pub fn expected(snapshot: &crate::store::RunSnapshot) -> Option<String> {
 }
 
 impl Engine {
+    /// The forecast for new runs of `workflow`: its step history (read at
+    /// most once per `EngineConfig::history_ttl`) and the agents' queues
+    /// ([`Engine::agent_queues`]).
+    ///
+    /// Errors: the store's.
+    pub async fn forecast(&self, workflow: &str) -> Result<Forecast, StoreError> {
+        let cached = self
+            .inner
+            .history_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(workflow)
+            .filter(|(at, _)| at.elapsed() < self.inner.config.history_ttl)
+            .map(|(_, p)| p.clone());
+        let predictor = match cached {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(Predictor::new(
+                    &self.inner.store.step_durations(workflow, SAMPLES).await?,
+                ));
+                self.inner
+                    .history_cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(workflow.to_owned(), (Instant::now(), p.clone()));
+                p
+            }
+        };
+        Ok(Forecast {
+            predictor,
+            queues: self.agent_queues().await?,
+            default_estimate_ms: self.inner.config.default_estimate_ms,
+        })
+    }
+
     /// Steps ready or running per agent, and each agent's `concurrency:`
     /// (0 when unlimited), counted at most once per [`QUEUES_TTL`].
     ///

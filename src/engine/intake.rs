@@ -262,12 +262,18 @@ impl RoutingHandler {
             let Some(wf) = set.get(&d.workflow) else {
                 continue;
             };
-            let queues = match &self.engine {
-                Some(engine) => engine.agent_queues().await?,
-                None => HashMap::new(),
+            let forecast = match &self.engine {
+                Some(engine) => engine.forecast(&wf.name).await?,
+                None => {
+                    Forecast::read(
+                        &*self.store,
+                        &wf.name,
+                        HashMap::new(),
+                        self.default_estimate_ms,
+                    )
+                    .await?
+                }
             };
-            let forecast =
-                Forecast::read(&*self.store, &wf.name, queues, self.default_estimate_ms).await?;
             runs.push(new_run(
                 set,
                 wf,
@@ -354,13 +360,7 @@ impl Engine {
                 state: DeliveryState::Done,
             }])
             .await?;
-        let forecast = Forecast::read(
-            &**store,
-            workflow,
-            self.agent_queues().await?,
-            self.inner.config.default_estimate_ms,
-        )
-        .await?;
+        let forecast = self.forecast(workflow).await?;
         // The same classification routing would have stored with the run.
         let classification = route(&event, &self.inner.workflows)
             .into_iter()

@@ -55,6 +55,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::insights::predict::{AgentQueue, Predictor};
 pub use agents::{AgentMap, AgentSource};
 pub use breaker::{BreakerConfig, BreakerState, Breakers};
 pub use intake::{LoopBreaker, RoutingHandler};
@@ -134,6 +135,9 @@ pub struct EngineConfig {
     /// Estimated step duration before any attempt was recorded, ms (for the
     /// critical-path rank).
     pub default_estimate_ms: i64,
+    /// How long a workflow's step history, read for new runs' predictions
+    /// and ranks, is reused ([`forecast::HISTORY_TTL`] by default).
+    pub history_ttl: Duration,
     /// On shutdown, how long to wait for running attempts to wind down.
     pub shutdown_grace: Duration,
     /// Where runs' workspaces come from. `None`: steps get no working
@@ -159,6 +163,7 @@ impl Default for EngineConfig {
             default_step_timeout: Duration::from_secs(30 * 60),
             timeout_grace: Duration::from_secs(5),
             default_estimate_ms: 60_000,
+            history_ttl: forecast::HISTORY_TTL,
             shutdown_grace: Duration::from_secs(10),
             workspaces: None,
             budgets: crate::budget::Budgets::default(),
@@ -266,12 +271,10 @@ pub(crate) struct Inner {
     pub handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ClaimedStep>>>>,
     pub events_cache: Mutex<EventCache>,
     /// [`Engine::agent_queues`]'s last count, and when it was taken.
-    pub queues_cache: Mutex<
-        Option<(
-            std::time::Instant,
-            HashMap<String, crate::insights::predict::AgentQueue>,
-        )>,
-    >,
+    pub queues_cache: Mutex<Option<(std::time::Instant, HashMap<String, AgentQueue>)>>,
+    /// [`Engine::forecast`]'s step histories by workflow, and when each
+    /// was read.
+    pub history_cache: Mutex<HashMap<String, (std::time::Instant, Arc<Predictor>)>>,
 }
 
 /// The engine. Cheap to clone; every clone drives the same engine.
@@ -321,6 +324,7 @@ impl Engine {
                 handoff_rx: Mutex::new(Some(handoff_rx)),
                 events_cache: Mutex::new(EventCache::default()),
                 queues_cache: Mutex::new(None),
+                history_cache: Mutex::new(HashMap::new()),
             }),
         }
     }

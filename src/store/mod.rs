@@ -49,6 +49,7 @@ mod rows;
 pub mod runs;
 pub mod spend;
 pub mod sqlite;
+pub mod status;
 
 pub use api::{
     AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
@@ -72,6 +73,7 @@ pub use runs::{
 };
 pub use spend::{AgentSpend, Spend, SpendRow};
 pub use sqlite::SqliteStore;
+pub use status::{MigrationStatus, migration_status};
 
 /// The lifecycle of a delivery in the inbox.
 ///

@@ -70,6 +70,11 @@ use super::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// This build's PostgreSQL migrations.
+pub(super) fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
+}
+
 /// `NOTIFY` channel: deliveries were queued.
 const CHANNEL_DELIVERIES: &str = "taskmaster_deliveries";
 /// `NOTIFY` channel: steps became ready (or runs need planning).

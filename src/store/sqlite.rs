@@ -57,6 +57,19 @@ use sql::Sql;
 /// through sqlx's macro); applied by [`migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// This build's SQLite migrations.
+pub(super) fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
+}
+
+/// The file a SQLite URL names; `None` for an in-memory database.
+pub(super) fn file_of(url: &str) -> Option<PathBuf> {
+    match Location::of(url) {
+        Location::File(path) => Some(path),
+        Location::Memory => None,
+    }
+}
+
 /// How long a writer waits for SQLite's lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -749,8 +749,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WorkspaceError> {
         .map_err(WorkspaceError::io(format!("write {}", path.display())))
 }
 
-/// Free bytes for an unprivileged user on `path`'s file system.
-fn free_bytes(path: &Path) -> Option<u64> {
+/// Free bytes for an unprivileged user on `path`'s file system; `None`
+/// when it cannot be read.
+pub fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -150,6 +150,8 @@ struct World {
     repos: HashMap<String, RepoState>,
     user_permissions: HashMap<String, String>,
     next_id: u64,
+    /// The App's webhook URL (`GET /app/hook/config`).
+    hook_url: String,
 }
 
 impl World {
@@ -172,6 +174,7 @@ impl World {
             unhandled: Vec::new(),
             repos: HashMap::new(),
             user_permissions: HashMap::new(),
+            hook_url: String::new(),
             next_id: 1000,
         }
     }
@@ -369,6 +372,11 @@ impl FakeGitHub {
             .lock()
             .user_permissions
             .insert(user.to_owned(), permission.to_owned());
+    }
+
+    /// The App's webhook URL, as `GET /app/hook/config` reports it.
+    pub fn set_hook_url(&self, url: &str) {
+        self.inner.lock().hook_url = url.to_owned();
     }
 
     /// Whether `repo` (`owner/name`) accepts draft pull requests (default yes).
@@ -1178,6 +1186,26 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
         }
         return reply(200, Value::Array(Vec::new()));
     }
+    // The App itself, and its webhook's configuration: the JWT must be the
+    // App's (its `iss` is [`APP_ID`]; the signature is not checked).
+    if let ("GET", ["app"] | ["app", "hook", "config"]) = (req.method.as_str(), segs.as_slice()) {
+        if let Err(e) = app_jwt_issuer(req) {
+            return e;
+        }
+        return if segs.len() == 1 {
+            reply(
+                200,
+                json!({ "id": APP_ID, "slug": "taskmaster-test", "name": "taskmaster test",
+                        "installations_count": 1, "owner": { "login": "octo" } }),
+            )
+        } else {
+            reply(
+                200,
+                json!({ "url": w.hook_url, "content_type": "json", "insecure_ssl": "0",
+                        "secret": "********" }),
+            )
+        };
+    }
     let ["repos", owner, name, rest @ ..] = segs.as_slice() else {
         ctx.unhandled = true;
         return not_found();
@@ -1300,6 +1328,31 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
 // ---------------------------------------------------------------------------
 // Auth
 // ---------------------------------------------------------------------------
+
+/// Checks an App JWT's issuer, as GitHub does before anything else.
+fn app_jwt_issuer(req: &Req) -> Result<(), Reply> {
+    let undecodable = || msg(401, "A JSON web token could not be decoded");
+    let jwt = req
+        .auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .ok_or_else(undecodable)?;
+    let claims = jwt.split('.').nth(1).ok_or_else(undecodable)?;
+    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(undecodable)?;
+    let iss = match &claims["iss"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(undecodable()),
+    };
+    if iss != APP_ID.to_string() {
+        return Err(msg(401, "Integration not found"));
+    }
+    Ok(())
+}
 
 fn access_token(w: &mut World, req: &Req) -> Res {
     let jwt = req

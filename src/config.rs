@@ -54,14 +54,14 @@ pub enum Command {
         #[arg(long)]
         delivery: Option<String>,
     },
-    /// Send a payload file to a running service as GitHub would: signed
-    /// with the configured webhook secret, under a fresh delivery id. Prints
-    /// the answer; exit status 1 unless it was accepted (2xx).
     /// Check the set-up end to end — webhook secret, configuration and
     /// workflows, database, GitHub App and its webhook URL, `PUBLIC_URL`,
     /// each agent, git, bubblewrap, disk — and say what is wrong and how to
     /// fix it. Changes nothing; exit status 1 when a check fails.
     Doctor,
+    /// Send a payload file to a running service as GitHub would: signed
+    /// with the configured webhook secret, under a fresh delivery id. Prints
+    /// the answer; exit status 1 unless it was accepted (2xx).
     Deliver {
         /// The payload, a JSON file as GitHub sends it (e.g. a fixture).
         payload: std::path::PathBuf,
@@ -265,6 +265,17 @@ pub struct Settings {
     /// link when unset.
     #[arg(long = "public-url", env = "PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+
+    /// GitHub's web site (`https://github.com`, or a GitHub Enterprise
+    /// Server's address): where the App is registered from the set-up page
+    /// and where dashboard sign-in sends the browser.
+    #[arg(
+        long = "github-web-url",
+        env = "GITHUB_WEB_URL",
+        default_value = "https://github.com",
+        global = true
+    )]
+    pub github_web_url: String,
 
     /// A request's headers must arrive within this many milliseconds, or its
     /// connection is closed (slow clients cannot hold connections).

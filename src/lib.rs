@@ -28,6 +28,7 @@ pub mod repo_config;
 pub mod report;
 pub mod routing;
 pub mod server;
+pub mod setup;
 pub mod store;
 pub mod telemetry;
 pub mod tools;

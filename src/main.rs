@@ -142,9 +142,17 @@ fn validate(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// The agents from `--config` and the workflows from `--workflows`, checked
 /// against each other. Errors say which file is wrong and how to check it.
+/// The agents, the workflows, and the service configuration's `sign_in:`.
+/// `extra_secrets` (credentials not in the environment, such as a
+/// registered App's) are redacted from agents' output too.
 fn load_agents_and_workflows(
     settings: &Settings,
-) -> anyhow::Result<(Arc<AgentRegistry>, Arc<WorkflowSet>)> {
+    extra_secrets: &[String],
+) -> anyhow::Result<(
+    Arc<AgentRegistry>,
+    Arc<WorkflowSet>,
+    taskmaster::dashboard::signin::SignInConfig,
+)> {
     let agents_config =
         AgentsConfig::load(settings.config.as_deref(), &process_lookup).map_err(|e| {
             anyhow::anyhow!("refusing to start: the agent configuration is invalid: {e}")
@@ -158,6 +166,7 @@ fn load_agents_and_workflows(
     if let Some(p) = taskmaster::redact::url_password(&settings.database_url) {
         secrets.push(p.to_owned());
     }
+    secrets.extend(extra_secrets.iter().cloned());
     let registry = AgentRegistry::with_secrets(&agents_config, &process_lookup, &secrets)
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the agents: {e}"))?;
     let names = registry_names(&registry);
@@ -176,7 +185,11 @@ fn load_agents_and_workflows(
         })?;
     tracing::info!(workflows = workflows.len(), dir = %settings.workflows.display(),
         "workflow definitions loaded");
-    Ok((Arc::new(registry), Arc::new(workflows)))
+    Ok((
+        Arc::new(registry),
+        Arc::new(workflows),
+        agents_config.sign_in,
+    ))
 }
 
 /// The configured agents' names (the built-in ones when none are configured).
@@ -215,16 +228,97 @@ fn agent_names(
     Ok((registry_names(&registry), agent_kinds(&agents_config)))
 }
 
+/// `taskmaster serve`: the service, until SIGINT or SIGTERM. Without App
+/// credentials it offers the set-up page (`/setup`) and, once an App is
+/// registered there, starts again in this process with its credentials.
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let Some(secrets) = settings.webhook_secret.clone() else {
-        anyhow::bail!(MISSING_SECRET_HELP);
-    };
-    let (agents, workflows) = load_agents_and_workflows(&settings)?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let mut github_settings = GitHubSettings::from_env().map_err(|e| {
-        anyhow::anyhow!("refusing to start: the GitHub App settings are invalid: {e}")
-    })?;
-    github_settings.bot_login = Some(format!("{}[bot]", settings.app_slug));
+    // One key for every start: a registration does not log anyone out.
+    let session_key = settings
+        .session_key
+        .clone()
+        .unwrap_or_else(taskmaster::dashboard::SessionKey::random);
+    let stop = CancellationToken::new();
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        signalled.cancel();
+    });
+    // A restart after a registration listens where the first start did
+    // (with PORT=0, on the port it picked).
+    let mut addr = SocketAddr::new(settings.host, settings.port);
+    loop {
+        let app = taskmaster::setup::resolve_app(
+            |name| std::env::var(name).ok(),
+            settings.webhook_secret.as_ref(),
+            &settings.app_slug,
+            &settings.data_dir,
+        )
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e:#}"))?;
+        let (registered, bound) =
+            serve_once(&settings, addr, app, store.clone(), &session_key, &stop).await?;
+        addr = bound;
+        if !registered {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        tracing::info!("starting again with the registered GitHub App's credentials");
+    }
+}
+
+/// One life of the service with `app`'s credentials, listening on `addr`.
+/// Returns true when it stopped because an App was just registered (start
+/// again), false on `stop`; and the address it listened on.
+async fn serve_once(
+    settings: &Settings,
+    addr: SocketAddr,
+    app: taskmaster::setup::ResolvedApp,
+    store: Arc<dyn store::RunStore>,
+    session_key: &taskmaster::dashboard::SessionKey,
+    stop: &CancellationToken,
+) -> anyhow::Result<(bool, SocketAddr)> {
+    let setup = if app.needs_registration() {
+        let public_url = taskmaster::tools::webhook_url(settings.public_url.as_deref(), addr)
+            .trim_end_matches("/api/github/webhooks")
+            .to_owned();
+        Some(taskmaster::setup::Setup::new(
+            taskmaster::setup::SetupConfig {
+                api_url: app.github.api_url.clone(),
+                web_url: settings.github_web_url.clone(),
+                public_url,
+                data_dir: settings.data_dir.clone(),
+                features: taskmaster::tools::ManifestFeatures::default(),
+            },
+        )?)
+    } else {
+        None
+    };
+    let secrets = match (app.secrets.clone(), &setup) {
+        (Some(secrets), _) => secrets,
+        // Nothing can be verified until an App is registered: a secret no
+        // one knows refuses every delivery (401).
+        (None, Some(_)) => {
+            taskmaster::webhook::WebhookSecrets::new(vec![secrecy::SecretString::from(
+                uuid::Uuid::new_v4().to_string(),
+            )])
+            .map_err(|e| anyhow::anyhow!(e))?
+        }
+        (None, None) => anyhow::bail!(MISSING_SECRET_HELP),
+    };
+    let mut app_secrets: Vec<String> = app
+        .secrets
+        .iter()
+        .flat_map(|s| s.values().map(str::to_owned))
+        .collect();
+    app_secrets.extend(
+        app.oauth_client
+            .iter()
+            .map(|(_, secret)| secrecy::ExposeSecret::expose_secret(secret).to_owned()),
+    );
+    let (agents, workflows, sign_in_config) = load_agents_and_workflows(settings, &app_secrets)?;
+    let mut github_settings = app.github.clone();
+    github_settings.bot_login = Some(format!("{}[bot]", app.slug));
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("refusing to start: cannot build the GitHub client: {e}"))?;
     let engine = Engine::new(
@@ -233,7 +327,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         agents.clone(),
         taskmaster::engine::EngineConfig {
             budgets: agents.budgets(),
-            ..engine_config(&settings, github.clone())?
+            ..engine_config(settings, github.clone())?
         },
     );
     let redelivery_stop = CancellationToken::new();
@@ -257,7 +351,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         AppHandlerConfig {
             identity: AppIdentity {
                 app_id,
-                slug: settings.app_slug.clone(),
+                slug: app.slug.clone(),
             },
             repo_config_ttl_ms: settings.repo_config_ttl_ms as i64,
             permission_ttl: std::time::Duration::from_millis(settings.permission_ttl_ms),
@@ -286,20 +380,44 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         api_state.clone(),
         taskmaster::dashboard::DashboardSettings {
             public: settings.dashboard_public,
-            key: settings
-                .session_key
-                .clone()
-                .unwrap_or_else(taskmaster::dashboard::SessionKey::random),
+            key: session_key.clone(),
+            setup_pending: setup.is_some(),
         },
+    );
+    let oauth = match (&app.oauth_client, &settings.public_url) {
+        (Some((id, secret)), Some(public)) => {
+            Some(taskmaster::dashboard::signin::GitHubOAuth::new(
+                &settings.github_web_url,
+                &app.github.api_url,
+                id.clone(),
+                secret.clone(),
+                public,
+            )?)
+        }
+        _ => None,
+    };
+    let sign_in_config = &sign_in_config;
+    if sign_in_config.github.is_some() && settings.public_url.is_none() {
+        anyhow::bail!(
+            "refusing to start: sign_in.github needs PUBLIC_URL (GitHub sends the browser back to {{PUBLIC_URL}}/auth/github/callback)"
+        );
+    }
+    let dashboard_state = dashboard_state.with_sign_in(
+        taskmaster::dashboard::signin::SignIn::new(sign_in_config, oauth)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e:#}"))?,
     );
     let live_streams = dashboard_state.streams_token();
     let dashboard = taskmaster::dashboard::router(dashboard_state);
+    let setup_routes = match &setup {
+        Some(setup) => taskmaster::setup::router(setup.clone()),
+        None => taskmaster::setup::cli_callback_router(),
+    };
     let api = taskmaster::api::service(api_state)
         .merge(dashboard)
-        .merge(taskmaster::tools::setup_router());
+        .merge(setup_routes);
     let running = server::start_with(
         ServerConfig {
-            addr: SocketAddr::new(settings.host, settings.port),
+            addr,
             secrets,
             store: store.clone(),
             handler: Arc::new(handler),
@@ -316,14 +434,56 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         api,
     )
     .await?;
+    let webhook_url =
+        taskmaster::tools::webhook_url(settings.public_url.as_deref(), running.local_addr);
+    match &setup {
+        Some(setup) => {
+            if settings.public_url.is_none() {
+                let local = taskmaster::tools::webhook_url(None, running.local_addr);
+                setup.set_public_url(local.trim_end_matches("/api/github/webhooks"));
+            }
+            tracing::warn!(
+                "no GitHub App is configured: every webhook is refused until one is registered"
+            );
+            // The one-time link goes to the terminal, not to the logs.
+            eprintln!(
+                "\nNo GitHub App is configured. Register one from your browser:\n\n    {}\n\n\
+                 (a one-time link; the token is also in {}).\n",
+                setup.link(),
+                settings
+                    .data_dir
+                    .join(taskmaster::setup::SETUP_TOKEN_FILE)
+                    .display()
+            );
+        }
+        None => tracing::info!(
+            webhook_url = %webhook_url,
+            "GitHub App webhook URL (the App's settings → Webhook URL): {webhook_url}"
+        ),
+    }
+    if settings.public_url.is_none() {
+        tracing::info!(
+            "PUBLIC_URL is not set: GitHub cannot reach a laptop or a private network by itself; \
+             see the README's “Reaching the service” (a Cloudflare Tunnel, smee.io or a reverse proxy)"
+        );
+    }
+    let registered = setup
+        .as_ref()
+        .map(taskmaster::setup::Setup::registered)
+        .unwrap_or_default();
     let token = running.shutdown_token();
+    let stop_for_server = stop.clone();
+    let registered_for_server = registered.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
+        tokio::select! {
+            _ = stop_for_server.cancelled() => {}
+            _ = registered_for_server.cancelled() => {}
+        }
         // Open dashboard event streams would hold the graceful shutdown forever.
         live_streams.cancel();
         token.cancel();
     });
+    let bound = running.local_addr;
     let served = running.wait().await;
     // Intake and the dispatcher are down; now the engine releases its steps.
     engine_stop.cancel();
@@ -337,8 +497,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     outbox_stop.cancel();
     outbox_task.await.context("outbox panicked")?;
     served?;
-    tracing::info!("stopped");
-    Ok(())
+    Ok((registered.is_cancelled() && !stop.is_cancelled(), bound))
 }
 
 /// The engine's settings, with workspaces under the data directory that
@@ -375,7 +534,7 @@ async fn run(
     use std::io::IsTerminal;
     let payload = std::fs::read(event)
         .with_context(|| format!("cannot read the event payload {}", event.display()))?;
-    let (agents, workflows) = load_agents_and_workflows(&settings)?;
+    let (agents, workflows, _) = load_agents_and_workflows(&settings, &[])?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
     let mut github_settings = GitHubSettings::from_env()
         .map_err(|e| anyhow::anyhow!("the GitHub App settings are invalid: {e}"))?;
@@ -641,10 +800,18 @@ async fn app_manifest(
                     "set PUBLIC_URL (or --public-url) to the address GitHub will reach this service at"
                 )
             })?;
-            let manifest = taskmaster::tools::app_manifest(name, public);
+            let manifest = taskmaster::tools::app_manifest(
+                name,
+                public,
+                &taskmaster::tools::ManifestFeatures::default(),
+            );
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             eprintln!(
-                "Register it at https://github.com/settings/apps/new (or                  https://github.com/organizations/<org>/settings/apps/new) by posting this                  manifest as the `manifest` form field; GitHub redirects to {}/setup/callback?code=…;                  then run `taskmaster app-manifest --code <code>`.",
+                "Register it at https://github.com/settings/apps/new (or \
+                 https://github.com/organizations/<org>/settings/apps/new) by posting this \
+                 manifest as the `manifest` form field; GitHub redirects to {}/setup/callback?code=…; \
+                 then run `taskmaster app-manifest --code <code>`. Or simply start the service \
+                 without App credentials and open the set-up link it prints.",
                 public.trim_end_matches('/')
             );
             Ok(())
@@ -654,9 +821,10 @@ async fn app_manifest(
             let (app, pem, env) =
                 taskmaster::tools::convert_manifest_code(&api_url, code, out).await?;
             println!(
-                "GitHub App `{}` (id {}) registered.
-Credentials written to {} and {} (owner-only).
-                 Start the service with them: `set -a; . {}; set +a; taskmaster serve`.",
+                "GitHub App `{}` (id {}) registered.\n\
+                 Credentials written to {} and {} (owner-only).\n\
+                 Start the service with them: `set -a; . {}; set +a; taskmaster serve` \
+                 (with --out set to the data directory, `serve` finds them by itself).",
                 app.slug,
                 app.id,
                 env.display(),

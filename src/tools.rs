@@ -80,33 +80,83 @@ pub async fn deliver(
     })
 }
 
+/// The webhook URL to give GitHub: `{public_url}/api/github/webhooks`, or
+/// this machine's address when `PUBLIC_URL` is unset (reachable by GitHub
+/// only through a tunnel or a proxy).
+pub fn webhook_url(public_url: Option<&str>, local: std::net::SocketAddr) -> String {
+    match public_url {
+        Some(public) => format!("{}/api/github/webhooks", public.trim_end_matches('/')),
+        None => {
+            let host = if local.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                local.ip().to_string()
+            };
+            format!("http://{host}:{}/api/github/webhooks", local.port())
+        }
+    }
+}
+
+/// What the service will use the App for: the manifest asks for what
+/// these need and nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestFeatures {
+    /// Other accounts may install the App.
+    pub public: bool,
+    /// Agents' changes come back as commits and pull requests
+    /// (`contents: write`); otherwise `contents: read` (checkouts only).
+    pub changes: bool,
+    /// Dashboard sign-in with GitHub: a callback URL for the user
+    /// authorization, and `members: read` to map teams to roles.
+    pub sign_in: bool,
+}
+
+impl Default for ManifestFeatures {
+    fn default() -> Self {
+        ManifestFeatures {
+            public: false,
+            changes: true,
+            sign_in: true,
+        }
+    }
+}
+
 /// A GitHub App manifest for this service at `public_url` (no trailing
 /// slash needed): webhook at `/api/github/webhooks`, the permissions and
-/// events taskmaster needs, and `redirect_url` at `/setup/callback` for the
-/// manifest flow (exchange the code with `taskmaster app-manifest --code`).
+/// events taskmaster needs for `features`, and `redirect_url` at
+/// `/setup/callback` for the manifest flow (the service's set-up page, or
+/// `taskmaster app-manifest --code`).
 ///
 /// Source: <https://docs.github.com/en/apps/sharing-github-apps/registering-a-github-app-from-a-manifest#github-app-manifest-parameters>
-pub fn app_manifest(name: &str, public_url: &str) -> Value {
+pub fn app_manifest(name: &str, public_url: &str, features: &ManifestFeatures) -> Value {
     let base = public_url.trim_end_matches('/');
-    json!({
+    let mut permissions = json!({
+        "checks": "write",
+        "pull_requests": "write",
+        "issues": "write",
+        // Commits of agents' changes through the Git Data API. The
+        // `workflows` permission stays off: a change to
+        // `.github/workflows/` is refused unless a workflow allows it
+        // and the owner grants the App that permission by hand.
+        "contents": if features.changes { "write" } else { "read" },
+        "metadata": "read",
+    });
+    let mut manifest = json!({
         "name": name,
         "url": base,
         "hook_attributes": { "url": format!("{base}/api/github/webhooks"), "active": true },
         "redirect_url": format!("{base}/setup/callback"),
-        "public": false,
-        "default_permissions": {
-            "checks": "write",
-            "pull_requests": "write",
-            "issues": "write",
-            // Commits of agents' changes through the Git Data API. The
-            // `workflows` permission stays off: a change to
-            // `.github/workflows/` is refused unless a workflow allows it
-            // and the owner grants the App that permission by hand.
-            "contents": "write",
-            "metadata": "read",
-        },
+        "public": features.public,
         "default_events": APP_EVENTS,
-    })
+    });
+    if features.sign_in {
+        // Organization members and teams, read: sign-in maps them to roles.
+        permissions["members"] = json!("read");
+        manifest["callback_urls"] = json!([format!("{base}/auth/github/callback")]);
+        manifest["request_oauth_on_install"] = json!(false);
+    }
+    manifest["default_permissions"] = permissions;
+    manifest
 }
 
 /// The App GitHub created from a manifest (the fields taskmaster keeps).
@@ -118,6 +168,40 @@ pub struct ManifestConversion {
     pub slug: String,
     pub pem: String,
     pub webhook_secret: Option<String>,
+    /// The App's page, `https://github.com/apps/{slug}`.
+    #[serde(default)]
+    pub html_url: Option<String>,
+    /// The OAuth client id (dashboard sign-in).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The OAuth client secret (dashboard sign-in).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+}
+
+impl ManifestConversion {
+    /// The settings as `KEY=value` lines, the private key at `pem`:
+    /// `GITHUB_APP_ID`, `GITHUB_APP_SLUG`, `GITHUB_PRIVATE_KEY_PATH`, and when
+    /// GitHub gave them `GITHUB_WEBHOOK_SECRET`, `GITHUB_CLIENT_ID`,
+    /// `GITHUB_CLIENT_SECRET`.
+    pub fn env_text(&self, pem: &Path) -> String {
+        let mut text = format!(
+            "GITHUB_APP_ID={}\nGITHUB_APP_SLUG={}\nGITHUB_PRIVATE_KEY_PATH={}\n",
+            self.id,
+            self.slug,
+            pem.display()
+        );
+        for (key, value) in [
+            ("GITHUB_WEBHOOK_SECRET", &self.webhook_secret),
+            ("GITHUB_CLIENT_ID", &self.client_id),
+            ("GITHUB_CLIENT_SECRET", &self.client_secret),
+        ] {
+            if let Some(v) = value {
+                text.push_str(&format!("{key}={v}\n"));
+            }
+        }
+        text
+    }
 }
 
 impl std::fmt::Debug for ManifestConversion {
@@ -133,9 +217,8 @@ impl std::fmt::Debug for ManifestConversion {
 /// credentials (`POST {api_url}/app-manifests/{code}/conversions`, no
 /// authentication; the code is valid for one hour) and writes them under
 /// `dir`: the private key to `github-app.pem` and the settings to
-/// `github-app.env` (`GITHUB_APP_ID`, `GITHUB_APP_SLUG`,
-/// `GITHUB_PRIVATE_KEY_PATH`, `GITHUB_WEBHOOK_SECRET`), both readable by
-/// the owner only. Returns the two paths.
+/// `github-app.env` (see [`ManifestConversion::env_text`]), both readable
+/// by the owner only. Returns the two paths.
 ///
 /// # Errors
 /// GitHub refuses the code, or the files cannot be written.
@@ -166,64 +249,15 @@ pub async fn convert_manifest_code(
         "GitHub answered {status} to the code exchange (codes expire after an hour and work once)"
     );
     let app: ManifestConversion = response.json().await?;
-    let pem = dir.join("github-app.pem");
-    let env = dir.join("github-app.env");
-    write_private(&pem, &app.pem)?;
-    let mut text = format!(
-        "GITHUB_APP_ID={}\nGITHUB_APP_SLUG={}\nGITHUB_PRIVATE_KEY_PATH={}\n",
-        app.id,
-        app.slug,
-        pem.display()
-    );
-    if let Some(secret) = &app.webhook_secret {
-        text.push_str(&format!("GITHUB_WEBHOOK_SECRET={secret}\n"));
-    }
-    write_private(&env, &text)?;
+    let (env, pem) = crate::setup::store_credentials(dir, &app)?;
     Ok((app, pem, env))
 }
 
-/// `GET /setup/callback?code=…`: where GitHub sends the browser after the
-/// App is registered from the manifest. The page shows the command that
-/// exchanges the code; the service itself never writes credentials on an
-/// unauthenticated request.
-pub fn setup_router() -> axum::Router {
-    use axum::extract::Query;
-    use axum::response::Html;
-    use axum::routing::get;
-
-    #[derive(Deserialize)]
-    struct Callback {
-        code: Option<String>,
-    }
-
-    async fn callback(Query(q): Query<Callback>) -> (axum::http::StatusCode, Html<String>) {
-        let code = q.code.filter(|c| {
-            !c.is_empty() && c.len() <= 100 && c.chars().all(|c| c.is_ascii_alphanumeric())
-        });
-        let Some(code) = code else {
-            return (
-                axum::http::StatusCode::BAD_REQUEST,
-                Html("<!doctype html><title>taskmaster set-up</title><h1>No code</h1><p>GitHub sends <code>?code=…</code> here after an App is registered from the manifest printed by <code>taskmaster app-manifest</code>.</p>".into()),
-            );
-        };
-        (
-            axum::http::StatusCode::OK,
-            Html(format!(
-                "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>taskmaster set-up</title>\
-                 <h1>Your GitHub App is registered</h1>\
-                 <p>On the machine that runs taskmaster, within the hour, run:</p>\
-                 <pre><code>taskmaster app-manifest --code {code}</code></pre>\
-                 <p>It stores the App's id, private key and webhook secret in <code>github-app.env</code> \
-                 and <code>github-app.pem</code>. Then install the App on your repositories.</p></html>"
-            )),
-        )
-    }
-
-    axum::Router::new().route("/setup/callback", get(callback))
-}
-
 /// Writes `text` to `path`, readable and writable by the owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -254,7 +288,11 @@ mod tests {
 
     #[test]
     fn the_manifest_asks_for_what_taskmaster_uses() {
-        let m = app_manifest("taskmaster-acme", "https://tm.example.com/");
+        let m = app_manifest(
+            "taskmaster-acme",
+            "https://tm.example.com/",
+            &ManifestFeatures::default(),
+        );
         assert_eq!(
             m["hook_attributes"]["url"],
             "https://tm.example.com/api/github/webhooks"

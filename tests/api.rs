@@ -1073,6 +1073,7 @@ fn route_table(
     let exec = json!({"workflow": "review", "repository": "octo/repo", "pr_number": 1});
     vec![
         (Method::GET, "/api/health".into(), None, None),
+        (Method::GET, "/api/ready".into(), None, None),
         (Method::GET, "/api/openapi.json".into(), None, None),
         (Method::GET, "/api/metrics".into(), None, Some(Read)),
         (

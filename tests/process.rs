@@ -1,5 +1,6 @@
 //! The real `taskmaster` binary as a child process: durability across SIGKILL,
-//! graceful shutdown on SIGTERM, refusing to start without a secret, `migrate`.
+//! graceful shutdown on SIGTERM, refusing to start with an App but no
+//! webhook secret, `migrate`.
 
 mod harness;
 
@@ -89,12 +90,22 @@ async fn sigterm_shuts_down_gracefully_with_exit_code_0() {
     assert_eq!(count_rows(&db_path).await, 1);
 }
 
+/// An App configured without its webhook secret cannot verify anything.
+/// (Without an App at all, `serve` offers the set-up page: `tests/setup.rs`.)
 #[test]
-fn serve_without_a_secret_refuses_to_start_and_says_how() {
+fn serve_with_an_app_but_no_secret_refuses_to_start_and_says_how() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_taskmaster"))
         .arg("serve")
         .env_clear()
+        .env("GITHUB_APP_ID", "12345")
+        .env(
+            "GITHUB_PRIVATE_KEY_PATH",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/github/app-key.pem"
+            ),
+        )
         .env(
             "DATABASE_URL",
             format!("sqlite://{}", dir.path().join("t.db").display()),

@@ -174,6 +174,9 @@ struct FileConfig {
     /// Spend limits (see [`crate::budget`]).
     #[serde(default)]
     budgets: crate::budget::Budgets,
+    /// Dashboard sign-in (see [`crate::dashboard::signin`]).
+    #[serde(default)]
+    sign_in: crate::dashboard::signin::SignInConfig,
 }
 
 /// A configuration error, with the place it was found when known.
@@ -271,6 +274,8 @@ pub struct AgentsConfig {
     pub redact_env: Vec<String>,
     /// Spend limits (`budgets:`).
     pub budgets: crate::budget::Budgets,
+    /// Dashboard sign-in (`sign_in:`).
+    pub sign_in: crate::dashboard::signin::SignInConfig,
 }
 
 /// The built-in agents (see the module docs), as `(name, kind, endpoint)`.
@@ -426,6 +431,9 @@ impl AgentsConfig {
                 )
             })?
         };
+        file.sign_in
+            .validate()
+            .map_err(|message| error(None, None, message))?;
 
         let mut entries: BTreeMap<String, AgentEntry> = BTreeMap::new();
         for (name, kind, endpoint) in builtin_agents() {
@@ -568,6 +576,7 @@ impl AgentsConfig {
                 .unwrap_or(output::DEFAULT_OUTPUT_LIMIT),
             redact_env: file.redact_env,
             budgets: file.budgets,
+            sign_in: file.sign_in,
         })
     }
 }

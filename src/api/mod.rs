@@ -4,10 +4,10 @@
 //! * [`workflows`] — start runs, list and read them, pause, resume, cancel, retry;
 //! * [`tasks`] — classified units of work; [`validations`] — verdicts with evidence;
 //! * [`agents`] — each agent's health, circuit and track record;
-//! * [`metrics`] — Prometheus; `GET /api/health` — liveness and inbox depth;
+//! * [`metrics`] — Prometheus; `GET /api/health` — liveness and inbox depth; `GET /api/ready` — readiness;
 //! * [`tokens`] — API tokens and the audit log (admin).
 //!
-//! Every endpoint but `/api/health`, `/api/openapi.json` (and `/api/metrics`
+//! Every endpoint but `/api/health`, `/api/ready`, `/api/openapi.json` (and `/api/metrics`
 //! when public) needs a bearer token whose role allows it ([`auth`]); every
 //! call that changes something is written to the audit log with the token's
 //! name. Errors are `application/problem+json` ([`error`]). Lists are pages
@@ -141,6 +141,7 @@ pub fn service(state: ApiState) -> Router {
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health_check))
+        .routes(routes!(ready_check))
         .routes(routes!(openapi_json))
         .routes(routes!(metrics::scrape))
         .routes(routes!(workflows::execute))
@@ -536,6 +537,67 @@ async fn openapi_json() -> Response {
 async fn health_check(State(state): State<ApiState>) -> Response {
     let store: Arc<dyn Store> = state.store.clone();
     health(State(store)).await
+}
+
+/// The body of `GET /api/ready`.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, ToSchema)]
+pub struct Ready {
+    /// `ready`, `starting` (start-up recovery runs), `stopping` (shutdown
+    /// began) or `unavailable` (the database cannot be reached).
+    pub status: String,
+    /// Why it is not ready; absent when ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Readiness: 200 once the engine finished start-up recovery and the
+/// database answers; 503 before, while shutting down, or when the database
+/// is unreachable. The schema is migrated before the service listens, so a
+/// replica whose migrations run refuses connections. A load balancer or
+/// Kubernetes' `readinessProbe` sends traffic only to ready replicas;
+/// liveness stays on `/api/health`.
+#[utoipa::path(get, operation_id = "get_ready", path = "/api/ready", tag = "service",
+    responses(
+        (status = 200, description = "Taking work", body = Ready),
+        (status = 503, description = "Starting, stopping, or the database is unreachable", body = Ready),
+    ),
+    security(()))]
+async fn ready_check(State(state): State<ApiState>) -> Response {
+    use crate::engine::Readiness;
+    let not_ready = |status: &str, reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Ready {
+                status: status.into(),
+                reason: Some(reason),
+            }),
+        )
+            .into_response()
+    };
+    match state.engine.readiness() {
+        Readiness::Starting => {
+            return not_ready(
+                "starting",
+                "start-up recovery has not finished (steps held by a stopped process are being released)".into(),
+            );
+        }
+        Readiness::Stopping => {
+            return not_ready("stopping", "the service is shutting down".into());
+        }
+        Readiness::Ready => {}
+    }
+    match tokio::time::timeout(HEALTH_DEADLINE, state.store.ping()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(Ready {
+                status: "ready".into(),
+                reason: None,
+            }),
+        )
+            .into_response(),
+        Ok(Err(e)) => not_ready("unavailable", format!("database: {e}")),
+        Err(_) => not_ready("unavailable", "database timed out".into()),
+    }
 }
 
 /// A page request: `limit` (1-200, default 50) and `cursor` (the previous

@@ -9,6 +9,7 @@
 //! | `/deliveries` | the webhook inbox, with a redeliver button for failed and ignored deliveries |
 //! | `/tasks` | classified tasks with the evidence for each decision |
 //! | `/login`, `/logout` | a session from an API token |
+//! | `/auth/github`, `/auth/github/callback` | a session from signing in with GitHub ([`signin`]) |
 //!
 //! Pages are rendered with maud (HTML escaped at compile time: untrusted
 //! text such as a PR title can never become markup). The only script,
@@ -26,6 +27,8 @@ pub mod live;
 pub mod pages;
 pub mod run;
 pub mod session;
+pub mod signin;
+pub mod signin_pages;
 pub mod spend;
 
 use axum::Router;
@@ -44,6 +47,8 @@ pub struct DashboardSettings {
     /// Signs session cookies and CSRF tokens (`TASKMASTER_SESSION_KEY`; a
     /// random key when unset, so sessions end on restart).
     pub key: SessionKey,
+    /// No GitHub App is configured yet: `/` leads to the set-up page.
+    pub setup_pending: bool,
 }
 
 /// What the dashboard's handlers share.
@@ -58,6 +63,8 @@ pub struct DashboardState {
     /// Ends every open SSE stream: the server's graceful shutdown waits for
     /// open responses, and an event stream never ends by itself.
     pub streams: CancellationToken,
+    /// Sign-in with GitHub and Cloudflare Access, when configured.
+    pub sign_in: std::sync::Arc<signin::SignIn>,
 }
 
 impl DashboardState {
@@ -68,7 +75,14 @@ impl DashboardState {
             api,
             settings: std::sync::Arc::new(settings),
             streams: CancellationToken::new(),
+            sign_in: std::sync::Arc::new(signin::SignIn::default()),
         }
+    }
+
+    /// Offers the sign-in methods of `sign_in` besides token login.
+    pub fn with_sign_in(mut self, sign_in: signin::SignIn) -> Self {
+        self.sign_in = std::sync::Arc::new(sign_in);
+        self
     }
 
     /// Cancel it before stopping the server: every live stream ends, so the
@@ -96,6 +110,8 @@ pub fn router(state: DashboardState) -> Router {
         .route("/insights", get(insights::page))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
+        .route("/auth/github", get(signin_pages::start))
+        .route("/auth/github/callback", get(signin_pages::callback))
         .route("/static/dashboard.css", get(layout::css))
         .route("/static/dashboard.js", get(layout::js))
         .with_state(state)

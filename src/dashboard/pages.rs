@@ -74,8 +74,13 @@ fn day_start(day: &str) -> Option<i64> {
 }
 
 /// `GET /`: the runs.
-pub async fn home() -> Redirect {
-    Redirect::to("/runs")
+/// `GET /`: the runs, or the set-up page while no GitHub App is configured.
+pub async fn home(State(state): State<DashboardState>) -> Redirect {
+    if state.settings.setup_pending {
+        Redirect::to("/setup")
+    } else {
+        Redirect::to("/runs")
+    }
 }
 
 /// `GET /runs` query.
@@ -648,6 +653,10 @@ fn login_page(
     let content = html! {
         h1 { "Log in" }
         @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+        @if state.sign_in.github.is_some() {
+            p { a.button #github-sign-in href={ "/auth/github?next=" (super::signin::percent_encode(next)) } { "Sign in with GitHub" } }
+            p.meta { "Or with an API token:" }
+        }
         form.login method="post" action="/login" {
             input type="hidden" name="csrf" value=(state.key.login_csrf(&nonce));
             input type="hidden" name="next" value=(next);

@@ -175,7 +175,9 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: i64) -> String {
 /// The session of the request, when its cookie is valid and its token is
 /// not revoked. Errors: the store failed (logged; treated as no session).
 pub async fn session(parts: &Parts, state: &DashboardState) -> Option<Session> {
-    let value = cookie(&parts.headers, SESSION_COOKIE)?;
+    let Some(value) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return access_session(parts, state).await;
+    };
     let hash = state.key.open_session(value, now_ms())?;
     // Logged out on the server: the cookie no longer opens a session,
     // even replayed.
@@ -214,6 +216,33 @@ pub async fn session(parts: &Parts, state: &DashboardState) -> Option<Session> {
         csrf: state.key.csrf_for(value),
         cookie: value.to_owned(),
     })
+}
+
+/// The header Cloudflare Access adds to every request it lets through.
+pub const ACCESS_HEADER: &str = "cf-access-jwt-assertion";
+
+/// A session from Cloudflare Access's signed header, when the service
+/// trusts it (`sign_in.cloudflare_access`) and it verifies; the caller is
+/// `access:{email}` with the role the rules grant. The CSRF token binds to
+/// the header's value.
+async fn access_session(parts: &Parts, state: &DashboardState) -> Option<Session> {
+    let verifier = state.sign_in.access.as_ref()?;
+    let jwt = parts.headers.get(ACCESS_HEADER)?.to_str().ok()?;
+    match verifier.verify(jwt).await {
+        Ok(who) => Some(Session {
+            caller: Caller {
+                name: format!("access:{}", who.email),
+                role: who.role,
+                repositories: None,
+            },
+            csrf: state.key.csrf_for(jwt),
+            cookie: jwt.to_owned(),
+        }),
+        Err(why) => {
+            tracing::warn!(%why, "Cloudflare Access token refused");
+            None
+        }
+    }
 }
 
 /// An extractor: someone allowed to read the dashboard — anyone when it is

@@ -242,6 +242,17 @@ impl RunningAttempt {
     }
 }
 
+/// Whether an engine takes work (see [`Engine::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Start-up recovery has not finished (or failed).
+    Starting,
+    /// The scheduler runs.
+    Ready,
+    /// Shutdown began: attempts are being released.
+    Stopping,
+}
+
 pub(crate) struct Inner {
     pub store: Arc<dyn RunStore>,
     pub workflows: Arc<WorkflowSet>,
@@ -263,6 +274,8 @@ pub(crate) struct Inner {
     /// back must wake it, or it would wait for the poll.
     pub round_refused: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// Start-up recovery finished and the scheduler runs (`GET /api/ready`).
+    pub ready: AtomicBool,
     pub results: mpsc::UnboundedSender<ResultJob>,
     pub results_rx: Mutex<Option<mpsc::UnboundedReceiver<ResultJob>>>,
     /// Steps the results writer claimed (direct hand-off), already counted
@@ -318,6 +331,7 @@ impl Engine {
                 in_flight: AtomicUsize::new(0),
                 round_refused: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
+                ready: AtomicBool::new(false),
                 results,
                 results_rx: Mutex::new(Some(results_rx)),
                 handoff,
@@ -373,6 +387,19 @@ impl Engine {
         self.inner.breakers.snapshot()
     }
 
+    /// Whether the engine schedules steps: [`Readiness::Starting`] until
+    /// start-up recovery is done (or when it failed), [`Readiness::Stopping`]
+    /// once shutdown began. `GET /api/ready` answers 503 unless `Ready`.
+    pub fn readiness(&self) -> Readiness {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            Readiness::Stopping
+        } else if self.inner.ready.load(Ordering::SeqCst) {
+            Readiness::Ready
+        } else {
+            Readiness::Starting
+        }
+    }
+
     /// The lease owner name of this engine.
     pub fn owner(&self) -> &str {
         &self.inner.owner
@@ -388,6 +415,7 @@ impl Engine {
             tracing::error!(error = %e, "engine start-up recovery failed; the engine is not running");
             return Err(e);
         }
+        self.inner.ready.store(true, Ordering::SeqCst);
         let reaper = tokio::spawn(self.clone().reaper(shutdown.clone()));
         let janitor = self
             .inner
@@ -459,6 +487,7 @@ impl Engine {
             }
         }
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.ready.store(false, Ordering::SeqCst);
         // Steps claimed just before the shutdown: their attempts see it and
         // release them.
         while let Ok(claimed) = handoff.try_recv() {

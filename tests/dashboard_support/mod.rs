@@ -154,6 +154,7 @@ impl Dash {
             DashboardSettings {
                 public,
                 key: SessionKey::from_secret("a test session key, long enough"),
+                setup_pending: false,
             },
         );
         let streams = dash_state.streams_token();

@@ -214,6 +214,17 @@ impl ChildService {
     /// these tests have no git server; `tests/workspaces.rs` has one), unless
     /// `extra_env` says otherwise.
     pub fn start_url(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with_secret(database_url, extra_env, Some(SECRET))
+    }
+
+    /// As [`ChildService::start_url`], with `secret` as
+    /// `GITHUB_WEBHOOK_SECRET`, or none (a service waiting for its App to
+    /// be registered).
+    pub fn start_with_secret(
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+        secret: Option<&str>,
+    ) -> Self {
         let data_dir = tempfile::tempdir().expect("data dir");
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskmaster"));
         command
@@ -229,11 +240,13 @@ impl ChildService {
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("DATABASE_URL", database_url)
-            .env("GITHUB_WEBHOOK_SECRET", SECRET)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(secret) = secret {
+            command.env("GITHUB_WEBHOOK_SECRET", secret);
+        }
         for (k, v) in extra_env {
             command.env(k, v);
         }

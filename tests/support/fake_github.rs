@@ -32,6 +32,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+#[path = "fake_github_web.rs"]
+mod web;
+pub use web::{OAuthUser, RegisteredApp};
+
 /// The API version the fake speaks (a client sending another is refused).
 pub const API_VERSION: &str = "2022-11-28";
 /// The App's id (check runs carry it as `app.id`).
@@ -152,6 +156,8 @@ struct World {
     next_id: u64,
     /// The App's webhook URL (`GET /app/hook/config`).
     hook_url: String,
+    /// github.com's side: App registration from a manifest, OAuth sign-in.
+    web: web::Web,
 }
 
 impl World {
@@ -175,6 +181,7 @@ impl World {
             repos: HashMap::new(),
             user_permissions: HashMap::new(),
             hook_url: String::new(),
+            web: web::Web::default(),
             next_id: 1000,
         }
     }
@@ -377,6 +384,26 @@ impl FakeGitHub {
     /// The App's webhook URL, as `GET /app/hook/config` reports it.
     pub fn set_hook_url(&self, url: &str) {
         self.inner.lock().hook_url = url.to_owned();
+    }
+
+    /// The Apps registered from manifests (`POST /settings/apps/new`).
+    pub fn registered_apps(&self) -> Vec<RegisteredApp> {
+        self.inner.lock().web.apps.clone()
+    }
+
+    /// Adds an OAuth App client (as GitHub App registration makes one):
+    /// sign-in through `client_id` may redirect to `callback`.
+    pub fn add_oauth_client(&self, client_id: &str, client_secret: &str, callback: &str) {
+        self.inner
+            .lock()
+            .web
+            .add_client(client_id, client_secret, callback);
+    }
+
+    /// Whom `GET /login/oauth/authorize` signs in next (as if that person
+    /// had clicked "Authorize"), with their organizations and teams.
+    pub fn sign_in_as(&self, user: OAuthUser) {
+        self.inner.lock().web.user = Some(user);
     }
 
     /// Whether `repo` (`owner/name`) accepts draft pull requests (default yes).
@@ -862,6 +889,18 @@ impl Req {
     }
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -894,6 +933,8 @@ struct Reply {
     status: u16,
     payload: Payload,
     link: Option<String>,
+    /// A redirect's target (`Location`), for the web pages' 302s.
+    location: Option<String>,
 }
 
 type Res = Result<Reply, Reply>;
@@ -918,6 +959,9 @@ impl IntoResponse for Reply {
         if let Some(link) = self.link {
             builder = builder.header("link", link);
         }
+        if let Some(location) = self.location {
+            builder = builder.header("location", location);
+        }
         builder
             .body(axum::body::Body::from(bytes))
             .unwrap_or_else(|e| {
@@ -931,6 +975,7 @@ fn reply(status: u16, body: Value) -> Reply {
         status,
         payload: Payload::Json(body),
         link: None,
+        location: None,
     }
 }
 
@@ -1066,6 +1111,7 @@ fn paginate(req: &Req, api: &str, items: Vec<Value>) -> Reply {
         status: 200,
         payload: Payload::Json(Value::Array(slice)),
         link,
+        location: None,
     }
 }
 
@@ -1141,7 +1187,9 @@ async fn handle(
 fn dispatch(inner: &Inner, req: Req) -> Reply {
     let mut ctx = Ctx::default();
     let mut w = inner.lock();
-    let answer = if req.bad_json {
+    let answer = if let Some(answer) = web::route(&mut w.web, &inner.url, &req) {
+        answer
+    } else if req.bad_json {
         msg(400, "Problems parsing JSON")
     } else {
         route(inner, &mut w, &req, &mut ctx)
@@ -1189,7 +1237,7 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
     // The App itself, and its webhook's configuration: the JWT must be the
     // App's (its `iss` is [`APP_ID`]; the signature is not checked).
     if let ("GET", ["app"] | ["app", "hook", "config"]) = (req.method.as_str(), segs.as_slice()) {
-        if let Err(e) = app_jwt_issuer(req) {
+        if let Err(e) = app_jwt_issuer(req, &w.web.app_ids()) {
             return e;
         }
         return if segs.len() == 1 {
@@ -1330,7 +1378,7 @@ fn repo_route(w: &mut World, r: &RepoCtx, req: &Req, rest: &[&str], ctx: &mut Ct
 // ---------------------------------------------------------------------------
 
 /// Checks an App JWT's issuer, as GitHub does before anything else.
-fn app_jwt_issuer(req: &Req) -> Result<(), Reply> {
+fn app_jwt_issuer(req: &Req, registered: &[u64]) -> Result<(), Reply> {
     let undecodable = || msg(401, "A JSON web token could not be decoded");
     let jwt = req
         .auth
@@ -1348,7 +1396,7 @@ fn app_jwt_issuer(req: &Req) -> Result<(), Reply> {
         Value::Number(n) => n.to_string(),
         _ => return Err(undecodable()),
     };
-    if iss != APP_ID.to_string() {
+    if iss != APP_ID.to_string() && !registered.iter().any(|id| iss == id.to_string()) {
         return Err(msg(401, "Integration not found"));
     }
     Ok(())
@@ -1940,6 +1988,7 @@ fn get_contents(r: &RepoCtx, req: &Req, path: &str) -> Res {
             status: 200,
             payload: Payload::Raw(bytes),
             link: None,
+            location: None,
         });
     }
     // GitHub wraps the Base64 at 60 columns.
@@ -2169,6 +2218,7 @@ fn delete_review_comment(w: &mut World, r: &RepoCtx, id: u64) -> Res {
                 status: 204,
                 payload: Payload::Raw(Vec::new()),
                 link: None,
+                location: None,
             });
         }
     }
@@ -2672,5 +2722,6 @@ fn list_check_runs(w: &mut World, r: &RepoCtx, req: &Req, git_ref: &str) -> Res 
         status: 200,
         payload: Payload::Json(json!({ "total_count": total, "check_runs": runs })),
         link: page.link,
+        location: None,
     })
 }

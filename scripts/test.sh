@@ -74,6 +74,12 @@ if ! command -v claude >/dev/null 2>&1 || ! claude --version 2>/dev/null | grep 
   fi
 fi
 
+# The deployment files (Dockerfile, Kubernetes, fly.toml, Caddy, cloudflared):
+# linted and validated against their schemas, in seconds. Only for a whole run.
+if [ "$#" -eq 0 ]; then
+  bash scripts/check-deploy.sh
+fi
+
 # PostgreSQL: the store tests run on both backends. Without a server named
 # by TEST_DATABASE_URL, start one of our own for the whole run (installed
 # from Debian's packages when missing) and stop it at the end.

@@ -596,6 +596,7 @@ fn page(status: StatusCode, title: &str, body: Markup, form_to: Option<&str>) ->
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · taskmaster" }
                 link rel="stylesheet" href="/static/dashboard.css";
+                link rel="icon" href="data:,";
             }
             body { main { (body) } }
         }

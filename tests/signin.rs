@@ -2,8 +2,11 @@
 //! with GitHub (the App's OAuth client, `state` and PKCE, against the
 //! stateful fake's github.com side, which checks the client, the redirect
 //! URI and the verifier), and behind Cloudflare Access (JWTs signed by a
-//! locally generated key set, served as Access serves its certs).
+//! locally generated key set, served as Access serves its certs). In
+//! headless Chromium, "Sign in with GitHub" lands on the page asked for,
+//! signed in with the team's role.
 
+mod browser;
 mod harness;
 mod support;
 
@@ -16,13 +19,7 @@ const CLIENT_SECRET: &str = "test-client-secret";
 const KEY: &str = include_str!("fixtures/github/app-key.pem");
 const JWKS: &str = include_str!("fixtures/github/app-key.jwks.json");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use browser::free_port;
 
 fn client() -> reqwest::Client {
     taskmaster::agent::http_client_builder()
@@ -423,4 +420,41 @@ async fn cloudflare_access_tokens_are_verified_before_they_open_the_dashboard() 
     // Without the header, the dashboard wants a login as before.
     let plain = http.get(format!("{}/runs", s.base)).send().await.unwrap();
     assert_eq!(plain.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_sign_in_with_github_lands_on_the_runs_as_an_operator() {
+    let s = start(GITHUB_RULES).await;
+    s.github.sign_in_as(OAuthUser {
+        login: "bob".into(),
+        id: 2,
+        orgs: vec!["acme".into()],
+        teams: vec!["acme/platform".into()],
+    });
+    let http = taskmaster::agent::http_client_builder().build().unwrap();
+    let driver = browser::start_driver(&http).await;
+    let chromium = browser::Browser::start(http, &driver).await;
+    // A page that needs a session sends the browser to the login page,
+    // which remembers where it was going.
+    chromium.goto(&format!("{}/runs", s.base)).await;
+    chromium
+        .wait_until(
+            "the login page",
+            "return location.pathname === '/login' && !!document.querySelector('#github-sign-in')",
+        )
+        .await;
+    chromium.click("#github-sign-in").await;
+    // GitHub (the fake) authorizes at once and sends the browser back; the
+    // callback's page moves on to /runs with the session cookie.
+    chromium
+        .wait_until(
+            "the runs, signed in as an operator",
+            "return location.pathname === '/runs' \
+               && document.body.innerText.includes('(operator)') \
+               && !!document.querySelector('form[action=\"/logout\"]')",
+        )
+        .await;
+    let errors = chromium.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    chromium.quit().await;
 }

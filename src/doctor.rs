@@ -248,6 +248,19 @@ async fn database(settings: &Settings) -> Finding {
             "restore the database from a backup, or repair the migration by hand and \
              remove its row from `_sqlx_migrations`",
         ),
+        // PostgreSQL: a rolling upgrade runs both versions on the newer,
+        // expanded schema (migrations/README.md); SQLite refuses it.
+        Ok(s) if !s.unknown.is_empty() && crate::store::is_postgres_url(&settings.database_url) => {
+            Finding::warn(
+                "database",
+                format!(
+                    "{url}: migrated by a newer taskmaster (versions {:?} are unknown here); \
+                     this build runs on it, as during a rolling upgrade",
+                    s.unknown
+                ),
+                "finish the upgrade: run the newer taskmaster on every replica",
+            )
+        }
         Ok(s) if !s.unknown.is_empty() => Finding::fail(
             "database",
             format!(

@@ -68,7 +68,15 @@ use super::{
     RepoConfigRecord, Store, StoreError, WakeTopic, now_ms,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// This build's PostgreSQL migrations. Applied migrations it does not know
+/// are accepted (`ignore_missing`): during a rolling upgrade a replica of
+/// the previous version starts on a schema the new one already expanded
+/// (migrations only expand within a release: `migrations/README.md`).
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+});
 
 /// This build's PostgreSQL migrations.
 pub(super) fn migrator() -> &'static sqlx::migrate::Migrator {
@@ -350,6 +358,20 @@ macro_rules! delivery_columns {
 impl Store for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        let newest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let newer: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE version > $1 ORDER BY version",
+        )
+        .bind(newest_known)
+        .fetch_all(&self.pool)
+        .await?;
+        if !newer.is_empty() {
+            tracing::warn!(
+                versions = ?newer,
+                "the database schema is newer than this build (a newer version migrated it): \
+                 running on it, as a replica of the previous version does during a rolling upgrade"
+            );
+        }
         Ok(())
     }
 

@@ -107,10 +107,18 @@ impl Report {
 /// GitHub App's credentials and the agents' secrets).
 pub async fn diagnose(settings: &Settings) -> Report {
     let lookup = crate::agent::env::process_lookup;
-    let mut findings = vec![secret(settings)];
+    // The App as `serve` resolves it: the environment's, else a browser
+    // registration's stored in the data directory.
+    let app = crate::setup::resolve_app(
+        lookup,
+        settings.webhook_secret.as_ref(),
+        &settings.app_slug,
+        &settings.data_dir,
+    );
+    let mut findings = vec![secret(&app)];
     let agents = agents_and_workflows(settings, &lookup, &mut findings);
     findings.push(database(settings).await);
-    findings.extend(github(settings, &lookup).await);
+    findings.extend(github(settings, &app).await);
     findings.push(public_url(settings).await);
     if let Some((registry, used)) = &agents {
         for name in used {
@@ -142,10 +150,25 @@ pub async fn diagnose(settings: &Settings) -> Report {
     Report { findings }
 }
 
-fn secret(settings: &Settings) -> Finding {
-    match &settings.webhook_secret {
-        Some(_) => Finding::ok("webhook secret", "set"),
-        None => Finding::fail("webhook secret", "not set", MISSING_SECRET_HELP),
+fn secret(app: &anyhow::Result<crate::setup::ResolvedApp>) -> Finding {
+    match app {
+        Ok(app) if app.secrets.is_some() && app.from_registration => Finding::ok(
+            "webhook secret",
+            "set (the registered App's, from the data directory)",
+        ),
+        Ok(app) if app.secrets.is_some() => Finding::ok("webhook secret", "set"),
+        Ok(app) if app.needs_registration() => Finding::warn(
+            "webhook secret",
+            "not set, and no GitHub App yet",
+            "start `taskmaster serve` and open the set-up link it prints (it registers the App \
+             and stores its secret), or set GITHUB_WEBHOOK_SECRET",
+        ),
+        Ok(_) => Finding::fail("webhook secret", "not set", MISSING_SECRET_HELP),
+        // The App's settings are invalid: the github check says how.
+        Err(_) => match std::env::var("GITHUB_WEBHOOK_SECRET") {
+            Ok(v) if !v.trim().is_empty() => Finding::ok("webhook secret", "set"),
+            _ => Finding::fail("webhook secret", "not set", MISSING_SECRET_HELP),
+        },
     }
 }
 
@@ -310,25 +333,28 @@ async fn app_get(
     Ok((status, body))
 }
 
-async fn github(settings: &Settings, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<Finding> {
-    use crate::github::GitHubSettings;
-    let gh = match GitHubSettings::from_lookup(lookup) {
-        Ok(gh) => gh,
+async fn github(
+    settings: &Settings,
+    app: &anyhow::Result<crate::setup::ResolvedApp>,
+) -> Vec<Finding> {
+    let resolved = match app {
+        Ok(app) => app,
         Err(e) => {
             return vec![Finding::fail(
                 "github app",
-                format!("the App settings are invalid: {e}"),
+                format!("{e:#}"),
                 "set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY) as \
                  `taskmaster app-manifest` wrote them",
             )];
         }
     };
+    let gh = &resolved.github;
     let Some(credentials) = &gh.credentials else {
         return vec![Finding::warn(
             "github app",
             "no App credentials: dry run (nothing is sent to GitHub)",
-            "register the App (`taskmaster app-manifest`, see the README) and set GITHUB_APP_ID \
-             and GITHUB_PRIVATE_KEY_PATH",
+            "start `taskmaster serve` and open the set-up link it prints (README, \
+             “Install it as a GitHub App”), or set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH",
         )];
     };
     let now = std::time::SystemTime::now()
@@ -370,13 +396,13 @@ async fn github(settings: &Settings, lookup: &dyn Fn(&str) -> Option<String>) ->
                     app["installations_count"].as_i64().unwrap_or(0)
                 ),
             ));
-            if !slug.is_empty() && slug != settings.app_slug {
+            if !slug.is_empty() && slug != resolved.slug {
                 out.push(Finding::warn(
                     "github app slug",
                     format!(
                         "--app-slug is `{}` but the App is `{slug}`: taskmaster will not \
                          recognise its own comments",
-                        settings.app_slug
+                        resolved.slug
                     ),
                     format!("start with --app-slug {slug} (or TASKMASTER_APP_SLUG={slug})"),
                 ));
@@ -426,7 +452,80 @@ async fn github(settings: &Settings, lookup: &dyn Fn(&str) -> Option<String>) ->
         )),
         Err(e) => out.push(Finding::warn("github webhook", e, "check the network")),
     }
+    out.push(recent_deliveries(&http, &gh.api_url, jwt.expose_secret(), &want).await);
     out
+}
+
+/// Whether GitHub reaches the service from outside, by its own record of
+/// the App's latest webhook deliveries (`GET /app/hook/deliveries`): the
+/// newest one's answer.
+///
+/// Source: <https://docs.github.com/en/rest/apps/webhooks#list-deliveries-for-an-app-webhook>
+async fn recent_deliveries(
+    http: &reqwest::Client,
+    api_url: &str,
+    jwt: &str,
+    want: &str,
+) -> Finding {
+    let check = "github deliveries";
+    match app_get(http, api_url, jwt, "/app/hook/deliveries?per_page=10").await {
+        Ok((200, serde_json::Value::Array(list))) => {
+            let Some(newest) = list.first() else {
+                return Finding::warn(
+                    check,
+                    "GitHub has sent this App no webhook yet",
+                    "install the App on a repository (GitHub then sends `installation`), or \
+                     open a pull request, and run doctor again",
+                );
+            };
+            let code = newest["status_code"].as_i64().unwrap_or(0);
+            let status = newest["status"].as_str().unwrap_or("?");
+            let event = newest["event"].as_str().unwrap_or("?");
+            let at = newest["delivered_at"].as_str().unwrap_or("?");
+            if (200..300).contains(&code) {
+                Finding::ok(
+                    check,
+                    format!("GitHub's newest delivery ({event}, {at}) got {code} from the service"),
+                )
+            } else if code == 0 {
+                Finding::fail(
+                    check,
+                    format!(
+                        "GitHub's newest delivery ({event}, {at}) did not reach the service: {status}"
+                    ),
+                    format!(
+                        "GitHub must reach {want} from the internet: see the README's “Reaching the \
+                         service” (a tunnel or a reverse proxy), then redeliver it from the App's \
+                         settings (Advanced)"
+                    ),
+                )
+            } else {
+                Finding::fail(
+                    check,
+                    format!("GitHub's newest delivery ({event}, {at}) got {code} ({status})"),
+                    if code == 401 {
+                        "the App's webhook secret and GITHUB_WEBHOOK_SECRET differ: set the same \
+                         one on both sides (several, comma-separated, while rotating)"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "something in front of the service answers for it, or it failed: \
+                             check the proxy or tunnel in front of {want} and the service's log"
+                        )
+                    },
+                )
+            }
+        }
+        Ok((status, body)) => Finding::warn(
+            check,
+            format!(
+                "GET /app/hook/deliveries answered {status}: {}",
+                body["message"].as_str().unwrap_or("(no message)")
+            ),
+            "look at the App's settings → Advanced → Recent Deliveries by hand",
+        ),
+        Err(e) => Finding::warn(check, e, "check the network"),
+    }
 }
 
 async fn public_url(settings: &Settings) -> Finding {

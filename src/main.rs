@@ -10,7 +10,7 @@ use taskmaster::agent::{AgentRegistry, AgentsConfig, env::process_lookup};
 use taskmaster::config::{Cli, Command, MISSING_SECRET_HELP, Settings, TokenCommand};
 use taskmaster::control::{AppHandler, AppHandlerConfig, AppIdentity};
 use taskmaster::engine::{Engine, Transition};
-use taskmaster::github::{self, GitHubSettings, RetryPolicy};
+use taskmaster::github::{self, RetryPolicy};
 use taskmaster::outbox::Outbox;
 use taskmaster::server::{self, ServerConfig};
 use taskmaster::store::RunState;
@@ -536,9 +536,16 @@ async fn run(
         .with_context(|| format!("cannot read the event payload {}", event.display()))?;
     let (agents, workflows, _) = load_agents_and_workflows(&settings, &[])?;
     let store = store::connect_runs_with(&settings.database_url, &settings.pool_settings()).await?;
-    let mut github_settings = GitHubSettings::from_env()
-        .map_err(|e| anyhow::anyhow!("the GitHub App settings are invalid: {e}"))?;
-    github_settings.bot_login = Some(format!("{}[bot]", settings.app_slug));
+    // The App as `serve` resolves it (the environment's, else a browser
+    // registration's from the data directory).
+    let app = taskmaster::setup::resolve_app(
+        |name| std::env::var(name).ok(),
+        settings.webhook_secret.as_ref(),
+        &settings.app_slug,
+        &settings.data_dir,
+    )?;
+    let mut github_settings = app.github;
+    github_settings.bot_login = Some(format!("{}[bot]", app.slug));
     let github = github::connect(&github_settings, RetryPolicy::default())
         .map_err(|e| anyhow::anyhow!("cannot build the GitHub client: {e}"))?;
     let engine = Engine::new(

@@ -132,6 +132,9 @@ fn assert_mark(report: &str, check: &str, mark: &str, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_set_up_passes_every_check() {
     let s = SetUp::new().await;
+    // GitHub's newest delivery reached the service.
+    s.github
+        .set_hook_deliveries(&[("pull_request", 202), ("ping", 0)]);
     // The binary blocks this worker; the fake GitHub and the health server
     // answer on the other.
     let (ok, report) = tokio::task::block_in_place(|| s.doctor(&[]));
@@ -148,6 +151,12 @@ async fn a_healthy_set_up_passes_every_check() {
         "App 12345 (`taskmaster-test`) accepts its JWT",
     );
     assert_mark(&report, "github webhook", "✓", "/api/github/webhooks");
+    assert_mark(
+        &report,
+        "github deliveries",
+        "✓",
+        "got 202 from the service",
+    );
     assert_mark(&report, "public url", "✓", "/api/health answers 200");
     assert_mark(&report, "agent tests", "✓", "answers");
     assert_mark(&report, "git", "✓", "git version");
@@ -248,6 +257,53 @@ async fn each_broken_part_is_named_with_its_fix() {
             "the secret is never printed"
         );
     }
+    // GitHub's own record says it cannot reach the service, or that the
+    // service refuses its signature.
+    for (code, seen, fix) in [
+        (0, "did not reach the service", "Reaching the service"),
+        (401, "got 401", "webhook secret"),
+        (502, "got 502", "proxy or tunnel"),
+    ] {
+        s.github
+            .set_hook_deliveries(&[("pull_request", code), ("ping", 200)]);
+        let (ok, report) = tokio::task::block_in_place(|| s.doctor(&[]));
+        assert!(!ok, "{report}");
+        assert_mark(&report, "github deliveries", "✗", seen);
+        assert!(report.contains(fix), "{fix}: {report}");
+        assert_eq!(
+            report.lines().filter(|l| l.starts_with('✗')).count(),
+            1,
+            "{report}"
+        );
+    }
+    s.github.set_hook_deliveries(&[]);
+
+    // An App registered from the browser: its stored credentials and secret
+    // are the ones checked.
+    let app = taskmaster::tools::ManifestConversion {
+        id: support::fake_github::APP_ID,
+        slug: "taskmaster-test".into(),
+        pem: PRIVATE_KEY.into(),
+        webhook_secret: Some("registered-secret".into()),
+        html_url: None,
+        client_id: None,
+        client_secret: None,
+    };
+    taskmaster::setup::store_credentials(&s.path("data"), &app).unwrap();
+    let (ok, report) = tokio::task::block_in_place(|| {
+        s.doctor(&[
+            ("GITHUB_APP_ID", ""),
+            ("GITHUB_PRIVATE_KEY_PATH", ""),
+            ("GITHUB_WEBHOOK_SECRET", ""),
+            ("GITHUB_APP_SLUG", ""),
+        ])
+    });
+    assert!(ok, "{report}");
+    assert_mark(&report, "webhook secret", "✓", "the registered App's");
+    assert_mark(&report, "github app", "✓", "accepts its JWT");
+    assert!(!report.contains("registered-secret"), "{report}");
+    std::fs::remove_file(s.path("data").join("github-app.env")).unwrap();
+
     // Not failures: no App credentials is a dry run; a database not yet
     // migrated is migrated by `serve`.
     let (ok, report) = tokio::task::block_in_place(|| {

@@ -158,6 +158,8 @@ struct World {
     hook_url: String,
     /// github.com's side: App registration from a manifest, OAuth sign-in.
     web: web::Web,
+    /// What `GET /app/hook/deliveries` lists, newest first.
+    hook_deliveries: Vec<Value>,
 }
 
 impl World {
@@ -182,6 +184,7 @@ impl World {
             user_permissions: HashMap::new(),
             hook_url: String::new(),
             web: web::Web::default(),
+            hook_deliveries: Vec::new(),
             next_id: 1000,
         }
     }
@@ -384,6 +387,25 @@ impl FakeGitHub {
     /// The App's webhook URL, as `GET /app/hook/config` reports it.
     pub fn set_hook_url(&self, url: &str) {
         self.inner.lock().hook_url = url.to_owned();
+    }
+
+    /// What `GET /app/hook/deliveries` answers, newest first: each
+    /// `(event, status_code)` becomes a delivery as GitHub lists it
+    /// (`status_code` 0: GitHub could not connect).
+    pub fn set_hook_deliveries(&self, deliveries: &[(&str, u16)]) {
+        self.inner.lock().hook_deliveries = deliveries
+            .iter()
+            .enumerate()
+            .map(|(i, (event, code))| {
+                json!({
+                    "id": 9000 + i, "guid": format!("guid-{i}"),
+                    "delivered_at": "2026-12-07T10:00:00Z", "redelivery": false, "duration": 0.05,
+                    "status": match code { 0 => "failed to connect to host", 200..=299 => "OK", _ => "Invalid HTTP Response" },
+                    "status_code": code, "event": event, "action": null,
+                    "installation_id": 1, "repository_id": null
+                })
+            })
+            .collect();
     }
 
     /// The Apps registered from manifests (`POST /settings/apps/new`).
@@ -1232,7 +1254,7 @@ fn route(inner: &Inner, w: &mut World, req: &Req, ctx: &mut Ctx) -> Reply {
         {
             return msg(401, "A JSON web token could not be decoded");
         }
-        return reply(200, Value::Array(Vec::new()));
+        return reply(200, Value::Array(w.hook_deliveries.clone()));
     }
     // The App itself, and its webhook's configuration: the JWT must be the
     // App's (its `iss` is [`APP_ID`]; the signature is not checked).

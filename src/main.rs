@@ -142,17 +142,14 @@ fn validate(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// The agents from `--config` and the workflows from `--workflows`, checked
 /// against each other. Errors say which file is wrong and how to check it.
-/// The agents, the workflows, and the service configuration's `sign_in:`.
+/// The agents, the workflows, and the service configuration's `sign_in:`
+/// and `insights_report:`.
 /// `extra_secrets` (credentials not in the environment, such as a
 /// registered App's) are redacted from agents' output too.
 fn load_agents_and_workflows(
     settings: &Settings,
     extra_secrets: &[String],
-) -> anyhow::Result<(
-    Arc<AgentRegistry>,
-    Arc<WorkflowSet>,
-    taskmaster::dashboard::signin::SignInConfig,
-)> {
+) -> anyhow::Result<(Arc<AgentRegistry>, Arc<WorkflowSet>, ServiceExtras)> {
     let agents_config =
         AgentsConfig::load(settings.config.as_deref(), &process_lookup).map_err(|e| {
             anyhow::anyhow!("refusing to start: the agent configuration is invalid: {e}")
@@ -188,8 +185,17 @@ fn load_agents_and_workflows(
     Ok((
         Arc::new(registry),
         Arc::new(workflows),
-        agents_config.sign_in,
+        ServiceExtras {
+            sign_in: agents_config.sign_in,
+            insights_report: agents_config.insights_report,
+        },
     ))
+}
+
+/// The service configuration's parts beyond agents.
+struct ServiceExtras {
+    sign_in: taskmaster::dashboard::signin::SignInConfig,
+    insights_report: Option<taskmaster::insights::weekly::InsightsReportConfig>,
 }
 
 /// The configured agents' names (the built-in ones when none are configured).
@@ -316,7 +322,17 @@ async fn serve_once(
             .iter()
             .map(|(_, secret)| secrecy::ExposeSecret::expose_secret(secret).to_owned()),
     );
-    let (agents, workflows, sign_in_config) = load_agents_and_workflows(settings, &app_secrets)?;
+    let (agents, workflows, extras) = load_agents_and_workflows(settings, &app_secrets)?;
+    if let Some(report) = &extras.insights_report
+        && workflows.get(&report.workflow).is_none()
+    {
+        anyhow::bail!(
+            "refusing to start: insights_report.workflow `{}` is not among the workflows in {} \
+             (the shipped workflows/insights_report.yml is one)",
+            report.workflow,
+            settings.workflows.display()
+        );
+    }
     let mut github_settings = app.github.clone();
     github_settings.bot_login = Some(format!("{}[bot]", app.slug));
     let github = github::connect(&github_settings, RetryPolicy::default())
@@ -361,17 +377,25 @@ async fn serve_once(
     );
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(Some(engine.subscribe()), outbox_stop.clone()));
-    let pruner_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
     if settings.prune_interval_minutes > 0 {
         tokio::spawn(store::retention::run_pruner(
             store.clone(),
             settings.retention(),
             std::time::Duration::from_secs(settings.prune_interval_minutes * 60),
-            pruner_stop.clone(),
+            background_stop.clone(),
         ));
     }
     let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
+    if let Some(report) = extras.insights_report.clone() {
+        tokio::spawn(taskmaster::insights::weekly::run_scheduler(
+            engine.clone(),
+            report,
+            std::time::Duration::from_secs(3600),
+            background_stop.clone(),
+        ));
+    }
     // The Prometheus recorder, before the first delivery is counted.
     taskmaster::instrument::handle();
     let api_state = taskmaster::api::ApiState::new(engine.clone(), settings.metrics_public)
@@ -396,7 +420,7 @@ async fn serve_once(
         }
         _ => None,
     };
-    let sign_in_config = &sign_in_config;
+    let sign_in_config = &extras.sign_in;
     if sign_in_config.github.is_some() && settings.public_url.is_none() {
         anyhow::bail!(
             "refusing to start: sign_in.github needs PUBLIC_URL (GitHub sends the browser back to {{PUBLIC_URL}}/auth/github/callback)"
@@ -492,7 +516,7 @@ async fn serve_once(
         .context("engine panicked")?
         .context("engine start-up recovery failed")?;
     redelivery_stop.cancel();
-    pruner_stop.cancel();
+    background_stop.cancel();
     // Last, the outbox sends what the engine settled (one bounded pass).
     outbox_stop.cancel();
     outbox_task.await.context("outbox panicked")?;

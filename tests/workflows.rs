@@ -26,6 +26,7 @@ fn every_shipped_workflow_validates() {
             "fix",
             "hotfix",
             "hotfix_deployment",
+            "insights_report",
             "issue_triage",
             "pr_processing",
             "refactor"
@@ -148,7 +149,7 @@ operator; use `==` to compare",
             "unsupported_trigger.yml",
             &[
                 "broken/unsupported_trigger.yml:3:3: taskmaster does not receive `push` events; \
-a trigger is one of: pull_request, issues, issue_comment (a `/run` command), task (a task type)",
+a trigger is one of: pull_request, issues, issue_comment (a `/run` command), task (a task type), manual (no event)",
                 "broken/unsupported_trigger.yml:6:23: `merged` is not a `pull_request` action; \
 expected one of: assigned, auto_merge_disabled, auto_merge_enabled, closed, converted_to_draft, \
 demilestoned, dequeued, edited, enqueued, labeled, locked, milestoned, opened, ready_for_review, \

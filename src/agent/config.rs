@@ -177,6 +177,9 @@ struct FileConfig {
     /// Dashboard sign-in (see [`crate::dashboard::signin`]).
     #[serde(default)]
     sign_in: crate::dashboard::signin::SignInConfig,
+    /// The written insights report (see [`crate::insights::weekly`]).
+    #[serde(default)]
+    insights_report: Option<crate::insights::weekly::InsightsReportConfig>,
 }
 
 /// A configuration error, with the place it was found when known.
@@ -276,6 +279,8 @@ pub struct AgentsConfig {
     pub budgets: crate::budget::Budgets,
     /// Dashboard sign-in (`sign_in:`).
     pub sign_in: crate::dashboard::signin::SignInConfig,
+    /// The written insights report (`insights_report:`).
+    pub insights_report: Option<crate::insights::weekly::InsightsReportConfig>,
 }
 
 /// The built-in agents (see the module docs), as `(name, kind, endpoint)`.
@@ -434,6 +439,11 @@ impl AgentsConfig {
         file.sign_in
             .validate()
             .map_err(|message| error(None, None, message))?;
+        if let Some(report) = &file.insights_report {
+            report
+                .validate()
+                .map_err(|message| error(None, None, message))?;
+        }
 
         let mut entries: BTreeMap<String, AgentEntry> = BTreeMap::new();
         for (name, kind, endpoint) in builtin_agents() {
@@ -577,6 +587,7 @@ impl AgentsConfig {
             redact_env: file.redact_env,
             budgets: file.budgets,
             sign_in: file.sign_in,
+            insights_report: file.insights_report,
         })
     }
 }

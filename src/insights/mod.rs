@@ -1,6 +1,7 @@
 //! Insights: what the history of runs and attempts says about workflows,
 //! steps, agents and repositories — analytics ([`analyze`]), predicted run
-//! times ([`predict`]) and advice with its evidence ([`advice`]).
+//! times ([`predict`]), advice with its evidence ([`advice`]) and a written
+//! report an agent makes of them every week ([`weekly`]).
 //!
 //! Everything here is a pure function of a [`History`] read from the store
 //! (`Queries::history`), so it is computed the same way for the API
@@ -14,6 +15,7 @@ pub mod advice;
 pub mod chart;
 pub mod decide;
 pub mod predict;
+pub mod weekly;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -317,6 +317,9 @@ pub struct Triggers {
     pub issue_comment: Option<CommentTrigger>,
     /// `on.task`.
     pub task: Option<TaskTrigger>,
+    /// `on.manual`: no event starts it; the operator API, `taskmaster run`
+    /// or the service itself (the insights report) does.
+    pub manual: bool,
 }
 
 /// `concurrency:`: at most one run per group; the group is a template.

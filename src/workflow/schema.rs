@@ -173,6 +173,8 @@ pub(crate) struct RawTriggers {
     pub issues: Option<(Spanned<String>, RawIssuesTrigger)>,
     pub issue_comment: Option<(Spanned<String>, RawCommentTrigger)>,
     pub task: Option<(Spanned<String>, RawTaskTrigger)>,
+    /// `manual:` — started only by the API, `taskmaster run` or the service.
+    pub manual: Option<Spanned<String>>,
     /// Keys naming events taskmaster does not receive.
     pub unsupported: Vec<Spanned<String>>,
     pub duplicates: Vec<Spanned<String>>,
@@ -185,7 +187,7 @@ impl<'de> Deserialize<'de> for RawTriggers {
             type Value = RawTriggers;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a mapping of triggers (pull_request, issues, issue_comment, task), \
+                    "a mapping of triggers (pull_request, issues, issue_comment, task, manual), \
 e.g. `pull_request: {actions: [opened]}`",
                 )
             }
@@ -197,6 +199,7 @@ e.g. `pull_request: {actions: [opened]}`",
                         "issues" => out.issues.is_some(),
                         "issue_comment" => out.issue_comment.is_some(),
                         "task" => out.task.is_some(),
+                        "manual" => out.manual.is_some(),
                         _ => false,
                     };
                     if taken {
@@ -220,6 +223,10 @@ e.g. `pull_request: {actions: [opened]}`",
                         "task" => {
                             let v = map.next_value::<Option<_>>()?.unwrap_or_default();
                             out.task = Some((key, v));
+                        }
+                        "manual" => {
+                            map.next_value::<IgnoredAny>()?;
+                            out.manual = Some(key);
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;

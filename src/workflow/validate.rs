@@ -513,7 +513,7 @@ fn check_workflow(
             key,
             format!(
                 "taskmaster does not receive `{}` events; a trigger is one of: pull_request, \
-issues, issue_comment (a `/run` command), task (a task type)",
+issues, issue_comment (a `/run` command), task (a task type), manual (no event)",
                 key.value
             ),
         );
@@ -526,6 +526,10 @@ issues, issue_comment (a `/run` command), task (a task type)",
     }
     let mut triggers = Triggers::default();
     let mut any_trigger = false;
+    if on.value.manual.is_some() {
+        any_trigger = true;
+        triggers.manual = true;
+    }
     if let Some((_, t)) = on.value.pull_request {
         any_trigger = true;
         let actions = check_actions(
@@ -618,7 +622,8 @@ issues, issue_comment (a `/run` command), task (a task type)",
         check.err_at(
             on_at.0,
             on_at.1,
-            "`on` has no trigger: add pull_request, issues, issue_comment or task",
+            "`on` has no trigger: add pull_request, issues, issue_comment or task \
+             (or `manual: true` for a workflow only the API, `taskmaster run` or the service starts)",
         );
     }
 

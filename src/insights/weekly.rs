@@ -227,7 +227,11 @@ pub fn markdown(report: &Report) -> String {
 
 /// The `issues` event a report run is started with: the chosen issue, its
 /// body the figures.
-pub fn payload(config: &InsightsReportConfig, installation_id: i64, figures: &str) -> serde_json::Value {
+pub fn payload(
+    config: &InsightsReportConfig,
+    installation_id: i64,
+    figures: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "action": "insights_report",
         "issue": {
@@ -307,13 +311,21 @@ async fn start_period(
     let figures = markdown(&report);
     let body = serde_json::to_vec(&payload(config, installation, &figures))?;
     let created = engine
-        .start_run(&config.workflow, "issues", &body, &config.delivery_id(period))
+        .start_run(
+            &config.workflow,
+            "issues",
+            &body,
+            &config.delivery_id(period),
+        )
         .await?;
     if created.created {
         tracing::info!(run_id = created.run_id, repository = %config.repository,
             issue = config.issue, "insights report started");
     } else {
-        tracing::info!(run_id = created.run_id, "this period's insights report exists already");
+        tracing::info!(
+            run_id = created.run_id,
+            "this period's insights report exists already"
+        );
     }
     Ok(true)
 }

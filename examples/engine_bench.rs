@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use async_trait::async_trait;
 use taskmaster::agent::{Agent, AgentKind, AttemptOutcome, AttemptRequest, Health, Output, Usage};
@@ -196,7 +197,7 @@ async fn create_from(b: &Bench, from: usize, n: usize) -> Vec<i64> {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|c| c.run_id),
+                .map(|c| c.run_id.0),
         );
     }
     b.engine.wake();
@@ -242,7 +243,7 @@ async fn rate(steps_per_s: usize, seconds: u64) {
 async fn wait_all(b: &Bench, ids: &[i64]) {
     for id in ids {
         loop {
-            let snap = b.store.run(*id).await.unwrap().unwrap();
+            let snap = b.store.run(RunId(*id)).await.unwrap().unwrap();
             if snap.run.state.is_terminal() {
                 break;
             }

@@ -659,7 +659,7 @@ async fn run(
             s.agent
         );
     }
-    print_change(&settings, &store, &github, run_id).await?;
+    print_change(&settings, &store, &github, run_id.0).await?;
     if outcome.run.state == RunState::Succeeded {
         Ok(())
     } else {
@@ -677,7 +677,7 @@ async fn print_change(
     run_id: i64,
 ) -> anyhow::Result<()> {
     use taskmaster::store::ChangeState;
-    let Some(mut change) = store.run_change(run_id).await? else {
+    let Some(mut change) = store.run_change(taskmaster::store::RunId(run_id)).await? else {
         return Ok(());
     };
     if change.state == ChangeState::Pending && github.is_dry_run() {
@@ -689,7 +689,7 @@ async fn print_change(
             std::time::Duration::from_secs(60),
         );
         publisher.pass().await?;
-        if let Some(again) = store.run_change(run_id).await? {
+        if let Some(again) = store.run_change(taskmaster::store::RunId(run_id)).await? {
             change = again;
         }
     }

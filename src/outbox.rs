@@ -43,6 +43,7 @@
 //! runs one after another, so two sends for one subject never race to create
 //! its sticky comment.
 
+use crate::store::RunId;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,7 +249,11 @@ impl Outbox {
         let interval = self.config.min_interval.as_millis() as i64;
         let mut by_installation: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
         // Runs after the pass's last candidate are not part of it.
-        let mut after = candidates.iter().map(|c| c.run_id).max().unwrap_or(0);
+        let mut after = candidates
+            .iter()
+            .map(|c| c.run_id)
+            .max()
+            .unwrap_or(RunId(0));
         for candidate in candidates {
             let Some(snapshot) = self.store.run(candidate.run_id).await? else {
                 continue;
@@ -354,7 +359,7 @@ impl Outbox {
     /// of the reports already waiting there.
     async fn create_new_check_runs(
         &self,
-        after: &mut i64,
+        after: &mut RunId,
         busy: &HashSet<i64>,
     ) -> Result<(), StoreError> {
         let candidates = self.store.unreported_runs(*after, NEW_RUN_BATCH).await?;
@@ -398,14 +403,14 @@ impl Outbox {
         let run_id = candidate.run_id;
         match self.send_effects(candidate, snapshot, change, fresh).await {
             Ok(()) => {
-                tracing::debug!(run_id, state = %snapshot.run.state, "report sent");
+                tracing::debug!(run_id = %run_id, state = %snapshot.run.state, "report sent");
                 let outcome = ReportOutcome::Reported {
                     fingerprint,
                     state: snapshot.run.state.as_str().to_owned(),
                     observed_at,
                 };
                 if let Err(e) = self.store.record_report(run_id, &outcome).await {
-                    tracing::warn!(run_id, error = %e, "outbox: cannot record the report outcome");
+                    tracing::warn!(run_id = %run_id, error = %e, "outbox: cannot record the report outcome");
                 }
             }
             Err(e) => self.record_failure(candidate, fingerprint, &e).await,
@@ -424,12 +429,12 @@ impl Outbox {
         let run_id = candidate.run_id;
         let outcome = match e {
             SendError::Store(e) => {
-                tracing::warn!(run_id, error = %e, "outbox: store error; the next pass retries");
+                tracing::warn!(run_id = %run_id, error = %e, "outbox: store error; the next pass retries");
                 return;
             }
             SendError::GitHub(e) if e.is_transient() => {
                 let backoff = self.backoff(candidate.attempts);
-                tracing::warn!(run_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "GitHub did not accept the report; retrying later");
                 ReportOutcome::Retry {
                     error: e.to_string(),
@@ -437,7 +442,7 @@ impl Outbox {
                 }
             }
             SendError::GitHub(e) => {
-                tracing::error!(run_id, error = %e,
+                tracing::error!(run_id = %run_id, error = %e,
                     "GitHub refused the report; not sent again until the run changes");
                 ReportOutcome::GaveUp {
                     fingerprint,
@@ -446,7 +451,7 @@ impl Outbox {
             }
         };
         if let Err(e) = self.store.record_report(run_id, &outcome).await {
-            tracing::warn!(run_id, error = %e, "outbox: cannot record the report outcome");
+            tracing::warn!(run_id = %run_id, error = %e, "outbox: cannot record the report outcome");
         }
     }
 
@@ -608,7 +613,7 @@ impl Outbox {
                 && (report.has_verdicts || !report.findings.is_empty())
                 && let Err(e) = self.review_findings(installation, &repo, &report).await
             {
-                tracing::warn!(run_id = candidate.run_id, error = %e,
+                tracing::warn!(run_id = %candidate.run_id, error = %e,
                     "could not post the findings as a review; they are on the check run");
             }
         }

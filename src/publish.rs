@@ -36,6 +36,7 @@
 //! `pull_requests` write (plus `workflows` only when the change edits
 //! `.github/workflows/`, which the workflow must have allowed).
 
+use crate::store::RunId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,15 +131,15 @@ impl Publisher {
     pub async fn pass(&self) -> Result<usize, StoreError> {
         let due = self.store.changes_to_publish(now_ms(), BATCH).await?;
         for run_id in &due {
-            self.publish_run(*run_id).await;
+            self.publish_run(run_id.0).await;
         }
         Ok(due.len())
     }
 
     async fn publish_run(&self, run_id: i64) {
         let loaded = async {
-            let rc = self.store.run_change(run_id).await?;
-            let snap = self.store.run(run_id).await?;
+            let rc = self.store.run_change(RunId(run_id)).await?;
+            let snap = self.store.run(RunId(run_id)).await?;
             Ok::<_, StoreError>(rc.zip(snap))
         }
         .await;
@@ -146,7 +147,7 @@ impl Publisher {
             Ok(Some(pair)) => pair,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(run_id, error = %e, "publish: cannot read the run");
+                tracing::warn!(run_id = %run_id, error = %e, "publish: cannot read the run");
                 return;
             }
         };
@@ -161,10 +162,16 @@ impl Publisher {
             let why = format!("not proposed: {}", verdicts.failed.join("; "));
             if let Err(e) = self
                 .store
-                .finish_publication(run_id, ChangeState::Failed, &publication, Some(&why), &why)
+                .finish_publication(
+                    RunId(run_id),
+                    ChangeState::Failed,
+                    &publication,
+                    Some(&why),
+                    &why,
+                )
                 .await
             {
-                tracing::warn!(run_id, error = %e, "publish: cannot record the outcome");
+                tracing::warn!(run_id = %run_id, error = %e, "publish: cannot record the outcome");
             }
             return;
         }
@@ -182,27 +189,31 @@ impl Publisher {
                 } else {
                     ChangeState::Published
                 };
-                tracing::info!(run_id, %detail, "change sent");
+                tracing::info!(run_id = %run_id, %detail, "change sent");
                 self.store
-                    .finish_publication(run_id, state, &publication, None, &detail)
+                    .finish_publication(RunId(run_id), state, &publication, None, &detail)
                     .await
             }
             Err(Failure::Transient(e)) => {
                 let wait = self.backoff(rc.attempts);
-                tracing::warn!(run_id, error = %e, retry_in_ms = wait.as_millis() as u64,
+                tracing::warn!(run_id = %run_id, error = %e, retry_in_ms = wait.as_millis() as u64,
                     "the change could not be sent yet; retrying later");
-                if let Err(err) = self.store.save_publication(run_id, &publication).await {
-                    tracing::warn!(run_id, error = %err, "publish: cannot save progress");
+                if let Err(err) = self
+                    .store
+                    .save_publication(RunId(run_id), &publication)
+                    .await
+                {
+                    tracing::warn!(run_id = %run_id, error = %err, "publish: cannot save progress");
                 }
                 self.store
-                    .retry_publication(run_id, &e, now_ms() + wait.as_millis() as i64)
+                    .retry_publication(RunId(run_id), &e, now_ms() + wait.as_millis() as i64)
                     .await
             }
             Err(Failure::Permanent(e)) => {
-                tracing::error!(run_id, error = %e, "the change cannot be sent");
+                tracing::error!(run_id = %run_id, error = %e, "the change cannot be sent");
                 self.store
                     .finish_publication(
-                        run_id,
+                        RunId(run_id),
                         ChangeState::Failed,
                         &publication,
                         Some(&e),
@@ -212,7 +223,7 @@ impl Publisher {
             }
         };
         if let Err(e) = stored {
-            tracing::warn!(run_id, error = %e, "publish: cannot record the outcome");
+            tracing::warn!(run_id = %run_id, error = %e, "publish: cannot record the outcome");
         }
     }
 
@@ -316,7 +327,7 @@ impl Publisher {
             "---\nProposed by taskmaster's `{}` workflow ([run {}]({})): {} file{} changed (+{} −{}).\n\n",
             snap.run.workflow,
             snap.run.id,
-            self.run_link(snap.run.id),
+            self.run_link(snap.run.id.0),
             change.files.len(),
             if change.files.len() == 1 { "" } else { "s" },
             change.additions,
@@ -336,7 +347,10 @@ impl Publisher {
             "Made by the `{}` workflow of taskmaster.\n\n",
             snap.run.workflow
         ));
-        msg.push_str(&format!("Taskmaster-Run: {}\n", self.run_link(snap.run.id)));
+        msg.push_str(&format!(
+            "Taskmaster-Run: {}\n",
+            self.run_link(snap.run.id.0)
+        ));
         if let Some((login, id)) = &subject.asked_by {
             msg.push_str(&git_data::co_author_trailer(
                 login,
@@ -386,7 +400,7 @@ impl Publisher {
             "commit_message": self.commit_message(snap, subject, &title),
             "files": rc.change.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
         });
-        tracing::warn!(run_id = snap.run.id, would_open = %would,
+        tracing::warn!(run_id = %snap.run.id, would_open = %would,
             "DRY RUN: not committing or opening a pull request");
         p.would_open = Some(would);
         p.note = Some("dry run: nothing was sent to GitHub".into());
@@ -684,7 +698,7 @@ impl Publisher {
                 if change.files.len() == 1 { "" } else { "s" },
                 change.additions,
                 change.deletions,
-                self.run_link(run_id),
+                self.run_link(run_id.0),
             );
             self.comment_once(subject, &marker, &body, p).await?;
             self.store.save_publication(run_id, p).await?;
@@ -739,7 +753,7 @@ impl Publisher {
                  ([run {run_id}]({})):\n",
                 snap.run.workflow,
                 if p.linked.len() == 1 { "" } else { "s" },
-                self.run_link(run_id),
+                self.run_link(run_id.0),
             );
             for url in &p.linked {
                 body.push_str(&format!("- {url}\n"));
@@ -786,7 +800,7 @@ impl Publisher {
                         "{marker}\nThe `{}` workflow suggests changes ([run {run_id}]({})). \
                          This pull request comes from a fork, so taskmaster does not push to it",
                         snap.run.workflow,
-                        self.run_link(run_id),
+                        self.run_link(run_id.0),
                     );
                     if change.outside_hunks > 0 {
                         body.push_str(&format!(

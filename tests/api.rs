@@ -8,6 +8,7 @@ mod harness;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
@@ -428,7 +429,7 @@ async fn execute_runs_a_workflow_to_the_end_and_shows_it() {
         ..Default::default()
     };
     api.store
-        .record_change(id, "check", &change, None)
+        .record_change(RunId(id), "check", &change, None)
         .await
         .unwrap();
     let (_, detail) = api
@@ -1692,7 +1693,7 @@ async fn api_runs_are_on_the_prs_real_head_and_command_inputs_need_an_admin() {
     assert_eq!(s, StatusCode::CREATED, "{body}");
     let run = api
         .store
-        .run(body["id"].as_i64().unwrap())
+        .run(RunId(body["id"].as_i64().unwrap()))
         .await
         .unwrap()
         .unwrap();

@@ -10,6 +10,7 @@ mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use engine_support::{Act, Scripted, TestEngine, fast_config, pr_payload, workflows};
 use support::agentapi::{Behavior, StandIn};
@@ -61,11 +62,12 @@ fn payload_of(repository: &str) -> Vec<u8> {
 
 async fn start(t: &TestEngine, workflow: &str, repository: &str) -> i64 {
     let delivery = format!("test-{}", uuid::Uuid::new_v4());
-    t.engine
+    (t.engine
         .start_run(workflow, "pull_request", &payload_of(repository), &delivery)
         .await
         .unwrap()
-        .run_id
+        .run_id)
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +265,7 @@ async fn an_agentapi_agents_cost_is_estimated_from_its_wall_time() {
     let run_id = t.start_run("one").await;
     let snap = t.wait_run(run_id, Duration::from_secs(20)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
-    let attempts = t.store.attempts(run_id).await.unwrap();
+    let attempts = t.store.attempts(RunId(run_id)).await.unwrap();
     assert_eq!(attempts.len(), 1);
     let a = &attempts[0];
     assert!(a.cost_estimated, "AgentAPI reports no cost: estimated");

@@ -5,6 +5,7 @@
 mod dashboard_support;
 
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use dashboard_support::{Dash, EVIL_TITLE, csrf_of, set_cookie};
 use futures_util::StreamExt;
@@ -275,7 +276,7 @@ async fn the_run_pages_show_the_graph_attempts_outputs_and_timeline_escaped() {
     };
     d.store
         .record_change(
-            id,
+            RunId(id),
             "check",
             &change,
             Some("line 1 of `src/<evil>.rs` adds a secret"),
@@ -380,7 +381,14 @@ async fn controls_need_the_operator_role_and_the_csrf_token() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(
-        d.store.run(id).await.unwrap().unwrap().run.state.as_str(),
+        d.store
+            .run(RunId(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .run
+            .state
+            .as_str(),
         "running"
     );
 
@@ -392,7 +400,7 @@ async fn controls_need_the_operator_role_and_the_csrf_token() {
     d.open_gate();
     d.wait_for(id, Some("build"), "succeeded").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let snap = d.store.run(id).await.unwrap().unwrap();
+    let snap = d.store.run(RunId(id)).await.unwrap().unwrap();
     let test_state = snap.step("test").unwrap().state.as_str();
     assert!(
         ["pending", "ready"].contains(&test_state),

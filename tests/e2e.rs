@@ -20,6 +20,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use harness::{ChildService, SECRET, fixture, post, sign};
 use serde_json::{Value, json};
@@ -219,7 +220,7 @@ async fn run_of(store: &SqliteStore, number: i64, workflow: &str) -> Option<(i64
     {
         let snap = store.run(id).await.unwrap()?;
         if snap.run.workflow == workflow {
-            return Some((id, snap.run.state.to_string()));
+            return Some((id.0, snap.run.state.to_string()));
         }
     }
     None
@@ -507,7 +508,7 @@ async fn the_main_job_end_to_end() {
                 return false;
             };
             let running = store
-                .run(id)
+                .run(RunId(id))
                 .await
                 .unwrap()
                 .is_some_and(|s| s.steps.iter().any(|s| s.state.as_str() == "running"));
@@ -546,7 +547,7 @@ async fn the_main_job_end_to_end() {
         .count();
     assert_eq!(created3, 1, "GitHub sees one check run across the crash");
     let (id3, _) = run_of(&store, 3, "pr_processing").await.unwrap();
-    let events = store.run_events(id3).await.unwrap();
+    let events = store.run_events(RunId(id3)).await.unwrap();
     assert!(
         events.iter().any(|e| e.kind == "lease_expired"),
         "the killed attempt's lease was reaped: {events:#?}"

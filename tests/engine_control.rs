@@ -4,6 +4,7 @@
 mod engine_support;
 
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
@@ -42,9 +43,12 @@ async fn pause_lets_running_steps_finish_and_starts_nothing_new_until_resume() {
         running("first"),
     )
     .await;
-    assert_eq!(t.engine.pause(run).await.unwrap(), ControlOutcome::Changed);
     assert_eq!(
-        t.engine.pause(run).await.unwrap(),
+        t.engine.pause(RunId(run)).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        t.engine.pause(RunId(run)).await.unwrap(),
         ControlOutcome::Unchanged
     );
     // The running step finishes; the next one does not start.
@@ -59,14 +63,17 @@ async fn pause_lets_running_steps_finish_and_starts_nothing_new_until_resume() {
         agent.attempts_of("second").is_empty(),
         "nothing starts while paused"
     );
-    let snap = t.store.run(run).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(run)).await.unwrap().unwrap();
     assert_eq!(snap.run.state, RunState::Paused);
     assert_eq!(snap.step("second").unwrap().state, StepState::Ready);
 
     let resumed_at = Instant::now();
-    assert_eq!(t.engine.resume(run).await.unwrap(), ControlOutcome::Changed);
     assert_eq!(
-        t.engine.resume(run).await.unwrap(),
+        t.engine.resume(RunId(run)).await.unwrap(),
+        ControlOutcome::Changed
+    );
+    assert_eq!(
+        t.engine.resume(RunId(run)).await.unwrap(),
         ControlOutcome::Unchanged
     );
     let snap = t.wait_run(run, Duration::from_secs(5)).await;
@@ -78,12 +85,12 @@ async fn pause_lets_running_steps_finish_and_starts_nothing_new_until_resume() {
         "resume carries on, it does not restart"
     );
     assert_eq!(
-        t.engine.pause(run).await.unwrap(),
+        t.engine.pause(RunId(run)).await.unwrap(),
         ControlOutcome::Unchanged,
         "an ended run"
     );
     assert_eq!(
-        t.engine.pause(9999).await.unwrap(),
+        t.engine.pause(RunId(9999)).await.unwrap(),
         ControlOutcome::NotFound
     );
     t.stop().await;
@@ -108,11 +115,14 @@ async fn cancel_aborts_running_attempts_and_cancels_the_rest() {
     .await;
     let asked = Instant::now();
     assert_eq!(
-        t.engine.cancel(run, "cancelled by @octocat").await.unwrap(),
+        t.engine
+            .cancel(RunId(run), "cancelled by @octocat")
+            .await
+            .unwrap(),
         ControlOutcome::Changed
     );
     assert_eq!(
-        t.engine.cancel(run, "again").await.unwrap(),
+        t.engine.cancel(RunId(run), "again").await.unwrap(),
         ControlOutcome::Unchanged
     );
     let snap = t.wait_run(run, Duration::from_secs(5)).await;
@@ -131,10 +141,10 @@ async fn cancel_aborts_running_attempts_and_cancels_the_rest() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].cancelled, "the attempt's cancellation token fired");
     assert!(agent.attempts_of("second").is_empty());
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     assert_eq!(attempts[0].outcome.as_deref(), Some("cancelled"));
     assert_eq!(
-        t.engine.cancel(run, "late").await.unwrap(),
+        t.engine.cancel(RunId(run), "late").await.unwrap(),
         ControlOutcome::Unchanged
     );
     t.stop().await;
@@ -168,7 +178,10 @@ async fn cancel_still_runs_always_and_cancelled_steps_to_the_end() {
     t.wait_until(run, Duration::from_secs(5), "work running", running("work"))
         .await;
     assert_eq!(
-        t.engine.cancel(run, "cancelled by @octocat").await.unwrap(),
+        t.engine
+            .cancel(RunId(run), "cancelled by @octocat")
+            .await
+            .unwrap(),
         ControlOutcome::Changed
     );
     // The cleanup step starts after `work` stopped; a second cancel while
@@ -181,7 +194,7 @@ async fn cancel_still_runs_always_and_cancelled_steps_to_the_end() {
     )
     .await;
     assert_eq!(
-        t.engine.cancel(run, "again").await.unwrap(),
+        t.engine.cancel(RunId(run), "again").await.unwrap(),
         ControlOutcome::Unchanged
     );
     t.engine.reap_once().await.unwrap();
@@ -245,12 +258,12 @@ async fn retry_reruns_failed_steps_and_their_dependents_and_is_idempotent() {
     assert_eq!(snap.run.state, RunState::Failed);
     assert_eq!(snap.step("second").unwrap().state, StepState::Skipped);
 
-    t.engine.pause(run).await.unwrap(); // an ended run cannot be paused
+    t.engine.pause(RunId(run)).await.unwrap(); // an ended run cannot be paused
     assert_eq!(
-        t.engine.retry(run, None).await.unwrap(),
+        t.engine.retry(RunId(run), None).await.unwrap(),
         ControlOutcome::Changed
     );
-    let again = t.engine.retry(run, None).await.unwrap();
+    let again = t.engine.retry(RunId(run), None).await.unwrap();
     assert_eq!(
         again,
         ControlOutcome::Unchanged,
@@ -263,7 +276,7 @@ async fn retry_reruns_failed_steps_and_their_dependents_and_is_idempotent() {
 
     // One named step (and its dependents) on an ended run.
     assert_eq!(
-        t.engine.retry(run, Some("second")).await.unwrap(),
+        t.engine.retry(RunId(run), Some("second")).await.unwrap(),
         ControlOutcome::Changed
     );
     let snap = t.wait_run(run, Duration::from_secs(5)).await;
@@ -275,10 +288,10 @@ async fn retry_reruns_failed_steps_and_their_dependents_and_is_idempotent() {
     );
     assert_eq!(agent.attempts_of("second").len(), 2);
     assert_eq!(
-        t.engine.retry(run, Some("nope")).await.unwrap(),
+        t.engine.retry(RunId(run), Some("nope")).await.unwrap(),
         ControlOutcome::NotFound
     );
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     let numbers: Vec<i64> = attempts
         .iter()
         .filter(|a| a.step == "first")
@@ -323,11 +336,11 @@ steps:
     )
     .await;
     assert_eq!(
-        t.engine.retry(run, Some("flaky")).await.unwrap(),
+        t.engine.retry(RunId(run), Some("flaky")).await.unwrap(),
         ControlOutcome::Changed
     );
     assert_eq!(
-        t.engine.retry(run, Some("slow")).await.unwrap(),
+        t.engine.retry(RunId(run), Some("slow")).await.unwrap(),
         ControlOutcome::Unchanged,
         "a running step is left alone"
     );
@@ -436,7 +449,7 @@ async fn gated_run(t: &TestEngine, waiting: bool) -> i64 {
     let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
     t.engine.settle(id).await.unwrap();
     t.engine.wake();
-    id
+    id.0
 }
 
 /// A run waiting for approval never blocks its concurrency group, and
@@ -460,7 +473,7 @@ async fn waiting_runs_end_at_once_when_cancelled_and_never_block_their_group() {
         "not blocked by the waiting run"
     );
     assert_eq!(
-        t.engine.cancel(waiting, "superseded").await.unwrap(),
+        t.engine.cancel(RunId(waiting), "superseded").await.unwrap(),
         ControlOutcome::Changed
     );
     let snap = t.wait_run(waiting, Duration::from_secs(5)).await;
@@ -474,13 +487,16 @@ async fn waiting_runs_end_at_once_when_cancelled_and_never_block_their_group() {
     );
     // Retried, it waits for approval again; approved, it runs.
     assert_eq!(
-        t.engine.retry(waiting, None).await.unwrap(),
+        t.engine.retry(RunId(waiting), None).await.unwrap(),
         ControlOutcome::Changed
     );
-    let snap = t.store.run(waiting).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(waiting)).await.unwrap().unwrap();
     assert!(snap.run.waiting_approval, "{:?}", snap.run);
     assert_eq!(
-        t.engine.approve(waiting, "maintainer").await.unwrap(),
+        t.engine
+            .approve(RunId(waiting), "maintainer")
+            .await
+            .unwrap(),
         ControlOutcome::Changed
     );
     let snap = t.wait_run(waiting, Duration::from_secs(10)).await;
@@ -526,7 +542,7 @@ async fn prompts_render_from_the_runs_stored_context() {
     let id = t.store.create_runs(&[run]).await.unwrap()[0].run_id;
     t.engine.settle(id).await.unwrap();
     t.engine.wake();
-    let snap = t.wait_run(id, Duration::from_secs(10)).await;
+    let snap = t.wait_run(id.0, Duration::from_secs(10)).await;
     let output = snap.step("say").unwrap().output.clone().unwrap_or_default();
     assert!(
         output.contains(&pr.pull_request.title) && output.contains(&pr.pull_request.head.sha),

@@ -7,6 +7,7 @@ mod engine_support;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use engine_support::*;
 use taskmaster::dispatch::{DeliveryHandler, Dispatcher};
@@ -192,7 +193,7 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
         .execute(
             "UPDATE steps SET state = 'running', lease_owner = 'ghost', \
              lease_token = 'ghost-token', lease_expires_at = ?1 WHERE run_id = ?2",
-            [now_ms() + 150, run],
+            [now_ms() + 150, run.0],
         )
         .unwrap();
     t.engine.resume(run).await.unwrap();
@@ -202,9 +203,9 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
         "the lease is still held"
     );
     // The live engine's reaper takes the step back once the lease expires.
-    let snap = t.wait_run(run, Duration::from_secs(5)).await;
+    let snap = t.wait_run(run.0, Duration::from_secs(5)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
-    let events = t.decisions(run, "work", "lease_expired").await;
+    let events = t.decisions(run.0, "work", "lease_expired").await;
     assert!(
         events[0].contains("its worker stopped renewing it"),
         "{events:?}"
@@ -238,7 +239,7 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
         fast_config(),
     );
     let started = Instant::now();
-    let snap = t.wait_run(run2, Duration::from_secs(5)).await;
+    let snap = t.wait_run(run2.0, Duration::from_secs(5)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert!(started.elapsed() < Duration::from_secs(2));
     let attempts = t.store.attempts(run2).await.unwrap();
@@ -316,7 +317,7 @@ steps:
     );
     assert!(runs[0].reason.contains("opened"), "{}", runs[0].reason);
     assert!(runs[0].classification.is_some());
-    let snap = t.wait_run(runs[0].id, Duration::from_secs(5)).await;
+    let snap = t.wait_run((runs[0].id).0, Duration::from_secs(5)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
 
     // Reprocessing the same delivery (a crash after the handler, a replay)
@@ -533,7 +534,7 @@ async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them
     })
     .await;
     let (dir, store) = t.stop().await;
-    let snap = store.run(run).await.unwrap().unwrap();
+    let snap = store.run(RunId(run)).await.unwrap().unwrap();
     assert_eq!(
         snap.step("work").unwrap().state,
         StepState::Ready,
@@ -543,7 +544,7 @@ async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them
         slow.attempts_of("work")[0].cancelled,
         "the attempt was stopped"
     );
-    let released = store.run_events(run).await.unwrap();
+    let released = store.run_events(RunId(run)).await.unwrap();
     assert!(released.iter().any(|e| e.kind == "released"));
 
     let fast = Scripted::new("worker", Act::Ok(MS(5), "fast"));
@@ -556,7 +557,7 @@ async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them
     );
     let snap = t.wait_run(run, Duration::from_secs(5)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("cancelled"), Some("succeeded")]);
     t.stop().await;
@@ -614,7 +615,7 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
         1,
         "only the taken-over lease expired: {expired:?}"
     );
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("lost"), Some("succeeded")]);
     t.stop().await;

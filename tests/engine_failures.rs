@@ -5,6 +5,7 @@
 mod engine_support;
 
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
@@ -64,7 +65,7 @@ async fn transient_failures_are_retried_with_growing_backoff_up_to_the_limit() {
         give_up[0].contains("retries on `flaky` exhausted (4 of 4 attempts)"),
         "{give_up:?}"
     );
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     assert_eq!(attempts.len(), 4);
     assert!(
         attempts
@@ -181,7 +182,7 @@ async fn fallback_comes_after_the_retries_are_exhausted() {
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert_eq!(primary.attempts_of("work").len(), 3);
     assert_eq!(backup.attempts_of("work").len(), 1);
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     let agents: Vec<&str> = attempts.iter().map(|a| a.agent.as_str()).collect();
     assert_eq!(agents, ["primary", "primary", "primary", "backup"]);
     t.stop().await;
@@ -280,7 +281,7 @@ async fn a_step_that_runs_past_its_timeout_is_timed_out() {
         "a timeout is transient: retried"
     );
     assert!(started.elapsed() >= MS(300));
-    let attempts = t.store.attempts(run).await.unwrap();
+    let attempts = t.store.attempts(RunId(run)).await.unwrap();
     assert!(
         attempts
             .iter()

@@ -5,6 +5,7 @@
 mod engine_support;
 
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use engine_support::*;
 use proptest::prelude::*;
@@ -156,7 +157,7 @@ proptest! {
                 assert_eq!(results, 1, "step {id}: {results} recorded results");
             }
             assert_eq!(events.iter().filter(|e| e.kind == "run_finished").count(), 1);
-            let attempts = t.store.attempts(run).await.unwrap();
+            let attempts = t.store.attempts(RunId(run)).await.unwrap();
             assert!(attempts.iter().all(|a| a.outcome.is_some()));
             t.stop().await;
         });

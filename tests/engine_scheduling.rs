@@ -4,6 +4,7 @@
 mod engine_support;
 
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use engine_support::*;
 use taskmaster::agent::{ErrorClass, FailureKind};
@@ -52,9 +53,9 @@ steps:
 
     // Observers saw the run end and every step succeed.
     let seen = collect_transitions(rx, run, Duration::from_secs(2)).await;
-    assert!(seen.iter().any(|t| matches!(t, Transition::Run { run_id, state: RunState::Succeeded, .. } if *run_id == run)));
+    assert!(seen.iter().any(|t| matches!(t, Transition::Run { run_id, state: RunState::Succeeded, .. } if *run_id == RunId(run))));
     assert!(seen.iter().any(
-        |t| matches!(t, Transition::Run { run_id, state: RunState::Running, .. } if *run_id == run)
+        |t| matches!(t, Transition::Run { run_id, state: RunState::Running, .. } if *run_id == RunId(run))
     ));
     assert!(
         snap.run.classification.is_some(),
@@ -332,7 +333,7 @@ steps:
         .map(|s| s.step.clone())
         .collect();
     assert_eq!(order[0], "z_long1", "critical path first: {order:?}");
-    let snap = t.store.run(run).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(run)).await.unwrap().unwrap();
     assert!(snap.step("z_long1").unwrap().priority > snap.step("a_short").unwrap().priority);
     t.stop().await;
 }

@@ -8,6 +8,7 @@ mod harness;
 mod support;
 
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use harness::{ChildService, SECRET, fixture, post, sign};
 use serde_json::{Value, json};
@@ -380,7 +381,7 @@ async fn taskmaster_run_in_dry_run_prints_the_diff_and_records_the_would_be_pr()
     let store = taskmaster::store::SqliteStore::open(db.to_str().unwrap())
         .await
         .unwrap();
-    let change = taskmaster::store::ChangeStore::run_change(&store, 1)
+    let change = taskmaster::store::ChangeStore::run_change(&store, RunId(1))
         .await
         .unwrap()
         .unwrap();

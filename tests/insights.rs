@@ -9,6 +9,7 @@ mod engine_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use taskmaster::store::RunId;
 
 use backends::Backend;
 use engine_support::{fast_config, pr_payload, workflows};
@@ -125,7 +126,7 @@ impl Fixture {
     }
 
     /// One run of `checks`: lint as `lint`, then test as `test`.
-    async fn run(&self, number: i64, lint: &[(&str, i64)], test: &[(&str, i64)]) -> i64 {
+    async fn run(&self, number: i64, lint: &[(&str, i64)], test: &[(&str, i64)]) -> RunId {
         let id = self
             .engine
             .start_run(
@@ -142,7 +143,7 @@ impl Fixture {
         id
     }
 
-    async fn prediction(&self, run: i64) -> Prediction {
+    async fn prediction(&self, run: RunId) -> Prediction {
         let snap = self.store.run(run).await.unwrap().unwrap();
         Prediction::of_context(&snap.run.context).expect("a prediction in the run's context")
     }
@@ -223,7 +224,7 @@ async fn history_predictions_and_the_report(b: Backend) {
     // What the store hands back.
     let history = f.store.history(0, 1_000).await.unwrap();
     assert_eq!(history.runs.len(), 13);
-    assert_eq!(history.runs[0].id, id, "newest first");
+    assert_eq!(history.runs[0].id, id.0, "newest first");
     assert_eq!(history.attempts.len(), 13 * 2 + 3);
     assert!(history.attempts.iter().all(|a| a.primary_agent == "worker"));
     let durations = f.store.step_durations("checks", 5).await.unwrap();

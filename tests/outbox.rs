@@ -95,7 +95,7 @@ impl Fixture {
             }])
             .await
             .unwrap();
-        created[0].run_id
+        (created[0].run_id).0
     }
 
     /// A connection of its own to the store's database, for raw SQL.

@@ -11,6 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use taskmaster::store::RunId;
 
 use async_trait::async_trait;
 use engine_support::{TestEngine, fast_config, workflows};
@@ -217,7 +218,11 @@ async fn publish(outbox: &Outbox, store: &Arc<dyn RunStore>, run_id: i64) -> Cha
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         outbox.pass().await.unwrap();
-        let change = store.run_change(run_id).await.unwrap().expect("a change");
+        let change = store
+            .run_change(RunId(run_id))
+            .await
+            .unwrap()
+            .expect("a change");
         if change.state != ChangeState::Pending {
             // One more pass sends the report that shows it.
             outbox.pass().await.unwrap();
@@ -274,11 +279,12 @@ fn pr_payload(number: u64, head_ref: &str, head: &str, base: &str, head_repo: &s
 
 async fn start(t: &TestEngine, workflow: &str, event: &str, payload: &[u8]) -> i64 {
     let delivery = format!("test-{}", uuid::Uuid::new_v4());
-    t.engine
+    (t.engine
         .start_run(workflow, event, payload, &delivery)
         .await
         .unwrap()
-        .run_id
+        .run_id)
+        .0
 }
 
 fn output_of(snap: &taskmaster::store::RunSnapshot, step: &str) -> String {
@@ -359,7 +365,7 @@ async fn an_issue_run_of_the_real_claude_cli_becomes_one_commit_one_draft_pr_and
     );
     // Claude Code reports its cost (from the stand-in's token counts): the
     // attempt keeps the CLI's figure, not an estimate.
-    let attempts = store.attempts(run_id).await.unwrap();
+    let attempts = store.attempts(RunId(run_id)).await.unwrap();
     let code = attempts.iter().find(|a| a.step == "code").unwrap();
     assert!(code.cost_usd.is_some(), "{code:?}");
     assert!(!code.cost_estimated, "{code:?}");
@@ -482,7 +488,7 @@ async fn an_issue_run_of_the_real_claude_cli_becomes_one_commit_one_draft_pr_and
     outbox.pass().await.unwrap();
     assert_eq!(w.fake.writes().len(), before, "{:#?}", w.write_lines());
     // The API's view and the timeline say where it went.
-    let change = store.run_change(run_id).await.unwrap().unwrap();
+    let change = store.run_change(RunId(run_id)).await.unwrap().unwrap();
     assert_eq!(
         change.publication.target,
         Some(PublishTarget::NewPullRequest)
@@ -594,7 +600,7 @@ async fn a_same_repository_pr_gets_a_commit_on_its_head_and_a_moved_head_a_pr_ag
     assert_eq!(w.fake.commit_info(REPO, &head)["parents"], json!([w.pr1]));
     let lib = w.fake.file_at(REPO, "feature", "src/lib.rs").unwrap();
     assert!(lib.contains("two_fixed"), "{lib}");
-    let change = store.run_change(run1).await.unwrap().unwrap();
+    let change = store.run_change(RunId(run1)).await.unwrap().unwrap();
     assert_eq!(change.publication.target, Some(PublishTarget::HeadBranch));
     let ours = |w: &World| -> Vec<Value> {
         w.fake
@@ -639,7 +645,7 @@ async fn a_same_repository_pr_gets_a_commit_on_its_head_and_a_moved_head_a_pr_ag
         Some(pushed.as_str()),
         "bob's push is kept"
     );
-    let change = store.run_change(run2).await.unwrap().unwrap();
+    let change = store.run_change(RunId(run2)).await.unwrap().unwrap();
     assert_eq!(
         change.publication.target,
         Some(PublishTarget::PullRequestOnHead)
@@ -712,7 +718,12 @@ async fn a_fork_pr_gets_a_review_of_suggestions_inside_its_hunks_and_no_push() {
         reviews.len(),
         1,
         "{:?}\n{:#?}",
-        store.run_change(run_id).await.unwrap().unwrap().publication,
+        store
+            .run_change(RunId(run_id))
+            .await
+            .unwrap()
+            .unwrap()
+            .publication,
         w.write_lines()
     );
     let review = &reviews[0];
@@ -803,7 +814,7 @@ async fn refused_changes_say_why_and_write_nothing_to_github() {
         assert_eq!(code.state, StepState::Failed, "{name}");
         let error = code.error.clone().unwrap_or_default();
         assert!(error.contains(why), "{name}: {error}");
-        let change = store.run_change(run_id).await.unwrap().unwrap();
+        let change = store.run_change(RunId(run_id)).await.unwrap().unwrap();
         assert_eq!(change.state, ChangeState::Refused, "{name}");
         let outbox = w.outbox(store.clone());
         outbox.pass().await.unwrap();
@@ -859,7 +870,7 @@ async fn workflow_files_need_the_workflow_to_allow_them_and_the_app_to_hold_the_
         RunState::Succeeded
     );
     assert_eq!(publish(&outbox, &store, run1).await, ChangeState::Failed);
-    let change = store.run_change(run1).await.unwrap().unwrap();
+    let change = store.run_change(RunId(run1)).await.unwrap().unwrap();
     let why = change.last_error.unwrap_or_default();
     assert!(why.contains("`workflows` permission"), "{why}");
     assert!(
@@ -952,7 +963,7 @@ async fn pull_requests_the_agent_opened_itself_are_linked_not_opened_again() {
         publish(&outbox, &store, run_id).await,
         ChangeState::Published
     );
-    let change = store.run_change(run_id).await.unwrap().unwrap();
+    let change = store.run_change(RunId(run_id)).await.unwrap().unwrap();
     assert_eq!(change.publication.target, Some(PublishTarget::Linked));
     assert!(w.fake.pulls(REPO).iter().all(|p| p["number"] != json!(100)));
     let lines = w.write_lines();

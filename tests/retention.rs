@@ -128,9 +128,9 @@ async fn the_pruner_deletes_what_is_past_retention_and_keeps_what_live_runs_need
         .await
         .unwrap();
     let [live, recent, ancient, old] = [0, 1, 2, 3].map(|i| created[i].run_id);
-    finish(&b, recent, 1).await;
-    finish(&b, ancient, 400).await;
-    finish(&b, old, 100).await;
+    finish(&b, recent.0, 1).await;
+    finish(&b, ancient.0, 400).await;
+    finish(&b, old.0, 100).await;
     // Effects: one sent 40 days ago, one still pending from then.
     s.enqueue_effects(&[
         NewEffect {

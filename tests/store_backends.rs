@@ -8,6 +8,7 @@ mod engine_support;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use backends::Backend;
 use bytes::Bytes;
@@ -702,7 +703,7 @@ async fn control_operations_pause_resume_cancel_retry_and_deadlines(b: Backend) 
         ControlOutcome::Unchanged
     );
     assert_eq!(
-        store.pause_run(9999).await.unwrap(),
+        store.pause_run(RunId(9999)).await.unwrap(),
         ControlOutcome::NotFound
     );
     assert!(
@@ -759,7 +760,7 @@ async fn control_operations_pause_resume_cancel_retry_and_deadlines(b: Backend) 
         ControlOutcome::NotFound
     );
     assert_eq!(
-        store.retry_run(9999, None).await.unwrap(),
+        store.retry_run(RunId(9999), None).await.unwrap(),
         ControlOutcome::NotFound
     );
     // Cancel: asked, then listed as stopping until settled.
@@ -852,8 +853,8 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
         (run, 42, None)
     );
     // Never touched by the outbox: found by the cheap look, after an id.
-    let new: Vec<(i64, i64)> = store
-        .unreported_runs(0, 10)
+    let new: Vec<(RunId, i64)> = store
+        .unreported_runs(RunId(0), 10)
         .await
         .unwrap()
         .iter()
@@ -863,7 +864,11 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     assert!(store.unreported_runs(run, 10).await.unwrap().is_empty());
     store.record_check_run(run, 555).await.unwrap();
     assert!(
-        store.unreported_runs(0, 10).await.unwrap().is_empty(),
+        store
+            .unreported_runs(RunId(0), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a check run made: no longer new"
     );
     store
@@ -930,7 +935,7 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
         .unwrap()[0]
         .run_id;
     // A run never reported goes ahead of older ones with updates due.
-    let order: Vec<i64> = store
+    let order: Vec<RunId> = store
         .report_candidates(now, 10)
         .await
         .unwrap()
@@ -1165,7 +1170,7 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
         ControlOutcome::Unchanged
     );
     assert_eq!(
-        store.approve_run(9999, "x").await.unwrap(),
+        store.approve_run(RunId(9999), "x").await.unwrap(),
         ControlOutcome::NotFound
     );
     let approved = store.run(run).await.unwrap().unwrap().run;
@@ -1385,7 +1390,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
     assert_eq!(filtered.len(), 1);
     let page = store
         .list_runs(&RunFilter {
-            before_id: Some(r2),
+            before_id: Some(r2.0),
             limit: 10,
             ..RunFilter::default()
         })
@@ -1426,7 +1431,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
                 body: Some("now".into()),
                 classification: None,
                 state: Some(TaskState::InProgress),
-                run_id: Some(Some(r1)),
+                run_id: Some(Some(r1.0)),
                 updated_at: 6,
             },
         )
@@ -1435,7 +1440,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
         .unwrap();
     assert_eq!(
         (updated.body.as_str(), updated.state, updated.run_id),
-        ("now", TaskState::InProgress, Some(r1))
+        ("now", TaskState::InProgress, Some(r1.0))
     );
     assert_eq!(store.task(task.id).await.unwrap().unwrap().updated_at, 6);
     assert!(store.task(task.id + 100).await.unwrap().is_none());
@@ -1468,7 +1473,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
 
     let v = store
         .create_validation(&NewValidation {
-            run_id: Some(r1),
+            run_id: Some(r1.0),
             step: Some("work".into()),
             kind: ValidationKind::Tests,
             verdict: Verdict::Fail,
@@ -1485,7 +1490,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
     );
     let found = store
         .validations(&ValidationFilter {
-            run_id: Some(r1),
+            run_id: Some(r1.0),
             kind: Some(ValidationKind::Tests),
             verdict: Some(Verdict::Fail),
             before_id: None,

@@ -9,6 +9,7 @@ mod engine_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use async_trait::async_trait;
 use engine_support::{TestEngine, fast_config, workflows};
@@ -119,7 +120,7 @@ async fn a_fail_verdict_skips_the_gated_step_and_turns_the_check_run_red_with_an
         &[finding(3, "failure"), finding(7, "warning")],
     )]);
     let (t, id) = run_with(reviewer.clone()).await;
-    let snap = t.store.run(id).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(id)).await.unwrap().unwrap();
     // The engine's run ended as its steps did; the gated step was skipped.
     assert_eq!(snap.step("review").unwrap().state, StepState::Succeeded);
     assert_eq!(snap.step("deploy").unwrap().state, StepState::Skipped);
@@ -198,7 +199,7 @@ async fn a_fail_verdict_skips_the_gated_step_and_turns_the_check_run_red_with_an
 async fn a_pass_verdict_lets_the_gated_step_run_and_the_check_run_stay_green() {
     let reviewer = Reviewer::new(&[&answer("pass", &[finding(2, "notice")])]);
     let (t, id) = run_with(reviewer).await;
-    let snap = t.store.run(id).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(id)).await.unwrap().unwrap();
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert_eq!(snap.step("deploy").unwrap().state, StepState::Succeeded);
     let update = build_report(&snap, None).check_run_update();
@@ -210,7 +211,7 @@ async fn a_pass_verdict_lets_the_gated_step_run_and_the_check_run_stay_green() {
 async fn a_malformed_verdict_gets_one_repair_turn() {
     let reviewer = Reviewer::new(&["Looks good to me, APPROVE.", &answer("pass", &[])]);
     let (t, id) = run_with(reviewer.clone()).await;
-    let snap = t.store.run(id).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(id)).await.unwrap().unwrap();
     assert_eq!(snap.step("review").unwrap().state, StepState::Succeeded);
     assert_eq!(snap.step("deploy").unwrap().state, StepState::Succeeded);
     let prompts = reviewer.prompts.lock().unwrap().clone();
@@ -232,13 +233,13 @@ async fn a_malformed_verdict_gets_one_repair_turn() {
 async fn malformed_twice_fails_the_step_as_malformed_not_as_the_codes_verdict() {
     let reviewer = Reviewer::new(&["APPROVE", "```json\n{\"verdict\": \"approve\"}\n```"]);
     let (t, id) = run_with(reviewer.clone()).await;
-    let snap = t.store.run(id).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(id)).await.unwrap().unwrap();
     let review = snap.step("review").unwrap();
     assert_eq!(review.state, StepState::Failed);
     let error = review.error.clone().unwrap_or_default();
     assert!(error.contains("malformed verdict"), "{error}");
     assert_eq!(snap.step("deploy").unwrap().state, StepState::Skipped);
-    let attempts = t.store.attempts(id).await.unwrap();
+    let attempts = t.store.attempts(RunId(id)).await.unwrap();
     assert_eq!(attempts[0].outcome.as_deref(), Some("failed"));
     assert!(
         attempts[0]
@@ -268,7 +269,7 @@ async fn a_hundred_and_twenty_findings_go_out_in_three_annotation_batches() {
     let findings: Vec<String> = (1..=120).map(|l| finding(l, "warning")).collect();
     let reviewer = Reviewer::new(&[&answer("neutral", &findings)]);
     let (t, id) = run_with(reviewer).await;
-    let snap = t.store.run(id).await.unwrap().unwrap();
+    let snap = t.store.run(RunId(id)).await.unwrap().unwrap();
     let mut report = build_report(&snap, None);
     report.annotate = true;
     let update = report.check_run_update();

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use taskmaster::store::RunId;
 
 use async_trait::async_trait;
 use engine_support::{TestEngine, fast_config, workflows};
@@ -217,11 +218,12 @@ fn config_with(ws: Arc<Workspaces>) -> EngineConfig {
 
 async fn start_pr_run(t: &TestEngine, workflow: &str, payload: &[u8]) -> i64 {
     let delivery = format!("test-{}", uuid::Uuid::new_v4());
-    t.engine
+    (t.engine
         .start_run(workflow, "pull_request", payload, &delivery)
         .await
         .unwrap()
-        .run_id
+        .run_id)
+        .0
 }
 
 fn output_of(snap: &taskmaster::store::RunSnapshot, step: &str) -> String {
@@ -1197,7 +1199,7 @@ steps:
         .await
         .unwrap();
 
-    let snap = store.run(1).await.unwrap().unwrap();
+    let snap = store.run(RunId(1)).await.unwrap().unwrap();
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert_eq!(output_of(&snap, "look"), "pr head of acme/killed\n");
     assert_eq!(snap.run.checkout_sha.as_deref(), Some(w.pr1.as_str()));

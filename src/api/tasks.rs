@@ -9,6 +9,7 @@
 //! to the run working on it (`PUT {run_id}`), which
 //! `GET /api/tasks/{id}/workflow` then shows.
 
+use crate::store::RunId;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -344,7 +345,7 @@ pub async fn workflow(
         .ok_or_else(|| Problem::not_found(format!("no task {id}")))?;
     // A linked run, else (tasks from GitHub) the newest run on its issue or PR.
     let run_id = match (task.run_id, &task.repository, task.subject_number) {
-        (Some(run_id), _, _) => Some(run_id),
+        (Some(run_id), _, _) => Some(RunId(run_id)),
         (None, Some(repository), Some(number)) => state
             .store
             .subject_runs(repository, number, 1)
@@ -358,8 +359,8 @@ pub async fn workflow(
             "task {id} has no run; link one with PUT /api/tasks/{id} {{\"run_id\": …}}"
         ))
     })?;
-    super::workflows::visible_run(&state, &caller, run_id).await?;
-    Ok(Json(super::workflows::run_detail(&state, run_id).await?))
+    super::workflows::visible_run(&state, &caller, run_id.0).await?;
+    Ok(Json(super::workflows::run_detail(&state, run_id.0).await?))
 }
 
 /// 404 unless task `id` exists and `caller` may act on its repository.

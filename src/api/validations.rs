@@ -2,6 +2,7 @@
 //! security audit — with their evidence, recorded by agents' tooling, CI or
 //! people (`POST`), and read back per run.
 
+use crate::store::RunId;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -219,7 +220,7 @@ pub async fn create(
     if let Some(run_id) = req.run_id {
         let Some(run) = state
             .store
-            .run(run_id)
+            .run(RunId(run_id))
             .await?
             .filter(|r| caller.may_act_on(r.run.repository.as_deref()))
         else {

@@ -16,6 +16,7 @@
 //! `changed: false`. Every call that changes something, or tries to, is
 //! written to the audit log with the token's name.
 
+use crate::store::RunId;
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -126,7 +127,7 @@ pub struct RunView {
 impl From<Run> for RunView {
     fn from(r: Run) -> Self {
         RunView {
-            id: r.id,
+            id: r.id.0,
             workflow: r.workflow,
             delivery_id: r.delivery_id,
             event: r.event,
@@ -788,7 +789,7 @@ pub async fn list(
             ..RunFilter::default()
         })
         .await?;
-    let (items, next_cursor) = page.split(runs, |r| r.id);
+    let (items, next_cursor) = page.split(runs, |r| r.id.0);
     Ok(Json(RunPage {
         items: items.into_iter().map(RunView::from).collect(),
         next_cursor,
@@ -817,7 +818,7 @@ pub async fn get(
 /// 404 unless run `id` exists and `caller` may act on its repository (a
 /// scoped token learns nothing of other repositories' runs).
 pub(crate) async fn visible_run(state: &ApiState, caller: &Caller, id: i64) -> ApiResult<()> {
-    match state.store.run(id).await? {
+    match state.store.run(RunId(id)).await? {
         Some(snap) if caller.may_act_on(snap.run.repository.as_deref()) => Ok(()),
         _ => Err(Problem::not_found(format!("no run {id}"))),
     }
@@ -826,12 +827,16 @@ pub(crate) async fn visible_run(state: &ApiState, caller: &Caller, id: i64) -> A
 pub(super) async fn run_detail(state: &ApiState, id: i64) -> ApiResult<RunDetail> {
     let snap = state
         .store
-        .run(id)
+        .run(RunId(id))
         .await?
         .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
-    let attempts = state.store.attempts(id).await?;
-    let timeline = state.store.run_events(id).await?;
-    let changes = state.store.run_change(id).await?.map(ChangesView::from);
+    let attempts = state.store.attempts(RunId(id)).await?;
+    let timeline = state.store.run_events(RunId(id)).await?;
+    let changes = state
+        .store
+        .run_change(RunId(id))
+        .await?
+        .map(ChangesView::from);
     let prediction = crate::insights::predict::Prediction::of_context(&snap.run.context);
     let expected = crate::engine::forecast::expected(&snap);
     Ok(RunDetail {
@@ -866,17 +871,17 @@ pub(crate) async fn control(
     visible_run(state, caller, id).await?;
     let engine = &state.engine;
     let result = match op {
-        Control::Pause => engine.pause(id).await,
-        Control::Resume => engine.resume(id).await,
+        Control::Pause => engine.pause(RunId(id)).await,
+        Control::Resume => engine.resume(RunId(id)).await,
         Control::Cancel => {
             engine
                 .cancel(
-                    id,
+                    RunId(id),
                     &format!("cancelled through the API by `{}`", caller.name),
                 )
                 .await
         }
-        Control::Retry => engine.retry(id, step).await,
+        Control::Retry => engine.retry(RunId(id), step).await,
     };
     let action = match op {
         Control::Pause => "run.pause",
@@ -908,7 +913,7 @@ pub(crate) async fn control(
     let changed = answer?;
     let run = state
         .store
-        .run(id)
+        .run(RunId(id))
         .await?
         .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     Ok(Json(ControlResult {

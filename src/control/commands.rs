@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::forecast::Forecast;
+use crate::store::RunId;
 
 /// Where a command came from and where its answers go.
 pub(super) struct Invocation<'a> {
@@ -265,9 +266,9 @@ impl AppHandler {
         &self,
         inv: &Invocation<'_>,
         limit: i64,
-    ) -> Result<Vec<i64>, HandlerError> {
+    ) -> Result<Vec<RunId>, HandlerError> {
         Ok(match (inv.run_id, inv.number) {
-            (Some(id), _) => vec![id],
+            (Some(id), _) => vec![RunId(id)],
             (None, Some(n)) => {
                 self.store
                     .subject_runs(&inv.repository, n as i64, limit)

@@ -3,6 +3,7 @@
 //! `check_run.requested_action`), authorized like the matching command.
 
 use super::*;
+use crate::store::RunId;
 
 impl AppHandler {
     /// `check_run.rerequested`, `check_suite.rerequested` and our buttons.
@@ -45,7 +46,7 @@ impl AppHandler {
                 let mut newest: HashMap<String, i64> = HashMap::new();
                 for id in ids {
                     if let Some(snap) = self.store.run(id).await? {
-                        newest.insert(snap.run.workflow.clone(), id);
+                        newest.insert(snap.run.workflow.clone(), id.0);
                     }
                 }
                 let mut ids: Vec<i64> = newest.into_values().collect();
@@ -75,7 +76,7 @@ impl AppHandler {
         let config = self.configs.get(installation, &repository).await;
         let mut runs = Vec::new();
         for run_id in run_ids {
-            let Some(snap) = self.store.run(run_id).await? else {
+            let Some(snap) = self.store.run(RunId(run_id)).await? else {
                 continue;
             };
             if snap.run.repository.as_deref() != Some(repository.as_str()) {

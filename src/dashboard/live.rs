@@ -12,6 +12,7 @@
 //! fetches its live part again — it never shows a state it missed. A
 //! comment every 15 s keeps proxies from closing an idle stream.
 
+use crate::store::RunId;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ pub async fn run_events(
     let Ok(id) = id.parse::<i64>() else {
         return error_page(StatusCode::NOT_FOUND, "No such run.");
     };
-    match state.api.store.run(id).await {
+    match state.api.store.run(RunId(id)).await {
         Ok(Some(_)) => {}
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("There is no run {id}.")),
         Err(e) => {
@@ -86,7 +87,7 @@ pub async fn run_events(
                 Ok(t) => {
                     let mine = match &t {
                         Transition::Run { run_id, .. } | Transition::Step { run_id, .. } => {
-                            *run_id == id
+                            *run_id == RunId(id)
                         }
                     };
                     if mine {
@@ -115,7 +116,7 @@ pub async fn runs_events(State(state): State<DashboardState>, _: Viewer) -> Resp
             .await
             .ok()
             .and_then(|r| r.first().map(|r| r.id))
-            .unwrap_or(0)
+            .unwrap_or(RunId(0))
     };
     let seen = latest(store.clone()).await;
     let rx = state.api.engine.subscribe();

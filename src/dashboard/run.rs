@@ -15,6 +15,7 @@
 //! which the page's script fetches again whenever the run's SSE stream
 //! (`/runs/{id}/events`) reports a transition.
 
+use crate::store::RunId;
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
@@ -65,13 +66,13 @@ async fn load(state: &DashboardState, id: &str) -> Result<RunData, Response> {
         )
     };
     let snap = store
-        .run(id)
+        .run(RunId(id))
         .await
         .map_err(internal)?
         .ok_or_else(|| error_page(StatusCode::NOT_FOUND, &format!("There is no run {id}.")))?;
-    let attempts = store.attempts(id).await.map_err(internal)?;
-    let events = store.run_events(id).await.map_err(internal)?;
-    let change = store.run_change(id).await.map_err(internal)?;
+    let attempts = store.attempts(RunId(id)).await.map_err(internal)?;
+    let events = store.run_events(RunId(id)).await.map_err(internal)?;
+    let change = store.run_change(RunId(id)).await.map_err(internal)?;
     Ok(RunData {
         snap,
         attempts,
@@ -190,7 +191,7 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
         }
         p.meta { "Why: " (run.reason) }
         @if let Some(c) = &run.conclusion { p.meta { "Conclusion: " (c) } }
-        (controls(run.id, run.state, session))
+        (controls(run.id.0, run.state, session))
         h2 #graph-heading { "Steps" }
         (legend(&data.snap.steps))
         div.graph { (dag(&data.snap.steps)) }
@@ -224,7 +225,7 @@ fn live_part(data: &RunData, session: Option<&Session>) -> Markup {
             (findings(run, &verdicts))
         }
         h2 { "Outputs" }
-        (outputs(run.id, &data.snap.steps, session.filter(|s| s.can_control())))
+        (outputs(run.id.0, &data.snap.steps, session.filter(|s| s.can_control())))
         h2 { "Timeline" }
         (timeline(&data.events))
     }

@@ -29,7 +29,7 @@ pub(crate) async fn fallback_first(
     {
         Ok(recent) => recent,
         Err(e) => {
-            tracing::warn!(run = step.run_id, step = %step.step, error = %e,
+            tracing::warn!(run = %step.run_id, step = %step.step, error = %e,
                 "cannot read the step's history; running its agents in order");
             return None;
         }

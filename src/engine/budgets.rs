@@ -3,6 +3,7 @@
 //! have spent, checked against `budgets:`.
 
 use crate::budget::{Budgets, Exhausted, Headroom, Scope, Spent};
+use crate::store::RunId;
 use crate::store::{ControlOutcome, RunSnapshot, RunStore, StoreError};
 
 /// The run's and its subject's spend in each scope `budgets` limits, at
@@ -25,7 +26,7 @@ pub async fn spent(
     for scope in budgets.scopes() {
         let spent = match scope {
             Scope::Run => {
-                let attempts = store.attempts(run_id).await?;
+                let attempts = store.attempts(RunId(run_id)).await?;
                 Spent {
                     usd: attempts.iter().filter_map(|a| a.cost_usd).sum(),
                     attempts: attempts.len() as i64,
@@ -96,7 +97,7 @@ pub(super) async fn stop_run(engine: &super::Engine, run_id: i64, exhausted: &Ex
     match engine
         .inner
         .store
-        .stop_over_budget(run_id, &exhausted.message)
+        .stop_over_budget(RunId(run_id), &exhausted.message)
         .await
     {
         Ok(ControlOutcome::Changed) => {
@@ -104,6 +105,8 @@ pub(super) async fn stop_run(engine: &super::Engine, run_id: i64, exhausted: &Ex
             engine.wake();
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(run_id, error = %e, "cannot stop the run over its budget"),
+        Err(e) => {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot stop the run over its budget")
+        }
     }
 }

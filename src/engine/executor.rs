@@ -26,6 +26,7 @@
 //! lease) both carry the run's desired state, so such an attempt is stopped
 //! within the shorter of the two.
 
+use crate::store::RunId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             },
             ("give_up", &why),
             &step.step,
-            run_id,
+            run_id.0,
         )
         .await
         .1;
@@ -139,7 +140,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             ("fallback_by_history", &why),
             &step.step,
-            run_id,
+            run_id.0,
         )
         .await
         .1;
@@ -192,7 +193,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             (event, &why),
             &step.step,
-            run_id,
+            run_id.0,
         )
         .await
         .1;
@@ -215,7 +216,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             (event, &why),
             &step.step,
-            run_id,
+            run_id.0,
         )
         .await
         .1;
@@ -229,7 +230,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     let snapshot = match inner.store.run(run_id).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(run_id, error = %e, "cannot read the run before its attempt");
+            tracing::warn!(run_id = %run_id, error = %e, "cannot read the run before its attempt");
             None
         }
     };
@@ -249,7 +250,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     match super::budgets::check(
         inner.store.as_ref(),
         &budgets,
-        run_id,
+        run_id.0,
         repository.as_deref(),
         installation,
         (inner.config.clock)(),
@@ -258,7 +259,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     {
         Ok(Ok(headroom)) => budget_time = headroom.time_left(price.as_ref()),
         Ok(Err(exhausted)) => {
-            super::budgets::stop_run(engine, run_id, &exhausted).await;
+            super::budgets::stop_run(engine, run_id.0, &exhausted).await;
             let why = exhausted.message;
             let record = not_run("permanent", "budget", &why);
             return finish(
@@ -272,13 +273,13 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 },
                 ("budget_exhausted", &why),
                 &step.step,
-                run_id,
+                run_id.0,
             )
             .await
             .1;
         }
         Err(e) => {
-            tracing::warn!(run_id, error = %e, "cannot read what was spent; the attempt starts unchecked");
+            tracing::warn!(run_id = %run_id, error = %e, "cannot read what was spent; the attempt starts unchecked");
         }
     }
 
@@ -288,7 +289,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     // return below takes it out again (`Unregister`).
     let cancel = CancellationToken::new();
     let running = Arc::new(RunningAttempt {
-        run_id,
+        run_id: run_id.0,
         step_row: lease.step_row,
         token: lease.token.clone(),
         registered: std::time::Instant::now(),
@@ -315,59 +316,59 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     // the rest. A transient failure (network, disk) retries the step; a
     // permanent one (the commit is gone) fails it: another agent would not
     // fare better, so no fallback.
-    let workspace = match super::workspaces::prepare(engine, &step.step, run_id, &delivery_id).await
-    {
-        Ok(ws) => ws,
-        Err(e) => {
-            let transient = e.is_transient();
-            let tried = step.agent_attempts.max(1) as u32;
-            let max = def.retry.max_attempts.max(1);
-            let message = format!("the run's workspace could not be made: {e}");
-            let (next, event, why) = if transient && tried < max {
-                let delay = backoff::retry_delay(&def.retry, tried + 1, None);
-                (
-                    StepNext::Retry {
-                        run_at: now_ms() + delay.as_millis() as i64,
-                    },
-                    "retry",
-                    format!(
-                        "{message}; retry {tried} of {} in {} ms",
-                        max - 1,
-                        delay.as_millis()
-                    ),
+    let workspace =
+        match super::workspaces::prepare(engine, &step.step, run_id.0, &delivery_id).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                let transient = e.is_transient();
+                let tried = step.agent_attempts.max(1) as u32;
+                let max = def.retry.max_attempts.max(1);
+                let message = format!("the run's workspace could not be made: {e}");
+                let (next, event, why) = if transient && tried < max {
+                    let delay = backoff::retry_delay(&def.retry, tried + 1, None);
+                    (
+                        StepNext::Retry {
+                            run_at: now_ms() + delay.as_millis() as i64,
+                        },
+                        "retry",
+                        format!(
+                            "{message}; retry {tried} of {} in {} ms",
+                            max - 1,
+                            delay.as_millis()
+                        ),
+                    )
+                } else {
+                    (
+                        StepNext::Finish {
+                            state: StepState::Failed,
+                            output: None,
+                            error: Some(message.clone()),
+                        },
+                        "give_up",
+                        message.clone(),
+                    )
+                };
+                let class = if transient { "transient" } else { "permanent" };
+                let record = not_run(class, "workspace", &message);
+                return finish(
+                    engine,
+                    &lease,
+                    record.as_ref(),
+                    next,
+                    (event, &why),
+                    &step.step,
+                    run_id.0,
                 )
-            } else {
-                (
-                    StepNext::Finish {
-                        state: StepState::Failed,
-                        output: None,
-                        error: Some(message.clone()),
-                    },
-                    "give_up",
-                    message.clone(),
-                )
-            };
-            let class = if transient { "transient" } else { "permanent" };
-            let record = not_run(class, "workspace", &message);
-            return finish(
-                engine,
-                &lease,
-                record.as_ref(),
-                next,
-                (event, &why),
-                &step.step,
-                run_id,
-            )
-            .await
-            .1;
-        }
-    };
+                .await
+                .1;
+            }
+        };
 
     let (prompt, with) = match render(
         engine,
         &wf,
         &def,
-        run_id,
+        run_id.0,
         &delivery_id,
         workspace.as_ref(),
         snapshot,
@@ -395,7 +396,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 },
                 ("give_up", &why),
                 &step.step,
-                run_id,
+                run_id.0,
             )
             .await
             .1;
@@ -420,7 +421,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                     )
                 }),
             Err(e) => {
-                tracing::warn!(run_id, error = %e, "cannot read attempts for the agent's budget");
+                tracing::warn!(run_id = %run_id, error = %e, "cannot read attempts for the agent's budget");
                 (0, 0.0)
             }
         };
@@ -451,7 +452,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 next,
                 (event, &why),
                 &step.step,
-                run_id,
+                run_id.0,
             )
             .await
             .1;
@@ -562,7 +563,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         && let Some(ws) = workspace.as_ref()
     {
         let opened = outcome.pull_requests.clone();
-        match super::workspaces::harvest(engine, &wf, &step.step, run_id, ws, opened).await {
+        match super::workspaces::harvest(engine, &wf, &step.step, run_id.0, ws, opened).await {
             Some(f) if f.class == ErrorClass::Permanent => refusal = Some(f.message),
             Some(f) => outcome.failure = Some(f),
             None => {}
@@ -613,7 +614,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
 
     let (next, event, why) = match (stop, &outcome.failure) {
         (Some(StopReason::LeaseLost), _) => {
-            tracing::warn!(run_id, step = %step.step, attempt = number,
+            tracing::warn!(run_id = %run_id, step = %step.step, attempt = number,
                 "the lease was lost while the attempt ran; its result is dropped");
             return false;
         }
@@ -729,7 +730,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         next,
         (event, &why),
         &step.step,
-        run_id,
+        run_id.0,
     )
     .await;
     // What this attempt cost may have spent a budget: the run stops now, so
@@ -739,14 +740,14 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         let spent_now = super::budgets::check(
             inner.store.as_ref(),
             &budgets,
-            run_id,
+            run_id.0,
             repository.as_deref(),
             installation,
             (inner.config.clock)(),
         )
         .await;
         if let Ok(Err(exhausted)) = spent_now {
-            super::budgets::stop_run(engine, run_id, &exhausted).await;
+            super::budgets::stop_run(engine, run_id.0, &exhausted).await;
         }
     }
     if accepted && let Some((kind, state, output, error, malformed)) = verdict {
@@ -757,7 +758,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             super::verdicts::record_validation(
                 engine,
                 &workflow,
-                run_id,
+                run_id.0,
                 &step.step,
                 &agent_name,
                 kind,
@@ -891,7 +892,7 @@ async fn finish(
             handed_off,
         }) => {
             engine.publish(Transition::Step {
-                run_id,
+                run_id: RunId(run_id),
                 step: step.to_owned(),
                 state,
                 agent: None,
@@ -909,7 +910,7 @@ async fn finish(
             handed_off,
         }) => {
             tracing::warn!(
-                run_id,
+                run_id = %run_id,
                 step,
                 "result refused: the lease is no longer held (fenced)"
             );
@@ -917,7 +918,7 @@ async fn finish(
         }
         Err(e) => {
             // The lease runs out and the reaper hands the step to another attempt.
-            tracing::error!(run_id, step, error = %e, "could not record the step's result");
+            tracing::error!(run_id = %run_id, step, error = %e, "could not record the step's result");
             (false, false)
         }
     }
@@ -957,7 +958,7 @@ async fn render(
     let snapshot = match snapshot {
         Some(s) => s,
         None => store
-            .run(run_id)
+            .run(RunId(run_id))
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the run is gone")?,

@@ -45,6 +45,7 @@ pub mod plan;
 mod verdicts;
 mod workspaces;
 
+use crate::store::RunId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,7 +180,7 @@ pub enum Transition {
     /// A run changed state.
     Run {
         /// The run.
-        run_id: i64,
+        run_id: RunId,
         /// Its new state.
         state: RunState,
         /// Why.
@@ -188,7 +189,7 @@ pub enum Transition {
     /// A step changed state.
     Step {
         /// The run.
-        run_id: i64,
+        run_id: RunId,
         /// The step id.
         step: String,
         /// Its new state.
@@ -510,7 +511,7 @@ impl Engine {
             if let Some(workspaces) = &self.inner.config.workspaces
                 && let Ok(active) = self.inner.store.active_runs().await
             {
-                let active = active.into_iter().collect();
+                let active = active.into_iter().map(|r| r.0).collect();
                 let _ =
                     tokio::time::timeout(Duration::from_secs(5), workspaces.sweep(&active)).await;
             }
@@ -775,14 +776,14 @@ impl Engine {
         let now = now_ms();
         let reaped = self.inner.store.reap_leases(Some(now)).await?;
         for (run_id, step) in &reaped {
-            tracing::warn!(run_id, step = %step, "lease expired; the step is ready again");
+            tracing::warn!(run_id = %run_id, step = %step, "lease expired; the step is ready again");
         }
         for run_id in self.inner.store.expire_runs(now).await? {
-            self.stop_attempts(run_id, StopReason::TimedOut);
+            self.stop_attempts(run_id.0, StopReason::TimedOut);
             self.settle(run_id).await?;
         }
         for run_id in self.inner.store.stopping_runs().await? {
-            self.stop_attempts(run_id, StopReason::Cancelled);
+            self.stop_attempts(run_id.0, StopReason::Cancelled);
             self.settle(run_id).await?;
         }
         if !reaped.is_empty() {
@@ -792,14 +793,14 @@ impl Engine {
     }
 
     /// Settles one run (applies the planner) and publishes what changed.
-    pub async fn settle(&self, run_id: i64) -> Result<(), StoreError> {
+    pub async fn settle(&self, run_id: RunId) -> Result<(), StoreError> {
         if let Some(plan) = self
             .inner
             .store
             .settle_run(run_id, &self.inner.planner)
             .await?
         {
-            self.publish_plan(run_id, &plan);
+            self.publish_plan(run_id.0, &plan);
         }
         Ok(())
     }
@@ -820,7 +821,7 @@ impl Engine {
         for c in &plan.steps {
             ready |= c.to == StepState::Ready;
             self.publish(Transition::Step {
-                run_id,
+                run_id: RunId(run_id),
                 step: c.step.clone(),
                 state: c.to,
                 agent: None,
@@ -830,7 +831,7 @@ impl Engine {
         }
         if let Some((state, reason)) = &plan.outcome {
             self.publish(Transition::Run {
-                run_id,
+                run_id: RunId(run_id),
                 state: *state,
                 reason: reason.clone(),
             });
@@ -849,7 +850,7 @@ impl Engine {
     // ----- control -------------------------------------------------------
 
     /// Pause: no new step of the run starts; running ones finish. Idempotent.
-    pub async fn pause(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+    pub async fn pause(&self, run_id: RunId) -> Result<ControlOutcome, StoreError> {
         let outcome = self.inner.store.pause_run(run_id).await?;
         if outcome == ControlOutcome::Changed {
             self.publish(Transition::Run {
@@ -862,7 +863,7 @@ impl Engine {
     }
 
     /// Resume a paused run where it stood. Idempotent.
-    pub async fn resume(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+    pub async fn resume(&self, run_id: RunId) -> Result<ControlOutcome, StoreError> {
         let outcome = self.inner.store.resume_run(run_id).await?;
         if outcome == ControlOutcome::Changed {
             self.publish(Transition::Run {
@@ -879,10 +880,10 @@ impl Engine {
     /// Cancel: running attempts are aborted through their cancellation
     /// token, steps not started are cancelled, and the run ends `cancelled`
     /// once its running steps have stopped. Idempotent.
-    pub async fn cancel(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+    pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<ControlOutcome, StoreError> {
         let outcome = self.inner.store.cancel_run(run_id, reason).await?;
         if outcome == ControlOutcome::Changed {
-            self.stop_attempts(run_id, StopReason::Cancelled);
+            self.stop_attempts(run_id.0, StopReason::Cancelled);
             self.settle(run_id).await?;
         }
         Ok(outcome)
@@ -893,7 +894,7 @@ impl Engine {
     /// already pending again is left as it is.
     pub async fn retry(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError> {
         let outcome = self.inner.store.retry_run(run_id, step).await?;
@@ -911,7 +912,7 @@ impl Engine {
 
     /// Approve a run that waits for a maintainer (untrusted work): its steps
     /// may start now. `by` is the approver's login. Idempotent.
-    pub async fn approve(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+    pub async fn approve(&self, run_id: RunId, by: &str) -> Result<ControlOutcome, StoreError> {
         let outcome = self.inner.store.approve_run(run_id, by).await?;
         if outcome == ControlOutcome::Changed {
             self.publish(Transition::Run {

@@ -215,6 +215,6 @@ pub(super) async fn record_validation(
     };
     crate::instrument::verdict(workflow, step, validation.verdict.as_str());
     if let Err(e) = engine.inner.store.create_validation(&validation).await {
-        tracing::warn!(run_id, step, error = %e, "could not store the step's validation");
+        tracing::warn!(run_id = %run_id, step, error = %e, "could not store the step's validation");
     }
 }

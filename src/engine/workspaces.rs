@@ -2,6 +2,7 @@
 //! before its attempt, its turn on the workspace, and the janitor that
 //! clears workspaces when runs end.
 
+use crate::store::RunId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub(super) async fn prepare(
         let run = engine
             .inner
             .store
-            .run(run_id)
+            .run(RunId(run_id))
             .await
             .map_err(|e| WorkspaceError::Invalid(format!("cannot read the run: {e}")))?
             .ok_or_else(|| WorkspaceError::Invalid("the run is gone".into()))?
@@ -72,10 +73,10 @@ pub(super) async fn prepare(
         if let Err(e) = engine
             .inner
             .store
-            .record_checkout(run_id, step, &ws.sha, &detail)
+            .record_checkout(RunId(run_id), step, &ws.sha, &detail)
             .await
         {
-            tracing::warn!(run_id, error = %e, "could not record the run's checkout");
+            tracing::warn!(run_id = %run_id, error = %e, "could not record the run's checkout");
         }
     }
     Ok(Some(ws))
@@ -157,13 +158,13 @@ pub(super) async fn harvest(
     if let Err(e) = engine
         .inner
         .store
-        .record_change(run_id, step, &change, refused.as_deref())
+        .record_change(RunId(run_id), step, &change, refused.as_deref())
         .await
     {
         return Some(transient(format!("the change could not be stored: {e}")));
     }
     tracing::info!(
-        run_id,
+        run_id = %run_id,
         step,
         files = change.files.len(),
         refused = refused.is_some(),
@@ -188,7 +189,8 @@ impl Engine {
             // here, and a run active anywhere keeps its own.
             match engine.inner.store.active_runs().await {
                 Ok(active) => {
-                    let active: std::collections::HashSet<i64> = active.into_iter().collect();
+                    let active: std::collections::HashSet<i64> =
+                        active.into_iter().map(|r| r.0).collect();
                     let (w, m) = workspaces.sweep(&active).await;
                     if w + m > 0 {
                         tracing::info!(
@@ -216,7 +218,7 @@ impl Engine {
                                 agent.release(&run).await;
                             }
                         }
-                        workspaces.finish(run_id, state != RunState::Succeeded).await;
+                        workspaces.finish(run_id.0, state != RunState::Succeeded).await;
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,

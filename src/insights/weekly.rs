@@ -319,11 +319,11 @@ async fn start_period(
         )
         .await?;
     if created.created {
-        tracing::info!(run_id = created.run_id, repository = %config.repository,
+        tracing::info!(run_id = %created.run_id, repository = %config.repository,
             issue = config.issue, "insights report started");
     } else {
         tracing::info!(
-            run_id = created.run_id,
+            run_id = %created.run_id,
             "this period's insights report exists already"
         );
     }

@@ -123,7 +123,7 @@ pub struct Publication {
 /// A run's change as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunChange {
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// The step whose end harvested it.
     pub step: String,
     pub change: Change,
@@ -148,23 +148,27 @@ pub trait ChangeStore: Send + Sync {
     /// no, and adds a `changes` event to the run's timeline.
     async fn record_change(
         &self,
-        run_id: i64,
+        run_id: super::RunId,
         step: &str,
         change: &Change,
         refused: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// The run's change, if a step harvested one.
-    async fn run_change(&self, run_id: i64) -> Result<Option<RunChange>, StoreError>;
+    async fn run_change(&self, run_id: super::RunId) -> Result<Option<RunChange>, StoreError>;
 
     /// Runs whose change waits to be sent: `pending`, due at `now`, and the
     /// run finished `succeeded`; oldest first, at most `limit`.
-    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError>;
+    async fn changes_to_publish(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<super::RunId>, StoreError>;
 
     /// Saves progress (after each GitHub write).
     async fn save_publication(
         &self,
-        run_id: i64,
+        run_id: super::RunId,
         publication: &Publication,
     ) -> Result<(), StoreError>;
 
@@ -172,7 +176,7 @@ pub trait ChangeStore: Send + Sync {
     /// with `detail` on the run's timeline.
     async fn finish_publication(
         &self,
-        run_id: i64,
+        run_id: super::RunId,
         state: ChangeState,
         publication: &Publication,
         error: Option<&str>,
@@ -182,7 +186,7 @@ pub trait ChangeStore: Send + Sync {
     /// A transient failure: try again at `next_attempt_at`.
     async fn retry_publication(
         &self,
-        run_id: i64,
+        run_id: super::RunId,
         error: &str,
         next_attempt_at: i64,
     ) -> Result<(), StoreError>;

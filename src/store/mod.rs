@@ -41,6 +41,7 @@ pub mod app;
 pub mod changes;
 pub mod deliveries;
 pub mod history;
+pub mod ids;
 pub mod policy;
 pub mod postgres;
 pub mod reports;
@@ -63,6 +64,7 @@ pub use app::{
 pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use history::Histories;
+pub use ids::RunId;
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
@@ -552,13 +554,13 @@ pub trait Runs: Send + Sync + 'static {
 
     /// Runs that are `queued` with every step still `pending`: created but not
     /// yet planned (the dispatcher creates runs without a planner).
-    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError>;
+    async fn unplanned_runs(&self) -> Result<Vec<RunId>, StoreError>;
 
     /// Applies `planner`'s decisions to the run; returns what changed
     /// (`None`: no such run).
     async fn settle_run(
         &self,
-        run_id: i64,
+        run_id: RunId,
         planner: &dyn Planner,
     ) -> Result<Option<Plan>, StoreError>;
 
@@ -671,28 +673,28 @@ pub trait Runs: Send + Sync + 'static {
     /// them when `None`: start-up recovery of a single-process store) to
     /// `ready`; their unfinished attempts become `lost`. Returns
     /// `(run id, step id)` of each.
-    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError>;
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(RunId, String)>, StoreError>;
 
     /// Asks active runs whose deadline passed before `now` to stop
     /// (desired `timed_out`); returns their ids.
-    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError>;
+    async fn expire_runs(&self, now: i64) -> Result<Vec<RunId>, StoreError>;
 
     /// Active runs asked to stop (cancelled or timed out): the reaper
     /// aborts their attempts and settles them.
-    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError>;
+    async fn stopping_runs(&self) -> Result<Vec<RunId>, StoreError>;
 
     /// Ids of runs not in an end state.
-    async fn active_runs(&self) -> Result<Vec<i64>, StoreError>;
+    async fn active_runs(&self) -> Result<Vec<RunId>, StoreError>;
 
     /// A run and its steps.
-    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError>;
+    async fn run(&self, run_id: RunId) -> Result<Option<RunSnapshot>, StoreError>;
 
     /// Records that run `run_id`'s workspace checked out `sha` (kept when the
     /// run already has one: the first checkout's commit is the run's) and
     /// adds a `workspace` event with `detail` to its timeline, for `step`.
     async fn record_checkout(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: &str,
         sha: &str,
         detail: &str,
@@ -705,14 +707,14 @@ pub trait Runs: Send + Sync + 'static {
 #[async_trait]
 pub trait RunControl: Send + Sync + 'static {
     /// Pause: no new step of the run starts; running ones finish.
-    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
+    async fn pause_run(&self, run_id: RunId) -> Result<ControlOutcome, StoreError>;
 
     /// Resume a paused run where it stood.
-    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError>;
+    async fn resume_run(&self, run_id: RunId) -> Result<ControlOutcome, StoreError>;
 
     /// Ask a run to cancel (`reason` goes to the timeline); the engine aborts
     /// its running attempts and the planner cancels the rest.
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError>;
+    async fn cancel_run(&self, run_id: RunId, reason: &str) -> Result<ControlOutcome, StoreError>;
 
     /// Retry: `step` and the steps that depend on it (transitively), or, with
     /// `None`, every failed, cancelled or timed-out step and their dependents,
@@ -720,7 +722,7 @@ pub trait RunControl: Send + Sync + 'static {
     /// again. Running steps are left alone.
     async fn retry_run(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError>;
 
@@ -730,14 +732,14 @@ pub trait RunControl: Send + Sync + 'static {
     /// `neutral`. `Unchanged` when the run was already stopping or ended.
     async fn stop_over_budget(
         &self,
-        run_id: i64,
+        run_id: RunId,
         message: &str,
     ) -> Result<ControlOutcome, StoreError>;
 
     /// Lets a run that waits for approval start its steps; `by` is the
     /// approver's login (timeline). Its time limit restarts from now.
     /// `Unchanged` when it was not waiting (already approved, or finished).
-    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError>;
+    async fn approve_run(&self, run_id: RunId, by: &str) -> Result<ControlOutcome, StoreError>;
 }
 
 /// What the outbox needs to report runs on GitHub: which runs' check runs
@@ -771,14 +773,15 @@ pub trait Reports: Send + Sync + 'static {
     /// key. The candidates' report fields are empty.
     async fn unreported_runs(
         &self,
-        after_run_id: i64,
+        after_run_id: RunId,
         limit: i64,
     ) -> Result<Vec<ReportCandidate>, StoreError>;
 
-    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError>;
+    async fn record_check_run(&self, run_id: RunId, check_run_id: i64) -> Result<(), StoreError>;
 
     /// Records how a report attempt of a run ended.
-    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError>;
+    async fn record_report(&self, run_id: RunId, outcome: &ReportOutcome)
+    -> Result<(), StoreError>;
 
     /// The sticky comment of pull request or issue `number` of `repository`.
     async fn sticky_comment(
@@ -802,7 +805,7 @@ pub trait Reports: Send + Sync + 'static {
         repository: &str,
         number: i64,
         limit: i64,
-    ) -> Result<Vec<i64>, StoreError>;
+    ) -> Result<Vec<RunId>, StoreError>;
 
     /// The ids of the runs on commit `head_sha` of `repository`, oldest first
     /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
@@ -810,7 +813,7 @@ pub trait Reports: Send + Sync + 'static {
         &self,
         repository: &str,
         head_sha: &str,
-    ) -> Result<Vec<i64>, StoreError>;
+    ) -> Result<Vec<RunId>, StoreError>;
 }
 
 /// The queue of GitHub effects (comments, labels, reactions) handlers and
@@ -975,10 +978,10 @@ pub trait Queries: Send + Sync + 'static {
     async fn runs_for_delivery(&self, delivery_id: &str) -> Result<Vec<Run>, StoreError>;
 
     /// A run's timeline, oldest first.
-    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError>;
+    async fn run_events(&self, run_id: RunId) -> Result<Vec<RunEvent>, StoreError>;
 
     /// A run's attempts, in start order.
-    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+    async fn attempts(&self, run_id: RunId) -> Result<Vec<AttemptRow>, StoreError>;
 
     /// Runs matching `filter`, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;

@@ -173,7 +173,7 @@ mod tests {
     fn step(name: &str, state: StepState, needs: &[&str]) -> StepRecord {
         StepRecord {
             id: 0,
-            run_id: 1,
+            run_id: crate::store::RunId(1),
             step: name.into(),
             position: 0,
             needs: needs.iter().map(|s| s.to_string()).collect(),

@@ -42,6 +42,7 @@
 //! Advisory-lock keys and nothing else are scoped by `current_schema()`, so
 //! databases holding several taskmaster schemas (tests) do not contend.
 
+use crate::store::RunId;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -871,7 +872,7 @@ async fn create_runs_in(
                     .fetch_one(&mut *conn)
                     .await?;
             out.push(CreatedRun {
-                run_id,
+                run_id: RunId(run_id),
                 workflow: r.workflow.clone(),
                 created: false,
                 superseded: Vec::new(),
@@ -959,11 +960,11 @@ async fn create_runs_in(
                     &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
                 )
                 .await?;
-                superseded.push(old);
+                superseded.push(RunId(old));
             }
         }
         out.push(CreatedRun {
-            run_id,
+            run_id: RunId(run_id),
             workflow: r.workflow.clone(),
             created: true,
             superseded,

@@ -14,7 +14,7 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportCandidate {
     /// The run.
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// `deliveries.installation_id` of the delivery that started the run.
     pub installation_id: i64,
     /// The check run's id, once created.
@@ -32,7 +32,7 @@ pub struct ReportCandidate {
 impl ReportCandidate {
     /// A run the outbox has never touched (`Reports::unreported_runs`):
     /// nothing reported, no check run, no failure.
-    pub fn unreported(run_id: i64, installation_id: i64) -> Self {
+    pub fn unreported(run_id: super::RunId, installation_id: i64) -> Self {
         Self {
             run_id,
             installation_id,

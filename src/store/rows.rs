@@ -7,6 +7,7 @@
 //! [`FromSqliteRow`], by column name ([`sqlite_row!`]) or, for the rows the
 //! engine and inbox read thousands of times a second, by position.
 
+use crate::store::RunId;
 use bytes::Bytes;
 
 use super::api::{
@@ -188,7 +189,7 @@ impl TryFrom<RunRow> for Run {
             })?,
             context: serde_json::from_str(&r.context)
                 .map_err(|e| corrupt("runs", format!("context is not JSON: {e}")))?,
-            id: r.id,
+            id: RunId(r.id),
             workflow: r.workflow,
             delivery_id: r.delivery_id,
             event: r.event,
@@ -247,7 +248,7 @@ impl TryFrom<StepRow> for StepRecord {
             needs: serde_json::from_str(&r.needs)
                 .map_err(|e| corrupt("steps", format!("needs is not a JSON list: {e}")))?,
             id: r.id,
-            run_id: r.run_id,
+            run_id: RunId(r.run_id),
             step: r.step,
             position: r.position,
             continue_on_error: r.continue_on_error,
@@ -468,7 +469,7 @@ impl TryFrom<ChangeRow> for RunChange {
                 .ok_or_else(|| corrupt("run_changes", format!("unknown state `{}`", r.state)))?,
             publication: serde_json::from_str(&r.publication)
                 .map_err(|e| corrupt("run_changes", format!("publication: {e}")))?,
-            run_id: r.run_id,
+            run_id: RunId(r.run_id),
             step: r.step,
             refused: r.refused,
             attempts: r.attempts,

@@ -225,20 +225,20 @@ pub struct NewStep {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedRun {
     /// The run id.
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// The workflow.
     pub workflow: String,
     /// False when the run already existed for this delivery (reprocessing).
     pub created: bool,
     /// Older runs of the same concurrency group this one asked to cancel.
-    pub superseded: Vec<i64>,
+    pub superseded: Vec<super::RunId>,
 }
 
 /// A stored run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Run {
     /// Run id.
-    pub id: i64,
+    pub id: super::RunId,
     /// Workflow name.
     pub workflow: String,
     /// The triggering delivery.
@@ -296,7 +296,7 @@ pub struct StepRecord {
     /// Row id (unique over all runs).
     pub id: i64,
     /// The run.
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// The step id in its workflow.
     pub step: String,
     /// Topological position.
@@ -503,7 +503,7 @@ pub struct StepFinish {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunEvent {
     /// The run.
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// The step, for step events.
     pub step: Option<String>,
     /// Epoch ms.
@@ -524,7 +524,7 @@ pub struct RunEvent {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRow {
     /// The run.
-    pub run_id: i64,
+    pub run_id: super::RunId,
     /// The step id.
     pub step: String,
     /// 1-based over every agent.

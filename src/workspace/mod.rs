@@ -457,7 +457,7 @@ impl Workspaces {
             (sha, base_sha, fetched)
         };
         tracing::debug!(
-            run_id = req.run_id,
+            run_id = %req.run_id,
             ms = phase.elapsed().as_millis() as u64,
             "workspace: fetched and pinned"
         );
@@ -486,7 +486,7 @@ impl Workspaces {
             }
         };
         tracing::debug!(
-            run_id = req.run_id,
+            run_id = %req.run_id,
             ms = phase.elapsed().as_millis() as u64,
             "workspace: checked out"
         );
@@ -496,7 +496,7 @@ impl Workspaces {
             _ => (String::new(), Vec::new()),
         };
         tracing::debug!(
-            run_id = req.run_id,
+            run_id = %req.run_id,
             ms = phase.elapsed().as_millis() as u64,
             "workspace: diffed"
         );

@@ -105,7 +105,7 @@ impl CheckoutRequest {
             },
         };
         Some(CheckoutRequest {
-            run_id: run.id,
+            run_id: run.id.0,
             repo_id: repo.id,
             full_name: repo.full_name.clone(),
             installation: event.installation_id(),

@@ -295,7 +295,12 @@ impl Dash {
     pub async fn wait_for(&self, id: i64, step: Option<&str>, state: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let snap = self.store.run(id).await.unwrap().unwrap();
+            let snap = self
+                .store
+                .run(taskmaster::store::RunId(id))
+                .await
+                .unwrap()
+                .unwrap();
             let now = match step {
                 Some(s) => snap.step(s).unwrap().state.as_str(),
                 None => snap.run.state.as_str(),

@@ -306,11 +306,13 @@ impl TestEngine {
     /// Starts `workflow` on the PR fixture under a fresh delivery id.
     pub async fn start_run(&self, workflow: &str) -> i64 {
         let delivery = format!("test-{}", uuid::Uuid::new_v4());
-        self.engine
+        (self
+            .engine
             .start_run(workflow, "pull_request", &pr_payload(), &delivery)
             .await
             .unwrap()
-            .run_id
+            .run_id)
+            .0
     }
 
     /// Waits until the run is in an end state; panics after `limit`.
@@ -324,7 +326,12 @@ impl TestEngine {
         async move {
             let deadline = Instant::now() + limit;
             loop {
-                let snap = self.store.run(run_id).await.unwrap().expect("run exists");
+                let snap = self
+                    .store
+                    .run(taskmaster::store::RunId(run_id))
+                    .await
+                    .unwrap()
+                    .expect("run exists");
                 if snap.run.state.is_terminal() {
                     return snap;
                 }
@@ -359,7 +366,12 @@ impl TestEngine {
     ) -> RunSnapshot {
         let deadline = Instant::now() + limit;
         loop {
-            let snap = self.store.run(run_id).await.unwrap().expect("run exists");
+            let snap = self
+                .store
+                .run(taskmaster::store::RunId(run_id))
+                .await
+                .unwrap()
+                .expect("run exists");
             if pred(&snap) {
                 return snap;
             }
@@ -376,7 +388,10 @@ impl TestEngine {
     }
 
     pub async fn events(&self, run_id: i64) -> Vec<RunEvent> {
-        self.store.run_events(run_id).await.unwrap()
+        self.store
+            .run_events(taskmaster::store::RunId(run_id))
+            .await
+            .unwrap()
     }
 
     /// The timeline's events of `kind` for `step`.
@@ -405,7 +420,7 @@ pub async fn collect_transitions(
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, async {
         while let Ok(t) = rx.recv().await {
-            let done = matches!(&t, Transition::Run { run_id: r, state, .. } if *r == run_id && state.is_terminal());
+            let done = matches!(&t, Transition::Run { run_id: r, state, .. } if *r == taskmaster::store::RunId(run_id) && state.is_terminal());
             out.push(t);
             if done {
                 break;

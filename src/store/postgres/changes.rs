@@ -1,6 +1,7 @@
 //! PostgreSQL queries of runs' changes (see [`crate::store::changes`]);
 //! the row type is SQLite's (`sqlite::changes::ChangeRow`).
 
+use crate::store::RunId;
 use async_trait::async_trait;
 
 use super::{PgStore, insert_event};
@@ -16,11 +17,12 @@ use crate::workspace::Change;
 impl ChangeStore for PgStore {
     async fn record_change(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: &str,
         change: &Change,
         refused: Option<&str>,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         let state = initial_state(change, refused);
         let mut tx = self.pool.begin().await?;
@@ -55,7 +57,8 @@ impl ChangeStore for PgStore {
         Ok(())
     }
 
-    async fn run_change(&self, run_id: i64) -> Result<Option<RunChange>, StoreError> {
+    async fn run_change(&self, run_id: RunId) -> Result<Option<RunChange>, StoreError> {
+        let run_id = run_id.0;
         let row: Option<ChangeRow> = sqlx::query_as(
             "SELECT run_id, step, change, state, refused, publication, attempts, \
              next_attempt_at, last_error, updated_at FROM run_changes WHERE run_id = $1",
@@ -66,7 +69,7 @@ impl ChangeStore for PgStore {
         row.map(RunChange::try_from).transpose()
     }
 
-    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT c.run_id FROM run_changes c JOIN runs r ON r.id = c.run_id \
              WHERE c.state = 'pending' AND c.next_attempt_at <= $1 AND r.state = 'succeeded' \
@@ -76,14 +79,15 @@ impl ChangeStore for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
     async fn save_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         publication: &Publication,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         sqlx::query("UPDATE run_changes SET publication = $2, updated_at = $3 WHERE run_id = $1")
             .bind(run_id)
             .bind(json(publication))
@@ -95,12 +99,13 @@ impl ChangeStore for PgStore {
 
     async fn finish_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         state: ChangeState,
         publication: &Publication,
         error: Option<&str>,
         detail: &str,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -126,10 +131,11 @@ impl ChangeStore for PgStore {
 
     async fn retry_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         error: &str,
         next_attempt_at: i64,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         sqlx::query(
             "UPDATE run_changes SET attempts = attempts + 1, last_error = $2, \
              next_attempt_at = $3, updated_at = $4 WHERE run_id = $1",

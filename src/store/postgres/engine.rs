@@ -1,6 +1,7 @@
 //! The engine's role ([`Runs`]): creating, planning, claiming and finishing runs' steps.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl Runs for PgStore {
@@ -14,7 +15,7 @@ impl Runs for PgStore {
         Ok(created)
     }
 
-    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn unplanned_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT r.id FROM runs r WHERE r.state = 'queued' \
              AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state <> 'pending') \
@@ -22,14 +23,15 @@ impl Runs for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
     async fn settle_run(
         &self,
-        run_id: i64,
+        run_id: RunId,
         planner: &dyn Planner,
     ) -> Result<Option<Plan>, StoreError> {
+        let run_id = run_id.0;
         let mut tx = self.pool.begin().await?;
         lock_runs(&mut tx, &[run_id]).await?;
         let plan = settle_in(&mut tx, run_id, planner, now_ms()).await?;
@@ -310,7 +312,7 @@ impl Runs for PgStore {
         Ok(out)
     }
 
-    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(RunId, String)>, StoreError> {
         let now = now_ms();
         // Shared by several replicas: `None` (start-up recovery) must not
         // take back the live leases of the others, only expired ones. Lease
@@ -377,10 +379,10 @@ impl Runs for PgStore {
             notify(&mut tx, CHANNEL_STEPS).await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(out.into_iter().map(|(r, s)| (RunId(r), s)).collect())
     }
 
-    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+    async fn expire_runs(&self, now: i64) -> Result<Vec<RunId>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if !try_xact_lock(&mut tx, LOCK_DEADLINES).await? {
             tx.commit().await?;
@@ -414,29 +416,30 @@ impl Runs for PgStore {
         tx.commit().await?;
         let mut ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
         ids.sort_unstable();
-        Ok(ids)
+        Ok(ids.into_iter().map(RunId).collect())
     }
 
-    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn stopping_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') \
              AND desired_state IN ('cancelled', 'timed_out') ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
-    async fn active_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn active_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE state IN ('queued', 'running', 'paused') ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError> {
+    async fn run(&self, run_id: RunId) -> Result<Option<RunSnapshot>, StoreError> {
+        let run_id = run_id.0;
         // One snapshot of the run and its steps (REPEATABLE READ, read only).
         let mut tx = self
             .pool
@@ -449,11 +452,12 @@ impl Runs for PgStore {
 
     async fn record_checkout(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: &str,
         sha: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE runs SET checkout_sha = COALESCE(checkout_sha, $2) WHERE id = $1")
             .bind(run_id)

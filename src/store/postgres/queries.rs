@@ -1,6 +1,7 @@
 //! [`Tasks`] and [`Queries`]: the operator's records and views.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl Tasks for PgStore {
@@ -65,7 +66,8 @@ impl Queries for PgStore {
         rows.into_iter().map(Run::try_from).collect()
     }
 
-    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError> {
+    async fn run_events(&self, run_id: RunId) -> Result<Vec<RunEvent>, StoreError> {
+        let run_id = run_id.0;
         let rows: Vec<(i64, Option<String>, i64, String, String)> = sqlx::query_as(
             "SELECT run_id, step, at, kind, detail FROM run_events WHERE run_id = $1 ORDER BY id",
         )
@@ -75,7 +77,7 @@ impl Queries for PgStore {
         Ok(rows
             .into_iter()
             .map(|(run_id, step, at, kind, detail)| RunEvent {
-                run_id,
+                run_id: RunId(run_id),
                 step,
                 at,
                 kind,
@@ -84,7 +86,8 @@ impl Queries for PgStore {
             .collect())
     }
 
-    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+    async fn attempts(&self, run_id: RunId) -> Result<Vec<AttemptRow>, StoreError> {
+        let run_id = run_id.0;
         #[allow(clippy::type_complexity)]
         let rows: Vec<(
             i64,
@@ -111,7 +114,7 @@ impl Queries for PgStore {
         Ok(rows
             .into_iter()
             .map(|r| AttemptRow {
-                run_id: r.0,
+                run_id: RunId(r.0),
                 step: r.1,
                 number: r.2,
                 agent: r.3,

@@ -1,6 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl Reports for PgStore {
@@ -41,7 +42,7 @@ impl Reports for PgStore {
         Ok(rows
             .into_iter()
             .map(|r| ReportCandidate {
-                run_id: r.0,
+                run_id: RunId(r.0),
                 installation_id: r.1,
                 check_run_id: r.2,
                 reported_fingerprint: r.3,
@@ -54,9 +55,10 @@ impl Reports for PgStore {
 
     async fn unreported_runs(
         &self,
-        after_run_id: i64,
+        after_run_id: RunId,
         limit: i64,
     ) -> Result<Vec<ReportCandidate>, StoreError> {
+        let after_run_id = after_run_id.0;
         let rows: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT r.id, d.installation_id \
              FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id \
@@ -72,11 +74,14 @@ impl Reports for PgStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(run_id, installation_id)| ReportCandidate::unreported(run_id, installation_id))
+            .map(|(run_id, installation_id)| {
+                ReportCandidate::unreported(RunId(run_id), installation_id)
+            })
             .collect())
     }
 
-    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
+    async fn record_check_run(&self, run_id: RunId, check_run_id: i64) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         sqlx::query(
             "INSERT INTO run_reports (run_id, check_run_id) VALUES ($1, $2) \
              ON CONFLICT (run_id) DO UPDATE SET check_run_id = EXCLUDED.check_run_id",
@@ -88,7 +93,12 @@ impl Reports for PgStore {
         Ok(())
     }
 
-    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
+    async fn record_report(
+        &self,
+        run_id: RunId,
+        outcome: &ReportOutcome,
+    ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let query = match outcome {
             ReportOutcome::Reported {
                 fingerprint,
@@ -174,7 +184,7 @@ impl Reports for PgStore {
         repository: &str,
         number: i64,
         limit: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND subject_number = $2 \
              ORDER BY id DESC LIMIT $3",
@@ -184,14 +194,14 @@ impl Reports for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(rows.into_iter().map(|r| r.0).map(RunId).collect())
     }
 
     async fn runs_for_commit(
         &self,
         repository: &str,
         head_sha: &str,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND head_sha = $2 ORDER BY id",
         )
@@ -199,7 +209,7 @@ impl Reports for PgStore {
         .bind(head_sha.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(rows.into_iter().map(|r| r.0).map(RunId).collect())
     }
 }
 

@@ -1,6 +1,7 @@
 //! SQLite queries of runs' changes (see [`crate::store::changes`]). The
 //! row type and its conversion are shared with the PostgreSQL store.
 
+use crate::store::RunId;
 use async_trait::async_trait;
 use rusqlite::params;
 
@@ -21,11 +22,12 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
 impl ChangeStore for SqliteStore {
     async fn record_change(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: &str,
         change: &Change,
         refused: Option<&str>,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         let state = initial_state(change, refused);
         self.write(|conn| {
@@ -62,7 +64,8 @@ impl ChangeStore for SqliteStore {
         .await
     }
 
-    async fn run_change(&self, run_id: i64) -> Result<Option<RunChange>, StoreError> {
+    async fn run_change(&self, run_id: RunId) -> Result<Option<RunChange>, StoreError> {
+        let run_id = run_id.0;
         let row: Option<ChangeRow> = self
             .read(|conn| {
                 conn.opt(
@@ -75,7 +78,7 @@ impl ChangeStore for SqliteStore {
         row.map(RunChange::try_from).transpose()
     }
 
-    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+    async fn changes_to_publish(&self, now: i64, limit: i64) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -87,14 +90,15 @@ impl ChangeStore for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
     async fn save_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         publication: &Publication,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             conn.exec(
@@ -108,12 +112,13 @@ impl ChangeStore for SqliteStore {
 
     async fn finish_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         state: ChangeState,
         publication: &Publication,
         error: Option<&str>,
         detail: &str,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
@@ -136,10 +141,11 @@ impl ChangeStore for SqliteStore {
 
     async fn retry_publication(
         &self,
-        run_id: i64,
+        run_id: RunId,
         error: &str,
         next_attempt_at: i64,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             conn.exec(

@@ -1,10 +1,12 @@
 //! [`RunControl`]: pause, resume, cancel, retry and approve.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl RunControl for SqliteStore {
-    async fn pause_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+    async fn pause_run(&self, run_id: RunId) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         self.control_transition(
             run_id,
             "UPDATE runs SET desired_state = 'paused', state = 'paused' \
@@ -15,7 +17,8 @@ impl RunControl for SqliteStore {
         .await
     }
 
-    async fn resume_run(&self, run_id: i64) -> Result<ControlOutcome, StoreError> {
+    async fn resume_run(&self, run_id: RunId) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         self.control_transition(
             run_id,
             "UPDATE runs SET desired_state = 'running', \
@@ -27,23 +30,26 @@ impl RunControl for SqliteStore {
         .await
     }
 
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<ControlOutcome, StoreError> {
+    async fn cancel_run(&self, run_id: RunId, reason: &str) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         self.cancel(run_id, reason, false).await
     }
 
     async fn stop_over_budget(
         &self,
-        run_id: i64,
+        run_id: RunId,
         reason: &str,
     ) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         self.cancel(run_id, reason, true).await
     }
 
     async fn retry_run(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: Option<&str>,
     ) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
@@ -91,7 +97,8 @@ impl RunControl for SqliteStore {
         .await
     }
 
-    async fn approve_run(&self, run_id: i64, by: &str) -> Result<ControlOutcome, StoreError> {
+    async fn approve_run(&self, run_id: RunId, by: &str) -> Result<ControlOutcome, StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;

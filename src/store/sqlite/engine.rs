@@ -1,6 +1,7 @@
 //! The engine's role ([`Runs`]): creating, planning, claiming and finishing runs' steps.
 
 use super::*;
+use crate::store::RunId;
 
 /// `desired_state` as stored, or [`StoreError::Corrupt`].
 fn desired(d: &str) -> Result<DesiredState, StoreError> {
@@ -20,7 +21,7 @@ impl Runs for SqliteStore {
         .await
     }
 
-    async fn unplanned_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn unplanned_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -32,14 +33,15 @@ impl Runs for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
     async fn settle_run(
         &self,
-        run_id: i64,
+        run_id: RunId,
         planner: &dyn Planner,
     ) -> Result<Option<Plan>, StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
@@ -163,7 +165,7 @@ impl Runs for SqliteStore {
         .await
     }
 
-    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+    async fn reap_leases(&self, before: Option<i64>) -> Result<Vec<(RunId, String)>, StoreError> {
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
@@ -192,12 +194,12 @@ impl Runs for SqliteStore {
                 out.push((run_id, step));
             }
             tx.commit()?;
-            Ok(out)
+            Ok(out.into_iter().map(|(r, s)| (RunId(r), s)).collect())
         })
         .await
     }
 
-    async fn expire_runs(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+    async fn expire_runs(&self, now: i64) -> Result<Vec<RunId>, StoreError> {
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
             let rows: Vec<(i64,)> = tx.all(
@@ -218,12 +220,12 @@ impl Runs for SqliteStore {
                 )?;
             }
             tx.commit()?;
-            Ok(rows.into_iter().map(|(id,)| id).collect())
+            Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
         })
         .await
     }
 
-    async fn stopping_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn stopping_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -233,10 +235,10 @@ impl Runs for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
-    async fn active_runs(&self) -> Result<Vec<i64>, StoreError> {
+    async fn active_runs(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -246,20 +248,22 @@ impl Runs for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(|(id,)| id).map(RunId).collect())
     }
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunSnapshot>, StoreError> {
+    async fn run(&self, run_id: RunId) -> Result<Option<RunSnapshot>, StoreError> {
+        let run_id = run_id.0;
         self.read(|conn| raw::load_snapshot(conn, run_id)).await
     }
 
     async fn record_checkout(
         &self,
-        run_id: i64,
+        run_id: RunId,
         step: &str,
         sha: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         let now = now_ms();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;

@@ -1,6 +1,7 @@
 //! [`Tasks`] and [`Queries`]: the operator's records and views.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl Tasks for SqliteStore {
@@ -71,7 +72,8 @@ impl Queries for SqliteStore {
         rows.into_iter().map(Run::try_from).collect()
     }
 
-    async fn run_events(&self, run_id: i64) -> Result<Vec<RunEvent>, StoreError> {
+    async fn run_events(&self, run_id: RunId) -> Result<Vec<RunEvent>, StoreError> {
+        let run_id = run_id.0;
         let rows: Vec<(i64, Option<String>, i64, String, String)> = self
             .scan(|conn| {
                 conn.all(
@@ -84,7 +86,7 @@ impl Queries for SqliteStore {
         Ok(rows
             .into_iter()
             .map(|(run_id, step, at, kind, detail)| RunEvent {
-                run_id,
+                run_id: RunId(run_id),
                 step,
                 at,
                 kind,
@@ -93,7 +95,8 @@ impl Queries for SqliteStore {
             .collect())
     }
 
-    async fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+    async fn attempts(&self, run_id: RunId) -> Result<Vec<AttemptRow>, StoreError> {
+        let run_id = run_id.0;
         self.scan(|conn| {
             Ok(conn
                 .prepare_cached(

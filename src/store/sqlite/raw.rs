@@ -4,6 +4,7 @@
 //! statements, each prepared once per connection (the statement cache).
 //! The PostgreSQL store keeps its own.
 
+use crate::store::RunId;
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -418,7 +419,7 @@ pub(super) fn create_runs(
                 .prepare_cached("SELECT id FROM runs WHERE delivery_id = ?1 AND workflow = ?2")?
                 .query_row(params![r.delivery_id, r.workflow], |row| row.get(0))?;
             out.push(CreatedRun {
-                run_id,
+                run_id: RunId(run_id),
                 workflow: r.workflow.clone(),
                 created: false,
                 superseded: Vec::new(),
@@ -476,11 +477,11 @@ pub(super) fn create_runs(
                     "cancel_requested",
                     &format!("a newer run ({run_id}) of concurrency group `{group}` started"),
                 )?;
-                superseded.push(old);
+                superseded.push(RunId(old));
             }
         }
         out.push(CreatedRun {
-            run_id,
+            run_id: RunId(run_id),
             workflow: r.workflow.clone(),
             created: true,
             superseded,

@@ -1,6 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
+use crate::store::RunId;
 
 #[async_trait]
 impl Reports for SqliteStore {
@@ -46,9 +47,10 @@ impl Reports for SqliteStore {
 
     async fn unreported_runs(
         &self,
-        after_run_id: i64,
+        after_run_id: RunId,
         limit: i64,
     ) -> Result<Vec<ReportCandidate>, StoreError> {
+        let after_run_id = after_run_id.0;
         let rows: Vec<(i64, i64)> = self
             .scan(|conn| {
                 conn.all(
@@ -65,11 +67,14 @@ impl Reports for SqliteStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(run_id, installation_id)| ReportCandidate::unreported(run_id, installation_id))
+            .map(|(run_id, installation_id)| {
+                ReportCandidate::unreported(RunId(run_id), installation_id)
+            })
             .collect())
     }
 
-    async fn record_check_run(&self, run_id: i64, check_run_id: i64) -> Result<(), StoreError> {
+    async fn record_check_run(&self, run_id: RunId, check_run_id: i64) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         self.write(|conn| {
             conn.exec(
                 "INSERT INTO run_reports (run_id, check_run_id) VALUES (?1, ?2) \
@@ -81,7 +86,12 @@ impl Reports for SqliteStore {
         .map(drop)
     }
 
-    async fn record_report(&self, run_id: i64, outcome: &ReportOutcome) -> Result<(), StoreError> {
+    async fn record_report(
+        &self,
+        run_id: RunId,
+        outcome: &ReportOutcome,
+    ) -> Result<(), StoreError> {
+        let run_id = run_id.0;
         self.write(|conn| match outcome {
             ReportOutcome::Reported {
                 fingerprint,
@@ -163,7 +173,7 @@ impl Reports for SqliteStore {
         repository: &str,
         number: i64,
         limit: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -173,14 +183,14 @@ impl Reports for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(rows.into_iter().map(|r| r.0).map(RunId).collect())
     }
 
     async fn runs_for_commit(
         &self,
         repository: &str,
         head_sha: &str,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -189,7 +199,7 @@ impl Reports for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(rows.into_iter().map(|r| r.0).map(RunId).collect())
     }
 }
 

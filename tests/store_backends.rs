@@ -551,9 +551,10 @@ async fn heartbeats_renew_only_leases_held_with_their_token(b: Backend) {
         .renew_leases("engine-1", &tokens, MS(60_000))
         .await
         .unwrap();
-    let mut renewed_rows: Vec<i64> = renewed.iter().map(|r| r.0).collect();
+    let mut renewed_rows: Vec<taskmaster::store::StepId> = renewed.iter().map(|r| r.0).collect();
     renewed_rows.sort();
-    let mut expect: Vec<i64> = claimed[..2].iter().map(|c| c.lease.step_row).collect();
+    let mut expect: Vec<taskmaster::store::StepId> =
+        claimed[..2].iter().map(|c| c.lease.step_row).collect();
     expect.sort();
     assert_eq!(renewed_rows, expect);
     assert!(

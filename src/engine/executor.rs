@@ -290,7 +290,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     let cancel = CancellationToken::new();
     let running = Arc::new(RunningAttempt {
         run_id: run_id.0,
-        step_row: lease.step_row,
+        step_row: lease.step_row.0,
         token: lease.token.clone(),
         registered: std::time::Instant::now(),
         cancel: cancel.clone(),

@@ -549,13 +549,13 @@ impl Engine {
                     continue;
                 }
             };
-            let held: HashMap<i64, (String, crate::store::DesiredState)> = renewed
+            let held: HashMap<crate::store::StepId, (String, crate::store::DesiredState)> = renewed
                 .into_iter()
                 .map(|(id, token, desired)| (id, (token, desired)))
                 .collect();
             let running = self.inner.running.lock().expect("running lock");
             for attempt in running.values() {
-                match held.get(&attempt.step_row) {
+                match held.get(&crate::store::StepId(attempt.step_row)) {
                     Some((token, desired)) if *token == attempt.token => match desired {
                         crate::store::DesiredState::Cancelled => {
                             attempt.stop(StopReason::Cancelled)

@@ -59,6 +59,11 @@ id_type! {
     RunId
 }
 
+id_type! {
+    /// A step's row (`steps.id`, unique over every run): what a lease holds.
+    StepId
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

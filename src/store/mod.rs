@@ -64,7 +64,7 @@ pub use app::{
 pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use history::Histories;
-pub use ids::RunId;
+pub use ids::{RunId, StepId};
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
@@ -601,7 +601,7 @@ pub trait Runs: Send + Sync + 'static {
         owner: &str,
         tokens: &[String],
         ttl: Duration,
-    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError>;
+    ) -> Result<Vec<(StepId, String, DesiredState)>, StoreError>;
 
     /// Records how an attempt ended (when one was made), moves the step on as
     /// `next` says, writes the timeline event `(kind, detail)`, and settles

@@ -172,7 +172,7 @@ mod tests {
 
     fn step(name: &str, state: StepState, needs: &[&str]) -> StepRecord {
         StepRecord {
-            id: 0,
+            id: crate::store::StepId(0),
             run_id: crate::store::RunId(1),
             step: name.into(),
             position: 0,

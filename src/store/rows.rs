@@ -247,7 +247,7 @@ impl TryFrom<StepRow> for StepRecord {
                 .ok_or_else(|| corrupt("steps", format!("unknown state `{}`", r.state)))?,
             needs: serde_json::from_str(&r.needs)
                 .map_err(|e| corrupt("steps", format!("needs is not a JSON list: {e}")))?,
-            id: r.id,
+            id: crate::store::StepId(r.id),
             run_id: RunId(r.run_id),
             step: r.step,
             position: r.position,

@@ -294,7 +294,7 @@ pub struct Run {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     /// Row id (unique over all runs).
-    pub id: i64,
+    pub id: super::StepId,
     /// The run.
     pub run_id: super::RunId,
     /// The step id in its workflow.
@@ -405,7 +405,7 @@ pub struct ClaimLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The step row.
-    pub step_row: i64,
+    pub step_row: super::StepId,
     /// Who holds it (the engine instance).
     pub owner: String,
     /// Random per claim; the fencing token.

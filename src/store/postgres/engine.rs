@@ -221,7 +221,7 @@ impl Runs for PgStore {
                 workflow,
                 delivery_id,
                 lease: Lease {
-                    step_row,
+                    step_row: crate::store::StepId(step_row),
                     owner: owner.to_owned(),
                     token,
                 },
@@ -257,7 +257,7 @@ impl Runs for PgStore {
         owner: &str,
         tokens: &[String],
         ttl: Duration,
-    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+    ) -> Result<Vec<(crate::store::StepId, String, DesiredState)>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -277,7 +277,7 @@ impl Runs for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, token, d)| Ok((id, token, parse_desired(&d)?)))
+            .map(|(id, token, d)| Ok((crate::store::StepId(id), token, parse_desired(&d)?)))
             .collect()
     }
 
@@ -290,7 +290,7 @@ impl Runs for PgStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let step_rows: Vec<i64> = batch.iter().map(|f| f.lease.step_row).collect();
+        let step_rows: Vec<i64> = batch.iter().map(|f| f.lease.step_row.0).collect();
         let mut tx = self.pool.begin().await?;
         // The lock order: the runs (by id), then the steps (by id).
         let runs: Vec<(i64,)> =

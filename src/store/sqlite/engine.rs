@@ -94,7 +94,7 @@ impl Runs for SqliteStore {
         owner: &str,
         tokens: &[String],
         ttl: Duration,
-    ) -> Result<Vec<(i64, String, DesiredState)>, StoreError> {
+    ) -> Result<Vec<(crate::store::StepId, String, DesiredState)>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,7 +113,7 @@ impl Runs for SqliteStore {
             })
             .await?;
         rows.into_iter()
-            .map(|(id, token, d)| Ok((id, token, desired(&d)?)))
+            .map(|(id, token, d)| Ok((crate::store::StepId(id), token, desired(&d)?)))
             .collect()
     }
 

@@ -362,7 +362,7 @@ pub(super) fn claim_steps(
             workflow,
             delivery_id,
             lease: Lease {
-                step_row,
+                step_row: crate::store::StepId(step_row),
                 owner: owner.to_owned(),
                 token,
             },

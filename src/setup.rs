@@ -350,7 +350,7 @@ async fn callback(State(setup): State<Setup>, Query(q): Query<CallbackQuery>) ->
         );
     }
     let config = &setup.inner.config;
-    let app = match exchange(&setup.inner.client, &config.api_url, &code).await {
+    let app = match exchange_code(&setup.inner.client, &config.api_url, &code).await {
         Ok(app) => app,
         Err(e) => {
             tracing::warn!(error = %e, "the manifest code exchange failed");
@@ -392,8 +392,13 @@ async fn callback(State(setup): State<Setup>, Query(q): Query<CallbackQuery>) ->
     page(StatusCode::OK, "App registered", body, None)
 }
 
-/// `POST {api}/app-manifests/{code}/conversions` (no authentication).
-async fn exchange(
+/// `POST {api}/app-manifests/{code}/conversions` (no authentication): the
+/// App GitHub created from a manifest, with its credentials.
+///
+/// # Errors
+/// GitHub cannot be reached, or refuses the code (codes expire after an
+/// hour and work once).
+pub async fn exchange_code(
     client: &reqwest::Client,
     api_url: &str,
     code: &str,
@@ -633,7 +638,9 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` are equal, in time that depends only on their
+/// lengths (for tokens and states).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

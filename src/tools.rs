@@ -232,23 +232,7 @@ pub async fn convert_manifest_code(
         "the code should be the letters and digits GitHub put in the redirect URL"
     );
     let client = crate::agent::http_client_builder().build()?;
-    let url = format!(
-        "{}/app-manifests/{code}/conversions",
-        api_url.trim_end_matches('/')
-    );
-    let response = client
-        .post(&url)
-        .header("accept", "application/vnd.github+json")
-        .header("user-agent", "taskmaster")
-        .header("x-github-api-version", "2022-11-28")
-        .send()
-        .await?;
-    let status = response.status();
-    anyhow::ensure!(
-        status.is_success(),
-        "GitHub answered {status} to the code exchange (codes expire after an hour and work once)"
-    );
-    let app: ManifestConversion = response.json().await?;
+    let app = crate::setup::exchange_code(&client, api_url, code).await?;
     let (env, pem) = crate::setup::store_credentials(dir, &app)?;
     Ok((app, pem, env))
 }

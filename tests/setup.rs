@@ -43,17 +43,6 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_registered_from_the_browser_is_used_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +187,10 @@ async fn an_app_registered_from_the_browser_is_used_without_a_restart() {
     let at_github = client
         .post(&action)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("manifest={}", form_encode(&manifest.to_string())))
+        .body(format!(
+            "manifest={}",
+            taskmaster::dashboard::signin::percent_encode(&manifest.to_string())
+        ))
         .send()
         .await
         .unwrap();

@@ -18,6 +18,7 @@ use super::pages::{error_page, safe_next};
 use super::session::{self, SESSION_COOKIE, set_cookie};
 use super::signin::{GitHubIdentity, github_role, pkce_pair};
 use crate::api::auth::{Caller, hash_token};
+use crate::setup::constant_time_eq;
 use crate::store::{NewApiToken, now_ms};
 
 /// The cookie holding the flow's state, verifier and next page.
@@ -244,8 +245,4 @@ fn refused(status: StatusCode, why: &str) -> Response {
             },
         ),
     )
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -913,14 +913,7 @@ impl Req {
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    taskmaster::dashboard::signin::percent_encode(s)
 }
 
 fn percent_decode(s: &str, plus_is_space: bool) -> String {

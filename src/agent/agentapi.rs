@@ -622,15 +622,32 @@ impl Agent for AgentApiAgent {
         // 3. Follow the turn to `stable`.
         let mut activity = Activity::default();
         let stop = self.follow(deadline, cancel, &mut activity).await.err();
-        if stop.is_some() {
+        // The partial answer is read before the interrupt: an agent may
+        // replace its screen's last message once interrupted ("Interrupted
+        // by user"), and the work so far would be lost.
+        let partial = if stop.is_some() {
+            let partial = match self.messages().await {
+                Ok(messages) => Self::answer(&messages, before).map(|m| m.content.clone()),
+                Err(_) => None,
+            };
             self.interrupt().await;
-        }
+            partial
+        } else {
+            None
+        };
 
         // 4. Read the answer (also the partial one, on failure).
         let answer = match self.messages().await {
             Ok(messages) => Self::answer(&messages, before).map(|m| m.content.clone()),
             Err(failure) if stop.is_none() => return fail(failure, ""),
             Err(_) => None,
+        };
+        let answer = match (partial, answer) {
+            (Some(partial), Some(last)) if !last.contains(partial.trim()) => {
+                Some(format!("{partial}\n\n{last}"))
+            }
+            (Some(partial), None) => Some(partial),
+            (_, last) => last,
         };
         let mut text = answer.clone().unwrap_or_default();
         if !activity.errors.is_empty() {

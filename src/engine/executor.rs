@@ -107,7 +107,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             },
             ("give_up", &why),
             &step.step,
-            run_id.0,
+            run_id,
         )
         .await
         .1;
@@ -140,7 +140,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             ("fallback_by_history", &why),
             &step.step,
-            run_id.0,
+            run_id,
         )
         .await
         .1;
@@ -193,7 +193,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             (event, &why),
             &step.step,
-            run_id.0,
+            run_id,
         )
         .await
         .1;
@@ -216,7 +216,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             next,
             (event, &why),
             &step.step,
-            run_id.0,
+            run_id,
         )
         .await
         .1;
@@ -273,7 +273,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 },
                 ("budget_exhausted", &why),
                 &step.step,
-                run_id.0,
+                run_id,
             )
             .await
             .1;
@@ -357,7 +357,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                     next,
                     (event, &why),
                     &step.step,
-                    run_id.0,
+                    run_id,
                 )
                 .await
                 .1;
@@ -396,7 +396,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 },
                 ("give_up", &why),
                 &step.step,
-                run_id.0,
+                run_id,
             )
             .await
             .1;
@@ -452,7 +452,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 next,
                 (event, &why),
                 &step.step,
-                run_id.0,
+                run_id,
             )
             .await
             .1;
@@ -730,7 +730,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         next,
         (event, &why),
         &step.step,
-        run_id.0,
+        run_id,
     )
     .await;
     // What this attempt cost may have spent a budget: the run stops now, so
@@ -862,7 +862,7 @@ async fn finish(
     next: StepNext,
     event: (&str, &str),
     step: &str,
-    run_id: i64,
+    run_id: RunId,
 ) -> (bool, bool) {
     let state = match &next {
         StepNext::Finish { state, .. } => *state,
@@ -892,7 +892,7 @@ async fn finish(
             handed_off,
         }) => {
             engine.publish(Transition::Step {
-                run_id: RunId(run_id),
+                run_id,
                 step: step.to_owned(),
                 state,
                 agent: None,

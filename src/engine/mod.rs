@@ -800,7 +800,7 @@ impl Engine {
             .settle_run(run_id, &self.inner.planner)
             .await?
         {
-            self.publish_plan(run_id.0, &plan);
+            self.publish_plan(run_id, &plan);
         }
         Ok(())
     }
@@ -809,19 +809,19 @@ impl Engine {
         let _ = self.inner.events.send(t);
     }
 
-    pub(crate) fn publish_plan(&self, run_id: i64, plan: &Plan) {
+    pub(crate) fn publish_plan(&self, run_id: RunId, plan: &Plan) {
         if self.publish_changes(run_id, plan) {
             self.wake();
         }
     }
 
     /// Publishes a plan's transitions; true when a step became ready.
-    pub(crate) fn publish_changes(&self, run_id: i64, plan: &Plan) -> bool {
+    pub(crate) fn publish_changes(&self, run_id: RunId, plan: &Plan) -> bool {
         let mut ready = false;
         for c in &plan.steps {
             ready |= c.to == StepState::Ready;
             self.publish(Transition::Step {
-                run_id: RunId(run_id),
+                run_id,
                 step: c.step.clone(),
                 state: c.to,
                 agent: None,
@@ -831,7 +831,7 @@ impl Engine {
         }
         if let Some((state, reason)) = &plan.outcome {
             self.publish(Transition::Run {
-                run_id: RunId(run_id),
+                run_id,
                 state: *state,
                 reason: reason.clone(),
             });

@@ -9,6 +9,9 @@
 #   idle    taskmaster with a workflow set no delivery starts (durable intake)
 #   probot  Probot 14 (benches/probot), an app that only receives
 #   storm   taskmaster with the shipped workflows (workflows/)
+#   memstore  taskmaster's intake path over a store that keeps nothing
+#   durable   the same over SQLite with an accept-all dispatcher: durable intake
+#             alone (these two bound what any durable design can reach here)
 # 16 connections, closed loop, SECONDS each. Then, open loop (a delivery
 # every 1/RATE s whatever the answers), the time from each 202 to the run's
 # first check run at GitHub, with one installation per repository (GitHub's
@@ -24,7 +27,8 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-10}
 ROUNDS=${2:-2}
 RATE=${3:-100}
-cargo build --release --quiet --bin taskmaster --example storm_bench --example agentapi_standin
+cargo build --release --quiet --bin taskmaster --example storm_bench --example agentapi_standin \
+  --example intake_memstore --example hmac_ceiling
 if [ ! -x benches/probot/node_modules/.bin/probot ]; then
   (cd benches/probot && npm install --no-audit --no-fund --silent)
 fi
@@ -52,10 +56,9 @@ print(json.dumps({k: (round(d[k], 1) if isinstance(d.get(k), float) else d.get(k
 
 echo "# $(nproc) cores; ${SECONDS_EACH}s per load; $ROUNDS rounds; open loop at $RATE deliveries/s"
 for round in $(seq "$ROUNDS"); do
-  for target in idle probot storm; do
-    [ "$target" = probot ] || reset_pg
+  for target in idle probot storm memstore durable; do
     extra=()
-    [ "$target" = probot ] || extra=("${DB_ARGS[@]}")
+    case $target in idle|storm) reset_pg; extra=("${DB_ARGS[@]}") ;; esac
     "$BENCH" "$target" --seconds "$SECONDS_EACH" --settle 20 "${extra[@]}" | summary
   done
 done

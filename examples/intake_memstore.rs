@@ -2,7 +2,11 @@
 //! inbox writer) over a store that keeps nothing and answers at once. The gap
 //! between this and `benches/intake.sh`'s SQLite figure is the database's share.
 //!
-//! Usage: `GITHUB_WEBHOOK_SECRET=… PORT=3997 cargo run --release --example intake_memstore`
+//! With `DATABASE_URL` set, the same server over the real store instead, with
+//! no dispatcher: durable intake alone, so that the storm benchmark can split
+//! what storage costs from what turning deliveries into runs costs.
+//!
+//! Usage: `GITHUB_WEBHOOK_SECRET=… PORT=3997 [DATABASE_URL=sqlite://…] cargo run --release --example intake_memstore`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,10 +68,18 @@ async fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3997);
+    let store: Arc<dyn Store> = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = taskmaster::store::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        }
+        Err(_) => Arc::new(NullStore),
+    };
     let running = server::start(ServerConfig {
         addr: ([127, 0, 0, 1], port).into(),
         secrets: WebhookSecrets::parse(&secret).unwrap(),
-        store: Arc::new(NullStore),
+        store,
         handler: Arc::new(AcceptAll),
         limits: Default::default(),
     })

@@ -90,8 +90,11 @@ fn args() -> Args {
         }
     }
     assert!(
-        matches!(a.target.as_str(), "storm" | "idle" | "probot"),
-        "usage: storm_bench storm|idle|probot [--seconds S] [--rate R] [--installations N] \
+        matches!(
+            a.target.as_str(),
+            "storm" | "idle" | "probot" | "memstore" | "durable" | "ceiling"
+        ),
+        "usage: storm_bench storm|idle|probot|memstore|durable|ceiling [--seconds S] [--rate R] [--installations N] \
          [--database-url URL] [--settle S] [--agent-ms N] [--github-ms N]"
     );
     a
@@ -353,6 +356,41 @@ fn start_probot(root: &Path, dir: &Path) -> Service {
     Service { child, port }
 }
 
+/// One of the project's reference servers, built beside this example:
+/// `memstore` (`examples/intake_memstore.rs`: taskmaster's whole intake path
+/// over a store that keeps nothing), `durable` (the same over SQLite with no
+/// dispatcher: durable intake alone) or `ceiling` (`examples/hmac_ceiling.rs`:
+/// the signature check alone). They bound what any durable design can reach
+/// under this load generator on this machine.
+fn start_reference(target: &str, dir: &Path) -> Service {
+    let port = free_port();
+    let example = match target {
+        "memstore" | "durable" => "intake_memstore",
+        _ => "hmac_ceiling",
+    };
+    let binary = std::env::current_exe().unwrap().with_file_name(example);
+    let mut command = Command::new(&binary);
+    if target == "durable" {
+        command.env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("durable.db").display()),
+        );
+    }
+    let child = command
+        .env("GITHUB_WEBHOOK_SECRET", SECRET)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("reference.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {} (cargo build --release --example {example}): {e}",
+                binary.display()
+            )
+        });
+    Service { child, port }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -466,7 +504,7 @@ async fn main() {
         .pool_max_idle_per_host(a.connections * 2)
         .build()
         .unwrap();
-    let taskmaster = a.target != "probot";
+    let taskmaster = matches!(a.target.as_str(), "storm" | "idle");
     let fake = if taskmaster {
         let fake = fake_github::FakeGitHub::start(dir.as_path().join("git")).await;
         fake.set_latency(Duration::from_millis(a.github_ms));
@@ -479,12 +517,13 @@ async fn main() {
             let (s, url) = start_taskmaster(&a, &root, dir.as_path(), &fake.url);
             (s, Some(url))
         }
-        None => (start_probot(&root, dir.as_path()), None),
+        None if a.target == "probot" => (start_probot(&root, dir.as_path()), None),
+        None => (start_reference(&a.target, dir.as_path()), None),
     };
-    let log = dir.as_path().join(if taskmaster {
-        "taskmaster.log"
-    } else {
-        "probot.log"
+    let log = dir.as_path().join(match a.target.as_str() {
+        "storm" | "idle" => "taskmaster.log",
+        "probot" => "probot.log",
+        _ => "reference.log",
     });
     let port = service.port;
     wait_listening(&client, port, &mut service.child, &log).await;

@@ -127,6 +127,81 @@ async fn token_is_fetched_once_with_the_app_jwt_and_reused() {
     }
 }
 
+/// Twenty requests of one installation that has no token yet, sent at once,
+/// wait for one mint instead of each minting its own.
+#[tokio::test]
+async fn concurrent_first_requests_mint_one_token() {
+    let w = world().await;
+    mount_permission(&w.server).await;
+    let (client, repo) = (&w.client, repo());
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| client.collaborator_permission(INSTALLATION, &repo, "alice")),
+    )
+    .await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|p| *p == Permission::Write))
+    );
+    assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 1, "one mint");
+}
+
+/// Tokens of many installations are minted with one App JWT (signing is
+/// RSA, milliseconds each), and each installation's token is its own.
+#[tokio::test]
+async fn one_app_jwt_serves_every_installation() {
+    let w = bare_world().await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path_regex(
+            r"^/app/installations/\d+/access_tokens$",
+        ))
+        .respond_with(|r: &wiremock::Request| {
+            let id = r.url.path().split('/').nth(3).unwrap().to_owned();
+            token_response(&format!("ghs_for_{id}"), chrono::Duration::hours(1))
+        })
+        .mount(&w.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/widgets/collaborators/alice/permission"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"permission": "read"})))
+        .mount(&w.server)
+        .await;
+    for id in 1..=5u64 {
+        w.client
+            .collaborator_permission(taskmaster::github::InstallationId(id), &repo(), "alice")
+            .await
+            .unwrap();
+    }
+    let mints: Vec<wiremock::Request> = w
+        .server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path().ends_with("/access_tokens"))
+        .collect();
+    assert_eq!(mints.len(), 5);
+    let jwts: std::collections::HashSet<String> = mints.iter().map(bearer).collect();
+    assert_eq!(jwts.len(), 1, "one JWT signed for five mints");
+    assert_app_jwt(jwts.iter().next().unwrap());
+    let used: Vec<String> = w
+        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
+        .await
+        .iter()
+        .map(bearer)
+        .collect();
+    assert_eq!(
+        used,
+        [
+            "ghs_for_1",
+            "ghs_for_2",
+            "ghs_for_3",
+            "ghs_for_4",
+            "ghs_for_5"
+        ]
+    );
+}
+
 /// GitHub's `permission` says `write` for maintainers and `read` for
 /// triagers; `role_name` tells them apart (so `retry: triage` and
 /// `run: maintain` in `.github/taskmaster.yml` work). A custom role falls
@@ -162,7 +237,7 @@ async fn maintain_and_triage_are_read_from_role_name() {
 #[tokio::test]
 async fn token_near_expiry_is_refreshed_before_use() {
     let w = bare_world().await;
-    // The first token has 10 s left: inside octocrab's 30 s margin, so the
+    // The first token has 10 s left: inside the one-minute margin, so the
     // next request fetches a new one instead of sending a dying token.
     Mock::given(method("POST"))
         .and(path(TOKEN_PATH))
@@ -268,13 +343,13 @@ async fn a_second_401_is_an_error_not_a_loop() {
 #[tokio::test]
 async fn an_unreadable_token_answer_is_a_permanent_error_not_retried() {
     let w = bare_world().await;
-    // A token answer octocrab cannot read (no `permissions`): the same on
-    // every try, so it must not be retried as if GitHub were unreachable.
+    // A token answer without its `expires_at`: the same on every try, so
+    // it must not be retried as if GitHub were unreachable.
     Mock::given(method("POST"))
         .and(path(TOKEN_PATH))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({
             "token": "ghs_partial",
-            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            "permissions": {"issues": "write"},
         })))
         .mount(&w.server)
         .await;

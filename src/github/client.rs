@@ -1,18 +1,15 @@
 //! [`GitHubClient`]: the production [`GitHub`] implementation, on octocrab.
 //!
-//! octocrab provides the transport (hyper + rustls with the ring provider),
-//! the App JWT and the installation-token cache. Two of its behaviours this
-//! module relies on, read from its source (0.54):
-//!
-//! * an installation client reuses its token until 30 s before `expires_at`
-//!   and then fetches a new one before sending — so a token never expires in
-//!   the middle of a long run, provided the **same client** is used. GitHub's
-//!   tokens live one hour and cannot be extended
-//!   (<https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/authenticating-as-a-github-app-installation>).
-//!   `Octocrab::installation` starts an empty cache each call, so this client
-//!   keeps **one octocrab client per installation** for its whole life;
-//! * a request answered 401 is sent once more after clearing the cached
-//!   token (GitHub may revoke a token early, or a clock may be off).
+//! octocrab provides the transport (hyper + rustls with the ring provider,
+//! one connection pool shared by every client cloned from the first). The
+//! App JWT and the installation tokens are this module's, in
+//! [`super::tokens`]: each is minted once and reused while it is good (a JWT
+//! for five minutes, an installation token until a minute before its
+//! `expires_at`; GitHub's tokens live one hour and cannot be extended,
+//! <https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/authenticating-as-a-github-app-installation>),
+//! so a token never expires in the middle of a long run. A request answered
+//! 401 with an installation token is sent once more with a fresh token
+//! (GitHub may revoke a token early, or a clock may be off).
 //!
 //! Everything else — which answers to retry, how long to wait, pacing of
 //! content-creating requests — is [`super::ratelimit`]'s, in one loop
@@ -44,6 +41,7 @@ use serde_json::{Value, json};
 
 use super::checks::{MAX_COMMENT_CHARS, truncate_chars};
 use super::ratelimit::{Answer, Pacer, ResetGate, RetryPolicy, Verdict, classify};
+use super::tokens::{AppJwt, Minted, TokenAnswer, TokenSlot};
 use super::{
     CheckRunId, CheckRunUpdate, CommentId, DeliveryPage, GitHub, GitHubError, GitHubSettings,
     HookDelivery, InstallationId, NewCheckRun, NewPullRequest, NewReview, Permission,
@@ -105,10 +103,10 @@ struct Reply {
     body: String,
 }
 
-/// One installation's octocrab client (and so its token cache), pacer and
-/// primary-limit gate (rate limits are counted per installation token).
+/// One installation's token, pacer and primary-limit gate (rate limits are
+/// counted per installation token).
 struct Installation {
-    crab: Octocrab,
+    token: TokenSlot,
     pacer: Pacer,
     gate: ResetGate,
 }
@@ -125,7 +123,11 @@ pub struct GitHubClient {
     /// Clients with narrowed tokens, per (installation, repository,
     /// workflows), with when the token was minted.
     scoped: Mutex<HashMap<ScopedKey, (Octocrab, std::time::Instant)>>,
-    app: Octocrab,
+    /// The transport, with no credentials; every authenticated client is
+    /// cloned from it (sharing its connections) with a bearer token.
+    base: Octocrab,
+    /// The App's JWT, signed once per [`super::tokens::JWT_REUSE`].
+    app_jwt: AppJwt,
     installations: Mutex<HashMap<InstallationId, Arc<Installation>>>,
     /// Pacing for App-level requests (none create content today).
     app_pacer: Pacer,
@@ -159,13 +161,9 @@ impl GitHubClient {
         // rustls picks its provider once per process; make it ring, as the
         // agents' HTTP client does, before octocrab builds its connector.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let app = Octocrab::builder()
+        let base = Octocrab::builder()
             .base_uri(settings.api_url.as_str())
             .map_err(|e| GitHubError::Config(format!("GITHUB_API_URL: {e}")))?
-            .app(
-                octocrab::models::AppId(credentials.app_id),
-                credentials.encoding_key().clone(),
-            )
             .add_header(
                 http::header::HeaderName::from_static("x-github-api-version"),
                 API_VERSION.into(),
@@ -176,7 +174,8 @@ impl GitHubClient {
             .map_err(|e| GitHubError::Config(format!("cannot build the GitHub client: {e}")))?;
         Ok(Self {
             scoped: Mutex::new(HashMap::new()),
-            app,
+            base,
+            app_jwt: AppJwt::new(credentials.clone()),
             installations: Mutex::new(HashMap::new()),
             app_pacer: Pacer::new(),
             app_gate: ResetGate::default(),
@@ -232,7 +231,7 @@ impl GitHubClient {
             .repository_token(access.installation, repo, &access.permissions())
             .await?;
         let crab = self
-            .app
+            .base
             .user_access_token(token)
             .map_err(|e| GitHubError::Config(format!("narrowed token client: {e}")))?;
         self.scoped
@@ -242,22 +241,61 @@ impl GitHubClient {
         Ok(As::Scoped(access.installation, crab))
     }
 
-    fn installation(&self, id: InstallationId) -> Result<Arc<Installation>, GitHubError> {
-        let mut map = self.installations.lock().expect("installation map lock");
-        if let Some(inst) = map.get(&id) {
-            return Ok(inst.clone());
+    fn installation(&self, id: InstallationId) -> Arc<Installation> {
+        self.installations
+            .lock()
+            .expect("installation map lock")
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Installation {
+                    token: TokenSlot::default(),
+                    pacer: Pacer::new(),
+                    gate: ResetGate::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// A client sending installation `id`'s token: the cached one while it
+    /// is good, else one minted now (single-flight: concurrent callers wait
+    /// for the same mint).
+    async fn installation_client(
+        &self,
+        id: InstallationId,
+        inst: &Installation,
+    ) -> Result<Octocrab, GitHubError> {
+        let mut slot = inst.token.0.lock().await;
+        if let Some(minted) = &*slot
+            && minted.good_at(SystemTime::now())
+        {
+            return Ok(minted.crab.clone());
         }
+        let mut req = Request::new(
+            Method::POST,
+            format!("/app/installations/{}/access_tokens", id.0),
+            As::App,
+        );
+        req.body = Some(json!({}));
+        let path = req.path.clone();
+        let reply = Box::pin(self.send(req)).await?;
+        let answer: TokenAnswer =
+            serde_json::from_str(&reply.body).map_err(|e| GitHubError::Decode {
+                method: "POST".into(),
+                path,
+                message: e.to_string(),
+            })?;
+        // Whatever GitHub's token format becomes, no output shows it.
+        crate::redact::register_minted(&answer.token);
+        let expires_at = answer.expires();
         let crab = self
-            .app
-            .installation(octocrab::models::InstallationId(id.0))
-            .map_err(|e| GitHubError::Config(format!("installation {id}: {e}")))?;
-        let inst = Arc::new(Installation {
-            crab,
-            pacer: Pacer::new(),
-            gate: ResetGate::default(),
+            .base
+            .user_access_token(secrecy::SecretString::from(answer.token))
+            .map_err(|e| GitHubError::Config(format!("installation {id} client: {e}")))?;
+        *slot = Some(Minted {
+            crab: crab.clone(),
+            expires_at,
         });
-        map.insert(id, inst.clone());
-        Ok(inst)
+        Ok(crab)
     }
 
     /// Sends `req`, retrying as [`super::ratelimit::classify`] decides, and
@@ -265,17 +303,16 @@ impl GitHubClient {
     async fn send(&self, req: Request<'_>) -> Result<Reply, GitHubError> {
         let inst = match &req.auth {
             As::App => None,
-            As::Installation(id) | As::Scoped(id, _) => Some(self.installation(*id)?),
+            As::Installation(id) | As::Scoped(id, _) => Some(self.installation(*id)),
         };
-        let (mut crab, pacer, gate) = match &inst {
-            Some(inst) => (&inst.crab, &inst.pacer, &inst.gate),
-            None => (&self.app, &self.app_pacer, &self.app_gate),
+        let (pacer, gate) = match &inst {
+            Some(inst) => (&inst.pacer, &inst.gate),
+            None => (&self.app_pacer, &self.app_gate),
         };
-        if let As::Scoped(_, scoped) = &req.auth {
-            crab = scoped;
-        }
         let method = req.method.as_str().to_owned();
         let mut attempt = 0;
+        // A 401 with an installation token is tried once more with a new one.
+        let mut token_renewed = false;
         loop {
             attempt += 1;
             // A limit that ran out on an earlier answer: wait for its reset
@@ -296,6 +333,12 @@ impl GitHubClient {
                     .acquire(self.policy.scale(self.policy.content_interval))
                     .await;
             }
+            // Per attempt: a token may have been renewed since the last one.
+            let crab = match (&req.auth, &inst) {
+                (As::Installation(id), Some(inst)) => self.installation_client(*id, inst).await?,
+                (As::Scoped(_, scoped), _) => scoped.clone(),
+                _ => self.app_jwt.client(&self.base)?,
+            };
             let sent = match req.method {
                 Method::GET => {
                     let headers = req.accept.map(|accept| {
@@ -369,6 +412,15 @@ impl GitHubClient {
                 })?;
             if status.is_success() {
                 return Ok(Reply { headers, body });
+            }
+            if status == http::StatusCode::UNAUTHORIZED
+                && !token_renewed
+                && let (As::Installation(_), Some(inst)) = (&req.auth, &inst)
+            {
+                token_renewed = true;
+                *inst.token.0.lock().await = None;
+                tracing::warn!(%method, path = %req.path, "GitHub refused the installation token; minting a new one and trying once more");
+                continue;
             }
             let message = serde_json::from_str::<Value>(&body)
                 .ok()

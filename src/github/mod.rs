@@ -35,6 +35,7 @@ pub mod git_data;
 pub mod ratelimit;
 pub mod redelivery;
 pub mod rerun;
+pub mod tokens;
 
 use std::fmt;
 

@@ -48,7 +48,7 @@ summary() {
 import json, sys
 d = json.loads(sys.stdin.readline())
 keys = ["target", "mode", "rate", "installations", "database", "rps", "p50_ms", "p99_ms", "errors", "refused",
-        "first_check_p50_ms", "first_check_p99_ms", "first_check_runs", "lag_max_during_ms", "lag_max_after_ms",
+        "first_check_p50_ms", "first_check_p99_ms", "first_check_runs", "first_check_missing", "settled_seconds", "lag_max_during_ms", "lag_max_after_ms",
         "steps_started_per_s", "runs", "runs_finished", "deliveries_not_yet_handled", "peak_rss_mb", "accounted"]
 print(json.dumps({k: (round(d[k], 1) if isinstance(d.get(k), float) else d.get(k)) for k in keys if k in d}))
 '

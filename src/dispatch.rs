@@ -183,14 +183,23 @@ impl Dispatcher {
     /// Installations are handled side by side, each installation's
     /// deliveries in order (so one installation's slow GitHub never holds up
     /// another's); the batch's leases are renewed while it is handled.
+    ///
+    /// Each installation's deliveries are handled on a task of their own,
+    /// not as futures this loop polls: the loop awaits store writes (the
+    /// coalesced record, the lease renewal), and a handler future left
+    /// unpolled meanwhile could hold the store's writer queue (a handler
+    /// writes too: the task record, the repository configuration), which
+    /// deadlocked the dispatcher, the engine and the outbox while intake
+    /// went on (found by the PR storm at 500 deliveries/s, one installation
+    /// per pull request).
     async fn round(&self, cancel: &CancellationToken) -> Result<usize, StoreError> {
         let claimed = self
             .store
             .claim_deliveries(&self.owner, CLAIM_BATCH, self.lease)
             .await?;
         let count = claimed.len();
-        let mut groups: Vec<(Option<i64>, Vec<&Delivery>)> = Vec::new();
-        for d in &claimed {
+        let mut groups: Vec<(Option<i64>, Vec<Delivery>)> = Vec::new();
+        for d in claimed {
             match groups.iter_mut().find(|(i, _)| *i == d.installation_id) {
                 Some((_, list)) => list.push(d),
                 None => groups.push((d.installation_id, vec![d])),
@@ -200,10 +209,15 @@ impl Dispatcher {
         // transaction when it is handled within `COALESCE` (the usual
         // case: one fsync on SQLite), else what is done is recorded then
         // and each slower installation's when it ends.
-        let mut handling: futures_util::stream::FuturesUnordered<_> = groups
-            .into_iter()
-            .map(|(_, deliveries)| self.handle_in_order(deliveries, cancel))
-            .collect();
+        let mut handling = tokio::task::JoinSet::new();
+        for (_, deliveries) in groups {
+            handling.spawn(handle_in_order(
+                self.handler.clone(),
+                self.deadline,
+                deliveries,
+                cancel.clone(),
+            ));
+        }
         let coalesce = tokio::time::sleep(COALESCE);
         tokio::pin!(coalesce);
         let mut coalescing = true;
@@ -212,12 +226,17 @@ impl Dispatcher {
             tokio::time::interval_at(tokio::time::Instant::now() + self.lease / 3, self.lease / 3);
         loop {
             tokio::select! {
-                next = futures_util::StreamExt::next(&mut handling) => match next {
-                    Some(results) => {
+                next = handling.join_next() => match next {
+                    Some(Ok(results)) => {
                         done.extend(results);
                         if !coalescing {
                             self.record(&mut done).await?;
                         }
+                    }
+                    // A handler panicked: its deliveries stay claimed until
+                    // their lease runs out, then are handled again.
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "a delivery handler failed");
                     }
                     None => break,
                 },
@@ -246,51 +265,53 @@ impl Dispatcher {
         self.handler.committed().await;
         Ok(())
     }
+}
 
-    /// Handles one installation's deliveries, oldest first.
-    async fn handle_in_order(
-        &self,
-        deliveries: Vec<&Delivery>,
-        cancel: &CancellationToken,
-    ) -> Vec<(i64, DeliveryResult)> {
-        let mut results = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            if cancel.is_cancelled() {
-                break; // the rest are released on the way out
-            }
-            let handled =
-                match tokio::time::timeout(self.deadline, self.handler.handle(delivery)).await {
-                    Ok(handled) => handled,
-                    Err(_) => Err(HandlerError::Transient(format!(
-                        "handling took longer than {} s",
-                        self.deadline.as_secs_f64()
-                    ))),
-                };
-            let result = match handled {
-                Ok(Handled::Done) => DeliveryResult::Done,
-                Ok(Handled::Start(runs)) => DeliveryResult::Started(runs),
-                Ok(Handled::Ignored(why)) => DeliveryResult::Ignored(why),
-                Err(HandlerError::Transient(e)) if delivery.attempts < MAX_ATTEMPTS => {
-                    let retry_at = now_ms() + backoff_ms(delivery.attempts);
-                    tracing::warn!(delivery = %delivery.delivery_id, error = %e,
-                        attempt = delivery.attempts, "delivery will be retried");
-                    DeliveryResult::Retry { error: e, retry_at }
-                }
-                Err(e) => {
-                    tracing::error!(delivery = %delivery.delivery_id, error = %e,
-                        "delivery failed");
-                    DeliveryResult::Failed(e.to_string())
-                }
-            };
-            results.push((delivery.id, result));
-            // Handling a delivery is mostly CPU (decompress, parse, route)
-            // and may not await anything: let the webhook requests queued on
-            // this thread run between deliveries, or a round of 64 would hold
-            // them for milliseconds.
-            tokio::task::yield_now().await;
+/// Handles one installation's deliveries, oldest first, each within
+/// `deadline`; stops early when `cancel` fires (the rest are released on
+/// the way out).
+async fn handle_in_order(
+    handler: Arc<dyn DeliveryHandler>,
+    deadline: Duration,
+    deliveries: Vec<Delivery>,
+    cancel: CancellationToken,
+) -> Vec<(i64, DeliveryResult)> {
+    let mut results = Vec::with_capacity(deliveries.len());
+    for delivery in &deliveries {
+        if cancel.is_cancelled() {
+            break;
         }
-        results
+        let handled = match tokio::time::timeout(deadline, handler.handle(delivery)).await {
+            Ok(handled) => handled,
+            Err(_) => Err(HandlerError::Transient(format!(
+                "handling took longer than {} s",
+                deadline.as_secs_f64()
+            ))),
+        };
+        let result = match handled {
+            Ok(Handled::Done) => DeliveryResult::Done,
+            Ok(Handled::Start(runs)) => DeliveryResult::Started(runs),
+            Ok(Handled::Ignored(why)) => DeliveryResult::Ignored(why),
+            Err(HandlerError::Transient(e)) if delivery.attempts < MAX_ATTEMPTS => {
+                let retry_at = now_ms() + backoff_ms(delivery.attempts);
+                tracing::warn!(delivery = %delivery.delivery_id, error = %e,
+                    attempt = delivery.attempts, "delivery will be retried");
+                DeliveryResult::Retry { error: e, retry_at }
+            }
+            Err(e) => {
+                tracing::error!(delivery = %delivery.delivery_id, error = %e,
+                    "delivery failed");
+                DeliveryResult::Failed(e.to_string())
+            }
+        };
+        results.push((delivery.id, result));
+        // Handling a delivery is mostly CPU (decompress, parse, route)
+        // and may not await anything: let the webhook requests queued on
+        // this thread run between deliveries, or a round of 64 would hold
+        // them for milliseconds.
+        tokio::task::yield_now().await;
     }
+    results
 }
 
 /// Backoff before retry `attempt` (1-based): 1 s, 2 s, 4 s, … capped at 60 s.

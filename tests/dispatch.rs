@@ -296,3 +296,106 @@ async fn installations_are_handled_side_by_side_and_leases_are_renewed() {
     let slow = store.delivery("slow-1").await.unwrap().unwrap();
     assert_eq!(slow.attempts, 1, "handled once");
 }
+
+/// A store whose `finish_deliveries` queues on the same writer lock the
+/// handler below takes, as the SQLite store's writers queue on one lock.
+struct SharedWriter {
+    inner: Arc<dyn Store>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[async_trait]
+impl Store for SharedWriter {
+    async fn migrate(&self) -> Result<(), store::StoreError> {
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> Result<(), store::StoreError> {
+        self.inner.ping().await
+    }
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<Vec<store::InsertOutcome>, store::StoreError> {
+        self.inner.insert_deliveries(batch).await
+    }
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, store::StoreError> {
+        self.inner.claim_deliveries(owner, limit, lease).await
+    }
+    async fn finish_deliveries(
+        &self,
+        owner: &str,
+        results: &[(i64, store::DeliveryResult)],
+    ) -> Result<u64, store::StoreError> {
+        let _writer = self.writer.lock().await;
+        self.inner.finish_deliveries(owner, results).await
+    }
+    async fn recover_deliveries(&self) -> Result<u64, store::StoreError> {
+        self.inner.recover_deliveries().await
+    }
+    async fn release_deliveries(&self, owner: &str) -> Result<u64, store::StoreError> {
+        self.inner.release_deliveries(owner).await
+    }
+    async fn delivery(&self, id: &str) -> Result<Option<Delivery>, store::StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn inbox_depth(&self) -> Result<store::InboxDepth, store::StoreError> {
+        self.inner.inbox_depth().await
+    }
+}
+
+/// Installation 1's handler writes: it holds the writer lock across an
+/// await that outlasts the dispatcher's 500 ms coalescing window.
+struct WritingHandler {
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[async_trait]
+impl DeliveryHandler for WritingHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
+        if delivery.installation_id == Some(1) {
+            let _writer = self.writer.lock().await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        Ok(Handled::Done)
+    }
+}
+
+/// The dispatcher records a batch's finished deliveries while another
+/// installation's handler is still at work. When handlers were futures
+/// the dispatcher's loop polled, that record waited for the writer lock a
+/// handler held, and the handler, no longer polled, never let it go: the
+/// dispatcher (and everything else that writes) stopped for good, which
+/// the PR storm found at 500 deliveries/s. Handlers now run as tasks.
+#[tokio::test]
+async fn recording_while_a_handler_holds_the_writer_does_not_deadlock() {
+    use taskmaster::dispatch::Dispatcher;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let writer = Arc::new(tokio::sync::Mutex::new(()));
+    let store: Arc<dyn Store> = Arc::new(SharedWriter {
+        inner: store::connect(&url).await.unwrap(),
+        writer: writer.clone(),
+    });
+    store
+        .insert_deliveries(&[queued("writes-1", 1), queued("quick-2", 2)])
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Arc::new(WritingHandler { writer }),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .with_timings(Duration::from_secs(30), Duration::from_secs(30));
+    let running = tokio::spawn(dispatcher.run(cancel.clone()));
+    // `wait_for_state` gives up after 10 s; both finish in about 0.8 s.
+    wait_for_state(&store, "quick-2", DeliveryState::Done).await;
+    wait_for_state(&store, "writes-1", DeliveryState::Done).await;
+    cancel.cancel();
+    running.await.unwrap();
+}

@@ -278,14 +278,7 @@ impl GitHubClient {
         req.body = Some(json!({}));
         let path = req.path.clone();
         let reply = Box::pin(self.send(req)).await?;
-        let answer: TokenAnswer =
-            serde_json::from_str(&reply.body).map_err(|e| GitHubError::Decode {
-                method: "POST".into(),
-                path,
-                message: e.to_string(),
-            })?;
-        // Whatever GitHub's token format becomes, no output shows it.
-        crate::redact::register_minted(&answer.token);
+        let answer = TokenAnswer::read(&reply.body, path)?;
         let expires_at = answer.expires();
         let crab = self
             .base
@@ -882,18 +875,8 @@ impl GitHub for GitHubClient {
         }));
         let path = req.path.clone();
         let reply = self.send(req).await?;
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: String,
-        }
-        let token: Token = serde_json::from_str(&reply.body).map_err(|e| GitHubError::Decode {
-            method: "POST".into(),
-            path,
-            message: e.to_string(),
-        })?;
-        // Whatever GitHub's token format becomes, no output shows it.
-        crate::redact::register_minted(&token.token);
-        Ok(secrecy::SecretString::from(token.token))
+        let answer = TokenAnswer::read(&reply.body, path)?;
+        Ok(secrecy::SecretString::from(answer.token))
     }
 
     async fn create_blob(

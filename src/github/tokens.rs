@@ -107,6 +107,22 @@ pub(super) struct TokenAnswer {
 }
 
 impl TokenAnswer {
+    /// Reads the answer to `POST {path}` and registers the token with the
+    /// redactor (whatever GitHub's token format becomes, no output shows
+    /// it).
+    ///
+    /// # Errors
+    /// [`GitHubError::Decode`] when `body` lacks `token` or `expires_at`.
+    pub(super) fn read(body: &str, path: String) -> Result<Self, GitHubError> {
+        let answer: TokenAnswer = serde_json::from_str(body).map_err(|e| GitHubError::Decode {
+            method: "POST".into(),
+            path,
+            message: e.to_string(),
+        })?;
+        crate::redact::register_minted(&answer.token);
+        Ok(answer)
+    }
+
     /// When the token stops working, as a [`SystemTime`].
     pub(super) fn expires(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.expires_at.timestamp_millis().max(0) as u64)

@@ -104,6 +104,15 @@ fn mount_permission(server: &wiremock::MockServer) -> impl std::future::Future<O
         .mount(server)
 }
 
+/// The bearer token of each permission request GitHub received, in order.
+async fn permission_bearers(w: &World) -> Vec<String> {
+    w.requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
+        .await
+        .iter()
+        .map(bearer)
+        .collect()
+}
+
 #[tokio::test]
 async fn token_is_fetched_once_with_the_app_jwt_and_reused() {
     let w = world().await;
@@ -119,12 +128,12 @@ async fn token_is_fetched_once_with_the_app_jwt_and_reused() {
     let token_requests = w.requests("POST", TOKEN_PATH).await;
     assert_eq!(token_requests.len(), 1, "one token for three requests");
     assert_app_jwt(&bearer(&token_requests[0]));
-    for r in w
-        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
-        .await
-    {
-        assert_eq!(bearer(&r), "ghs_token_one");
-    }
+    assert!(
+        permission_bearers(&w)
+            .await
+            .iter()
+            .all(|b| b == "ghs_token_one")
+    );
 }
 
 /// Twenty requests of one installation that has no token yet, sent at once,
@@ -184,12 +193,7 @@ async fn one_app_jwt_serves_every_installation() {
     let jwts: std::collections::HashSet<String> = mints.iter().map(bearer).collect();
     assert_eq!(jwts.len(), 1, "one JWT signed for five mints");
     assert_app_jwt(jwts.iter().next().unwrap());
-    let used: Vec<String> = w
-        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
-        .await
-        .iter()
-        .map(bearer)
-        .collect();
+    let used = permission_bearers(&w).await;
     assert_eq!(
         used,
         [
@@ -261,12 +265,7 @@ async fn token_near_expiry_is_refreshed_before_use() {
             .unwrap();
     }
     assert_eq!(w.requests("POST", TOKEN_PATH).await.len(), 2);
-    let used: Vec<String> = w
-        .requests("GET", "/repos/octo/widgets/collaborators/alice/permission")
-        .await
-        .iter()
-        .map(bearer)
-        .collect();
+    let used = permission_bearers(&w).await;
     assert_eq!(used, ["ghs_short_lived", "ghs_fresh", "ghs_fresh"]);
 }
 

@@ -76,7 +76,7 @@ impl AppCredentials {
         })
     }
 
-    /// The key in the form octocrab signs with.
+    /// The parsed key that [`app_jwt`] signs with.
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding_key
     }

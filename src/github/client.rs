@@ -270,15 +270,7 @@ impl GitHubClient {
         {
             return Ok(minted.crab.clone());
         }
-        let mut req = Request::new(
-            Method::POST,
-            format!("/app/installations/{}/access_tokens", id.0),
-            As::App,
-        );
-        req.body = Some(json!({}));
-        let path = req.path.clone();
-        let reply = Box::pin(self.send(req)).await?;
-        let answer = TokenAnswer::read(&reply.body, path)?;
+        let answer = Box::pin(self.mint_token(id, json!({}))).await?;
         let expires_at = answer.expires();
         let crab = self
             .base
@@ -289,6 +281,27 @@ impl GitHubClient {
             expires_at,
         });
         Ok(crab)
+    }
+
+    /// Mints an installation token with the App JWT: `body` `{}` for the
+    /// installation's whole grant, or narrowed by `repositories` and
+    /// `permissions`. The token is registered with the redactor.
+    ///
+    /// Source: <https://docs.github.com/en/rest/apps/apps#create-an-installation-access-token-for-an-app>
+    async fn mint_token(
+        &self,
+        installation: InstallationId,
+        body: Value,
+    ) -> Result<TokenAnswer, GitHubError> {
+        let mut req = Request::new(
+            Method::POST,
+            format!("/app/installations/{}/access_tokens", installation.0),
+            As::App,
+        );
+        req.body = Some(body);
+        let path = req.path.clone();
+        let reply = self.send(req).await?;
+        TokenAnswer::read(&reply.body, path)
     }
 
     /// Sends `req`, retrying as [`super::ratelimit::classify`] decides, and
@@ -860,22 +873,15 @@ impl GitHub for GitHubClient {
         repo: &RepoName,
         permissions: &[(&str, &str)],
     ) -> Result<secrecy::SecretString, GitHubError> {
-        let mut req = Request::new(
-            Method::POST,
-            format!("/app/installations/{}/access_tokens", installation.0),
-            As::App,
-        );
         let permissions: serde_json::Map<String, Value> = permissions
             .iter()
             .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
             .collect();
-        req.body = Some(json!({
+        let body = json!({
             "repositories": [repo.name()],
             "permissions": permissions,
-        }));
-        let path = req.path.clone();
-        let reply = self.send(req).await?;
-        let answer = TokenAnswer::read(&reply.body, path)?;
+        });
+        let answer = self.mint_token(installation, body).await?;
         Ok(secrecy::SecretString::from(answer.token))
     }
 

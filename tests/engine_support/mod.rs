@@ -315,6 +315,15 @@ impl TestEngine {
             .0
     }
 
+    /// The run and its steps as stored now; panics when there is no such run.
+    pub async fn snapshot(&self, run_id: i64) -> RunSnapshot {
+        self.store
+            .run(taskmaster::store::RunId(run_id))
+            .await
+            .unwrap()
+            .expect("run exists")
+    }
+
     /// Waits until the run is in an end state; panics after `limit`.
     #[track_caller]
     pub fn wait_run(
@@ -326,12 +335,7 @@ impl TestEngine {
         async move {
             let deadline = Instant::now() + limit;
             loop {
-                let snap = self
-                    .store
-                    .run(taskmaster::store::RunId(run_id))
-                    .await
-                    .unwrap()
-                    .expect("run exists");
+                let snap = self.snapshot(run_id).await;
                 if snap.run.state.is_terminal() {
                     return snap;
                 }
@@ -366,12 +370,7 @@ impl TestEngine {
     ) -> RunSnapshot {
         let deadline = Instant::now() + limit;
         loop {
-            let snap = self
-                .store
-                .run(taskmaster::store::RunId(run_id))
-                .await
-                .unwrap()
-                .expect("run exists");
+            let snap = self.snapshot(run_id).await;
             if pred(&snap) {
                 return snap;
             }

@@ -35,7 +35,7 @@ struct NoToken;
 impl TokenSource for NoToken {
     async fn read_token(
         &self,
-        _: Option<i64>,
+        _: Option<taskmaster::ids::InstallationId>,
         _: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         Ok(None)

@@ -21,7 +21,7 @@ async fn main() {
                     event: "pull_request".into(),
                     action: Some("opened".into()),
                     hook_id: None,
-                    installation_id: Some(1),
+                    installation_id: Some(taskmaster::ids::InstallationId(1)),
                     repository: Some("a/b".into()),
                     sender_id: Some(1),
                     sender_login: Some("x".into()),

@@ -51,7 +51,7 @@ struct Token;
 impl TokenSource for Token {
     async fn read_token(
         &self,
-        _: Option<i64>,
+        _: Option<taskmaster::ids::InstallationId>,
         _: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         Ok(Some(SecretString::from(TOKEN)))
@@ -194,7 +194,7 @@ async fn main() {
         run_id,
         repo_id: 1,
         full_name: "bench/big".into(),
-        installation: Some(1),
+        installation: Some(taskmaster::ids::InstallationId(1)),
         target: Target::PullRequest {
             number,
             head_sha: Some(head.to_owned()),

@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Delivery, DeliveryResult, Store, StoreError, WakeTopic, now_ms};
+use crate::store::{
+    Delivery, DeliveryResult, InstallationId, Store, StoreError, WakeTopic, now_ms,
+};
 
 /// Deliveries claimed per round.
 const CLAIM_BATCH: usize = 64;
@@ -198,7 +200,7 @@ impl Dispatcher {
             .claim_deliveries(&self.owner, CLAIM_BATCH, self.lease)
             .await?;
         let count = claimed.len();
-        let mut groups: Vec<(Option<i64>, Vec<Delivery>)> = Vec::new();
+        let mut groups: Vec<(Option<InstallationId>, Vec<Delivery>)> = Vec::new();
         for d in claimed {
             match groups.iter_mut().find(|(i, _)| *i == d.installation_id) {
                 Some((_, list)) => list.push(d),

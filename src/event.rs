@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::InstallationId;
+
 /// A webhook delivery that could not be understood as its event type.
 ///
 /// Permanent: the same bytes fail the same way every time, so the dispatcher
@@ -75,7 +77,7 @@ pub struct Repository {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallationRef {
     /// The installation id, used to mint installation tokens.
-    pub id: i64,
+    pub id: InstallationId,
 }
 
 /// Fields every event of interest carries.
@@ -349,7 +351,7 @@ pub struct CheckSuiteEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installation {
     /// The installation id.
-    pub id: i64,
+    pub id: InstallationId,
     /// The App id.
     #[serde(default)]
     pub app_id: Option<i64>,
@@ -585,7 +587,7 @@ impl Event {
     }
 
     /// The installation the delivery came through, when the payload says.
-    pub fn installation_id(&self) -> Option<i64> {
+    pub fn installation_id(&self) -> Option<InstallationId> {
         let envelope = match self {
             Event::PullRequest(e) => &e.envelope,
             Event::Issues(e) => &e.envelope,

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod engine;
 pub mod event;
 pub mod github;
+pub mod ids;
 pub mod insights;
 pub mod instrument;
 pub mod outbox;

@@ -247,7 +247,8 @@ impl Outbox {
         let candidates = self.store.report_candidates(now, self.config.batch).await?;
         let mut next_due: Option<i64> = None;
         let interval = self.config.min_interval.as_millis() as i64;
-        let mut by_installation: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
+        let mut by_installation: std::collections::BTreeMap<InstallationId, Vec<_>> =
+            Default::default();
         // Runs after the pass's last candidate are not part of it.
         let mut after = candidates
             .iter()
@@ -295,7 +296,7 @@ impl Outbox {
         // While they go out (a sticky comment waits out its installation's
         // pacing), runs that appear meanwhile get their check runs at once
         // rather than after the whole pass (`create_new_check_runs`).
-        let busy: HashSet<i64> = by_installation.keys().copied().collect();
+        let busy: HashSet<InstallationId> = by_installation.keys().copied().collect();
         let (done, mut finished) = tokio::sync::watch::channel(false);
         let sends =
             futures_util::future::join_all(by_installation.into_values().map(|mut reports| {
@@ -360,7 +361,7 @@ impl Outbox {
     async fn create_new_check_runs(
         &self,
         after: &mut RunId,
-        busy: &HashSet<i64>,
+        busy: &HashSet<InstallationId>,
     ) -> Result<(), StoreError> {
         let candidates = self.store.unreported_runs(*after, NEW_RUN_BATCH).await?;
         if let Some(last) = candidates.last() {
@@ -465,7 +466,7 @@ impl Outbox {
     /// another's replies, or the reports after them.
     async fn send_due_effects(&self) -> Result<(), StoreError> {
         let due = self.store.due_effects(now_ms(), self.config.batch).await?;
-        let mut by_installation: Vec<(Option<i64>, Vec<Effect>)> = Vec::new();
+        let mut by_installation: Vec<(Option<InstallationId>, Vec<Effect>)> = Vec::new();
         for effect in due {
             match by_installation
                 .iter_mut()
@@ -512,7 +513,7 @@ impl Outbox {
 
     async fn send_effect(&self, effect: &Effect) -> Result<(), GitHubError> {
         let repo = RepoName::parse(&effect.repository)?;
-        let installation = InstallationId(effect.installation_id.unwrap_or(0).max(0) as u64);
+        let installation = effect.installation_id.unwrap_or(InstallationId(0));
         match effect.kind {
             EffectKind::Comment => self
                 .github
@@ -561,7 +562,7 @@ impl Outbox {
             return Ok(false);
         }
         let repo = RepoName::parse(&report.repository)?;
-        let installation = InstallationId(candidate.installation_id as u64);
+        let installation = candidate.installation_id;
         let new = report.new_check_run()?;
         let id = upsert_check_run(self.github.as_ref(), installation, &repo, None, &new).await?;
         self.store
@@ -590,7 +591,7 @@ impl Outbox {
             .is_some_and(|s| s.is_terminal());
         report.annotate = snapshot.run.state.is_terminal() && !reported_terminal;
         let repo = RepoName::parse(&report.repository)?;
-        let installation = InstallationId(candidate.installation_id as u64);
+        let installation = candidate.installation_id;
         // A check run created from this very snapshot is up to date unless
         // the report carries more (annotations, a published change).
         let up_to_date = fresh && !report.annotate && report.change.is_none();

@@ -265,7 +265,7 @@ impl Publisher {
         .filter(|(login, _)| !login.ends_with("[bot]"));
         Ok(Subject {
             repo,
-            installation: InstallationId(installation as u64),
+            installation,
             number: run.subject_number.unwrap_or(0).max(0) as u64,
             pull_request,
             default_branch: repository

@@ -552,7 +552,7 @@ impl RepoConfigs {
     /// The configuration of `repository` (`owner/name`), fetched with
     /// `installation`'s token when the cached copy is older than the TTL.
     /// Never fails: errors fall back to the cached copy, else the defaults.
-    pub async fn get(&self, installation: Option<i64>, repository: &str) -> Loaded {
+    pub async fn get(&self, installation: Option<InstallationId>, repository: &str) -> Loaded {
         let cached = match self.store.repo_config(repository).await {
             Ok(c) => c,
             Err(e) => {
@@ -598,12 +598,12 @@ impl RepoConfigs {
 
     async fn fetch(
         &self,
-        installation: i64,
+        installation: InstallationId,
         repository: &str,
     ) -> Result<Option<String>, crate::github::GitHubError> {
         let repo = RepoName::parse(repository)?;
         self.github
-            .file_contents(InstallationId(installation as u64), &repo, PATH, None)
+            .file_contents(installation, &repo, PATH, None)
             .await
     }
 

@@ -1652,7 +1652,7 @@ async fn api_runs_are_on_the_prs_real_head_and_command_inputs_need_an_admin() {
             event: "ping".into(),
             action: None,
             hook_id: None,
-            installation_id: Some(42),
+            installation_id: Some(taskmaster::ids::InstallationId(42)),
             repository: Some("octo/widgets".into()),
             sender_id: None,
             sender_login: None,

@@ -39,7 +39,9 @@ fn delivery(event: &str, id: &str, payload: &Value) -> Delivery {
         event: event.into(),
         action: payload["action"].as_str().map(str::to_owned),
         hook_id: None,
-        installation_id: payload["installation"]["id"].as_i64(),
+        installation_id: payload["installation"]["id"]
+            .as_i64()
+            .map(taskmaster::ids::InstallationId),
         repository: payload["repository"]["full_name"]
             .as_str()
             .map(str::to_owned),
@@ -127,7 +129,10 @@ async fn suspended_and_deleted_installations_are_ignored_until_unsuspended() {
         .unwrap();
     assert_eq!(h, Handled::Done);
     assert_eq!(
-        w.t.store.installation_repositories(42).await.unwrap(),
+        w.t.store
+            .installation_repositories(taskmaster::ids::InstallationId(42))
+            .await
+            .unwrap(),
         ["Codertocat/Hello-World"]
     );
     let mut added = fixture("installation_repositories.added");
@@ -137,7 +142,10 @@ async fn suspended_and_deleted_installations_are_ignored_until_unsuspended() {
         .await
         .unwrap();
     assert_eq!(
-        w.t.store.installation_repositories(42).await.unwrap(),
+        w.t.store
+            .installation_repositories(taskmaster::ids::InstallationId(42))
+            .await
+            .unwrap(),
         ["Codertocat/Hello-World", "Codertocat/Space"]
     );
 
@@ -148,7 +156,10 @@ async fn suspended_and_deleted_installations_are_ignored_until_unsuspended() {
         .await
         .unwrap();
     assert_eq!(
-        w.t.store.installation_state(42).await.unwrap(),
+        w.t.store
+            .installation_state(taskmaster::ids::InstallationId(42))
+            .await
+            .unwrap(),
         Some(InstallationState::Suspended)
     );
     let h = w

@@ -217,7 +217,7 @@ struct Gate {
 impl DeliveryHandler for Gate {
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
         self.seen.lock().unwrap().push(delivery.delivery_id.clone());
-        if delivery.installation_id == Some(1) {
+        if delivery.installation_id == Some(taskmaster::ids::InstallationId(1)) {
             self.open.notified().await;
         }
         Ok(Handled::Done)
@@ -230,7 +230,7 @@ fn queued(id: &str, installation: i64) -> NewDelivery {
         event: "issues".into(),
         action: Some("opened".into()),
         hook_id: None,
-        installation_id: Some(installation),
+        installation_id: Some(taskmaster::ids::InstallationId(installation)),
         repository: Some("o/r".into()),
         sender_id: None,
         sender_login: None,
@@ -357,7 +357,7 @@ struct WritingHandler {
 #[async_trait]
 impl DeliveryHandler for WritingHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandlerError> {
-        if delivery.installation_id == Some(1) {
+        if delivery.installation_id == Some(taskmaster::ids::InstallationId(1)) {
             let _writer = self.writer.lock().await;
             tokio::time::sleep(Duration::from_millis(800)).await;
         }

@@ -175,7 +175,7 @@ async fn one_app_jwt_serves_every_installation() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"permission": "read"})))
         .mount(&w.server)
         .await;
-    for id in 1..=5u64 {
+    for id in 1..=5i64 {
         w.client
             .collaborator_permission(taskmaster::github::InstallationId(id), &repo(), "alice")
             .await

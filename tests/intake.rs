@@ -75,7 +75,9 @@ async fn every_fixture_is_stored_with_its_metadata() {
         );
         assert_eq!(
             stored.installation_id,
-            payload["installation"]["id"].as_i64(),
+            payload["installation"]["id"]
+                .as_i64()
+                .map(taskmaster::ids::InstallationId),
             "{name}"
         );
         assert_eq!(

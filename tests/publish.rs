@@ -39,7 +39,7 @@ struct AnyToken;
 impl TokenSource for AnyToken {
     async fn read_token(
         &self,
-        _installation: Option<i64>,
+        _installation: Option<taskmaster::ids::InstallationId>,
         _full_name: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         Ok(Some(SecretString::from(

@@ -25,7 +25,7 @@ fn delivery(id: &str, days_ago: i64, state: DeliveryState) -> NewDelivery {
         event: "pull_request".into(),
         action: Some("opened".into()),
         hook_id: Some(1),
-        installation_id: Some(42),
+        installation_id: Some(taskmaster::ids::InstallationId(42)),
         repository: Some("octo/repo".into()),
         sender_id: Some(7),
         sender_login: Some("octocat".into()),
@@ -136,7 +136,7 @@ async fn the_pruner_deletes_what_is_past_retention_and_keeps_what_live_runs_need
         NewEffect {
             source: "old-failed".into(),
             seq: 0,
-            installation_id: Some(42),
+            installation_id: Some(taskmaster::ids::InstallationId(42)),
             repository: "octo/repo".into(),
             kind: EffectKind::Comment,
             target: 7,
@@ -145,7 +145,7 @@ async fn the_pruner_deletes_what_is_past_retention_and_keeps_what_live_runs_need
         NewEffect {
             source: "old-failed".into(),
             seq: 1,
-            installation_id: Some(42),
+            installation_id: Some(taskmaster::ids::InstallationId(42)),
             repository: "octo/repo".into(),
             kind: EffectKind::Comment,
             target: 7,

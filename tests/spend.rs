@@ -133,7 +133,10 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
     let a = store.spent(today, Some("octo/a"), None).await.unwrap();
     assert!((a.usd - 1.75).abs() < 1e-9, "{a:?}");
     assert_eq!((a.attempts, a.agent_ms), (2, 90_000));
-    let eight = store.spent(today, None, Some(8)).await.unwrap();
+    let eight = store
+        .spent(today, None, Some(taskmaster::ids::InstallationId(8)))
+        .await
+        .unwrap();
     assert!(
         (eight.usd - 2.0).abs() < 1e-9 && eight.attempts == 1,
         "{eight:?}"
@@ -150,7 +153,7 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(
         (rows[0].repository.as_str(), rows[0].installation_id),
-        ("octo/a", 7)
+        ("octo/a", taskmaster::ids::InstallationId(7))
     );
     // By workflow and agent (the dashboard's view): every ended attempt,
     // the refused one too, which cost nothing.

@@ -6,35 +6,45 @@ mod backends;
 
 use backends::Backend;
 use taskmaster::store::{
-    ActorKind, AuditEntry, EffectKind, EffectOutcome, EffectState, InstallationState, NewEffect,
-    RepoConfigRecord,
+    ActorKind, AuditEntry, EffectKind, EffectOutcome, EffectState, InstallationId,
+    InstallationState, NewEffect, RepoConfigRecord,
 };
 
 async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
     let store = &b.store;
-    assert_eq!(store.installation_state(7).await.unwrap(), None);
+    assert_eq!(
+        store.installation_state(InstallationId(7)).await.unwrap(),
+        None
+    );
     store
-        .set_installation(7, Some("octo-org"), InstallationState::Active)
+        .set_installation(
+            InstallationId(7),
+            Some("octo-org"),
+            InstallationState::Active,
+        )
         .await
         .unwrap();
     store
-        .set_installation(7, None, InstallationState::Suspended)
+        .set_installation(InstallationId(7), None, InstallationState::Suspended)
         .await
         .unwrap();
     assert_eq!(
-        store.installation_state(7).await.unwrap(),
+        store.installation_state(InstallationId(7)).await.unwrap(),
         Some(InstallationState::Suspended)
     );
     store
-        .update_installation_repositories(7, &["o/b".into(), "o/a".into()], &[])
+        .update_installation_repositories(InstallationId(7), &["o/b".into(), "o/a".into()], &[])
         .await
         .unwrap();
     store
-        .update_installation_repositories(7, &["o/a".into()], &["o/b".into()])
+        .update_installation_repositories(InstallationId(7), &["o/a".into()], &["o/b".into()])
         .await
         .unwrap();
     assert_eq!(
-        store.installation_repositories(7).await.unwrap(),
+        store
+            .installation_repositories(InstallationId(7))
+            .await
+            .unwrap(),
         vec!["o/a".to_string()]
     );
 }
@@ -63,7 +73,7 @@ fn effect(seq: i64, kind: EffectKind, body: &str) -> NewEffect {
     NewEffect {
         source: "delivery-1".into(),
         seq,
-        installation_id: Some(3),
+        installation_id: Some(InstallationId(3)),
         repository: "o/r".into(),
         kind,
         target: 12,
@@ -163,7 +173,7 @@ async fn installations_take_turns_for_due_effects(b: Backend) {
     store.enqueue_effects(&flood).await.unwrap();
     let other = NewEffect {
         source: "other".into(),
-        installation_id: Some(4),
+        installation_id: Some(InstallationId(4)),
         ..effect(0, EffectKind::Reaction, "eyes")
     };
     store.enqueue_effects(&[other]).await.unwrap();
@@ -171,7 +181,7 @@ async fn installations_take_turns_for_due_effects(b: Backend) {
     assert_eq!(due.len(), 10);
     // Turn 1: each installation's oldest; then installation 3 in order.
     assert_eq!(due[0].body, "flood 0");
-    assert_eq!(due[1].installation_id, Some(4));
+    assert_eq!(due[1].installation_id, Some(InstallationId(4)));
     let flood_order: Vec<&str> = due[2..].iter().map(|e| e.body.as_str()).collect();
     assert_eq!(
         flood_order,

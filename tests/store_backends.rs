@@ -44,7 +44,7 @@ fn delivery(id: &str, body: &[u8], state: DeliveryState) -> NewDelivery {
         event: "pull_request".into(),
         action: Some("opened".into()),
         hook_id: Some(1),
-        installation_id: Some(42),
+        installation_id: Some(taskmaster::ids::InstallationId(42)),
         repository: Some("octo/repo".into()),
         sender_id: Some(7),
         sender_login: Some("octocat".into()),
@@ -212,7 +212,10 @@ async fn deliveries_are_stored_once_and_read_back_byte_for_byte(b: Backend) {
         "the payload decodes byte for byte"
     );
     assert_eq!(d1.state, DeliveryState::Queued);
-    assert_eq!(d1.installation_id, Some(42));
+    assert_eq!(
+        d1.installation_id,
+        Some(taskmaster::ids::InstallationId(42))
+    );
     assert_eq!(d1.sender_login.as_deref(), Some("octocat"));
     assert_eq!(d1.attempts, 0);
     let d2 = store.delivery("d-2").await.unwrap().unwrap();
@@ -851,17 +854,17 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     assert_eq!(c.len(), 1);
     assert_eq!(
         (c[0].run_id, c[0].installation_id, c[0].check_run_id),
-        (run, 42, None)
+        (run, taskmaster::ids::InstallationId(42), None)
     );
     // Never touched by the outbox: found by the cheap look, after an id.
-    let new: Vec<(RunId, i64)> = store
+    let new: Vec<(RunId, taskmaster::ids::InstallationId)> = store
         .unreported_runs(RunId(0), 10)
         .await
         .unwrap()
         .iter()
         .map(|c| (c.run_id, c.installation_id))
         .collect();
-    assert_eq!(new, vec![(run, 42)]);
+    assert_eq!(new, vec![(run, taskmaster::ids::InstallationId(42))]);
     assert!(store.unreported_runs(run, 10).await.unwrap().is_empty());
     store.record_check_run(run, 555).await.unwrap();
     assert!(
@@ -1403,7 +1406,7 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
             .installation_for_repository("octo/repo")
             .await
             .unwrap(),
-        Some(42)
+        Some(taskmaster::ids::InstallationId(42))
     );
     assert_eq!(
         store.installation_for_repository("x/y").await.unwrap(),

@@ -31,14 +31,14 @@ const TOKEN: &str = "ghs_testInstallationToken0123456789abcdef";
 /// Hands out [`TOKEN`] for installation 42, and counts how often.
 #[derive(Default)]
 struct StaticTokens {
-    asked: Mutex<Vec<(Option<i64>, String)>>,
+    asked: Mutex<Vec<(Option<taskmaster::ids::InstallationId>, String)>>,
 }
 
 #[async_trait]
 impl TokenSource for StaticTokens {
     async fn read_token(
         &self,
-        installation: Option<i64>,
+        installation: Option<taskmaster::ids::InstallationId>,
         full_name: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         self.asked
@@ -144,7 +144,7 @@ fn pr_request(
         run_id,
         repo_id,
         full_name: full_name.into(),
-        installation: Some(42),
+        installation: Some(taskmaster::ids::InstallationId(42)),
         target: Target::PullRequest {
             number,
             head_sha: Some(head.into()),
@@ -283,7 +283,7 @@ steps:
             .lock()
             .unwrap()
             .iter()
-            .all(|(i, n)| *i == Some(42) && n == "acme/widgets")
+            .all(|(i, n)| *i == Some(taskmaster::ids::InstallationId(42)) && n == "acme/widgets")
     );
     // The run ended: its workspace is removed.
     let gone = ws.workspace_path(run_id);
@@ -702,7 +702,7 @@ async fn an_issue_run_checks_out_the_default_branch_and_keeps_that_commit() {
         run_id: 30,
         repo_id: 7008,
         full_name: "acme/issues".into(),
-        installation: Some(42),
+        installation: Some(taskmaster::ids::InstallationId(42)),
         target: Target::Branch {
             name: "main".into(),
         },

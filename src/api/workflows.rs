@@ -16,6 +16,7 @@
 //! `changed: false`. Every call that changes something, or tries to, is
 //! written to the audit log with the token's name.
 
+use crate::ids::InstallationId;
 use crate::store::RunId;
 use std::collections::BTreeMap;
 
@@ -564,7 +565,7 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
             let repo = crate::github::RepoName::parse(&req.repository)
                 .map_err(|e| Problem::bad_request(e.to_string()))?;
             let access = crate::github::WriteAccess {
-                installation: crate::github::InstallationId(inst as u64),
+                installation: inst,
                 workflows: false,
             };
             let head = github.pull_request(access, &repo, n).await.map_err(|e| {
@@ -691,7 +692,7 @@ fn labels(ctx: &ExecuteContext) -> serde_json::Value {
         .collect()
 }
 
-fn installation_json(installation: Option<i64>) -> serde_json::Value {
+fn installation_json(installation: Option<InstallationId>) -> serde_json::Value {
     installation
         .map(|id| serde_json::json!({ "id": id }))
         .unwrap_or(serde_json::Value::Null)
@@ -702,7 +703,7 @@ fn pr_payload(
     ctx: &ExecuteContext,
     number: u64,
     caller: &Caller,
-    installation: Option<i64>,
+    installation: Option<InstallationId>,
 ) -> serde_json::Value {
     let sha = ctx.head_sha.clone().unwrap_or_else(|| "0".repeat(40));
     serde_json::json!({
@@ -732,7 +733,7 @@ fn issue_payload(
     ctx: &ExecuteContext,
     number: u64,
     caller: &Caller,
-    installation: Option<i64>,
+    installation: Option<InstallationId>,
 ) -> serde_json::Value {
     serde_json::json!({
         "action": "opened",

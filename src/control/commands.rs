@@ -8,7 +8,7 @@ use crate::store::RunId;
 /// Where a command came from and where its answers go.
 pub(super) struct Invocation<'a> {
     pub(super) delivery: &'a Delivery,
-    pub(super) installation: Option<i64>,
+    pub(super) installation: Option<InstallationId>,
     pub(super) repository: String,
     /// The PR or issue to reply on.
     pub(super) number: Option<u64>,

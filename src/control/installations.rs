@@ -26,7 +26,7 @@ impl AppHandler {
                         .update_installation_repositories(e.installation.id, &added, &[])
                         .await?;
                 }
-                tracing::info!(installation = e.installation.id, action = %e.action,
+                tracing::info!(installation = %e.installation.id, action = %e.action,
                     state = state.as_str(), "installation recorded");
                 Ok(Some(Handled::Done))
             }

@@ -65,7 +65,7 @@ impl AppHandler {
             RepoName::parse(&inv.repository).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let p = self
             .github
-            .collaborator_permission(InstallationId(installation as u64), &repo, &inv.actor.login)
+            .collaborator_permission(installation, &repo, &inv.actor.login)
             .await
             .map_err(|e| {
                 if e.is_transient() {

@@ -3,6 +3,7 @@
 //! have spent, checked against `budgets:`.
 
 use crate::budget::{Budgets, Exhausted, Headroom, Scope, Spent};
+use crate::ids::InstallationId;
 use crate::store::RunId;
 use crate::store::{ControlOutcome, RunSnapshot, RunStore, StoreError};
 
@@ -19,7 +20,7 @@ pub async fn spent(
     budgets: &Budgets,
     run_id: i64,
     repository: Option<&str>,
-    installation_id: Option<i64>,
+    installation_id: Option<InstallationId>,
     now: i64,
 ) -> Result<Vec<(Scope, Spent)>, StoreError> {
     let mut out = Vec::new();
@@ -69,7 +70,7 @@ pub async fn check(
     budgets: &Budgets,
     run_id: i64,
     repository: Option<&str>,
-    installation_id: Option<i64>,
+    installation_id: Option<InstallationId>,
     now: i64,
 ) -> Result<Result<Headroom, Exhausted>, StoreError> {
     if budgets.is_empty() {

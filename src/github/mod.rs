@@ -57,15 +57,7 @@ pub use git_data::{
 };
 pub use ratelimit::RetryPolicy;
 
-/// A GitHub App installation id (the `installation.id` of a webhook payload).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstallationId(pub u64);
-
-impl fmt::Display for InstallationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::ids::InstallationId;
 
 /// The id of a check run (`check_run.id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

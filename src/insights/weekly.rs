@@ -20,6 +20,7 @@
 //! Each period's run is keyed by a delivery id made of the repository, the
 //! issue and the period's number, so replicas and restarts start it once.
 
+use crate::ids::InstallationId;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -48,7 +49,7 @@ pub struct InsightsReportConfig {
     /// The installation that may post in `repository` (default: the one
     /// that last delivered an event about it).
     #[serde(default)]
-    pub installation_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
 }
 
 fn default_every_days() -> u32 {
@@ -229,7 +230,7 @@ pub fn markdown(report: &Report) -> String {
 /// body the figures.
 pub fn payload(
     config: &InsightsReportConfig,
-    installation_id: i64,
+    installation_id: InstallationId,
     figures: &str,
 ) -> serde_json::Value {
     serde_json::json!({
@@ -396,9 +397,9 @@ mod tests {
     fn the_payload_is_an_issues_event() {
         let c: InsightsReportConfig =
             serde_saphyr::from_str("repository: acme/ops\nissue: 12\n").unwrap();
-        let body = serde_json::to_vec(&payload(&c, 5, "figures")).unwrap();
+        let body = serde_json::to_vec(&payload(&c, InstallationId(5), "figures")).unwrap();
         let event = crate::event::Event::parse("issues", &body).unwrap();
         assert_eq!(event.repository().unwrap().full_name, "acme/ops");
-        assert_eq!(event.installation_id(), Some(5));
+        assert_eq!(event.installation_id(), Some(InstallationId(5)));
     }
 }

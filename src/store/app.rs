@@ -4,6 +4,7 @@
 //!
 //! Times are Unix epoch milliseconds.
 
+use crate::ids::InstallationId;
 use serde::Serialize;
 
 /// The state of an installation of the App, from the `installation` webhook.
@@ -89,7 +90,7 @@ pub struct NewEffect {
     /// Its order within `source`.
     pub seq: i64,
     /// The installation whose token sends it (`None` in dry run without one).
-    pub installation_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
     /// `owner/name`.
     pub repository: String,
     pub kind: EffectKind,
@@ -142,7 +143,7 @@ pub struct Effect {
     pub id: i64,
     pub source: String,
     pub seq: i64,
-    pub installation_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
     pub repository: String,
     pub kind: EffectKind,
     pub target: i64,

@@ -41,7 +41,6 @@ pub mod app;
 pub mod changes;
 pub mod deliveries;
 pub mod history;
-pub mod ids;
 pub mod policy;
 pub mod postgres;
 pub mod reports;
@@ -52,6 +51,7 @@ pub mod spend;
 pub mod sqlite;
 pub mod status;
 
+pub use crate::ids::{InstallationId, RunId, StepId};
 pub use api::{
     AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
     TaskFilter, TaskRecord, TaskSource, TaskState, TaskUpdate, ValidationFilter, ValidationKind,
@@ -64,7 +64,6 @@ pub use app::{
 pub use changes::{ChangeState, ChangeStore, Publication, PublishTarget, RunChange};
 pub use deliveries::{DeliveryFilter, DeliverySummary};
 pub use history::Histories;
-pub use ids::{RunId, StepId};
 pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
@@ -133,7 +132,7 @@ pub struct NewDelivery {
     pub action: Option<String>,
     /// `X-GitHub-Hook-ID`, when sent.
     pub hook_id: Option<i64>,
-    pub installation_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
     /// `owner/name`.
     pub repository: Option<String>,
     pub sender_id: Option<i64>,
@@ -292,7 +291,7 @@ pub struct Delivery {
     pub event: String,
     pub action: Option<String>,
     pub hook_id: Option<i64>,
-    pub installation_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
     pub repository: Option<String>,
     pub sender_id: Option<i64>,
     pub sender_login: Option<String>,
@@ -845,7 +844,7 @@ pub trait AppRecords: Send + Sync + 'static {
     /// suspend, unsuspend, deleted). `account_login` is kept when `None`.
     async fn set_installation(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         account_login: Option<&str>,
         state: InstallationState,
     ) -> Result<(), StoreError>;
@@ -853,14 +852,14 @@ pub trait AppRecords: Send + Sync + 'static {
     /// An installation's recorded state; `None` when no event about it was seen.
     async fn installation_state(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Option<InstallationState>, StoreError>;
 
     /// Adds and removes repositories (`owner/name`) of an installation
     /// (`installation_repositories` webhook, or `installation.created`).
     async fn update_installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         added: &[String],
         removed: &[String],
     ) -> Result<(), StoreError>;
@@ -868,7 +867,7 @@ pub trait AppRecords: Send + Sync + 'static {
     /// The repositories recorded for an installation, sorted.
     async fn installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Vec<String>, StoreError>;
 
     /// The cached `.github/taskmaster.yml` of `repository`, if fetched before.
@@ -889,7 +888,7 @@ pub trait AppRecords: Send + Sync + 'static {
     async fn installation_for_repository(
         &self,
         repository: &str,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<Option<InstallationId>, StoreError>;
 }
 
 /// Who may do what, and what they did: the audit log, API tokens and

@@ -10,13 +10,15 @@
 //!
 //! Times are Unix epoch milliseconds.
 
+use crate::ids::InstallationId;
+
 /// A run whose report may be stale, with what was last reported for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportCandidate {
     /// The run.
     pub run_id: super::RunId,
     /// `deliveries.installation_id` of the delivery that started the run.
-    pub installation_id: i64,
+    pub installation_id: InstallationId,
     /// The check run's id, once created.
     pub check_run_id: Option<i64>,
     /// The fingerprint GitHub last accepted.
@@ -32,7 +34,7 @@ pub struct ReportCandidate {
 impl ReportCandidate {
     /// A run the outbox has never touched (`Reports::unreported_runs`):
     /// nothing reported, no check run, no failure.
-    pub fn unreported(run_id: super::RunId, installation_id: i64) -> Self {
+    pub fn unreported(run_id: super::RunId, installation_id: InstallationId) -> Self {
         Self {
             run_id,
             installation_id,

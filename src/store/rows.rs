@@ -7,6 +7,7 @@
 //! [`FromSqliteRow`], by column name ([`sqlite_row!`]) or, for the rows the
 //! engine and inbox read thousands of times a second, by position.
 
+use crate::ids::InstallationId;
 use crate::store::RunId;
 use bytes::Bytes;
 
@@ -67,7 +68,7 @@ pub(in crate::store) struct DeliveryRow {
     event: String,
     action: Option<String>,
     hook_id: Option<i64>,
-    installation_id: Option<i64>,
+    installation_id: Option<InstallationId>,
     repository: Option<String>,
     sender_id: Option<i64>,
     sender_login: Option<String>,
@@ -274,7 +275,7 @@ pub(in crate::store) struct EffectRow {
     id: i64,
     source: String,
     seq: i64,
-    installation_id: Option<i64>,
+    installation_id: Option<InstallationId>,
     repository: String,
     kind: String,
     target: i64,

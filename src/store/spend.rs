@@ -2,6 +2,7 @@
 //! table the budgets of [`crate::budget`] read, added to in the transaction
 //! that records an attempt's end (both backends run [`ADD_SPEND`]).
 
+use crate::ids::InstallationId;
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -40,7 +41,8 @@ pub struct SpendRow {
     /// `owner/name`; empty for runs without one.
     pub repository: String,
     /// 0 for runs without one.
-    pub installation_id: i64,
+    #[schema(value_type = i64)]
+    pub installation_id: InstallationId,
     /// US dollars, reported and estimated.
     pub usd: f64,
     /// Attempts that ended.
@@ -91,7 +93,7 @@ pub trait Spend: Send + Sync + 'static {
         &self,
         since_day: i64,
         repository: Option<&str>,
-        installation_id: Option<i64>,
+        installation_id: Option<InstallationId>,
     ) -> Result<Spent, StoreError>;
 
     /// Every row from day `since_day` on, newest day first, then by

@@ -123,7 +123,7 @@ struct Envelope<'a> {
 
 #[derive(Deserialize)]
 struct IdOnly {
-    id: i64,
+    id: crate::ids::InstallationId,
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,7 @@
 //! What a run checks out, derived from its record and its event.
 
+use crate::ids::InstallationId;
+
 /// What a run checks out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -35,7 +37,7 @@ pub struct CheckoutRequest {
     /// `owner/name`, from the verified payload.
     pub full_name: String,
     /// The installation, for the read token.
-    pub installation: Option<i64>,
+    pub installation: Option<InstallationId>,
     /// What to check out.
     pub target: Target,
     /// The SHA recorded on the run by an earlier checkout (a restart): the

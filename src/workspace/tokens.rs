@@ -1,5 +1,6 @@
 //! Where the token for fetching a repository comes from.
 
+use crate::ids::InstallationId;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ pub trait TokenSource: Send + Sync {
     /// [`WorkspaceError::Token`] when GitHub refuses or cannot be reached.
     async fn read_token(
         &self,
-        installation: Option<i64>,
+        installation: Option<InstallationId>,
         full_name: &str,
     ) -> Result<Option<SecretString>, WorkspaceError>;
 }
@@ -32,7 +33,7 @@ pub struct Anonymous;
 impl TokenSource for Anonymous {
     async fn read_token(
         &self,
-        _installation: Option<i64>,
+        _installation: Option<InstallationId>,
         _full_name: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         Ok(None)
@@ -49,7 +50,7 @@ pub struct GitHubTokens(pub Arc<dyn crate::github::GitHub>);
 impl TokenSource for GitHubTokens {
     async fn read_token(
         &self,
-        installation: Option<i64>,
+        installation: Option<InstallationId>,
         full_name: &str,
     ) -> Result<Option<SecretString>, WorkspaceError> {
         let Some(installation) = installation else {
@@ -61,11 +62,7 @@ impl TokenSource for GitHubTokens {
         let repo = crate::github::RepoName::parse(full_name)
             .map_err(|e| WorkspaceError::Invalid(format!("repository name `{full_name}`: {e}")))?;
         self.0
-            .repository_token(
-                crate::github::InstallationId(installation as u64),
-                &repo,
-                &[("contents", "read")],
-            )
+            .repository_token(installation, &repo, &[("contents", "read")])
             .await
             .map(Some)
             .map_err(|e| WorkspaceError::Token {

@@ -2,6 +2,8 @@
 //! tokens, run lists, tasks, validations, and the aggregates read at a
 //! metrics scrape. They mirror `sqlite/api.rs` query for query.
 
+use crate::ids::InstallationId;
+
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder};
 
@@ -335,8 +337,8 @@ pub(super) async fn agent_attempt_stats(
 pub(super) async fn installation_for_repository(
     pool: &PgPool,
     repository: &str,
-) -> Result<Option<i64>, StoreError> {
-    let row: Option<(i64,)> = sqlx::query_as(
+) -> Result<Option<InstallationId>, StoreError> {
+    let row: Option<(InstallationId,)> = sqlx::query_as(
         "SELECT installation_id FROM deliveries \
          WHERE repository = $1 AND installation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
     )

@@ -1,12 +1,13 @@
 //! [`AppRecords`] and [`Admin`]: installations, repository configuration, audit, tokens, sessions.
 
 use super::*;
+use crate::ids::InstallationId;
 
 #[async_trait]
 impl AppRecords for PgStore {
     async fn set_installation(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         account_login: Option<&str>,
         state: InstallationState,
     ) -> Result<(), StoreError> {
@@ -28,7 +29,7 @@ impl AppRecords for PgStore {
 
     async fn installation_state(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Option<InstallationState>, StoreError> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT state FROM installations WHERE id = $1")
@@ -44,7 +45,7 @@ impl AppRecords for PgStore {
 
     async fn update_installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         added: &[String],
         removed: &[String],
     ) -> Result<(), StoreError> {
@@ -76,7 +77,7 @@ impl AppRecords for PgStore {
 
     async fn installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Vec<String>, StoreError> {
         // `COLLATE "C"`: byte order, as SQLite sorts.
         let rows: Vec<(String,)> = sqlx::query_as(
@@ -134,7 +135,7 @@ impl AppRecords for PgStore {
     async fn installation_for_repository(
         &self,
         repository: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<InstallationId>, StoreError> {
         api::installation_for_repository(&self.pool, repository).await
     }
 }

@@ -1,7 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
-use crate::store::RunId;
+use crate::store::{InstallationId, RunId};
 
 #[async_trait]
 impl Reports for PgStore {
@@ -43,7 +43,7 @@ impl Reports for PgStore {
             .into_iter()
             .map(|r| ReportCandidate {
                 run_id: RunId(r.0),
-                installation_id: r.1,
+                installation_id: InstallationId(r.1),
                 check_run_id: r.2,
                 reported_fingerprint: r.3,
                 gave_up_fingerprint: r.4,
@@ -75,7 +75,7 @@ impl Reports for PgStore {
         Ok(rows
             .into_iter()
             .map(|(run_id, installation_id)| {
-                ReportCandidate::unreported(RunId(run_id), installation_id)
+                ReportCandidate::unreported(RunId(run_id), InstallationId(installation_id))
             })
             .collect())
     }

@@ -5,6 +5,8 @@
 //! writes, a reader for the rest (the callers in `records.rs` and
 //! `queries.rs` choose).
 
+use crate::ids::InstallationId;
+
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::sql::{Query, Sql};
@@ -348,8 +350,8 @@ pub(super) fn agent_attempt_stats(
 pub(super) fn installation_for_repository(
     conn: &Connection,
     repository: &str,
-) -> Result<Option<i64>, StoreError> {
-    let row: Option<(i64,)> = conn.opt(
+) -> Result<Option<InstallationId>, StoreError> {
+    let row: Option<(InstallationId,)> = conn.opt(
         "SELECT installation_id FROM deliveries \
          WHERE repository = ?1 AND installation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
         [repository],

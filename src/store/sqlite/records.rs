@@ -1,12 +1,13 @@
 //! [`AppRecords`] and [`Admin`]: installations, repository configuration, audit, tokens, sessions.
 
 use super::*;
+use crate::ids::InstallationId;
 
 #[async_trait]
 impl AppRecords for SqliteStore {
     async fn set_installation(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         account_login: Option<&str>,
         state: InstallationState,
     ) -> Result<(), StoreError> {
@@ -27,7 +28,7 @@ impl AppRecords for SqliteStore {
 
     async fn installation_state(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Option<InstallationState>, StoreError> {
         // Asked for every delivery the dispatcher handles: a point lookup.
         let row: Option<(String,)> = self
@@ -49,7 +50,7 @@ impl AppRecords for SqliteStore {
 
     async fn update_installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
         added: &[String],
         removed: &[String],
     ) -> Result<(), StoreError> {
@@ -77,7 +78,7 @@ impl AppRecords for SqliteStore {
 
     async fn installation_repositories(
         &self,
-        installation_id: i64,
+        installation_id: InstallationId,
     ) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = self
             .scan(|conn| {
@@ -140,7 +141,7 @@ impl AppRecords for SqliteStore {
     async fn installation_for_repository(
         &self,
         repository: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<InstallationId>, StoreError> {
         self.read(|conn| api::installation_for_repository(conn, repository))
             .await
     }

@@ -1,7 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
-use crate::store::RunId;
+use crate::store::{InstallationId, RunId};
 
 #[async_trait]
 impl Reports for SqliteStore {
@@ -68,7 +68,7 @@ impl Reports for SqliteStore {
         Ok(rows
             .into_iter()
             .map(|(run_id, installation_id)| {
-                ReportCandidate::unreported(RunId(run_id), installation_id)
+                ReportCandidate::unreported(RunId(run_id), InstallationId(installation_id))
             })
             .collect())
     }

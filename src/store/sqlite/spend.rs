@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::budget::Spent;
+use crate::ids::InstallationId;
 use crate::store::spend::{AgentSpend, Spend, SpendRow};
 
 #[async_trait]
@@ -10,7 +11,7 @@ impl Spend for SqliteStore {
         &self,
         since_day: i64,
         repository: Option<&str>,
-        installation_id: Option<i64>,
+        installation_id: Option<InstallationId>,
     ) -> Result<Spent, StoreError> {
         let (usd, attempts, agent_ms): (f64, i64, i64) = self
             .read(|conn| {

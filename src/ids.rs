@@ -1,8 +1,8 @@
-//! Typed ids: a run's id is not a step's, an installation's or a check
-//! run's, though each is a number in the database. Each is a transparent
-//! newtype over the column's `i64`: it encodes and decodes as the number in
-//! both backends (sqlx `Type`, rusqlite `ToSql`/`FromSql`) and in JSON, and
-//! prints as the number.
+//! Typed ids, from the webhook to the database: a run's id is not a step's
+//! or an installation's, though each is a number in the database. Each is a
+//! transparent newtype over the column's `i64`: it encodes and decodes as
+//! the number in both backends (sqlx `Type`, rusqlite `ToSql`/`FromSql`) and
+//! in JSON, and prints as the number.
 
 use std::fmt;
 
@@ -64,6 +64,14 @@ id_type! {
     StepId
 }
 
+id_type! {
+    /// A GitHub App installation (a payload's `installation.id`, the
+    /// `{installation_id}` of `POST /app/installations/{installation_id}/access_tokens`;
+    /// `deliveries.installation_id`). GitHub's ids are positive and fit an
+    /// `i64`, the type of the column in both backends.
+    InstallationId
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +86,9 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let back: RunId = conn.query_row("SELECT ?1", [id], |r| r.get(0)).unwrap();
         assert_eq!(back, id);
+        let inst: InstallationId = serde_json::from_str("7").unwrap();
+        assert_eq!(inst, InstallationId(7));
+        let back: InstallationId = conn.query_row("SELECT ?1", [inst], |r| r.get(0)).unwrap();
+        assert_eq!(back, inst);
     }
 }

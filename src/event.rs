@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::github::RepoName;
 use crate::ids::InstallationId;
 
 /// A webhook delivery that could not be understood as its event type.
@@ -63,8 +64,8 @@ pub struct Repository {
     /// the repository's mirror). `0` when a payload leaves it out.
     #[serde(default)]
     pub id: i64,
-    /// `owner/name`.
-    pub full_name: String,
+    /// `owner/name`, checked when the payload is parsed.
+    pub full_name: RepoName,
     /// The default branch (e.g. `main`), when sent.
     #[serde(default)]
     pub default_branch: Option<String>,
@@ -152,8 +153,8 @@ impl PullRequest {
     }
 
     /// The full name of the head repository, when it still exists.
-    pub fn head_repo_full_name(&self) -> Option<&str> {
-        self.head.repo.as_ref().map(|r| r.full_name.as_str())
+    pub fn head_repo_full_name(&self) -> Option<&RepoName> {
+        self.head.repo.as_ref().map(|r| &r.full_name)
     }
 }
 
@@ -363,8 +364,8 @@ pub struct Installation {
 /// A repository listed in an installation event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepositoryRef {
-    /// `owner/name`.
-    pub full_name: String,
+    /// `owner/name`, checked when the payload is parsed.
+    pub full_name: RepoName,
 }
 
 /// An `installation` event.

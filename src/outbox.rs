@@ -622,7 +622,7 @@ impl Outbox {
         let mut reports = Vec::new();
         for id in self
             .store
-            .subject_runs(&report.repository, number, RUNS_PER_COMMENT)
+            .subject_runs(&repo, number, RUNS_PER_COMMENT)
             .await?
             .into_iter()
             .rev()
@@ -643,7 +643,7 @@ impl Outbox {
         let body = render_sticky_comment(&reports);
         let known = self
             .store
-            .sticky_comment(&report.repository, number)
+            .sticky_comment(&repo, number)
             .await?
             .map(|id| CommentId(id as u64));
         let id = upsert_sticky_comment(
@@ -658,7 +658,7 @@ impl Outbox {
         .await?;
         if known != Some(id) {
             self.store
-                .set_sticky_comment(&report.repository, number, id.0 as i64)
+                .set_sticky_comment(&repo, number, id.0 as i64)
                 .await?;
         }
         Ok(())

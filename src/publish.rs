@@ -244,8 +244,7 @@ impl Publisher {
         let repository = event
             .repository()
             .ok_or_else(|| Failure::Permanent("the run's event names no repository".into()))?;
-        let repo = RepoName::parse(&repository.full_name)
-            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let repo = repository.full_name.clone();
         let installation = event.installation_id().ok_or_else(|| {
             Failure::Permanent(
                 "the run's event names no installation: nothing to write with".into(),

@@ -552,7 +552,7 @@ impl RepoConfigs {
     /// The configuration of `repository` (`owner/name`), fetched with
     /// `installation`'s token when the cached copy is older than the TTL.
     /// Never fails: errors fall back to the cached copy, else the defaults.
-    pub async fn get(&self, installation: Option<InstallationId>, repository: &str) -> Loaded {
+    pub async fn get(&self, installation: Option<InstallationId>, repository: &RepoName) -> Loaded {
         let cached = match self.store.repo_config(repository).await {
             Ok(c) => c,
             Err(e) => {
@@ -590,7 +590,7 @@ impl RepoConfigs {
     }
 
     /// Drops the cached copy (a push to the default branch touched the file).
-    pub async fn forget(&self, repository: &str) {
+    pub async fn forget(&self, repository: &RepoName) {
         if let Err(e) = self.store.forget_repo_config(repository).await {
             tracing::warn!(%repository, error = %e, "cannot drop the cached repository configuration");
         }
@@ -599,11 +599,10 @@ impl RepoConfigs {
     async fn fetch(
         &self,
         installation: InstallationId,
-        repository: &str,
+        repository: &RepoName,
     ) -> Result<Option<String>, crate::github::GitHubError> {
-        let repo = RepoName::parse(repository)?;
         self.github
-            .file_contents(installation, &repo, PATH, None)
+            .file_contents(installation, repository, PATH, None)
             .await
     }
 

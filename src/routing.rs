@@ -319,7 +319,8 @@ fn pr_safety(
         return Safety::Approve(format!(
             "pull request #{} comes from the fork `{}`: its run waits until a maintainer comments `/approve` (or set `forks: true`)",
             pr.number,
-            pr.head_repo_full_name().unwrap_or("(deleted)")
+            pr.head_repo_full_name()
+                .map_or_else(|| "(deleted)".to_owned(), ToString::to_string)
         ));
     }
     if !TRUSTED_AUTHORS.contains(&pr.author_association.as_str()) {

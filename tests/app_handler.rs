@@ -261,7 +261,7 @@ async fn a_repository_can_turn_a_workflow_off_and_a_push_refreshes_it() {
     assert_eq!(h, Handled::Ignored("push: nothing to do".into()));
     assert!(
         w.t.store
-            .repo_config("Codertocat/Hello-World")
+            .repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
             .await
             .unwrap()
             .is_some()
@@ -606,7 +606,7 @@ async fn a_repository_can_change_triggers_and_agents() {
     assert!(matches!(h, Handled::Ignored(_)), "{h:?}");
 
     w.t.store
-        .forget_repo_config("Codertocat/Hello-World")
+        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
         .await
         .unwrap();
     w.github.set_file(
@@ -625,7 +625,7 @@ async fn a_repository_can_change_triggers_and_agents() {
     );
 
     w.t.store
-        .forget_repo_config("Codertocat/Hello-World")
+        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
         .await
         .unwrap();
     w.github.set_file(
@@ -646,7 +646,7 @@ async fn a_repository_can_change_triggers_and_agents() {
     // Verdict rules: the file's `verdicts:` for every workflow, then the
     // workflow's own; the run keeps them.
     w.t.store
-        .forget_repo_config("Codertocat/Hello-World")
+        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
         .await
         .unwrap();
     w.github.set_file(

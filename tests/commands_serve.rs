@@ -234,7 +234,11 @@ async fn open_store(db: &Path) -> SqliteStore {
 /// The state and step states of the newest run.
 async fn newest_run(store: &SqliteStore) -> Option<(String, Vec<(String, String)>, bool)> {
     let ids = store
-        .subject_runs("Codertocat/Hello-World", 2, 1)
+        .subject_runs(
+            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+            2,
+            1,
+        )
         .await
         .unwrap();
     let snap = store.run(*ids.first()?).await.unwrap()?;
@@ -451,7 +455,11 @@ async fn a_fork_pull_request_runs_nothing_until_approved() {
     assert_eq!(run.0, "queued");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids = store
-        .subject_runs("Codertocat/Hello-World", 2, 1)
+        .subject_runs(
+            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+            2,
+            1,
+        )
         .await
         .unwrap();
     assert!(
@@ -540,7 +548,11 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
     })
     .await;
     let first = store
-        .subject_runs("Codertocat/Hello-World", 2, 1)
+        .subject_runs(
+            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+            2,
+            1,
+        )
         .await
         .unwrap()[0];
 
@@ -580,7 +592,11 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
     .await;
     assert_eq!(
         store
-            .subject_runs("Codertocat/Hello-World", 2, 10)
+            .subject_runs(
+                &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+                2,
+                10
+            )
             .await
             .unwrap(),
         [first],
@@ -597,7 +613,11 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
     deliver(&service, "check_suite", "rr-suite-1", &suite).await;
     wait_for("a fresh run to succeed", &service, || async {
         let ids = store
-            .subject_runs("Codertocat/Hello-World", 2, 10)
+            .subject_runs(
+                &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+                2,
+                10,
+            )
             .await
             .unwrap();
         ids.len() == 2 && newest_run(&store).await.is_some_and(|r| r.0 == "succeeded")

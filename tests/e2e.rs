@@ -214,7 +214,11 @@ where
 /// (state, steps) of the newest run of `workflow` on subject `number`.
 async fn run_of(store: &SqliteStore, number: i64, workflow: &str) -> Option<(i64, String)> {
     for id in store
-        .subject_runs("Codertocat/Hello-World", number, 10)
+        .subject_runs(
+            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
+            number,
+            10,
+        )
         .await
         .unwrap()
     {

@@ -35,7 +35,7 @@ fn rerequested_check_run_retries_that_run() {
     assert_eq!(
         rerun_request(&parse("check_run", &payload), OUR_APP),
         Some(RerunRequest::RetryRun {
-            repository: "github/hello-world".into(),
+            repository: "github/hello-world".parse().unwrap(),
             run_id: "run-17".into(),
             head_sha: payload["check_run"]["head_sha"].as_str().unwrap().into(),
         })
@@ -58,7 +58,7 @@ fn rerequested_suite_reruns_the_commit_with_or_without_pull_requests() {
     assert_eq!(
         rerun_request(&parse("check_suite", &payload), OUR_APP),
         Some(RerunRequest::RerunCommit {
-            repository: "Codertocat/Hello-World".into(),
+            repository: "Codertocat/Hello-World".parse().unwrap(),
             head_sha: sha.clone(),
             pull_requests: vec![2],
         })
@@ -69,7 +69,7 @@ fn rerequested_suite_reruns_the_commit_with_or_without_pull_requests() {
     assert_eq!(
         rerun_request(&parse("check_suite", &fork), OUR_APP),
         Some(RerunRequest::RerunCommit {
-            repository: "Codertocat/Hello-World".into(),
+            repository: "Codertocat/Hello-World".parse().unwrap(),
             head_sha: sha,
             pull_requests: vec![],
         })
@@ -82,7 +82,7 @@ fn rerequested_suite_reruns_the_commit_with_or_without_pull_requests() {
 fn requested_action_maps_the_button_to_its_command() {
     let mut payload = ours(fixture("check_run.requested_action.json"), "check_run");
     let expect = |command| RerunRequest::Action {
-        repository: "electron/electron".into(),
+        repository: "electron/electron".parse().unwrap(),
         run_id: "run-17".into(),
         workflow: "review".into(),
         command,

@@ -114,7 +114,7 @@ async fn two_bots_answering_each_other_get_at_most_n_runs_an_hour() {
     }
     assert_eq!(
         store
-            .subject_runs_since(repo, number, now_ms() - 3_600_000)
+            .subject_runs_since(&repo.parse().unwrap(), number, now_ms() - 3_600_000)
             .await
             .unwrap(),
         i64::from(N)

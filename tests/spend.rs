@@ -173,14 +173,22 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
     let hour_ago = now_ms() - 3_600_000;
     assert_eq!(
         store
-            .subject_runs_since("octo/a", number, hour_ago)
+            .subject_runs_since(
+                &taskmaster::github::RepoName::parse("octo/a").unwrap(),
+                number,
+                hour_ago
+            )
             .await
             .unwrap(),
         3
     );
     assert_eq!(
         store
-            .subject_runs_since("octo/a", number, now_ms() + 1)
+            .subject_runs_since(
+                &taskmaster::github::RepoName::parse("octo/a").unwrap(),
+                number,
+                now_ms() + 1
+            )
             .await
             .unwrap(),
         0

@@ -33,11 +33,22 @@ async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
         Some(InstallationState::Suspended)
     );
     store
-        .update_installation_repositories(InstallationId(7), &["o/b".into(), "o/a".into()], &[])
+        .update_installation_repositories(
+            InstallationId(7),
+            &[
+                taskmaster::github::RepoName::parse("o/b").unwrap(),
+                taskmaster::github::RepoName::parse("o/a").unwrap(),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     store
-        .update_installation_repositories(InstallationId(7), &["o/a".into()], &["o/b".into()])
+        .update_installation_repositories(
+            InstallationId(7),
+            &[taskmaster::github::RepoName::parse("o/a").unwrap()],
+            &[taskmaster::github::RepoName::parse("o/b").unwrap()],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -45,28 +56,58 @@ async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
             .installation_repositories(InstallationId(7))
             .await
             .unwrap(),
-        vec!["o/a".to_string()]
+        vec![taskmaster::github::RepoName::parse("o/a").unwrap()]
     );
 }
 
 async fn repo_config_cache_is_replaced_and_forgotten(b: Backend) {
     let store = &b.store;
-    assert_eq!(store.repo_config("o/r").await.unwrap(), None);
+    assert_eq!(
+        store
+            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let first = RepoConfigRecord {
         body: Some("workflows: {}\n".into()),
         error: None,
         fetched_at: 10,
     };
-    store.set_repo_config("o/r", &first).await.unwrap();
+    store
+        .set_repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap(), &first)
+        .await
+        .unwrap();
     let second = RepoConfigRecord {
         body: None,
         error: None,
         fetched_at: 20,
     };
-    store.set_repo_config("o/r", &second).await.unwrap();
-    assert_eq!(store.repo_config("o/r").await.unwrap(), Some(second));
-    store.forget_repo_config("o/r").await.unwrap();
-    assert_eq!(store.repo_config("o/r").await.unwrap(), None);
+    store
+        .set_repo_config(
+            &taskmaster::github::RepoName::parse("o/r").unwrap(),
+            &second,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
+            .await
+            .unwrap(),
+        Some(second)
+    );
+    store
+        .forget_repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 fn effect(seq: i64, kind: EffectKind, body: &str) -> NewEffect {

@@ -929,10 +929,42 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     let c = store.report_candidates(now, 10).await.unwrap();
     assert_eq!(c[0].gave_up_fingerprint.as_deref(), Some("f2"));
     // Sticky comments: one per subject, replaced.
-    assert_eq!(store.sticky_comment("octo/repo", 7).await.unwrap(), None);
-    store.set_sticky_comment("octo/repo", 7, 1).await.unwrap();
-    store.set_sticky_comment("octo/repo", 7, 2).await.unwrap();
-    assert_eq!(store.sticky_comment("octo/repo", 7).await.unwrap(), Some(2));
+    assert_eq!(
+        store
+            .sticky_comment(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                7
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .set_sticky_comment(
+            &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+            7,
+            1,
+        )
+        .await
+        .unwrap();
+    store
+        .set_sticky_comment(
+            &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+            7,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sticky_comment(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                7
+            )
+            .await
+            .unwrap(),
+        Some(2)
+    );
     let second = store
         .create_runs(&[new_run("r-1", "two", &[("a", &[])])])
         .await
@@ -948,11 +980,25 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
         .collect();
     assert_eq!(order, vec![second, run], "the new run's first report first");
     assert_eq!(
-        store.subject_runs("octo/repo", 7, 10).await.unwrap(),
+        store
+            .subject_runs(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                7,
+                10
+            )
+            .await
+            .unwrap(),
         vec![second, run]
     );
     assert_eq!(
-        store.subject_runs("octo/repo", 7, 1).await.unwrap(),
+        store
+            .subject_runs(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                7,
+                1
+            )
+            .await
+            .unwrap(),
         vec![second]
     );
 }
@@ -1201,12 +1247,21 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
         .collect();
     assert!(kinds.contains(&"approval_required".into()) && kinds.contains(&"run_approved".into()));
     assert_eq!(
-        store.runs_for_commit("octo/repo", "abc123").await.unwrap(),
+        store
+            .runs_for_commit(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                "abc123"
+            )
+            .await
+            .unwrap(),
         vec![run]
     );
     assert!(
         store
-            .runs_for_commit("octo/repo", "other")
+            .runs_for_commit(
+                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
+                "other"
+            )
             .await
             .unwrap()
             .is_empty()
@@ -1403,13 +1458,16 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
     assert_eq!(page[0].id, r1);
     assert_eq!(
         store
-            .installation_for_repository("octo/repo")
+            .installation_for_repository(&taskmaster::github::RepoName::parse("octo/repo").unwrap())
             .await
             .unwrap(),
         Some(taskmaster::ids::InstallationId(42))
     );
     assert_eq!(
-        store.installation_for_repository("x/y").await.unwrap(),
+        store
+            .installation_for_repository(&taskmaster::github::RepoName::parse("x/y").unwrap())
+            .await
+            .unwrap(),
         None
     );
 

@@ -346,12 +346,17 @@ pub async fn workflow(
     // A linked run, else (tasks from GitHub) the newest run on its issue or PR.
     let run_id = match (task.run_id, &task.repository, task.subject_number) {
         (Some(run_id), _, _) => Some(RunId(run_id)),
-        (None, Some(repository), Some(number)) => state
-            .store
-            .subject_runs(repository, number, 1)
-            .await?
-            .first()
-            .copied(),
+        (None, Some(repository), Some(number)) => {
+            match crate::github::RepoName::parse(repository) {
+                Ok(repository) => state
+                    .store
+                    .subject_runs(&repository, number, 1)
+                    .await?
+                    .first()
+                    .copied(),
+                Err(_) => None,
+            }
+        }
         _ => None,
     };
     let run_id = run_id.ok_or_else(|| {

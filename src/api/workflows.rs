@@ -554,16 +554,13 @@ async fn start(state: &ApiState, caller: &Caller, req: &ExecuteRequest) -> ApiRe
              token may set it"
         )));
     }
-    let installation = state
-        .store
-        .installation_for_repository(&req.repository)
-        .await?;
+    let repo = crate::github::RepoName::parse(&req.repository)
+        .map_err(|e| Problem::bad_request(format!("`repository`: {e}")))?;
+    let installation = state.store.installation_for_repository(&repo).await?;
     // A pull request's check run is created on its head commit: the caller
     // cannot pick another one (a green check on a commit nobody reviewed).
     let checked: Option<ExecuteContext> = match (req.pr_number, &state.github, installation) {
         (Some(n), Some(github), Some(inst)) if !github.is_dry_run() => {
-            let repo = crate::github::RepoName::parse(&req.repository)
-                .map_err(|e| Problem::bad_request(e.to_string()))?;
             let access = crate::github::WriteAccess {
                 installation: inst,
                 workflows: false,

@@ -9,7 +9,7 @@ use crate::store::RunId;
 pub(super) struct Invocation<'a> {
     pub(super) delivery: &'a Delivery,
     pub(super) installation: Option<InstallationId>,
-    pub(super) repository: String,
+    pub(super) repository: RepoName,
     /// The PR or issue to reply on.
     pub(super) number: Option<u64>,
     /// The comment to react to (comments only).
@@ -75,7 +75,7 @@ impl<'a> Effects<'a> {
             source: self.source.clone(),
             seq: self.next_seq,
             installation_id: self.inv.installation,
-            repository: self.inv.repository.clone(),
+            repository: self.inv.repository.to_string(),
             kind,
             target,
             body,
@@ -290,7 +290,11 @@ impl AppHandler {
         let mut out = Vec::new();
         for id in ids {
             if let Some(snap) = self.store.run(id).await?
-                && snap.run.repository.as_deref() == Some(inv.repository.as_str())
+                && snap
+                    .run
+                    .repository
+                    .as_deref()
+                    .is_some_and(|r| inv.repository == *r)
                 && keep(&snap.run)
             {
                 out.push(snap.run);
@@ -719,7 +723,7 @@ impl AppHandler {
 pub(super) fn subject(inv: &Invocation<'_>) -> String {
     match inv.number {
         Some(n) => format!("{}#{n}", inv.repository),
-        None => inv.repository.clone(),
+        None => inv.repository.to_string(),
     }
 }
 

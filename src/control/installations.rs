@@ -20,7 +20,7 @@ impl AppHandler {
                     .set_installation(e.installation.id, login, state)
                     .await?;
                 if e.action == "created" && !e.repositories.is_empty() {
-                    let added: Vec<String> =
+                    let added: Vec<RepoName> =
                         e.repositories.iter().map(|r| r.full_name.clone()).collect();
                     self.store
                         .update_installation_repositories(e.installation.id, &added, &[])
@@ -31,12 +31,12 @@ impl AppHandler {
                 Ok(Some(Handled::Done))
             }
             Event::InstallationRepositories(e) => {
-                let added: Vec<String> = e
+                let added: Vec<RepoName> = e
                     .repositories_added
                     .iter()
                     .map(|r| r.full_name.clone())
                     .collect();
-                let removed: Vec<String> = e
+                let removed: Vec<RepoName> = e
                     .repositories_removed
                     .iter()
                     .map(|r| r.full_name.clone())

@@ -103,18 +103,18 @@ pub struct ReplyLimiter {
 }
 
 /// A pull request or issue: `(repository, number)`.
-type Conversation = (String, u64);
+type Conversation = (RepoName, u64);
 
 impl ReplyLimiter {
     /// Whether one more reply by `user` on `repository#number` may go out
     /// now (and counts it when so).
-    pub fn allow(&self, repository: &str, number: Option<u64>, user: i64) -> bool {
+    pub fn allow(&self, repository: &RepoName, number: Option<u64>, user: i64) -> bool {
         let mut sent = self.sent.lock().expect("reply limiter lock");
         if sent.len() > 10_000 {
             sent.retain(|_, v| v.iter().any(|(_, at)| at.elapsed() < REPLY_WINDOW));
         }
         let list = sent
-            .entry((repository.to_owned(), number.unwrap_or(0)))
+            .entry((repository.clone(), number.unwrap_or(0)))
             .or_default();
         list.retain(|(_, at)| at.elapsed() < REPLY_WINDOW);
         let by_user = list.iter().filter(|(u, _)| *u == user).count();
@@ -313,7 +313,7 @@ impl DeliveryHandler for AppHandler {
                 source: format!("config:{repository}:{error}"),
                 seq: 0,
                 installation_id: delivery.installation_id,
-                repository: repository.clone(),
+                repository: repository.to_string(),
                 kind: EffectKind::Comment,
                 target: number,
                 body: format!(

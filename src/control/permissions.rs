@@ -7,7 +7,7 @@ use super::*;
 /// Users' permissions per repository, remembered for a short time.
 pub struct PermissionCache {
     ttl: Duration,
-    entries: Mutex<HashMap<(String, i64), (Permission, Instant)>>,
+    entries: Mutex<HashMap<(RepoName, i64), (Permission, Instant)>>,
 }
 
 impl PermissionCache {
@@ -19,23 +19,20 @@ impl PermissionCache {
         }
     }
 
-    fn get(&self, repository: &str, user_id: i64) -> Option<Permission> {
+    fn get(&self, repository: &RepoName, user_id: i64) -> Option<Permission> {
         let entries = self.entries.lock().expect("permission cache lock");
         entries
-            .get(&(repository.to_owned(), user_id))
+            .get(&(repository.clone(), user_id))
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(p, _)| *p)
     }
 
-    fn put(&self, repository: &str, user_id: i64, permission: Permission) {
+    fn put(&self, repository: &RepoName, user_id: i64, permission: Permission) {
         let mut entries = self.entries.lock().expect("permission cache lock");
         if entries.len() > 10_000 {
             entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
         }
-        entries.insert(
-            (repository.to_owned(), user_id),
-            (permission, Instant::now()),
-        );
+        entries.insert((repository.clone(), user_id), (permission, Instant::now()));
     }
 }
 
@@ -61,11 +58,9 @@ impl AppHandler {
         let installation = inv
             .installation
             .ok_or_else(|| HandlerError::Permanent("the delivery names no installation".into()))?;
-        let repo =
-            RepoName::parse(&inv.repository).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let p = self
             .github
-            .collaborator_permission(installation, &repo, &inv.actor.login)
+            .collaborator_permission(installation, &inv.repository, &inv.actor.login)
             .await
             .map_err(|e| {
                 if e.is_transient() {

@@ -79,7 +79,12 @@ impl AppHandler {
             let Some(snap) = self.store.run(RunId(run_id)).await? else {
                 continue;
             };
-            if snap.run.repository.as_deref() != Some(repository.as_str()) {
+            if snap
+                .run
+                .repository
+                .as_deref()
+                .is_none_or(|r| repository != *r)
+            {
                 continue;
             }
             let inv = Invocation {

@@ -58,7 +58,7 @@ impl AppHandler {
         let existing = self
             .store
             .tasks(&TaskFilter {
-                repository: Some(repository.clone()),
+                repository: Some(repository.to_string()),
                 subject_number: Some(number as i64),
                 limit: 1,
                 ..TaskFilter::default()
@@ -91,7 +91,7 @@ impl AppHandler {
                 self.store
                     .create_task(&NewTask {
                         source,
-                        repository: Some(repository),
+                        repository: Some(repository.to_string()),
                         subject_number: Some(number as i64),
                         title: title.clone(),
                         body: body.to_owned(),

@@ -242,7 +242,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .or_else(|| {
             subject
                 .as_deref()
-                .and_then(|e| e.repository().map(|r| r.full_name.clone()))
+                .and_then(|e| e.repository().map(|r| r.full_name.to_string()))
         });
     let installation = subject.as_deref().and_then(|e| e.installation_id());
     let budgets = super::budgets::of_run(&inner.config.budgets, snapshot.as_ref());
@@ -501,7 +501,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         untrusted_checkout: workspace.as_ref().is_some_and(|ws| ws.base_sha.is_some()),
         repository: event(engine, &delivery_id)
             .await
-            .and_then(|e| e.repository().map(|r| r.full_name.clone())),
+            .and_then(|e| e.repository().map(|r| r.full_name.to_string())),
         deadline: Instant::now() + timeout,
         cancel: cancel.clone(),
     };

@@ -178,11 +178,14 @@ impl LoopBreaker {
         let (Some(repository), Some(number)) = (&first.repository, first.subject_number) else {
             return Ok(None);
         };
+        let Ok(repository) = crate::github::RepoName::parse(repository) else {
+            return Ok(None);
+        };
         if max == 0 {
             return Ok(None);
         }
         let recent = store
-            .subject_runs_since(repository, number, now_ms() - HOUR_MS)
+            .subject_runs_since(&repository, number, now_ms() - HOUR_MS)
             .await?;
         if recent + runs.len() as i64 > max {
             return Ok(Some(format!(
@@ -352,7 +355,7 @@ impl Engine {
                 action: event.action().map(str::to_owned),
                 hook_id: None,
                 installation_id: event.installation_id(),
-                repository: event.repository().map(|r| r.full_name.clone()),
+                repository: event.repository().map(|r| r.full_name.to_string()),
                 sender_id: event.sender().map(|s| s.id),
                 sender_login: event.sender().map(|s| s.login.clone()),
                 payload: EncodedPayload::encode(bytes::Bytes::copy_from_slice(payload)),

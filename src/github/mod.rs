@@ -74,7 +74,7 @@ pub struct CommentId(pub u64);
 /// Both halves are checked to be non-empty and free of `/`, `?`, `#` and
 /// whitespace, so a name taken from a payload can be put into a request path
 /// without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepoName {
     owner: String,
     name: String,
@@ -132,6 +132,43 @@ impl RepoName {
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+impl std::str::FromStr for RepoName {
+    type Err = GitHubError;
+    fn from_str(s: &str) -> Result<Self, GitHubError> {
+        Self::parse(s)
+    }
+}
+
+impl PartialEq<str> for RepoName {
+    /// Whether `full_name` is this repository's `owner/name`.
+    fn eq(&self, full_name: &str) -> bool {
+        full_name.split_once('/') == Some((self.owner.as_str(), self.name.as_str()))
+    }
+}
+
+impl PartialEq<&str> for RepoName {
+    fn eq(&self, full_name: &&str) -> bool {
+        self == *full_name
+    }
+}
+
+/// As its `owner/name` text, the form of a payload's `repository.full_name`.
+impl serde::Serialize for RepoName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// From `owner/name` text, checked as [`RepoName::parse`] checks it: a
+/// payload whose `repository.full_name` is not a repository name does not
+/// parse.
+impl<'de> Deserialize<'de> for RepoName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -794,4 +831,51 @@ pub fn connect(
         return Ok(std::sync::Arc::new(RecordingGitHub::dry_run()));
     }
     Ok(std::sync::Arc::new(GitHubClient::new(settings, policy)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RepoName;
+
+    #[test]
+    fn a_repository_name_is_its_text_in_json_and_checked_when_read() {
+        let name: RepoName = serde_json::from_str("\"octo-org/hello.world\"").unwrap();
+        assert_eq!(name.owner(), "octo-org");
+        assert_eq!(name.name(), "hello.world");
+        assert_eq!(
+            serde_json::to_string(&name).unwrap(),
+            "\"octo-org/hello.world\""
+        );
+        assert!(name == "octo-org/hello.world");
+        assert!(name != "octo-org/hello");
+        for bad in [
+            "\"octo\"",
+            "\"a/b/c\"",
+            "\"a/../b\"",
+            "\"/b\"",
+            "\"a b/c\"",
+            "7",
+        ] {
+            assert!(serde_json::from_str::<RepoName>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_event_whose_repository_is_not_a_name_does_not_parse() {
+        let payload = |full_name: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "action": "opened",
+                "number": 1,
+                "pull_request": {"number": 1, "title": "t", "user": {"login": "u", "id": 1},
+                    "head": {"sha": "abc", "ref": "f"}, "base": {"sha": "def", "ref": "main"}},
+                "repository": {"id": 1, "full_name": full_name},
+                "sender": {"login": "u", "id": 1},
+            }))
+            .unwrap()
+        };
+        let event = crate::event::Event::parse("pull_request", &payload("octo/widgets")).unwrap();
+        assert!(event.repository().unwrap().full_name == "octo/widgets");
+        let err = crate::event::Event::parse("pull_request", &payload("octo/../etc")).unwrap_err();
+        assert!(err.to_string().contains("not a repository name"), "{err}");
+    }
 }

@@ -20,6 +20,7 @@
 //! Source: <https://docs.github.com/en/webhooks/webhook-events-and-payloads#check_run>,
 //! <https://docs.github.com/en/webhooks/webhook-events-and-payloads#check_suite>
 
+use super::RepoName;
 use crate::command::Command;
 use crate::event::Event;
 use crate::report::command_for_action;
@@ -29,21 +30,21 @@ use crate::report::command_for_action;
 pub enum RerunRequest {
     /// Retry the run whose id is `run_id` (the check run's `external_id`).
     RetryRun {
-        repository: String,
+        repository: RepoName,
         run_id: String,
         head_sha: String,
     },
     /// Re-run this app's runs for `head_sha`; `pull_requests` may be empty
     /// (fork PRs).
     RerunCommit {
-        repository: String,
+        repository: RepoName,
         head_sha: String,
         pull_requests: Vec<u64>,
     },
     /// A button on run `run_id` of `workflow`: handle `command` as if the
     /// sender had commented it.
     Action {
-        repository: String,
+        repository: RepoName,
         run_id: String,
         workflow: String,
         command: Command,

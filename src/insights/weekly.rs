@@ -34,7 +34,7 @@ use crate::engine::Engine;
 #[serde(deny_unknown_fields)]
 pub struct InsightsReportConfig {
     /// `owner/name` of the repository the summary is posted in.
-    pub repository: String,
+    pub repository: crate::github::RepoName,
     /// The issue whose conversation gets the summary.
     pub issue: u64,
     /// How often, in days (1 to 90; default 7).
@@ -66,12 +66,7 @@ impl InsightsReportConfig {
     /// # Errors
     /// What is wrong, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.repository.split('/').filter(|s| !s.is_empty()).count() != 2 {
-            return Err(format!(
-                "insights_report.repository `{}` should be `owner/name`",
-                self.repository
-            ));
-        }
+        // `repository` is `owner/name`: checked when the file is read.
         if !(1..=90).contains(&self.every_days) {
             return Err("insights_report.every_days must be 1 to 90".into());
         }

@@ -51,6 +51,7 @@ pub mod spend;
 pub mod sqlite;
 pub mod status;
 
+pub use crate::github::RepoName;
 pub use crate::ids::{InstallationId, RunId, StepId};
 pub use api::{
     AgentAttemptStats, ApiToken, NewApiToken, NewTask, NewValidation, Role, RunFilter, StoreCounts,
@@ -785,14 +786,14 @@ pub trait Reports: Send + Sync + 'static {
     /// The sticky comment of pull request or issue `number` of `repository`.
     async fn sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
     ) -> Result<Option<i64>, StoreError>;
 
     /// Stores (or replaces) the sticky comment of a pull request or issue.
     async fn set_sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError>;
@@ -801,7 +802,7 @@ pub trait Reports: Send + Sync + 'static {
     /// `repository`, newest first, at most `limit`.
     async fn subject_runs(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError>;
@@ -810,7 +811,7 @@ pub trait Reports: Send + Sync + 'static {
     /// (`check_suite.rerequested`, which fork PRs send without PR numbers).
     async fn runs_for_commit(
         &self,
-        repository: &str,
+        repository: &RepoName,
         head_sha: &str,
     ) -> Result<Vec<RunId>, StoreError>;
 }
@@ -860,34 +861,37 @@ pub trait AppRecords: Send + Sync + 'static {
     async fn update_installation_repositories(
         &self,
         installation_id: InstallationId,
-        added: &[String],
-        removed: &[String],
+        added: &[RepoName],
+        removed: &[RepoName],
     ) -> Result<(), StoreError>;
 
     /// The repositories recorded for an installation, sorted.
     async fn installation_repositories(
         &self,
         installation_id: InstallationId,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<RepoName>, StoreError>;
 
     /// The cached `.github/taskmaster.yml` of `repository`, if fetched before.
-    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError>;
+    async fn repo_config(
+        &self,
+        repository: &RepoName,
+    ) -> Result<Option<RepoConfigRecord>, StoreError>;
 
     /// Stores a fetched `.github/taskmaster.yml` (replacing the cached one).
     async fn set_repo_config(
         &self,
-        repository: &str,
+        repository: &RepoName,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError>;
 
     /// Drops the cached configuration of `repository` (a push touched it).
-    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError>;
+    async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError>;
 
     /// The installation that last delivered an event about `repository`
     /// (`owner/name`), if any: runs started through the API report there.
     async fn installation_for_repository(
         &self,
-        repository: &str,
+        repository: &RepoName,
     ) -> Result<Option<InstallationId>, StoreError>;
 }
 
@@ -990,7 +994,7 @@ pub trait Queries: Send + Sync + 'static {
     /// breaker.
     async fn subject_runs_since(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         since: i64,
     ) -> Result<i64, StoreError>;

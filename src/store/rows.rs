@@ -702,3 +702,19 @@ impl TryFrom<ValidationRow> for ValidationRecord {
         })
     }
 }
+
+/// Repository names read back from `table`'s `repository` column; a value
+/// that is not `owner/name` is a [`StoreError::Corrupt`] row.
+pub(crate) fn repo_names(
+    table: &'static str,
+    rows: impl IntoIterator<Item = String>,
+) -> Result<Vec<super::RepoName>, StoreError> {
+    rows.into_iter()
+        .map(|text| {
+            super::RepoName::parse(&text).map_err(|e| StoreError::Corrupt {
+                table,
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}

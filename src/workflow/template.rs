@@ -194,7 +194,7 @@ impl PromptContext {
         let mut ctx = PromptContext {
             repository: event
                 .repository()
-                .map(|r| r.full_name.clone())
+                .map(|r| r.full_name.to_string())
                 .unwrap_or_default(),
             workflow: workflow.to_owned(),
             task,

@@ -109,7 +109,7 @@ impl CheckoutRequest {
         Some(CheckoutRequest {
             run_id: run.id.0,
             repo_id: repo.id,
-            full_name: repo.full_name.clone(),
+            full_name: repo.full_name.to_string(),
             installation: event.installation_id(),
             pinned_sha: run.checkout_sha.clone().or_else(|| match target {
                 // A re-run of a branch's check: that commit, not the branch's tip.

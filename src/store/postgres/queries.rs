@@ -1,6 +1,7 @@
 //! [`Tasks`] and [`Queries`]: the operator's records and views.
 
 use super::*;
+use crate::store::RepoName;
 use crate::store::RunId;
 
 #[async_trait]
@@ -133,10 +134,11 @@ impl Queries for PgStore {
 
     async fn subject_runs_since(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         since: i64,
     ) -> Result<i64, StoreError> {
+        let repository = repository.to_string();
         let (n,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM runs WHERE repository = $1 AND subject_number = $2 \
              AND created_at >= $3",

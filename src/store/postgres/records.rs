@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ids::InstallationId;
+use crate::store::RepoName;
 
 #[async_trait]
 impl AppRecords for PgStore {
@@ -46,9 +47,11 @@ impl AppRecords for PgStore {
     async fn update_installation_repositories(
         &self,
         installation_id: InstallationId,
-        added: &[String],
-        removed: &[String],
+        added: &[RepoName],
+        removed: &[RepoName],
     ) -> Result<(), StoreError> {
+        let added: Vec<String> = added.iter().map(ToString::to_string).collect();
+        let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
         let mut tx = self.pool.begin().await?;
         if !added.is_empty() {
             sqlx::query(
@@ -78,7 +81,7 @@ impl AppRecords for PgStore {
     async fn installation_repositories(
         &self,
         installation_id: InstallationId,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RepoName>, StoreError> {
         // `COLLATE "C"`: byte order, as SQLite sorts.
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT repository FROM installation_repositories WHERE installation_id = $1 \
@@ -87,10 +90,14 @@ impl AppRecords for PgStore {
         .bind(installation_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        crate::store::rows::repo_names("installation_repositories", rows.into_iter().map(|r| r.0))
     }
 
-    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
+    async fn repo_config(
+        &self,
+        repository: &RepoName,
+    ) -> Result<Option<RepoConfigRecord>, StoreError> {
+        let repository = repository.to_string();
         let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
             "SELECT body, error, fetched_at FROM repo_configs WHERE repository = $1",
         )
@@ -106,9 +113,10 @@ impl AppRecords for PgStore {
 
     async fn set_repo_config(
         &self,
-        repository: &str,
+        repository: &RepoName,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         sqlx::query(
             "INSERT INTO repo_configs (repository, body, error, fetched_at) \
              VALUES ($1, $2, $3, $4) \
@@ -124,7 +132,8 @@ impl AppRecords for PgStore {
         Ok(())
     }
 
-    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
+    async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         sqlx::query("DELETE FROM repo_configs WHERE repository = $1")
             .bind(repository.to_owned())
             .execute(&self.pool)
@@ -134,9 +143,10 @@ impl AppRecords for PgStore {
 
     async fn installation_for_repository(
         &self,
-        repository: &str,
+        repository: &RepoName,
     ) -> Result<Option<InstallationId>, StoreError> {
-        api::installation_for_repository(&self.pool, repository).await
+        let repository = repository.to_string();
+        api::installation_for_repository(&self.pool, &repository).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
-use crate::store::{InstallationId, RunId};
+use crate::store::{InstallationId, RepoName, RunId};
 
 #[async_trait]
 impl Reports for PgStore {
@@ -147,9 +147,10 @@ impl Reports for PgStore {
 
     async fn sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
     ) -> Result<Option<i64>, StoreError> {
+        let repository = repository.to_string();
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT comment_id FROM sticky_comments WHERE repository = $1 AND subject_number = $2",
         )
@@ -162,10 +163,11 @@ impl Reports for PgStore {
 
     async fn set_sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         sqlx::query(
             "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
              VALUES ($1, $2, $3) ON CONFLICT (repository, subject_number) \
@@ -181,10 +183,11 @@ impl Reports for PgStore {
 
     async fn subject_runs(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError> {
+        let repository = repository.to_string();
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND subject_number = $2 \
              ORDER BY id DESC LIMIT $3",
@@ -199,9 +202,10 @@ impl Reports for PgStore {
 
     async fn runs_for_commit(
         &self,
-        repository: &str,
+        repository: &RepoName,
         head_sha: &str,
     ) -> Result<Vec<RunId>, StoreError> {
+        let repository = repository.to_string();
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND head_sha = $2 ORDER BY id",
         )

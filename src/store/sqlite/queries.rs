@@ -1,6 +1,7 @@
 //! [`Tasks`] and [`Queries`]: the operator's records and views.
 
 use super::*;
+use crate::store::RepoName;
 use crate::store::RunId;
 
 #[async_trait]
@@ -128,10 +129,11 @@ impl Queries for SqliteStore {
 
     async fn subject_runs_since(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         since: i64,
     ) -> Result<i64, StoreError> {
+        let repository = repository.to_string();
         // The dispatcher asks for every delivery that starts runs: on the
         // reader, like its other point lookups.
         let n = self

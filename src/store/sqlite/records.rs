@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ids::InstallationId;
+use crate::store::RepoName;
 
 #[async_trait]
 impl AppRecords for SqliteStore {
@@ -51,9 +52,11 @@ impl AppRecords for SqliteStore {
     async fn update_installation_repositories(
         &self,
         installation_id: InstallationId,
-        added: &[String],
-        removed: &[String],
+        added: &[RepoName],
+        removed: &[RepoName],
     ) -> Result<(), StoreError> {
+        let added: Vec<String> = added.iter().map(ToString::to_string).collect();
+        let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
         self.write(|conn| {
             let tx = conn.unchecked_transaction()?;
             for repository in added {
@@ -79,7 +82,7 @@ impl AppRecords for SqliteStore {
     async fn installation_repositories(
         &self,
         installation_id: InstallationId,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RepoName>, StoreError> {
         let rows: Vec<(String,)> = self
             .scan(|conn| {
                 conn.all(
@@ -89,10 +92,14 @@ impl AppRecords for SqliteStore {
                 )
             })
             .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        crate::store::rows::repo_names("installation_repositories", rows.into_iter().map(|r| r.0))
     }
 
-    async fn repo_config(&self, repository: &str) -> Result<Option<RepoConfigRecord>, StoreError> {
+    async fn repo_config(
+        &self,
+        repository: &RepoName,
+    ) -> Result<Option<RepoConfigRecord>, StoreError> {
+        let repository = repository.to_string();
         // Asked for every delivery the dispatcher routes: a point lookup.
         let row: Option<(Option<String>, Option<String>, i64)> = self
             .read(|conn| {
@@ -111,9 +118,10 @@ impl AppRecords for SqliteStore {
 
     async fn set_repo_config(
         &self,
-        repository: &str,
+        repository: &RepoName,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         self.write(|conn| {
             conn.exec(
                 "INSERT INTO repo_configs (repository, body, error, fetched_at) \
@@ -127,7 +135,8 @@ impl AppRecords for SqliteStore {
         .map(drop)
     }
 
-    async fn forget_repo_config(&self, repository: &str) -> Result<(), StoreError> {
+    async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         self.write(|conn| {
             conn.exec(
                 "DELETE FROM repo_configs WHERE repository = ?1",
@@ -140,9 +149,10 @@ impl AppRecords for SqliteStore {
 
     async fn installation_for_repository(
         &self,
-        repository: &str,
+        repository: &RepoName,
     ) -> Result<Option<InstallationId>, StoreError> {
-        self.read(|conn| api::installation_for_repository(conn, repository))
+        let repository = repository.to_string();
+        self.read(|conn| api::installation_for_repository(conn, &repository))
             .await
     }
 }

@@ -1,7 +1,7 @@
 //! [`Reports`] and [`Effects`]: what the outbox reads and records.
 
 use super::*;
-use crate::store::{InstallationId, RunId};
+use crate::store::{InstallationId, RepoName, RunId};
 
 #[async_trait]
 impl Reports for SqliteStore {
@@ -135,9 +135,10 @@ impl Reports for SqliteStore {
 
     async fn sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
     ) -> Result<Option<i64>, StoreError> {
+        let repository = repository.to_string();
         let row: Option<(i64,)> = self
             .read(|conn| {
                 conn.opt(
@@ -152,10 +153,11 @@ impl Reports for SqliteStore {
 
     async fn set_sticky_comment(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError> {
+        let repository = repository.to_string();
         self.write(|conn| {
             conn.exec(
                 "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
@@ -170,10 +172,11 @@ impl Reports for SqliteStore {
 
     async fn subject_runs(
         &self,
-        repository: &str,
+        repository: &RepoName,
         number: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError> {
+        let repository = repository.to_string();
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -188,14 +191,15 @@ impl Reports for SqliteStore {
 
     async fn runs_for_commit(
         &self,
-        repository: &str,
+        repository: &RepoName,
         head_sha: &str,
     ) -> Result<Vec<RunId>, StoreError> {
+        let repository = repository.to_string();
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
                     "SELECT id FROM runs WHERE repository = ?1 AND head_sha = ?2 ORDER BY id",
-                    [repository, head_sha],
+                    params![repository, head_sha],
                 )
             })
             .await?;

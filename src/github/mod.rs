@@ -168,7 +168,9 @@ impl serde::Serialize for RepoName {
 impl<'de> Deserialize<'de> for RepoName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        Self::parse(&text).map_err(|_| {
+            serde::de::Error::custom(format!("`{text}` is not a repository name (`owner/name`)"))
+        })
     }
 }
 

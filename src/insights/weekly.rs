@@ -341,9 +341,16 @@ mod tests {
         assert_eq!(c.period(week * 100), 100);
         assert_eq!(c.period(week * 101 - 1), 100);
         assert_eq!(c.delivery_id(100), "insights-report:acme/ops#12:100");
-        let bad: InsightsReportConfig =
-            serde_saphyr::from_str("repository: ops\nissue: 12\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("owner/name"));
+        // A repository that is not `owner/name` fails the file's parse, at
+        // its line and column.
+        let bad = serde_saphyr::from_str::<InsightsReportConfig>("repository: ops\nissue: 12\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("`ops` is not a repository name (`owner/name`)"),
+            "{bad}"
+        );
+        assert!(bad.contains("line 1 column 13"), "{bad}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! types and their environment values are hidden from `--help`.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -236,10 +237,12 @@ pub struct Settings {
     #[arg(
         long = "pg-acquire-timeout-ms",
         env = "TASKMASTER_PG_ACQUIRE_TIMEOUT_MS",
-        default_value_t = 10_000,
+        default_value = "10000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub pg_acquire_timeout_ms: u64,
+    pub pg_acquire_timeout: Duration,
 
     /// Steps in flight at once, over every run and agent.
     #[arg(
@@ -253,12 +256,14 @@ pub struct Settings {
     /// Lease of a running step, in milliseconds; renewed every third. A
     /// worker that stops renewing loses its step to the reaper after this.
     #[arg(
-        long,
+        long = "lease-ms",
         env = "TASKMASTER_LEASE_MS",
-        default_value_t = 30_000,
+        default_value = "30000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub lease_ms: u64,
+    pub lease: Duration,
 
     /// The service's public base URL (`https://taskmaster.example.com`): a
     /// run's check run links to `{PUBLIC_URL}/runs/{id}` as its Details. No
@@ -280,21 +285,25 @@ pub struct Settings {
     /// A request's headers must arrive within this many milliseconds, or its
     /// connection is closed (slow clients cannot hold connections).
     #[arg(
-        long,
+        long = "header-timeout-ms",
         env = "TASKMASTER_HEADER_TIMEOUT_MS",
-        default_value_t = 10_000,
+        default_value = "10000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub header_timeout_ms: u64,
+    pub header_timeout: Duration,
 
     /// A request's body must arrive within this many milliseconds (else 408).
     #[arg(
-        long,
+        long = "body-timeout-ms",
         env = "TASKMASTER_BODY_TIMEOUT_MS",
-        default_value_t = 30_000,
+        default_value = "30000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub body_timeout_ms: u64,
+    pub body_timeout: Duration,
 
     /// Open connections at most: when all are taken, the oldest one still
     /// reading its request is closed; when all are busy, more wait in the
@@ -329,33 +338,39 @@ pub struct Settings {
     /// At most one GitHub update of a run per this many milliseconds (the
     /// outbox coalesces changes in between; a finished run is sent at once).
     #[arg(
-        long,
+        long = "report-interval-ms",
         env = "TASKMASTER_REPORT_INTERVAL_MS",
-        default_value_t = 3_000,
+        default_value = "3000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub report_interval_ms: u64,
+    pub report_interval: Duration,
 
     /// How often the outbox looks for runs to report when no hint wakes it,
     /// in milliseconds.
     #[arg(
-        long,
+        long = "outbox-poll-ms",
         env = "TASKMASTER_OUTBOX_POLL_MS",
-        default_value_t = 2_000,
+        default_value = "2000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub outbox_poll_ms: u64,
+    pub outbox_poll: Duration,
 
     /// How often, in milliseconds, to ask GitHub for failed webhook deliveries
     /// missing from the inbox and have them redelivered (with App
     /// credentials only; a pass also runs at start-up).
     #[arg(
-        long,
+        long = "redelivery-interval-ms",
         env = "TASKMASTER_REDELIVERY_INTERVAL_MS",
-        default_value_t = 300_000,
+        default_value = "300000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub redelivery_interval_ms: u64,
+    pub redelivery_interval: Duration,
 
     /// The App's slug (the name in `https://github.com/apps/<slug>`): comments
     /// may address commands as `@<slug> retry`, and `<slug>[bot]` is the
@@ -372,22 +387,26 @@ pub struct Settings {
     /// used before it is fetched again (a push to the default branch that
     /// touches it drops it at once).
     #[arg(
-        long,
+        long = "repo-config-ttl-ms",
         env = "TASKMASTER_REPO_CONFIG_TTL_MS",
-        default_value_t = 300_000,
+        default_value = "300000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub repo_config_ttl_ms: u64,
+    pub repo_config_ttl: Duration,
 
     /// How long, in milliseconds, a user's permission on a repository (from
     /// GitHub's collaborator-permission API) is trusted before it is asked again.
     #[arg(
-        long,
+        long = "permission-ttl-ms",
         env = "TASKMASTER_PERMISSION_TTL_MS",
-        default_value_t = 60_000,
+        default_value = "60000",
+        value_parser = parse_millis,
+        value_name = "MS",
         global = true
     )]
-    pub permission_ttl_ms: u64,
+    pub permission_ttl: Duration,
 
     /// Serve `GET /api/metrics` without a token. When false, Prometheus must
     /// send an API token (any role).
@@ -604,6 +623,15 @@ pub struct Settings {
     pub log_filter: String,
 }
 
+/// A span given in milliseconds (a `*_MS` variable, a `--*-ms` flag): the
+/// settings name their unit outside, and hold a [`Duration`] inside.
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("`{s}` is not a whole number of milliseconds: {e}"))
+}
+
 fn parse_session_key(s: &str) -> Result<crate::dashboard::SessionKey, String> {
     if s.len() < 16 {
         return Err(
@@ -636,7 +664,7 @@ impl Settings {
         crate::store::PoolSettings {
             max_connections: self.pg_max_connections.max(2),
             min_connections: self.pg_min_connections.min(self.pg_max_connections),
-            acquire_timeout: std::time::Duration::from_millis(self.pg_acquire_timeout_ms.max(1)),
+            acquire_timeout: self.pg_acquire_timeout.max(Duration::from_millis(1)),
         }
     }
 
@@ -644,7 +672,7 @@ impl Settings {
     pub fn engine_config(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
             max_in_flight: self.max_in_flight.max(1),
-            lease: std::time::Duration::from_millis(self.lease_ms.max(300)),
+            lease: self.lease.max(Duration::from_millis(300)),
             ..crate::engine::EngineConfig::default()
         }
     }
@@ -670,8 +698,8 @@ impl Settings {
     /// The report outbox's settings from these flags (the rest at their defaults).
     pub fn outbox_config(&self) -> crate::outbox::OutboxConfig {
         crate::outbox::OutboxConfig {
-            poll: std::time::Duration::from_millis(self.outbox_poll_ms.max(10)),
-            min_interval: std::time::Duration::from_millis(self.report_interval_ms),
+            poll: self.outbox_poll.max(Duration::from_millis(10)),
+            min_interval: self.report_interval,
             public_url: self
                 .public_url
                 .as_deref()
@@ -694,6 +722,25 @@ mod tests {
         assert_eq!(cli.settings.port, 4000);
         assert_eq!(cli.settings.host.to_string(), "0.0.0.0");
         assert_eq!(cli.settings.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn spans_are_given_in_milliseconds_and_held_as_durations() {
+        let cli = Cli::try_parse_from(["taskmaster", "serve"]).unwrap();
+        assert_eq!(cli.settings.lease, Duration::from_secs(30));
+        assert_eq!(cli.settings.repo_config_ttl, Duration::from_secs(300));
+        let cli = Cli::try_parse_from(["taskmaster", "serve", "--lease-ms", "1500"]).unwrap();
+        assert_eq!(cli.settings.lease, Duration::from_millis(1500));
+        assert_eq!(
+            cli.settings.engine_config().lease,
+            Duration::from_millis(1500)
+        );
+        let err = Cli::try_parse_from(["taskmaster", "serve", "--lease-ms", "30s"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`30s` is not a whole number of milliseconds"),
+            "{err}"
+        );
     }
 
     #[test]

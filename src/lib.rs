@@ -5,6 +5,14 @@
 //! The path of one event (see `DESIGN.md` in the shared docs):
 //! [`webhook`] verifies and stores each delivery in the inbox (a [`store`]),
 //! answers GitHub, and the [`dispatch`] task hands stored deliveries on.
+//!
+//! Units: inside the program a length of time is a
+//! [`Duration`](std::time::Duration) and an instant is Unix epoch
+//! milliseconds (`i64`, [`store::now_ms`]). A number that leaves the
+//! program names its unit: flags and environment variables
+//! (`--lease-ms`, `TASKMASTER_LEASE_MS`), columns and JSON fields
+//! (`duration_ms`, `agent_ms`, `rank_ms`); settings parse into
+//! `Duration`s where they are read.
 
 pub mod agent;
 pub mod api;

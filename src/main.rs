@@ -351,7 +351,9 @@ async fn serve_once(
         tokio::spawn(github::redelivery::run_scheduler(
             github.clone(),
             store.clone(),
-            std::time::Duration::from_millis(settings.redelivery_interval_ms.max(1_000)),
+            settings
+                .redelivery_interval
+                .max(std::time::Duration::from_secs(1)),
             redelivery_stop.clone(),
         ));
     }
@@ -369,8 +371,8 @@ async fn serve_once(
                 app_id,
                 slug: app.slug.clone(),
             },
-            repo_config_ttl_ms: settings.repo_config_ttl_ms as i64,
-            permission_ttl: std::time::Duration::from_millis(settings.permission_ttl_ms),
+            repo_config_ttl: settings.repo_config_ttl,
+            permission_ttl: settings.permission_ttl,
             effects_wake: Some(outbox.waker()),
             max_runs_per_subject_per_hour: settings.max_runs_per_subject_per_hour,
         },
@@ -446,8 +448,12 @@ async fn serve_once(
             store: store.clone(),
             handler: Arc::new(handler),
             limits: taskmaster::server::IntakeLimits {
-                header_timeout: std::time::Duration::from_millis(settings.header_timeout_ms.max(1)),
-                body_timeout: std::time::Duration::from_millis(settings.body_timeout_ms.max(1)),
+                header_timeout: settings
+                    .header_timeout
+                    .max(std::time::Duration::from_millis(1)),
+                body_timeout: settings
+                    .body_timeout
+                    .max(std::time::Duration::from_millis(1)),
                 max_connections: settings.max_connections.max(1),
                 max_webhooks_in_flight: settings.max_webhooks_in_flight.max(1),
                 max_body_bytes: settings

@@ -37,6 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -527,25 +528,25 @@ pub struct RepoConfigs {
     github: Arc<dyn GitHub>,
     workflows: Arc<WorkflowSet>,
     agents: Vec<String>,
-    ttl_ms: i64,
+    ttl: Duration,
 }
 
 impl RepoConfigs {
-    /// A cache whose entries are fetched again after `ttl_ms` milliseconds;
+    /// A cache whose entries are fetched again after `ttl`;
     /// files are checked against `workflows` and the agent names `agents`.
     pub fn new(
         store: Arc<dyn AppRecords>,
         github: Arc<dyn GitHub>,
         workflows: Arc<WorkflowSet>,
         agents: Vec<String>,
-        ttl_ms: i64,
+        ttl: Duration,
     ) -> Self {
         Self {
             store,
             github,
             workflows,
             agents,
-            ttl_ms,
+            ttl,
         }
     }
 
@@ -563,7 +564,7 @@ impl RepoConfigs {
         let now = now_ms();
         let fresh = cached
             .as_ref()
-            .is_some_and(|c| now - c.fetched_at < self.ttl_ms);
+            .is_some_and(|c| now - c.fetched_at < self.ttl.as_millis() as i64);
         if !fresh && let Some(installation) = installation {
             match self.fetch(installation, repository).await {
                 Ok(body) => {

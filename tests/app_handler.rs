@@ -101,7 +101,7 @@ async fn world_with(github: RecordingGitHub, files: &[&str]) -> World {
                 app_id: Some(12345),
                 slug: "taskmaster".into(),
             },
-            repo_config_ttl_ms: 60_000,
+            repo_config_ttl: std::time::Duration::from_secs(60),
             permission_ttl: Duration::from_secs(60),
             effects_wake: None,
             max_runs_per_subject_per_hour: 0,

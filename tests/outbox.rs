@@ -89,7 +89,7 @@ impl Fixture {
                 concurrency_group: None,
                 cancel_in_progress: false,
                 max_parallel: None,
-                timeout_ms: None,
+                timeout: None,
                 needs_approval: None,
                 steps: vec![step("check"), step("report")],
             }])

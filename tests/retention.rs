@@ -50,7 +50,7 @@ fn run_of(delivery: &str) -> NewRun {
         concurrency_group: None,
         cancel_in_progress: false,
         max_parallel: None,
-        timeout_ms: None,
+        timeout: None,
         needs_approval: None,
         steps: vec![NewStep {
             step: "work".into(),

@@ -93,7 +93,7 @@ fn new_run(delivery: &str, workflow: &str, steps: &[(&str, &[&str])]) -> NewRun 
         concurrency_group: None,
         cancel_in_progress: false,
         max_parallel: None,
-        timeout_ms: None,
+        timeout: None,
         needs_approval: None,
         steps: steps
             .iter()
@@ -785,7 +785,7 @@ async fn control_operations_pause_resume_cancel_retry_and_deadlines(b: Backend) 
     assert!(store.stopping_runs().await.unwrap().is_empty());
     // Deadlines: a run past its time limit is asked to stop, once.
     let mut timed = new_run("ctl-2", "two", &[("a", &[]), ("b", &["a"])]);
-    timed.timeout_ms = Some(1);
+    timed.timeout = Some(std::time::Duration::from_millis(1));
     let t = store.create_runs(&[timed]).await.unwrap()[0].run_id;
     tokio::time::sleep(MS(10)).await;
     assert_eq!(store.expire_runs(now_ms()).await.unwrap(), vec![t]);
@@ -1197,7 +1197,7 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
     let mut gated = new_run("ap-1", "one", &[("work", &[])]);
     gated.needs_approval = Some("a fork's pull request".into());
     gated.head_sha = Some("abc123".into());
-    gated.timeout_ms = Some(60_000);
+    gated.timeout = Some(std::time::Duration::from_secs(60));
     let run = store.create_runs(&[gated]).await.unwrap()[0].run_id;
     store.settle_run(run, &ReadyAll).await.unwrap();
     let snap = store.run(run).await.unwrap().unwrap();

@@ -142,8 +142,8 @@ pub struct AppHandler {
 /// Settings of an [`AppHandler`].
 pub struct AppHandlerConfig {
     pub identity: AppIdentity,
-    /// How long a fetched `.github/taskmaster.yml` is used, ms.
-    pub repo_config_ttl_ms: i64,
+    /// How long a fetched `.github/taskmaster.yml` is used.
+    pub repo_config_ttl: Duration,
     /// How long a user's permission is trusted.
     pub permission_ttl: Duration,
     /// Woken when replies or reactions are queued (the outbox's waker).
@@ -175,7 +175,7 @@ impl AppHandler {
                 github.clone(),
                 workflows,
                 engine.agent_names(),
-                config.repo_config_ttl_ms,
+                config.repo_config_ttl,
             ),
             permissions: PermissionCache::new(config.permission_ttl),
             replies: ReplyLimiter::default(),

@@ -32,27 +32,27 @@ pub const HISTORY_TTL: Duration = Duration::from_secs(10);
 pub struct Forecast {
     predictor: Arc<Predictor>,
     queues: HashMap<String, AgentQueue>,
-    default_estimate_ms: i64,
+    default_estimate: Duration,
 }
 
 impl Forecast {
     /// Reads `workflow`'s history; `queues` from [`Engine::agent_queues`]
     /// (empty: none assumed); steps without history rank by
-    /// `default_estimate_ms`.
+    /// `default_estimate`.
     ///
     /// Errors: the store's.
     pub async fn read(
         store: &dyn RunStore,
         workflow: &str,
         queues: HashMap<String, AgentQueue>,
-        default_estimate_ms: i64,
+        default_estimate: Duration,
     ) -> Result<Self, StoreError> {
         Ok(Forecast {
             predictor: Arc::new(Predictor::new(
                 &store.step_durations(workflow, SAMPLES).await?,
             )),
             queues,
-            default_estimate_ms,
+            default_estimate,
         })
     }
 
@@ -65,7 +65,7 @@ impl Forecast {
             store,
             workflow,
             HashMap::new(),
-            super::EngineConfig::default().default_estimate_ms,
+            super::EngineConfig::default().default_estimate,
         )
         .await
     }
@@ -83,7 +83,7 @@ impl Forecast {
                 let e = self.predictor.step(repository, s);
                 let ms = match e.basis {
                     Basis::Repository | Basis::AllRepositories => e.p50_ms,
-                    Basis::Timeout | Basis::Default => self.default_estimate_ms,
+                    Basis::Timeout | Basis::Default => self.default_estimate.as_millis() as i64,
                 };
                 (s.id.clone(), ms)
             })
@@ -187,7 +187,7 @@ impl Engine {
         Ok(Forecast {
             predictor,
             queues: self.agent_queues().await?,
-            default_estimate_ms: self.inner.config.default_estimate_ms,
+            default_estimate: self.inner.config.default_estimate,
         })
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -110,7 +111,7 @@ pub fn new_run(
             .as_ref()
             .is_some_and(|c| c.cancel_in_progress),
         max_parallel: workflow.max_parallel,
-        timeout_ms: workflow.timeout.map(|t| t.as_millis() as i64),
+        timeout: workflow.timeout,
         needs_approval,
         steps: workflow
             .steps
@@ -133,7 +134,7 @@ pub struct RoutingHandler {
     store: Arc<dyn RunStore>,
     workflows: Arc<WorkflowSet>,
     engine: Option<Engine>,
-    default_estimate_ms: i64,
+    default_estimate: Duration,
     loop_breaker: LoopBreaker,
 }
 
@@ -209,7 +210,7 @@ impl RoutingHandler {
             store,
             workflows,
             engine,
-            default_estimate_ms: super::EngineConfig::default().default_estimate_ms,
+            default_estimate: super::EngineConfig::default().default_estimate,
             loop_breaker: LoopBreaker::default(),
         }
     }
@@ -272,7 +273,7 @@ impl RoutingHandler {
                         &*self.store,
                         &wf.name,
                         HashMap::new(),
-                        self.default_estimate_ms,
+                        self.default_estimate,
                     )
                     .await?
                 }

@@ -133,9 +133,9 @@ pub struct EngineConfig {
     /// How long past an attempt's deadline the engine waits for the agent
     /// before giving up on it (agents are meant to stop by the deadline).
     pub timeout_grace: Duration,
-    /// Estimated step duration before any attempt was recorded, ms (for the
+    /// Estimated step duration before any attempt was recorded (for the
     /// critical-path rank).
-    pub default_estimate_ms: i64,
+    pub default_estimate: Duration,
     /// How long a workflow's step history, read for new runs' predictions
     /// and ranks, is reused ([`forecast::HISTORY_TTL`] by default).
     pub history_ttl: Duration,
@@ -163,7 +163,7 @@ impl Default for EngineConfig {
             reap_interval: Duration::from_secs(5),
             default_step_timeout: Duration::from_secs(30 * 60),
             timeout_grace: Duration::from_secs(5),
-            default_estimate_ms: 60_000,
+            default_estimate: Duration::from_secs(60),
             history_ttl: forecast::HISTORY_TTL,
             shutdown_grace: Duration::from_secs(10),
             workspaces: None,

@@ -28,7 +28,9 @@
 //! sharing one database).
 //!
 //! Instants crossing this interface are Unix epoch **milliseconds** (`i64`);
-//! lengths of time are [`Duration`]s.
+//! lengths of time are [`Duration`]s. Ids and names are typed from the
+//! webhook to the database ([`RunId`], [`StepId`], [`InstallationId`],
+//! [`RepoName`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

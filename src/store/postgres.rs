@@ -859,7 +859,7 @@ async fn create_runs_in(
         .bind(r.priority)
         .bind(&r.concurrency_group)
         .bind(r.max_parallel.map(i64::from))
-        .bind(r.timeout_ms.map(|t| now + t))
+        .bind(r.timeout.map(|t| now + t.as_millis() as i64))
         .bind(now)
         .bind(r.needs_approval.is_some())
         .fetch_optional(&mut *conn)

@@ -191,8 +191,8 @@ pub struct NewRun {
     pub cancel_in_progress: bool,
     /// Steps of this run at once.
     pub max_parallel: Option<u32>,
-    /// The run's time limit, ms.
-    pub timeout_ms: Option<i64>,
+    /// The run's time limit (its deadline is the creation time plus this).
+    pub timeout: Option<std::time::Duration>,
     /// Wait for a maintainer's `/approve` before any step starts (untrusted
     /// work: a fork's PR, an author without write access); the reason goes
     /// to the timeline.

@@ -225,7 +225,7 @@ pub fn fast_config() -> EngineConfig {
         reap_interval: Duration::from_millis(50),
         default_step_timeout: Duration::from_secs(10),
         timeout_grace: Duration::from_millis(200),
-        default_estimate_ms: 1000,
+        default_estimate: std::time::Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(2),
         workspaces: None,
         ..EngineConfig::default()

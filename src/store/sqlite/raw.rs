@@ -407,7 +407,7 @@ pub(super) fn create_runs(
                     r.priority,
                     r.concurrency_group,
                     r.max_parallel.map(i64::from),
-                    r.timeout_ms.map(|t| now + t),
+                    r.timeout.map(|t| now + t.as_millis() as i64),
                     now,
                     r.needs_approval.is_some(),
                 ],

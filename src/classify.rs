@@ -84,6 +84,28 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Its rank as stored in `runs.priority`: 0 (low) to 3 (critical);
+    /// higher is served first.
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Low => 0,
+            Priority::Medium => 1,
+            Priority::High => 2,
+            Priority::Critical => 3,
+        }
+    }
+
+    /// The priority of a stored rank; `None` outside 0 to 3.
+    pub fn from_rank(rank: i64) -> Option<Self> {
+        Some(match rank {
+            0 => Priority::Low,
+            1 => Priority::Medium,
+            2 => Priority::High,
+            3 => Priority::Critical,
+            _ => return None,
+        })
+    }
+
     /// The lowercase name (`low`, `medium`, `high`, `critical`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1036,6 +1058,21 @@ pub fn extract_criteria(body: &str) -> Vec<Criterion> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_priority_is_its_stored_rank_and_back() {
+        for p in [
+            Priority::Low,
+            Priority::Medium,
+            Priority::High,
+            Priority::Critical,
+        ] {
+            assert_eq!(Priority::from_rank(p.rank()), Some(p));
+        }
+        assert!(Priority::Low.rank() < Priority::Critical.rank());
+        assert_eq!(Priority::from_rank(4), None);
+        assert_eq!(Priority::from_rank(-1), None);
+    }
 
     #[test]
     fn labels_normalise_prefixes_and_emoji() {

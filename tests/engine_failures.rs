@@ -71,7 +71,7 @@ async fn transient_failures_are_retried_with_growing_backoff_up_to_the_limit() {
         attempts
             .iter()
             .all(|a| a.outcome.as_deref() == Some("failed")
-                && a.error_class.as_deref() == Some("transient"))
+                && a.error_class == Some(taskmaster::agent::ErrorClass::Transient))
     );
     t.stop().await;
 }

@@ -85,7 +85,7 @@ impl Fixture {
                 classification: None,
                 reason: "test".into(),
                 context: serde_json::json!({}),
-                priority: 1,
+                priority: taskmaster::classify::Priority::Medium,
                 concurrency_group: None,
                 cancel_in_progress: false,
                 max_parallel: None,

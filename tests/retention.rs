@@ -46,7 +46,7 @@ fn run_of(delivery: &str) -> NewRun {
         classification: None,
         reason: "test".into(),
         context: serde_json::json!({}),
-        priority: 1,
+        priority: taskmaster::classify::Priority::Medium,
         concurrency_group: None,
         cancel_in_progress: false,
         max_parallel: None,

@@ -89,7 +89,7 @@ fn new_run(delivery: &str, workflow: &str, steps: &[(&str, &[&str])]) -> NewRun 
         classification: None,
         reason: "test".into(),
         context: serde_json::json!({}),
-        priority: 1,
+        priority: taskmaster::classify::Priority::Medium,
         concurrency_group: None,
         cancel_in_progress: false,
         max_parallel: None,
@@ -620,7 +620,7 @@ async fn claims_respect_max_parallel_priority_and_concurrency_groups(b: Backend)
     let mut wide = new_run("p-1", "wide", &[("x", &[]), ("y", &[]), ("z", &[])]);
     wide.max_parallel = Some(2);
     let mut urgent = new_run("p-2", "urgent", &[("u", &[])]);
-    urgent.priority = 3;
+    urgent.priority = taskmaster::classify::Priority::Critical;
     let mut g1 = new_run("p-3", "grouped", &[("g", &[])]);
     g1.concurrency_group = Some("pr-7".into());
     let mut g2 = new_run("p-4", "grouped", &[("g", &[])]);
@@ -649,7 +649,7 @@ async fn claims_respect_max_parallel_priority_and_concurrency_groups(b: Backend)
     assert!(store.claim_steps("w", &per_agent).await.unwrap().is_empty());
     // A refused agent: claimed without an attempt.
     let mut g3 = new_run("p-5", "solo", &[("s", &[])]);
-    g3.priority = 2;
+    g3.priority = taskmaster::classify::Priority::High;
     let c = store.create_runs(&[g3]).await.unwrap();
     store.settle_run(c[0].run_id, &all_ready).await.unwrap();
     let mut refused = limits(1, 60_000);

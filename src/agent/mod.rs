@@ -127,6 +127,35 @@ pub enum ErrorClass {
     Permanent,
 }
 
+impl ErrorClass {
+    /// The stored name (`attempts.error_class`): `transient` or `permanent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+
+    /// The class of a stored name; `None` for any other text.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "transient" => Some(ErrorClass::Transient),
+            "permanent" => Some(ErrorClass::Permanent),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `attempts.error_class` (SQLite); other text is an error.
+impl rusqlite::types::FromSql for ErrorClass {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        ErrorClass::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown error class `{text}`").into())
+        })
+    }
+}
+
 /// What went wrong, more precisely than [`ErrorClass`]; for messages,
 /// metrics and the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -345,4 +374,21 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
     reqwest::Client::builder().user_agent(concat!("taskmaster/", env!("CARGO_PKG_VERSION")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorClass;
+
+    #[test]
+    fn an_error_class_is_its_stored_name_and_other_text_is_refused() {
+        for c in [ErrorClass::Transient, ErrorClass::Permanent] {
+            assert_eq!(ErrorClass::parse(c.as_str()), Some(c));
+        }
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let read = |text: &str| conn.query_row("SELECT ?1", [text], |r| r.get::<_, ErrorClass>(0));
+        assert_eq!(read("transient").unwrap(), ErrorClass::Transient);
+        let err = read("flaky").unwrap_err().to_string();
+        assert!(err.contains("unknown error class `flaky`"), "{err}");
+    }
 }

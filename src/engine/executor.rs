@@ -71,10 +71,10 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     }
     // An attempt started with the claim but never handed to the agent is
     // recorded as such.
-    let not_run = |class: &str, kind: &str, why: &str| {
+    let not_run = |class: ErrorClass, kind: &str, why: &str| {
         attempt.map(|_| AttemptRecord {
             outcome: "failed".into(),
-            error_class: Some(class.into()),
+            error_class: Some(class),
             error_kind: Some(kind.into()),
             error: Some(why.to_owned()),
             ..AttemptRecord::default()
@@ -99,7 +99,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         return finish(
             engine,
             &lease,
-            not_run("permanent", "config", &why).as_ref(),
+            not_run(ErrorClass::Permanent, "config", &why).as_ref(),
             StepNext::Finish {
                 state: StepState::Failed,
                 output: None,
@@ -127,7 +127,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             super::adaptive::fallback_first(engine, &wf, &step, next_agent.as_deref()).await
     {
         crate::instrument::adaptive_fallback(&agent_name, &fallback);
-        let record = not_run("transient", "history", &why);
+        let record = not_run(ErrorClass::Transient, "history", &why);
         let next = StepNext::Fallback {
             agent: fallback,
             agent_index: index as i64 + 1,
@@ -185,7 +185,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                 ),
             ),
         };
-        let record = not_run("transient", "circuit_open", &why);
+        let record = not_run(ErrorClass::Transient, "circuit_open", &why);
         return finish(
             engine,
             &lease,
@@ -208,7 +208,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         };
         let (next, event, why) =
             decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
-        let record = not_run("permanent", "config", &failure.message);
+        let record = not_run(ErrorClass::Permanent, "config", &failure.message);
         return finish(
             engine,
             &lease,
@@ -261,7 +261,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         Ok(Err(exhausted)) => {
             super::budgets::stop_run(engine, run_id.0, &exhausted).await;
             let why = exhausted.message;
-            let record = not_run("permanent", "budget", &why);
+            let record = not_run(ErrorClass::Permanent, "budget", &why);
             return finish(
                 engine,
                 &lease,
@@ -348,7 +348,11 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
                         message.clone(),
                     )
                 };
-                let class = if transient { "transient" } else { "permanent" };
+                let class = if transient {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                };
                 let record = not_run(class, "workspace", &message);
                 return finish(
                     engine,
@@ -380,7 +384,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             let why = format!("the step's prompt or inputs cannot be rendered: {message}");
             let record = AttemptRecord {
                 outcome: "failed".into(),
-                error_class: Some("permanent".into()),
+                error_class: Some(ErrorClass::Permanent),
                 error_kind: Some("config".into()),
                 error: Some(why.clone()),
                 ..AttemptRecord::default()
@@ -444,7 +448,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             };
             let (next, event, why) =
                 decide(engine, &def, &step, &agent_name, next_agent, &failure, None);
-            let record = not_run("permanent", "budget", &failure.message);
+            let record = not_run(ErrorClass::Permanent, "budget", &failure.message);
             return finish(
                 engine,
                 &lease,
@@ -595,13 +599,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         } else {
             "failed".into()
         };
-        record.error_class = Some(
-            match f.class {
-                ErrorClass::Transient => "transient",
-                ErrorClass::Permanent => "permanent",
-            }
-            .into(),
-        );
+        record.error_class = Some(f.class);
         // A verdict that did not parse after its repair turn: its own kind
         // (counted apart in metrics), never the code's verdict.
         record.error_kind = Some(if malformed {
@@ -708,7 +706,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         record.duration_ms,
         record
             .error_class
-            .as_deref()
+            .map(ErrorClass::as_str)
             .zip(record.error_kind.as_deref()),
     );
     // A validation step's verdict, stored once its result is accepted.

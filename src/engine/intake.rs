@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use super::Engine;
 use super::forecast::Forecast;
 use super::plan::critical_path_ranks;
-use crate::classify::{Classification, Priority};
+use crate::classify::Classification;
 use crate::dispatch::{DeliveryHandler, Handled, HandlerError};
 use crate::event::Event;
 use crate::routing::route;
@@ -99,12 +99,7 @@ pub fn new_run(
         classification: classification.and_then(|c| serde_json::to_string(&c).ok()),
         reason: reason.to_owned(),
         context,
-        priority: match workflow.priority {
-            Priority::Low => 0,
-            Priority::Medium => 1,
-            Priority::High => 2,
-            Priority::Critical => 3,
-        },
+        priority: workflow.priority,
         concurrency_group,
         cancel_in_progress: workflow
             .concurrency

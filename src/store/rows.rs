@@ -199,7 +199,8 @@ impl TryFrom<RunRow> for Run {
             head_sha: r.head_sha,
             classification: r.classification,
             reason: r.reason,
-            priority: r.priority,
+            priority: crate::classify::Priority::from_rank(r.priority)
+                .ok_or_else(|| corrupt("runs", format!("unknown priority {}", r.priority)))?,
             concurrency_group: r.concurrency_group,
             max_parallel: r.max_parallel,
             deadline_at: r.deadline_at,

@@ -183,8 +183,9 @@ pub struct NewRun {
     /// JSON object the steps' `if:` conditions read (event, pr, issue, task, inputs),
     /// and the run's `verdict_rules` ([`crate::verdict::VerdictRules`]) that reports read.
     pub context: serde_json::Value,
-    /// 0 (low) to 3 (critical); runs of higher priority are served first.
-    pub priority: i64,
+    /// Runs of higher priority are served first (stored as its
+    /// [`rank`](crate::classify::Priority::rank)).
+    pub priority: crate::classify::Priority,
     /// The rendered concurrency group, when the workflow has one.
     pub concurrency_group: Option<String>,
     /// A new run in the group cancels the older active ones.
@@ -257,8 +258,8 @@ pub struct Run {
     pub reason: String,
     /// What conditions read.
     pub context: serde_json::Value,
-    /// 0..3.
-    pub priority: i64,
+    /// Its workflow's priority when it was created.
+    pub priority: crate::classify::Priority,
     /// Concurrency group.
     pub concurrency_group: Option<String>,
     /// Current state.
@@ -435,8 +436,8 @@ pub struct ClaimedStep {
 pub struct AttemptRecord {
     /// `succeeded`, `failed`, `timed_out` or `cancelled`.
     pub outcome: String,
-    /// `transient` or `permanent` for failures.
-    pub error_class: Option<String>,
+    /// Whether retrying can help, for failures.
+    pub error_class: Option<crate::agent::ErrorClass>,
     /// The failure kind (`timeout`, `busy`, …).
     pub error_kind: Option<String>,
     /// The failure message.
@@ -539,8 +540,8 @@ pub struct AttemptRow {
     pub finished_at: Option<i64>,
     /// `succeeded`, `failed`, `timed_out`, `cancelled`, `lost`, or `None` while running.
     pub outcome: Option<String>,
-    /// `transient` | `permanent`.
-    pub error_class: Option<String>,
+    /// Whether retrying could have helped, for failures.
+    pub error_class: Option<crate::agent::ErrorClass>,
     /// Failure message.
     pub error: Option<String>,
     /// ms.

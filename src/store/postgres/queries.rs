@@ -112,24 +112,34 @@ impl Queries for PgStore {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AttemptRow {
-                run_id: RunId(r.0),
-                step: r.1,
-                number: r.2,
-                agent: r.3,
-                lease_token: r.4,
-                started_at: r.5,
-                finished_at: r.6,
-                outcome: r.7,
-                error_class: r.8,
-                error: r.9,
-                duration_ms: r.10,
-                cost_usd: r.11,
-                cost_estimated: r.12,
+        rows.into_iter()
+            .map(|r| {
+                let error_class = match r.8.as_deref() {
+                    None => None,
+                    Some(text) => Some(crate::agent::ErrorClass::parse(text).ok_or_else(|| {
+                        StoreError::Corrupt {
+                            table: "attempts",
+                            detail: format!("unknown error class `{text}`"),
+                        }
+                    })?),
+                };
+                Ok(AttemptRow {
+                    run_id: RunId(r.0),
+                    step: r.1,
+                    number: r.2,
+                    agent: r.3,
+                    lease_token: r.4,
+                    started_at: r.5,
+                    finished_at: r.6,
+                    outcome: r.7,
+                    error_class,
+                    error: r.9,
+                    duration_ms: r.10,
+                    cost_usd: r.11,
+                    cost_estimated: r.12,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn subject_runs_since(

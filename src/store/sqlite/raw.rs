@@ -151,7 +151,7 @@ pub(super) fn finish(
         .execute(params![
             now,
             a.outcome,
-            a.error_class,
+            a.error_class.map(crate::agent::ErrorClass::as_str),
             a.error_kind,
             a.error,
             a.output_excerpt,
@@ -404,7 +404,7 @@ pub(super) fn create_runs(
                     r.classification,
                     r.reason,
                     r.context.to_string(),
-                    r.priority,
+                    r.priority.rank(),
                     r.concurrency_group,
                     r.max_parallel.map(i64::from),
                     r.timeout.map(|t| now + t.as_millis() as i64),

@@ -49,7 +49,7 @@ fn success(output: &str) -> StepNext {
 
 fn attempt_ok() -> AttemptRecord {
     AttemptRecord {
-        outcome: "succeeded".into(),
+        outcome: taskmaster::store::AttemptEnd::parse("succeeded").unwrap(),
         ..AttemptRecord::default()
     }
 }
@@ -147,7 +147,10 @@ async fn only_the_current_lease_token_can_record_a_result() {
     assert_eq!(snap.step("work").unwrap().output.as_deref(), Some("from B"));
     assert_eq!(snap.run.state, RunState::Succeeded);
     let attempts = store.attempts(run).await.unwrap();
-    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| a.outcome.map(|o| o.as_str()))
+        .collect();
     assert_eq!(outcomes, [Some("lost"), Some("succeeded")]);
     let events = store.run_events(run).await.unwrap();
     assert_eq!(
@@ -243,8 +246,8 @@ async fn the_reaper_and_start_up_recovery_hand_abandoned_steps_to_a_new_attempt(
     assert_eq!(snap.run.state, RunState::Succeeded);
     assert!(started.elapsed() < Duration::from_secs(2));
     let attempts = t.store.attempts(run2).await.unwrap();
-    assert_eq!(attempts[0].outcome.as_deref(), Some("lost"));
-    assert_eq!(attempts[1].outcome.as_deref(), Some("succeeded"));
+    assert_eq!(attempts[0].outcome.map(|o| o.as_str()), Some("lost"));
+    assert_eq!(attempts[1].outcome.map(|o| o.as_str()), Some("succeeded"));
     t.stop().await;
 }
 
@@ -491,7 +494,7 @@ steps:
     for step in ["a", "b", "c", "d"] {
         let ok = attempts
             .iter()
-            .filter(|a| a.step == step && a.outcome.as_deref() == Some("succeeded"))
+            .filter(|a| a.step == step && a.outcome.map(|o| o.as_str()) == Some("succeeded"))
             .count();
         assert_eq!(ok, 1, "step {step}: exactly one recorded result");
         let recorded = events
@@ -503,7 +506,7 @@ steps:
     assert!(
         attempts
             .iter()
-            .any(|a| a.outcome.as_deref() == Some("lost")),
+            .any(|a| a.outcome.map(|o| o.as_str()) == Some("lost")),
         "the killed attempt is recorded as lost: {attempts:?}"
     );
     assert!(
@@ -558,7 +561,10 @@ async fn a_graceful_shutdown_releases_running_steps_and_the_next_start_runs_them
     let snap = t.wait_run(run, Duration::from_secs(5)).await;
     assert_eq!(snap.run.state, RunState::Succeeded);
     let attempts = t.store.attempts(RunId(run)).await.unwrap();
-    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| a.outcome.map(|o| o.as_str()))
+        .collect();
     assert_eq!(outcomes, [Some("cancelled"), Some("succeeded")]);
     t.stop().await;
 }
@@ -616,7 +622,10 @@ async fn the_heartbeat_keeps_long_attempts_leased_and_stops_one_that_lost_its_le
         "only the taken-over lease expired: {expired:?}"
     );
     let attempts = t.store.attempts(RunId(run)).await.unwrap();
-    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| a.outcome.map(|o| o.as_str()))
+        .collect();
     assert_eq!(outcomes, [Some("lost"), Some("succeeded")]);
     t.stop().await;
 }

@@ -70,7 +70,7 @@ async fn transient_failures_are_retried_with_growing_backoff_up_to_the_limit() {
     assert!(
         attempts
             .iter()
-            .all(|a| a.outcome.as_deref() == Some("failed")
+            .all(|a| a.outcome.map(|o| o.as_str()) == Some("failed")
                 && a.error_class == Some(taskmaster::agent::ErrorClass::Transient))
     );
     t.stop().await;
@@ -285,7 +285,7 @@ async fn a_step_that_runs_past_its_timeout_is_timed_out() {
     assert!(
         attempts
             .iter()
-            .all(|a| a.outcome.as_deref() == Some("timed_out"))
+            .all(|a| a.outcome.map(|o| o.as_str()) == Some("timed_out"))
     );
 
     // An agent that ignores its deadline is abandoned after the grace period.

@@ -53,7 +53,7 @@ fn payload(number: i64) -> Vec<u8> {
 
 fn ended(outcome: &str, ms: i64) -> AttemptRecord {
     AttemptRecord {
-        outcome: outcome.into(),
+        outcome: taskmaster::store::AttemptEnd::parse(outcome).unwrap(),
         duration_ms: ms,
         error: (outcome != "succeeded").then(|| format!("exit status 1 after {ms} ms")),
         error_kind: (outcome != "succeeded").then(|| "agent".into()),

@@ -84,7 +84,7 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
     let planner = WorkflowPlanner::new(set.clone());
     let engine = Engine::new(store.clone(), set, Arc::new(AgentMap::new()), fast_config());
     let ran = |usd: f64, ms: i64, estimated: bool| AttemptRecord {
-        outcome: "succeeded".into(),
+        outcome: taskmaster::store::AttemptEnd::parse("succeeded").unwrap(),
         duration_ms: ms,
         cost_usd: Some(usd),
         cost_estimated: estimated,
@@ -123,7 +123,7 @@ async fn ended_attempts_add_to_their_days_spend(b: Backend) {
     .await;
     // Refused before the agent was asked: not spend.
     let refused = AttemptRecord {
-        outcome: "failed".into(),
+        outcome: taskmaster::store::AttemptEnd::parse("failed").unwrap(),
         error_kind: Some("budget".into()),
         ..AttemptRecord::default()
     };

@@ -73,7 +73,7 @@ fn success(output: &str) -> StepNext {
 
 fn attempt_ok() -> AttemptRecord {
     AttemptRecord {
-        outcome: "succeeded".into(),
+        outcome: taskmaster::store::AttemptEnd::parse("succeeded").unwrap(),
         ..AttemptRecord::default()
     }
 }
@@ -509,7 +509,13 @@ async fn only_the_current_lease_token_records_a_result(b: Backend) {
         .into_iter()
         .map(|a| a.outcome)
         .collect();
-    assert_eq!(outcomes, [Some("lost".into()), Some("succeeded".into())]);
+    assert_eq!(
+        outcomes,
+        [
+            Some(taskmaster::store::AttemptEnd::Lost),
+            Some(taskmaster::store::AttemptEnd::Succeeded)
+        ]
+    );
     let events = store.run_events(run).await.unwrap();
     assert_eq!(
         events.iter().filter(|e| e.kind == "step_succeeded").count(),

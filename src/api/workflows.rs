@@ -226,7 +226,7 @@ impl From<AttemptRow> for AttemptView {
             step: a.step,
             number: a.number,
             agent: a.agent,
-            outcome: a.outcome,
+            outcome: a.outcome.map(|o| o.as_str().to_owned()),
             error_class: a.error_class.map(|c| c.as_str().to_owned()),
             error: a.error,
             duration_ms: a.duration_ms,

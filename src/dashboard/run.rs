@@ -409,7 +409,7 @@ fn gantt(data: &RunData) -> Markup {
                 @let y = 6 + (i as i64) * (BAR_H + 10);
                 text x="4" y=(y + 15) { (cut(step, 20)) }
                 @for a in data.attempts.iter().filter(|a| a.step == *step) {
-                    @let outcome = a.outcome.as_deref().unwrap_or("running");
+                    @let outcome = a.outcome.map_or("running", |o| o.as_str());
                     @let x = x_of(a.started_at);
                     @let w = (x_of(a.finished_at.unwrap_or(now)) - x).max(3);
                     g.attempt data-step=(a.step) data-number=(a.number) data-agent=(a.agent) data-outcome=(outcome) {

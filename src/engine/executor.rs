@@ -41,7 +41,9 @@ use crate::agent::{
 };
 use crate::classify::Classification;
 use crate::event::Event;
-use crate::store::{AttemptRecord, ClaimedStep, StepFinish, StepNext, StepState, now_ms};
+use crate::store::{
+    AttemptEnd, AttemptRecord, ClaimedStep, StepFinish, StepNext, StepState, now_ms,
+};
 use crate::workflow::template::StepResult;
 use crate::workflow::{PromptContext, Step, Workflow};
 
@@ -73,7 +75,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     // recorded as such.
     let not_run = |class: ErrorClass, kind: &str, why: &str| {
         attempt.map(|_| AttemptRecord {
-            outcome: "failed".into(),
+            outcome: AttemptEnd::Failed,
             error_class: Some(class),
             error_kind: Some(kind.into()),
             error: Some(why.to_owned()),
@@ -383,7 +385,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         Err(message) => {
             let why = format!("the step's prompt or inputs cannot be rendered: {message}");
             let record = AttemptRecord {
-                outcome: "failed".into(),
+                outcome: AttemptEnd::Failed,
                 error_class: Some(ErrorClass::Permanent),
                 error_kind: Some("config".into()),
                 error: Some(why.clone()),
@@ -575,7 +577,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     }
 
     let mut record = AttemptRecord {
-        outcome: "succeeded".into(),
+        outcome: AttemptEnd::Succeeded,
         output_excerpt: Some(excerpt(&outcome.output.text)),
         duration_ms: outcome.duration.as_millis() as i64,
         ran: true,
@@ -593,11 +595,11 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     }
     if let Some(f) = &outcome.failure {
         record.outcome = if matches!(f.kind, FailureKind::Timeout | FailureKind::IdleTimeout) {
-            "timed_out".into()
+            AttemptEnd::TimedOut
         } else if f.kind == FailureKind::Cancelled {
-            "cancelled".into()
+            AttemptEnd::Cancelled
         } else {
-            "failed".into()
+            AttemptEnd::Failed
         };
         record.error_class = Some(f.class);
         // A verdict that did not parse after its repair turn: its own kind
@@ -617,7 +619,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             return false;
         }
         (Some(StopReason::Shutdown), _) => {
-            record.outcome = "cancelled".into();
+            record.outcome = AttemptEnd::Cancelled;
             (
                 StepNext::Retry { run_at: now_ms() },
                 "released",
@@ -625,7 +627,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             )
         }
         (Some(why @ (StopReason::Cancelled | StopReason::TimedOut)), _) => {
-            record.outcome = "cancelled".into();
+            record.outcome = AttemptEnd::Cancelled;
             let (state, text) = if why == StopReason::TimedOut {
                 (StepState::TimedOut, "the run's time limit passed")
             } else {
@@ -644,7 +646,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         (None, None) if refusal.is_some() => {
             inner.breakers.record(&agent_name, false);
             let why = refusal.unwrap_or_default();
-            record.outcome = "failed".into();
+            record.outcome = AttemptEnd::Failed;
             record.error = Some(why.clone());
             (
                 StepNext::Finish {
@@ -702,7 +704,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         &workflow,
         &step.step,
         &agent_name,
-        &record.outcome,
+        record.outcome.as_str(),
         record.duration_ms,
         record
             .error_class

@@ -71,9 +71,9 @@ pub use postgres::PgStore;
 pub use reports::{ReportCandidate, ReportOutcome};
 pub use retention::{Cutoffs, DatabaseSize, PruneCounts, Retention, RetentionSettings};
 pub use runs::{
-    AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun, DesiredState,
-    Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState, StepChange,
-    StepFinish, StepNext, StepRecord, StepState,
+    AttemptEnd, AttemptRecord, AttemptRow, ClaimLimits, ClaimedStep, ControlOutcome, CreatedRun,
+    DesiredState, Lease, NewRun, NewStep, Plan, Planner, Run, RunEvent, RunSnapshot, RunState,
+    StepChange, StepFinish, StepNext, StepRecord, StepState,
 };
 pub use spend::{AgentSpend, Spend, SpendRow};
 pub use sqlite::SqliteStore;

@@ -1026,7 +1026,7 @@ async fn finish_in(
              WHERE step_row = $9 AND number = $10 AND lease_token = $11 AND outcome IS NULL",
         )
         .bind(now)
-        .bind(&a.outcome)
+        .bind(a.outcome.as_str())
         .bind(a.error_class.map(crate::agent::ErrorClass::as_str))
         .bind(&a.error_kind)
         .bind(&a.error)

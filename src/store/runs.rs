@@ -81,6 +81,39 @@ impl RunState {
 }
 
 state_enum! {
+    /// How an attempt ended (`attempts.outcome`; `NULL` while it runs).
+    AttemptEnd {
+        /// The agent did the work.
+        Succeeded = "succeeded",
+        /// The agent failed, or the attempt could not start.
+        Failed = "failed",
+        /// Its time limit or idle limit passed.
+        TimedOut = "timed_out",
+        /// The run was cancelled or timed out meanwhile.
+        Cancelled = "cancelled",
+        /// Its lease ran out without a result (the worker died).
+        Lost = "lost",
+    }
+}
+
+/// An attempt record nobody filled in failed.
+impl Default for AttemptEnd {
+    fn default() -> Self {
+        AttemptEnd::Failed
+    }
+}
+
+/// Reads `attempts.outcome` (SQLite); other text is an error.
+impl rusqlite::types::FromSql for AttemptEnd {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        AttemptEnd::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown attempt outcome `{text}`").into())
+        })
+    }
+}
+
+state_enum! {
     /// What was asked of a run (by control operations and timeouts); the
     /// engine moves the run's [`RunState`] toward it.
     DesiredState {
@@ -434,8 +467,8 @@ pub struct ClaimedStep {
 /// How an attempt ended, for the `attempts` table.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttemptRecord {
-    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: AttemptEnd,
     /// Whether retrying can help, for failures.
     pub error_class: Option<crate::agent::ErrorClass>,
     /// The failure kind (`timeout`, `busy`, …).
@@ -538,8 +571,8 @@ pub struct AttemptRow {
     pub started_at: i64,
     /// Epoch ms.
     pub finished_at: Option<i64>,
-    /// `succeeded`, `failed`, `timed_out`, `cancelled`, `lost`, or `None` while running.
-    pub outcome: Option<String>,
+    /// How it ended; `None` while it runs.
+    pub outcome: Option<AttemptEnd>,
     /// Whether retrying could have helped, for failures.
     pub error_class: Option<crate::agent::ErrorClass>,
     /// Failure message.

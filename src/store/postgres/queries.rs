@@ -123,6 +123,15 @@ impl Queries for PgStore {
                         }
                     })?),
                 };
+                let outcome = match r.7.as_deref() {
+                    None => None,
+                    Some(text) => Some(crate::store::AttemptEnd::parse(text).ok_or_else(|| {
+                        StoreError::Corrupt {
+                            table: "attempts",
+                            detail: format!("unknown attempt outcome `{text}`"),
+                        }
+                    })?),
+                };
                 Ok(AttemptRow {
                     run_id: RunId(r.0),
                     step: r.1,
@@ -131,7 +140,7 @@ impl Queries for PgStore {
                     lease_token: r.4,
                     started_at: r.5,
                     finished_at: r.6,
-                    outcome: r.7,
+                    outcome,
                     error_class,
                     error: r.9,
                     duration_ms: r.10,

@@ -150,7 +150,7 @@ pub(super) fn finish(
         )?
         .execute(params![
             now,
-            a.outcome,
+            a.outcome.as_str(),
             a.error_class.map(crate::agent::ErrorClass::as_str),
             a.error_kind,
             a.error,

@@ -259,13 +259,7 @@ async fn a_repository_can_turn_a_workflow_off_and_a_push_refreshes_it() {
         .await
         .unwrap();
     assert_eq!(h, Handled::Ignored("push: nothing to do".into()));
-    assert!(
-        w.t.store
-            .repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(w.t.store.repo_config(&repo()).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -605,10 +599,7 @@ async fn a_repository_can_change_triggers_and_agents() {
         .unwrap();
     assert!(matches!(h, Handled::Ignored(_)), "{h:?}");
 
-    w.t.store
-        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
-        .await
-        .unwrap();
+    w.t.store.forget_repo_config(&repo()).await.unwrap();
     w.github.set_file(
         &repo(),
         repo_config::PATH,
@@ -624,10 +615,7 @@ async fn a_repository_can_change_triggers_and_agents() {
         "only `closed` starts it now: {h:?}"
     );
 
-    w.t.store
-        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
-        .await
-        .unwrap();
+    w.t.store.forget_repo_config(&repo()).await.unwrap();
     w.github.set_file(
         &repo(),
         repo_config::PATH,
@@ -645,10 +633,7 @@ async fn a_repository_can_change_triggers_and_agents() {
 
     // Verdict rules: the file's `verdicts:` for every workflow, then the
     // workflow's own; the run keeps them.
-    w.t.store
-        .forget_repo_config(&taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap())
-        .await
-        .unwrap();
+    w.t.store.forget_repo_config(&repo()).await.unwrap();
     w.github.set_file(
         &repo(),
         repo_config::PATH,

@@ -12,6 +12,11 @@
 
 mod harness;
 
+/// The repository of the fixtures' payloads.
+fn hello_world() -> taskmaster::github::RepoName {
+    taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap()
+}
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -233,14 +238,7 @@ async fn open_store(db: &Path) -> SqliteStore {
 
 /// The state and step states of the newest run.
 async fn newest_run(store: &SqliteStore) -> Option<(String, Vec<(String, String)>, bool)> {
-    let ids = store
-        .subject_runs(
-            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
-            2,
-            1,
-        )
-        .await
-        .unwrap();
+    let ids = store.subject_runs(&hello_world(), 2, 1).await.unwrap();
     let snap = store.run(*ids.first()?).await.unwrap()?;
     Some((
         snap.run.state.to_string(),
@@ -454,14 +452,7 @@ async fn a_fork_pull_request_runs_nothing_until_approved() {
     assert!(run.2, "the run waits for approval");
     assert_eq!(run.0, "queued");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids = store
-        .subject_runs(
-            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
-            2,
-            1,
-        )
-        .await
-        .unwrap();
+    let ids = store.subject_runs(&hello_world(), 2, 1).await.unwrap();
     assert!(
         store.attempts(ids[0]).await.unwrap().is_empty(),
         "nothing reached an agent before approval"
@@ -547,14 +538,7 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
         newest_run(&store).await.is_some_and(|r| r.0 == "failed")
     })
     .await;
-    let first = store
-        .subject_runs(
-            &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
-            2,
-            1,
-        )
-        .await
-        .unwrap()[0];
+    let first = store.subject_runs(&hello_world(), 2, 1).await.unwrap()[0];
 
     // A reader presses "Retry failed": refused, with a reply on the PR.
     let button = check_event("check_run.requested_action", "reader", |v| {
@@ -591,14 +575,7 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
     })
     .await;
     assert_eq!(
-        store
-            .subject_runs(
-                &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
-                2,
-                10
-            )
-            .await
-            .unwrap(),
+        store.subject_runs(&hello_world(), 2, 10).await.unwrap(),
         [first],
         "a retry, not a new run"
     );
@@ -612,14 +589,7 @@ async fn re_runs_and_buttons_from_github_act_on_our_runs() {
     });
     deliver(&service, "check_suite", "rr-suite-1", &suite).await;
     wait_for("a fresh run to succeed", &service, || async {
-        let ids = store
-            .subject_runs(
-                &taskmaster::github::RepoName::parse("Codertocat/Hello-World").unwrap(),
-                2,
-                10,
-            )
-            .await
-            .unwrap();
+        let ids = store.subject_runs(&hello_world(), 2, 10).await.unwrap();
         ids.len() == 2 && newest_run(&store).await.is_some_and(|r| r.0 == "succeeded")
     })
     .await;

@@ -35,10 +35,7 @@ async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
     store
         .update_installation_repositories(
             InstallationId(7),
-            &[
-                taskmaster::github::RepoName::parse("o/b").unwrap(),
-                taskmaster::github::RepoName::parse("o/a").unwrap(),
-            ],
+            &[backends::repo("o/b"), backends::repo("o/a")],
             &[],
         )
         .await
@@ -46,8 +43,8 @@ async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
     store
         .update_installation_repositories(
             InstallationId(7),
-            &[taskmaster::github::RepoName::parse("o/a").unwrap()],
-            &[taskmaster::github::RepoName::parse("o/b").unwrap()],
+            &[backends::repo("o/a")],
+            &[backends::repo("o/b")],
         )
         .await
         .unwrap();
@@ -56,17 +53,14 @@ async fn installations_keep_their_latest_state_and_repositories(b: Backend) {
             .installation_repositories(InstallationId(7))
             .await
             .unwrap(),
-        vec![taskmaster::github::RepoName::parse("o/a").unwrap()]
+        vec![backends::repo("o/a")]
     );
 }
 
 async fn repo_config_cache_is_replaced_and_forgotten(b: Backend) {
     let store = &b.store;
     assert_eq!(
-        store
-            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
-            .await
-            .unwrap(),
+        store.repo_config(&backends::repo("o/r")).await.unwrap(),
         None
     );
     let first = RepoConfigRecord {
@@ -75,7 +69,7 @@ async fn repo_config_cache_is_replaced_and_forgotten(b: Backend) {
         fetched_at: 10,
     };
     store
-        .set_repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap(), &first)
+        .set_repo_config(&backends::repo("o/r"), &first)
         .await
         .unwrap();
     let second = RepoConfigRecord {
@@ -84,28 +78,19 @@ async fn repo_config_cache_is_replaced_and_forgotten(b: Backend) {
         fetched_at: 20,
     };
     store
-        .set_repo_config(
-            &taskmaster::github::RepoName::parse("o/r").unwrap(),
-            &second,
-        )
+        .set_repo_config(&backends::repo("o/r"), &second)
         .await
         .unwrap();
     assert_eq!(
-        store
-            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
-            .await
-            .unwrap(),
+        store.repo_config(&backends::repo("o/r")).await.unwrap(),
         Some(second)
     );
     store
-        .forget_repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
+        .forget_repo_config(&backends::repo("o/r"))
         .await
         .unwrap();
     assert_eq!(
-        store
-            .repo_config(&taskmaster::github::RepoName::parse("o/r").unwrap())
-            .await
-            .unwrap(),
+        store.repo_config(&backends::repo("o/r")).await.unwrap(),
         None
     );
 }

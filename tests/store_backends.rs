@@ -937,36 +937,22 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     // Sticky comments: one per subject, replaced.
     assert_eq!(
         store
-            .sticky_comment(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                7
-            )
+            .sticky_comment(&backends::repo("octo/repo"), 7)
             .await
             .unwrap(),
         None
     );
     store
-        .set_sticky_comment(
-            &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-            7,
-            1,
-        )
+        .set_sticky_comment(&backends::repo("octo/repo"), 7, 1)
         .await
         .unwrap();
     store
-        .set_sticky_comment(
-            &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-            7,
-            2,
-        )
+        .set_sticky_comment(&backends::repo("octo/repo"), 7, 2)
         .await
         .unwrap();
     assert_eq!(
         store
-            .sticky_comment(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                7
-            )
+            .sticky_comment(&backends::repo("octo/repo"), 7)
             .await
             .unwrap(),
         Some(2)
@@ -987,22 +973,14 @@ async fn reports_and_sticky_comments_are_recorded(b: Backend) {
     assert_eq!(order, vec![second, run], "the new run's first report first");
     assert_eq!(
         store
-            .subject_runs(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                7,
-                10
-            )
+            .subject_runs(&backends::repo("octo/repo"), 7, 10)
             .await
             .unwrap(),
         vec![second, run]
     );
     assert_eq!(
         store
-            .subject_runs(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                7,
-                1
-            )
+            .subject_runs(&backends::repo("octo/repo"), 7, 1)
             .await
             .unwrap(),
         vec![second]
@@ -1254,20 +1232,14 @@ async fn approval_gates_claims_and_runs_are_found_by_commit(b: Backend) {
     assert!(kinds.contains(&"approval_required".into()) && kinds.contains(&"run_approved".into()));
     assert_eq!(
         store
-            .runs_for_commit(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                "abc123"
-            )
+            .runs_for_commit(&backends::repo("octo/repo"), "abc123")
             .await
             .unwrap(),
         vec![run]
     );
     assert!(
         store
-            .runs_for_commit(
-                &taskmaster::github::RepoName::parse("octo/repo").unwrap(),
-                "other"
-            )
+            .runs_for_commit(&backends::repo("octo/repo"), "other")
             .await
             .unwrap()
             .is_empty()
@@ -1464,14 +1436,14 @@ async fn operator_api_records_tokens_tasks_validations_and_counts(b: Backend) {
     assert_eq!(page[0].id, r1);
     assert_eq!(
         store
-            .installation_for_repository(&taskmaster::github::RepoName::parse("octo/repo").unwrap())
+            .installation_for_repository(&backends::repo("octo/repo"))
             .await
             .unwrap(),
         Some(taskmaster::ids::InstallationId(42))
     );
     assert_eq!(
         store
-            .installation_for_repository(&taskmaster::github::RepoName::parse("x/y").unwrap())
+            .installation_for_repository(&backends::repo("x/y"))
             .await
             .unwrap(),
         None

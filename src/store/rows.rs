@@ -704,6 +704,19 @@ impl TryFrom<ValidationRow> for ValidationRecord {
     }
 }
 
+/// A nullable column of `table` holding `what`'s stored name, read back as
+/// the enum `parse` gives; a name it does not know is a [`StoreError::Corrupt`]
+/// row (what rusqlite's `FromSql` impls do for SQLite).
+pub(in crate::store) fn parse_named<T>(
+    table: &'static str,
+    what: &str,
+    text: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    text.map(|t| parse(t).ok_or_else(|| corrupt(table, format!("unknown {what} `{t}`"))))
+        .transpose()
+}
+
 /// Repository names read back from `table`'s `repository` column; a value
 /// that is not `owner/name` is a [`StoreError::Corrupt`] row.
 pub(crate) fn repo_names(
@@ -711,11 +724,6 @@ pub(crate) fn repo_names(
     rows: impl IntoIterator<Item = String>,
 ) -> Result<Vec<super::RepoName>, StoreError> {
     rows.into_iter()
-        .map(|text| {
-            super::RepoName::parse(&text).map_err(|e| StoreError::Corrupt {
-                table,
-                detail: e.to_string(),
-            })
-        })
+        .map(|text| super::RepoName::parse(&text).map_err(|e| corrupt(table, e.to_string())))
         .collect()
 }

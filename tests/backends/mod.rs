@@ -18,6 +18,12 @@ use sqlx::postgres::PgConnectOptions;
 use taskmaster::store::prelude::*;
 use taskmaster::store::{PgStore, PoolSettings, SqliteStore, Store};
 
+/// A repository name for the store's lookups (`owner/name`; panics on
+/// anything else).
+pub fn repo(full_name: &str) -> taskmaster::github::RepoName {
+    taskmaster::github::RepoName::parse(full_name).expect("owner/name")
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

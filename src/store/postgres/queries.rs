@@ -114,24 +114,19 @@ impl Queries for PgStore {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let error_class = match r.8.as_deref() {
-                    None => None,
-                    Some(text) => Some(crate::agent::ErrorClass::parse(text).ok_or_else(|| {
-                        StoreError::Corrupt {
-                            table: "attempts",
-                            detail: format!("unknown error class `{text}`"),
-                        }
-                    })?),
-                };
-                let outcome = match r.7.as_deref() {
-                    None => None,
-                    Some(text) => Some(crate::store::AttemptEnd::parse(text).ok_or_else(|| {
-                        StoreError::Corrupt {
-                            table: "attempts",
-                            detail: format!("unknown attempt outcome `{text}`"),
-                        }
-                    })?),
-                };
+                use crate::store::rows::parse_named;
+                let outcome = parse_named(
+                    "attempts",
+                    "attempt outcome",
+                    r.7.as_deref(),
+                    crate::store::AttemptEnd::parse,
+                )?;
+                let error_class = parse_named(
+                    "attempts",
+                    "error class",
+                    r.8.as_deref(),
+                    crate::agent::ErrorClass::parse,
+                )?;
                 Ok(AttemptRow {
                     run_id: RunId(r.0),
                     step: r.1,

@@ -101,7 +101,7 @@ impl AppRecords for PgStore {
         let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
             "SELECT body, error, fetched_at FROM repo_configs WHERE repository = $1",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
@@ -123,7 +123,7 @@ impl AppRecords for PgStore {
              ON CONFLICT (repository) DO UPDATE SET body = EXCLUDED.body, \
              error = EXCLUDED.error, fetched_at = EXCLUDED.fetched_at",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .bind(record.body.clone())
         .bind(record.error.clone())
         .bind(record.fetched_at)
@@ -135,7 +135,7 @@ impl AppRecords for PgStore {
     async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError> {
         let repository = repository.to_string();
         sqlx::query("DELETE FROM repo_configs WHERE repository = $1")
-            .bind(repository.to_owned())
+            .bind(&repository)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -154,7 +154,7 @@ impl Reports for PgStore {
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT comment_id FROM sticky_comments WHERE repository = $1 AND subject_number = $2",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
@@ -173,7 +173,7 @@ impl Reports for PgStore {
              VALUES ($1, $2, $3) ON CONFLICT (repository, subject_number) \
              DO UPDATE SET comment_id = EXCLUDED.comment_id",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .bind(number)
         .bind(comment_id)
         .execute(&self.pool)
@@ -192,7 +192,7 @@ impl Reports for PgStore {
             "SELECT id FROM runs WHERE repository = $1 AND subject_number = $2 \
              ORDER BY id DESC LIMIT $3",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .bind(number)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -209,7 +209,7 @@ impl Reports for PgStore {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND head_sha = $2 ORDER BY id",
         )
-        .bind(repository.to_owned())
+        .bind(&repository)
         .bind(head_sha.to_owned())
         .fetch_all(&self.pool)
         .await?;

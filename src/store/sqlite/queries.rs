@@ -140,7 +140,7 @@ impl Queries for SqliteStore {
             .read_row(
                 "SELECT COUNT(*) FROM runs WHERE repository = ?1 AND subject_number = ?2 \
                  AND created_at >= ?3",
-                (repository.to_owned(), number, since),
+                (repository, number, since),
                 |r| r.get::<_, i64>(0),
             )
             .await?;

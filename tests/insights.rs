@@ -16,7 +16,7 @@ use engine_support::{fast_config, pr_payload, workflows};
 use taskmaster::engine::{AgentMap, Engine, WorkflowPlanner};
 use taskmaster::insights::predict::{Basis, Prediction};
 use taskmaster::store::prelude::*;
-use taskmaster::store::{AttemptRecord, ClaimLimits, StepNext, StepState};
+use taskmaster::store::{AttemptEnd, AttemptRecord, ClaimLimits, RunState, StepNext, StepState};
 
 /// `test` needs `lint` but never reads it; both run on `worker`.
 const CHECKS: &str = r#"
@@ -293,6 +293,20 @@ async fn history_predictions_and_the_report(b: Backend) {
     .await
     .unwrap();
     assert!(other.analytics.workflows.is_empty() && other.advice.is_empty());
+
+    // States and outcomes come back as enums (the schema's CHECK
+    // constraints keep any other name out of both databases).
+    assert!(
+        history.runs[1..]
+            .iter()
+            .all(|r| r.state == RunState::Succeeded)
+    );
+    let failed = history
+        .attempts
+        .iter()
+        .filter(|a| a.outcome == Some(AttemptEnd::Failed))
+        .count();
+    assert_eq!(failed, 3);
 }
 
 both_backends!(history_predictions_and_the_report);

@@ -334,6 +334,7 @@ mod tests {
     use super::super::tests::{attempt, run};
     use super::super::{History, analyze};
     use super::*;
+    use crate::store::RunState;
 
     fn config(step: &str) -> StepConfig {
         StepConfig {
@@ -506,7 +507,7 @@ mod tests {
     fn superseded_runs_and_concentrated_spend_are_named() {
         let mut h = steady(12, 60_000);
         for r in h.runs.iter_mut().take(6) {
-            r.state = "cancelled".into();
+            r.state = RunState::Cancelled;
             r.conclusion = Some("superseded by run 99 in concurrency group `pr-1`".into());
         }
         for i in 1..=12 {

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::store::{AttemptEnd, RunState};
+
 /// One run, as history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunFact {
@@ -29,7 +31,7 @@ pub struct RunFact {
     pub workflow: String,
     pub repository: Option<String>,
     /// `queued`, `running`, `paused`, `succeeded`, `failed`, `cancelled`, `timed_out`.
-    pub state: String,
+    pub state: RunState,
     pub conclusion: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -41,7 +43,7 @@ pub struct RunFact {
 impl RunFact {
     /// Whether a newer run of its concurrency group cancelled it.
     pub fn superseded(&self) -> bool {
-        self.state == "cancelled"
+        self.state == RunState::Cancelled
             && self
                 .conclusion
                 .as_deref()
@@ -73,7 +75,7 @@ pub struct AttemptFact {
     pub started_at: i64,
     pub finished_at: Option<i64>,
     /// `succeeded`, `failed`, `timed_out`, `cancelled`, `lost`; absent while running.
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptEnd>,
     /// What went wrong (`agent`, `timeout`, `idle_timeout`, `unreachable`, …).
     pub error_kind: Option<String>,
     pub error: Option<String>,
@@ -83,15 +85,18 @@ pub struct AttemptFact {
 
 impl AttemptFact {
     fn succeeded(&self) -> bool {
-        self.outcome.as_deref() == Some("succeeded")
+        self.outcome == Some(AttemptEnd::Succeeded)
     }
 
     fn failed(&self) -> bool {
-        matches!(self.outcome.as_deref(), Some("failed" | "timed_out"))
+        matches!(
+            self.outcome,
+            Some(AttemptEnd::Failed | AttemptEnd::TimedOut)
+        )
     }
 
     fn timed_out(&self) -> bool {
-        self.outcome.as_deref() == Some("timed_out")
+        self.outcome == Some(AttemptEnd::TimedOut)
             || matches!(self.error_kind.as_deref(), Some("timeout" | "idle_timeout"))
     }
 
@@ -289,19 +294,23 @@ pub fn normalise(message: &str) -> String {
 }
 
 fn group(name: String, runs: &[&RunFact]) -> RunGroup {
-    let ended = |s: &str| matches!(s, "succeeded" | "failed" | "timed_out");
-    let succeeded = runs.iter().filter(|r| r.state == "succeeded").count();
+    let failed = |s: RunState| matches!(s, RunState::Failed | RunState::TimedOut);
+    let ended = |s: RunState| s == RunState::Succeeded || failed(s);
+    let succeeded = runs
+        .iter()
+        .filter(|r| r.state == RunState::Succeeded)
+        .count();
     RunGroup {
         name,
         runs: runs.len(),
         succeeded,
-        failed: runs
+        failed: runs.iter().filter(|r| failed(r.state)).count(),
+        cancelled: runs
             .iter()
-            .filter(|r| matches!(r.state.as_str(), "failed" | "timed_out"))
+            .filter(|r| r.state == RunState::Cancelled)
             .count(),
-        cancelled: runs.iter().filter(|r| r.state == "cancelled").count(),
         superseded: runs.iter().filter(|r| r.superseded()).count(),
-        success_rate: rate(succeeded, runs.iter().filter(|r| ended(&r.state)).count()),
+        success_rate: rate(succeeded, runs.iter().filter(|r| ended(r.state)).count()),
         duration: Durations::of(
             runs.iter()
                 .filter_map(|r| Some(r.finished_at? - r.created_at))
@@ -562,7 +571,7 @@ pub(crate) mod tests {
             id,
             workflow: workflow.into(),
             repository: Some("octo/widgets".into()),
-            state: state.into(),
+            state: RunState::parse(state).expect("a run state"),
             conclusion: None,
             created_at: created,
             started_at: Some(created + 1_000),
@@ -588,7 +597,7 @@ pub(crate) mod tests {
             primary_agent: "claude".into(),
             started_at: 0,
             finished_at: Some(ms),
-            outcome: Some(outcome.into()),
+            outcome: Some(AttemptEnd::parse(outcome).expect("an attempt outcome")),
             error_kind: (outcome != "succeeded").then(|| "agent".into()),
             error: (outcome != "succeeded").then(|| format!("exit status 1 after {ms} ms")),
             duration_ms: Some(ms),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Durations, History, percentile};
+use crate::store::RunState;
 
 /// Samples of one repository needed before its own history is used.
 pub const MIN_REPOSITORY_SAMPLES: usize = 5;
@@ -375,7 +376,7 @@ pub fn accuracy(history: &History, workflow: &str, dag: &[DagStep]) -> Accuracy 
     let runs: Vec<_> = history
         .runs
         .iter()
-        .filter(|r| r.workflow == workflow && r.state == "succeeded")
+        .filter(|r| r.workflow == workflow && r.state == RunState::Succeeded)
         .filter_map(|r| Some((r, r.work_ms()?)))
         .filter(|(_, ms)| *ms > 0)
         .take(ACCURACY_RUNS)
@@ -407,6 +408,7 @@ pub fn accuracy(history: &History, workflow: &str, dag: &[DagStep]) -> Accuracy 
 mod tests {
     use super::super::{AttemptFact, RunFact};
     use super::*;
+    use crate::store::AttemptEnd;
 
     fn step(id: &str, needs: &[&str], agent: &str) -> DagStep {
         DagStep {
@@ -450,7 +452,7 @@ mod tests {
                 id,
                 workflow: "review".into(),
                 repository: Some("octo/widgets".into()),
-                state: "succeeded".into(),
+                state: RunState::Succeeded,
                 conclusion: None,
                 created_at: id * 1_000_000,
                 started_at: Some(id * 1_000_000),
@@ -467,7 +469,7 @@ mod tests {
                     primary_agent: "claude".into(),
                     started_at: 0,
                     finished_at: Some(d(s)),
-                    outcome: Some("succeeded".into()),
+                    outcome: Some(AttemptEnd::Succeeded),
                     error_kind: None,
                     error: None,
                     duration_ms: Some(d(s)),

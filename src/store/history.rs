@@ -112,9 +112,18 @@ pub(in crate::store) type AttemptTuple = (
     Option<f64>,
 );
 
-/// An attempt row as a fact.
-pub(in crate::store) fn attempt_fact(t: AttemptTuple) -> AttemptFact {
-    AttemptFact {
+/// An attempt row as a fact; an outcome that is not an [`AttemptEnd`]'s
+/// name is a [`StoreError::Corrupt`] row.
+///
+/// [`AttemptEnd`]: super::AttemptEnd
+pub(in crate::store) fn attempt_fact(t: AttemptTuple) -> Result<AttemptFact, StoreError> {
+    let outcome = super::rows::parse_named(
+        "attempts",
+        "attempt outcome",
+        t.8.as_deref(),
+        super::AttemptEnd::parse,
+    )?;
+    Ok(AttemptFact {
         run_id: t.0,
         workflow: t.1,
         step: t.2,
@@ -123,12 +132,12 @@ pub(in crate::store) fn attempt_fact(t: AttemptTuple) -> AttemptFact {
         primary_agent: t.5,
         started_at: t.6,
         finished_at: t.7,
-        outcome: t.8,
+        outcome,
         error_kind: t.9,
         error: t.10,
         duration_ms: t.11,
         cost_usd: t.12,
-    }
+    })
 }
 
 /// A row of [`HISTORY_RUNS`]: `(id, workflow, repository, state,
@@ -145,17 +154,22 @@ pub(in crate::store) type RunTuple = (
     f64,
 );
 
-/// A run row as a fact.
-pub(in crate::store) fn run_fact(t: RunTuple) -> RunFact {
-    RunFact {
+/// A run row as a fact; a state that is not a [`RunState`]'s name is a
+/// [`StoreError::Corrupt`] row.
+///
+/// [`RunState`]: super::RunState
+pub(in crate::store) fn run_fact(t: RunTuple) -> Result<RunFact, StoreError> {
+    let state = super::rows::parse_named("runs", "run state", Some(&t.3), super::RunState::parse)?
+        .expect("a state was given");
+    Ok(RunFact {
         id: t.0,
         workflow: t.1,
         repository: t.2,
-        state: t.3,
+        state,
         conclusion: t.4,
         created_at: t.5,
         started_at: t.6,
         finished_at: t.7,
         cost_usd: t.8,
-    }
+    })
 }

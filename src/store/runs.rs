@@ -17,12 +17,15 @@
 //!
 //! Times are Unix epoch milliseconds.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+/// A state or outcome stored as its name: `as_str`/`parse`, serde and the
+/// OpenAPI schema by the same names, and rusqlite's `FromSql` (another
+/// name is an error naming `$what`, so the row is reported corrupt).
 macro_rules! state_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+    ($(#[$m:meta])* $name:ident ($what:literal) { $($(#[$vm:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vm])* $variant),* }
 
@@ -46,13 +49,27 @@ macro_rules! state_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        /// Reads the stored name (SQLite); other text is an error.
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!(concat!("unknown ", $what, " `{}`"), text).into(),
+                    )
+                })
+            }
+        }
     };
 }
 
 state_enum! {
     /// Where a run stands. `queued → running → succeeded | failed | cancelled
     /// | timed_out`, with `paused` in between while a person asked for it.
-    RunState {
+    RunState ("run state") {
         /// Created; no step started yet.
         Queued = "queued",
         /// Steps are being worked on.
@@ -82,7 +99,7 @@ impl RunState {
 
 state_enum! {
     /// How an attempt ended (`attempts.outcome`; `NULL` while it runs).
-    AttemptEnd {
+    AttemptEnd ("attempt outcome") {
         /// The agent did the work.
         Succeeded = "succeeded",
         /// The agent failed, or the attempt could not start.
@@ -103,20 +120,10 @@ impl Default for AttemptEnd {
     }
 }
 
-/// Reads `attempts.outcome` (SQLite); other text is an error.
-impl rusqlite::types::FromSql for AttemptEnd {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let text = value.as_str()?;
-        AttemptEnd::parse(text).ok_or_else(|| {
-            rusqlite::types::FromSqlError::Other(format!("unknown attempt outcome `{text}`").into())
-        })
-    }
-}
-
 state_enum! {
     /// What was asked of a run (by control operations and timeouts); the
     /// engine moves the run's [`RunState`] toward it.
-    DesiredState {
+    DesiredState ("desired state") {
         /// Carry on.
         Running = "running",
         /// Start no new step.
@@ -139,7 +146,7 @@ state_enum! {
     /// Where a step stands. `pending` until its needs finish, then `ready`
     /// (or `skipped` when its `if:` is false), `running` under a lease, and
     /// one of the five end states.
-    StepState {
+    StepState ("step state") {
         /// Waiting for its needs.
         Pending = "pending",
         /// Waiting for a worker (and for `run_at`).

@@ -25,7 +25,10 @@ impl Histories for PgStore {
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-        let runs: Vec<_> = runs.into_iter().map(run_fact).collect();
+        let runs = runs
+            .into_iter()
+            .map(run_fact)
+            .collect::<Result<Vec<_>, _>>()?;
         let attempts: Vec<AttemptTuple> = match run_bounds(&runs) {
             None => Vec::new(),
             Some((oldest, newest)) => {
@@ -41,7 +44,10 @@ impl Histories for PgStore {
         Ok(History {
             since,
             runs,
-            attempts: attempts.into_iter().map(attempt_fact).collect(),
+            attempts: attempts
+                .into_iter()
+                .map(attempt_fact)
+                .collect::<Result<_, _>>()?,
         })
     }
 

@@ -512,12 +512,12 @@ impl Outbox {
     }
 
     async fn send_effect(&self, effect: &Effect) -> Result<(), GitHubError> {
-        let repo = RepoName::parse(&effect.repository)?;
+        let repo = &effect.repository;
         let installation = effect.installation_id.unwrap_or(InstallationId(0));
         match effect.kind {
             EffectKind::Comment => self
                 .github
-                .create_comment(installation, &repo, effect.target as u64, &effect.body)
+                .create_comment(installation, repo, effect.target as u64, &effect.body)
                 .await
                 .map(|_| ()),
             EffectKind::Reaction => {
@@ -531,7 +531,7 @@ impl Outbox {
                 self.github
                     .add_reaction(
                         installation,
-                        &repo,
+                        repo,
                         CommentId(effect.target as u64),
                         reaction,
                     )
@@ -561,10 +561,10 @@ impl Outbox {
         if report.subject != Subject::PullRequest || report.head_sha.is_none() {
             return Ok(false);
         }
-        let repo = RepoName::parse(&report.repository)?;
+        let repo = report_repository(&report)?;
         let installation = candidate.installation_id;
         let new = report.new_check_run()?;
-        let id = upsert_check_run(self.github.as_ref(), installation, &repo, None, &new).await?;
+        let id = upsert_check_run(self.github.as_ref(), installation, repo, None, &new).await?;
         self.store
             .record_check_run(candidate.run_id, id.0 as i64)
             .await?;
@@ -590,7 +590,7 @@ impl Outbox {
             .and_then(RunState::parse)
             .is_some_and(|s| s.is_terminal());
         report.annotate = snapshot.run.state.is_terminal() && !reported_terminal;
-        let repo = RepoName::parse(&report.repository)?;
+        let repo = report_repository(&report)?;
         let installation = candidate.installation_id;
         // A check run created from this very snapshot is up to date unless
         // the report carries more (annotations, a published change).
@@ -599,7 +599,7 @@ impl Outbox {
             let new = report.new_check_run()?;
             let known = candidate.check_run_id.map(|id| CheckRunId(id as u64));
             let id =
-                upsert_check_run(self.github.as_ref(), installation, &repo, known, &new).await?;
+                upsert_check_run(self.github.as_ref(), installation, repo, known, &new).await?;
             if known != Some(id) {
                 self.store
                     .record_check_run(candidate.run_id, id.0 as i64)
@@ -612,7 +612,7 @@ impl Outbox {
             if report.annotate
                 && report.verdict_rules.review_comments
                 && (report.has_verdicts || !report.findings.is_empty())
-                && let Err(e) = self.review_findings(installation, &repo, &report).await
+                && let Err(e) = self.review_findings(installation, repo, &report).await
             {
                 tracing::warn!(run_id = %candidate.run_id, error = %e,
                     "could not post the findings as a review; they are on the check run");
@@ -622,7 +622,7 @@ impl Outbox {
         let mut reports = Vec::new();
         for id in self
             .store
-            .subject_runs(&repo, number, RUNS_PER_COMMENT)
+            .subject_runs(repo, number, RUNS_PER_COMMENT)
             .await?
             .into_iter()
             .rev()
@@ -643,13 +643,13 @@ impl Outbox {
         let body = render_sticky_comment(&reports);
         let known = self
             .store
-            .sticky_comment(&repo, number)
+            .sticky_comment(repo, number)
             .await?
             .map(|id| CommentId(id as u64));
         let id = upsert_sticky_comment(
             self.github.as_ref(),
             installation,
-            &repo,
+            repo,
             report.number,
             known,
             STICKY_MARKER,
@@ -658,7 +658,7 @@ impl Outbox {
         .await?;
         if known != Some(id) {
             self.store
-                .set_sticky_comment(&repo, number, id.0 as i64)
+                .set_sticky_comment(repo, number, id.0 as i64)
                 .await?;
         }
         Ok(())
@@ -823,6 +823,19 @@ impl Outbox {
     }
 }
 
+/// The repository a report goes to.
+///
+/// # Errors
+/// [`GitHubError::InvalidInput`] for a run without a repository.
+fn report_repository(report: &RunReport) -> Result<&RepoName, GitHubError> {
+    report.repository.as_ref().ok_or_else(|| {
+        GitHubError::InvalidInput(format!(
+            "run {} has no repository to report to",
+            report.run_id
+        ))
+    })
+}
+
 /// A run's change as its report shows it.
 pub fn change_report(change: &RunChange) -> Option<ChangeReport> {
     use crate::store::{ChangeState, PublishTarget};
@@ -928,7 +941,7 @@ pub fn build_report(snapshot: &RunSnapshot, public_url: Option<&str>) -> RunRepo
     RunReport {
         run_id: run.id.to_string(),
         workflow: run.workflow.clone(),
-        repository: run.repository.clone().unwrap_or_default(),
+        repository: run.repository.clone(),
         number: run.subject_number.unwrap_or(0).max(0) as u64,
         subject,
         head_sha: run.head_sha.clone(),

@@ -138,8 +138,8 @@ pub struct RunReport {
     pub run_id: String,
     /// The workflow's name: the check run is `taskmaster / <workflow>`.
     pub workflow: String,
-    /// `owner/name`.
-    pub repository: String,
+    /// `owner/name`; `None` for a run without one (nothing to report to).
+    pub repository: Option<crate::github::RepoName>,
     /// The pull request or issue number.
     pub number: u64,
     pub subject: Subject,

@@ -27,7 +27,7 @@ fn run(state: RunState, output: &str) -> RunReport {
     RunReport {
         run_id: "run-17".into(),
         workflow: "review".into(),
-        repository: "octo/widgets".into(),
+        repository: "octo/widgets".parse().ok(),
         number: 7,
         subject: Subject::PullRequest,
         head_sha: Some(SHA.into()),

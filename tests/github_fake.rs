@@ -21,7 +21,7 @@ fn run(state: RunState) -> RunReport {
     RunReport {
         run_id: "run-1".into(),
         workflow: "review".into(),
-        repository: "octo/widgets".into(),
+        repository: "octo/widgets".parse().ok(),
         number: 3,
         subject: Subject::PullRequest,
         head_sha: Some("a".repeat(40)),

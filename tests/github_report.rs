@@ -33,7 +33,7 @@ fn report(state: RunState) -> RunReport {
     RunReport {
         run_id: "01J9ZK3V7Q".into(),
         workflow: "review".into(),
-        repository: "octo/widgets".into(),
+        repository: "octo/widgets".parse().ok(),
         number: 7,
         subject: Subject::PullRequest,
         head_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),

@@ -79,7 +79,7 @@ impl Fixture {
                 workflow: "review".into(),
                 delivery_id: delivery.into(),
                 event: "pull_request".into(),
-                repository: Some("octo/widgets".into()),
+                repository: Some("octo/widgets".parse().unwrap()),
                 subject_number: Some(number),
                 head_sha: Some("abc123def456".into()),
                 classification: None,

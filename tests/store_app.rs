@@ -100,7 +100,7 @@ fn effect(seq: i64, kind: EffectKind, body: &str) -> NewEffect {
         source: "delivery-1".into(),
         seq,
         installation_id: Some(InstallationId(3)),
-        repository: "o/r".into(),
+        repository: "o/r".parse().unwrap(),
         kind,
         target: 12,
         body: body.into(),

@@ -83,7 +83,7 @@ fn new_run(delivery: &str, workflow: &str, steps: &[(&str, &[&str])]) -> NewRun 
         workflow: workflow.into(),
         delivery_id: delivery.into(),
         event: "pull_request".into(),
-        repository: Some("octo/repo".into()),
+        repository: Some("octo/repo".parse().unwrap()),
         subject_number: Some(7),
         head_sha: None,
         classification: None,

@@ -132,7 +132,7 @@ impl From<Run> for RunView {
             workflow: r.workflow,
             delivery_id: r.delivery_id,
             event: r.event,
-            repository: r.repository,
+            repository: r.repository.map(String::from),
             subject_number: r.subject_number,
             head_sha: r.head_sha,
             checkout_sha: r.checkout_sha,

@@ -75,7 +75,7 @@ impl<'a> Effects<'a> {
             source: self.source.clone(),
             seq: self.next_seq,
             installation_id: self.inv.installation,
-            repository: self.inv.repository.to_string(),
+            repository: self.inv.repository.clone(),
             kind,
             target,
             body,
@@ -293,7 +293,7 @@ impl AppHandler {
                 && snap
                     .run
                     .repository
-                    .as_deref()
+                    .as_ref()
                     .is_some_and(|r| inv.repository == *r)
                 && keep(&snap.run)
             {

@@ -313,7 +313,7 @@ impl DeliveryHandler for AppHandler {
                 source: format!("config:{repository}:{error}"),
                 seq: 0,
                 installation_id: delivery.installation_id,
-                repository: repository.to_string(),
+                repository: repository.clone(),
                 kind: EffectKind::Comment,
                 target: number,
                 body: format!(

@@ -82,7 +82,7 @@ impl AppHandler {
             if snap
                 .run
                 .repository
-                .as_deref()
+                .as_ref()
                 .is_none_or(|r| repository != *r)
             {
                 continue;

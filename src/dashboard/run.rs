@@ -491,7 +491,7 @@ fn findings(
     let redactor = Redactor::default();
     let sha = run.checkout_sha.as_deref().or(run.head_sha.as_deref());
     let link = |f: &crate::verdict::Finding| -> Option<String> {
-        let repo = crate::github::RepoName::parse(run.repository.as_deref()?).ok()?;
+        let repo = run.repository.as_ref()?;
         let sha = sha.filter(|s| s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit()))?;
         let path: String = f
             .path

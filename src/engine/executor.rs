@@ -244,7 +244,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         .or_else(|| {
             subject
                 .as_deref()
-                .and_then(|e| e.repository().map(|r| r.full_name.to_string()))
+                .and_then(|e| e.repository().map(|r| r.full_name.clone()))
         });
     let installation = subject.as_deref().and_then(|e| e.installation_id());
     let budgets = super::budgets::of_run(&inner.config.budgets, snapshot.as_ref());

@@ -93,7 +93,7 @@ pub fn new_run(
         workflow: workflow.name.clone(),
         delivery_id: delivery_id.to_owned(),
         event: event.name().to_owned(),
-        repository: (!ctx.repository.is_empty()).then(|| ctx.repository.clone()),
+        repository: event.repository().map(|r| r.full_name.clone()),
         subject_number: number,
         head_sha,
         classification: classification.and_then(|c| serde_json::to_string(&c).ok()),
@@ -174,14 +174,11 @@ impl LoopBreaker {
         let (Some(repository), Some(number)) = (&first.repository, first.subject_number) else {
             return Ok(None);
         };
-        let Ok(repository) = crate::github::RepoName::parse(repository) else {
-            return Ok(None);
-        };
         if max == 0 {
             return Ok(None);
         }
         let recent = store
-            .subject_runs_since(&repository, number, now_ms() - HOUR_MS)
+            .subject_runs_since(repository, number, now_ms() - HOUR_MS)
             .await?;
         if recent + runs.len() as i64 > max {
             return Ok(Some(format!(

@@ -74,10 +74,16 @@ pub struct CommentId(pub u64);
 /// Both halves are checked to be non-empty and free of `/`, `?`, `#` and
 /// whitespace, so a name taken from a payload can be put into a request path
 /// without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// It is kept as its `owner/name` text, so it binds to SQL and reads as a
+/// `&str` ([`RepoName::as_str`], `Deref`) without a copy; it orders by
+/// owner, then name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RepoName {
-    owner: String,
-    name: String,
+    /// `owner/name`.
+    full: String,
+    /// Where the `/` is in `full`.
+    slash: usize,
 }
 
 impl RepoName {
@@ -94,8 +100,8 @@ impl RepoName {
         };
         if ok(owner) && ok(name) {
             Ok(Self {
-                owner: owner.to_owned(),
-                name: name.to_owned(),
+                full: format!("{owner}/{name}"),
+                slash: owner.len(),
             })
         } else {
             Err(GitHubError::InvalidInput(format!(
@@ -120,18 +126,78 @@ impl RepoName {
 
     /// The owner (user or organisation) login.
     pub fn owner(&self) -> &str {
-        &self.owner
+        &self.full[..self.slash]
     }
 
     /// The repository name without its owner.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.full[self.slash + 1..]
+    }
+
+    /// `owner/name`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl std::ops::Deref for RepoName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.full
+    }
+}
+
+/// Its `owner/name` text, without a copy.
+impl From<RepoName> for String {
+    fn from(repo: RepoName) -> String {
+        repo.full
+    }
+}
+
+impl Ord for RepoName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.owner(), self.name()).cmp(&(other.owner(), other.name()))
+    }
+}
+
+impl PartialOrd for RepoName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.owner, self.name)
+        f.write_str(&self.full)
+    }
+}
+
+/// Binds as its `owner/name` text (SQLite).
+impl rusqlite::ToSql for RepoName {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(self.full.as_bytes()),
+        ))
+    }
+}
+
+/// Binds as its `owner/name` text (PostgreSQL `TEXT`).
+impl sqlx::Type<sqlx::Postgres> for RepoName {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for RepoName {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<'q, sqlx::Postgres>>::encode_by_ref(&self.full.as_str(), buf)
     }
 }
 
@@ -145,7 +211,7 @@ impl std::str::FromStr for RepoName {
 impl PartialEq<str> for RepoName {
     /// Whether `full_name` is this repository's `owner/name`.
     fn eq(&self, full_name: &str) -> bool {
-        full_name.split_once('/') == Some((self.owner.as_str(), self.name.as_str()))
+        self.full == full_name
     }
 }
 
@@ -860,6 +926,23 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<RepoName>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_repository_name_reads_as_its_text_and_orders_by_owner_then_name() {
+        let name = RepoName::new("octo", "widgets").unwrap();
+        assert_eq!(name.as_str(), "octo/widgets");
+        assert_eq!(&*name, "octo/widgets");
+        assert_eq!((name.owner(), name.name()), ("octo", "widgets"));
+        assert_eq!(String::from(name.clone()), "octo/widgets");
+        // `-` sorts before `/` as text; as names, `a` is before `a-b`.
+        let mut names: Vec<RepoName> = ["a-b/x", "a/y", "a/x", "b/a"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        names.sort();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["a/x", "a/y", "a-b/x", "b/a"]);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub struct NewEffect {
     /// The installation whose token sends it (`None` in dry run without one).
     pub installation_id: Option<InstallationId>,
     /// `owner/name`.
-    pub repository: String,
+    pub repository: crate::github::RepoName,
     pub kind: EffectKind,
     /// Issue/PR number for a comment, comment id for a reaction.
     pub target: i64,
@@ -144,7 +144,7 @@ pub struct Effect {
     pub source: String,
     pub seq: i64,
     pub installation_id: Option<InstallationId>,
-    pub repository: String,
+    pub repository: crate::github::RepoName,
     pub kind: EffectKind,
     pub target: i64,
     pub body: String,

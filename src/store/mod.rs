@@ -136,7 +136,9 @@ pub struct NewDelivery {
     /// `X-GitHub-Hook-ID`, when sent.
     pub hook_id: Option<i64>,
     pub installation_id: Option<InstallationId>,
-    /// `owner/name`.
+    /// `owner/name` as the payload's envelope carried it, unchecked: a
+    /// delivery is kept whatever its payload says (the parsed event's
+    /// name is a checked [`RepoName`], and runs and effects carry that).
     pub repository: Option<String>,
     pub sender_id: Option<i64>,
     pub sender_login: Option<String>,
@@ -295,6 +297,7 @@ pub struct Delivery {
     pub action: Option<String>,
     pub hook_id: Option<i64>,
     pub installation_id: Option<InstallationId>,
+    /// As received, unchecked (see [`NewDelivery::repository`]).
     pub repository: Option<String>,
     pub sender_id: Option<i64>,
     pub sender_login: Option<String>,

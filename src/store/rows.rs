@@ -194,7 +194,10 @@ impl TryFrom<RunRow> for Run {
             workflow: r.workflow,
             delivery_id: r.delivery_id,
             event: r.event,
-            repository: r.repository,
+            repository: r
+                .repository
+                .map(|text| repo_name("runs", &text))
+                .transpose()?,
             subject_number: r.subject_number,
             head_sha: r.head_sha,
             classification: r.classification,
@@ -319,7 +322,7 @@ impl TryFrom<EffectRow> for Effect {
             source: row.source,
             seq: row.seq,
             installation_id: row.installation_id,
-            repository: row.repository,
+            repository: repo_name("github_effects", &row.repository)?,
             target: row.target,
             body: row.body,
             attempts: row.attempts,
@@ -717,13 +720,18 @@ pub(in crate::store) fn parse_named<T>(
         .transpose()
 }
 
-/// Repository names read back from `table`'s `repository` column; a value
+/// A repository name read back from `table`'s `repository` column; a value
 /// that is not `owner/name` is a [`StoreError::Corrupt`] row.
+pub(crate) fn repo_name(table: &'static str, text: &str) -> Result<super::RepoName, StoreError> {
+    super::RepoName::parse(text).map_err(|e| corrupt(table, e.to_string()))
+}
+
+/// [`repo_name`] of each row.
 pub(crate) fn repo_names(
     table: &'static str,
     rows: impl IntoIterator<Item = String>,
 ) -> Result<Vec<super::RepoName>, StoreError> {
     rows.into_iter()
-        .map(|text| super::RepoName::parse(&text).map_err(|e| corrupt(table, e.to_string())))
+        .map(|text| repo_name(table, &text))
         .collect()
 }

@@ -211,7 +211,7 @@ pub struct NewRun {
     /// The event name (`pull_request`).
     pub event: String,
     /// `owner/name`.
-    pub repository: Option<String>,
+    pub repository: Option<crate::github::RepoName>,
     /// The PR or issue number.
     pub subject_number: Option<i64>,
     /// The PR head commit.
@@ -287,7 +287,7 @@ pub struct Run {
     /// Event name.
     pub event: String,
     /// `owner/name`.
-    pub repository: Option<String>,
+    pub repository: Option<crate::github::RepoName>,
     /// PR or issue number.
     pub subject_number: Option<i64>,
     /// PR head commit.

@@ -152,7 +152,6 @@ impl Queries for PgStore {
         number: i64,
         since: i64,
     ) -> Result<i64, StoreError> {
-        let repository = repository.to_string();
         let (n,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM runs WHERE repository = $1 AND subject_number = $2 \
              AND created_at >= $3",

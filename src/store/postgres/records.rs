@@ -97,11 +97,10 @@ impl AppRecords for PgStore {
         &self,
         repository: &RepoName,
     ) -> Result<Option<RepoConfigRecord>, StoreError> {
-        let repository = repository.to_string();
         let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
             "SELECT body, error, fetched_at FROM repo_configs WHERE repository = $1",
         )
-        .bind(&repository)
+        .bind(repository)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(body, error, fetched_at)| RepoConfigRecord {
@@ -116,14 +115,13 @@ impl AppRecords for PgStore {
         repository: &RepoName,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError> {
-        let repository = repository.to_string();
         sqlx::query(
             "INSERT INTO repo_configs (repository, body, error, fetched_at) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (repository) DO UPDATE SET body = EXCLUDED.body, \
              error = EXCLUDED.error, fetched_at = EXCLUDED.fetched_at",
         )
-        .bind(&repository)
+        .bind(repository)
         .bind(record.body.clone())
         .bind(record.error.clone())
         .bind(record.fetched_at)
@@ -133,9 +131,8 @@ impl AppRecords for PgStore {
     }
 
     async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError> {
-        let repository = repository.to_string();
         sqlx::query("DELETE FROM repo_configs WHERE repository = $1")
-            .bind(&repository)
+            .bind(repository)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -145,8 +142,7 @@ impl AppRecords for PgStore {
         &self,
         repository: &RepoName,
     ) -> Result<Option<InstallationId>, StoreError> {
-        let repository = repository.to_string();
-        api::installation_for_repository(&self.pool, &repository).await
+        api::installation_for_repository(&self.pool, repository).await
     }
 }
 

@@ -150,11 +150,10 @@ impl Reports for PgStore {
         repository: &RepoName,
         number: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let repository = repository.to_string();
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT comment_id FROM sticky_comments WHERE repository = $1 AND subject_number = $2",
         )
-        .bind(&repository)
+        .bind(repository)
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
@@ -167,13 +166,12 @@ impl Reports for PgStore {
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError> {
-        let repository = repository.to_string();
         sqlx::query(
             "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
              VALUES ($1, $2, $3) ON CONFLICT (repository, subject_number) \
              DO UPDATE SET comment_id = EXCLUDED.comment_id",
         )
-        .bind(&repository)
+        .bind(repository)
         .bind(number)
         .bind(comment_id)
         .execute(&self.pool)
@@ -187,12 +185,11 @@ impl Reports for PgStore {
         number: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError> {
-        let repository = repository.to_string();
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND subject_number = $2 \
              ORDER BY id DESC LIMIT $3",
         )
-        .bind(&repository)
+        .bind(repository)
         .bind(number)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -205,11 +202,10 @@ impl Reports for PgStore {
         repository: &RepoName,
         head_sha: &str,
     ) -> Result<Vec<RunId>, StoreError> {
-        let repository = repository.to_string();
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM runs WHERE repository = $1 AND head_sha = $2 ORDER BY id",
         )
-        .bind(&repository)
+        .bind(repository)
         .bind(head_sha.to_owned())
         .fetch_all(&self.pool)
         .await?;

@@ -133,7 +133,7 @@ impl Queries for SqliteStore {
         number: i64,
         since: i64,
     ) -> Result<i64, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         // The dispatcher asks for every delivery that starts runs: on the
         // reader, like its other point lookups.
         let n = self

@@ -99,7 +99,7 @@ impl AppRecords for SqliteStore {
         &self,
         repository: &RepoName,
     ) -> Result<Option<RepoConfigRecord>, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         // Asked for every delivery the dispatcher routes: a point lookup.
         let row: Option<(Option<String>, Option<String>, i64)> = self
             .read(|conn| {
@@ -121,7 +121,7 @@ impl AppRecords for SqliteStore {
         repository: &RepoName,
         record: &RepoConfigRecord,
     ) -> Result<(), StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         self.write(|conn| {
             conn.exec(
                 "INSERT INTO repo_configs (repository, body, error, fetched_at) \
@@ -136,7 +136,7 @@ impl AppRecords for SqliteStore {
     }
 
     async fn forget_repo_config(&self, repository: &RepoName) -> Result<(), StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         self.write(|conn| {
             conn.exec(
                 "DELETE FROM repo_configs WHERE repository = ?1",
@@ -151,7 +151,7 @@ impl AppRecords for SqliteStore {
         &self,
         repository: &RepoName,
     ) -> Result<Option<InstallationId>, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         self.read(|conn| api::installation_for_repository(conn, &repository))
             .await
     }

@@ -138,7 +138,7 @@ impl Reports for SqliteStore {
         repository: &RepoName,
         number: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         let row: Option<(i64,)> = self
             .read(|conn| {
                 conn.opt(
@@ -157,7 +157,7 @@ impl Reports for SqliteStore {
         number: i64,
         comment_id: i64,
     ) -> Result<(), StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         self.write(|conn| {
             conn.exec(
                 "INSERT INTO sticky_comments (repository, subject_number, comment_id) \
@@ -176,7 +176,7 @@ impl Reports for SqliteStore {
         number: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(
@@ -194,7 +194,7 @@ impl Reports for SqliteStore {
         repository: &RepoName,
         head_sha: &str,
     ) -> Result<Vec<RunId>, StoreError> {
-        let repository = repository.to_string();
+        let repository = repository.clone();
         let rows: Vec<(i64,)> = self
             .scan(|conn| {
                 conn.all(

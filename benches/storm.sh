@@ -12,6 +12,9 @@
 #   memstore  taskmaster's intake path over a store that keeps nothing
 #   durable   the same over SQLite with an accept-all dispatcher: durable intake
 #             alone (these two bound what any durable design can reach here)
+#   journal   durable, behind an append-only intake journal (one fdatasync per
+#             group, a mover into SQLite): the design issue #23 asked to measure
+#             (JOURNAL_SKIP_MOVE=1 in the environment: the journal alone)
 # 16 connections, closed loop, SECONDS each. Then, open loop (a delivery
 # every 1/RATE s whatever the answers), the time from each 202 to the run's
 # first check run at GitHub, with one installation per repository (GitHub's
@@ -49,6 +52,7 @@ import json, sys
 d = json.loads(sys.stdin.readline())
 keys = ["target", "mode", "rate", "installations", "database", "rps", "p50_ms", "p99_ms", "errors", "refused",
         "first_check_p50_ms", "first_check_p99_ms", "first_check_runs", "first_check_missing", "settled_seconds", "lag_max_during_ms", "lag_max_after_ms",
+        "deliveries_stored", "stored_after_load_s",
         "steps_started_per_s", "runs", "runs_finished", "deliveries_not_yet_handled", "peak_rss_mb", "accounted"]
 print(json.dumps({k: (round(d[k], 1) if isinstance(d.get(k), float) else d.get(k)) for k in keys if k in d}))
 '
@@ -56,7 +60,7 @@ print(json.dumps({k: (round(d[k], 1) if isinstance(d.get(k), float) else d.get(k
 
 echo "# $(nproc) cores; ${SECONDS_EACH}s per load; $ROUNDS rounds; open loop at $RATE deliveries/s"
 for round in $(seq "$ROUNDS"); do
-  for target in idle probot storm memstore durable; do
+  for target in idle probot storm memstore durable journal; do
     extra=()
     case $target in idle|storm) reset_pg; extra=("${DB_ARGS[@]}") ;; esac
     "$BENCH" "$target" --seconds "$SECONDS_EACH" --settle 20 "${extra[@]}" | summary

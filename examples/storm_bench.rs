@@ -92,9 +92,9 @@ fn args() -> Args {
     assert!(
         matches!(
             a.target.as_str(),
-            "storm" | "idle" | "probot" | "memstore" | "durable" | "ceiling"
+            "storm" | "idle" | "probot" | "memstore" | "durable" | "journal" | "ceiling"
         ),
-        "usage: storm_bench storm|idle|probot|memstore|durable|ceiling [--seconds S] [--rate R] [--installations N] \
+        "usage: storm_bench storm|idle|probot|memstore|durable|journal|ceiling [--seconds S] [--rate R] [--installations N] \
          [--database-url URL] [--settle S] [--agent-ms N] [--github-ms N]"
     );
     a
@@ -359,22 +359,23 @@ fn start_probot(root: &Path, dir: &Path) -> Service {
 /// One of the project's reference servers, built beside this example:
 /// `memstore` (`examples/intake_memstore.rs`: taskmaster's whole intake path
 /// over a store that keeps nothing), `durable` (the same over SQLite with no
-/// dispatcher: durable intake alone) or `ceiling` (`examples/hmac_ceiling.rs`:
-/// the signature check alone). They bound what any durable design can reach
-/// under this load generator on this machine.
+/// dispatcher: durable intake alone), `journal` (durable intake behind an
+/// append-only journal, the design issue #23 asked to measure) or `ceiling`
+/// (`examples/hmac_ceiling.rs`: the signature check alone). They bound what
+/// any durable design can reach under this load generator on this machine.
 fn start_reference(target: &str, dir: &Path) -> Service {
     let port = free_port();
     let example = match target {
-        "memstore" | "durable" => "intake_memstore",
+        "memstore" | "durable" | "journal" => "intake_memstore",
         _ => "hmac_ceiling",
     };
     let binary = std::env::current_exe().unwrap().with_file_name(example);
     let mut command = Command::new(&binary);
-    if target == "durable" {
-        command.env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("durable.db").display()),
-        );
+    if matches!(target, "durable" | "journal") {
+        command.env("DATABASE_URL", reference_database(dir));
+    }
+    if target == "journal" {
+        command.env("JOURNAL", dir.join("intake.journal"));
     }
     let child = command
         .env("GITHUB_WEBHOOK_SECRET", SECRET)
@@ -389,6 +390,36 @@ fn start_reference(target: &str, dir: &Path) -> Service {
             )
         });
     Service { child, port }
+}
+
+/// The SQLite database of the `durable` and `journal` references.
+fn reference_database(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("durable.db").display())
+}
+
+/// For the references that store (`durable`, `journal`): waits until every
+/// accepted delivery is in the database (the journal's mover is behind
+/// its answers) or `settle` ran out; returns the count and the wait in s.
+async fn reference_stored(dir: &Path, accepted: u64, settle: f64) -> (u64, f64) {
+    let path = dir.join("durable.db");
+    let started = Instant::now();
+    loop {
+        let stored = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .unwrap_or(0) as u64;
+        let waited = started.elapsed().as_secs_f64();
+        if stored >= accepted || waited >= settle {
+            return (stored, waited);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -726,6 +757,12 @@ async fn main() {
             && check_posts == first_check.len();
         out["accounted"] = json!(ok);
     } else {
+        if matches!(a.target.as_str(), "durable" | "journal") {
+            let (stored, waited) = reference_stored(dir.as_path(), accepted, a.settle).await;
+            out["deliveries_stored"] = json!(stored);
+            out["stored_after_load_s"] = json!(waited);
+            out["accounted"] = json!(stored >= accepted && stored <= sent);
+        }
         out["peak_rss_mb"] = json!(service.peak_rss() as f64 / 1048576.0);
         service.stop();
     }

@@ -117,7 +117,7 @@ async fn main() {
         .unwrap();
     println!(
         "checkout of {files} files in {:.2} s",
-        made.duration_ms as f64 / 1000.0
+        made.duration.as_secs_f64()
     );
     // The agent's work: `changed` files edited, one added.
     for i in 0..changed {

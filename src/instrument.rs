@@ -92,9 +92,9 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// A run's workspace was made in `duration_ms`.
-pub fn workspace_created(duration_ms: u64) {
-    metrics::histogram!(WORKSPACE_SECONDS).record(duration_ms as f64 / 1000.0);
+/// A run's workspace was made in `took`.
+pub fn workspace_created(took: Duration) {
+    metrics::histogram!(WORKSPACE_SECONDS).record(took.as_secs_f64());
 }
 
 /// The server closed its oldest slow reader(s) to make room (`reason`:
@@ -116,10 +116,10 @@ pub fn delivery_rejected(elapsed: Duration) {
     metrics::histogram!(INTAKE_SECONDS, "outcome" => "rejected").record(elapsed.as_secs_f64());
 }
 
-/// A step was claimed `waited_ms` after it became due.
-pub fn step_claimed(workflow: &str, waited_ms: i64) {
+/// A step was claimed `waited` after it became due.
+pub fn step_claimed(workflow: &str, waited: Duration) {
     metrics::histogram!(DISPATCH_SECONDS, "workflow" => workflow.to_owned())
-        .record(waited_ms.max(0) as f64 / 1000.0);
+        .record(waited.as_secs_f64());
 }
 
 /// An attempt ended.

@@ -63,7 +63,8 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         attempt,
         run_started,
     } = claimed;
-    crate::instrument::step_claimed(&workflow, now_ms() - step.run_at);
+    let waited = u64::try_from(now_ms() - step.run_at).unwrap_or(0);
+    crate::instrument::step_claimed(&workflow, Duration::from_millis(waited));
     if run_started {
         engine.publish(Transition::Run {
             run_id: step.run_id,

@@ -54,12 +54,12 @@ pub(super) async fn prepare(
         return workspaces.scratch(run_id).map(Some);
     };
     let ws = workspaces.ensure(&request).await?;
-    if ws.duration_ms > 0 {
+    if !ws.duration.is_zero() {
         let mut detail = format!(
             "checked out {} of {} in {} ms ({:.1} MB; fetched {})",
             ws.sha,
             ws.full_name,
-            ws.duration_ms,
+            ws.duration.as_millis(),
             ws.size_bytes as f64 / 1e6,
             ws.fetched
         );
@@ -69,7 +69,7 @@ pub(super) async fn prepare(
                 ws.restored.join(", ")
             ));
         }
-        crate::instrument::workspace_created(ws.duration_ms);
+        crate::instrument::workspace_created(ws.duration);
         if let Err(e) = engine
             .inner
             .store

@@ -227,10 +227,12 @@ pub struct Workspace {
     pub size_bytes: u64,
     /// What was fetched, for the timeline.
     pub fetched: String,
-    /// How long making it took, ms, when this call made it; 0 when it
-    /// already existed.
-    #[serde(default)]
-    pub duration_ms: u64,
+    /// How long making it took, when this call made it; zero when it
+    /// already existed. Not kept in the workspace's record (a record read
+    /// back is always "already existed"; older records' `duration_ms` is
+    /// ignored).
+    #[serde(skip)]
+    pub duration: std::time::Duration,
 }
 
 /// Mirrors and workspaces under one data directory. Cheap to share.
@@ -336,9 +338,8 @@ impl Workspaces {
     /// The run's workspace when it has been made (read from its record).
     pub fn existing(&self, run_id: i64) -> Option<Workspace> {
         let text = std::fs::read(self.meta_path(run_id)).ok()?;
-        let mut ws: Workspace = serde_json::from_slice(&text).ok()?;
-        // Made before: not by this call.
-        ws.duration_ms = 0;
+        let ws: Workspace = serde_json::from_slice(&text).ok()?;
+        // Made before: not by this call (`duration` is not in the record).
         ws.path.is_dir().then_some(ws)
     }
 
@@ -367,7 +368,7 @@ impl Workspaces {
             files: Vec::new(),
             size_bytes: 0,
             fetched: String::new(),
-            duration_ms: 0,
+            duration: Default::default(),
         };
         let meta = serde_json::to_vec(&ws).expect("a workspace serializes");
         write_file(&self.meta_path(run_id), &meta)?;
@@ -398,7 +399,7 @@ impl Workspaces {
         }
         let started = Instant::now();
         let mut ws = self.create(req).await?;
-        ws.duration_ms = started.elapsed().as_millis() as u64;
+        ws.duration = started.elapsed();
         let meta = serde_json::to_vec(&ws).expect("a workspace serializes");
         write_file(&self.meta_path(req.run_id), &meta)?;
         Ok(ws)
@@ -554,7 +555,7 @@ impl Workspaces {
             files,
             size_bytes,
             fetched,
-            duration_ms: 0,
+            duration: Default::default(),
         })
     }
 

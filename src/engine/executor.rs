@@ -26,8 +26,6 @@
 //! lease) both carry the run's desired state, so such an attempt is stopped
 //! within the shorter of the two.
 
-use crate::store::RunId;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,17 +33,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, BreakerState};
-use super::{Engine, Recorded, ResultJob, RunningAttempt, StopReason, Transition, backoff};
+use super::outcome::{decide, finish};
+use super::prompt::{event, render};
+use super::{Engine, RunningAttempt, StopReason, Transition, backoff};
 use crate::agent::{
     AttemptOutcome, AttemptRequest, ErrorClass, Failure, FailureKind, IdempotencyKey, Output, Usage,
 };
-use crate::classify::Classification;
-use crate::event::Event;
-use crate::store::{
-    AttemptEnd, AttemptRecord, ClaimedStep, StepFinish, StepNext, StepState, now_ms,
-};
-use crate::workflow::template::StepResult;
-use crate::workflow::{PromptContext, Step, Workflow};
+use crate::store::{AttemptEnd, AttemptRecord, ClaimedStep, StepNext, StepState, now_ms};
 
 /// Characters of output kept in the attempts table.
 const EXCERPT_CHARS: usize = 2000;
@@ -773,158 +767,6 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
     handed_off
 }
 
-/// Retry, fall back or give up after `failure` on `agent`.
-fn decide(
-    engine: &Engine,
-    def: &Step,
-    step: &crate::store::StepRecord,
-    agent: &str,
-    next_agent: Option<String>,
-    failure: &Failure,
-    retry_after: Option<Duration>,
-) -> (StepNext, &'static str, String) {
-    // `agent_attempts` counts the attempt that just failed (started with the claim).
-    let tried = step.agent_attempts.max(1) as u32;
-    let mut max = def.retry.max_attempts.max(1);
-    if let Some(budget) = engine.inner.agents.max_attempts(agent) {
-        max = max.min(budget.max(1));
-    }
-    let class = match failure.class {
-        ErrorClass::Transient => "transient",
-        ErrorClass::Permanent => "permanent",
-    };
-    let what = format!(
-        "attempt on `{agent}` failed ({class} {:?}: {})",
-        failure.kind, failure.message
-    );
-    if failure.class == ErrorClass::Transient && tried < max {
-        let delay = backoff::retry_delay(&def.retry, tried + 1, retry_after);
-        return (
-            StepNext::Retry {
-                run_at: now_ms() + delay.as_millis() as i64,
-            },
-            "retry",
-            format!(
-                "{what}; retry {} of {} on `{agent}` in {} ms{}",
-                tried,
-                max - 1,
-                delay.as_millis(),
-                if retry_after.is_some() {
-                    " (honouring the agent's Retry-After)"
-                } else {
-                    ""
-                }
-            ),
-        );
-    }
-    let why_stop = if failure.class == ErrorClass::Permanent {
-        format!("a permanent error is not retried on `{agent}`")
-    } else {
-        format!("retries on `{agent}` exhausted ({tried} of {max} attempts)")
-    };
-    if let Some(fallback) = next_agent {
-        return (
-            StepNext::Fallback {
-                agent: fallback.clone(),
-                agent_index: step.agent_index + 1,
-                run_at: now_ms(),
-            },
-            "fallback",
-            format!("{what}; {why_stop}; moving to fallback `{fallback}`"),
-        );
-    }
-    let state = if matches!(
-        failure.kind,
-        FailureKind::Timeout | FailureKind::IdleTimeout
-    ) {
-        StepState::TimedOut
-    } else {
-        StepState::Failed
-    };
-    (
-        StepNext::Finish {
-            state,
-            output: None,
-            error: Some(failure.message.clone()),
-        },
-        "give_up",
-        format!("{what}; {why_stop}; no fallback remains"),
-    )
-}
-
-/// Records the result (fenced) and publishes what changed. Returns whether
-/// it was accepted, and whether the results writer claimed after it (see
-/// [`Recorded::handed_off`]): then no wake-up is needed for what it made
-/// ready.
-async fn finish(
-    engine: &Engine,
-    lease: &crate::store::Lease,
-    attempt: Option<&AttemptRecord>,
-    next: StepNext,
-    event: (&str, &str),
-    step: &str,
-    run_id: RunId,
-) -> (bool, bool) {
-    let state = match &next {
-        StepNext::Finish { state, .. } => *state,
-        _ => StepState::Ready,
-    };
-    crate::instrument::step_decision(event.0);
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job = ResultJob {
-        finish: StepFinish {
-            lease: lease.clone(),
-            attempt: attempt.cloned(),
-            next,
-            kind: event.0.to_owned(),
-            detail: event.1.to_owned(),
-        },
-        done,
-    };
-    let outcome = match engine.inner.results.send(job) {
-        Ok(()) => result
-            .await
-            .unwrap_or_else(|_| Err("the results writer stopped".into())),
-        Err(_) => Err("the results writer stopped".into()),
-    };
-    match outcome {
-        Ok(Recorded {
-            plan: Some(plan),
-            handed_off,
-        }) => {
-            engine.publish(Transition::Step {
-                run_id,
-                step: step.to_owned(),
-                state,
-                agent: None,
-                attempt: None,
-                reason: event.1.to_owned(),
-            });
-            let ready = engine.publish_changes(run_id, &plan) || state == StepState::Ready;
-            if ready && !handed_off {
-                engine.wake();
-            }
-            (true, handed_off)
-        }
-        Ok(Recorded {
-            plan: None,
-            handed_off,
-        }) => {
-            tracing::warn!(
-                run_id = %run_id,
-                step,
-                "result refused: the lease is no longer held (fenced)"
-            );
-            (false, handed_off)
-        }
-        Err(e) => {
-            // The lease runs out and the reaper hands the step to another attempt.
-            tracing::error!(run_id = %run_id, step, error = %e, "could not record the step's result");
-            (false, false)
-        }
-    }
-}
-
 /// Takes an attempt out of the engine's table of running attempts when it
 /// goes out of scope, whichever way `execute` returns.
 struct Unregister<'a> {
@@ -941,133 +783,6 @@ impl Drop for Unregister<'_> {
             .expect("running lock")
             .remove(&self.token);
     }
-}
-
-/// The prompt and `with:` inputs of a step, rendered against the run's
-/// event, its workspace and the outputs of the steps before it. `snapshot`:
-/// the run as read for this attempt (read here when `None`).
-async fn render(
-    engine: &Engine,
-    wf: &Workflow,
-    def: &Step,
-    run_id: i64,
-    delivery_id: &str,
-    workspace: Option<&crate::workspace::Workspace>,
-    snapshot: Option<crate::store::RunSnapshot>,
-) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
-    let store = &engine.inner.store;
-    let snapshot = match snapshot {
-        Some(s) => s,
-        None => store
-            .run(RunId(run_id))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the run is gone")?,
-    };
-    let classification: Option<Classification> = snapshot
-        .run
-        .classification
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok());
-    // What the run was made from, as stored with it (`NewRun::context`):
-    // a `/run`, a Re-run or a button run carries the pull request it is
-    // about although its own delivery is a comment or a check run (or has
-    // no row at all). Runs stored before the context held it: the event.
-    let stored = serde_json::from_value::<PromptContext>(snapshot.run.context.clone())
-        .ok()
-        .filter(|c| !c.repository.is_empty() || c.pr.is_some() || c.issue.is_some());
-    let mut ctx = match stored {
-        Some(mut c) => {
-            c.workflow = wf.name.clone();
-            c.task = classification;
-            c.steps.clear();
-            c
-        }
-        None => match event(engine, delivery_id).await {
-            Some(event) => PromptContext::from_event(&event, &wf.name, classification),
-            None => PromptContext {
-                workflow: wf.name.clone(),
-                task: classification,
-                ..PromptContext::default()
-            },
-        },
-    };
-    // The values the run was created with (a repository's
-    // `.github/taskmaster.yml` may set them), else the defaults.
-    let configured: BTreeMap<String, String> = snapshot
-        .run
-        .context
-        .get("inputs")
-        .and_then(|v| v.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    ctx.inputs = wf.input_values(&configured);
-    if let Some(ws) = workspace {
-        ctx.workspace = Some(crate::workflow::template::WorkspaceInfo {
-            path: ws.path.display().to_string(),
-            sha: ws.sha.clone(),
-        });
-        if let Some(pr) = ctx.pr.as_mut() {
-            pr.diff = ws.diff.clone();
-            pr.files = ws.files.clone();
-        }
-    }
-    for s in &snapshot.steps {
-        if s.state.is_terminal() {
-            ctx.steps.insert(
-                s.step.clone(),
-                StepResult {
-                    outcome: s.state.outcome().to_owned(),
-                    output: s.output.clone().unwrap_or_default(),
-                },
-            );
-        }
-    }
-    let set = &engine.inner.workflows;
-    let prompt = if def.prompt.is_some() {
-        set.render_prompt(&wf.name, &def.id, &ctx)
-            .map_err(|e| e.to_string())?
-    } else {
-        String::new()
-    };
-    let with: serde_json::Map<String, serde_json::Value> = if def.with.is_empty() {
-        serde_json::Map::new()
-    } else {
-        set.render_with(&wf.name, &def.id, &ctx)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect()
-    };
-    Ok((prompt, with))
-}
-
-/// The delivery's parsed event, from the engine's cache or the store
-/// (`None`: the delivery is gone or its payload does not parse).
-pub(super) async fn event(engine: &Engine, delivery_id: &str) -> Option<Arc<Event>> {
-    // Runs started by a button on a check suite are keyed `<delivery>#<run>`
-    // (one delivery, several runs): their event is the delivery's.
-    let delivery_id = delivery_id.split('#').next().unwrap_or(delivery_id);
-    let cache = &engine.inner.events_cache;
-    if let Some(event) = cache.lock().expect("event cache lock").get(delivery_id) {
-        return Some(event);
-    }
-    let delivery = engine
-        .inner
-        .store
-        .delivery(delivery_id)
-        .await
-        .ok()
-        .flatten()?;
-    let event = Arc::new(Event::parse(&delivery.event, &delivery.payload).ok()?);
-    cache
-        .lock()
-        .expect("event cache lock")
-        .insert(delivery_id, event.clone());
-    Some(event)
 }
 
 fn excerpt(text: &str) -> String {

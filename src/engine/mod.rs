@@ -41,7 +41,9 @@ pub mod budgets;
 pub mod executor;
 pub mod forecast;
 pub mod intake;
+mod outcome;
 pub mod plan;
+mod prompt;
 mod verdicts;
 mod workspaces;
 

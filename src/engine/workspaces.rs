@@ -44,7 +44,7 @@ pub(super) async fn prepare(
             .map_err(|e| WorkspaceError::Invalid(format!("cannot read the run: {e}")))?
             .ok_or_else(|| WorkspaceError::Invalid("the run is gone".into()))?
             .run;
-        super::executor::event(engine, delivery_id)
+        super::prompt::event(engine, delivery_id)
             .await
             .and_then(|event| CheckoutRequest::for_run(&run, &event))
     } else {

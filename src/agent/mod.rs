@@ -186,6 +186,39 @@ pub enum FailureKind {
     Config,
 }
 
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::Agent,
+        FailureKind::Timeout,
+        FailureKind::IdleTimeout,
+        FailureKind::Cancelled,
+        FailureKind::Unreachable,
+        FailureKind::Busy,
+        FailureKind::RateLimited,
+        FailureKind::Protocol,
+        FailureKind::ResourceLimit,
+        FailureKind::Config,
+    ];
+
+    /// The name stored in `attempts.error_kind` and shown in JSON
+    /// (`idle_timeout`, `rate_limited`, …), as insights reads it back.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Agent => "agent",
+            FailureKind::Timeout => "timeout",
+            FailureKind::IdleTimeout => "idle_timeout",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Busy => "busy",
+            FailureKind::RateLimited => "rate_limited",
+            FailureKind::Protocol => "protocol",
+            FailureKind::ResourceLimit => "resource_limit",
+            FailureKind::Config => "config",
+        }
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {

@@ -33,16 +33,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, BreakerState};
-use super::outcome::{decide, finish};
+use super::outcome::{attempt_record, decide, finish};
 use super::prompt::{event, render};
 use super::{Engine, RunningAttempt, StopReason, Transition, backoff};
 use crate::agent::{
     AttemptOutcome, AttemptRequest, ErrorClass, Failure, FailureKind, IdempotencyKey, Output, Usage,
 };
 use crate::store::{AttemptEnd, AttemptRecord, ClaimedStep, StepNext, StepState, now_ms};
-
-/// Characters of output kept in the attempts table.
-const EXCERPT_CHARS: usize = 2000;
 
 /// Runs one attempt of a claimed step and records what follows. Returns
 /// true when the results writer claimed after the result (direct hand-off),
@@ -571,15 +568,7 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
         }
     }
 
-    let mut record = AttemptRecord {
-        outcome: AttemptEnd::Succeeded,
-        output_excerpt: Some(excerpt(&outcome.output.text)),
-        duration_ms: outcome.duration.as_millis() as i64,
-        ran: true,
-        ..AttemptRecord::default()
-    };
-    (record.cost_usd, record.cost_estimated) =
-        crate::budget::attempt_cost(&outcome.usage, outcome.duration, price.as_ref());
+    let mut record = attempt_record(&outcome, malformed, price.as_ref());
     if let Some(usd) = record.cost_usd {
         crate::instrument::attempt_cost(
             &agent_name,
@@ -587,24 +576,6 @@ pub(crate) async fn execute(engine: &Engine, claimed: ClaimedStep) -> bool {
             &workflow,
             usd,
         );
-    }
-    if let Some(f) = &outcome.failure {
-        record.outcome = if matches!(f.kind, FailureKind::Timeout | FailureKind::IdleTimeout) {
-            AttemptEnd::TimedOut
-        } else if f.kind == FailureKind::Cancelled {
-            AttemptEnd::Cancelled
-        } else {
-            AttemptEnd::Failed
-        };
-        record.error_class = Some(f.class);
-        // A verdict that did not parse after its repair turn: its own kind
-        // (counted apart in metrics), never the code's verdict.
-        record.error_kind = Some(if malformed {
-            "malformed".to_owned()
-        } else {
-            format!("{:?}", f.kind).to_lowercase()
-        });
-        record.error = Some(f.message.clone());
     }
 
     let (next, event, why) = match (stop, &outcome.failure) {
@@ -782,12 +753,5 @@ impl Drop for Unregister<'_> {
             .lock()
             .expect("running lock")
             .remove(&self.token);
-    }
-}
-
-fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(EXCERPT_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
     }
 }

@@ -149,10 +149,7 @@ impl ErrorClass {
 /// Reads `attempts.error_class` (SQLite); other text is an error.
 impl rusqlite::types::FromSql for ErrorClass {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let text = value.as_str()?;
-        ErrorClass::parse(text).ok_or_else(|| {
-            rusqlite::types::FromSqlError::Other(format!("unknown error class `{text}`").into())
-        })
+        crate::store::stored_name(value, "error class", ErrorClass::parse)
     }
 }
 

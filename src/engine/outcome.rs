@@ -76,10 +76,7 @@ pub(super) fn decide(
     if let Some(budget) = engine.inner.agents.max_attempts(agent) {
         max = max.min(budget.max(1));
     }
-    let class = match failure.class {
-        ErrorClass::Transient => "transient",
-        ErrorClass::Permanent => "permanent",
-    };
+    let class = failure.class.as_str();
     let what = format!(
         "attempt on `{agent}` failed ({class} {:?}: {})",
         failure.kind, failure.message

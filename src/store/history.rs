@@ -159,8 +159,8 @@ pub(in crate::store) type RunTuple = (
 ///
 /// [`RunState`]: super::RunState
 pub(in crate::store) fn run_fact(t: RunTuple) -> Result<RunFact, StoreError> {
-    let state = super::rows::parse_named("runs", "run state", Some(&t.3), super::RunState::parse)?
-        .expect("a state was given");
+    let state = super::RunState::parse(&t.3)
+        .ok_or_else(|| super::rows::corrupt("runs", format!("unknown run state `{}`", t.3)))?;
     Ok(RunFact {
         id: t.0,
         workflow: t.1,

@@ -1180,6 +1180,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Reads a column holding an enum's stored name (SQLite), through the
+/// enum's `parse`; other text is an error naming `what` and the text
+/// ("unknown attempt outcome" and the name), so the row reads as corrupt. What the state enums'
+/// `FromSql` impls and [`crate::agent::ErrorClass`]'s share.
+pub(crate) fn stored_name<T>(
+    value: rusqlite::types::ValueRef<'_>,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> rusqlite::types::FromSqlResult<T> {
+    let text = value.as_str()?;
+    parse(text).ok_or_else(|| {
+        rusqlite::types::FromSqlError::Other(format!("unknown {what} `{text}`").into())
+    })
+}
+
 /// The current time as Unix epoch milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -55,12 +55,7 @@ macro_rules! state_enum {
             fn column_result(
                 value: rusqlite::types::ValueRef<'_>,
             ) -> rusqlite::types::FromSqlResult<Self> {
-                let text = value.as_str()?;
-                $name::parse(text).ok_or_else(|| {
-                    rusqlite::types::FromSqlError::Other(
-                        format!(concat!("unknown ", $what, " `{}`"), text).into(),
-                    )
-                })
+                crate::store::stored_name(value, $what, $name::parse)
             }
         }
     };
